@@ -1,0 +1,119 @@
+package core
+
+// ProtocolVersion is the worker protocol this build speaks (docs/protocol.md).
+const ProtocolVersion = 1
+
+// Message types, both directions.
+const (
+	MsgGenerate = "generate"
+	MsgCancel   = "cancel"
+	MsgPing     = "ping"
+	MsgUnload   = "unload"
+	MsgShutdown = "shutdown"
+
+	MsgLoading  = "loading"
+	MsgHello    = "hello"
+	MsgAccepted = "accepted"
+	MsgProgress = "progress"
+	MsgPreview  = "preview"
+	MsgResult   = "result"
+	MsgError    = "error"
+	MsgPong     = "pong"
+)
+
+// ErrorCode is the closed set of job error codes.
+type ErrorCode string
+
+const (
+	ErrInvalidRequest ErrorCode = "invalid_request"
+	ErrModelNotFound  ErrorCode = "model_not_found"
+	ErrUnsupported    ErrorCode = "unsupported"
+	ErrOutOfMemory    ErrorCode = "out_of_memory"
+	ErrCancelled      ErrorCode = "cancelled"
+	ErrWorkerCrashed  ErrorCode = "worker_crashed"
+	ErrInternal       ErrorCode = "internal"
+)
+
+// ErrorCodes lists every valid code, in documentation order.
+var ErrorCodes = []ErrorCode{ErrInvalidRequest, ErrModelNotFound, ErrUnsupported,
+	ErrOutOfMemory, ErrCancelled, ErrWorkerCrashed, ErrInternal}
+
+// Valid reports whether c is in the closed set.
+func (c ErrorCode) Valid() bool {
+	for _, k := range ErrorCodes {
+		if c == k {
+			return true
+		}
+	}
+	return false
+}
+
+// Device describes one compute device the worker found.
+type Device struct {
+	Name        string `json:"name"`
+	Kind        string `json:"kind"`
+	MemoryBytes int64  `json:"memory_bytes"`
+}
+
+// Capabilities is what the worker can do, from its hello.
+type Capabilities struct {
+	Schedulers      []string `json:"schedulers"`
+	ControlNetTypes []string `json:"controlnet_types"`
+	Features        []string `json:"features"`
+}
+
+// ImageResult is one written image.
+type ImageResult struct {
+	Path   string `json:"path"`
+	Seed   int64  `json:"seed"`
+	Width  int    `json:"width"`
+	Height int    `json:"height"`
+}
+
+// Metrics are the worker's measurements of one job.
+type Metrics struct {
+	TotalS       float64 `json:"total_s"`
+	LoadS        float64 `json:"load_s"`
+	DenoiseS     float64 `json:"denoise_s"`
+	ItS          float64 `json:"its"`
+	Device       string  `json:"device"`
+	Dtype        string  `json:"dtype"`
+	PeakMemBytes int64   `json:"peak_mem_bytes"`
+}
+
+// Message is one protocol line. Only the fields of its Type are set.
+type Message struct {
+	Type string `json:"type"`
+	ID   string `json:"id,omitempty"`
+
+	// generate
+	Request *Request `json:"request,omitempty"`
+
+	// loading
+	Message string `json:"message,omitempty"`
+
+	// hello
+	Protocol      int               `json:"protocol,omitempty"`
+	WorkerVersion string            `json:"worker_version,omitempty"`
+	Device        string            `json:"device,omitempty"`
+	Dtype         string            `json:"dtype,omitempty"`
+	Devices       []Device          `json:"devices,omitempty"`
+	Capabilities  *Capabilities     `json:"capabilities,omitempty"`
+	Versions      map[string]string `json:"versions,omitempty"`
+
+	// progress / preview
+	Stage    string  `json:"stage,omitempty"`
+	Step     int     `json:"step,omitempty"`
+	Total    int     `json:"total,omitempty"`
+	ElapsedS float64 `json:"elapsed_s,omitempty"`
+	Path     string  `json:"path,omitempty"`
+
+	// result
+	Images  []ImageResult `json:"images,omitempty"`
+	Metrics *Metrics      `json:"metrics,omitempty"`
+
+	// error
+	Code   ErrorCode `json:"code,omitempty"`
+	Detail string    `json:"detail,omitempty"`
+	Field  string    `json:"field,omitempty"`
+}
