@@ -1,0 +1,73 @@
+package core
+
+import (
+	"encoding/json"
+	"flag"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+var update = flag.Bool("update", false, "rewrite golden files")
+
+// TestInfotextGolden parses each sample, compares with its golden JSON, and
+// checks that parse → format → parse gives the same result.
+func TestInfotextGolden(t *testing.T) {
+	samples, err := filepath.Glob("testdata/infotext/*.txt")
+	require.NoError(t, err)
+	require.NotEmpty(t, samples, "no infotext samples found")
+	for _, path := range samples {
+		t.Run(filepath.Base(path), func(t *testing.T) {
+			raw, err := os.ReadFile(path)
+			require.NoError(t, err)
+			got := ParseInfotext(string(raw))
+			js, err := json.MarshalIndent(got, "", "  ")
+			require.NoError(t, err)
+			golden := strings.TrimSuffix(path, ".txt") + ".golden.json"
+			if *update {
+				require.NoError(t, os.WriteFile(golden, append(js, '\n'), 0o644))
+			}
+			want, err := os.ReadFile(golden)
+			require.NoError(t, err, "missing golden file: run go test ./core -run TestInfotextGolden -update")
+			assert.JSONEq(t, string(want), string(js))
+
+			again := ParseInfotext(got.String())
+			assert.Equal(t, got, again, "parse → format → parse changed the infotext")
+		})
+	}
+}
+
+func TestInfotextApplyTo(t *testing.T) {
+	raw, err := os.ReadFile("testdata/infotext/a1111_full.txt")
+	require.NoError(t, err)
+	req := DefaultRequest()
+	notes := ParseInfotext(string(raw)).ApplyTo(&req)
+	assert.Empty(t, notes)
+	assert.Equal(t, "blurry, lowres, watermark", req.NegativePrompt)
+	assert.Equal(t, 30, req.Steps)
+	assert.Equal(t, 7.0, req.CFG)
+	assert.Equal(t, int64(1234567890), req.Seed)
+	assert.Equal(t, 1024, req.Width)
+	assert.Equal(t, "dpmpp_2m", req.Scheduler)
+	assert.NoError(t, req.Validate())
+}
+
+func TestInfotextApplyToReportsBadValues(t *testing.T) {
+	it := ParseInfotext("cat\nSteps: many, Sampler: Heun++, Size: big, Seed: x")
+	req := DefaultRequest()
+	notes := it.ApplyTo(&req)
+	assert.Len(t, notes, 4)
+	assert.Equal(t, 30, req.Steps, "a bad value must leave the field as it was")
+	assert.Equal(t, "euler", req.Scheduler)
+}
+
+func TestInfotextQuotesSpecialValues(t *testing.T) {
+	it := Infotext{Prompt: "p", Params: []Param{{"Steps", "1"}, {"Lora hashes", "x: 1, y: 2"}, {"Seed", "3"}}}
+	s := it.String()
+	assert.Contains(t, s, `Lora hashes: "x: 1, y: 2"`)
+	assert.Equal(t, it, ParseInfotext(s))
+}
