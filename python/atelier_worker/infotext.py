@@ -1,0 +1,38 @@
+"""AUTOMATIC1111-compatible `parameters` text, so other tools can read our PNGs' settings."""
+
+from __future__ import annotations
+
+import json
+
+SAMPLER_NAMES = {"euler": "Euler", "euler_a": "Euler a", "ddim": "DDIM", "dpmpp_2m": "DPM++ 2M"}
+
+
+def _quote(value: str) -> str:
+    # A1111 splits the settings line on ", " and ": ", so such values travel as JSON strings.
+    if any(c in value for c in ",:\n"):
+        return json.dumps(value, ensure_ascii=False)
+    return value
+
+
+def _num(v: float) -> str:
+    return str(int(v)) if float(v).is_integer() else repr(float(v))
+
+
+def format_parameters(*, prompt: str, negative_prompt: str, steps: int, scheduler: str,
+                      cfg: float, seed: int, width: int, height: int, model: str,
+                      version: str) -> str:
+    lines = [prompt]
+    if negative_prompt:
+        lines.append(f"Negative prompt: {negative_prompt}")
+    settings = [
+        ("Steps", str(steps)),
+        ("Sampler", SAMPLER_NAMES[scheduler]),
+        ("Schedule type", "Automatic"),
+        ("CFG scale", _num(cfg)),
+        ("Seed", str(seed)),
+        ("Size", f"{width}x{height}"),
+        ("Model", _quote(model)),
+        ("Version", _quote(f"Atelier {version}")),
+    ]
+    lines.append(", ".join(f"{k}: {v}" for k, v in settings))
+    return "\n".join(lines)

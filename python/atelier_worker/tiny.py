@@ -1,0 +1,253 @@
+"""Generates an SDXL-architecture model with random weights, in diffusers folder format.
+
+The `tiny` preset is small enough for tests and a newcomer's first run on a CPU; the `full`
+preset has the real SDXL-base sizes, for timing on a GPU where real weights cannot be
+downloaded. Both load through the same `from_pretrained` path as a real model.
+
+    python -m atelier_worker.tiny --out DIR [--preset tiny|full] [--dtype float32|float16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+
+# The request's model name for this model, and its folder name in the cache. Bump the
+# version when the generated files change, so that existing caches are not reused.
+TINY_MODEL = "tiny"
+TINY_NAME = "tiny-sdxl-v1"
+
+BOS, EOS = "<|startoftext|>", "<|endoftext|>"
+MAX_TOKENS = 77
+
+# Words whose BPE merges the tokenizer learns, so that common prompt words become single
+# tokens; anything else still encodes byte by byte.
+_WORDS = (
+    "a an the of and in on with at by for from to is it this that photo photograph portrait "
+    "painting oil watercolor drawing sketch illustration render art style detailed high quality "
+    "lighthouse dusk night day sunset sunrise sky sea ocean river lake mountain forest tree "
+    "flower city street house castle cat dog bird horse person woman man face eyes red blue "
+    "green yellow black white light dark fog blur cinematic"
+).split()
+
+_SDXL_SCHEDULER = dict(
+    beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
+    steps_offset=1, timestep_spacing="leading", prediction_type="epsilon",
+    interpolation_type="linear", use_karras_sigmas=False, sample_max_value=1.0,
+    set_alpha_to_one=False, skip_prk_steps=True, clip_sample=False, trained_betas=None,
+)
+
+
+def _byte_unicode() -> list[str]:
+    """GPT-2/CLIP's reversible byte -> printable character table, in byte order."""
+    keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + \
+        list(range(ord("®"), ord("ÿ") + 1))
+    chars, n = {}, 0
+    for b in range(256):
+        if b in keep:
+            chars[b] = chr(b)
+        else:
+            chars[b] = chr(256 + n)
+            n += 1
+    return [chars[b] for b in range(256)]
+
+
+def tokenizer_files() -> tuple[dict[str, int], list[str]]:
+    """A small byte-level BPE vocabulary in CLIP's layout: every byte alone and as a word end
+    (`</w>`), then merges learnt from _WORDS by plain BPE training, then BOS and EOS."""
+    base = _byte_unicode()
+    tokens = base + [c + "</w>" for c in base]
+    words = [list(w[:-1]) + [w[-1] + "</w>"] for w in _WORDS]
+    merges: list[str] = []
+    while True:
+        counts: dict[tuple[str, str], int] = {}
+        for w in words:
+            for pair in zip(w, w[1:]):
+                counts[pair] = counts.get(pair, 0) + 1
+        if not counts:
+            break
+        # Most frequent first; ties by the pair itself, so the result never varies.
+        best = min(counts, key=lambda p: (-counts[p], p))
+        merges.append(f"{best[0]} {best[1]}")
+        tokens.append(best[0] + best[1])
+        for w in words:
+            i = 0
+            while i < len(w) - 1:
+                if (w[i], w[i + 1]) == best:
+                    w[i:i + 2] = [w[i] + w[i + 1]]
+                i += 1
+    tokens += [BOS, EOS]
+    return {t: i for i, t in enumerate(tokens)}, merges
+
+
+def configs(preset: str, vocab_size: int, bos_id: int, eos_id: int) -> dict[str, dict]:
+    """Component configs. The tiny UNet follows diffusers' own SDXL pipeline tests
+    (get_dummy_components); its VAE keeps SDXL's 4 blocks so the scale factor is 8."""
+    if preset == "full":
+        te1 = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+                   num_attention_heads=12, projection_dim=768, hidden_act="quick_gelu", vocab_size=49408)
+        te2 = dict(hidden_size=1280, intermediate_size=5120, num_hidden_layers=32,
+                   num_attention_heads=20, projection_dim=1280, hidden_act="gelu", vocab_size=49408)
+        time_dim = 256
+        unet = dict(
+            sample_size=128, block_out_channels=[320, 640, 1280], layers_per_block=2,
+            down_block_types=["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+            up_block_types=["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
+            attention_head_dim=[5, 10, 20], transformer_layers_per_block=[1, 2, 10],
+            addition_embed_type_num_heads=64, norm_num_groups=32,
+        )
+        vae = dict(block_out_channels=[128, 256, 512, 512], layers_per_block=2, norm_num_groups=32,
+                   sample_size=1024, mid_block_add_attention=True)
+    elif preset == "tiny":
+        te1 = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
+                   projection_dim=32, hidden_act="gelu", vocab_size=vocab_size)
+        te2 = dict(te1)
+        time_dim = 8
+        unet = dict(
+            sample_size=8, block_out_channels=[32, 64], layers_per_block=1,
+            down_block_types=["DownBlock2D", "CrossAttnDownBlock2D"],
+            up_block_types=["CrossAttnUpBlock2D", "UpBlock2D"],
+            attention_head_dim=[2, 4], transformer_layers_per_block=[1, 1], norm_num_groups=8,
+        )
+        # No attention in the VAE's middle block: at 1024 px it would attend over 16k tokens,
+        # which a CPU first run should not pay for random pixels.
+        vae = dict(block_out_channels=[8, 16, 32, 32], layers_per_block=1, norm_num_groups=8,
+                   sample_size=64, mid_block_add_attention=False)
+    else:
+        raise ValueError(f"unknown preset {preset!r}: use tiny or full")
+    for te in (te1, te2):
+        te.update(max_position_embeddings=MAX_TOKENS, bos_token_id=bos_id, eos_token_id=eos_id,
+                  pad_token_id=eos_id, layer_norm_eps=1e-5)
+    unet.update(
+        in_channels=4, out_channels=4, act_fn="silu", flip_sin_to_cos=True, freq_shift=0,
+        use_linear_projection=True, addition_embed_type="text_time",
+        addition_time_embed_dim=time_dim, mid_block_type="UNetMidBlock2DCrossAttn", norm_eps=1e-5,
+        # SDXL conditions on both encoders' hidden states, and on the pooled text plus six time ids.
+        cross_attention_dim=te1["hidden_size"] + te2["hidden_size"],
+        projection_class_embeddings_input_dim=6 * time_dim + te2["projection_dim"],
+    )
+    n = len(vae["block_out_channels"])
+    vae.update(in_channels=3, out_channels=3, latent_channels=4, act_fn="silu",
+               down_block_types=["DownEncoderBlock2D"] * n, up_block_types=["UpDecoderBlock2D"] * n,
+               scaling_factor=0.13025, force_upcast=True)
+    return {"unet": unet, "vae": vae, "text_encoder": te1, "text_encoder_2": te2,
+            "scheduler": dict(_SDXL_SCHEDULER)}
+
+
+MODEL_INDEX = {
+    "_class_name": "StableDiffusionXLPipeline",
+    "force_zeros_for_empty_prompt": True,
+    "add_watermarker": False,
+    "scheduler": ["diffusers", "EulerDiscreteScheduler"],
+    "text_encoder": ["transformers", "CLIPTextModel"],
+    "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"],
+    "tokenizer": ["transformers", "CLIPTokenizer"],
+    "tokenizer_2": ["transformers", "CLIPTokenizer"],
+    "unet": ["diffusers", "UNet2DConditionModel"],
+    "vae": ["diffusers", "AutoencoderKL"],
+}
+
+# A fixed torch seed per component, so that each one's weights do not depend on the others.
+_SEEDS = {"unet": 0, "vae": 1, "text_encoder": 2, "text_encoder_2": 3}
+
+
+def _write_json(path: str, obj) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=2, sort_keys=True, ensure_ascii=False)
+        f.write("\n")
+
+
+def _write_tokenizer(folder: str, vocab: dict[str, int], merges: list[str]) -> None:
+    os.makedirs(folder)
+    _write_json(os.path.join(folder, "vocab.json"), vocab)
+    with open(os.path.join(folder, "merges.txt"), "w", encoding="utf-8") as f:
+        f.write("#version: 0.2\n" + "".join(m + "\n" for m in merges))
+    _write_json(os.path.join(folder, "tokenizer_config.json"), {
+        "tokenizer_class": "CLIPTokenizer", "model_max_length": MAX_TOKENS,
+        "bos_token": BOS, "eos_token": EOS, "unk_token": EOS, "pad_token": EOS,
+        "clean_up_tokenization_spaces": True, "do_lower_case": True,
+    })
+    _write_json(os.path.join(folder, "special_tokens_map.json"),
+                {"bos_token": BOS, "eos_token": EOS, "unk_token": EOS, "pad_token": EOS})
+
+
+def build(folder: str, preset: str = "tiny", dtype: str = "float32") -> None:
+    """Writes every component into folder (which must not exist yet)."""
+    import torch
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    torch_dtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[dtype]
+    vocab, merges = tokenizer_files()
+    cfg = configs(preset, len(vocab), vocab[BOS], vocab[EOS])
+    os.makedirs(folder)
+    makers = {
+        "unet": lambda: UNet2DConditionModel(**cfg["unet"]),
+        "vae": lambda: AutoencoderKL(**cfg["vae"]),
+        "text_encoder": lambda: CLIPTextModel(CLIPTextConfig(**cfg["text_encoder"])),
+        "text_encoder_2": lambda: CLIPTextModelWithProjection(CLIPTextConfig(**cfg["text_encoder_2"])),
+    }
+    # One component at a time, so that the full preset never holds all 3.5 B parameters at once.
+    for name, make in makers.items():
+        torch.manual_seed(_SEEDS[name])
+        model = make().eval()
+        if torch_dtype != torch.float32:
+            model = model.to(torch_dtype)
+        model.save_pretrained(os.path.join(folder, name), safe_serialization=True)
+        del model
+    # Written as a real SDXL scheduler_config.json is, keys of other schedulers included:
+    # from_config carries them over, so that DDIM does not fall back to clip_sample=True.
+    os.makedirs(os.path.join(folder, "scheduler"))
+    _write_json(os.path.join(folder, "scheduler", "scheduler_config.json"),
+                {"_class_name": "EulerDiscreteScheduler", **cfg["scheduler"]})
+    _write_tokenizer(os.path.join(folder, "tokenizer"), vocab, merges)
+    _write_tokenizer(os.path.join(folder, "tokenizer_2"), vocab, merges)
+    # Written last: its presence marks a complete folder.
+    _write_json(os.path.join(folder, "model_index.json"), MODEL_INDEX)
+
+
+def create(target: str, preset: str = "tiny", dtype: str = "float32") -> str:
+    """Builds the model at target unless it is there already. The folder appears complete or
+    not at all: it is built beside the target and renamed into place, and a concurrent
+    creator that wins the race is simply used."""
+    target = os.path.abspath(target)
+    if os.path.isfile(os.path.join(target, "model_index.json")):
+        return target
+    parent = os.path.dirname(target)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(target)}.tmp-", dir=parent)
+    try:
+        build(os.path.join(tmp, "m"), preset, dtype)
+        try:
+            os.rename(os.path.join(tmp, "m"), target)
+        except OSError:
+            if not os.path.isfile(os.path.join(target, "model_index.json")):
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m atelier_worker.tiny", description=__doc__.split("\n")[0])
+    ap.add_argument("--out", required=True, help="folder to create (left alone if it holds a model)")
+    ap.add_argument("--preset", choices=("tiny", "full"), default="tiny")
+    ap.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default="float32")
+    args = ap.parse_args(argv)
+    import diffusers.utils.logging as dlog
+    import transformers.utils.logging as tlog
+
+    # The libraries' save progress bars and their warning about casting a freshly built
+    # model with .to() say nothing useful here.
+    dlog.set_verbosity_error()
+    tlog.disable_progress_bar()
+    print(create(args.out, args.preset, args.dtype))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

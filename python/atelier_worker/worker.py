@@ -1,0 +1,299 @@
+"""The worker process: handshake, stdin reader, job loop, parent watch.
+
+stdout carries protocol lines only. At start the real stdout is moved to a private file
+descriptor and fd 1 is pointed at stderr, so a stray print() in any library cannot corrupt
+the protocol.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextvars
+import ctypes
+import logging
+import os
+import platform
+import queue
+import signal
+import sys
+import threading
+import time
+from typing import IO
+
+from . import __version__
+from .protocol import (
+    GO_TO_WORKER, MAX_LINE_BYTES, PROTOCOL_VERSION, SCHEDULERS, Cancel, Capabilities, Device,
+    Error, Generate, Hello, Loading, Message, Ping, Pong, ProtocolError, Shutdown, Unload,
+    decode, encode,
+)
+
+log = logging.getLogger("atelier.worker")
+
+# The request id of the job the current thread works on, for every log line.
+current_id: contextvars.ContextVar[str] = contextvars.ContextVar("current_id", default="-")
+
+# How long a job may take to notice a cancel once stdin has closed, before the process
+# exits anyway (a model load cannot be interrupted).
+EXIT_GRACE_S = 5.0
+
+_STOP = object()
+_UNLOAD = object()
+
+
+class Output:
+    """Serializes protocol lines onto the private stdout."""
+
+    def __init__(self, stream: IO[bytes]):
+        self._stream = stream
+        self._lock = threading.Lock()
+        self.broken = False
+
+    def send(self, msg: Message) -> None:
+        data = (encode(msg) + "\n").encode("utf-8")
+        with self._lock:
+            if self.broken:
+                return
+            try:
+                self._stream.write(data)
+                self._stream.flush()
+            except (BrokenPipeError, OSError, ValueError):
+                # The bridge is gone; stdin's EOF or the parent watch ends the process.
+                self.broken = True
+
+
+class _IdFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not hasattr(record, "id"):
+            record.id = current_id.get()
+        return True
+
+
+def setup_logging() -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(_IdFilter())
+    handler.setFormatter(logging.Formatter(
+        "%(asctime)s.%(msecs)03d %(levelname)s [%(id)s] %(name)s: %(message)s", "%H:%M:%S"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(os.environ.get("ATELIER_LOG_LEVEL", "INFO").upper())
+    logging.captureWarnings(True)
+
+
+def _route_library_logs() -> None:
+    # diffusers and transformers print through handlers of their own; routing them through
+    # ours puts the job id on their lines as well.
+    import diffusers.utils.logging as dlog
+    import transformers.utils.logging as tlog
+
+    for lib in (dlog, tlog):
+        lib.disable_default_handler()
+        lib.enable_propagation()
+        lib.disable_progress_bar()
+
+
+def take_stdout() -> IO[bytes]:
+    """Returns a private stream on the real stdout and points fd 1 at stderr."""
+    sys.stdout.flush()
+    proto = os.fdopen(os.dup(1), "wb", buffering=0)
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    return proto
+
+
+def watch_parent() -> None:
+    """Exits when the parent dies: Linux's parent-death signal where it exists, and a polling
+    thread everywhere (the signal follows the parent thread, not the process)."""
+    parent = os.getppid()
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            PR_SET_PDEATHSIG = 1
+            if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+                log.warning("prctl(PR_SET_PDEATHSIG) failed: errno %d", ctypes.get_errno())
+        except (OSError, AttributeError) as e:
+            log.warning("prctl unavailable: %s", e)
+
+    def poll() -> None:
+        while True:
+            if os.getppid() != parent:
+                log.error("parent process %d is gone: exiting", parent)
+                os._exit(1)
+            time.sleep(0.5)
+
+    threading.Thread(target=poll, name="parent-watch", daemon=True).start()
+
+
+class Worker:
+    """Reads commands on a thread of its own and runs jobs on the calling thread."""
+
+    def __init__(self, engine, out: Output, stdin: IO[bytes]):
+        self.engine = engine
+        self.out = out
+        self.stdin = stdin
+        self.jobs: queue.Queue = queue.Queue()
+        self._lock = threading.Lock()
+        self._current = None  # the accepted job, queued or running
+
+    # Reader thread ---------------------------------------------------------
+
+    def read_commands(self) -> None:
+        while True:
+            raw = self.stdin.readline(MAX_LINE_BYTES + 1)
+            if not raw:
+                log.info("stdin closed: exiting")
+                break
+            if len(raw) > MAX_LINE_BYTES and not raw.endswith(b"\n"):
+                while raw and not raw.endswith(b"\n"):
+                    raw = self.stdin.readline(MAX_LINE_BYTES + 1)
+                self._reply_bad(ProtocolError(f"line is longer than {MAX_LINE_BYTES} bytes"))
+                continue
+            line = raw.rstrip(b"\r\n")
+            if not line.strip():
+                continue
+            try:
+                msg = decode(line)
+            except ProtocolError as e:
+                self._reply_bad(e)
+                continue
+            if msg.type not in GO_TO_WORKER:
+                self._reply_bad(ProtocolError(f"{msg.type} is a message the worker sends, not one "
+                                              "it reads", "type", getattr(msg, "id", "")))
+                continue
+            if isinstance(msg, Shutdown):
+                log.info("shutdown")
+                break
+            self._handle(msg)
+        self._stop()
+
+    def _handle(self, msg: Message) -> None:
+        if isinstance(msg, Ping):
+            self.out.send(Pong(id=msg.id))
+        elif isinstance(msg, Cancel):
+            with self._lock:
+                job = self._current
+                if job is not None and job.id == msg.id:
+                    job.cancel.set()
+                    log.info("cancel requested", extra={"id": msg.id})
+                else:
+                    log.info("cancel for a job that is not running: ignored", extra={"id": msg.id})
+        elif isinstance(msg, Unload):
+            self.jobs.put(_UNLOAD)
+        elif isinstance(msg, Generate):
+            from .pipeline import Job
+
+            with self._lock:
+                busy = self._current
+                if busy is None:
+                    self._current = Job(id=msg.id, request=msg.request)
+                    self.jobs.put(self._current)
+            if busy is not None:
+                self.out.send(Error(id=msg.id, code="invalid_request",
+                                    message=f"job {busy.id} is still running: one job runs at a "
+                                            "time; wait for its result or cancel it"))
+
+    def _reply_bad(self, e: ProtocolError) -> None:
+        log.warning("bad line: %s", e, extra={"id": e.id or "-"})
+        self.out.send(Error(id=e.id, code="invalid_request", message=str(e), field=e.field))
+
+    def _stop(self) -> None:
+        """Cancels the running job, lets it end for a short grace, then exits regardless."""
+        with self._lock:
+            if self._current is not None:
+                self._current.cancel.set()
+        self.jobs.put(_STOP)
+
+        def deadline() -> None:
+            time.sleep(EXIT_GRACE_S)
+            log.error("the running job did not stop within %.0fs: exiting", EXIT_GRACE_S)
+            os._exit(0)
+
+        threading.Thread(target=deadline, name="exit-deadline", daemon=True).start()
+
+    # Job thread ------------------------------------------------------------
+
+    def run_jobs(self) -> None:
+        while True:
+            item = self.jobs.get()
+            if item is _STOP:
+                return
+            if item is _UNLOAD:
+                self.engine.unload()
+                continue
+            token = current_id.set(item.id)
+            try:
+                log.info("job started: %dx%d, %d steps, %s", item.request.width,
+                         item.request.height, item.request.steps, item.request.model)
+                outcome = self.engine.run(item, self.out.send)
+            finally:
+                # Free the slot before the last line goes out, so that a generate the bridge
+                # sends as soon as it reads the result is not refused as a second job.
+                with self._lock:
+                    self._current = None
+            self.out.send(outcome)
+            current_id.reset(token)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="python -m atelier_worker",
+                                 description="Atelier's SDXL worker (protocol on stdin/stdout).")
+    ap.add_argument("--device", default=os.environ.get("ATELIER_DEVICE") or None,
+                    help="cuda, cuda:N, mps or cpu (default: the best found; env ATELIER_DEVICE)")
+    ap.add_argument("--dtype", default=os.environ.get("ATELIER_DTYPE") or None,
+                    help="float16, bfloat16 or float32 (default: by device; env ATELIER_DTYPE)")
+    return ap.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    # Nothing may come from the network: models are local folders or the generated tiny one.
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    # OpenMP's default spin-waiting makes CPU inference many times slower whenever another
+    # process wants the cores (the app itself, a second worker): measured 20x at 512 px on
+    # 2 cores. It must be set before torch loads its OpenMP runtime.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    setup_logging()
+    out = Output(take_stdout())
+    watch_parent()
+
+    # The imports take seconds; each loading line moves the bridge's stall deadline.
+    out.send(Loading(message="importing torch"))
+    import torch
+
+    from . import device as devices
+
+    try:
+        dev, dtype = devices.pick(args.device, args.dtype)
+    except devices.DeviceError as e:
+        log.error("%s", e)
+        return 2
+
+    out.send(Loading(message="importing diffusers"))
+    import diffusers
+
+    _route_library_logs()
+    from .pipeline import Engine
+
+    engine = Engine(dev, dtype)
+    out.send(Hello(
+        protocol=PROTOCOL_VERSION, worker_version=__version__, device=devices.kind(dev),
+        dtype=devices.dtype_name(dtype), devices=[Device(**d) for d in devices.describe()],
+        capabilities=Capabilities(schedulers=list(SCHEDULERS), controlnet_types=[],
+                                  features=["txt2img"]),
+        versions={"python": platform.python_version(), "torch": torch.__version__,
+                  "diffusers": diffusers.__version__},
+    ))
+    log.info("ready: %s, %s, cache %s", dev, devices.dtype_name(dtype), engine.cache_dir)
+
+    worker = Worker(engine, out, sys.stdin.buffer)
+    threading.Thread(target=worker.read_commands, name="stdin-reader", daemon=True).start()
+    try:
+        worker.run_jobs()
+    except KeyboardInterrupt:
+        log.info("interrupted: exiting")
+        os._exit(130)
+    log.info("exiting")
+    # Skips interpreter teardown, which can stall on torch's threads for seconds.
+    logging.shutdown()
+    os._exit(0)

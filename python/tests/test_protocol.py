@@ -1,0 +1,78 @@
+"""The shared vectors, and the decoder's rules beyond them."""
+
+import json
+import os
+
+import pytest
+
+from atelier_worker import protocol
+from atelier_worker.protocol import ProtocolError, decode, encode
+
+VECTORS = os.path.join(os.path.dirname(protocol.__file__), "testdata", "vectors")
+
+
+def _vectors(kind: str) -> list[str]:
+    folder = os.path.join(VECTORS, kind)
+    return sorted(n for n in os.listdir(folder) if n.endswith(".jsonl"))
+
+
+def _line(kind: str, name: str) -> bytes:
+    with open(os.path.join(VECTORS, kind, name), "rb") as f:
+        data = f.read()
+    # One line a file, as a peer writes it.
+    assert data.endswith(b"\n") and data.count(b"\n") == 1, name
+    return data[:-1]
+
+
+EXPECTED_FIELDS = json.load(open(os.path.join(VECTORS, "expected_fields.json"), encoding="utf-8"))
+
+
+@pytest.mark.parametrize("name", _vectors("valid"))
+def test_valid_vector_decodes_and_round_trips(name):
+    msg = decode(_line("valid", name))
+    assert msg.type == name.split("_")[0].removesuffix(".jsonl")
+    assert decode(encode(msg)) == msg
+
+
+@pytest.mark.parametrize("name", _vectors("invalid"))
+def test_invalid_vector_is_rejected_naming_the_field(name):
+    with pytest.raises(ProtocolError) as e:
+        decode(_line("invalid", name))
+    assert e.value.field == EXPECTED_FIELDS[name.removesuffix(".jsonl")]
+
+
+def test_vectors_cover_every_message_type_and_enough_faults():
+    types = {decode(_line("valid", n)).type for n in _vectors("valid")}
+    assert types == set(protocol.GO_TO_WORKER) | set(protocol.WORKER_TO_GO)
+    assert len(_vectors("invalid")) >= 20
+    assert set(EXPECTED_FIELDS) == {n.removesuffix(".jsonl") for n in _vectors("invalid")}
+
+
+def test_generate_defaults_and_error_carries_the_id():
+    msg = decode(_line("valid", "generate_minimal.jsonl"))
+    r = msg.request
+    assert (r.scheduler, r.batch_size, r.preview_every, r.negative_prompt) == ("euler", 1, 0, "")
+    with pytest.raises(ProtocolError) as e:
+        decode(_line("invalid", "generate_steps_zero.jsonl"))
+    assert e.value.id == "job-1"
+    assert "between 1 and 150" in str(e.value)
+
+
+def test_bytes_that_are_not_utf8_or_too_long_are_rejected():
+    with pytest.raises(ProtocolError, match="UTF-8"):
+        decode(b'{"type":"ping","id":"\xff"}')
+    big = '{"type":"loading","message":"' + "x" * protocol.MAX_LINE_BYTES + '"}'
+    with pytest.raises(ProtocolError, match="longer than"):
+        decode(big)
+
+
+def test_encode_is_one_compact_line_with_type_first():
+    line = encode(protocol.Error(id="a", code="cancelled", message="stop\nnow"))
+    assert "\n" not in line
+    assert line.startswith('{"type":"error",')
+    assert json.loads(line)["message"] == "stop\nnow"
+
+
+def test_encode_refuses_nan():
+    with pytest.raises(ValueError):
+        encode(protocol.Progress(id="a", stage="denoising", step=1, total=2, elapsed_s=float("nan")))

@@ -1,0 +1,255 @@
+"""The real worker as a subprocess, speaking the protocol."""
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import atelier_worker
+from conftest import PYTHON_DIR, WorkerProcess, new_id, request
+
+
+def _pixels(path) -> np.ndarray:
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+def test_hello_follows_loading_lines(worker):
+    h = worker.hello
+    assert [m.type for m in worker.startup[:-1]] and all(m.type == "loading" for m in worker.startup[:-1])
+    assert (h.protocol, h.worker_version) == (1, atelier_worker.__version__)
+    assert (h.device, h.dtype) == ("cpu", "float32")  # this test machine has no GPU
+    assert any(d.kind == "cpu" and d.memory_bytes > 0 for d in h.devices)
+    assert h.capabilities.schedulers == ["euler", "euler_a", "ddim", "dpmpp_2m"]
+    assert (h.capabilities.controlnet_types, h.capabilities.features) == ([], ["txt2img"])
+    assert {"python", "torch", "diffusers"} <= set(h.versions)
+
+
+def test_generate_writes_png_with_parameters(worker, tmp_path):
+    id, msgs = worker.generate(tmp_path, negative_prompt="fog")
+    assert msgs[0].type == "accepted" and msgs[0].id == id
+    result = msgs[-1]
+    assert result.type == "result", result
+    [img] = result.images
+    assert (img.path, img.seed, img.width, img.height) == (str(tmp_path / f"{id}-0.png"), 7, 64, 64)
+    with Image.open(img.path) as im:
+        assert im.size == (64, 64)
+        params = im.info["parameters"]
+    assert params.startswith("a lighthouse\nNegative prompt: fog\n")
+    assert "Steps: 4, " in params and "Seed: 7, " in params and "Size: 64x64" in params
+    assert "Sampler: Euler, " in params and f"Version: Atelier {atelier_worker.__version__}" in params
+
+    stages = [m.stage for m in msgs if m.type == "progress"]
+    assert stages.index("encoding") < stages.index("denoising") < stages.index("decoding") < stages.index("saving")
+    steps = [m.step for m in msgs if m.type == "progress" and m.stage == "denoising"]
+    assert steps == [0, 1, 2, 3, 4]
+    m = result.metrics
+    assert (m.device, m.dtype) == ("cpu", "float32") and m.its > 0 and m.peak_mem_bytes > 0
+    assert m.total_s >= m.denoise_s > 0
+    assert sorted(os.listdir(tmp_path)) == [f"{id}-0.png"]  # no temporary or preview file left
+
+
+def test_same_seed_same_pixels_and_batch_seeds(worker, tmp_path):
+    _, a = worker.generate(tmp_path, seed=7)
+    _, b = worker.generate(tmp_path, seed=7)
+    _, c = worker.generate(tmp_path, seed=8)
+    _, batch = worker.generate(tmp_path, seed=7, batch_size=2)
+    pa, pb, pc = (_pixels(m[-1].images[0].path) for m in (a, b, c))
+    assert np.array_equal(pa, pb)
+    assert not np.array_equal(pa, pc)
+    assert [i.seed for i in batch[-1].images] == [7, 8]
+    # Image i of a batch starts from the noise of a single run of seed + i; only the
+    # batched kernels' rounding may differ.
+    second = _pixels(batch[-1].images[1].path).astype(int)
+    assert np.abs(second - pc).mean() < 1 < np.abs(second - pa).mean()
+    with Image.open(batch[-1].images[1].path) as im:
+        assert "Seed: 8, " in im.info["parameters"]
+
+
+@pytest.mark.parametrize("scheduler", ["euler_a", "ddim", "dpmpp_2m"])
+def test_every_scheduler_generates(worker, tmp_path, scheduler):
+    _, msgs = worker.generate(tmp_path, scheduler=scheduler, steps=3)
+    assert msgs[-1].type == "result", msgs[-1]
+    with Image.open(msgs[-1].images[0].path) as im:
+        assert "Sampler: " + {"euler_a": "Euler a", "ddim": "DDIM", "dpmpp_2m": "DPM++ 2M"}[scheduler] in im.info["parameters"]
+
+
+def test_previews_every_n_steps(worker, tmp_path):
+    id, msgs = worker.generate(tmp_path, steps=6, preview_every=2)
+    previews = [m for m in msgs if m.type == "preview"]
+    assert [p.step for p in previews] == [2, 4]
+    assert all(p.path == str(tmp_path / f".preview-{id}.png") for p in previews)
+    assert msgs[-1].type == "result"
+    assert not os.path.exists(previews[0].path)  # removed once the result is out
+
+
+# Big enough that one denoising step takes far longer than the cancel's trip.
+SLOW = dict(steps=40, width=768, height=768)
+
+
+def test_cancel_stops_within_one_step(worker, tmp_path):
+    id = new_id()
+    worker.send({"type": "generate", "id": id, "request": request(tmp_path, **SLOW)})
+    worker.until(lambda m: m.type == "progress" and m.stage == "denoising" and m.step == 2)
+    worker.send({"type": "cancel", "id": id})
+    after = worker.finish(id)
+    assert after[-1].type == "error" and after[-1].code == "cancelled"
+    denoising = [m for m in after if m.type == "progress" and m.stage == "denoising"]
+    assert len(denoising) <= 1
+    assert not [m for m in after if m.type == "progress" and m.stage == "decoding"]
+    assert os.listdir(tmp_path) == []
+    worker.ping()
+
+
+def test_ping_and_second_generate_mid_job(worker, tmp_path):
+    id = new_id()
+    worker.send({"type": "generate", "id": id, "request": request(tmp_path, **SLOW)})
+    worker.until(lambda m: m.type == "progress" and m.stage == "denoising" and m.step == 1)
+    worker.send({"type": "ping", "id": "mid-job"})
+    second = new_id()
+    worker.send({"type": "generate", "id": second, "request": request(tmp_path)})
+    got = worker.until(lambda m: m.type == "error" and m.id == second)
+    pongs = [m for m in got if m.type == "pong"]
+    assert [p.id for p in pongs] == ["mid-job"]
+    assert got[-1].code == "invalid_request" and id in got[-1].message
+    assert not [m for m in got if m.type in ("result", "error") and m.id == id]  # still running
+    worker.send({"type": "cancel", "id": id})
+    assert worker.finish(id)[-1].code == "cancelled"
+
+
+@pytest.mark.parametrize("field,value", [("steps", 0), ("width", 63), ("prompt", "  ")])
+def test_invalid_request_names_the_field(worker, tmp_path, field, value):
+    id = new_id()
+    worker.send({"type": "generate", "id": id, "request": request(tmp_path, **{field: value})})
+    err = worker.next()
+    assert (err.type, err.id, err.code, err.field) == ("error", id, "invalid_request", field)
+    worker.ping()
+
+
+def test_unreadable_lines_get_an_error_and_the_worker_goes_on(worker):
+    worker.send("this is not json")
+    err = worker.next()
+    assert (err.type, err.id, err.code) == ("error", "", "invalid_request")
+    worker.send('{"type":"reboot","id":"r-1"}')
+    err = worker.next()
+    assert (err.id, err.code, err.field) == ("r-1", "invalid_request", "type")
+    worker.send('{"type":"pong","id":"r-2"}')  # a worker-to-bridge message
+    assert worker.next().field == "type"
+    worker.ping()
+
+
+def test_missing_model_folder(worker, tmp_path):
+    missing = tmp_path / "no-such-model"
+    _, msgs = worker.generate(tmp_path, model=str(missing))
+    err = msgs[-1]
+    assert (err.code, err.field) == ("model_not_found", "model")
+    assert str(missing) in err.message and "does not exist" in err.message
+
+
+def test_model_without_unet(worker, tmp_path, tiny_model):
+    copy = tmp_path / "broken-model"
+    shutil.copytree(tiny_model, copy)
+    shutil.rmtree(copy / "unet")
+    _, msgs = worker.generate(tmp_path, model=str(copy))
+    assert msgs[-1].code == "model_not_found" and "unet/" in msgs[-1].message
+
+
+def test_pickle_checkpoint_is_never_loaded(worker, tmp_path):
+    ckpt = tmp_path / "sd_xl_base_1.0.ckpt"
+    ckpt.write_bytes(b"\x80\x02}q\x00.")
+    _, msgs = worker.generate(tmp_path, model=str(ckpt))
+    assert msgs[-1].code == "unsupported" and "pickle" in msgs[-1].message
+
+
+def test_output_dir_that_cannot_be_made(worker, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    _, msgs = worker.generate(tmp_path, output_dir=str(blocker / "sub"))
+    assert (msgs[-1].code, msgs[-1].field) == ("invalid_request", "output_dir")
+
+
+def test_loaded_model_from_a_path_and_unload(worker, tmp_path, tiny_model):
+    _, first = worker.generate(tmp_path, model=tiny_model)
+    assert first[-1].type == "result"
+    with Image.open(first[-1].images[0].path) as im:
+        assert f"Model: {os.path.basename(tiny_model)}, " in im.info["parameters"]
+    _, warm = worker.generate(tmp_path, model=tiny_model)
+    assert "loading_model" not in [m.stage for m in warm if m.type == "progress"]
+    assert warm[-1].metrics.load_s == 0
+    worker.send({"type": "unload"})
+    _, cold = worker.generate(tmp_path, model=tiny_model)
+    assert "loading_model" in [m.stage for m in cold if m.type == "progress"]
+
+
+def test_logs_go_to_stderr_with_the_request_id(worker, tmp_path):
+    id, _ = worker.generate(tmp_path)
+    lines = [line for line in worker.stderr_text().splitlines() if f"[{id}]" in line]
+    assert any("job started" in line for line in lines)
+
+
+def test_closing_stdin_mid_job_exits_promptly(tiny_model, tmp_path):
+    w = WorkerProcess()
+    w.wait_hello()
+    id = new_id()
+    w.send({"type": "generate", "id": id, "request": request(tmp_path, **SLOW)})
+    w.until(lambda m: m.type == "progress" and m.stage == "denoising" and m.step == 1)
+    t0 = time.monotonic()
+    assert w.close(timeout=10) == 0
+    assert time.monotonic() - t0 < 5
+
+
+def test_env_overrides_dtype_and_shutdown_exits_zero(tiny_model):
+    w = WorkerProcess(env={"ATELIER_DTYPE": "bfloat16", "ATELIER_DEVICE": "cpu"})
+    assert w.wait_hello().dtype == "bfloat16"
+    w.send({"type": "shutdown"})
+    assert w.proc.wait(timeout=10) == 0
+
+
+def test_unavailable_device_fails_with_a_reason():
+    w = WorkerProcess(args=("--device", "mps" if sys.platform != "darwin" else "cuda"))
+    assert w.proc.wait(timeout=60) == 2
+    assert "asked for" in w.stderr_text()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signal is Linux's")
+def test_worker_dies_with_its_parent(tiny_model):
+    # A middle process starts the worker, reports its pid, then is killed; the test keeps
+    # the worker's stdin open, so only the parent watch can end it.
+    r, w = os.pipe()
+    middle = subprocess.Popen(
+        [sys.executable, "-c",
+         "import os, subprocess, sys, time\n"
+         "p = subprocess.Popen([sys.executable, '-m', 'atelier_worker'], stdin=int(sys.argv[1]),"
+         " stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, pass_fds=(int(sys.argv[1]),))\n"
+         "print(p.pid, flush=True)\n"
+         "time.sleep(60)\n", str(r)],
+        env=dict(os.environ, PYTHONPATH=PYTHON_DIR), stdout=subprocess.PIPE, pass_fds=(r,))
+    try:
+        pid = int(middle.stdout.readline())
+        time.sleep(1)
+        middle.send_signal(signal.SIGKILL)
+        middle.wait()
+        deadline = time.monotonic() + 10
+        while _alive(pid):
+            if time.monotonic() > deadline:
+                os.kill(pid, signal.SIGKILL)
+                pytest.fail("the worker outlived its parent")
+            time.sleep(0.1)
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+def _alive(pid: int) -> bool:
+    # The orphan is re-parented to init, which may never reap it: a zombie counts as gone.
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
