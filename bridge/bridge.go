@@ -1,0 +1,730 @@
+package bridge
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"atelier/core"
+)
+
+// ErrNoSuchJob is returned by Cancel for an id that is not running.
+var ErrNoSuchJob = errors.New("no such running job")
+
+// Bridge runs jobs on one worker process at a time, starting it on first use and
+// again after it failed. It implements core.Generator. Its methods are safe for
+// concurrent use.
+type Bridge struct {
+	cfg     Config
+	pingSeq atomic.Int64
+
+	mu        sync.Mutex
+	seq       int64                // worker processes started
+	w         *worker              // the worker ready for jobs, or nil
+	starting  *startAttempt        // the start in progress, or nil
+	workers   map[*worker]struct{} // every process not yet reaped, for Close
+	job       *job                 // the job in flight (one at a time), or nil
+	hello     core.Message
+	helloOK   bool
+	tail      *ring // stderr of the latest worker
+	failures  int   // failures in a row, for the backoff
+	notBefore time.Time
+	pings     map[string]chan struct{}
+	closed    bool
+	closing   chan struct{}
+}
+
+var _ core.Generator = (*Bridge)(nil)
+
+// New returns a Bridge; the worker starts with the first Submit, Start or Ping.
+func New(cfg Config) *Bridge {
+	return &Bridge{
+		cfg:     cfg.withDefaults(),
+		workers: map[*worker]struct{}{},
+		tail:    newRing(stderrTailLines),
+		pings:   map[string]chan struct{}{},
+		closing: make(chan struct{}),
+	}
+}
+
+func (b *Bridge) log(id string) *slog.Logger { return b.cfg.Logger.With("id", id) }
+
+// job is one Submit: its messages go through an unbounded queue, so that a slow
+// reader of the channel never blocks the worker's stdout.
+type job struct {
+	id  string
+	out chan core.Message
+
+	qmu    sync.Mutex
+	queue  []core.Message
+	qdone  bool
+	wake   chan struct{}
+	endedC chan struct{} // closed when the job has its final message
+
+	// Guarded by Bridge.mu.
+	w          *worker
+	accepted   bool
+	ended      bool
+	cancelSent bool
+	cancelReq  bool          // cancelled before the generate was sent
+	cancelC    chan struct{} // closed with cancelReq
+	grace      *time.Timer
+}
+
+func newJob(id string) *job {
+	return &job{id: id, out: make(chan core.Message), wake: make(chan struct{}, 1),
+		endedC: make(chan struct{}), cancelC: make(chan struct{})}
+}
+
+func (j *job) push(m core.Message, final bool) {
+	j.qmu.Lock()
+	j.queue = append(j.queue, m)
+	j.qdone = j.qdone || final
+	j.qmu.Unlock()
+	select {
+	case j.wake <- struct{}{}:
+	default:
+	}
+}
+
+// forward delivers the queue to the caller and closes the channel after the final
+// message. The caller must read the channel to its end (Submit says so).
+func (j *job) forward() {
+	for {
+		j.qmu.Lock()
+		if len(j.queue) == 0 {
+			done := j.qdone
+			j.qmu.Unlock()
+			if done {
+				close(j.out)
+				return
+			}
+			<-j.wake
+			continue
+		}
+		m := j.queue[0]
+		j.queue = j.queue[1:]
+		j.qmu.Unlock()
+		j.out <- m
+	}
+}
+
+func errorMessage(id string, e *core.JobError) core.Message {
+	return core.Message{Type: core.MsgError, ID: id, Code: e.Code, Message: e.Message, Detail: e.Detail, Field: e.Field}
+}
+
+// endLocked gives j its final message. The caller holds b.mu.
+func (b *Bridge) endLocked(j *job, final core.Message) {
+	if j.ended {
+		return
+	}
+	j.ended = true
+	if b.job == j {
+		b.job = nil
+	}
+	if j.grace != nil {
+		j.grace.Stop()
+	}
+	final.ID = j.id
+	j.push(final, true)
+	close(j.endedC)
+	b.log(j.id).Info("job ended", "type", final.Type, "code", final.Code)
+}
+
+// jobOnLocked returns the unfinished job that runs on w, or nil.
+func (b *Bridge) jobOnLocked(w *worker) *job {
+	if j := b.job; j != nil && j.w == w && !j.ended {
+		return j
+	}
+	return nil
+}
+
+func (b *Bridge) noteFailureLocked() {
+	b.failures++
+	b.notBefore = time.Now().Add(backoffDelay(b.failures, b.cfg.BackoffMin, b.cfg.BackoffMax, rand.Int64N))
+}
+
+func closedError() *core.JobError {
+	return &core.JobError{Code: core.ErrCancelled, Message: "Atelier is closing, so the job was not run."}
+}
+
+// Submit runs req as job id on the worker, starting the worker first if none runs.
+// The channel yields accepted, progress, preview and finally one result or error
+// (code worker_crashed when the worker died, internal when it sent an unreadable
+// line), then closes; the caller must drain it. Cancelling ctx cancels the job.
+// An error means the job never started; it is a *core.JobError: an invalid request
+// or id, another job still running, a worker that failed to start, or ctx done.
+func (b *Bridge) Submit(ctx context.Context, id string, req core.Request) (<-chan core.Message, error) {
+	if !core.ValidID(id) {
+		return nil, &core.JobError{Code: core.ErrInvalidRequest, Field: "id",
+			Message: fmt.Sprintf("The job id %q is not valid: it must be 1-%d letters, digits, _ . or -. This is a bug in Atelier; please report it.", id, core.MaxIDLen)}
+	}
+	if err := req.ValidateWire(); err != nil {
+		je := &core.JobError{Code: core.ErrInvalidRequest, Message: fmt.Sprintf("The request cannot be run (%v). Fix the field and submit it again.", err)}
+		if v, ok := core.AsValidation(err); ok && len(v.Fields) > 0 {
+			je.Field = v.Fields[0].Field
+		}
+		return nil, je
+	}
+	j := newJob(id)
+	b.mu.Lock()
+	switch {
+	case b.closed:
+		b.mu.Unlock()
+		return nil, closedError()
+	case b.job != nil:
+		running := b.job.id
+		b.mu.Unlock()
+		return nil, &core.JobError{Code: core.ErrUnsupported,
+			Message: fmt.Sprintf("The worker runs one job at a time and job %s is still running. Wait for it to end, or cancel it.", running)}
+	}
+	b.job = j
+	b.mu.Unlock()
+	release := func() {
+		b.mu.Lock()
+		if b.job == j {
+			b.job = nil
+		}
+		b.mu.Unlock()
+	}
+
+	// The worker may die between its start and our attaching the job; then start
+	// another (a crash loop ends in the backoff and a start error).
+	var w *worker
+	for attempt := 1; ; attempt++ {
+		var err error
+		w, err = b.ensure(ctx, j.cancelC, id)
+		if err != nil {
+			release()
+			return nil, err
+		}
+		b.mu.Lock()
+		if j.cancelReq {
+			b.mu.Unlock()
+			release()
+			return nil, &core.JobError{Code: core.ErrCancelled, Message: "The job was cancelled before it started."}
+		}
+		if b.w == w && !w.broken && !w.gone {
+			j.w = w
+			w.jobID = id
+			b.mu.Unlock()
+			break
+		}
+		b.mu.Unlock()
+		if attempt == 3 {
+			release()
+			return nil, &core.JobError{Code: core.ErrWorkerCrashed,
+				Message: "The worker stopped right after it started, three times. The detail below shows its last log lines; retry, and report it if it keeps happening.",
+				Detail:  strings.Join(b.StderrTail(), "\n")}
+		}
+	}
+
+	go j.forward()
+	go func() {
+		select {
+		case <-ctx.Done():
+			_ = b.Cancel(id)
+		case <-j.endedC:
+		}
+	}()
+	b.log(id).Info("job sent", "pid", w.pid(), "model", req.Model, "steps", req.Steps,
+		"size", fmt.Sprintf("%dx%d", req.Width, req.Height), "batch", req.BatchSize)
+	if err := w.send(core.Message{Type: core.MsgGenerate, ID: id, Request: &req}); err != nil {
+		// The worker is gone or stuck. Its exit ends the job as worker_crashed.
+		b.log(id).Warn("could not send the job to the worker; stopping it", "pid", w.pid(), "err", err)
+		w.kill()
+	}
+	return j.out, nil
+}
+
+// Cancel asks the worker to stop job id at its next denoising step; the job then ends
+// with an error of code cancelled. A worker that does not end it within CancelGrace
+// is killed and the job ends as cancelled all the same. It returns ErrNoSuchJob
+// (wrapped) when id is not running.
+func (b *Bridge) Cancel(id string) error {
+	b.mu.Lock()
+	j := b.job
+	if j == nil || j.id != id || j.ended {
+		b.mu.Unlock()
+		return fmt.Errorf("cancel job %q: %w", id, ErrNoSuchJob)
+	}
+	if j.w == nil {
+		if !j.cancelReq {
+			j.cancelReq = true
+			close(j.cancelC)
+		}
+		b.mu.Unlock()
+		return nil
+	}
+	if j.cancelSent {
+		b.mu.Unlock()
+		return nil
+	}
+	j.cancelSent = true
+	w := j.w
+	j.grace = time.AfterFunc(b.cfg.CancelGrace, func() { b.cancelTimedOut(j, w) })
+	b.mu.Unlock()
+
+	b.log(id).Info("cancelling job", "pid", w.pid())
+	if err := w.send(core.Message{Type: core.MsgCancel, ID: id}); err != nil {
+		// A worker that cannot be written to is dead or stuck; the grace timer or its
+		// exit ends the job.
+		b.log(id).Warn("could not send cancel to the worker", "pid", w.pid(), "err", err)
+	}
+	return nil
+}
+
+func (b *Bridge) cancelTimedOut(j *job, w *worker) {
+	b.mu.Lock()
+	if j.ended {
+		b.mu.Unlock()
+		return
+	}
+	w.broken = true
+	if b.w == w {
+		b.w = nil
+	}
+	b.endLocked(j, errorMessage(j.id, &core.JobError{Code: core.ErrCancelled,
+		Message: fmt.Sprintf("The job was cancelled. The worker did not stop within %s, so Atelier stopped it; the next job starts a new worker.", b.cfg.CancelGrace)}))
+	b.mu.Unlock()
+	b.log(j.id).Warn("worker ignored cancel; killing it", "pid", w.pid(), "grace", b.cfg.CancelGrace)
+	w.kill()
+}
+
+// Start starts the worker now, if none runs, and waits for its handshake: the UI can
+// warm it up while the user writes a prompt. An error is a *core.JobError.
+func (b *Bridge) Start(ctx context.Context) error {
+	_, err := b.ensure(ctx, nil, "")
+	return err
+}
+
+// Ping checks that the worker answers, starting it if none runs; it works mid-job.
+func (b *Bridge) Ping(ctx context.Context) error {
+	w, err := b.ensure(ctx, nil, "")
+	if err != nil {
+		return err
+	}
+	id := fmt.Sprintf("ping-%d", b.pingSeq.Add(1))
+	ch := make(chan struct{})
+	b.mu.Lock()
+	b.pings[id] = ch
+	b.mu.Unlock()
+	defer func() {
+		b.mu.Lock()
+		delete(b.pings, id)
+		b.mu.Unlock()
+	}()
+	if err := w.send(core.Message{Type: core.MsgPing, ID: id}); err != nil {
+		return fmt.Errorf("ping the worker: %w", err)
+	}
+	select {
+	case <-ch:
+		return nil
+	case <-w.exited:
+		return &core.JobError{Code: core.ErrWorkerCrashed, Message: "The worker stopped before it answered a ping; the next job starts a new one.",
+			Detail: strings.Join(w.tail.snapshot(), "\n")}
+	case <-ctx.Done():
+		return fmt.Errorf("ping the worker: no answer: %w", ctx.Err())
+	}
+}
+
+// Unload asks a running worker to drop its cached models and free device memory,
+// after the job in flight. Without a running worker there is nothing to free.
+func (b *Bridge) Unload() error {
+	b.mu.Lock()
+	w := b.w
+	b.mu.Unlock()
+	if w == nil {
+		return nil
+	}
+	return w.send(core.Message{Type: core.MsgUnload})
+}
+
+// Hello returns the handshake of the latest worker that started: its protocol,
+// devices, capabilities and versions. ok is false until one has started.
+func (b *Bridge) Hello() (hello core.Message, ok bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.hello, b.helloOK
+}
+
+// StderrTail returns the last lines (up to 50) that the latest worker wrote to stderr.
+func (b *Bridge) StderrTail() []string {
+	b.mu.Lock()
+	t := b.tail
+	b.mu.Unlock()
+	return t.snapshot()
+}
+
+// Close ends the job in flight (as cancelled), closes the worker's stdin so that it
+// exits, kills it if it has not within ExitGrace, and waits until no worker process
+// remains. Later Submits fail. It is safe to call more than once.
+func (b *Bridge) Close() error {
+	b.mu.Lock()
+	if !b.closed {
+		b.closed = true
+		close(b.closing)
+		if j := b.job; j != nil {
+			if j.w == nil && !j.cancelReq {
+				j.cancelReq = true
+				close(j.cancelC)
+			} else {
+				b.endLocked(j, errorMessage(j.id, &core.JobError{Code: core.ErrCancelled,
+					Message: "Atelier closed while the job ran; run it again after the next start."}))
+			}
+		}
+	}
+	st := b.starting
+	ws := make([]*worker, 0, len(b.workers))
+	for w := range b.workers {
+		w.broken = true
+		ws = append(ws, w)
+		b.log(w.jobID).Info("stopping worker", "pid", w.pid())
+	}
+	b.w = nil
+	b.mu.Unlock()
+
+	for _, w := range ws {
+		w.stop()
+	}
+	if st != nil {
+		<-st.done
+	}
+	for _, w := range ws {
+		<-w.exited
+	}
+	return nil
+}
+
+type startAttempt struct {
+	done chan struct{}
+	w    *worker
+	err  error
+}
+
+// ensure returns the ready worker, starting one if none runs. The start goes on
+// without the caller when ctx ends or cancel closes, so that the next job finds the
+// worker warm instead of paying for the Python imports again.
+func (b *Bridge) ensure(ctx context.Context, cancel <-chan struct{}, id string) (*worker, error) {
+	b.mu.Lock()
+	if b.closed {
+		b.mu.Unlock()
+		return nil, closedError()
+	}
+	if b.w != nil {
+		w := b.w
+		b.mu.Unlock()
+		return w, nil
+	}
+	st := b.starting
+	if st == nil {
+		st = &startAttempt{done: make(chan struct{})}
+		b.starting = st
+		go b.start(st, id)
+	}
+	b.mu.Unlock()
+	select {
+	case <-st.done:
+		return st.w, st.err
+	case <-ctx.Done():
+		return nil, &core.JobError{Code: core.ErrCancelled, Message: "The job was cancelled while the worker was starting.", Detail: ctx.Err().Error()}
+	case <-cancel:
+		return nil, &core.JobError{Code: core.ErrCancelled, Message: "The job was cancelled before it started."}
+	}
+}
+
+func (b *Bridge) start(st *startAttempt, id string) {
+	defer close(st.done)
+	argv, workerDir, err := b.cfg.WorkerCommand()
+	notSetUp := err != nil
+	var w *worker
+	var hello core.Message
+	if !notSetUp {
+		w, hello, err = b.startWorker(id, argv, workerDir)
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.starting = nil
+	switch {
+	case err != nil:
+		st.err = err
+		// A worker that is not set up is no crash loop: say so at once, every time.
+		if !notSetUp {
+			b.noteFailureLocked()
+		}
+	case b.closed:
+		st.err = closedError()
+		w.broken = true
+		go w.stop()
+	case w.gone || w.broken:
+		st.err = &core.JobError{Code: core.ErrWorkerCrashed, Message: "The worker stopped right after it started. The detail below shows its last log lines; retry, and report it if it keeps happening.",
+			Detail: strings.Join(w.tail.snapshot(), "\n")}
+		b.noteFailureLocked()
+	default:
+		w.ready = true
+		b.w = w
+		b.hello, b.helloOK = hello, true
+		st.w = w
+	}
+}
+
+// startWorker waits out the backoff, spawns a worker and waits for its hello.
+func (b *Bridge) startWorker(id string, argv []string, workerDir string) (*worker, core.Message, error) {
+	lg := b.log(id)
+	b.mu.Lock()
+	wait := time.Until(b.notBefore)
+	b.mu.Unlock()
+	if wait > 0 {
+		lg.Info("waiting before restarting the worker", "wait", wait.Round(time.Millisecond))
+		t := time.NewTimer(wait)
+		select {
+		case <-t.C:
+		case <-b.closing:
+			t.Stop()
+			return nil, core.Message{}, closedError()
+		}
+	}
+	b.mu.Lock()
+	if b.closed {
+		b.mu.Unlock()
+		return nil, core.Message{}, closedError()
+	}
+	w, err := b.spawn(argv, workerDir, id)
+	if err != nil {
+		b.mu.Unlock()
+		return nil, core.Message{}, &core.JobError{Code: core.ErrInternal,
+			Message: fmt.Sprintf("Atelier could not start the worker (%s). Check that %s names a working python, or run `make venv`.", argv[0], EnvPython),
+			Detail:  err.Error()}
+	}
+	b.workers[w] = struct{}{}
+	b.tail = w.tail
+	b.mu.Unlock()
+	lg.Info("worker started", "pid", w.pid(), "cmd", strings.Join(argv, " "))
+
+	hello, herr := b.handshake(w, lg)
+	close(w.hsDone)
+	if herr != nil {
+		b.mu.Lock()
+		w.broken = true
+		b.mu.Unlock()
+		if herr.Code == core.ErrUnsupported {
+			w.stop() // it is healthy, only of another version: let it exit cleanly
+		} else {
+			w.kill()
+		}
+		<-w.exited
+		tail := strings.Join(w.tail.snapshot(), "\n")
+		if herr.Detail == "" {
+			herr.Detail = tail
+		} else if tail != "" {
+			herr.Detail += "\n\nworker stderr:\n" + tail
+		}
+		lg.Warn("worker failed to start", "pid", w.pid(), "code", herr.Code, "err", herr.Message)
+		return nil, core.Message{}, herr
+	}
+	lg.Info("worker ready", "pid", w.pid(), "protocol", hello.Protocol, "worker_version", hello.WorkerVersion,
+		"device", hello.Device, "dtype", hello.Dtype)
+	return w, hello, nil
+}
+
+// handshake waits for hello under the stall deadline, which every loading line moves.
+func (b *Bridge) handshake(w *worker, lg *slog.Logger) (core.Message, *core.JobError) {
+	stall := b.cfg.StallTimeout
+	timer := time.NewTimer(stall)
+	defer timer.Stop()
+	for {
+		select {
+		case m := <-w.events:
+			if m.Type == core.MsgLoading {
+				lg.Info("worker loading", "pid", w.pid(), "message", m.Message)
+				timer.Reset(stall)
+				continue
+			}
+			if m.Protocol != core.ProtocolVersion {
+				return core.Message{}, versionError(m.Protocol, m.WorkerVersion)
+			}
+			return m, nil
+		case <-timer.C:
+			return core.Message{}, &core.JobError{Code: core.ErrInternal,
+				Message: fmt.Sprintf("The worker said nothing for %s while starting, so Atelier stopped it. The detail below shows its last log lines; retry, and if it hangs again, look there for what it was doing.", stall)}
+		case <-w.exited:
+			b.mu.Lock()
+			f := w.failure
+			b.mu.Unlock()
+			if f != nil {
+				return core.Message{}, f
+			}
+			return core.Message{}, &core.JobError{Code: core.ErrWorkerCrashed,
+				Message: fmt.Sprintf("The worker stopped while starting (%s). The detail below shows its last log lines; if they name a missing module, run `make venv` to repair the Python environment.", exitReason(w))}
+		case <-b.closing:
+			return core.Message{}, closedError()
+		}
+	}
+}
+
+func versionError(workerProtocol int, workerVersion string) *core.JobError {
+	return &core.JobError{Code: core.ErrUnsupported,
+		Message: fmt.Sprintf("The worker speaks protocol version %d, but this Atelier speaks version %d. They come from different versions of Atelier: update both from the same checkout and rebuild with `make run`.", workerProtocol, core.ProtocolVersion),
+		Detail:  fmt.Sprintf("worker_version %q", workerVersion)}
+}
+
+// handleLine routes one line from the worker's stdout.
+func (b *Bridge) handleLine(w *worker, line []byte) {
+	m, err := core.DecodeMessage(line)
+	if err != nil {
+		b.unreadable(w, line, err)
+		return
+	}
+	b.mu.Lock()
+	if w.broken {
+		b.mu.Unlock()
+		return
+	}
+	if !w.ready {
+		b.mu.Unlock()
+		if m.Type != core.MsgLoading && m.Type != core.MsgHello {
+			b.unreadable(w, line, fmt.Errorf("a %q message came before hello", m.Type))
+			return
+		}
+		select {
+		case w.events <- m:
+		case <-w.hsDone:
+		}
+		return
+	}
+	if violation := b.routeLocked(w, m); violation != nil {
+		b.mu.Unlock()
+		b.unreadable(w, line, violation)
+		return
+	}
+	b.mu.Unlock()
+}
+
+// routeLocked hands a message of a ready worker to its job or ping; it returns an
+// error for a message the worker must never send. The caller holds b.mu.
+func (b *Bridge) routeLocked(w *worker, m core.Message) error {
+	j := b.jobOnLocked(w)
+	switch m.Type {
+	case core.MsgAccepted, core.MsgProgress, core.MsgPreview:
+		if j == nil || m.ID != j.id {
+			b.log(m.ID).Warn("dropping a message for a job that is not running", "type", m.Type, "pid", w.pid())
+			return nil
+		}
+		if m.Type == core.MsgAccepted {
+			j.accepted = true
+		}
+		j.push(m, false)
+	case core.MsgResult, core.MsgError:
+		// An error without an id is about a line the worker could not read; before
+		// accepted, that line can only be this job's generate.
+		if m.Type == core.MsgError && m.ID == "" && j != nil && !j.accepted {
+			m.ID = j.id
+		}
+		if j == nil || m.ID != j.id {
+			b.log(m.ID).Warn("dropping a final message for a job that is not running", "type", m.Type, "code", m.Code, "message", m.Message, "pid", w.pid())
+			return nil
+		}
+		// The worker did its part, so it is healthy: the next failure backs off from the start.
+		b.failures, b.notBefore = 0, time.Time{}
+		b.endLocked(j, m)
+	case core.MsgPong:
+		if ch, ok := b.pings[m.ID]; ok {
+			close(ch)
+			delete(b.pings, m.ID)
+		}
+	case core.MsgLoading, core.MsgHello:
+		b.log(w.jobID).Debug("ignoring a late start-up message", "type", m.Type, "pid", w.pid())
+	default:
+		return fmt.Errorf("the worker sent %q, which only Atelier sends", m.Type)
+	}
+	return nil
+}
+
+// unreadable stops a worker that broke the protocol: whatever it says next cannot be
+// trusted. The job in flight ends with code internal.
+func (b *Bridge) unreadable(w *worker, line []byte, cause error) {
+	b.mu.Lock()
+	if w.broken {
+		b.mu.Unlock()
+		return
+	}
+	w.broken = true
+	var je *core.JobError
+	if !w.ready {
+		// A worker of another protocol version may not even write our hello; say
+		// that rather than "unreadable".
+		var peek struct {
+			Type     string `json:"type"`
+			Protocol int    `json:"protocol"`
+		}
+		if json.Unmarshal(line, &peek) == nil && peek.Type == core.MsgHello && peek.Protocol != core.ProtocolVersion {
+			je = versionError(peek.Protocol, "")
+		}
+	}
+	if je == nil {
+		je = &core.JobError{Code: core.ErrInternal,
+			Message: "The worker sent an unreadable line, so Atelier stopped it; the next job starts a new worker. If this keeps happening, report it with the detail below.",
+			Detail:  fmt.Sprintf("%v\nline: %s", cause, quoteCut(line, 500))}
+	}
+	w.failure = je
+	b.noteFailureLocked()
+	if b.w == w {
+		b.w = nil
+	}
+	id := w.jobID
+	if j := b.jobOnLocked(w); j != nil {
+		final := *je
+		final.Detail += "\n\nworker stderr:\n" + strings.Join(w.tail.snapshot(), "\n")
+		b.endLocked(j, errorMessage(j.id, &final))
+	}
+	b.mu.Unlock()
+	b.log(id).Error("worker broke the protocol; killing it", "pid", w.pid(), "err", cause, "line", quoteCut(line, 200))
+	w.kill()
+}
+
+func quoteCut(line []byte, n int) string {
+	if len(line) > n {
+		return fmt.Sprintf("%q…", line[:n])
+	}
+	return fmt.Sprintf("%q", line)
+}
+
+// workerExited handles a process's end, once its output is read.
+func (b *Bridge) workerExited(w *worker) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	w.gone = true
+	delete(b.workers, w)
+	if b.w == w {
+		b.w = nil
+	}
+	reason := exitReason(w)
+	lg := b.log(w.jobID)
+	if j := b.jobOnLocked(w); j != nil {
+		// Nobody asked it to stop: a crash, reported with its last words.
+		b.noteFailureLocked()
+		tail := w.tail.snapshot()
+		detail := strings.Join(tail, "\n")
+		if len(tail) == 0 {
+			detail = "(the worker wrote nothing to stderr)"
+		}
+		b.endLocked(j, errorMessage(j.id, &core.JobError{Code: core.ErrWorkerCrashed,
+			Message: fmt.Sprintf("The worker process stopped during the job (%s). Retry: the next job starts a new worker. If it keeps stopping, the detail below shows its last log lines.%s", reason, killedHint(w)),
+			Detail:  detail}))
+		lg.Error("worker crashed during a job", "pid", w.pid(), "exit", reason)
+		return
+	}
+	if w.ready && !w.broken && !b.closed {
+		b.noteFailureLocked()
+		lg.Warn("worker exited while idle; the next job starts a new one", "pid", w.pid(), "exit", reason)
+		return
+	}
+	lg.Info("worker exited", "pid", w.pid(), "exit", reason)
+}
