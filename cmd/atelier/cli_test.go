@@ -1,0 +1,73 @@
+package main
+
+import (
+	"bytes"
+	"io"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"atelier/core"
+)
+
+func TestGenerateDefaultsComeFromCore(t *testing.T) {
+	o, _, ok := parseGenerate([]string{"--prompt", "a lighthouse"}, io.Discard, io.Discard)
+	require.True(t, ok)
+	want := core.DefaultRequest()
+	want.Prompt = "a lighthouse"
+	assert.Equal(t, want, o.req)
+	assert.False(t, o.json)
+}
+
+func TestGenerateFlagsSetTheRequest(t *testing.T) {
+	o, _, ok := parseGenerate([]string{"--prompt", "p", "--negative", "n", "--model", "/m", "--scheduler", "ddim",
+		"--steps", "9", "--cfg", "2.5", "--width", "128", "--height", "192", "--seed", "42", "--batch", "3",
+		"--out", "copies", "--json"}, io.Discard, io.Discard)
+	require.True(t, ok)
+	assert.Equal(t, core.Request{Prompt: "p", NegativePrompt: "n", Model: "/m", Scheduler: "ddim", Steps: 9, CFG: 2.5,
+		Width: 128, Height: 192, Seed: 42, BatchSize: 3}, o.req)
+	assert.Equal(t, "copies", o.out)
+	assert.True(t, o.json)
+}
+
+// Every field that validation can name must map to the flag that sets it, or
+// the user reads a field name they cannot type.
+func TestEveryValidatedFieldHasAFlag(t *testing.T) {
+	bad := core.Request{Scheduler: "nope", CFG: -1, Seed: -2, BatchSize: 99}
+	err := bad.Validate()
+	v, ok := core.AsValidation(err)
+	require.True(t, ok, err)
+	require.GreaterOrEqual(t, len(v.Fields), 8)
+	for _, f := range v.Fields {
+		assert.Contains(t, flagForField, f.Field)
+	}
+}
+
+func TestPlainProgressStaysShort(t *testing.T) {
+	var buf bytes.Buffer
+	p := newProgress(&buf)
+	require.False(t, p.tty, "a buffer is not a terminal")
+	p.event(core.Message{Type: core.MsgProgress, Stage: "encoding"})
+	for i := 0; i <= 150; i++ {
+		p.event(core.Message{Type: core.MsgProgress, Stage: "denoising", Step: i, Total: 150})
+	}
+	p.event(core.Message{Type: core.MsgProgress, Stage: "decoding"})
+	lines := strings.Split(strings.TrimSpace(buf.String()), "\n")
+	assert.LessOrEqual(t, len(lines), 13, buf.String())
+	assert.Contains(t, buf.String(), "denoising 150/150")
+	assert.Contains(t, buf.String(), "decoding")
+	assert.NotContains(t, buf.String(), "\r", "no terminal control codes in plain output")
+}
+
+func TestTerminalProgressRedrawsOneLine(t *testing.T) {
+	var buf bytes.Buffer
+	p := &progress{w: &buf, tty: true}
+	p.event(core.Message{Type: core.MsgProgress, Stage: "denoising", Step: 15, Total: 30, ElapsedS: 2})
+	p.finish()
+	out := buf.String()
+	assert.Contains(t, out, "\r\033[K")
+	assert.Contains(t, out, "["+strings.Repeat("#", 15)+strings.Repeat("-", 15)+"] 15/30")
+	assert.NotContains(t, out, "\n")
+}

@@ -1,0 +1,219 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"os/signal"
+	"runtime"
+	"runtime/debug"
+	"sort"
+	"strings"
+	"syscall"
+	"time"
+
+	"atelier/bridge"
+	"atelier/core"
+)
+
+// doctorVersions are the libraries doctor reports, in this order.
+var doctorVersions = []string{"python", "torch", "diffusers", "transformers"}
+
+func cmdDoctor(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("doctor", flag.ContinueOnError)
+	fs.Usage = func() {
+		fmt.Fprint(fs.Output(), `Usage: atelier doctor
+
+Checks the set-up: the folders and history, the Python that runs the worker, and
+the worker itself (started through the same bridge as a job), then prints its
+library versions and devices. Says what to do about each problem.
+Exit status: 0 all good, 1 a problem (the worker cannot start, or the history cannot open).
+`)
+	}
+	fs.SetOutput(io.Discard)
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			fs.SetOutput(stdout)
+			fs.Usage()
+			return exitOK
+		}
+		fmt.Fprintf(stderr, "atelier doctor: %v\n", err)
+		return exitUsage
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintln(stderr, "atelier doctor: takes no arguments")
+		return exitUsage
+	}
+
+	problems := 0
+	problem := func(what, todo string) {
+		problems++
+		fmt.Fprintf(stdout, "  PROBLEM: %s\n  what to do: %s\n", what, todo)
+	}
+	note := func(what string) { fmt.Fprintf(stdout, "  note: %s\n", what) }
+
+	// 1. Folders and history.
+	paths := core.DefaultPaths()
+	fmt.Fprintf(stdout, "Atelier %s\n\nFolders\n  data:    %s\n  cache:   %s\n  history: %s\n", version, paths.Data, paths.Cache, paths.DB)
+	if err := paths.EnsureDirs(); err != nil {
+		problem(err.Error(), "make the folder writable, or set ATELIER_HOME to a writable folder")
+	} else if store, err := core.OpenStore(paths.DB); err != nil {
+		problem(err.Error(), "move the file away (Atelier then starts a new history), or set ATELIER_HOME elsewhere")
+	} else {
+		jobs, err := store.ListJobs(context.Background(), 0)
+		if err != nil {
+			problem(err.Error(), "move the history file away; Atelier then starts a new one")
+		} else {
+			fmt.Fprintf(stdout, "  history ok: %d jobs\n", len(jobs))
+		}
+		store.Close()
+	}
+
+	// 2. The interpreter and the worker's code.
+	cfg := bridgeConfig(paths, stderr)
+	fmt.Fprintln(stdout, "\nWorker")
+	argv, dir, err := cfg.WorkerCommand()
+	if err != nil {
+		problem(jobErrorText(err), "run `make venv`, or set ATELIER_PYTHON and ATELIER_WORKER_DIR")
+		return finishDoctor(stdout, problems)
+	}
+	fmt.Fprintf(stdout, "  python:  %s\n  code:    %s\n  models:  %s (generated models such as tiny)\n", argv[0], dir, cfg.CacheDir)
+
+	// 3. Start the worker as a job would, and read its handshake.
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	br := bridge.New(cfg)
+	defer br.Close()
+	fmt.Fprintln(stdout, "  starting the worker (importing torch can take a while)...")
+	start := time.Now()
+	if err := br.Start(ctx); err != nil {
+		problem("the worker did not start: "+jobErrorText(err),
+			"if a Python module is missing or broken, run `make venv` (it installs python/requirements.txt); "+
+				"otherwise read the worker's lines above and report them")
+		if tail := br.StderrTail(); len(tail) > 0 && !strings.Contains(jobErrorText(err), tail[len(tail)-1]) {
+			fmt.Fprintf(stdout, "  the worker's last lines on stderr:\n%s\n", indent(strings.Join(tail, "\n"), "    "))
+		}
+		return finishDoctor(stdout, problems)
+	}
+	hello, ok := br.Hello()
+	if !ok {
+		problem("the worker started but its handshake is missing", "report this: it is a bug in Atelier")
+		return finishDoctor(stdout, problems)
+	}
+	fmt.Fprintf(stdout, "  worker ok: started in %.1fs, protocol %d, worker %s\n",
+		time.Since(start).Seconds(), hello.Protocol, hello.WorkerVersion)
+
+	fmt.Fprintln(stdout, "\nVersions")
+	for _, name := range doctorVersions {
+		v := hello.Versions[name]
+		if v == "" {
+			v = packageVersion(ctx, argv[0], name)
+		}
+		fmt.Fprintf(stdout, "  %-13s %s\n", name+":", v)
+	}
+	var extra []string
+	for name := range hello.Versions {
+		if !contains(doctorVersions, name) {
+			extra = append(extra, name)
+		}
+	}
+	sort.Strings(extra)
+	for _, name := range extra {
+		fmt.Fprintf(stdout, "  %-13s %s\n", name+":", hello.Versions[name])
+	}
+
+	fmt.Fprintf(stdout, "\nDevices\n  running on: %s (%s)\n", hello.Device, hello.Dtype)
+	for _, d := range hello.Devices {
+		fmt.Fprintf(stdout, "  - %s (%s, %.1f GiB)\n", d.Name, d.Kind, float64(d.MemoryBytes)/(1<<30))
+	}
+	if hello.Device == "cpu" {
+		note("no GPU in use: the tiny model works, but a real SDXL model takes minutes per image on a CPU; " +
+			"on a machine with an NVIDIA GPU, check its driver (nvidia-smi) and that the venv's torch is a CUDA build")
+	}
+	if c := hello.Capabilities; c != nil {
+		fmt.Fprintf(stdout, "  schedulers: %s\n", strings.Join(c.Schedulers, ", "))
+		if len(c.Features) > 0 {
+			fmt.Fprintf(stdout, "  features:   %s\n", strings.Join(c.Features, ", "))
+		}
+	}
+	return finishDoctor(stdout, problems)
+}
+
+// packageVersion asks the interpreter for a distribution's version, for the
+// libraries the worker's hello leaves out. It reads the package metadata only,
+// so it costs no import of the library.
+func packageVersion(ctx context.Context, python, name string) string {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, python, "-c",
+		"import importlib.metadata as m, sys; print(m.version(sys.argv[1]))", name).Output()
+	if err != nil {
+		return "NOT INSTALLED (run `make venv`)"
+	}
+	return strings.TrimSpace(string(out)) + " (from the interpreter)"
+}
+
+func finishDoctor(w io.Writer, problems int) int {
+	if problems > 0 {
+		fmt.Fprintf(w, "\n%d problem(s) found.\n", problems)
+		return exitFailure
+	}
+	fmt.Fprintln(w, "\nAll good.")
+	return exitOK
+}
+
+// jobErrorText is a *core.JobError's message with its detail, or err's text.
+func jobErrorText(err error) string {
+	var jerr *core.JobError
+	if errors.As(err, &jerr) {
+		if jerr.Detail != "" {
+			return jerr.Message + "\n" + indent(jerr.Detail, "    ")
+		}
+		return jerr.Message
+	}
+	return err.Error()
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+func cmdVersion(args []string, stdout, stderr io.Writer) int {
+	if len(args) > 0 {
+		if args[0] == "-h" || args[0] == "--help" || args[0] == "-help" {
+			fmt.Fprintln(stdout, "Usage: atelier version\n\nPrints Atelier's version, its commit, and the protocol and schema versions it speaks.")
+			return exitOK
+		}
+		fmt.Fprintln(stderr, "atelier version: takes no arguments")
+		return exitUsage
+	}
+	commit := "unknown commit"
+	if info, ok := debug.ReadBuildInfo(); ok {
+		var rev, modified string
+		for _, s := range info.Settings {
+			switch s.Key {
+			case "vcs.revision":
+				rev = s.Value
+			case "vcs.modified":
+				if s.Value == "true" {
+					modified = "+dirty"
+				}
+			}
+		}
+		if rev != "" {
+			commit = "commit " + rev[:min(12, len(rev))] + modified
+		}
+	}
+	fmt.Fprintf(stdout, "atelier %s (%s, %s, %s/%s)\nworker protocol %d, history schema %d\n",
+		version, commit, runtime.Version(), runtime.GOOS, runtime.GOARCH, core.ProtocolVersion, core.SchemaVersion())
+	return exitOK
+}

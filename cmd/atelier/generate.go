@@ -1,0 +1,297 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+
+	"atelier/core"
+)
+
+type generateOptions struct {
+	req  core.Request
+	out  string
+	json bool
+}
+
+// flagForField maps a request field to the flag that sets it, so that an
+// error names what the user typed.
+var flagForField = map[string]string{
+	"prompt": "--prompt", "negative_prompt": "--negative", "model": "--model", "scheduler": "--scheduler",
+	"steps": "--steps", "cfg": "--cfg", "width": "--width", "height": "--height", "seed": "--seed",
+	"batch_size": "--batch",
+}
+
+func parseGenerate(args []string, stdout, stderr io.Writer) (*generateOptions, int, bool) {
+	def := core.DefaultRequest()
+	o := &generateOptions{}
+	fs := flag.NewFlagSet("generate", flag.ContinueOnError)
+	fs.StringVar(&o.req.Prompt, "prompt", "", "what to draw (required)")
+	fs.StringVar(&o.req.NegativePrompt, "negative", "", "what to keep out of the image")
+	fs.StringVar(&o.req.Model, "model", def.Model, `"tiny" (a small random demo model) or the path of a diffusers model folder`)
+	fs.StringVar(&o.req.Scheduler, "scheduler", def.Scheduler, "sampler: "+strings.Join(core.Schedulers, ", "))
+	fs.IntVar(&o.req.Steps, "steps", def.Steps, fmt.Sprintf("denoising steps, %d-%d", core.MinSteps, core.MaxSteps))
+	fs.Float64Var(&o.req.CFG, "cfg", def.CFG, fmt.Sprintf("guidance scale, %g-%g", core.MinCFG, core.MaxCFG))
+	fs.IntVar(&o.req.Width, "width", def.Width, fmt.Sprintf("width in pixels, a multiple of %d from %d to %d", core.SizeMultiple, core.MinSize, core.MaxSize))
+	fs.IntVar(&o.req.Height, "height", def.Height, "height in pixels, as --width")
+	fs.Int64Var(&o.req.Seed, "seed", def.Seed, "seed; -1 picks a random one (recorded in the history)")
+	fs.IntVar(&o.req.BatchSize, "batch", def.BatchSize, fmt.Sprintf("images in one job, %d-%d; image i uses seed+i", core.MinBatch, core.MaxBatch))
+	fs.StringVar(&o.out, "out", "", "also copy the PNGs into this folder (the history keeps its own copy)")
+	fs.BoolVar(&o.json, "json", false, "print JSON lines on stdout: every worker event, then a final {\"type\":\"done\"} line")
+	fs.Usage = func() {
+		fmt.Fprint(fs.Output(), `Usage: atelier generate --prompt TEXT [options]
+
+Generates images through the Python worker and records the job in the history.
+Prints the image paths on stdout (or JSON lines with --json) and progress on stderr.
+Exit status: 0 done, 1 the job failed, 2 invalid input (nothing recorded), 130 cancelled.
+
+Options:
+`)
+		fs.PrintDefaults()
+	}
+	fs.SetOutput(io.Discard)
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			fs.SetOutput(stdout)
+			fs.Usage()
+			return nil, exitOK, false
+		}
+		fmt.Fprintf(stderr, "atelier generate: %v\nRun \"atelier generate --help\" for the options.\n", err)
+		return nil, exitUsage, false
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "atelier generate: unexpected argument %q: give the prompt with --prompt \"...\" (quoted)\n", fs.Arg(0))
+		return nil, exitUsage, false
+	}
+	return o, exitOK, true
+}
+
+func cmdGenerate(args []string, stdout, stderr io.Writer) int {
+	o, code, ok := parseGenerate(args, stdout, stderr)
+	if !ok {
+		return code
+	}
+	emit := jsonEmitter(stdout, o.json)
+	if o.out != "" {
+		// Refuse a bad --out before the job, not after the work is done.
+		if fi, err := os.Stat(o.out); err == nil && !fi.IsDir() {
+			msg := fmt.Sprintf("%s is a file, not a folder: give a folder for the copies", o.out)
+			fmt.Fprintf(stderr, "atelier generate: invalid --out: %s\n", msg)
+			emit(doneLine{Type: "done", Error: &jsonError{Code: core.ErrInvalidRequest, Message: msg, Field: "out"}})
+			return exitUsage
+		}
+	}
+
+	a, err := openApp(stderr)
+	if err != nil {
+		fmt.Fprintln(stderr, "atelier generate:", err)
+		emit(doneLine{Type: "done", Error: &jsonError{Code: core.ErrInternal, Message: err.Error()}})
+		return exitFailure
+	}
+	defer a.close()
+
+	// The first SIGINT or SIGTERM cancels the job, which is then recorded as
+	// cancelled; restoring the default handler lets a second one quit at once.
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	go func() {
+		<-ctx.Done()
+		stop()
+	}()
+
+	prog := newProgress(stderr)
+	outcome, err := a.runner.Run(ctx, o.req, func(m core.Message) {
+		prog.event(m)
+		if o.json {
+			emit(m)
+		}
+	})
+	prog.finish()
+	if err != nil {
+		return reportFailure(ctx, err, outcome, stdout, stderr, emit)
+	}
+
+	paths := make([]string, len(outcome.Images))
+	for i, im := range outcome.Images {
+		paths[i] = im.Path
+	}
+	var copies []string
+	if o.out != "" {
+		if copies, err = copyImages(paths, o.out); err != nil {
+			fmt.Fprintf(stderr, "atelier generate: the images are in the history, but copying them to %s failed: %v\n", o.out, err)
+			emit(doneLine{Type: "done", Error: &jsonError{Code: core.ErrInternal, Message: err.Error(), Field: "out"}})
+			return exitFailure
+		}
+	}
+	if o.json {
+		emit(doneLine{Type: "done", OK: true, JobID: outcome.JobID, UID: outcome.UID,
+			Images: outcome.Images, Copies: copies, Metrics: outcome.Metrics})
+	} else {
+		shown := paths
+		if copies != nil {
+			shown = copies
+		}
+		for _, p := range shown {
+			fmt.Fprintln(stdout, p)
+		}
+	}
+	if m := outcome.Metrics; m != nil {
+		fmt.Fprintf(stderr, "done in %.1fs (%.2f it/s on %s, %s)\n", m.TotalS, m.ItS, m.Device, m.Dtype)
+	}
+	return exitOK
+}
+
+// reportFailure explains err on stderr (and as the final JSON line) and picks
+// the exit status.
+func reportFailure(ctx context.Context, err error, outcome *core.JobOutcome, stdout, stderr io.Writer, emit func(any)) int {
+	if v, ok := core.AsValidation(err); ok {
+		var msgs []string
+		for _, f := range v.Fields {
+			fmt.Fprintf(stderr, "atelier generate: invalid %s: %s\n", flagName(f.Field), f.Message)
+			msgs = append(msgs, f.Error())
+		}
+		fmt.Fprintln(stderr, "Nothing was generated or recorded. Run \"atelier generate --help\" for the limits.")
+		emit(doneLine{Type: "done", Error: &jsonError{Code: core.ErrInvalidRequest,
+			Message: strings.Join(msgs, "; "), Field: v.Fields[0].Field}})
+		return exitUsage
+	}
+	var jerr *core.JobError
+	if !errors.As(err, &jerr) {
+		if outcome != nil {
+			for _, im := range outcome.Images {
+				fmt.Fprintln(stdout, im.Path)
+			}
+		}
+		fmt.Fprintln(stderr, "atelier generate:", err)
+		emit(doneLine{Type: "done", Error: &jsonError{Code: core.ErrInternal, Message: err.Error()}})
+		return exitFailure
+	}
+	emit(doneLine{Type: "done", Error: &jsonError{Code: jerr.Code, Message: jerr.Message, Detail: jerr.Detail, Field: jerr.Field}})
+	switch {
+	case jerr.Code == core.ErrCancelled && ctx.Err() != nil:
+		fmt.Fprintln(stderr, "atelier generate: cancelled; the job is recorded as cancelled")
+		return exitCancelled
+	case jerr.Field != "":
+		fmt.Fprintf(stderr, "atelier generate: invalid %s: %s\n", flagName(jerr.Field), jerr.Message)
+		return exitUsage
+	}
+	fmt.Fprintf(stderr, "atelier generate: the job failed: %s: %s\n", jerr.Code, jerr.Message)
+	if jerr.Detail != "" {
+		label := "detail"
+		if jerr.Code == core.ErrWorkerCrashed {
+			label = "the worker's last lines on stderr"
+		}
+		fmt.Fprintf(stderr, "%s:\n%s\n", label, indent(jerr.Detail, "  "))
+	}
+	return exitFailure
+}
+
+func flagName(field string) string {
+	if f, ok := flagForField[field]; ok {
+		return f
+	}
+	return field
+}
+
+func indent(s, prefix string) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	for i, l := range lines {
+		lines[i] = prefix + l
+	}
+	return strings.Join(lines, "\n")
+}
+
+// doneLine is the last line of --json output, whatever happened.
+type doneLine struct {
+	Type    string             `json:"type"`
+	OK      bool               `json:"ok"`
+	JobID   int64              `json:"job_id,omitempty"`
+	UID     string             `json:"uid,omitempty"`
+	Images  []core.ImageResult `json:"images,omitempty"`
+	Copies  []string           `json:"copies,omitempty"`
+	Metrics *core.Metrics      `json:"metrics,omitempty"`
+	Error   *jsonError         `json:"error,omitempty"`
+}
+
+type jsonError struct {
+	Code    core.ErrorCode `json:"code"`
+	Message string         `json:"message"`
+	Detail  string         `json:"detail,omitempty"`
+	Field   string         `json:"field,omitempty"`
+}
+
+// jsonEmitter writes one JSON line per call when on, and nothing otherwise.
+// Protocol messages keep their wire form (EncodeMessage writes the fields a
+// zero value would lose, such as step 0).
+func jsonEmitter(w io.Writer, on bool) func(any) {
+	if !on {
+		return func(any) {}
+	}
+	return func(v any) {
+		var b []byte
+		var err error
+		if m, ok := v.(core.Message); ok {
+			b, err = core.EncodeMessage(m)
+		}
+		if b == nil || err != nil {
+			if b, err = json.Marshal(v); err != nil {
+				return
+			}
+		}
+		w.Write(append(b, '\n')) //nolint:errcheck // nothing to do if stdout is gone
+	}
+}
+
+// copyImages copies each file into dir, each through a temporary file and a
+// rename so that a watcher of dir never sees half a PNG.
+func copyImages(paths []string, dir string) ([]string, error) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, src := range paths {
+		dst := filepath.Join(dir, filepath.Base(src))
+		if err := copyFile(src, dst); err != nil {
+			return out, err
+		}
+		abs, err := filepath.Abs(dst)
+		if err != nil {
+			abs = dst
+		}
+		out = append(out, abs)
+	}
+	return out, nil
+}
+
+func copyFile(src, dst string) error {
+	in, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	tmp, err := os.CreateTemp(filepath.Dir(dst), "."+filepath.Base(dst)+".tmp-*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name()) // fails harmlessly after the rename
+	if _, err := io.Copy(tmp, in); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Chmod(0o644); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	return os.Rename(tmp.Name(), dst)
+}

@@ -1,0 +1,128 @@
+// Command atelier is the Atelier studio: the desktop app by default, and
+// headless subcommands (generate, history, doctor, version) for scripts.
+package main
+
+import (
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"strings"
+
+	"atelier/bridge"
+	"atelier/core"
+	"atelier/ui"
+)
+
+// Exit statuses shared by every subcommand.
+const (
+	exitOK        = 0
+	exitFailure   = 1   // the job or the check failed
+	exitUsage     = 2   // the input was wrong: nothing was recorded or written
+	exitCancelled = 130 // stopped by SIGINT/SIGTERM, as shells report a Ctrl-C
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "0.1.0"
+
+// logLevelEnv chooses how much the bridge logs to stderr (debug, info, warn,
+// error); warnings only by default, so that logs do not break the progress bar.
+const logLevelEnv = "ATELIER_LOG_LEVEL"
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+const usage = `Atelier: Stable Diffusion XL on your own machine.
+
+Usage:
+  atelier                 open the studio window
+  atelier generate ...    generate images without a window
+  atelier history ...     list past jobs
+  atelier doctor          check that the Python worker can start
+  atelier version         print the version
+
+Run "atelier <command> --help" for a command's options.
+Environment: ATELIER_HOME puts all data under one folder; ATELIER_PYTHON and
+ATELIER_WORKER_DIR choose the worker; ATELIER_LOG_LEVEL sets the log level.
+`
+
+func run(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		return runGUI(stderr)
+	}
+	switch cmd, rest := args[0], args[1:]; cmd {
+	case "generate":
+		return cmdGenerate(rest, stdout, stderr)
+	case "history":
+		return cmdHistory(rest, stdout, stderr)
+	case "doctor":
+		return cmdDoctor(rest, stdout, stderr)
+	case "version", "--version":
+		return cmdVersion(rest, stdout, stderr)
+	case "help", "-h", "-help", "--help":
+		fmt.Fprint(stdout, usage)
+		return exitOK
+	default:
+		fmt.Fprintf(stderr, "atelier: unknown command %q\n\n%s", cmd, usage)
+		return exitUsage
+	}
+}
+
+func runGUI(stderr io.Writer) int {
+	a, err := openApp(stderr)
+	if err != nil {
+		fmt.Fprintln(stderr, "atelier:", err)
+		return exitFailure
+	}
+	defer a.close()
+	ui.Main(a.runner, a.store)
+	return exitOK
+}
+
+// app is what every job-running command wires together.
+type app struct {
+	paths  core.Paths
+	store  *core.Store
+	bridge *bridge.Bridge
+	runner *core.Runner
+}
+
+func openApp(stderr io.Writer) (*app, error) {
+	paths := core.DefaultPaths()
+	if err := paths.EnsureDirs(); err != nil {
+		return nil, err
+	}
+	store, err := core.OpenStore(paths.DB)
+	if err != nil {
+		return nil, err
+	}
+	br := bridge.New(bridgeConfig(paths, stderr))
+	return &app{paths: paths, store: store, bridge: br, runner: core.NewRunner(store, br, paths)}, nil
+}
+
+func (a *app) close() {
+	a.bridge.Close()
+	a.store.Close()
+}
+
+func bridgeConfig(paths core.Paths, stderr io.Writer) bridge.Config {
+	// The worker's own ATELIER_CACHE_DIR wins, so that tests and scripts can
+	// share one generated tiny model between homes.
+	cache := os.Getenv("ATELIER_CACHE_DIR")
+	if cache == "" {
+		cache = paths.Cache
+	}
+	return bridge.Config{CacheDir: cache, Logger: newLogger(stderr)}
+}
+
+func newLogger(w io.Writer) *slog.Logger {
+	level := slog.LevelWarn
+	if s := os.Getenv(logLevelEnv); s != "" {
+		if err := level.UnmarshalText([]byte(strings.ToUpper(s))); err != nil {
+			fmt.Fprintf(w, "atelier: %s=%q is not a level (debug, info, warn, error); using warn\n", logLevelEnv, s)
+			level = slog.LevelWarn
+		}
+	}
+	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: level}))
+}

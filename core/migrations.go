@@ -1,0 +1,145 @@
+package core
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"time"
+)
+
+// migration is one numbered schema step. Steps are append-only: once released,
+// a step is never edited, because databases in the field have already run it.
+type migration struct {
+	version int
+	name    string
+	up      string
+}
+
+// migrations is the schema history, oldest first, versions 1..n without gaps.
+var migrations = []migration{
+	{1, "jobs, images, settings and prompt search", `
+CREATE TABLE jobs (
+	id              INTEGER PRIMARY KEY,
+	uid             TEXT    NOT NULL UNIQUE,
+	status          TEXT    NOT NULL CHECK (status IN ('pending', 'running', 'done', 'failed', 'cancelled', 'interrupted')),
+	created_at      TEXT    NOT NULL,
+	started_at      TEXT,
+	finished_at     TEXT,
+	params          TEXT    NOT NULL CHECK (json_valid(params)),
+	-- Copies of params fields that search and listings need without parsing JSON.
+	prompt          TEXT    NOT NULL DEFAULT '',
+	negative_prompt TEXT    NOT NULL DEFAULT '',
+	model           TEXT    NOT NULL DEFAULT '',
+	error_code      TEXT,
+	error_message   TEXT,
+	error_detail    TEXT,
+	total_s         REAL,
+	load_s          REAL,
+	denoise_s       REAL,
+	its             REAL,
+	device          TEXT,
+	dtype           TEXT,
+	peak_mem_bytes  INTEGER,
+	-- The process running the job; its start time tells a reused pid apart.
+	owner_pid       INTEGER,
+	owner_start     INTEGER
+);
+CREATE INDEX jobs_status ON jobs(status);
+
+CREATE TABLE images (
+	id         INTEGER PRIMARY KEY,
+	job_id     INTEGER NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
+	path       TEXT    NOT NULL CHECK (path <> ''),
+	seed       INTEGER NOT NULL CHECK (seed >= 0),
+	width      INTEGER NOT NULL CHECK (width > 0),
+	height     INTEGER NOT NULL CHECK (height > 0),
+	metadata   TEXT    NOT NULL DEFAULT '{}' CHECK (json_valid(metadata)),
+	starred    INTEGER NOT NULL DEFAULT 0 CHECK (starred IN (0, 1)),
+	created_at TEXT    NOT NULL
+);
+CREATE INDEX images_job ON images(job_id);
+
+CREATE TABLE settings (
+	key   TEXT PRIMARY KEY,
+	value TEXT NOT NULL
+) WITHOUT ROWID;
+
+-- Full-text search over prompts, with jobs as its external content: the
+-- triggers below are the only writers, so the index cannot drift.
+CREATE VIRTUAL TABLE jobs_fts USING fts5(prompt, negative_prompt, content='jobs', content_rowid='id');
+CREATE TRIGGER jobs_fts_insert AFTER INSERT ON jobs BEGIN
+	INSERT INTO jobs_fts(rowid, prompt, negative_prompt) VALUES (new.id, new.prompt, new.negative_prompt);
+END;
+CREATE TRIGGER jobs_fts_delete AFTER DELETE ON jobs BEGIN
+	INSERT INTO jobs_fts(jobs_fts, rowid, prompt, negative_prompt) VALUES ('delete', old.id, old.prompt, old.negative_prompt);
+END;
+CREATE TRIGGER jobs_fts_update AFTER UPDATE OF prompt, negative_prompt ON jobs BEGIN
+	INSERT INTO jobs_fts(jobs_fts, rowid, prompt, negative_prompt) VALUES ('delete', old.id, old.prompt, old.negative_prompt);
+	INSERT INTO jobs_fts(rowid, prompt, negative_prompt) VALUES (new.id, new.prompt, new.negative_prompt);
+END;
+`},
+}
+
+// SchemaVersion is the schema this build writes.
+func SchemaVersion() int { return migrations[len(migrations)-1].version }
+
+// migrate applies every step of list that the database lacks, each in its own
+// transaction together with its schema_migrations row, so that a failing step
+// leaves the database exactly at the previous version.
+func migrate(ctx context.Context, db *sql.DB, list []migration) error {
+	if _, err := db.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS schema_migrations (
+		version    INTEGER PRIMARY KEY,
+		name       TEXT NOT NULL,
+		applied_at TEXT NOT NULL)`); err != nil {
+		return fmt.Errorf("migrate: create schema_migrations: %w", err)
+	}
+	var current int
+	if err := db.QueryRowContext(ctx, `SELECT COALESCE(MAX(version), 0) FROM schema_migrations`).Scan(&current); err != nil {
+		return fmt.Errorf("migrate: read version: %w", err)
+	}
+	if latest := list[len(list)-1].version; current > latest {
+		return fmt.Errorf("the history database has schema version %d but this Atelier knows only up to %d: "+
+			"it was written by a newer Atelier; upgrade Atelier, or point %s elsewhere", current, latest, HomeEnv)
+	}
+	for i, m := range list {
+		if m.version != i+1 {
+			return fmt.Errorf("migrate: step %d is numbered %d; steps must run 1..n without gaps", i+1, m.version)
+		}
+		if m.version <= current {
+			continue
+		}
+		if err := applyMigration(ctx, db, m); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func applyMigration(ctx context.Context, db *sql.DB, m migration) error {
+	tx, err := db.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("migrate to %d (%s): %w", m.version, m.name, err)
+	}
+	defer tx.Rollback() //nolint:errcheck // a no-op after Commit
+
+	// Another process may have applied this step while we waited for the write
+	// lock; the transaction is IMMEDIATE, so this check cannot race.
+	var done int
+	if err := tx.QueryRowContext(ctx, `SELECT COUNT(*) FROM schema_migrations WHERE version = ?`, m.version).Scan(&done); err != nil {
+		return fmt.Errorf("migrate to %d (%s): %w", m.version, m.name, err)
+	}
+	if done > 0 {
+		return nil
+	}
+	if _, err := tx.ExecContext(ctx, m.up); err != nil {
+		return fmt.Errorf("migrate to %d (%s): %w", m.version, m.name, err)
+	}
+	if _, err := tx.ExecContext(ctx, `INSERT INTO schema_migrations(version, name, applied_at) VALUES (?, ?, ?)`,
+		m.version, m.name, formatTime(time.Now())); err != nil {
+		return fmt.Errorf("migrate to %d (%s): record: %w", m.version, m.name, err)
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("migrate to %d (%s): commit: %w", m.version, m.name, err)
+	}
+	return nil
+}

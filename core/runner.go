@@ -1,0 +1,266 @@
+package core
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	mrand "math/rand/v2"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+)
+
+// DefaultCancelGrace is how long Run waits, after asking the generator to
+// cancel, for the job to end before recording it cancelled anyway. It is longer
+// than the bridge's own grace (30 s), so that the bridge's clearer message
+// usually arrives first.
+const DefaultCancelGrace = 45 * time.Second
+
+// Runner runs one request from start to finish: it checks the input, records
+// the job, drives the generator and records the outcome. The CLI and the UI
+// both go through it, so a job is bookkept the same way whoever starts it.
+type Runner struct {
+	store *Store
+	gen   Generator
+	paths Paths
+
+	// CancelGrace bounds the wait for a cancelled job to end (a worker stuck
+	// outside its denoising loop only sees the cancel later, if at all).
+	CancelGrace time.Duration
+}
+
+// NewRunner returns a Runner that records into store and generates with gen,
+// writing images below paths.Images.
+func NewRunner(store *Store, gen Generator, paths Paths) *Runner {
+	return &Runner{store: store, gen: gen, paths: paths, CancelGrace: DefaultCancelGrace}
+}
+
+// Run generates req and passes every message from the generator to onEvent
+// (which may be nil), on the calling goroutine. The images go into
+// Paths.Images/YYYY-MM-DD whatever req.OutputDir says.
+//
+// Input that is wrong is refused before anything is recorded or written, with
+// a *ValidationError or a *JobError naming the field. Once the job is
+// recorded, a failure is returned as a *JobError and recorded too; cancelling
+// ctx cancels the job, which is then recorded as cancelled. If the images were
+// made but recording them failed, Run returns the outcome and the error.
+func (r *Runner) Run(ctx context.Context, req Request, onEvent func(Message)) (*JobOutcome, error) {
+	if onEvent == nil {
+		onEvent = func(Message) {}
+	}
+
+	// 1. Check the request and the model on disk.
+	if err := req.Validate(); err != nil {
+		return nil, err
+	}
+	model, err := CheckModel(req.Model)
+	if err != nil {
+		return nil, err
+	}
+	req.Model = model
+	if req.BatchSize == 0 {
+		req.BatchSize = 1
+	}
+
+	// 2. Fix the seed now, so that the history can reproduce the job.
+	if err := req.ResolveSeed(); err != nil {
+		return nil, err
+	}
+
+	// 3. Images go into one folder per (local) day.
+	now := time.Now()
+	req.OutputDir = filepath.Join(r.paths.Images, now.Format("2006-01-02"))
+	if err := os.MkdirAll(req.OutputDir, 0o755); err != nil {
+		return nil, fmt.Errorf("create the image folder: %w (check its permissions, or set %s)", err, HomeEnv)
+	}
+
+	// 4. Only a request that can run gets a row.
+	if ctx.Err() != nil {
+		return nil, &JobError{Code: ErrCancelled, Message: "the job was cancelled before it started"}
+	}
+	// From here on the outcome is recorded even when ctx is cancelled.
+	rec := context.WithoutCancel(ctx)
+	uid := newJobUID(now)
+	jobID, err := r.store.CreateJob(rec, uid, req)
+	if err != nil {
+		return nil, err
+	}
+
+	// 5. Generate.
+	ch, err := r.gen.Submit(ctx, uid, req)
+	if err != nil {
+		jerr := toJobError(ctx, err)
+		return nil, r.fail(rec, jobID, jerr)
+	}
+	final, cancelled := r.follow(ctx, uid, ch, onEvent)
+
+	// 6. Record the outcome.
+	switch {
+	case final != nil && final.Type == MsgResult:
+		out := &JobOutcome{JobID: jobID, UID: uid, Images: final.Images, Metrics: final.Metrics}
+		if err := r.store.FinishJob(rec, jobID, final.Metrics, final.Images); err != nil {
+			return out, fmt.Errorf("the images were made but not recorded in the history: %w", err)
+		}
+		return out, nil
+	case final != nil:
+		jerr := &JobError{Code: final.Code, Message: final.Message, Detail: final.Detail, Field: final.Field}
+		if !jerr.Code.Valid() {
+			jerr.Detail = strings.TrimSpace(fmt.Sprintf("unknown error code %q\n%s", jerr.Code, jerr.Detail))
+			jerr.Code = ErrInternal
+		}
+		return nil, r.fail(rec, jobID, jerr)
+	case cancelled:
+		return nil, r.fail(rec, jobID, &JobError{Code: ErrCancelled, Message: "the job was cancelled"})
+	default:
+		return nil, r.fail(rec, jobID, &JobError{Code: ErrWorkerCrashed,
+			Message: "the worker stopped without finishing the job; run it again (the next job starts a new worker)"})
+	}
+}
+
+// follow forwards messages until the job's result or error. It returns that
+// message, or nil if the stream ended without one, and whether ctx cancelled.
+func (r *Runner) follow(ctx context.Context, uid string, ch <-chan Message, onEvent func(Message)) (*Message, bool) {
+	// The generator closes ch after the final message; draining whatever is
+	// left keeps it from blocking if it sends more, or if we give up waiting.
+	defer func() {
+		go func() {
+			for range ch {
+			}
+		}()
+	}()
+	done := ctx.Done()
+	var grace <-chan time.Time
+	cancelled := false
+	for {
+		select {
+		case m, ok := <-ch:
+			if !ok {
+				return nil, cancelled
+			}
+			onEvent(m)
+			if (m.Type == MsgResult || m.Type == MsgError) && (m.ID == uid || m.ID == "") {
+				return &m, cancelled
+			}
+		case <-done:
+			done, cancelled = nil, true
+			// An error here means the job is already over: its final
+			// message is on its way.
+			_ = r.gen.Cancel(uid)
+			t := time.NewTimer(r.CancelGrace)
+			defer t.Stop()
+			grace = t.C
+		case <-grace:
+			return nil, true
+		}
+	}
+}
+
+func (r *Runner) fail(ctx context.Context, jobID int64, jerr *JobError) error {
+	if err := r.store.FailJob(ctx, jobID, jerr); err != nil {
+		return fmt.Errorf("%w (and recording it failed: %v)", jerr, err)
+	}
+	return jerr
+}
+
+// toJobError keeps a generator's *JobError and wraps anything else.
+func toJobError(ctx context.Context, err error) *JobError {
+	var jerr *JobError
+	if errors.As(err, &jerr) {
+		return jerr
+	}
+	if ctx.Err() != nil {
+		return &JobError{Code: ErrCancelled, Message: "the job was cancelled before it started", Detail: err.Error()}
+	}
+	return &JobError{Code: ErrInternal, Message: "could not start the job: " + err.Error()}
+}
+
+// newJobUID names a job for the protocol and the image files: sortable by
+// time, unique by its random tail, and within the protocol's id alphabet.
+func newJobUID(now time.Time) string {
+	var b [4]byte
+	_, _ = rand.Read(b[:]) // crypto/rand.Read never fails
+	return now.UTC().Format("20060102-150405") + "-" + hex.EncodeToString(b[:])
+}
+
+// randomSeedLimit keeps random seeds below 2^32: such seeds can be typed into
+// other tools (many take 32-bit seeds), and seed+batch stays far from MaxSeed.
+const randomSeedLimit = 1 << 32
+
+// ResolveSeed replaces a seed of -1 with a random one, and checks that every
+// image of the batch (seed + i) has a valid seed.
+func (r *Request) ResolveSeed() error {
+	if r.Seed < 0 {
+		r.Seed = mrand.Int64N(randomSeedLimit)
+	}
+	batch := int64(max(r.BatchSize, 1))
+	if r.Seed+batch-1 > MaxSeed {
+		return &ValidationError{Fields: []*FieldError{{Field: "seed",
+			Message: fmt.Sprintf("seed + batch size - 1 must not exceed %d, got %d", MaxSeed, r.Seed+batch-1)}}}
+	}
+	return nil
+}
+
+// pickleExts are checkpoint formats that run arbitrary code when loaded.
+var pickleExts = []string{".ckpt", ".pt", ".pth", ".bin", ".pkl", ".pickle"}
+
+// CheckModel checks that a model exists on disk and looks loadable, and
+// returns the form to send to the worker: "tiny", or an absolute path (the
+// worker runs in another folder). Its errors are *JobError naming the field
+// "model", with code model_not_found or unsupported.
+func CheckModel(model string) (string, error) {
+	model = strings.TrimSpace(model)
+	if model == TinyModel {
+		return model, nil
+	}
+	notFound := func(format string, args ...any) error {
+		return &JobError{Code: ErrModelNotFound, Field: "model", Message: fmt.Sprintf(format, args...)}
+	}
+	unsupported := func(format string, args ...any) error {
+		return &JobError{Code: ErrUnsupported, Field: "model", Message: fmt.Sprintf(format, args...)}
+	}
+	if model == "" {
+		return "", notFound("no model given: use %q or the path of a diffusers model folder", TinyModel)
+	}
+	path := model
+	if rest, ok := strings.CutPrefix(path, "~/"); ok {
+		if home, err := os.UserHomeDir(); err == nil {
+			path = filepath.Join(home, rest)
+		}
+	}
+	path, err := filepath.Abs(path)
+	if err != nil {
+		return "", notFound("model path %s: %v", model, err)
+	}
+	fi, err := os.Stat(path)
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return "", notFound("model %s does not exist: use %q, or the path of a diffusers model folder "+
+				"(with model_index.json and unet/) or a .safetensors file", path, TinyModel)
+		}
+		return "", notFound("model %s cannot be read: %v", path, err)
+	}
+	if !fi.IsDir() {
+		ext := strings.ToLower(filepath.Ext(path))
+		for _, p := range pickleExts {
+			if ext == p {
+				return "", unsupported("model %s is a pickle checkpoint (%s), which can run arbitrary code when loaded, "+
+					"so Atelier never loads one: use the model's .safetensors file or diffusers folder instead", path, ext)
+			}
+		}
+		if ext != ".safetensors" {
+			return "", unsupported("model %s is neither a diffusers model folder nor a .safetensors file", path)
+		}
+		return path, nil
+	}
+	if _, err := os.Stat(filepath.Join(path, "model_index.json")); err != nil {
+		return "", notFound("model folder %s has no model_index.json, so it is not a diffusers model: "+
+			"choose the folder that holds model_index.json, or download the model again", path)
+	}
+	if fi, err := os.Stat(filepath.Join(path, "unet")); err != nil || !fi.IsDir() {
+		return "", notFound("model folder %s has no unet/ folder, so the download is incomplete: download the model again", path)
+	}
+	return path, nil
+}
