@@ -1,0 +1,150 @@
+package ui
+
+import (
+	"context"
+	"image"
+	"image/color"
+	"image/png"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"fyne.io/fyne/v2"
+	"fyne.io/fyne/v2/test"
+	"fyne.io/fyne/v2/widget"
+
+	"atelier/core"
+)
+
+// uiQueue stands in for the app's UI goroutine: the studio's goroutines
+// post to it and the test goroutine runs what they posted, so widgets are
+// only ever touched from the test goroutine, as in the app.
+type uiQueue struct {
+	mu sync.Mutex
+	fs []func()
+}
+
+func (q *uiQueue) post(f func()) {
+	q.mu.Lock()
+	q.fs = append(q.fs, f)
+	q.mu.Unlock()
+}
+
+// drain runs everything posted so far, and anything those functions post.
+func (q *uiQueue) drain() {
+	for {
+		q.mu.Lock()
+		fs := q.fs
+		q.fs = nil
+		q.mu.Unlock()
+		if len(fs) == 0 {
+			return
+		}
+		for _, f := range fs {
+			f()
+		}
+	}
+}
+
+// testStudio is a studio in a test window with its UI queue.
+type testStudio struct {
+	*Studio
+	q *uiQueue
+}
+
+func newTestStudio(t *testing.T, gen Generator, hist History) testStudio {
+	t.Helper()
+	a := test.NewTempApp(t)
+	w := test.NewTempWindow(t, widget.NewLabel(""))
+	w.Resize(fyne.NewSize(1200, 800))
+	q := &uiQueue{}
+	s := newStudio(a, w, gen, hist, q.post)
+	return testStudio{s, q}
+}
+
+// waitFor runs the UI queue and checks cond until it holds or the deadline
+// passes. Deadlines are generous: these tests check behaviour, not speed.
+func (s testStudio) waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		s.q.drain()
+		if cond() {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s (status %q, progress %q)",
+				timeout, what, s.status.text.Text, s.barLabel.Text)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// fakeGen is a Generator whose job is a function; it counts the jobs it ran.
+type fakeGen struct {
+	calls atomic.Int32
+	last  atomic.Pointer[core.Request]
+	run   func(ctx context.Context, req core.Request, onEvent func(core.Message)) (*core.JobOutcome, error)
+}
+
+func (g *fakeGen) Run(ctx context.Context, req core.Request, onEvent func(core.Message)) (*core.JobOutcome, error) {
+	g.calls.Add(1)
+	g.last.Store(&req)
+	return g.run(ctx, req, onEvent)
+}
+
+// memHistory is a History over a slice, newest first.
+type memHistory struct {
+	mu   sync.Mutex
+	recs []core.ImageRecord
+}
+
+func (h *memHistory) RecentImages(_ context.Context, limit int) ([]core.ImageRecord, error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	n := min(limit, len(h.recs))
+	return append([]core.ImageRecord(nil), h.recs[:n]...), nil
+}
+
+func (h *memHistory) add(r core.ImageRecord) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.recs = append([]core.ImageRecord{r}, h.recs...)
+}
+
+// writePNG writes a w×h image of one colour and returns its path.
+func writePNG(t *testing.T, dir, name string, w, h int, c color.Color) string {
+	t.Helper()
+	img := image.NewNRGBA(image.Rect(0, 0, w, h))
+	for y := 0; y < h; y++ {
+		for x := 0; x < w; x++ {
+			img.Set(x, y, c)
+		}
+	}
+	p := filepath.Join(dir, name)
+	f, err := os.Create(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if err := png.Encode(f, img); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// setForm fills the form for a small, fast job.
+func setForm(s testStudio, prompt string, steps, w, h int) {
+	f := s.form
+	f.prompt.SetText("")
+	test.Type(f.prompt, prompt)
+	f.model.SetText(core.TinyModel)
+	f.steps.SetText(strconv.Itoa(steps))
+	f.width.SetText(strconv.Itoa(w))
+	f.height.SetText(strconv.Itoa(h))
+	f.seed.SetText("-1")
+}

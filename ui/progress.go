@@ -1,0 +1,209 @@
+package ui
+
+import (
+	"bytes"
+	"fmt"
+	"image"
+	_ "image/png" // previews and results are PNG files
+	"os"
+	"sync"
+	"time"
+
+	"github.com/disintegration/imaging"
+
+	"atelier/core"
+)
+
+// frameInterval caps UI updates from the event stream at about 60 a second:
+// a fast GPU can report steps and previews far quicker than anyone can see,
+// and every update costs a trip to the UI goroutine.
+const frameInterval = 17 * time.Millisecond
+
+// heartbeat refreshes the elapsed time while no event arrives (model loading
+// can be silent for many seconds).
+const heartbeat = 100 * time.Millisecond
+
+// throttle coalesces kicks into calls of fn, at most one per interval, and
+// always calls fn after the last kick so that the final state is shown.
+type throttle struct {
+	interval time.Duration
+	kick     chan struct{}
+}
+
+func newThrottle(interval time.Duration) *throttle {
+	return &throttle{interval: interval, kick: make(chan struct{}, 1)}
+}
+
+// Kick asks for a call of fn; it never blocks, so the event reader never waits on the UI.
+func (t *throttle) Kick() {
+	select {
+	case t.kick <- struct{}{}:
+	default: // a call is already due; it will see the newest state
+	}
+}
+
+// run calls fn for kicks (and every beat, if beat > 0) until done closes.
+func (t *throttle) run(done <-chan struct{}, beat time.Duration, fn func()) {
+	var tick <-chan time.Time
+	if beat > 0 {
+		tk := time.NewTicker(beat)
+		defer tk.Stop()
+		tick = tk.C
+	}
+	var last time.Time
+	for {
+		select {
+		case <-done:
+			return
+		case <-t.kick:
+		case <-tick:
+		}
+		if wait := t.interval - time.Since(last); wait > 0 {
+			select {
+			case <-done:
+				return
+			case <-time.After(wait):
+			}
+		}
+		last = time.Now()
+		fn()
+	}
+}
+
+// jobRun is one running job. The runner's goroutine writes the latest event
+// state under mu; the UI goroutine reads it when the throttle fires.
+type jobRun struct {
+	req    core.Request
+	start  time.Time
+	cancel func()
+	done   chan struct{} // closed when Run has returned
+	frames *throttle
+
+	mu          sync.Mutex
+	snap        progressSnapshot
+	preview     image.Image // newest decoded preview, nil once shown
+	cancelAsked bool
+}
+
+// progressSnapshot is what the progress widgets show.
+type progressSnapshot struct {
+	Stage       string
+	Step, Total int
+	Note        string // the worker's start-up message, before any stage
+	Device      string
+}
+
+func newJobRun(req core.Request, cancel func()) *jobRun {
+	return &jobRun{req: req, start: time.Now(), cancel: cancel, done: make(chan struct{}),
+		frames: newThrottle(frameInterval)}
+}
+
+// onEvent receives the runner's stream on its goroutine. It only records the
+// newest state; the throttle moves it to the widgets.
+func (j *jobRun) onEvent(m core.Message) {
+	var preview image.Image
+	if m.Type == core.MsgPreview && m.Path != "" {
+		// The worker overwrites the preview file in turn, so read it whole
+		// before decoding, and drop a torn read: the next preview follows soon.
+		if b, err := os.ReadFile(m.Path); err == nil {
+			if img, _, err := image.Decode(bytes.NewReader(b)); err == nil {
+				preview = smoothPreview(img)
+			}
+		}
+	}
+	j.mu.Lock()
+	switch m.Type {
+	case core.MsgLoading:
+		j.snap.Note = m.Message
+	case core.MsgHello:
+		j.snap.Device = m.Device
+	case core.MsgProgress:
+		j.snap.Stage, j.snap.Step, j.snap.Total = m.Stage, m.Step, m.Total
+	case core.MsgPreview:
+		if preview != nil {
+			j.preview = preview
+		}
+		if m.Step > j.snap.Step {
+			j.snap.Step = m.Step
+		}
+	}
+	j.mu.Unlock()
+	j.frames.Kick()
+}
+
+// snapshot returns the current state without taking the preview.
+func (j *jobRun) snapshot() (progressSnapshot, bool) {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	return j.snap, j.preview != nil
+}
+
+// take returns the current state and any preview not yet shown.
+func (j *jobRun) take() (progressSnapshot, image.Image) {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	p := j.preview
+	j.preview = nil
+	return j.snap, p
+}
+
+// previewEdge is the size small previews are smoothed up to here, off the UI
+// goroutine: a latent preview is 1/8 of the image, and blown up by the viewer it
+// shows hard-edged blocks instead of the soft sketch it is.
+const previewEdge = 512
+
+func smoothPreview(img image.Image) image.Image {
+	b := img.Bounds()
+	if b.Dx() >= previewEdge || b.Dy() >= previewEdge || b.Dx() == 0 || b.Dy() == 0 {
+		return img
+	}
+	if b.Dx() >= b.Dy() {
+		return imaging.Resize(img, previewEdge, 0, imaging.Linear)
+	}
+	return imaging.Resize(img, 0, previewEdge, imaging.Linear)
+}
+
+var stageNames = map[string]string{
+	"loading_model":       "loading model",
+	"creating_tiny_model": "creating tiny model",
+	"encoding":            "encoding prompt",
+	"denoising":           "denoising",
+	"decoding":            "decoding",
+	"saving":              "saving",
+}
+
+// progressText is the label under the progress bar: "stage — step/total · elapsed".
+func progressText(p progressSnapshot, elapsed time.Duration) string {
+	var s string
+	switch {
+	case p.Stage != "":
+		s = stageNames[p.Stage]
+		if s == "" {
+			s = p.Stage
+		}
+	case p.Note != "":
+		s = "starting worker — " + p.Note
+	default:
+		s = "starting"
+	}
+	if p.Total > 0 {
+		s += fmt.Sprintf(" — %d/%d", p.Step, p.Total)
+	}
+	return s + " · " + formatElapsed(elapsed)
+}
+
+// fraction is the progress bar's value: the share of steps done.
+func (p progressSnapshot) fraction() (float64, bool) {
+	if p.Total <= 0 {
+		return 0, false
+	}
+	return float64(p.Step) / float64(p.Total), true
+}
+
+func formatElapsed(d time.Duration) string {
+	if d < time.Minute {
+		return fmt.Sprintf("%.1f s", d.Seconds())
+	}
+	d = d.Round(time.Second)
+	return fmt.Sprintf("%d min %02d s", int(d.Minutes()), int(d.Seconds())%60)
+}
