@@ -15,9 +15,14 @@ from typing import Any, Callable, Union
 PROTOCOL_VERSION = 1
 MAX_LINE_BYTES = 1 << 20
 
-SCHEDULERS = ("euler", "euler_a", "ddim", "dpmpp_2m")
+SCHEDULERS = ("euler", "euler_a", "ddim", "dpmpp_2m", "dpmpp_sde", "heun", "dpm2", "dpm2_a",
+              "lms", "unipc")
+# The sigma schedules a scheduler may be asked for; "" is the scheduler's own.
+SCHEDULES = ("", "karras", "exponential", "beta")
+CONTROLNET_TYPES = ("canny", "depth", "pose", "lineart", "scribble", "tile", "softedge", "other")
 DEVICES = ("cuda", "mps", "cpu")
-STAGES = ("loading_model", "creating_tiny_model", "encoding", "denoising", "decoding", "saving")
+STAGES = ("loading_model", "creating_tiny_model", "preprocessing", "encoding", "denoising",
+          "refining", "decoding", "upscaling", "saving")
 ERROR_CODES = (
     "invalid_request",
     "model_not_found",
@@ -33,6 +38,10 @@ MIN_CFG, MAX_CFG = 0.0, 30.0
 MIN_SIZE, MAX_SIZE, SIZE_MULTIPLE = 64, 4096, 8
 MIN_BATCH, MAX_BATCH = 1, 8
 MAX_SEED = (1 << 53) - 1
+MAX_LORAS, MIN_LORA_WEIGHT, MAX_LORA_WEIGHT = 16, -5.0, 5.0
+MAX_CONTROLNETS = 4
+MAX_MASK_BLUR, MAX_MASK_PADDING = 64, 1024
+MIN_UPSCALE, MAX_UPSCALE = 1.0, 4.0
 
 _ID_RE = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
 
@@ -53,6 +62,24 @@ class ProtocolError(ValueError):
 
 
 @dataclass
+class Lora:
+    path: str
+    weight: float = 1.0
+
+
+@dataclass
+class ControlNet:
+    type: str
+    model: str
+    image: str
+    scale: float = 1.0
+    start: float = 0.0
+    end: float = 1.0
+    canny_low: int = 100
+    canny_high: int = 200
+
+
+@dataclass
 class Request:
     prompt: str
     model: str
@@ -66,6 +93,19 @@ class Request:
     scheduler: str = "euler"
     batch_size: int = 1
     preview_every: int = 0
+    schedule: str = ""
+    loras: list[Lora] = _field(default_factory=list)
+    controlnets: list[ControlNet] = _field(default_factory=list)
+    refiner: str = ""
+    refiner_switch: float = 0.8
+    vae: str = ""
+    init_image: str = ""
+    strength: float = 0.75
+    mask_image: str = ""
+    mask_blur: int = 4
+    mask_padding: int = 0
+    upscaler: str = ""
+    upscale: float = 2.0
 
 
 @dataclass
@@ -118,6 +158,8 @@ class Capabilities:
     schedulers: list[str]
     controlnet_types: list[str]
     features: list[str]
+    # Scheduler -> the non-default schedules it supports (an addition: optional on decode).
+    schedules: dict[str, list[str]] = _field(default_factory=dict)
 
 
 @dataclass
@@ -173,6 +215,10 @@ class Metrics:
     device: str
     dtype: str
     peak_mem_bytes: int
+    # Additions, absent from older workers: the VAE decode produced NaN/inf and was redone
+    # in float32; the batch ran in this many chunks after running out of memory.
+    vae_fallback: bool = False
+    batch_chunks: int = 1
 
 
 @dataclass
@@ -180,6 +226,8 @@ class Result:
     id: str
     images: list[Image]
     metrics: Metrics
+    # The preprocessed control images (one per request controlnet), when there were any.
+    control_images: list[str] = _field(default_factory=list)
     type: str = _field(default="result", init=False)
 
 
@@ -269,9 +317,9 @@ def _obj(obj: dict, key: str, path: str = "") -> dict:
     return v
 
 
-def _list(obj: dict, key: str, path: str = "") -> list:
+def _list(obj: dict, key: str, path: str = "", default: Any = _MISSING) -> list:
     path = path or key
-    v = _get(obj, key, path)
+    v = _get(obj, key, path, default)
     if not isinstance(v, list):
         raise ProtocolError(f"must be a list, got {_kind(v)}", path)
     return v
@@ -339,11 +387,67 @@ def decode_request(r: dict) -> Request:
     output_dir = _str(r, "output_dir", nonblank=True)
     if not output_dir.startswith("/") and not re.match(r"^[A-Za-z]:[\\/]", output_dir):
         raise ProtocolError(f"must be an absolute path, got {output_dir!r}", "output_dir")
+    schedule = _one_of(_str(r, "schedule", default=""), SCHEDULES, "schedule")
+
+    loras = []
+    for i, item in enumerate(_list(r, "loras", default=[])):
+        p = f"loras[{i}]"
+        if not isinstance(item, dict):
+            raise ProtocolError(f"must be an object, got {_kind(item)}", p)
+        loras.append(Lora(path=_str(item, "path", p + ".path", nonblank=True),
+                          weight=_num(item, "weight", p + ".weight", default=1.0,
+                                      lo=MIN_LORA_WEIGHT, hi=MAX_LORA_WEIGHT)))
+    if len(loras) > MAX_LORAS:
+        raise ProtocolError(f"must hold at most {MAX_LORAS} LoRAs, got {len(loras)}", "loras")
+
+    controlnets = []
+    for i, item in enumerate(_list(r, "controlnets", default=[])):
+        p = f"controlnets[{i}]"
+        if not isinstance(item, dict):
+            raise ProtocolError(f"must be an object, got {_kind(item)}", p)
+        cn = ControlNet(
+            type=_one_of(_str(item, "type", p + ".type"), CONTROLNET_TYPES, p + ".type"),
+            model=_str(item, "model", p + ".model", nonblank=True),
+            image=_str(item, "image", p + ".image", nonblank=True),
+            scale=_num(item, "scale", p + ".scale", default=1.0, lo=0, hi=2),
+            start=_num(item, "start", p + ".start", default=0.0, lo=0, hi=1),
+            end=_num(item, "end", p + ".end", default=1.0, lo=0, hi=1),
+            canny_low=_int(item, "canny_low", p + ".canny_low", default=100, lo=0, hi=255),
+            canny_high=_int(item, "canny_high", p + ".canny_high", default=200, lo=0, hi=255),
+        )
+        if cn.start >= cn.end:
+            raise ProtocolError(f"must be greater than start ({_fmt(cn.start)}), got {_fmt(cn.end)}",
+                                p + ".end")
+        if cn.canny_low > cn.canny_high:
+            raise ProtocolError(f"must not be below canny_low ({cn.canny_low}), got {cn.canny_high}",
+                                p + ".canny_high")
+        controlnets.append(cn)
+    if len(controlnets) > MAX_CONTROLNETS:
+        raise ProtocolError(f"must hold at most {MAX_CONTROLNETS} ControlNets, got {len(controlnets)}",
+                            "controlnets")
+
+    refiner = _str(r, "refiner", default="")
+    switch = _num(r, "refiner_switch", default=0.8, lo=0, hi=1)
+    if refiner and (switch <= 0 or switch >= 1):
+        raise ProtocolError(f"must be above 0 and below 1, got {_fmt(switch)}", "refiner_switch")
+    init_image = _str(r, "init_image", default="")
+    mask_image = _str(r, "mask_image", default="")
+    if mask_image and not init_image:
+        raise ProtocolError("needs init_image: a mask marks the part of an image to repaint",
+                            "mask_image")
+    upscaler = _str(r, "upscaler", default="")
     return Request(
         prompt=prompt, model=model, steps=steps, cfg=cfg, width=size["width"],
         height=size["height"], seed=seed, output_dir=output_dir,
         negative_prompt=_str(r, "negative_prompt", default=""), scheduler=scheduler,
-        batch_size=batch, preview_every=preview,
+        batch_size=batch, preview_every=preview, schedule=schedule, loras=loras,
+        controlnets=controlnets, refiner=refiner, refiner_switch=switch,
+        vae=_str(r, "vae", default=""), init_image=init_image,
+        strength=_num(r, "strength", default=0.75, lo=0, hi=1), mask_image=mask_image,
+        mask_blur=_int(r, "mask_blur", default=4, lo=0, hi=MAX_MASK_BLUR),
+        mask_padding=_int(r, "mask_padding", default=0, lo=0, hi=MAX_MASK_PADDING),
+        upscaler=upscaler,
+        upscale=_num(r, "upscale", default=2.0, lo=MIN_UPSCALE, hi=MAX_UPSCALE),
     )
 
 
@@ -370,6 +474,11 @@ def _hello(m: dict) -> Hello:
         controlnet_types=_str_list(c, "controlnet_types", "capabilities.controlnet_types"),
         features=_str_list(c, "features", "capabilities.features"),
     )
+    schedules = c.get("schedules")
+    if schedules is not None:
+        if not isinstance(schedules, dict):
+            raise ProtocolError(f"must be an object, got {_kind(schedules)}", "capabilities.schedules")
+        caps.schedules = {k: _str_list(schedules, k, f"capabilities.schedules.{k}") for k in schedules}
     versions = _obj(m, "versions")
     for k, v in versions.items():
         if not isinstance(v, str):
@@ -420,7 +529,13 @@ def _result(m: dict) -> Result:
         dtype=_str(x, "dtype", "metrics.dtype"),
         peak_mem_bytes=_int(x, "peak_mem_bytes", "metrics.peak_mem_bytes", lo=0),
     )
-    return Result(id=id, images=images, metrics=metrics)
+    fallback = x.get("vae_fallback", False)
+    if not isinstance(fallback, bool):
+        raise ProtocolError(f"must be a boolean, got {_kind(fallback)}", "metrics.vae_fallback")
+    metrics.vae_fallback = fallback
+    metrics.batch_chunks = _int(x, "batch_chunks", "metrics.batch_chunks", default=1, lo=1)
+    controls = _str_list(m, "control_images", "control_images") if m.get("control_images") is not None else []
+    return Result(id=id, images=images, metrics=metrics, control_images=controls)
 
 
 def _error(m: dict) -> Error:
