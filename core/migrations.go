@@ -78,6 +78,37 @@ CREATE TRIGGER jobs_fts_update AFTER UPDATE OF prompt, negative_prompt ON jobs B
 	INSERT INTO jobs_fts(rowid, prompt, negative_prompt) VALUES (new.id, new.prompt, new.negative_prompt);
 END;
 `},
+	{2, "queue order, attempts, sessions and gallery indexes", `
+-- A session groups the jobs of one sitting or one batch file.
+CREATE TABLE sessions (
+	id         INTEGER PRIMARY KEY,
+	name       TEXT    NOT NULL,
+	source     TEXT    NOT NULL DEFAULT 'ui' CHECK (source IN ('ui', 'cli', 'file')),
+	created_at TEXT    NOT NULL
+);
+
+-- queued: 0 a job run at once (generate), 1 a queue job shown in the queue,
+-- 2 a finished queue job cleared from the queue view (it stays in the history).
+ALTER TABLE jobs ADD COLUMN queued INTEGER NOT NULL DEFAULT 0 CHECK (queued IN (0, 1, 2));
+-- Order of the queue: smaller runs first.
+ALTER TABLE jobs ADD COLUMN position INTEGER;
+-- How many times a process started the job: bounds re-runs after crashes.
+ALTER TABLE jobs ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0;
+-- Set by "cancel" from any process; the process running the job polls it.
+ALTER TABLE jobs ADD COLUMN cancel_requested INTEGER NOT NULL DEFAULT 0 CHECK (cancel_requested IN (0, 1));
+ALTER TABLE jobs ADD COLUMN session_id INTEGER REFERENCES sessions(id) ON DELETE SET NULL;
+-- Denoising progress of a running job, written about once a second, so that
+-- another process (the CLI, the app) can show it.
+ALTER TABLE jobs ADD COLUMN progress_step INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE jobs ADD COLUMN progress_total INTEGER NOT NULL DEFAULT 0;
+
+CREATE INDEX jobs_queue ON jobs(queued, status, position);
+CREATE INDEX jobs_session ON jobs(session_id);
+CREATE INDEX jobs_model ON jobs(model);
+CREATE INDEX images_starred ON images(starred) WHERE starred = 1;
+CREATE INDEX images_seed ON images(seed);
+CREATE INDEX images_created ON images(created_at);
+`},
 }
 
 // SchemaVersion is the schema this build writes.

@@ -30,12 +30,29 @@ type Runner struct {
 	// CancelGrace bounds the wait for a cancelled job to end (a worker stuck
 	// outside its denoising loop only sees the cancel later, if at all).
 	CancelGrace time.Duration
+
+	// slot is held while a job runs on gen: a worker runs one job at a
+	// time, so a Generate from the window waits for the queue's job.
+	slot chan struct{}
 }
 
 // NewRunner returns a Runner that records into store and generates with gen,
 // writing images below paths.Images.
 func NewRunner(store *Store, gen Generator, paths Paths) *Runner {
-	return &Runner{store: store, gen: gen, paths: paths, CancelGrace: DefaultCancelGrace}
+	return &Runner{store: store, gen: gen, paths: paths, CancelGrace: DefaultCancelGrace, slot: make(chan struct{}, 1)}
+}
+
+// Store is the history the runner records into.
+func (r *Runner) Store() *Store { return r.store }
+
+// acquire waits for the generator to be free; the caller calls release.
+func (r *Runner) acquire(ctx context.Context) (release func(), err error) {
+	select {
+	case r.slot <- struct{}{}:
+		return func() { <-r.slot }, nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
 }
 
 // Run generates req and passes every message from the generator to onEvent
@@ -77,10 +94,15 @@ func (r *Runner) Run(ctx context.Context, req Request, onEvent func(Message)) (*
 		return nil, fmt.Errorf("create the image folder: %w (check its permissions, or set %s)", err, HomeEnv)
 	}
 
-	// 4. Only a request that can run gets a row.
+	// 4. Only a request that can run gets a row, once the worker is free.
 	if ctx.Err() != nil {
 		return nil, &JobError{Code: ErrCancelled, Message: "the job was cancelled before it started"}
 	}
+	release, err := r.acquire(ctx)
+	if err != nil {
+		return nil, &JobError{Code: ErrCancelled, Message: "the job was cancelled before it started"}
+	}
+	defer release()
 	// From here on the outcome is recorded even when ctx is cancelled.
 	rec := context.WithoutCancel(ctx)
 	uid := newJobUID(now)
@@ -88,10 +110,20 @@ func (r *Runner) Run(ctx context.Context, req Request, onEvent func(Message)) (*
 	if err != nil {
 		return nil, err
 	}
+	return r.execute(ctx, jobID, uid, req, onEvent)
+}
+
+// execute generates a recorded job and records its outcome; the caller holds
+// the slot.
+func (r *Runner) execute(ctx context.Context, jobID int64, uid string, req Request, onEvent func(Message)) (*JobOutcome, error) {
+	rec := context.WithoutCancel(ctx)
 
 	// 5. Generate.
 	ch, err := r.gen.Submit(ctx, uid, req)
 	if err != nil {
+		if ctx.Err() != nil && errors.Is(context.Cause(ctx), ErrQueueStopped) && r.store.RequeueJob(rec, jobID) == nil {
+			return nil, &JobError{Code: ErrCancelled, Message: "the queue stopped; the job is pending again"}
+		}
 		jerr := toJobError(ctx, err)
 		return nil, r.fail(rec, jobID, jerr)
 	}
@@ -105,6 +137,12 @@ func (r *Runner) Run(ctx context.Context, req Request, onEvent func(Message)) (*
 			return out, fmt.Errorf("the images were made but not recorded in the history: %w", err)
 		}
 		return out, nil
+	case (final == nil || final.Code == ErrCancelled) && cancelled && errors.Is(context.Cause(ctx), ErrQueueStopped):
+		// The queue was stopped, not the job: it goes back to pending.
+		if err := r.store.RequeueJob(rec, jobID); err != nil {
+			return nil, r.fail(rec, jobID, &JobError{Code: ErrCancelled, Message: "the job was cancelled"})
+		}
+		return nil, &JobError{Code: ErrCancelled, Message: "the queue stopped; the job is pending again"}
 	case final != nil:
 		jerr := &JobError{Code: final.Code, Message: final.Message, Detail: final.Detail, Field: final.Field}
 		if !jerr.Code.Valid() {

@@ -173,10 +173,16 @@ func (s *Store) FailJob(ctx context.Context, jobID int64, e *JobError) error {
 	if e.Code == ErrCancelled {
 		status = StatusCancelled
 	}
-	res, err := s.db.ExecContext(ctx, `UPDATE jobs SET status = ?, finished_at = ?,
-		error_code = ?, error_message = ?, error_detail = ?
+	retries := s.QueueRetries(ctx)
+	// A queue job whose worker crashed goes back to the queue as interrupted,
+	// as many times as the retry setting allows; after that it fails, so that
+	// a job that kills the worker cannot loop.
+	res, err := s.db.ExecContext(ctx, `UPDATE jobs SET
+		status = CASE WHEN queued = 1 AND ? = ? AND attempts <= ? THEN ? ELSE ? END,
+		finished_at = ?, error_code = ?, error_message = ?, error_detail = ?, cancel_requested = 0
 		WHERE id = ? AND status IN (?, ?)`,
-		status, formatTime(time.Now()), string(e.Code), e.Message, e.Detail, jobID, StatusRunning, StatusPending)
+		string(e.Code), string(ErrWorkerCrashed), retries, StatusInterrupted, status,
+		formatTime(time.Now()), string(e.Code), e.Message, e.Detail, jobID, StatusRunning, StatusPending)
 	if err := requireOneRow(res, err); err != nil {
 		return fmt.Errorf("fail job %d: %w", jobID, err)
 	}
@@ -309,39 +315,49 @@ func scanJobs(rows *sql.Rows) ([]JobRecord, error) {
 	defer rows.Close()
 	jobs := []JobRecord{}
 	for rows.Next() {
-		var (
-			j                                JobRecord
-			created, params                  string
-			started, finished                sql.NullString
-			code, msg, detail, device, dtype sql.NullString
-			total, load, denoise, its        sql.NullFloat64
-			peak                             sql.NullInt64
-		)
-		if err := rows.Scan(&j.ID, &j.UID, &j.Status, &created, &started, &finished, &params,
-			&code, &msg, &detail, &total, &load, &denoise, &its, &device, &dtype, &peak); err != nil {
+		j, err := scanJob(rows)
+		if err != nil {
 			return nil, err
-		}
-		var err error
-		if j.CreatedAt, err = parseTime(created); err != nil {
-			return nil, err
-		}
-		if j.StartedAt, err = parseNullTime(started); err != nil {
-			return nil, err
-		}
-		if j.FinishedAt, err = parseNullTime(finished); err != nil {
-			return nil, err
-		}
-		if err := json.Unmarshal([]byte(params), &j.Request); err != nil {
-			return nil, fmt.Errorf("job %s: stored params: %w", j.UID, err)
-		}
-		j.ErrorCode, j.ErrorMessage, j.ErrorDetail = code.String, msg.String, detail.String
-		if total.Valid {
-			j.Metrics = &Metrics{TotalS: total.Float64, LoadS: load.Float64, DenoiseS: denoise.Float64,
-				ItS: its.Float64, Device: device.String, Dtype: dtype.String, PeakMemBytes: peak.Int64}
 		}
 		jobs = append(jobs, j)
 	}
 	return jobs, rows.Err()
+}
+
+// scanJob reads one row of jobColumns, followed by any extra columns into extra.
+func scanJob(rows *sql.Rows, extra ...any) (JobRecord, error) {
+	var (
+		j                                JobRecord
+		created, params                  string
+		started, finished                sql.NullString
+		code, msg, detail, device, dtype sql.NullString
+		total, load, denoise, its        sql.NullFloat64
+		peak                             sql.NullInt64
+	)
+	dest := append([]any{&j.ID, &j.UID, &j.Status, &created, &started, &finished, &params,
+		&code, &msg, &detail, &total, &load, &denoise, &its, &device, &dtype, &peak}, extra...)
+	if err := rows.Scan(dest...); err != nil {
+		return j, err
+	}
+	var err error
+	if j.CreatedAt, err = parseTime(created); err != nil {
+		return j, err
+	}
+	if j.StartedAt, err = parseNullTime(started); err != nil {
+		return j, err
+	}
+	if j.FinishedAt, err = parseNullTime(finished); err != nil {
+		return j, err
+	}
+	if err := json.Unmarshal([]byte(params), &j.Request); err != nil {
+		return j, fmt.Errorf("job %s: stored params: %w", j.UID, err)
+	}
+	j.ErrorCode, j.ErrorMessage, j.ErrorDetail = code.String, msg.String, detail.String
+	if total.Valid {
+		j.Metrics = &Metrics{TotalS: total.Float64, LoadS: load.Float64, DenoiseS: denoise.Float64,
+			ItS: its.Float64, Device: device.String, Dtype: dtype.String, PeakMemBytes: peak.Int64}
+	}
+	return j, nil
 }
 
 // GetSetting returns a setting's value and whether it is set.
@@ -391,15 +407,51 @@ func (s *Store) markInterrupted(ctx context.Context) (int, error) {
 		return 0, fmt.Errorf("find interrupted jobs: %w", err)
 	}
 	now := formatTime(time.Now())
+	retries := s.QueueRetries(ctx)
 	for _, id := range dead {
 		// status = running again: the owner cannot have finished the job
-		// since, but another opener may have marked it first.
-		if _, err := s.db.ExecContext(ctx, `UPDATE jobs SET status = ?, finished_at = ?, error_message = ?
-			WHERE id = ? AND status = ?`, StatusInterrupted, now, interruptedMessage, id, StatusRunning); err != nil {
+		// since, but another opener may have marked it first. A queue job
+		// stays in the queue as interrupted, so that it runs again, unless
+		// it has used up its retries: then it fails, so that a job that
+		// brings Atelier down cannot loop.
+		if _, err := s.db.ExecContext(ctx, `UPDATE jobs SET
+			status = CASE WHEN queued = 1 AND attempts > ? THEN ? ELSE ? END,
+			error_code = CASE WHEN queued = 1 AND attempts > ? THEN ? ELSE error_code END,
+			error_message = CASE WHEN queued = 1 AND attempts > ? THEN ? ELSE ? END,
+			finished_at = ?, cancel_requested = 0
+			WHERE id = ? AND status = ?`,
+			retries, StatusFailed, StatusInterrupted,
+			retries, string(ErrWorkerCrashed),
+			retries, interruptedTwiceMessage, interruptedMessage,
+			now, id, StatusRunning); err != nil {
 			return 0, fmt.Errorf("mark job %d interrupted: %w", id, err)
 		}
 	}
 	return len(dead), nil
+}
+
+// interruptedTwiceMessage ends a queue job that was running each time Atelier
+// or its worker died, as often as the retry setting allows.
+const interruptedTwiceMessage = "Atelier or its worker stopped every time this job ran, so it is not run again " +
+	"(it might be what brings them down); check its settings, then retry it"
+
+// IntegrityCheck runs SQLite's integrity check and returns its verdict: "ok"
+// for a sound database.
+func (s *Store) IntegrityCheck(ctx context.Context) (string, error) {
+	rows, err := s.db.QueryContext(ctx, `PRAGMA integrity_check`)
+	if err != nil {
+		return "", fmt.Errorf("integrity check: %w", err)
+	}
+	defer rows.Close()
+	var lines []string
+	for rows.Next() {
+		var l string
+		if err := rows.Scan(&l); err != nil {
+			return "", fmt.Errorf("integrity check: %w", err)
+		}
+		lines = append(lines, l)
+	}
+	return strings.Join(lines, "\n"), rows.Err()
 }
 
 // Times are stored as fixed-width UTC text, so that they sort as strings and

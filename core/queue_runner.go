@@ -1,0 +1,234 @@
+package core
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+)
+
+// ErrQueueStopped is the cause with which a queue runner's context ends a job
+// when the queue itself stops (the app closes, the CLI gets Ctrl-C): the job
+// goes back to pending instead of counting as cancelled.
+var ErrQueueStopped = errors.New("the queue was stopped")
+
+// Kinds of QueueEvent.
+const (
+	QueueStarted  = "started"  // Job was claimed and starts
+	QueueMessage  = "message"  // Message is a worker message of Job
+	QueueFinished = "finished" // Job ended (re-read: its new status); Err says why it failed
+	QueueIdle     = "idle"     // nothing to run (or paused); the runner waits
+)
+
+// QueueEvent is what a QueueRunner reports while it works.
+type QueueEvent struct {
+	Kind    string
+	Job     *QueueJob
+	Message Message
+	Outcome *JobOutcome
+	Err     error
+	Paused  bool // with QueueIdle
+}
+
+// QueueRunner runs the queue's jobs one at a time through a Runner (so one
+// worker never gets two jobs). Several runners, in several processes, may
+// serve one database: claiming a job is atomic.
+type QueueRunner struct {
+	runner *Runner
+	store  *Store
+
+	// OnEvent, if set, receives every event, on the runner's goroutine.
+	OnEvent func(QueueEvent)
+	// Poll is how often the runner looks for new jobs while idle and for a
+	// cancel of the running job asked by another process.
+	Poll time.Duration
+	// ProgressEvery throttles the progress written to the database.
+	ProgressEvery time.Duration
+
+	wake chan struct{}
+
+	mu      sync.Mutex
+	running int64                   // id of the job running now, 0 if none
+	cancel  context.CancelCauseFunc // cancels it
+}
+
+// NewQueueRunner returns a runner for the queue of r's store.
+func NewQueueRunner(r *Runner) *QueueRunner {
+	return &QueueRunner{runner: r, store: r.store, Poll: 500 * time.Millisecond,
+		ProgressEvery: time.Second, wake: make(chan struct{}, 1)}
+}
+
+// Wake tells an idle runner to look at the queue now (jobs were added, the
+// queue resumed).
+func (q *QueueRunner) Wake() {
+	select {
+	case q.wake <- struct{}{}:
+	default:
+	}
+}
+
+// Running returns the id of the job this runner runs now, or 0.
+func (q *QueueRunner) Running() int64 {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.running
+}
+
+// Cancel cancels a queue job: a waiting one at once, a running one within a
+// step (at once if this runner runs it; other processes see the request in
+// the database within Poll).
+func (q *QueueRunner) Cancel(ctx context.Context, id int64) (string, error) {
+	st, err := q.store.CancelJob(ctx, id)
+	if err == nil && st == StatusRunning {
+		q.mu.Lock()
+		if q.running == id && q.cancel != nil {
+			q.cancel(context.Canceled)
+		}
+		q.mu.Unlock()
+	}
+	return st, err
+}
+
+func (q *QueueRunner) emit(e QueueEvent) {
+	if q.OnEvent != nil {
+		q.OnEvent(e)
+	}
+}
+
+// Run processes the queue until ctx ends. With exitWhenIdle it returns nil
+// as soon as there is nothing to run (or the queue is paused) instead of
+// waiting for more. When ctx ends mid-job, the job goes back to pending and
+// Run returns ctx's error.
+func (q *QueueRunner) Run(ctx context.Context, exitWhenIdle bool) error {
+	for {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		paused, err := q.store.QueuePaused(ctx)
+		if err != nil && ctx.Err() == nil {
+			return err
+		}
+		ran := false
+		if !paused {
+			if ran, err = q.runNext(ctx); err != nil {
+				if ctx.Err() != nil {
+					return ctx.Err()
+				}
+				return err
+			}
+		}
+		if ran {
+			continue
+		}
+		if exitWhenIdle {
+			return nil
+		}
+		q.emit(QueueEvent{Kind: QueueIdle, Paused: paused})
+		t := time.NewTimer(q.Poll)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return ctx.Err()
+		case <-q.wake:
+			t.Stop()
+		case <-t.C:
+		}
+	}
+}
+
+// runNext claims and runs one job; it reports whether there was one.
+func (q *QueueRunner) runNext(ctx context.Context) (bool, error) {
+	release, err := q.runner.acquire(ctx)
+	if err != nil {
+		return false, err
+	}
+	defer release()
+	job, err := q.store.ClaimNext(ctx)
+	if err != nil || job == nil {
+		return false, err
+	}
+	q.runClaimed(ctx, job)
+	return true, nil
+}
+
+func (q *QueueRunner) runClaimed(ctx context.Context, job *QueueJob) {
+	rec := context.WithoutCancel(ctx)
+	// The job's own context: the queue stopping ends it with ErrQueueStopped
+	// (back to pending), a cancel with context.Canceled (cancelled).
+	jctx, jcancel := context.WithCancelCause(rec)
+	defer jcancel(nil)
+	q.mu.Lock()
+	q.running, q.cancel = job.ID, jcancel
+	q.mu.Unlock()
+	defer func() {
+		q.mu.Lock()
+		q.running, q.cancel = 0, nil
+		q.mu.Unlock()
+	}()
+	done := make(chan struct{})
+	defer close(done)
+	go func() {
+		t := time.NewTicker(q.Poll)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-ctx.Done():
+				jcancel(ErrQueueStopped)
+				return
+			case <-t.C:
+				if yes, err := q.store.CancelRequested(rec, job.ID); err == nil && yes {
+					jcancel(context.Canceled)
+				}
+			}
+		}
+	}()
+
+	q.emit(QueueEvent{Kind: QueueStarted, Job: job})
+	out, err := q.execute(jctx, job)
+	if ctx.Err() != nil && err != nil {
+		err = fmt.Errorf("%w: %w", ErrQueueStopped, err)
+	}
+	ended, gerr := q.store.GetQueueJob(rec, job.ID)
+	if gerr != nil {
+		ended = job
+	}
+	q.emit(QueueEvent{Kind: QueueFinished, Job: ended, Outcome: out, Err: err})
+}
+
+// execute checks the job's model, sets its output folder and runs it.
+func (q *QueueRunner) execute(ctx context.Context, job *QueueJob) (*JobOutcome, error) {
+	rec := context.WithoutCancel(ctx)
+	req := job.Request
+	model, err := CheckModel(req.Model)
+	if err != nil {
+		return nil, q.runner.fail(rec, job.ID, toJobError(ctx, err))
+	}
+	req.Model = model
+	if req.BatchSize == 0 {
+		req.BatchSize = 1
+	}
+	if req.Seed < 0 {
+		if err := req.ResolveSeed(); err != nil {
+			return nil, q.runner.fail(rec, job.ID, &JobError{Code: ErrInvalidRequest, Field: "seed", Message: err.Error()})
+		}
+	}
+	req.OutputDir = filepath.Join(q.runner.paths.Images, time.Now().Format("2006-01-02"))
+	if err := os.MkdirAll(req.OutputDir, 0o755); err != nil {
+		return nil, q.runner.fail(rec, job.ID, &JobError{Code: ErrInternal,
+			Message: fmt.Sprintf("create the image folder: %v (check its permissions, or set %s)", err, HomeEnv)})
+	}
+	var last time.Time
+	onEvent := func(m Message) {
+		if m.Type == MsgProgress && m.Stage == "denoising" && (time.Since(last) >= q.ProgressEvery || m.Step == m.Total) {
+			last = time.Now()
+			_ = q.store.SetJobProgress(rec, job.ID, m.Step, m.Total) // progress is a hint; losing one is harmless
+		}
+		q.emit(QueueEvent{Kind: QueueMessage, Job: job, Message: m})
+	}
+	return q.runner.execute(ctx, job.ID, job.UID, req, onEvent)
+}
