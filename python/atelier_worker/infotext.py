@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import json
 
-SAMPLER_NAMES = {"euler": "Euler", "euler_a": "Euler a", "ddim": "DDIM", "dpmpp_2m": "DPM++ 2M"}
+SAMPLER_NAMES = {
+    "euler": "Euler", "euler_a": "Euler a", "ddim": "DDIM", "dpmpp_2m": "DPM++ 2M",
+    "dpmpp_sde": "DPM++ SDE", "heun": "Heun", "dpm2": "DPM2", "dpm2_a": "DPM2 a", "lms": "LMS",
+    "unipc": "UniPC",
+}
+SCHEDULE_NAMES = {"": "Automatic", "karras": "Karras", "exponential": "Exponential", "beta": "Beta"}
 
 
 def _quote(value: str) -> str:
@@ -18,20 +23,33 @@ def _num(v: float) -> str:
     return str(int(v)) if float(v).is_integer() else repr(float(v))
 
 
+def number(v: float) -> str:
+    """A number as the settings line writes it: 1 not 1.0, 0.75, -1.5."""
+    return _num(round(float(v), 6))
+
+
+def quote(value: str) -> str:
+    return _quote(value)
+
+
 def format_parameters(*, prompt: str, negative_prompt: str, steps: int, scheduler: str,
                       cfg: float, seed: int, width: int, height: int, model: str,
-                      version: str) -> str:
+                      version: str, schedule: str = "",
+                      extra: list[tuple[str, str]] | None = None) -> str:
+    """`extra` holds further (key, value) settings, written between Model and Version;
+    their values must already be quoted where they need it (see quote)."""
     lines = [prompt]
     if negative_prompt:
         lines.append(f"Negative prompt: {negative_prompt}")
     settings = [
         ("Steps", str(steps)),
         ("Sampler", SAMPLER_NAMES[scheduler]),
-        ("Schedule type", "Automatic"),
+        ("Schedule type", SCHEDULE_NAMES[schedule]),
         ("CFG scale", _num(cfg)),
         ("Seed", str(seed)),
         ("Size", f"{width}x{height}"),
         ("Model", _quote(model)),
+        *(extra or []),
         ("Version", _quote(f"Atelier {version}")),
     ]
     lines.append(", ".join(f"{k}: {v}" for k, v in settings))

@@ -4,6 +4,12 @@ The `tiny` preset is small enough for tests and a newcomer's first run on a CPU;
 preset has the real SDXL-base sizes, for timing on a GPU where real weights cannot be
 downloaded. Both load through the same `from_pretrained` path as a real model.
 
+Beside the model, `create_extra` makes its tiny companions, each loaded through the same
+code as a real one: a LoRA (`tiny-lora`, PEFT/diffusers format), a ControlNet
+(`tiny-controlnet`), a refiner (`tiny-refiner`, SDXL-refiner architecture), a VAE
+(`tiny-vae`), an ESRGAN-family upscaler (`tiny-upscaler`, a 2x SRVGGNetCompact) and a
+single-file checkpoint of the tiny model (`tiny-single-file`). Every one is deterministic.
+
     python -m atelier_worker.tiny --out DIR [--preset tiny|full] [--dtype float32|float16]
 """
 
@@ -20,6 +26,16 @@ import tempfile
 # version when the generated files change, so that existing caches are not reused.
 TINY_MODEL = "tiny"
 TINY_NAME = "tiny-sdxl-v1"
+
+# Request names of the tiny companions -> their file or folder name in the cache's models/.
+EXTRAS = {
+    "tiny-lora": "tiny-lora-v1.safetensors",
+    "tiny-controlnet": "tiny-controlnet-v1",
+    "tiny-refiner": "tiny-refiner-v1",
+    "tiny-vae": "tiny-vae-v1",
+    "tiny-upscaler": "tiny-upscaler-v1.safetensors",
+    "tiny-single-file": "tiny-single-file-v1.safetensors",
+}
 
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
 MAX_TOKENS = 77
@@ -230,6 +246,159 @@ def create(target: str, preset: str = "tiny", dtype: str = "float32") -> str:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+# The companions ----------------------------------------------------------------------
+
+
+def _atomic(target: str, make) -> str:
+    """Runs make(tmp_path) and renames its result into place, so that the file or folder
+    appears complete or not at all (a concurrent creator that wins the race is used)."""
+    target = os.path.abspath(target)
+    if os.path.exists(target):
+        return target
+    parent = os.path.dirname(target)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(target)}.tmp-", dir=parent)
+    try:
+        out = os.path.join(tmp, os.path.basename(target))
+        make(out)
+        try:
+            os.rename(out, target)
+        except OSError:
+            if not os.path.exists(target):
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _load_unet(base: str):
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel.from_pretrained(os.path.join(base, "unet")).eval()
+
+
+def _make_lora(base: str, out: str) -> None:
+    """A rank-4 LoRA on every attention projection of the tiny UNet, in the layout that
+    diffusers' save_lora_weights writes (`unet.` keys, PEFT A/B names)."""
+    import torch
+    from diffusers import StableDiffusionXLPipeline
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    unet = _load_unet(base)
+    torch.manual_seed(10)
+    unet.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights=False,
+                                target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+    layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
+    os.makedirs(out + ".d")
+    StableDiffusionXLPipeline.save_lora_weights(out + ".d", unet_lora_layers=layers,
+                                               weight_name="lora.safetensors",
+                                               safe_serialization=True)
+    os.rename(os.path.join(out + ".d", "lora.safetensors"), out)
+
+
+def _make_controlnet(base: str, out: str) -> None:
+    """ControlNetModel.from_unet of the tiny UNet, its zero convolutions given small random
+    weights (a trained ControlNet's are not zero either), so that it visibly steers."""
+    import torch
+    from diffusers import ControlNetModel
+
+    cn = ControlNetModel.from_unet(_load_unet(base))
+    torch.manual_seed(11)
+    zero = list(cn.controlnet_down_blocks) + [cn.controlnet_mid_block,
+                                              cn.controlnet_cond_embedding.conv_out]
+    with torch.no_grad():
+        for conv in zero:
+            conv.weight.normal_(0, 0.2)
+            conv.bias.normal_(0, 0.05)
+    cn.save_pretrained(out, safe_serialization=True)
+
+
+def _make_vae(base: str, out: str) -> None:
+    """A VAE with the tiny model's architecture and other weights; its config says it needs
+    no upcast, as the fp16-fix VAE's does."""
+    import torch
+    from diffusers import AutoencoderKL
+
+    cfg = dict(AutoencoderKL.load_config(os.path.join(base, "vae")))
+    cfg = {k: v for k, v in cfg.items() if not k.startswith("_")}
+    cfg["force_upcast"] = False
+    torch.manual_seed(12)
+    AutoencoderKL(**cfg).eval().save_pretrained(out, safe_serialization=True)
+
+
+REFINER_INDEX = {
+    "_class_name": "StableDiffusionXLImg2ImgPipeline",
+    "force_zeros_for_empty_prompt": False,
+    "requires_aesthetics_score": True,
+    "add_watermarker": False,
+    "scheduler": ["diffusers", "EulerDiscreteScheduler"],
+    "text_encoder": [None, None],
+    "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"],
+    "tokenizer": [None, None],
+    "tokenizer_2": ["transformers", "CLIPTokenizer"],
+    "unet": ["diffusers", "UNet2DConditionModel"],
+    "vae": ["diffusers", "AutoencoderKL"],
+}
+
+
+def _make_refiner(base: str, out: str) -> None:
+    """SDXL-refiner architecture: only the second text encoder (shared with the base, as the
+    real refiner shares OpenCLIP bigG), and a UNet conditioned on an aesthetic score instead
+    of the target size (5 time ids, not 6)."""
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    unet_cfg = dict(UNet2DConditionModel.load_config(os.path.join(base, "unet")))
+    unet_cfg = {k: v for k, v in unet_cfg.items() if not k.startswith("_")}
+    with open(os.path.join(base, "text_encoder_2", "config.json"), encoding="utf-8") as f:
+        te2 = json.load(f)
+    unet_cfg["cross_attention_dim"] = te2["hidden_size"]
+    unet_cfg["projection_class_embeddings_input_dim"] = (
+        5 * unet_cfg["addition_time_embed_dim"] + te2["projection_dim"])
+    os.makedirs(out)
+    torch.manual_seed(13)
+    UNet2DConditionModel(**unet_cfg).eval().save_pretrained(os.path.join(out, "unet"),
+                                                           safe_serialization=True)
+    for part in ("vae", "text_encoder_2", "tokenizer_2", "scheduler"):
+        shutil.copytree(os.path.join(base, part), os.path.join(out, part))
+    _write_json(os.path.join(out, "model_index.json"), REFINER_INDEX)
+
+
+def _make_upscaler(out: str) -> None:
+    """A 2x SRVGGNetCompact (Real-ESRGAN's compact network) with 8 features: spandrel
+    recognizes it by its state dict, as it does a downloaded one."""
+    import torch
+    from safetensors.torch import save_file
+    from spandrel.architectures.RealESRGAN import RealESRGAN  # noqa: F401 - see below
+
+    raise NotImplementedError
+
+
+def _make_single_file(base: str, out: str) -> None:
+    raise NotImplementedError
+
+
+def create_extra(name: str, cache_dir: str) -> str:
+    """The path of tiny companion `name` (a key of EXTRAS) under cache_dir/models, made on
+    first use (the tiny model too, which most of them derive from)."""
+    models = os.path.join(cache_dir, "models")
+    target = os.path.join(models, EXTRAS[name])
+    if os.path.exists(target):
+        return target
+    base = create(os.path.join(models, TINY_NAME))
+    makers = {
+        "tiny-lora": lambda out: _make_lora(base, out),
+        "tiny-controlnet": lambda out: _make_controlnet(base, out),
+        "tiny-refiner": lambda out: _make_refiner(base, out),
+        "tiny-vae": lambda out: _make_vae(base, out),
+        "tiny-upscaler": _make_upscaler,
+        "tiny-single-file": lambda out: _make_single_file(base, out),
+    }
+    return _atomic(target, makers[name])
 
 
 def main(argv: list[str] | None = None) -> int:

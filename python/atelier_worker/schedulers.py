@@ -1,0 +1,87 @@
+"""The request's scheduler and schedule as diffusers scheduler objects, and their A1111 names."""
+
+from __future__ import annotations
+
+import diffusers
+
+from .protocol import SCHEDULERS
+
+# Request name -> (diffusers class name, AUTOMATIC1111's sampler name).
+TABLE = {
+    "euler": ("EulerDiscreteScheduler", "Euler"),
+    "euler_a": ("EulerAncestralDiscreteScheduler", "Euler a"),
+    "ddim": ("DDIMScheduler", "DDIM"),
+    "dpmpp_2m": ("DPMSolverMultistepScheduler", "DPM++ 2M"),
+    "dpmpp_sde": ("DPMSolverSinglestepScheduler", "DPM++ SDE"),
+    "heun": ("HeunDiscreteScheduler", "Heun"),
+    "dpm2": ("KDPM2DiscreteScheduler", "DPM2"),
+    "dpm2_a": ("KDPM2AncestralDiscreteScheduler", "DPM2 a"),
+    "lms": ("LMSDiscreteScheduler", "LMS"),
+    "unipc": ("UniPCMultistepScheduler", "UniPC"),
+}
+assert tuple(TABLE) == SCHEDULERS
+
+# Request schedule -> (the scheduler config flag that turns it on, A1111's name).
+SCHEDULE_FLAGS = {
+    "karras": ("use_karras_sigmas", "Karras"),
+    "exponential": ("use_exponential_sigmas", "Exponential"),
+    "beta": ("use_beta_sigmas", "Beta"),
+}
+
+
+class ScheduleError(ValueError):
+    """The scheduler does not take the schedule asked for."""
+
+
+def scheduler_class(name: str):
+    return getattr(diffusers, TABLE[name][0])
+
+
+def _config_keys(cls) -> set[str]:
+    # The flags a class takes are the keyword arguments its registered config knows.
+    import inspect
+
+    init = getattr(cls.__init__, "__wrapped__", cls.__init__)
+    return set(inspect.signature(init).parameters)
+
+
+def supported_schedules(name: str) -> list[str]:
+    """The non-default schedules scheduler `name` supports in this diffusers."""
+    keys = _config_keys(scheduler_class(name))
+    out = [s for s, (flag, _) in SCHEDULE_FLAGS.items() if flag in keys]
+    if "beta" in out:
+        from diffusers.utils import is_scipy_available
+
+        if not is_scipy_available():
+            out.remove("beta")
+    return out
+
+
+def capabilities() -> dict[str, list[str]]:
+    return {name: supported_schedules(name) for name in SCHEDULERS}
+
+
+def build(name: str, schedule: str, base_config):
+    """A fresh scheduler of the request's kind on the model's own scheduler config."""
+    cls = scheduler_class(name)
+    overrides = {flag: False for flag, _ in SCHEDULE_FLAGS.values() if flag in _config_keys(cls)}
+    if schedule:
+        if schedule not in supported_schedules(name):
+            takes = supported_schedules(name)
+            raise ScheduleError(
+                f"the {sampler_name(name)} scheduler ({name}) does not take the {schedule} "
+                f"schedule: " + (f"choose one of {', '.join(takes)}, or none" if takes
+                                 else "it takes no schedule; leave it empty"))
+        overrides[SCHEDULE_FLAGS[schedule][0]] = True
+    if name == "dpmpp_sde":
+        # A1111's "DPM++ SDE" is the stochastic single-step solver.
+        overrides["algorithm_type"] = "sde-dpmsolver++"
+    return cls.from_config(base_config, **overrides)
+
+
+def sampler_name(name: str) -> str:
+    return TABLE[name][1]
+
+
+def schedule_name(schedule: str) -> str:
+    return SCHEDULE_FLAGS[schedule][1] if schedule else "Automatic"
