@@ -77,25 +77,6 @@ func PrepareForQueue(req Request) (Request, error) {
 	return req, nil
 }
 
-// ExpandCount turns one request with a batch count into count requests: with
-// a fixed seed each job starts where the previous one's batch ended (so the
-// seeds do not repeat), with a random seed (-1) each draws its own.
-func ExpandCount(req Request, count int) []Request {
-	if count < 1 {
-		count = 1
-	}
-	out := make([]Request, count)
-	batch := int64(max(req.BatchSize, 1))
-	for i := range out {
-		r := req
-		if req.Seed >= 0 {
-			r.Seed = req.Seed + int64(i)*batch
-		}
-		out[i] = r
-	}
-	return out
-}
-
 // Enqueue adds requests to the end of the queue, in order, in one
 // transaction: either every job is added or none. Each request must have
 // been through PrepareForQueue (or at least Validate). sessionID 0 means no

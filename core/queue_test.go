@@ -230,23 +230,19 @@ func TestPauseAndRetriesSettings(t *testing.T) {
 	assert.Error(t, s.SetQueueRetries(ctx, -1))
 }
 
-func TestExpandCountAndPrepare(t *testing.T) {
+func TestPrepareForQueue(t *testing.T) {
 	r := queueRequest("x")
-	r.Seed, r.BatchSize = 100, 2
-	reqs := ExpandCount(r, 3)
-	require.Len(t, reqs, 3)
-	assert.Equal(t, []int64{100, 102, 104}, []int64{reqs[0].Seed, reqs[1].Seed, reqs[2].Seed})
-	r.Seed = -1
-	for _, q := range ExpandCount(r, 2) {
-		assert.Equal(t, int64(-1), q.Seed, "random seeds are drawn per job")
-	}
+	r.Seed, r.BatchSize = -1, 0
 	p, err := PrepareForQueue(r)
 	require.NoError(t, err)
-	assert.GreaterOrEqual(t, p.Seed, int64(0))
+	assert.GreaterOrEqual(t, p.Seed, int64(0), "the queue shows the seed that will run")
+	assert.Equal(t, 1, p.BatchSize)
 	bad := r
 	bad.Model = "/no/such/model"
 	_, err = PrepareForQueue(bad)
-	assert.Error(t, err)
+	var jerr *JobError
+	require.ErrorAs(t, err, &jerr)
+	assert.Equal(t, "model", jerr.Field)
 }
 
 // queueGen plays each job from a per-prompt script; the default is a result.
@@ -488,7 +484,7 @@ func TestQueueJobWithAMissingModelFails(t *testing.T) {
 
 func TestEstimateQueue(t *testing.T) {
 	rate := Rate{PixelStepsPerS: 64 * 64 * 10, OverheadS: 1} // 10 steps/s at 64x64
-	req := queueRequest("x")                                  // 4 steps, 64x64
+	req := queueRequest("x")                                 // 4 steps, 64x64
 	d, ok := rate.Estimate(req)
 	require.True(t, ok)
 	assert.InDelta(t, 1.4, d.Seconds(), 1e-9)

@@ -1,0 +1,712 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"atelier/core"
+)
+
+const queueUsage = `Usage: atelier queue COMMAND [options]
+
+The queue keeps jobs in the history database: they survive a crash, a
+restart and a killed worker. The app runs the queue in the background;
+"atelier queue run" runs it without a window.
+
+Commands:
+  add [generate options] [--batch-count N]   queue a job (N jobs with --batch-count)
+  add --file JOBS.jsonl                      queue one job per line (JSON request)
+  list [--json]                              the queue with status, progress and ETA
+  run [--json] [--watch]                     run pending jobs until none are left
+  pause | resume                             stop or restart taking new jobs
+  cancel ID...                               cancel jobs (a running one within a step)
+  retry ID...                                queue failed, cancelled or interrupted jobs again
+  clear [--all]                              drop finished jobs from the list (--all: cancel pending too)
+  sessions [--json]                          sessions with their counts, time and speed
+  retries [N]                                show or set how often a crashed job is re-run (default 1)
+
+Run "atelier queue COMMAND --help" for a command's options.
+`
+
+func cmdQueue(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, queueUsage)
+		return exitUsage
+	}
+	sub, rest := args[0], args[1:]
+	switch sub {
+	case "add":
+		return queueAdd(rest, stdout, stderr)
+	case "list", "ls":
+		return queueList(rest, stdout, stderr)
+	case "run":
+		return queueRun(rest, stdout, stderr)
+	case "pause", "resume":
+		return queueSimple(sub, rest, stdout, stderr, func(ctx context.Context, s *core.Store, _ []int64) error {
+			if err := s.SetQueuePaused(ctx, sub == "pause"); err != nil {
+				return err
+			}
+			if sub == "pause" {
+				fmt.Fprintln(stdout, "queue paused: the running job finishes, no other starts")
+			} else {
+				fmt.Fprintln(stdout, "queue resumed")
+			}
+			return nil
+		})
+	case "cancel":
+		return queueSimple(sub, rest, stdout, stderr, func(ctx context.Context, s *core.Store, ids []int64) error {
+			var errs []error
+			for _, id := range ids {
+				st, err := s.CancelJob(ctx, id)
+				switch {
+				case err != nil:
+					errs = append(errs, err)
+				case st == core.StatusRunning:
+					fmt.Fprintf(stdout, "job %d: cancel requested; it stops within a step\n", id)
+				default:
+					fmt.Fprintf(stdout, "job %d: cancelled\n", id)
+				}
+			}
+			return errors.Join(errs...)
+		})
+	case "retry":
+		return queueSimple(sub, rest, stdout, stderr, func(ctx context.Context, s *core.Store, ids []int64) error {
+			var errs []error
+			for _, id := range ids {
+				nid, err := s.RetryJob(ctx, id)
+				if err != nil {
+					errs = append(errs, err)
+					continue
+				}
+				fmt.Fprintf(stdout, "job %d: queued again as job %d\n", id, nid)
+			}
+			return errors.Join(errs...)
+		})
+	case "clear":
+		return queueClear(rest, stdout, stderr)
+	case "sessions":
+		return queueSessions(rest, stdout, stderr)
+	case "retries":
+		return queueRetries(rest, stdout, stderr)
+	case "help", "-h", "-help", "--help":
+		fmt.Fprint(stdout, queueUsage)
+		return exitOK
+	default:
+		fmt.Fprintf(stderr, "atelier queue: unknown command %q\n\n%s", sub, queueUsage)
+		return exitUsage
+	}
+}
+
+// parseFlags parses a queue subcommand's flags; ok false means return code.
+func parseFlags(fs *flag.FlagSet, args []string, stdout, stderr io.Writer) (code int, ok bool) {
+	fs.SetOutput(io.Discard)
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			fs.SetOutput(stdout)
+			fs.Usage()
+			return exitOK, false
+		}
+		fmt.Fprintf(stderr, "atelier %s: %v\nRun \"atelier %s --help\" for the options.\n", fs.Name(), err, fs.Name())
+		return exitUsage, false
+	}
+	return exitOK, true
+}
+
+func openStore(stderr io.Writer, name string) (*core.Store, core.Paths, bool) {
+	paths := core.DefaultPaths()
+	if err := paths.EnsureDirs(); err != nil {
+		fmt.Fprintf(stderr, "atelier %s: %v\n", name, err)
+		return nil, paths, false
+	}
+	s, err := core.OpenStore(paths.DB)
+	if err != nil {
+		fmt.Fprintf(stderr, "atelier %s: %v\n", name, err)
+		return nil, paths, false
+	}
+	return s, paths, true
+}
+
+// queueSimple runs a subcommand that takes job ids (or nothing, for pause
+// and resume) and no options.
+func queueSimple(sub string, args []string, stdout, stderr io.Writer, do func(context.Context, *core.Store, []int64) error) int {
+	name := "queue " + sub
+	wantIDs := sub == "cancel" || sub == "retry"
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.Usage = func() {
+		if wantIDs {
+			fmt.Fprintf(fs.Output(), "Usage: atelier queue %s ID...\n", sub)
+		} else {
+			fmt.Fprintf(fs.Output(), "Usage: atelier queue %s\n", sub)
+		}
+	}
+	if code, ok := parseFlags(fs, args, stdout, stderr); !ok {
+		return code
+	}
+	var ids []int64
+	for _, a := range fs.Args() {
+		id, err := strconv.ParseInt(a, 10, 64)
+		if err != nil || id <= 0 {
+			fmt.Fprintf(stderr, "atelier %s: %q is not a job id (see \"atelier queue list\")\n", name, a)
+			return exitUsage
+		}
+		ids = append(ids, id)
+	}
+	if wantIDs && len(ids) == 0 {
+		fmt.Fprintf(stderr, "atelier %s: give one or more job ids (see \"atelier queue list\")\n", name)
+		return exitUsage
+	}
+	if !wantIDs && len(ids) > 0 {
+		fmt.Fprintf(stderr, "atelier %s: takes no arguments\n", name)
+		return exitUsage
+	}
+	s, _, ok := openStore(stderr, name)
+	if !ok {
+		return exitFailure
+	}
+	defer s.Close()
+	if err := do(context.Background(), s, ids); err != nil {
+		fmt.Fprintf(stderr, "atelier %s: %v\n", name, err)
+		if errors.Is(err, core.ErrNotFound) {
+			return exitUsage
+		}
+		return exitFailure
+	}
+	return exitOK
+}
+
+// fileJob is one line of a jobs file: a request (the generate JSON fields,
+// defaults for the rest) and how many jobs to make of it.
+type fileJob struct {
+	core.Request
+	BatchCount int `json:"batch_count,omitempty"`
+}
+
+// readJobsFile reads one request per line; blank lines and lines starting
+// with # are skipped. Every line is checked before anything is queued, and
+// errors name their line.
+func readJobsFile(path string) ([]core.Request, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	var out []core.Request
+	var errs []error
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 64*1024), 4<<20)
+	for n := 1; sc.Scan(); n++ {
+		line := bytes.TrimSpace(sc.Bytes())
+		if len(line) == 0 || line[0] == '#' {
+			continue
+		}
+		j := fileJob{Request: core.DefaultRequest(), BatchCount: 1}
+		dec := json.NewDecoder(bytes.NewReader(line))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&j); err != nil {
+			errs = append(errs, fmt.Errorf("line %d: %v", n, err))
+			continue
+		}
+		reqs, err := prepareJobs(j.Request, j.BatchCount)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("line %d: %v", n, describeFileError(err)))
+			continue
+		}
+		out = append(out, reqs...)
+	}
+	if err := sc.Err(); err != nil {
+		return nil, err
+	}
+	if len(errs) > 0 {
+		return nil, errors.Join(errs...)
+	}
+	if len(out) == 0 {
+		return nil, errors.New("no jobs in the file (one JSON request per line, e.g. {\"prompt\": \"a lighthouse\", \"steps\": 20})")
+	}
+	return out, nil
+}
+
+// prepareJobs expands a batch count and checks every job as the queue needs.
+func prepareJobs(req core.Request, count int) ([]core.Request, error) {
+	if err := req.Validate(); err != nil {
+		return nil, err
+	}
+	reqs, err := core.ExpandBatchCount(req, count)
+	if err != nil {
+		return nil, err
+	}
+	for i := range reqs {
+		if reqs[i], err = core.PrepareForQueue(reqs[i]); err != nil {
+			return nil, err
+		}
+	}
+	return reqs, nil
+}
+
+// describeFileError tells a validation error in the file's JSON field names.
+func describeFileError(err error) string {
+	if v, ok := core.AsValidation(err); ok {
+		parts := make([]string, len(v.Fields))
+		for i, f := range v.Fields {
+			parts[i] = fmt.Sprintf("invalid %q: %s", f.Field, f.Message)
+		}
+		return strings.Join(parts, "; ")
+	}
+	var jerr *core.JobError
+	if errors.As(err, &jerr) && jerr.Field != "" {
+		return fmt.Sprintf("invalid %q: %s", jerr.Field, jerr.Message)
+	}
+	return err.Error()
+}
+
+// describeRequestError tells a validation error field by field in flag names.
+func describeRequestError(err error) string {
+	if v, ok := core.AsValidation(err); ok {
+		parts := make([]string, len(v.Fields))
+		for i, f := range v.Fields {
+			parts[i] = describeField(f.Field, f.Message)
+		}
+		return strings.Join(parts, "; ")
+	}
+	var jerr *core.JobError
+	if errors.As(err, &jerr) && jerr.Field != "" {
+		return describeField(jerr.Field, jerr.Message)
+	}
+	return err.Error()
+}
+
+func queueAdd(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("queue add", flag.ContinueOnError)
+	rf := addRequestFlags(fs)
+	file := fs.String("file", "", "queue one job per line of this file: a JSON request with the generate fields "+
+		`(prompt, negative_prompt, model, steps, cfg, width, height, seed, batch_size, …) and optionally batch_count`)
+	sessionName := fs.String("session", "", "name of the session the jobs belong to (default: the file name, or the time)")
+	asJSON := fs.Bool("json", false, "print the queued job ids as a JSON array")
+	fs.Usage = func() {
+		fmt.Fprint(fs.Output(), `Usage: atelier queue add --prompt TEXT [generate options] [--batch-count N]
+       atelier queue add --file JOBS.jsonl
+
+Queues jobs in the history database; "atelier queue run" or the app runs them.
+Every job is checked first: if one is wrong, nothing is queued.
+
+Options:
+`)
+		fs.PrintDefaults()
+	}
+	if code, ok := parseFlags(fs, args, stdout, stderr); !ok {
+		return code
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "atelier queue add: unexpected argument %q: give the prompt with --prompt \"...\" (quoted)\n", fs.Arg(0))
+		return exitUsage
+	}
+	var reqs []core.Request
+	source, name := core.SessionCLI, *sessionName
+	if *file != "" {
+		given := false
+		fs.Visit(func(f *flag.Flag) {
+			if f.Name != "file" && f.Name != "session" && f.Name != "json" {
+				given = true
+			}
+		})
+		if given {
+			fmt.Fprintln(stderr, "atelier queue add: --file takes the requests from the file; give no request flags with it")
+			return exitUsage
+		}
+		var err error
+		if reqs, err = readJobsFile(*file); err != nil {
+			fmt.Fprintf(stderr, "atelier queue add: %s: %v\nNothing was queued.\n", *file, err)
+			return exitUsage
+		}
+		source = core.SessionFile
+		if name == "" {
+			name = filepath.Base(*file)
+		}
+	} else {
+		req, err := rf.build()
+		if err == nil {
+			reqs, err = prepareJobs(req, rf.count())
+		}
+		if err != nil {
+			fmt.Fprintf(stderr, "atelier queue add: %s\nNothing was queued. Run \"atelier queue add --help\" for the limits.\n",
+				strings.ReplaceAll(describeRequestError(err), "\n", "\n  "))
+			return exitUsage
+		}
+	}
+
+	s, _, ok := openStore(stderr, "queue add")
+	if !ok {
+		return exitFailure
+	}
+	defer s.Close()
+	ctx := context.Background()
+	session, err := s.NewSession(ctx, name, source)
+	if err != nil {
+		fmt.Fprintln(stderr, "atelier queue add:", err)
+		return exitFailure
+	}
+	ids, err := s.Enqueue(ctx, session, reqs)
+	if err != nil {
+		fmt.Fprintln(stderr, "atelier queue add:", err)
+		return exitFailure
+	}
+	if *asJSON {
+		json.NewEncoder(stdout).Encode(ids) //nolint:errcheck // nothing to do if stdout is gone
+	} else {
+		for i, id := range ids {
+			fmt.Fprintf(stdout, "%d\tqueued (seed %d) %s\n", id, reqs[i].Seed, shorten(reqs[i].Prompt, 50))
+		}
+	}
+	if paused, _ := s.QueuePaused(ctx); paused {
+		fmt.Fprintln(stderr, "note: the queue is paused; \"atelier queue resume\" lets it run")
+	}
+	return exitOK
+}
+
+// queueView is a job of "queue list --json".
+type queueView struct {
+	core.QueueJob
+	ETAS *float64 `json:"eta_s,omitempty"`
+}
+
+func queueList(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("queue list", flag.ContinueOnError)
+	asJSON := fs.Bool("json", false, "print a JSON object: the jobs (with eta_s), paused, and the whole queue's eta_s")
+	fs.Usage = func() {
+		fmt.Fprint(fs.Output(), "Usage: atelier queue list [--json]\n\nThe queue: running and waiting jobs in order, then finished ones.\n\nOptions:\n")
+		fs.PrintDefaults()
+	}
+	if code, ok := parseFlags(fs, args, stdout, stderr); !ok {
+		return code
+	}
+	s, _, ok := openStore(stderr, "queue list")
+	if !ok {
+		return exitFailure
+	}
+	defer s.Close()
+	ctx := context.Background()
+	jobs, err := s.QueueJobs(ctx)
+	if err != nil {
+		fmt.Fprintln(stderr, "atelier queue list:", err)
+		return exitFailure
+	}
+	paused, _ := s.QueuePaused(ctx)
+	rate, _ := s.MeasuredRate(ctx, 20)
+	eta := core.EstimateQueue(jobs, rate, nil)
+	if *asJSON {
+		out := struct {
+			Jobs   []queueView `json:"jobs"`
+			Paused bool        `json:"paused"`
+			ETAS   *float64    `json:"eta_s,omitempty"`
+		}{Jobs: []queueView{}, Paused: paused}
+		for _, j := range jobs {
+			v := queueView{QueueJob: j}
+			if d, ok := eta.Job[j.ID]; ok {
+				sec := d.Seconds()
+				v.ETAS = &sec
+			}
+			out.Jobs = append(out.Jobs, v)
+		}
+		if eta.Known && len(eta.Job) > 0 {
+			sec := eta.Total.Seconds()
+			out.ETAS = &sec
+		}
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		if err := enc.Encode(out); err != nil {
+			return exitFailure
+		}
+		return exitOK
+	}
+	if len(jobs) == 0 {
+		fmt.Fprintln(stderr, "The queue is empty. Add jobs with: atelier queue add --prompt \"a lighthouse\" --batch-count 4")
+		return exitOK
+	}
+	tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "ID\tSTATUS\tPROGRESS\tETA\tMODEL\tSTEPS\tSIZE\tSEED\tPROMPT")
+	for _, j := range jobs {
+		r := j.Request
+		status := j.Status
+		if j.CancelRequested {
+			status += " (cancelling)"
+		} else if j.ErrorCode != "" && j.Status != core.StatusCancelled {
+			status += " (" + j.ErrorCode + ")"
+		}
+		progress := "-"
+		if j.Status == core.StatusRunning && j.Total > 0 {
+			progress = fmt.Sprintf("%d/%d", j.Step, j.Total)
+		} else if j.Status == core.StatusDone {
+			progress = "100%"
+		}
+		etaS := "-"
+		if d, ok := eta.Job[j.ID]; ok {
+			etaS = formatDuration(d)
+		}
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%d\t%dx%d\t%d\t%s\n", j.ID, status, progress, etaS,
+			shorten(modelName(r.Model), 20), r.Steps, r.Width, r.Height, r.Seed, shorten(r.Prompt, 40))
+	}
+	tw.Flush() //nolint:errcheck // nothing to do if stdout is gone
+	counts, _ := s.QueueCounts(ctx)
+	summary := fmt.Sprintf("%d waiting, %d running, %d done, %d failed",
+		counts[core.StatusPending]+counts[core.StatusInterrupted], counts[core.StatusRunning],
+		counts[core.StatusDone], counts[core.StatusFailed])
+	if len(eta.Job) > 0 {
+		if eta.Known {
+			summary += " · queue ETA " + formatDuration(eta.Total)
+		} else {
+			summary += " · ETA unknown until a job has run"
+		}
+	}
+	if paused {
+		summary += " · PAUSED (atelier queue resume)"
+	}
+	fmt.Fprintln(stdout, summary)
+	return exitOK
+}
+
+func formatDuration(d time.Duration) string {
+	switch {
+	case d < time.Minute:
+		return fmt.Sprintf("%ds", int(d.Round(time.Second).Seconds()))
+	case d < time.Hour:
+		return fmt.Sprintf("%dm%02ds", int(d.Minutes()), int(d.Seconds())%60)
+	default:
+		return fmt.Sprintf("%dh%02dm", int(d.Hours()), int(d.Minutes())%60)
+	}
+}
+
+func queueClear(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("queue clear", flag.ContinueOnError)
+	all := fs.Bool("all", false, "also cancel the jobs that have not started")
+	fs.Usage = func() {
+		fmt.Fprint(fs.Output(), "Usage: atelier queue clear [--all]\n\nDrops finished jobs from the queue list; they stay in the history.\n\nOptions:\n")
+		fs.PrintDefaults()
+	}
+	if code, ok := parseFlags(fs, args, stdout, stderr); !ok {
+		return code
+	}
+	s, _, ok := openStore(stderr, "queue clear")
+	if !ok {
+		return exitFailure
+	}
+	defer s.Close()
+	n, err := s.ClearQueue(context.Background(), *all)
+	if err != nil {
+		fmt.Fprintln(stderr, "atelier queue clear:", err)
+		return exitFailure
+	}
+	fmt.Fprintf(stdout, "%d jobs cleared from the queue (the history keeps them)\n", n)
+	return exitOK
+}
+
+func queueSessions(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("queue sessions", flag.ContinueOnError)
+	asJSON := fs.Bool("json", false, "print a JSON array")
+	fs.Usage = func() {
+		fmt.Fprint(fs.Output(), "Usage: atelier queue sessions [--json]\n\nSessions (a sitting of the app, a batch file) with their figures.\n\nOptions:\n")
+		fs.PrintDefaults()
+	}
+	if code, ok := parseFlags(fs, args, stdout, stderr); !ok {
+		return code
+	}
+	s, _, ok := openStore(stderr, "queue sessions")
+	if !ok {
+		return exitFailure
+	}
+	defer s.Close()
+	list, err := s.Sessions(context.Background())
+	if err != nil {
+		fmt.Fprintln(stderr, "atelier queue sessions:", err)
+		return exitFailure
+	}
+	if *asJSON {
+		if err := json.NewEncoder(stdout).Encode(list); err != nil {
+			return exitFailure
+		}
+		return exitOK
+	}
+	tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "ID\tCREATED\tSOURCE\tNAME\tJOBS\tDONE\tFAILED\tWAITING\tIMAGES\tTIME\tMEAN IT/S")
+	for _, x := range list {
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%d\t%d\t%d\t%d\t%d\t%.1fs\t%.2f\n", x.ID, x.CreatedAt.Local().Format("2006-01-02 15:04"),
+			x.Source, shorten(x.Name, 30), x.Jobs, x.Done, x.Failed, x.Pending, x.Images, x.TotalS, x.MeanItS)
+	}
+	tw.Flush() //nolint:errcheck // nothing to do if stdout is gone
+	return exitOK
+}
+
+func queueRetries(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("queue retries", flag.ContinueOnError)
+	fs.Usage = func() {
+		fmt.Fprint(fs.Output(), "Usage: atelier queue retries [N]\n\nShows or sets how many times a job is run again after the app or the worker died under it.\n")
+	}
+	if code, ok := parseFlags(fs, args, stdout, stderr); !ok {
+		return code
+	}
+	if fs.NArg() > 1 {
+		fmt.Fprintln(stderr, "atelier queue retries: takes at most one number")
+		return exitUsage
+	}
+	s, _, ok := openStore(stderr, "queue retries")
+	if !ok {
+		return exitFailure
+	}
+	defer s.Close()
+	ctx := context.Background()
+	if fs.NArg() == 1 {
+		n, err := strconv.Atoi(fs.Arg(0))
+		if err != nil || n < 0 {
+			fmt.Fprintf(stderr, "atelier queue retries: %q is not a number >= 0\n", fs.Arg(0))
+			return exitUsage
+		}
+		if err := s.SetQueueRetries(ctx, n); err != nil {
+			fmt.Fprintln(stderr, "atelier queue retries:", err)
+			return exitFailure
+		}
+	}
+	fmt.Fprintf(stdout, "%d\n", s.QueueRetries(ctx))
+	return exitOK
+}
+
+// queueRunLine is a --json line of "queue run" about a job.
+type queueRunLine struct {
+	Type     string         `json:"type"` // job_started, job_finished, done
+	JobID    int64          `json:"job_id,omitempty"`
+	UID      string         `json:"uid,omitempty"`
+	Status   string         `json:"status,omitempty"`
+	Attempts int            `json:"attempts,omitempty"`
+	Images   []string       `json:"images,omitempty"`
+	Error    *jsonError     `json:"error,omitempty"`
+	OK       bool           `json:"ok,omitempty"`
+	Counts   map[string]int `json:"counts,omitempty"`
+}
+
+func queueRun(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("queue run", flag.ContinueOnError)
+	asJSON := fs.Bool("json", false, "print JSON lines on stdout: job_started, every worker event, job_finished, then done")
+	watch := fs.Bool("watch", false, "keep running and wait for new jobs instead of exiting when the queue is empty")
+	fs.Usage = func() {
+		fmt.Fprint(fs.Output(), `Usage: atelier queue run [--json] [--watch]
+
+Runs the queue's jobs one at a time through the worker until none are left.
+Ctrl-C stops: the running job goes back to the queue and runs next time.
+Exit status: 0 every job done, 1 a job failed, 130 stopped.
+
+Options:
+`)
+		fs.PrintDefaults()
+	}
+	if code, ok := parseFlags(fs, args, stdout, stderr); !ok {
+		return code
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintln(stderr, "atelier queue run: takes no arguments")
+		return exitUsage
+	}
+	a, err := openApp(stderr)
+	if err != nil {
+		fmt.Fprintln(stderr, "atelier queue run:", err)
+		return exitFailure
+	}
+	defer a.close()
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	go func() {
+		<-ctx.Done()
+		stop()
+	}()
+
+	emit := jsonEmitter(stdout, *asJSON)
+	var prog *progress
+	failed, done := 0, 0
+	q := core.NewQueueRunner(a.runner)
+	q.OnEvent = func(e core.QueueEvent) {
+		switch e.Kind {
+		case core.QueueStarted:
+			j := e.Job
+			emit(queueRunLine{Type: "job_started", JobID: j.ID, UID: j.UID, Attempts: j.Attempts})
+			note := ""
+			if j.Attempts > 1 {
+				note = fmt.Sprintf(", run %d", j.Attempts)
+			}
+			counts, _ := a.store.QueueCounts(context.WithoutCancel(ctx))
+			left := counts[core.StatusPending] + counts[core.StatusInterrupted]
+			fmt.Fprintf(stderr, "job %d (seed %d%s, %d more waiting): %s\n", j.ID, j.Request.Seed, note, left, shorten(j.Request.Prompt, 60))
+			prog = newProgress(stderr)
+		case core.QueueMessage:
+			if prog != nil {
+				prog.event(e.Message)
+			}
+			emit(e.Message)
+		case core.QueueFinished:
+			if prog != nil {
+				prog.finish()
+			}
+			j := e.Job
+			line := queueRunLine{Type: "job_finished", JobID: j.ID, UID: j.UID, Status: j.Status, Attempts: j.Attempts}
+			if e.Outcome != nil {
+				for _, im := range e.Outcome.Images {
+					line.Images = append(line.Images, im.Path)
+				}
+			}
+			var jerr *core.JobError
+			if errors.As(e.Err, &jerr) {
+				line.Error = &jsonError{Code: jerr.Code, Message: jerr.Message, Detail: jerr.Detail, Field: jerr.Field}
+			}
+			emit(line)
+			switch j.Status {
+			case core.StatusDone:
+				done++
+				msg := fmt.Sprintf("job %d done", j.ID)
+				if m := e.Outcome; m != nil && m.Metrics != nil {
+					msg += fmt.Sprintf(" in %.1fs (%.2f it/s)", m.Metrics.TotalS, m.Metrics.ItS)
+				}
+				fmt.Fprintln(stderr, msg)
+			case core.StatusInterrupted:
+				fmt.Fprintf(stderr, "job %d: the worker crashed (%s); it runs once more\n", j.ID, j.ErrorMessage)
+			case core.StatusPending:
+				fmt.Fprintf(stderr, "job %d: stopped; it is pending again\n", j.ID)
+			case core.StatusCancelled:
+				fmt.Fprintf(stderr, "job %d cancelled\n", j.ID)
+			default:
+				failed++
+				fmt.Fprintf(stderr, "job %d %s: %s: %s\n", j.ID, j.Status, j.ErrorCode, j.ErrorMessage)
+			}
+		}
+	}
+	paused, _ := a.store.QueuePaused(ctx)
+	if paused && !*watch {
+		fmt.Fprintln(stderr, "atelier queue run: the queue is paused; \"atelier queue resume\" lets it run")
+	}
+	err = q.Run(ctx, !*watch)
+	counts, _ := a.store.QueueCounts(context.WithoutCancel(ctx))
+	if err != nil {
+		if ctx.Err() != nil {
+			fmt.Fprintln(stderr, "atelier queue run: stopped; waiting jobs stay in the queue")
+			emit(queueRunLine{Type: "done", Counts: counts, Error: &jsonError{Code: core.ErrCancelled, Message: "stopped"}})
+			return exitCancelled
+		}
+		fmt.Fprintln(stderr, "atelier queue run:", err)
+		emit(queueRunLine{Type: "done", Counts: counts, Error: &jsonError{Code: core.ErrInternal, Message: err.Error()}})
+		return exitFailure
+	}
+	fmt.Fprintf(stderr, "queue run: %d done, %d failed\n", done, failed)
+	emit(queueRunLine{Type: "done", OK: failed == 0, Counts: counts})
+	if failed > 0 {
+		return exitFailure
+	}
+	return exitOK
+}
