@@ -38,7 +38,8 @@ const usage = `Atelier: Stable Diffusion XL on your own machine.
 Usage:
   atelier                 open the studio window
   atelier generate ...    generate images without a window
-  atelier history ...     list past jobs
+  atelier history ...     list past jobs; import a PNG's settings
+  atelier queue ...       add, list and run queued jobs (survive crashes)
   atelier doctor          check that the Python worker can start
   atelier version         print the version
 
@@ -56,6 +57,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return cmdGenerate(rest, stdout, stderr)
 	case "history":
 		return cmdHistory(rest, stdout, stderr)
+	case "queue":
+		return cmdQueue(rest, stdout, stderr)
 	case "doctor":
 		return cmdDoctor(rest, stdout, stderr)
 	case "version", "--version":
