@@ -472,3 +472,31 @@ func parseNullTime(s sql.NullString) (*time.Time, error) {
 	}
 	return &t, nil
 }
+
+// SettingLastRequest keeps the form's last settings: the app saves them, and
+// `atelier history import` leaves an imported PNG's settings there so that
+// the next window opens with them.
+const SettingLastRequest = "form.last_request"
+
+// LastRequest returns the form's last settings, if any were saved.
+func (s *Store) LastRequest(ctx context.Context) (Request, bool, error) {
+	v, ok, err := s.GetSetting(ctx, SettingLastRequest)
+	if err != nil || !ok {
+		return Request{}, false, err
+	}
+	var r Request
+	if err := json.Unmarshal([]byte(v), &r); err != nil {
+		return Request{}, false, nil // an unreadable old value is as good as none
+	}
+	return r, true, nil
+}
+
+// SetLastRequest saves the form's settings.
+func (s *Store) SetLastRequest(ctx context.Context, r Request) error {
+	r.OutputDir = ""
+	b, err := json.Marshal(r)
+	if err != nil {
+		return err
+	}
+	return s.SetSetting(ctx, SettingLastRequest, string(b))
+}

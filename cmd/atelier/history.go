@@ -7,6 +7,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"os"
 	"strings"
 	"text/tabwriter"
 
@@ -14,11 +15,15 @@ import (
 )
 
 func cmdHistory(args []string, stdout, stderr io.Writer) int {
+	if len(args) > 0 && args[0] == "import" {
+		return historyImport(args[1:], stdout, stderr)
+	}
 	fs := flag.NewFlagSet("history", flag.ContinueOnError)
 	asJSON := fs.Bool("json", false, "print a JSON array of jobs, with their settings, metrics and images")
 	limit := fs.Int("limit", 20, "how many jobs, newest first; 0 for all")
 	fs.Usage = func() {
-		fmt.Fprint(fs.Output(), "Usage: atelier history [--json] [--limit N]\n\nLists past jobs, newest first.\n\nOptions:\n")
+		fmt.Fprint(fs.Output(), "Usage: atelier history [--json] [--limit N]\n       atelier history import FILE.png [--json]\n\n"+
+			"Lists past jobs, newest first; import reads a PNG's generation settings.\n\nOptions:\n")
 		fs.PrintDefaults()
 	}
 	fs.SetOutput(io.Discard)
@@ -81,6 +86,90 @@ func cmdHistory(args []string, stdout, stderr io.Writer) int {
 	if err := tw.Flush(); err != nil {
 		return exitFailure
 	}
+	return exitOK
+}
+
+func historyImport(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("history import", flag.ContinueOnError)
+	asJSON := fs.Bool("json", false, "print the settings as a JSON request (with notes on values that could not be used)")
+	fs.Usage = func() {
+		fmt.Fprint(fs.Output(), `Usage: atelier history import FILE.png [--json]
+
+Reads the generation settings of a PNG from Atelier, AUTOMATIC1111 or a
+compatible tool (its "parameters" text), prints them, and keeps them as the
+form's last settings: the next window opens with them.
+
+Options:
+`)
+		fs.PrintDefaults()
+	}
+	// The file may come before the options.
+	var file string
+	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
+		file, args = args[0], args[1:]
+	}
+	fs.SetOutput(io.Discard)
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			fs.SetOutput(stdout)
+			fs.Usage()
+			return exitOK
+		}
+		fmt.Fprintf(stderr, "atelier history import: %v\n", err)
+		return exitUsage
+	}
+	if file == "" && fs.NArg() == 1 {
+		file = fs.Arg(0)
+	} else if fs.NArg() > 0 || file == "" {
+		fmt.Fprintln(stderr, "atelier history import: give one PNG file")
+		return exitUsage
+	}
+	paths := core.DefaultPaths()
+	store, err := core.OpenStore(paths.DB)
+	if err != nil {
+		fmt.Fprintln(stderr, "atelier history import:", err)
+		return exitFailure
+	}
+	defer store.Close()
+	ctx := context.Background()
+	base := core.DefaultRequest()
+	if last, ok, _ := store.LastRequest(ctx); ok {
+		base = last // what the PNG does not say stays as the form had it
+	}
+	got, err := core.ImportPNG(file, base, paths.Models)
+	if err != nil {
+		fmt.Fprintln(stderr, "atelier history import:", err)
+		if os.IsNotExist(err) {
+			return exitUsage
+		}
+		return exitFailure
+	}
+	if err := store.SetLastRequest(ctx, got.Request); err != nil {
+		fmt.Fprintln(stderr, "atelier history import:", err)
+		return exitFailure
+	}
+	for _, n := range got.Notes {
+		fmt.Fprintln(stderr, "note:", n)
+	}
+	if *asJSON {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		if err := enc.Encode(got); err != nil {
+			return exitFailure
+		}
+		return exitOK
+	}
+	r := got.Request
+	tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
+	for _, kv := range [][2]string{
+		{"prompt", r.Prompt}, {"negative", r.NegativePrompt}, {"model", r.Model}, {"scheduler", r.Scheduler},
+		{"steps", fmt.Sprint(r.Steps)}, {"cfg", fmt.Sprint(r.CFG)}, {"size", fmt.Sprintf("%dx%d", r.Width, r.Height)},
+		{"seed", fmt.Sprint(r.Seed)},
+	} {
+		fmt.Fprintf(tw, "%s:\t%s\n", kv[0], strings.ReplaceAll(kv[1], "\n", " / "))
+	}
+	tw.Flush() //nolint:errcheck // nothing to do if stdout is gone
+	fmt.Fprintln(stderr, "Saved as the form's settings: the studio opens with them.")
 	return exitOK
 }
 
