@@ -369,13 +369,24 @@ def _make_refiner(base: str, out: str) -> None:
 
 
 def _make_upscaler(out: str) -> None:
-    """A 2x SRVGGNetCompact (Real-ESRGAN's compact network) with 8 features: spandrel
-    recognizes it by its state dict, as it does a downloaded one."""
+    """A 2x SRVGGNetCompact (Real-ESRGAN's compact network: convolutions with PReLU, a pixel
+    shuffle, plus the nearest-upscaled input) with 8 features and 2 inner convolutions, in the
+    state-dict layout of the released models, which spandrel recognizes."""
     import torch
     from safetensors.torch import save_file
-    from spandrel.architectures.RealESRGAN import RealESRGAN  # noqa: F401 - see below
 
-    raise NotImplementedError
+    feat, convs, scale = 8, 2, 2
+    torch.manual_seed(14)
+    state: dict[str, torch.Tensor] = {}
+    chans = [3] + [feat] * (convs + 1)
+    for i in range(convs + 1):
+        state[f"body.{2 * i}.weight"] = torch.randn(feat, chans[i], 3, 3) * 0.1
+        state[f"body.{2 * i}.bias"] = torch.zeros(feat)
+        state[f"body.{2 * i + 1}.weight"] = torch.full((feat,), 0.25)  # PReLU
+    last = 2 * convs + 2
+    state[f"body.{last}.weight"] = torch.randn(3 * scale * scale, feat, 3, 3) * 0.02
+    state[f"body.{last}.bias"] = torch.zeros(3 * scale * scale)
+    save_file({k: v.contiguous() for k, v in state.items()}, out)
 
 
 def _make_single_file(base: str, out: str) -> None:
