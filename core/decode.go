@@ -17,7 +17,8 @@ const MaxLineBytes = 1 << 20
 const MaxIDLen = 64
 
 // Stages are the values of a progress message's stage, in the order a job meets them.
-var Stages = []string{"loading_model", "creating_tiny_model", "encoding", "denoising", "decoding", "saving"}
+var Stages = []string{"loading_model", "creating_tiny_model", "preprocessing", "encoding", "denoising", "refining",
+	"decoding", "upscaling", "saving"}
 
 // DeviceKinds are the values of hello's device.
 var DeviceKinds = []string{"cuda", "mps", "cpu"}
@@ -167,6 +168,7 @@ func DecodeMessage(line []byte) (Message, error) {
 				Schedulers:      cf.strings("schedulers", false),
 				ControlNetTypes: cf.strings("controlnet_types", false),
 				Features:        cf.strings("features", false),
+				Schedules:       cf.stringLists("schedules"),
 			}
 		}
 		m.Versions = f.stringMap("versions", true)
@@ -204,8 +206,11 @@ func DecodeMessage(line []byte) (Message, error) {
 				Device:       mf.str("device", false),
 				Dtype:        mf.str("dtype", false),
 				PeakMemBytes: mf.int64("peak_mem_bytes", false),
+				VAEFallback:  mf.boolean("vae_fallback"),
+				BatchChunks:  mf.int("batch_chunks", false),
 			}
 		}
+		m.ControlImages = f.strings("control_images", false)
 	case MsgError:
 		// An error about a line the worker could not read has no id.
 		m.ID = f.str("id", false)
@@ -226,7 +231,7 @@ func DecodeMessage(line []byte) (Message, error) {
 }
 
 func decodeRequest(f *fields) *Request {
-	return &Request{
+	r := &Request{
 		Prompt:         f.str("prompt", true),
 		NegativePrompt: f.str("negative_prompt", false),
 		Model:          f.str("model", true),
@@ -239,7 +244,54 @@ func decodeRequest(f *fields) *Request {
 		BatchSize:      f.int("batch_size", false),
 		OutputDir:      f.str("output_dir", true),
 		PreviewEvery:   f.int("preview_every", false),
+		Schedule:       f.str("schedule", false),
+		Refiner:        f.str("refiner", false),
+		RefinerSwitch:  f.float("refiner_switch", false),
+		VAE:            f.str("vae", false),
+		InitImage:      f.str("init_image", false),
+		Strength:       f.float("strength", false),
+		MaskImage:      f.str("mask_image", false),
+		MaskPadding:    f.int("mask_padding", false),
+		Upscaler:       f.str("upscaler", false),
+		Upscale:        f.float("upscale", false),
 	}
+	if f.raw("mask_blur", false) != nil {
+		r.MaskBlur = IntPtr(f.int("mask_blur", false))
+	}
+	if items, ok := f.array("loras", false); ok {
+		for _, lf := range items {
+			l := LoRA{Path: lf.str("path", true), Weight: 1}
+			if lf.raw("weight", false) != nil {
+				l.Weight = lf.float("weight", false)
+			}
+			r.LoRAs = append(r.LoRAs, l)
+		}
+	}
+	if items, ok := f.array("controlnets", false); ok {
+		for _, cf := range items {
+			c := DefaultControlNet()
+			c.Type = cf.str("type", true)
+			c.Model = cf.str("model", true)
+			c.Image = cf.str("image", true)
+			if cf.raw("scale", false) != nil {
+				c.Scale = cf.float("scale", false)
+			}
+			if cf.raw("start", false) != nil {
+				c.Start = cf.float("start", false)
+			}
+			if cf.raw("end", false) != nil {
+				c.End = cf.float("end", false)
+			}
+			if cf.raw("canny_low", false) != nil {
+				c.CannyLow = cf.int("canny_low", false)
+			}
+			if cf.raw("canny_high", false) != nil {
+				c.CannyHigh = cf.int("canny_high", false)
+			}
+			r.ControlNets = append(r.ControlNets, c)
+		}
+	}
+	return r
 }
 
 // checkMessage holds the rules about values, shared by decoding and encoding, so that
@@ -398,6 +450,9 @@ func EncodeMessage(m Message) ([]byte, error) {
 		e.field("id", m.ID)
 		e.field("images", m.Images)
 		e.field("metrics", m.Metrics)
+		if len(m.ControlImages) > 0 {
+			e.field("control_images", m.ControlImages)
+		}
 	case MsgError:
 		e.field("id", m.ID)
 		e.field("code", string(m.Code))
@@ -484,6 +539,35 @@ func (f *fields) raw(key string, required bool) json.RawMessage {
 		return nil
 	}
 	return v
+}
+
+// stringLists reads an optional object of string lists ({"euler": ["karras"]}).
+func (f *fields) stringLists(key string) map[string][]string {
+	o := f.object(key, false)
+	if o == nil {
+		return nil
+	}
+	out := make(map[string][]string, len(o.m))
+	for k := range o.m {
+		out[k] = orEmpty(o.strings(k, false))
+	}
+	return out
+}
+
+// boolean reads an optional JSON boolean (absent reads as false).
+func (f *fields) boolean(key string) bool {
+	v := f.raw(key, false)
+	if v == nil {
+		return false
+	}
+	switch string(v) {
+	case "true":
+		return true
+	case "false":
+		return false
+	}
+	f.fail(key, "must be a boolean")
+	return false
 }
 
 func (f *fields) str(key string, required bool) string {

@@ -60,6 +60,13 @@ type Capabilities struct {
 	Schedulers      []string `json:"schedulers"`
 	ControlNetTypes []string `json:"controlnet_types"`
 	Features        []string `json:"features"`
+	// Schedules lists, for each scheduler, the non-empty schedules it takes.
+	Schedules map[string][]string `json:"schedules,omitempty"`
+}
+
+// Has reports whether the worker lists feature (c may be nil).
+func (c *Capabilities) Has(feature string) bool {
+	return c != nil && contains(c.Features, feature)
 }
 
 // ImageResult is one written image.
@@ -79,6 +86,11 @@ type Metrics struct {
 	Device       string  `json:"device"`
 	Dtype        string  `json:"dtype"`
 	PeakMemBytes int64   `json:"peak_mem_bytes"`
+	// VAEFallback: the VAE produced NaNs at the model's precision and was
+	// rerun in float32.
+	VAEFallback bool `json:"vae_fallback,omitempty"`
+	// BatchChunks is how many chunks the batch was denoised in (0 or 1: all at once).
+	BatchChunks int `json:"batch_chunks,omitempty"`
 }
 
 // Message is one protocol line. Only the fields of its Type are set.
@@ -111,6 +123,8 @@ type Message struct {
 	// result
 	Images  []ImageResult `json:"images,omitempty"`
 	Metrics *Metrics      `json:"metrics,omitempty"`
+	// ControlImages are the preprocessed ControlNet images (canny edges, depth …).
+	ControlImages []string `json:"control_images,omitempty"`
 
 	// error
 	Code   ErrorCode `json:"code,omitempty"`

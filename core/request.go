@@ -1,8 +1,12 @@
 package core
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
+	"os"
+	"path/filepath"
 	"strings"
 )
 
@@ -17,10 +21,102 @@ const (
 	SizeMultiple             = 8
 	MinBatch, MaxBatch       = 1, 8
 	MaxSeed            int64 = 1<<53 - 1
+
+	MinLoRAWeight, MaxLoRAWeight   = -5.0, 5.0
+	MaxLoRAs                       = 16
+	MaxControlNets                 = 4
+	MinControlScale                = 0.0
+	MaxControlScale                = 2.0
+	DefaultControlScale            = 1.0
+	MinCanny, MaxCanny             = 0, 255
+	DefaultCannyLow                = 100
+	DefaultCannyHigh               = 200
+	DefaultRefinerSwitch           = 0.8 // exclusive range 0..1
+	DefaultStrength                = 0.75
+	MinMaskBlur, MaxMaskBlur       = 0, 64
+	DefaultMaskBlur                = 4
+	MinMaskPadding, MaxMaskPadding = 0, 1024
+	MinUpscale, MaxUpscale         = 1.0, 4.0
+	DefaultUpscale                 = 2.0
+	MinBatchCount, MaxBatchCount   = 1, 100
 )
 
-// Schedulers known to protocol v1; the worker's hello lists what it really supports.
-var Schedulers = []string{"euler", "euler_a", "ddim", "dpmpp_2m"}
+// Names of the tiny generated demo parts, accepted wherever a path is.
+const (
+	TinyLoRA        = "tiny-lora"
+	TinyControlNet  = "tiny-controlnet"
+	TinyRefiner     = "tiny-refiner"
+	TinyVAE         = "tiny-vae"
+	LanczosUpscaler = "lanczos"
+)
+
+// Schedulers are the samplers protocol v1 knows, in menu order; the worker's
+// hello lists what it really supports. SamplerNames gives A1111's names.
+var Schedulers = []string{"euler", "euler_a", "dpmpp_2m", "dpmpp_sde", "ddim", "heun", "dpm2", "dpm2_a", "lms", "unipc"}
+
+// SamplerNames maps a scheduler to AUTOMATIC1111's sampler name.
+var SamplerNames = map[string]string{
+	"dpmpp_2m": "DPM++ 2M", "dpmpp_sde": "DPM++ SDE", "ddim": "DDIM", "euler": "Euler",
+	"euler_a": "Euler a", "heun": "Heun", "dpm2": "DPM2", "dpm2_a": "DPM2 a", "lms": "LMS", "unipc": "UniPC",
+}
+
+// Schedules are the sigma schedules; "" is the scheduler's own default.
+var Schedules = []string{"", "karras", "exponential", "beta"}
+
+// ScheduleNames maps a schedule to A1111's "Schedule type" name.
+var ScheduleNames = map[string]string{"": "Automatic", "karras": "Karras", "exponential": "Exponential", "beta": "Beta"}
+
+// ControlNetTypes are the control kinds protocol v1 knows.
+var ControlNetTypes = []string{"canny", "depth", "pose", "lineart", "scribble", "tile", "softedge", "other"}
+
+// LoRA is one LoRA applied to the model.
+type LoRA struct {
+	Path   string  `json:"path"`
+	Weight float64 `json:"weight"`
+}
+
+// UnmarshalJSON reads a missing weight as 1, as the worker does.
+func (l *LoRA) UnmarshalJSON(b []byte) error {
+	type plain LoRA
+	p := plain{Weight: 1}
+	if err := json.Unmarshal(b, &p); err != nil {
+		return err
+	}
+	*l = LoRA(p)
+	return nil
+}
+
+// ControlNet is one ControlNet unit. Every number is always sent (zero is a
+// valid value of each); DefaultControlNet and UnmarshalJSON fill the defaults.
+type ControlNet struct {
+	Type      string  `json:"type"`
+	Model     string  `json:"model"`
+	Image     string  `json:"image"`
+	Scale     float64 `json:"scale"`
+	Start     float64 `json:"start"`
+	End       float64 `json:"end"`
+	CannyLow  int     `json:"canny_low"`
+	CannyHigh int     `json:"canny_high"`
+}
+
+// DefaultControlNet is a unit with every default filled in.
+func DefaultControlNet() ControlNet {
+	return ControlNet{Type: "canny", Model: TinyControlNet, Scale: DefaultControlScale, Start: 0, End: 1,
+		CannyLow: DefaultCannyLow, CannyHigh: DefaultCannyHigh}
+}
+
+// UnmarshalJSON fills the defaults of fields the JSON leaves out, so that a
+// unit without "scale" or "end" is not silently switched off.
+func (c *ControlNet) UnmarshalJSON(b []byte) error {
+	type plain ControlNet
+	p := plain(DefaultControlNet())
+	p.Type, p.Model = "", ""
+	if err := json.Unmarshal(b, &p); err != nil {
+		return err
+	}
+	*c = ControlNet(p)
+	return nil
+}
 
 // Request is one generation job, as sent to the worker (docs/protocol.md).
 type Request struct {
@@ -36,6 +132,65 @@ type Request struct {
 	BatchSize      int     `json:"batch_size,omitempty"`
 	OutputDir      string  `json:"output_dir,omitempty"`
 	PreviewEvery   int     `json:"preview_every,omitempty"`
+
+	// Sampling: the sigma schedule ("" = the scheduler's own).
+	Schedule string `json:"schedule,omitempty"`
+	// LoRAs applied to the base model, in order.
+	LoRAs []LoRA `json:"loras,omitempty"`
+	// ControlNets guiding the base model.
+	ControlNets []ControlNet `json:"controlnets,omitempty"`
+	// Refiner model and the fraction of steps the base runs (0 = DefaultRefinerSwitch).
+	Refiner       string  `json:"refiner,omitempty"`
+	RefinerSwitch float64 `json:"refiner_switch,omitempty"`
+	// VAE replacing the model's own.
+	VAE string `json:"vae,omitempty"`
+	// img2img: the starting image and how much of it is redrawn (0 = DefaultStrength).
+	InitImage string  `json:"init_image,omitempty"`
+	Strength  float64 `json:"strength,omitempty"`
+	// Inpainting: white pixels of the mask are redrawn. MaskBlur nil = DefaultMaskBlur.
+	MaskImage   string `json:"mask_image,omitempty"`
+	MaskBlur    *int   `json:"mask_blur,omitempty"`
+	MaskPadding int    `json:"mask_padding,omitempty"`
+	// Upscaling after generation (Upscale 0 = DefaultUpscale).
+	Upscaler string  `json:"upscaler,omitempty"`
+	Upscale  float64 `json:"upscale,omitempty"`
+}
+
+// IntPtr returns a pointer to v, for optional int fields such as MaskBlur.
+func IntPtr(v int) *int { return &v }
+
+// Features names the optional features a request uses, as the worker's hello
+// lists them in capabilities.features.
+func (r *Request) Features() []string {
+	var f []string
+	if r.Schedule != "" {
+		f = append(f, "schedules")
+	}
+	if len(r.LoRAs) > 0 {
+		f = append(f, "lora")
+	}
+	if len(r.ControlNets) > 0 {
+		f = append(f, "controlnet")
+	}
+	if r.Refiner != "" {
+		f = append(f, "refiner")
+	}
+	if r.VAE != "" {
+		f = append(f, "vae")
+	}
+	if r.InitImage != "" {
+		f = append(f, "img2img")
+	}
+	if r.MaskImage != "" {
+		f = append(f, "inpaint")
+	}
+	if r.Upscaler != "" {
+		f = append(f, "upscale")
+	}
+	if strings.HasSuffix(strings.ToLower(r.Model), ".safetensors") {
+		f = append(f, "single_file")
+	}
+	return f
 }
 
 // DefaultRequest is what a new form or a bare CLI call starts from.
@@ -113,6 +268,7 @@ func (r *Request) Validate() error {
 	if r.PreviewEvery < 0 {
 		add("preview_every", "must be 0 (off) or a positive step interval, got %d", r.PreviewEvery)
 	}
+	r.validateFeatures(add)
 	if len(errs) > 0 {
 		return &ValidationError{Fields: errs}
 	}
@@ -133,4 +289,200 @@ func contains(list []string, s string) bool {
 		}
 	}
 	return false
+}
+
+func badFloat(v float64) bool { return math.IsNaN(v) || math.IsInf(v, 0) }
+
+// pickleExt returns the pickle extension of path, or "".
+func pickleExt(path string) string {
+	ext := strings.ToLower(filepath.Ext(strings.TrimSpace(path)))
+	for _, p := range pickleExts {
+		if ext == p {
+			return ext
+		}
+	}
+	return ""
+}
+
+// checkWeightsPath reports what is wrong with a path to weights, or "".
+func checkWeightsPath(path, tiny, what string) string {
+	path = strings.TrimSpace(path)
+	if path == "" {
+		return fmt.Sprintf("must name a %s: %q or a path", what, tiny)
+	}
+	if ext := pickleExt(path); ext != "" {
+		return fmt.Sprintf("%s is a pickle file (%s), which can run arbitrary code when loaded, so Atelier never loads one: use a .safetensors file", path, ext)
+	}
+	return ""
+}
+
+// validateFeatures checks the optional SDXL features: sampling schedule,
+// LoRAs, ControlNets, refiner, VAE, img2img/inpainting and upscaling.
+func (r *Request) validateFeatures(add func(field, format string, args ...any)) {
+	if !contains(Schedules, r.Schedule) {
+		add("schedule", "unknown schedule %q (known: karras, exponential, beta, or empty for the scheduler's own)", r.Schedule)
+	}
+	if len(r.LoRAs) > MaxLoRAs {
+		add("loras", "at most %d LoRAs, got %d", MaxLoRAs, len(r.LoRAs))
+	}
+	for i, l := range r.LoRAs {
+		if msg := checkWeightsPath(l.Path, TinyLoRA, "LoRA"); msg != "" {
+			add(fmt.Sprintf("loras[%d].path", i), "%s", msg)
+		}
+		if badFloat(l.Weight) || l.Weight < MinLoRAWeight || l.Weight > MaxLoRAWeight {
+			add(fmt.Sprintf("loras[%d].weight", i), "must be between %g and %g, got %g", MinLoRAWeight, MaxLoRAWeight, l.Weight)
+		}
+	}
+	if len(r.ControlNets) > MaxControlNets {
+		add("controlnets", "at most %d ControlNets, got %d", MaxControlNets, len(r.ControlNets))
+	}
+	for i, c := range r.ControlNets {
+		name := func(f string) string { return fmt.Sprintf("controlnets[%d].%s", i, f) }
+		if !contains(ControlNetTypes, c.Type) {
+			add(name("type"), "unknown type %q (known: %s)", c.Type, strings.Join(ControlNetTypes, ", "))
+		}
+		if msg := checkWeightsPath(c.Model, TinyControlNet, "ControlNet model"); msg != "" {
+			add(name("model"), "%s", msg)
+		}
+		if strings.TrimSpace(c.Image) == "" {
+			add(name("image"), "must name a control image")
+		}
+		if badFloat(c.Scale) || c.Scale < MinControlScale || c.Scale > MaxControlScale {
+			add(name("scale"), "must be between %g and %g, got %g", MinControlScale, MaxControlScale, c.Scale)
+		}
+		if badFloat(c.Start) || c.Start < 0 || c.Start >= 1 {
+			add(name("start"), "must be at least 0 and below 1, got %g", c.Start)
+		}
+		if badFloat(c.End) || c.End <= 0 || c.End > 1 {
+			add(name("end"), "must be above 0 and at most 1, got %g", c.End)
+		} else if c.End <= c.Start {
+			add(name("end"), "must be after start (%g), got %g", c.Start, c.End)
+		}
+		if c.CannyLow < MinCanny || c.CannyLow > MaxCanny {
+			add(name("canny_low"), "must be between %d and %d, got %d", MinCanny, MaxCanny, c.CannyLow)
+		}
+		if c.CannyHigh < MinCanny || c.CannyHigh > MaxCanny {
+			add(name("canny_high"), "must be between %d and %d, got %d", MinCanny, MaxCanny, c.CannyHigh)
+		} else if c.CannyLow >= MinCanny && c.CannyLow <= MaxCanny && c.CannyHigh < c.CannyLow {
+			add(name("canny_high"), "must not be below canny_low (%d), got %d", c.CannyLow, c.CannyHigh)
+		}
+	}
+	if r.Refiner != "" {
+		if msg := checkWeightsPath(r.Refiner, TinyRefiner, "refiner"); msg != "" {
+			add("refiner", "%s", msg)
+		}
+	}
+	// Without a refiner the switch does nothing, and 0-1 is accepted (protocol).
+	if badFloat(r.RefinerSwitch) || r.RefinerSwitch < 0 || r.RefinerSwitch > 1 ||
+		(r.Refiner != "" && r.RefinerSwitch >= 1) {
+		add("refiner_switch", "must be above 0 and below 1, got %g", r.RefinerSwitch)
+	}
+	if r.VAE != "" {
+		if msg := checkWeightsPath(r.VAE, TinyVAE, "VAE"); msg != "" {
+			add("vae", "%s", msg)
+		}
+	}
+	if badFloat(r.Strength) || r.Strength < 0 || r.Strength > 1 {
+		add("strength", "must be above 0 and at most 1, got %g", r.Strength)
+	} else if r.InitImage != "" && r.Strength != 0 && int(float64(r.Steps)*r.Strength) < 1 && r.Steps >= MinSteps {
+		add("strength", "steps × strength must come to at least one step: %d × %g is less than 1", r.Steps, r.Strength)
+	}
+	if r.MaskImage != "" && r.InitImage == "" {
+		add("mask_image", "needs an init image: a mask says which part of the init image to redraw")
+	}
+	if r.MaskBlur != nil && (*r.MaskBlur < MinMaskBlur || *r.MaskBlur > MaxMaskBlur) {
+		add("mask_blur", "must be between %d and %d pixels, got %d", MinMaskBlur, MaxMaskBlur, *r.MaskBlur)
+	}
+	if r.MaskPadding < MinMaskPadding || r.MaskPadding > MaxMaskPadding {
+		add("mask_padding", "must be between %d and %d pixels, got %d", MinMaskPadding, MaxMaskPadding, r.MaskPadding)
+	}
+	if r.Upscaler != "" && r.Upscaler != LanczosUpscaler {
+		if ext := pickleExt(r.Upscaler); ext != "" {
+			add("upscaler", "%s is a pickle file (%s), which can run arbitrary code when loaded, so Atelier never loads one: use a .safetensors file", r.Upscaler, ext)
+		} else if !strings.HasSuffix(strings.ToLower(r.Upscaler), ".safetensors") {
+			add("upscaler", "must be %q or a .safetensors upscaler model, got %q", LanczosUpscaler, r.Upscaler)
+		}
+	}
+	if r.Upscale != 0 && (badFloat(r.Upscale) || r.Upscale < MinUpscale || r.Upscale > MaxUpscale) {
+		add("upscale", "must be between %g and %g, got %g", MinUpscale, MaxUpscale, r.Upscale)
+	}
+}
+
+// ResolvePaths checks that every file the request names (LoRAs, ControlNet
+// models and images, refiner, VAE, init image, mask, upscaler) exists, and
+// makes each path absolute, since the worker runs in another folder. Tiny
+// names and "lanczos" pass through. Errors are *JobError naming the field.
+func (r *Request) ResolvePaths() error {
+	var firstErr error
+	fix := func(field string, p *string, tiny string, dirOK bool) {
+		if firstErr != nil || *p == "" || *p == tiny {
+			return
+		}
+		abs, err := resolveFile(*p)
+		if err == nil {
+			var fi os.FileInfo
+			if fi, err = os.Stat(abs); err == nil && fi.IsDir() && !dirOK {
+				err = fmt.Errorf("%s is a folder, not a file", abs)
+			}
+		}
+		if err != nil {
+			code := ErrModelNotFound
+			if errors.Is(err, os.ErrNotExist) {
+				err = fmt.Errorf("%s does not exist", abs)
+			}
+			firstErr = &JobError{Code: code, Field: field, Message: err.Error()}
+			return
+		}
+		*p = abs
+	}
+	for i := range r.LoRAs {
+		fix(fmt.Sprintf("loras[%d].path", i), &r.LoRAs[i].Path, TinyLoRA, false)
+	}
+	for i := range r.ControlNets {
+		fix(fmt.Sprintf("controlnets[%d].model", i), &r.ControlNets[i].Model, TinyControlNet, true)
+		fix(fmt.Sprintf("controlnets[%d].image", i), &r.ControlNets[i].Image, "", false)
+	}
+	fix("refiner", &r.Refiner, TinyRefiner, true)
+	fix("vae", &r.VAE, TinyVAE, true)
+	fix("init_image", &r.InitImage, "", false)
+	fix("mask_image", &r.MaskImage, "", false)
+	fix("upscaler", &r.Upscaler, LanczosUpscaler, false)
+	return firstErr
+}
+
+// resolveFile expands ~/ and makes path absolute.
+func resolveFile(path string) (string, error) {
+	path = strings.TrimSpace(path)
+	if rest, ok := strings.CutPrefix(path, "~/"); ok {
+		if home, err := os.UserHomeDir(); err == nil {
+			path = filepath.Join(home, rest)
+		}
+	}
+	return filepath.Abs(path)
+}
+
+// ExpandBatchCount turns one request into count jobs run one after another:
+// job k uses seed + k*batch_size, so that every image of every job has its
+// own seed. A random seed (-1) is resolved once, first.
+func ExpandBatchCount(r Request, count int) ([]Request, error) {
+	if count < MinBatchCount || count > MaxBatchCount {
+		return nil, &ValidationError{Fields: []*FieldError{{Field: "batch_count",
+			Message: fmt.Sprintf("must be between %d and %d, got %d", MinBatchCount, MaxBatchCount, count)}}}
+	}
+	if err := r.ResolveSeed(); err != nil {
+		return nil, err
+	}
+	batch := int64(max(r.BatchSize, 1))
+	if last := r.Seed + int64(count)*batch - 1; last > MaxSeed {
+		return nil, &ValidationError{Fields: []*FieldError{{Field: "seed",
+			Message: fmt.Sprintf("the last image's seed (seed + batch count × batch size - 1) must not exceed %d, got %d", MaxSeed, last)}}}
+	}
+	out := make([]Request, count)
+	for k := range out {
+		out[k] = r
+		out[k].Seed = r.Seed + int64(k)*batch
+		out[k].LoRAs = append([]LoRA(nil), r.LoRAs...)
+		out[k].ControlNets = append([]ControlNet(nil), r.ControlNets...)
+	}
+	return out, nil
 }

@@ -76,4 +76,6 @@ type JobOutcome struct {
 	UID     string        `json:"uid"`
 	Images  []ImageResult `json:"images"`
 	Metrics *Metrics      `json:"metrics,omitempty"`
+	// ControlImages are the preprocessed ControlNet images, if any.
+	ControlImages []string `json:"control_images,omitempty"`
 }

@@ -17,33 +17,17 @@ import (
 )
 
 type generateOptions struct {
-	req  core.Request
-	out  string
-	json bool
-}
-
-// flagForField maps a request field to the flag that sets it, so that an
-// error names what the user typed.
-var flagForField = map[string]string{
-	"prompt": "--prompt", "negative_prompt": "--negative", "model": "--model", "scheduler": "--scheduler",
-	"steps": "--steps", "cfg": "--cfg", "width": "--width", "height": "--height", "seed": "--seed",
-	"batch_size": "--batch",
+	req      core.Request
+	buildErr error // what is wrong with the request flags, told in flag names
+	count    int   // --batch-count: jobs run one after another
+	out      string
+	json     bool
 }
 
 func parseGenerate(args []string, stdout, stderr io.Writer) (*generateOptions, int, bool) {
-	def := core.DefaultRequest()
 	o := &generateOptions{}
 	fs := flag.NewFlagSet("generate", flag.ContinueOnError)
-	fs.StringVar(&o.req.Prompt, "prompt", "", "what to draw (required)")
-	fs.StringVar(&o.req.NegativePrompt, "negative", "", "what to keep out of the image")
-	fs.StringVar(&o.req.Model, "model", def.Model, `"tiny" (a small random demo model) or the path of a diffusers model folder`)
-	fs.StringVar(&o.req.Scheduler, "scheduler", def.Scheduler, "sampler: "+strings.Join(core.Schedulers, ", "))
-	fs.IntVar(&o.req.Steps, "steps", def.Steps, fmt.Sprintf("denoising steps, %d-%d", core.MinSteps, core.MaxSteps))
-	fs.Float64Var(&o.req.CFG, "cfg", def.CFG, fmt.Sprintf("guidance scale, %g-%g", core.MinCFG, core.MaxCFG))
-	fs.IntVar(&o.req.Width, "width", def.Width, fmt.Sprintf("width in pixels, a multiple of %d from %d to %d", core.SizeMultiple, core.MinSize, core.MaxSize))
-	fs.IntVar(&o.req.Height, "height", def.Height, "height in pixels, as --width")
-	fs.Int64Var(&o.req.Seed, "seed", def.Seed, "seed; -1 picks a random one (recorded in the history)")
-	fs.IntVar(&o.req.BatchSize, "batch", def.BatchSize, fmt.Sprintf("images in one job, %d-%d; image i uses seed+i", core.MinBatch, core.MaxBatch))
+	rf := addRequestFlags(fs)
 	fs.StringVar(&o.out, "out", "", "also copy the PNGs into this folder (the history keeps its own copy)")
 	fs.BoolVar(&o.json, "json", false, "print JSON lines on stdout: every worker event, then a final {\"type\":\"done\"} line")
 	fs.Usage = func() {
@@ -71,6 +55,8 @@ Options:
 		fmt.Fprintf(stderr, "atelier generate: unexpected argument %q: give the prompt with --prompt \"...\" (quoted)\n", fs.Arg(0))
 		return nil, exitUsage, false
 	}
+	o.req, o.buildErr = rf.build()
+	o.count = rf.count()
 	return o, exitOK, true
 }
 
@@ -80,6 +66,10 @@ func cmdGenerate(args []string, stdout, stderr io.Writer) int {
 		return code
 	}
 	emit := jsonEmitter(stdout, o.json)
+	if o.buildErr != nil {
+		// Refused before anything starts; told in flag names.
+		return reportFailure(context.Background(), o.buildErr, nil, stdout, stderr, emit)
+	}
 	if o.out != "" {
 		// Refuse a bad --out before the job, not after the work is done.
 		if fi, err := os.Stat(o.out); err == nil && !fi.IsDir() {
@@ -107,20 +97,52 @@ func cmdGenerate(args []string, stdout, stderr io.Writer) int {
 		stop()
 	}()
 
-	prog := newProgress(stderr)
-	outcome, err := a.runner.Run(ctx, o.req, func(m core.Message) {
-		prog.event(m)
-		if o.json {
-			emit(m)
-		}
-	})
-	prog.finish()
+	// --batch-count N runs N jobs one after another; job k starts at seed +
+	// k × batch size, from one random seed resolved here.
+	reqs, err := core.ExpandBatchCount(o.req, o.count)
 	if err != nil {
-		return reportFailure(ctx, err, outcome, stdout, stderr, emit)
+		return reportFailure(ctx, err, nil, stdout, stderr, emit)
+	}
+	var all []core.ImageResult
+	var jobIDs []int64
+	var last *core.JobOutcome
+	for k, req := range reqs {
+		if len(reqs) > 1 {
+			fmt.Fprintf(stderr, "job %d of %d (seed %d)\n", k+1, len(reqs), req.Seed)
+		}
+		prog := newProgress(stderr)
+		outcome, err := a.runner.Run(ctx, req, func(m core.Message) {
+			prog.event(m)
+			if o.json {
+				emit(m)
+			}
+		})
+		prog.finish()
+		if err != nil {
+			if k > 0 && !o.json {
+				// The earlier jobs' images are made and recorded: list them.
+				for _, im := range all {
+					fmt.Fprintln(stdout, im.Path)
+				}
+			}
+			return reportFailure(ctx, err, outcome, stdout, stderr, emit)
+		}
+		all = append(all, outcome.Images...)
+		jobIDs = append(jobIDs, outcome.JobID)
+		last = outcome
+		if m := outcome.Metrics; m != nil {
+			fmt.Fprintf(stderr, "done in %.1fs (%.2f it/s on %s, %s)\n", m.TotalS, m.ItS, m.Device, m.Dtype)
+			if m.VAEFallback {
+				fmt.Fprintln(stderr, "note: the VAE ran in float32 because it produced NaNs at the model's precision (vae_fallback)")
+			}
+		}
+		if len(outcome.ControlImages) > 0 {
+			fmt.Fprintf(stderr, "control images: %s\n", strings.Join(outcome.ControlImages, ", "))
+		}
 	}
 
-	paths := make([]string, len(outcome.Images))
-	for i, im := range outcome.Images {
+	paths := make([]string, len(all))
+	for i, im := range all {
 		paths[i] = im.Path
 	}
 	var copies []string
@@ -132,8 +154,12 @@ func cmdGenerate(args []string, stdout, stderr io.Writer) int {
 		}
 	}
 	if o.json {
-		emit(doneLine{Type: "done", OK: true, JobID: outcome.JobID, UID: outcome.UID,
-			Images: outcome.Images, Copies: copies, Metrics: outcome.Metrics})
+		d := doneLine{Type: "done", OK: true, JobID: last.JobID, UID: last.UID,
+			Images: all, Copies: copies, Metrics: last.Metrics, ControlImages: last.ControlImages}
+		if len(jobIDs) > 1 {
+			d.JobIDs = jobIDs
+		}
+		emit(d)
 	} else {
 		shown := paths
 		if copies != nil {
@@ -142,9 +168,6 @@ func cmdGenerate(args []string, stdout, stderr io.Writer) int {
 		for _, p := range shown {
 			fmt.Fprintln(stdout, p)
 		}
-	}
-	if m := outcome.Metrics; m != nil {
-		fmt.Fprintf(stderr, "done in %.1fs (%.2f it/s on %s, %s)\n", m.TotalS, m.ItS, m.Device, m.Dtype)
 	}
 	return exitOK
 }
@@ -155,7 +178,7 @@ func reportFailure(ctx context.Context, err error, outcome *core.JobOutcome, std
 	if v, ok := core.AsValidation(err); ok {
 		var msgs []string
 		for _, f := range v.Fields {
-			fmt.Fprintf(stderr, "atelier generate: invalid %s: %s\n", flagName(f.Field), f.Message)
+			fmt.Fprintf(stderr, "atelier generate: %s\n", describeField(f.Field, f.Message))
 			msgs = append(msgs, f.Error())
 		}
 		fmt.Fprintln(stderr, "Nothing was generated or recorded. Run \"atelier generate --help\" for the limits.")
@@ -180,7 +203,7 @@ func reportFailure(ctx context.Context, err error, outcome *core.JobOutcome, std
 		fmt.Fprintln(stderr, "atelier generate: cancelled; the job is recorded as cancelled")
 		return exitCancelled
 	case jerr.Field != "":
-		fmt.Fprintf(stderr, "atelier generate: invalid %s: %s\n", flagName(jerr.Field), jerr.Message)
+		fmt.Fprintf(stderr, "atelier generate: %s\n", describeField(jerr.Field, jerr.Message))
 		return exitUsage
 	}
 	fmt.Fprintf(stderr, "atelier generate: the job failed: %s: %s\n", jerr.Code, jerr.Message)
@@ -192,13 +215,6 @@ func reportFailure(ctx context.Context, err error, outcome *core.JobOutcome, std
 		fmt.Fprintf(stderr, "%s:\n%s\n", label, indent(jerr.Detail, "  "))
 	}
 	return exitFailure
-}
-
-func flagName(field string) string {
-	if f, ok := flagForField[field]; ok {
-		return f
-	}
-	return field
 }
 
 func indent(s, prefix string) string {
@@ -214,11 +230,14 @@ type doneLine struct {
 	Type    string             `json:"type"`
 	OK      bool               `json:"ok"`
 	JobID   int64              `json:"job_id,omitempty"`
+	JobIDs  []int64            `json:"job_ids,omitempty"` // with --batch-count N > 1: every job, in order
 	UID     string             `json:"uid,omitempty"`
 	Images  []core.ImageResult `json:"images,omitempty"`
 	Copies  []string           `json:"copies,omitempty"`
 	Metrics *core.Metrics      `json:"metrics,omitempty"`
-	Error   *jsonError         `json:"error,omitempty"`
+	// ControlImages are the preprocessed ControlNet images of the last job.
+	ControlImages []string   `json:"control_images,omitempty"`
+	Error         *jsonError `json:"error,omitempty"`
 }
 
 type jsonError struct {

@@ -1,0 +1,298 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"regexp"
+	"strconv"
+	"strings"
+
+	"atelier/core"
+)
+
+// requestFlags are the flags that make up a core.Request, shared by every
+// subcommand that builds one ("generate", "queue add"). Register them with
+// addRequestFlags, parse the flag set, then call build.
+type requestFlags struct {
+	fs  *flag.FlagSet
+	req core.Request
+
+	loras       loraList
+	controlnets controlNetList
+
+	refinerSwitch float64
+	strength      float64
+	maskBlur      int
+	upscale       float64
+	batchCount    int
+}
+
+// addRequestFlags registers every request flag on fs, with the defaults of
+// core.DefaultRequest.
+func addRequestFlags(fs *flag.FlagSet) *requestFlags {
+	def := core.DefaultRequest()
+	f := &requestFlags{fs: fs}
+	r := &f.req
+	fs.StringVar(&r.Prompt, "prompt", "", "what to draw (required)")
+	fs.StringVar(&r.NegativePrompt, "negative", "", "what to keep out of the image")
+	fs.StringVar(&r.Model, "model", def.Model, `"tiny" (a small random demo model), a diffusers model folder or a single-file SDXL .safetensors checkpoint`)
+	fs.StringVar(&r.Scheduler, "scheduler", def.Scheduler, "sampler: "+strings.Join(core.Schedulers, ", "))
+	fs.StringVar(&r.Schedule, "schedule", "", "sigma schedule: karras, exponential or beta (default: the sampler's own)")
+	fs.IntVar(&r.Steps, "steps", def.Steps, fmt.Sprintf("denoising steps, %d-%d", core.MinSteps, core.MaxSteps))
+	fs.Float64Var(&r.CFG, "cfg", def.CFG, fmt.Sprintf("guidance scale, %g-%g", core.MinCFG, core.MaxCFG))
+	fs.IntVar(&r.Width, "width", def.Width, fmt.Sprintf("width in pixels, a multiple of %d from %d to %d", core.SizeMultiple, core.MinSize, core.MaxSize))
+	fs.IntVar(&r.Height, "height", def.Height, "height in pixels, as --width")
+	fs.Int64Var(&r.Seed, "seed", def.Seed, "seed; -1 picks a random one (recorded in the history)")
+	fs.IntVar(&r.BatchSize, "batch-size", def.BatchSize, fmt.Sprintf("images in one job, %d-%d; image i uses seed+i", core.MinBatch, core.MaxBatch))
+	fs.IntVar(&r.BatchSize, "batch", def.BatchSize, "same as --batch-size")
+	fs.IntVar(&f.batchCount, "batch-count", 1, fmt.Sprintf("jobs run one after another, %d-%d; job k uses seed + k × batch size", core.MinBatchCount, core.MaxBatchCount))
+
+	fs.Var(&f.loras, "lora", fmt.Sprintf("PATH[:WEIGHT]: apply a LoRA (.safetensors, or %q); weight %g to %g, default 1; repeatable", core.TinyLoRA, core.MinLoRAWeight, core.MaxLoRAWeight))
+	fs.Var(&f.controlnets, "controlnet", "type=T,model=M,image=I[,scale=1,start=0,end=1,low=100,high=200]: add a ControlNet unit; type is one of "+
+		strings.Join(core.ControlNetTypes, ", ")+fmt.Sprintf("; model is a folder or %q; low/high are the canny thresholds; repeatable", core.TinyControlNet))
+	fs.StringVar(&r.Refiner, "refiner", "", fmt.Sprintf("refiner model (folder, .safetensors or %q) run over the last steps", core.TinyRefiner))
+	fs.Float64Var(&f.refinerSwitch, "refiner-switch", core.DefaultRefinerSwitch, "fraction of the steps the base model runs before the refiner takes over, between 0 and 1")
+	fs.StringVar(&r.VAE, "vae", "", fmt.Sprintf("VAE replacing the model's own (folder, .safetensors or %q)", core.TinyVAE))
+	fs.StringVar(&r.InitImage, "init-image", "", "image to start from (img2img)")
+	fs.Float64Var(&f.strength, "strength", core.DefaultStrength, "img2img: how much of the init image is redrawn, above 0 and at most 1")
+	fs.StringVar(&r.MaskImage, "mask", "", "inpainting mask (white = redraw); needs --init-image")
+	fs.IntVar(&f.maskBlur, "mask-blur", core.DefaultMaskBlur, fmt.Sprintf("inpainting: blur of the mask edge in pixels, %d-%d", core.MinMaskBlur, core.MaxMaskBlur))
+	fs.IntVar(&r.MaskPadding, "mask-padding", 0, fmt.Sprintf("inpainting: pixels of context around the masked area, %d-%d (0 = the whole image)", core.MinMaskPadding, core.MaxMaskPadding))
+	fs.StringVar(&r.Upscaler, "upscaler", "", fmt.Sprintf("upscale the result: %q or an ESRGAN-type .safetensors model", core.LanczosUpscaler))
+	fs.Float64Var(&f.upscale, "upscale", core.DefaultUpscale, fmt.Sprintf("upscale factor, %g-%g", core.MinUpscale, core.MaxUpscale))
+	return f
+}
+
+// given reports whether the flag was set on the command line.
+func (f *requestFlags) given(name string) bool {
+	found := false
+	f.fs.Visit(func(fl *flag.Flag) {
+		if fl.Name == name {
+			found = true
+		}
+	})
+	return found
+}
+
+// build returns the request the flags describe, validated. Its error names
+// the flags (and the request fields) that are wrong, and is reachable with
+// core.AsValidation.
+func (f *requestFlags) build() (core.Request, error) {
+	r := f.req
+	r.LoRAs = append([]core.LoRA(nil), f.loras...)
+	r.ControlNets = append([]core.ControlNet(nil), f.controlnets...)
+	// The feature options are sent only with their feature (or when typed,
+	// so that validation can say they need it).
+	if r.Refiner != "" || f.given("refiner-switch") {
+		r.RefinerSwitch = f.refinerSwitch
+	}
+	if r.InitImage != "" || f.given("strength") {
+		r.Strength = f.strength
+	}
+	if r.MaskImage != "" || f.given("mask-blur") {
+		r.MaskBlur = core.IntPtr(f.maskBlur)
+	}
+	if r.Upscaler != "" || f.given("upscale") {
+		r.Upscale = f.upscale
+	}
+	var errs []*core.FieldError
+	need := func(flagName, field, needs string) {
+		if f.given(flagName) && needs == "" {
+			errs = append(errs, &core.FieldError{Field: field, Message: fmt.Sprintf("has no effect without --%s", map[string]string{
+				"refiner_switch": "refiner", "strength": "init-image", "mask_blur": "mask", "mask_padding": "mask", "upscale": "upscaler"}[field])})
+		}
+	}
+	need("refiner-switch", "refiner_switch", r.Refiner)
+	need("strength", "strength", r.InitImage)
+	need("mask-blur", "mask_blur", r.MaskImage)
+	need("mask-padding", "mask_padding", r.MaskImage)
+	need("upscale", "upscale", r.Upscaler)
+	if r.InitImage != "" && f.strength == 0 {
+		// 0 would read as "the default" on the wire.
+		errs = append(errs, &core.FieldError{Field: "strength", Message: "must be above 0 and at most 1, got 0"})
+	}
+	if err := r.Validate(); err != nil {
+		v, ok := core.AsValidation(err)
+		if !ok {
+			return r, err
+		}
+		for _, fe := range v.Fields {
+			if !hasFieldError(errs, fe.Field) {
+				errs = append(errs, fe)
+			}
+		}
+	}
+	if f.batchCount < core.MinBatchCount || f.batchCount > core.MaxBatchCount {
+		errs = append(errs, &core.FieldError{Field: "batch_count",
+			Message: fmt.Sprintf("must be between %d and %d, got %d", core.MinBatchCount, core.MaxBatchCount, f.batchCount)})
+	}
+	if len(errs) > 0 {
+		return r, &flagErrors{v: &core.ValidationError{Fields: errs}}
+	}
+	return r, nil
+}
+
+// count is --batch-count: how many jobs to run one after another.
+func (f *requestFlags) count() int { return f.batchCount }
+
+// flagErrors is a validation error told in flag names.
+type flagErrors struct{ v *core.ValidationError }
+
+func (e *flagErrors) Error() string {
+	lines := make([]string, len(e.v.Fields))
+	for i, fe := range e.v.Fields {
+		lines[i] = describeField(fe.Field, fe.Message)
+	}
+	return strings.Join(lines, "\n")
+}
+
+func (e *flagErrors) Unwrap() error { return e.v }
+
+// describeField says which flag is wrong: "invalid --lora (loras[1].weight): must be …".
+func describeField(field, message string) string {
+	fl := flagName(field)
+	if fl == field || !strings.ContainsAny(field, "[.") {
+		return fmt.Sprintf("invalid %s: %s", fl, message)
+	}
+	return fmt.Sprintf("invalid %s (%s): %s", fl, field, message)
+}
+
+// flagForField maps a request field to the flag that sets it, so that an
+// error names what the user typed.
+var flagForField = map[string]string{
+	"prompt": "--prompt", "negative_prompt": "--negative", "model": "--model", "scheduler": "--scheduler",
+	"steps": "--steps", "cfg": "--cfg", "width": "--width", "height": "--height", "seed": "--seed",
+	"batch_size": "--batch-size", "batch_count": "--batch-count", "schedule": "--schedule",
+	"loras": "--lora", "controlnets": "--controlnet", "refiner": "--refiner", "refiner_switch": "--refiner-switch",
+	"vae": "--vae", "init_image": "--init-image", "strength": "--strength", "mask_image": "--mask",
+	"mask_blur": "--mask-blur", "mask_padding": "--mask-padding", "upscaler": "--upscaler", "upscale": "--upscale",
+}
+
+var reIndexed = regexp.MustCompile(`^(\w+)\[\d+\]`)
+
+// flagName returns the flag for a request field ("loras[1].weight" → "--lora").
+func flagName(field string) string {
+	if m := reIndexed.FindStringSubmatch(field); m != nil {
+		field = m[1]
+	}
+	if f, ok := flagForField[field]; ok {
+		return f
+	}
+	return field
+}
+
+// loraList is the repeatable --lora PATH[:WEIGHT].
+type loraList []core.LoRA
+
+func (l *loraList) String() string {
+	if l == nil {
+		return ""
+	}
+	parts := make([]string, len(*l))
+	for i, x := range *l {
+		parts[i] = x.Path + ":" + strconv.FormatFloat(x.Weight, 'g', -1, 64)
+	}
+	return strings.Join(parts, " ")
+}
+
+func (l *loraList) Set(s string) error {
+	s = strings.TrimSpace(s)
+	lo := core.LoRA{Path: s, Weight: 1}
+	// The weight follows the last colon; a path may hold colons itself
+	// (C:\…), so a tail that is not a number belongs to the path.
+	if i := strings.LastIndex(s, ":"); i >= 0 {
+		if w, err := strconv.ParseFloat(strings.TrimSpace(s[i+1:]), 64); err == nil {
+			lo = core.LoRA{Path: strings.TrimSpace(s[:i]), Weight: w}
+		}
+	}
+	if lo.Path == "" {
+		return errors.New("want PATH[:WEIGHT], e.g. style.safetensors:0.8")
+	}
+	*l = append(*l, lo)
+	return nil
+}
+
+// controlNetList is the repeatable --controlnet key=value,….
+type controlNetList []core.ControlNet
+
+func (c *controlNetList) String() string {
+	if c == nil {
+		return ""
+	}
+	parts := make([]string, len(*c))
+	for i, x := range *c {
+		parts[i] = fmt.Sprintf("type=%s,model=%s,image=%s,scale=%g,start=%g,end=%g,low=%d,high=%d",
+			x.Type, x.Model, x.Image, x.Scale, x.Start, x.End, x.CannyLow, x.CannyHigh)
+	}
+	return strings.Join(parts, " ")
+}
+
+func (c *controlNetList) Set(s string) error {
+	u := core.DefaultControlNet()
+	u.Type, u.Model = "", ""
+	for _, kv := range strings.Split(s, ",") {
+		k, v, ok := strings.Cut(kv, "=")
+		k, v = strings.TrimSpace(k), strings.TrimSpace(v)
+		if !ok || k == "" {
+			return fmt.Errorf("%q is not key=value (keys: type, model, image, scale, start, end, low, high)", kv)
+		}
+		num := func() (float64, error) {
+			x, err := strconv.ParseFloat(v, 64)
+			if err != nil {
+				return 0, fmt.Errorf("%s=%q is not a number", k, v)
+			}
+			return x, nil
+		}
+		var err error
+		switch k {
+		case "type":
+			u.Type = v
+		case "model":
+			u.Model = v
+		case "image":
+			u.Image = v
+		case "scale":
+			u.Scale, err = num()
+		case "start":
+			u.Start, err = num()
+		case "end":
+			u.End, err = num()
+		case "low", "canny_low":
+			var x float64
+			if x, err = num(); err == nil {
+				u.CannyLow = int(x)
+			}
+		case "high", "canny_high":
+			var x float64
+			if x, err = num(); err == nil {
+				u.CannyHigh = int(x)
+			}
+		default:
+			return fmt.Errorf("unknown key %q (keys: type, model, image, scale, start, end, low, high)", k)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	if u.Type == "" {
+		u.Type = "canny"
+	}
+	if u.Model == "" {
+		return fmt.Errorf("model=M is required: a ControlNet folder, a .safetensors file or %q", core.TinyControlNet)
+	}
+	if u.Image == "" {
+		return errors.New("image=PATH is required")
+	}
+	*c = append(*c, u)
+	return nil
+}
+
+func hasFieldError(errs []*core.FieldError, field string) bool {
+	for _, e := range errs {
+		if e.Field == field {
+			return true
+		}
+	}
+	return false
+}
