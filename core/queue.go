@@ -67,6 +67,9 @@ func PrepareForQueue(req Request) (Request, error) {
 		return req, err
 	}
 	req.Model = model
+	if err := req.ResolvePaths(); err != nil {
+		return req, err
+	}
 	if req.BatchSize == 0 {
 		req.BatchSize = 1
 	}

@@ -209,6 +209,9 @@ func (q *QueueRunner) execute(ctx context.Context, job *QueueJob) (*JobOutcome, 
 		return nil, q.runner.fail(rec, job.ID, toJobError(ctx, err))
 	}
 	req.Model = model
+	if err := req.ResolvePaths(); err != nil {
+		return nil, q.runner.fail(rec, job.ID, toJobError(ctx, err))
+	}
 	if req.BatchSize == 0 {
 		req.BatchSize = 1
 	}

@@ -78,6 +78,9 @@ func (r *Runner) Run(ctx context.Context, req Request, onEvent func(Message)) (*
 		return nil, err
 	}
 	req.Model = model
+	if err := req.ResolvePaths(); err != nil {
+		return nil, err
+	}
 	if req.BatchSize == 0 {
 		req.BatchSize = 1
 	}
@@ -132,7 +135,7 @@ func (r *Runner) execute(ctx context.Context, jobID int64, uid string, req Reque
 	// 6. Record the outcome.
 	switch {
 	case final != nil && final.Type == MsgResult:
-		out := &JobOutcome{JobID: jobID, UID: uid, Images: final.Images, Metrics: final.Metrics}
+		out := &JobOutcome{JobID: jobID, UID: uid, Images: final.Images, Metrics: final.Metrics, ControlImages: final.ControlImages}
 		if err := r.store.FinishJob(rec, jobID, final.Metrics, final.Images); err != nil {
 			return out, fmt.Errorf("the images were made but not recorded in the history: %w", err)
 		}
