@@ -426,11 +426,10 @@ func (r *Request) ResolvePaths() error {
 			}
 		}
 		if err != nil {
-			code := ErrModelNotFound
 			if errors.Is(err, os.ErrNotExist) {
 				err = fmt.Errorf("%s does not exist", abs)
 			}
-			firstErr = &JobError{Code: code, Field: field, Message: err.Error()}
+			firstErr = &JobError{Code: ErrInvalidRequest, Field: field, Message: err.Error()}
 			return
 		}
 		*p = abs

@@ -1,0 +1,268 @@
+package core
+
+import (
+	"encoding/json"
+	"math"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// featureBase is a valid request that the cases below change one thing of.
+func featureBase() Request {
+	r := DefaultRequest()
+	r.Prompt = "a lighthouse"
+	r.Width, r.Height, r.Steps = 64, 64, 4
+	return r
+}
+
+func withCN(mod func(*ControlNet)) func(*Request) {
+	return func(r *Request) {
+		c := DefaultControlNet()
+		c.Image = "edges.png"
+		mod(&c)
+		r.ControlNets = append(r.ControlNets, c)
+	}
+}
+
+func TestFeatureValidation(t *testing.T) {
+	nan := math.NaN()
+	for _, tc := range []struct {
+		name  string
+		mod   func(*Request)
+		field string // "" = valid
+	}{
+		// Sampling.
+		{"every scheduler", func(r *Request) { r.Scheduler = "unipc" }, ""},
+		{"unknown scheduler", func(r *Request) { r.Scheduler = "plms" }, "scheduler"},
+		{"karras", func(r *Request) { r.Scheduler, r.Schedule = "dpmpp_2m", "karras" }, ""},
+		{"beta", func(r *Request) { r.Schedule = "beta" }, ""},
+		{"unknown schedule", func(r *Request) { r.Schedule = "polyexponential" }, "schedule"},
+		// LoRA.
+		{"lora", func(r *Request) { r.LoRAs = []LoRA{{Path: "style.safetensors", Weight: 0.8}} }, ""},
+		{"lora negative weight", func(r *Request) { r.LoRAs = []LoRA{{Path: TinyLoRA, Weight: -5}} }, ""},
+		{"second lora weight 6", func(r *Request) {
+			r.LoRAs = []LoRA{{Path: TinyLoRA, Weight: 1}, {Path: TinyLoRA, Weight: 6}}
+		}, "loras[1].weight"},
+		{"lora weight NaN", func(r *Request) { r.LoRAs = []LoRA{{Path: TinyLoRA, Weight: nan}} }, "loras[0].weight"},
+		{"lora empty path", func(r *Request) { r.LoRAs = []LoRA{{Path: " ", Weight: 1}} }, "loras[0].path"},
+		{"lora ckpt", func(r *Request) { r.LoRAs = []LoRA{{Path: "x.ckpt", Weight: 1}} }, "loras[0].path"},
+		{"lora pt", func(r *Request) { r.LoRAs = []LoRA{{Path: TinyLoRA, Weight: 1}, {Path: "x.PT", Weight: 1}} }, "loras[1].path"},
+		{"lora pth", func(r *Request) { r.LoRAs = []LoRA{{Path: "x.pth", Weight: 1}} }, "loras[0].path"},
+		{"lora bin", func(r *Request) { r.LoRAs = []LoRA{{Path: "adapter_model.bin", Weight: 1}} }, "loras[0].path"},
+		{"17 loras", func(r *Request) { r.LoRAs = make([]LoRA, MaxLoRAs+1); fillLoRAs(r.LoRAs) }, "loras"},
+		// ControlNet.
+		{"controlnet", withCN(func(*ControlNet) {}), ""},
+		{"controlnet type", withCN(func(c *ControlNet) { c.Type = "segment" }), "controlnets[0].type"},
+		{"every controlnet type", withCN(func(c *ControlNet) { c.Type = "softedge" }), ""},
+		{"controlnet model pickle", withCN(func(c *ControlNet) { c.Model = "cn.pth" }), "controlnets[0].model"},
+		{"controlnet model empty", withCN(func(c *ControlNet) { c.Model = "" }), "controlnets[0].model"},
+		{"controlnet image", withCN(func(c *ControlNet) { c.Image = "" }), "controlnets[0].image"},
+		{"controlnet scale 0", withCN(func(c *ControlNet) { c.Scale = 0 }), ""},
+		{"controlnet scale 2.5", withCN(func(c *ControlNet) { c.Scale = 2.5 }), "controlnets[0].scale"},
+		{"controlnet scale negative", withCN(func(c *ControlNet) { c.Scale = -0.1 }), "controlnets[0].scale"},
+		{"controlnet start negative", withCN(func(c *ControlNet) { c.Start = -0.1 }), "controlnets[0].start"},
+		{"controlnet end before start", withCN(func(c *ControlNet) { c.Start, c.End = 0.6, 0.4 }), "controlnets[0].end"},
+		{"controlnet end equals start", withCN(func(c *ControlNet) { c.Start, c.End = 0.5, 0.5 }), "controlnets[0].end"},
+		{"controlnet end above 1", withCN(func(c *ControlNet) { c.End = 1.1 }), "controlnets[0].end"},
+		{"controlnet window", withCN(func(c *ControlNet) { c.Start, c.End = 0.2, 0.7 }), ""},
+		{"canny low 256", withCN(func(c *ControlNet) { c.CannyLow = 256 }), "controlnets[0].canny_low"},
+		{"canny high below low", withCN(func(c *ControlNet) { c.CannyLow, c.CannyHigh = 150, 100 }), "controlnets[0].canny_high"},
+		{"canny high 300", withCN(func(c *ControlNet) { c.CannyHigh = 300 }), "controlnets[0].canny_high"},
+		{"canny 0..255", withCN(func(c *ControlNet) { c.CannyLow, c.CannyHigh = 0, 255 }), ""},
+		{"second controlnet", func(r *Request) {
+			withCN(func(*ControlNet) {})(r)
+			withCN(func(c *ControlNet) { c.Scale = 3 })(r)
+		}, "controlnets[1].scale"},
+		{"5 controlnets", func(r *Request) {
+			for range MaxControlNets + 1 {
+				withCN(func(*ControlNet) {})(r)
+			}
+		}, "controlnets"},
+		// Refiner.
+		{"refiner", func(r *Request) { r.Refiner, r.RefinerSwitch = TinyRefiner, 0.8 }, ""},
+		{"refiner default switch", func(r *Request) { r.Refiner = TinyRefiner }, ""},
+		{"refiner switch 1", func(r *Request) { r.Refiner, r.RefinerSwitch = TinyRefiner, 1 }, "refiner_switch"},
+		{"refiner switch negative", func(r *Request) { r.Refiner, r.RefinerSwitch = TinyRefiner, -0.2 }, "refiner_switch"},
+		{"refiner pickle", func(r *Request) { r.Refiner = "refiner.ckpt" }, "refiner"},
+		// VAE.
+		{"vae", func(r *Request) { r.VAE = "sdxl-vae.safetensors" }, ""},
+		{"vae pickle", func(r *Request) { r.VAE = "vae.pt" }, "vae"},
+		// img2img and inpainting.
+		{"img2img", func(r *Request) { r.InitImage, r.Strength = "in.png", 0.5 }, ""},
+		{"strength above 1", func(r *Request) { r.InitImage, r.Strength = "in.png", 1.5 }, "strength"},
+		{"strength negative", func(r *Request) { r.InitImage, r.Strength = "in.png", -0.5 }, "strength"},
+		{"strength below one step", func(r *Request) { r.InitImage, r.Strength = "in.png", 0.1 }, "strength"},
+		{"inpaint", func(r *Request) {
+			r.InitImage, r.MaskImage, r.MaskBlur, r.MaskPadding = "in.png", "mask.png", IntPtr(0), 32
+		}, ""},
+		{"mask without init image", func(r *Request) { r.MaskImage = "mask.png" }, "mask_image"},
+		{"mask blur 65", func(r *Request) { r.InitImage, r.MaskImage, r.MaskBlur = "in.png", "m.png", IntPtr(65) }, "mask_blur"},
+		{"mask blur negative", func(r *Request) { r.InitImage, r.MaskImage, r.MaskBlur = "in.png", "m.png", IntPtr(-1) }, "mask_blur"},
+		{"mask padding too big", func(r *Request) {
+			r.InitImage, r.MaskImage, r.MaskPadding = "in.png", "m.png", MaxMaskPadding+1
+		}, "mask_padding"},
+		// Upscale.
+		{"lanczos", func(r *Request) { r.Upscaler, r.Upscale = LanczosUpscaler, 2 }, ""},
+		{"esrgan", func(r *Request) { r.Upscaler, r.Upscale = "4x.safetensors", 4 }, ""},
+		{"upscale 5", func(r *Request) { r.Upscaler, r.Upscale = LanczosUpscaler, 5 }, "upscale"},
+		{"upscale 0.5", func(r *Request) { r.Upscaler, r.Upscale = LanczosUpscaler, 0.5 }, "upscale"},
+		{"upscaler pickle", func(r *Request) { r.Upscaler = "4x.pth" }, "upscaler"},
+		{"upscaler not a model", func(r *Request) { r.Upscaler = "bicubic" }, "upscaler"},
+		// Single-file model.
+		{"single-file model", func(r *Request) { r.Model = "/models/sdxl.safetensors" }, ""},
+		// Batch size stays 1..8.
+		{"batch 8", func(r *Request) { r.BatchSize = 8 }, ""},
+		{"batch 9", func(r *Request) { r.BatchSize = 9 }, "batch_size"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := featureBase()
+			tc.mod(&r)
+			err := r.Validate()
+			if tc.field == "" {
+				assert.NoError(t, err)
+				return
+			}
+			v, ok := AsValidation(err)
+			require.True(t, ok, "want a validation error naming %s, got %v", tc.field, err)
+			fe := v.Field(tc.field)
+			require.NotNil(t, fe, "want an error naming %s, got %v", tc.field, err)
+			assert.NotEmpty(t, fe.Message)
+			assert.Len(t, v.Fields, 1, "only %s is wrong: %v", tc.field, err)
+		})
+	}
+}
+
+func fillLoRAs(l []LoRA) {
+	for i := range l {
+		l[i] = LoRA{Path: TinyLoRA, Weight: 1}
+	}
+}
+
+func TestPickleRefusalNamesTheFile(t *testing.T) {
+	r := featureBase()
+	r.LoRAs = []LoRA{{Path: TinyLoRA, Weight: 1}, {Path: "/loras/old.ckpt", Weight: 1}}
+	v, ok := AsValidation(r.Validate())
+	require.True(t, ok)
+	fe := v.Field("loras[1].path")
+	require.NotNil(t, fe)
+	assert.Contains(t, fe.Message, "/loras/old.ckpt")
+	assert.Contains(t, fe.Message, "pickle")
+}
+
+func TestFeatureFieldsRoundTripOnTheWire(t *testing.T) {
+	r := featureBase()
+	r.Seed, r.OutputDir = 7, "/o"
+	r.Schedule = "karras"
+	r.LoRAs = []LoRA{{Path: TinyLoRA, Weight: -1.5}}
+	c := DefaultControlNet()
+	c.Image, c.Scale, c.CannyLow = "/c.png", 0, 0
+	r.ControlNets = []ControlNet{c}
+	r.Refiner, r.RefinerSwitch = TinyRefiner, 0.7
+	r.VAE = TinyVAE
+	r.InitImage, r.Strength, r.MaskImage, r.MaskBlur, r.MaskPadding = "/i.png", 0.5, "/m.png", IntPtr(0), 16
+	r.Upscaler, r.Upscale = LanczosUpscaler, 1.5
+	line, err := EncodeMessage(Message{Type: MsgGenerate, ID: "job-1", Request: &r})
+	require.NoError(t, err)
+	// Zero values that mean something must travel: scale 0, canny_low 0, mask_blur 0.
+	assert.Contains(t, string(line), `"scale":0`)
+	assert.Contains(t, string(line), `"canny_low":0`)
+	assert.Contains(t, string(line), `"mask_blur":0`)
+	m, err := DecodeMessage(line)
+	require.NoError(t, err)
+	assert.Equal(t, r, *m.Request)
+
+	// encoding/json (the history's copy of a request) keeps them too.
+	b, err := json.Marshal(r)
+	require.NoError(t, err)
+	var back Request
+	require.NoError(t, json.Unmarshal(b, &back))
+	assert.Equal(t, r, back)
+}
+
+func TestControlNetJSONFillsDefaults(t *testing.T) {
+	var c ControlNet
+	require.NoError(t, json.Unmarshal([]byte(`{"type":"depth","model":"tiny-controlnet","image":"/d.png"}`), &c))
+	assert.Equal(t, ControlNet{Type: "depth", Model: TinyControlNet, Image: "/d.png", Scale: 1, Start: 0, End: 1,
+		CannyLow: DefaultCannyLow, CannyHigh: DefaultCannyHigh}, c)
+	var l LoRA
+	require.NoError(t, json.Unmarshal([]byte(`{"path":"tiny-lora"}`), &l))
+	assert.Equal(t, 1.0, l.Weight)
+}
+
+func TestResultCarriesControlImagesAndVAEFallback(t *testing.T) {
+	m, err := DecodeMessage([]byte(`{"type":"result","id":"j","images":[{"path":"/o/j-0.png","seed":1,"width":64,"height":64}],` +
+		`"metrics":{"total_s":1,"vae_fallback":true,"batch_chunks":2},"control_images":["/o/j-control-0.png"]}`))
+	require.NoError(t, err)
+	assert.True(t, m.Metrics.VAEFallback)
+	assert.Equal(t, 2, m.Metrics.BatchChunks)
+	assert.Equal(t, []string{"/o/j-control-0.png"}, m.ControlImages)
+}
+
+func TestHelloCarriesSchedules(t *testing.T) {
+	m, err := DecodeMessage([]byte(`{"type":"hello","protocol":1,"worker_version":"0.1.0","device":"cpu","dtype":"float32",` +
+		`"devices":[],"capabilities":{"schedulers":["euler","ddim"],"controlnet_types":["canny"],"features":["lora"],` +
+		`"schedules":{"euler":["karras","beta"],"ddim":[]}},"versions":{}}`))
+	require.NoError(t, err)
+	require.NotNil(t, m.Capabilities)
+	assert.Equal(t, map[string][]string{"euler": {"karras", "beta"}, "ddim": {}}, m.Capabilities.Schedules)
+	assert.True(t, m.Capabilities.Has("lora"))
+	assert.False(t, m.Capabilities.Has("refiner"))
+}
+
+func TestResolvePathsMakesFilesAbsoluteAndNamesMissingOnes(t *testing.T) {
+	dir := t.TempDir()
+	lora := filepath.Join(dir, "style.safetensors")
+	img := filepath.Join(dir, "in.png")
+	for _, p := range []string{lora, img} {
+		require.NoError(t, os.WriteFile(p, []byte("x"), 0o644))
+	}
+	t.Chdir(dir)
+	r := featureBase()
+	r.LoRAs = []LoRA{{Path: TinyLoRA, Weight: 1}, {Path: "style.safetensors", Weight: 1}}
+	r.InitImage = "in.png"
+	r.Upscaler = LanczosUpscaler
+	r.VAE = TinyVAE
+	require.NoError(t, r.ResolvePaths())
+	assert.Equal(t, TinyLoRA, r.LoRAs[0].Path)
+	assert.Equal(t, lora, r.LoRAs[1].Path)
+	assert.Equal(t, img, r.InitImage)
+	assert.Equal(t, LanczosUpscaler, r.Upscaler)
+	assert.Equal(t, TinyVAE, r.VAE)
+
+	r.ControlNets = []ControlNet{DefaultControlNet()}
+	r.ControlNets[0].Image = "missing.png"
+	err := r.ResolvePaths()
+	var jerr *JobError
+	require.ErrorAs(t, err, &jerr)
+	assert.Equal(t, "controlnets[0].image", jerr.Field)
+	assert.Contains(t, jerr.Message, "missing.png")
+}
+
+func TestExpandBatchCountStepsTheSeedByTheBatchSize(t *testing.T) {
+	r := featureBase()
+	r.Seed, r.BatchSize = 100, 3
+	jobs, err := ExpandBatchCount(r, 3)
+	require.NoError(t, err)
+	require.Len(t, jobs, 3)
+	assert.Equal(t, []int64{100, 103, 106}, []int64{jobs[0].Seed, jobs[1].Seed, jobs[2].Seed})
+
+	r.Seed = -1
+	jobs, err = ExpandBatchCount(r, 2)
+	require.NoError(t, err)
+	assert.GreaterOrEqual(t, jobs[0].Seed, int64(0), "a random seed is resolved once")
+	assert.Equal(t, jobs[0].Seed+3, jobs[1].Seed)
+
+	_, err = ExpandBatchCount(r, 0)
+	v, ok := AsValidation(err)
+	require.True(t, ok)
+	assert.NotNil(t, v.Field("batch_count"))
+	r.Seed = MaxSeed - 4
+	_, err = ExpandBatchCount(r, 2)
+	v, ok = AsValidation(err)
+	require.True(t, ok)
+	assert.NotNil(t, v.Field("seed"))
+}
