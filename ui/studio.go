@@ -64,6 +64,7 @@ type Studio struct {
 	historyDone int     // the newest refresh that has been shown
 	job         *jobRun // non-nil while a job runs; UI goroutine only
 	selectAfter string  // path to select once the history shows it
+	x           *extras // the queue and gallery tabs; nil without Services
 }
 
 // New builds the studio into w and loads the history in the background.
@@ -72,6 +73,10 @@ func New(a fyne.App, w fyne.Window, gen Generator, hist History) *Studio {
 }
 
 func newStudio(a fyne.App, w fyne.Window, gen Generator, hist History, post func(func())) *Studio {
+	return newStudioWith(a, w, gen, hist, post, nil)
+}
+
+func newStudioWith(a fyne.App, w fyne.Window, gen Generator, hist History, post func(func()), svc *Services) *Studio {
 	s := &Studio{app: a, win: w, gen: gen, hist: hist, post: post, thumbs: newThumbCache()}
 	s.form = newForm(s.Generate, s.do)
 	s.form.load(a.Preferences())
@@ -94,9 +99,16 @@ func newStudio(a fyne.App, w fyne.Window, gen Generator, hist History, post func
 	for _, sc := range submitShortcuts {
 		w.Canvas().AddShortcut(sc, func(fyne.Shortcut) { s.Generate() })
 	}
+	if svc != nil {
+		s.setupExtras(svc)
+	}
 	w.SetContent(s.layout())
+	s.restoreState()
 	// Closing the window mid-job cancels the job, so the worker is free at exit.
-	w.SetOnClosed(s.Cancel)
+	w.SetOnClosed(func() {
+		s.saveState()
+		s.Cancel()
+	})
 	s.refreshHistory()
 	return s
 }
@@ -115,6 +127,11 @@ func (s *Studio) layout() fyne.CanvasObject {
 	actions := container.NewVBox(
 		widget.NewSeparator(),
 		container.NewBorder(nil, nil, nil, s.cancel, s.generate),
+	)
+	if qa := s.queueActions(); qa != nil {
+		actions.Add(qa)
+	}
+	actions.Objects = append(actions.Objects,
 		container.NewStack(s.bar, s.barBusy),
 		s.barLabel,
 		s.status.content(),
@@ -129,6 +146,10 @@ func (s *Studio) layout() fyne.CanvasObject {
 
 	split := container.NewHSplit(left, right)
 	split.Offset = 0.28
+	if s.x != nil {
+		s.x.split = split
+		return s.withTabs(split)
+	}
 	return split
 }
 
@@ -151,6 +172,7 @@ func (s *Studio) Generate() {
 		return
 	}
 	s.form.save(s.app.Preferences(), req)
+	s.saveLastRequest(req)
 
 	ctx, cancel := context.WithCancel(context.Background())
 	j := newJobRun(req, cancel)

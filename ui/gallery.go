@@ -1,0 +1,584 @@
+package ui
+
+import (
+	"container/list"
+	"context"
+	"fmt"
+	"image"
+	"image/color"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"fyne.io/fyne/v2"
+	"fyne.io/fyne/v2/canvas"
+	"fyne.io/fyne/v2/container"
+	"fyne.io/fyne/v2/layout"
+	"fyne.io/fyne/v2/theme"
+	"fyne.io/fyne/v2/widget"
+	nativedialog "github.com/sqweek/dialog"
+
+	"atelier/core"
+)
+
+const (
+	galleryPage     = 240 // records fetched at a time
+	galleryTileSize = 168 // tile edge in points
+	galleryThumbPx  = 256 // thumbnail edge in pixels (the tile, on HiDPI)
+	galleryThumbMem = 600 // decoded thumbnails kept in memory
+	galleryMaxPages = 24  // pages kept in memory; others are fetched again
+)
+
+// galleryView is the Gallery tab: a virtualized grid over the whole history
+// (only the visible tiles exist), with search and filters, and the detail
+// view of one image. UI goroutine only, except the thumbnail loader.
+type galleryView struct {
+	s      *Studio
+	q      core.GalleryQuery
+	count  int
+	pages  map[int][]core.ImageRecord
+	order  []int // pages by age, for dropping old ones
+	stale  bool  // the history changed since the last query
+	opened bool
+
+	search     *widget.Entry
+	model      *widget.Select
+	seed       *widget.Entry
+	from, to   *widget.Entry
+	starred    *widget.Check
+	session    *widget.Select
+	sessionIDs map[string]int64
+	countLabel *widget.Label
+	selecting  *widget.Check
+	export     *widget.Button
+	selected   map[int64]bool
+
+	grid     *widget.GridWrap
+	tiles    map[string]*galleryTile // tile showing each path now
+	thumbs   *thumbLoader
+	gridPane fyne.CanvasObject
+	detail   *detailView
+}
+
+func newGalleryView(s *Studio) *galleryView {
+	g := &galleryView{s: s, pages: map[int][]core.ImageRecord{}, selected: map[int64]bool{},
+		tiles: map[string]*galleryTile{}, sessionIDs: map[string]int64{}}
+	th := s.x.svc.Thumbs
+	if th == nil {
+		th = core.NewThumbnailer(s.x.svc.Paths.Cache, galleryThumbPx)
+		s.x.svc.Thumbs = th
+	}
+	g.thumbs = newThumbLoader(th, galleryThumbMem, func(path string) { s.do(func() { g.thumbReady(path) }) })
+
+	g.search = widget.NewEntry()
+	g.search.SetPlaceHolder("Search prompts…")
+	g.search.OnChanged = func(string) { g.apply() }
+	g.model = widget.NewSelect([]string{allModels}, func(string) { g.apply() })
+	g.model.SetSelected(allModels)
+	g.seed = widget.NewEntry()
+	g.seed.SetPlaceHolder("seed")
+	g.seed.OnChanged = func(string) { g.apply() }
+	g.from = widget.NewEntry()
+	g.from.SetPlaceHolder("from YYYY-MM-DD")
+	g.from.OnChanged = func(string) { g.apply() }
+	g.to = widget.NewEntry()
+	g.to.SetPlaceHolder("to YYYY-MM-DD")
+	g.to.OnChanged = func(string) { g.apply() }
+	g.starred = widget.NewCheck("Starred", func(bool) { g.apply() })
+	g.session = widget.NewSelect([]string{allSessions}, func(string) { g.apply() })
+	g.session.SetSelected(allSessions)
+	g.countLabel = widget.NewLabel("")
+	g.selecting = widget.NewCheck("Select", func(on bool) {
+		if !on {
+			g.selected = map[int64]bool{}
+			g.grid.Refresh()
+		}
+		g.updateExport()
+	})
+	g.export = widget.NewButtonWithIcon("Export…", theme.DocumentSaveIcon(), g.exportSelected)
+	g.export.Disable()
+
+	g.grid = widget.NewGridWrap(
+		func() int { return g.count },
+		func() fyne.CanvasObject { return newGalleryTile(g) },
+		func(i widget.GridWrapItemID, o fyne.CanvasObject) { g.bind(i, o.(*galleryTile)) })
+	g.detail = newDetailView(g)
+	return g
+}
+
+const (
+	allModels   = "All models"
+	allSessions = "All sessions"
+)
+
+func (g *galleryView) content() fyne.CanvasObject {
+	narrow := func(o fyne.CanvasObject, w float32) fyne.CanvasObject {
+		return container.NewGridWrap(fyne.NewSize(w, o.MinSize().Height), o)
+	}
+	filters := container.NewHBox(narrow(g.model, 180), narrow(g.seed, 110), narrow(g.from, 150), narrow(g.to, 150),
+		g.starred, narrow(g.session, 200))
+	bar := container.NewBorder(nil, nil, nil, container.NewHBox(g.countLabel, g.selecting, g.export), g.search)
+	top := container.NewVBox(container.NewPadded(bar), container.NewPadded(filters), widget.NewSeparator())
+	g.gridPane = container.NewBorder(top, nil, nil, nil, g.grid)
+	d := g.detail.content()
+	d.Hide()
+	return container.NewStack(g.gridPane, d)
+}
+
+func (g *galleryView) store() Store { return g.s.x.svc.Store }
+
+// open shows the tab: the first time, or after new images, it queries again.
+func (g *galleryView) open() {
+	if !g.opened || g.stale {
+		g.opened, g.stale = true, false
+		g.loadChoices()
+		g.apply()
+	}
+}
+
+// loadChoices fills the model and session filters.
+func (g *galleryView) loadChoices() {
+	ctx := context.Background()
+	if models, err := g.store().GalleryModels(ctx); err == nil {
+		opts := append([]string{allModels}, models...)
+		g.model.SetOptions(opts)
+	}
+	if sessions, err := g.store().Sessions(ctx); err == nil {
+		opts := []string{allSessions}
+		g.sessionIDs = map[string]int64{}
+		for _, x := range sessions {
+			label := fmt.Sprintf("#%d %s (%d)", x.ID, x.Name, x.Images)
+			g.sessionIDs[label] = x.ID
+			opts = append(opts, label)
+		}
+		g.session.SetOptions(opts)
+	}
+}
+
+// query reads the filters; a filter that does not parse is reported.
+func (g *galleryView) query() (core.GalleryQuery, string) {
+	q := core.GalleryQuery{Text: g.search.Text, Starred: g.starred.Checked}
+	if m := g.model.Selected; m != "" && m != allModels {
+		q.Model = m
+	}
+	if id, ok := g.sessionIDs[g.session.Selected]; ok {
+		q.SessionID = id
+	}
+	if t := strings.TrimSpace(g.seed.Text); t != "" {
+		n, err := strconv.ParseInt(t, 10, 64)
+		if err != nil {
+			return q, "the seed must be a whole number"
+		}
+		q.Seed = &n
+	}
+	day := func(e *widget.Entry, name string, next bool) (time.Time, string) {
+		t := strings.TrimSpace(e.Text)
+		if t == "" {
+			return time.Time{}, ""
+		}
+		d, err := time.ParseInLocation("2006-01-02", t, time.Local)
+		if err != nil {
+			return time.Time{}, name + " must be a date like 2025-01-31"
+		}
+		if next {
+			d = d.AddDate(0, 0, 1) // "to" includes its whole day
+		}
+		return d, ""
+	}
+	var msg string
+	if q.From, msg = day(g.from, "from", false); msg != "" {
+		return q, msg
+	}
+	if q.To, msg = day(g.to, "to", true); msg != "" {
+		return q, msg
+	}
+	return q, ""
+}
+
+// apply runs the filters: counts the matches and shows the first page.
+func (g *galleryView) apply() {
+	if g.grid == nil || !g.opened {
+		return
+	}
+	q, bad := g.query()
+	if bad != "" {
+		g.countLabel.SetText(bad)
+		g.countLabel.Importance = widget.DangerImportance
+		g.countLabel.Refresh()
+		return
+	}
+	g.countLabel.Importance = widget.MediumImportance
+	n, err := g.store().CountImages(context.Background(), q)
+	if err != nil {
+		g.countLabel.SetText("Search failed: " + err.Error())
+		return
+	}
+	g.q, g.count = q, n
+	g.pages, g.order = map[int][]core.ImageRecord{}, nil
+	g.tiles = map[string]*galleryTile{}
+	g.page(0)
+	switch {
+	case n == 1:
+		g.countLabel.SetText("1 image")
+	default:
+		g.countLabel.SetText(fmt.Sprintf("%d images", n))
+	}
+	g.grid.Refresh()
+	g.grid.ScrollToTop()
+}
+
+// page returns the records of page p, fetching it if needed.
+func (g *galleryView) page(p int) []core.ImageRecord {
+	if recs, ok := g.pages[p]; ok {
+		return recs
+	}
+	recs, err := g.store().SearchImages(context.Background(), g.q, p*galleryPage, galleryPage)
+	if err != nil {
+		g.countLabel.SetText("Search failed: " + err.Error())
+		return nil
+	}
+	g.pages[p] = recs
+	g.order = append(g.order, p)
+	if len(g.order) > galleryMaxPages {
+		delete(g.pages, g.order[0])
+		g.order = g.order[1:]
+	}
+	return recs
+}
+
+// record returns the i-th image of the current query, if it still exists.
+func (g *galleryView) record(i int) (core.ImageRecord, bool) {
+	recs := g.page(i / galleryPage)
+	if k := i % galleryPage; k < len(recs) {
+		return recs[k], true
+	}
+	return core.ImageRecord{}, false
+}
+
+func (g *galleryView) bind(i int, t *galleryTile) {
+	rec, ok := g.record(i)
+	if t.rec.Path != "" && g.tiles[t.rec.Path] == t {
+		delete(g.tiles, t.rec.Path)
+	}
+	if !ok {
+		t.rec = core.ImageRecord{}
+		t.show(nil, false, false, false)
+		return
+	}
+	t.rec = rec
+	g.tiles[rec.Path] = t
+	img, loaded := g.thumbs.get(rec.Path)
+	if !loaded {
+		g.thumbs.request(rec.Path)
+	}
+	t.show(img, loaded, rec.Starred, g.selected[rec.ID])
+}
+
+func (g *galleryView) thumbReady(path string) {
+	if t := g.tiles[path]; t != nil && t.rec.Path == path {
+		img, loaded := g.thumbs.get(path)
+		t.show(img, loaded, t.rec.Starred, g.selected[t.rec.ID])
+	}
+}
+
+// tapped opens an image, or toggles it in select mode.
+func (g *galleryView) tapped(rec core.ImageRecord) {
+	if rec.ID == 0 {
+		return
+	}
+	if g.selecting.Checked {
+		if g.selected[rec.ID] {
+			delete(g.selected, rec.ID)
+		} else {
+			g.selected[rec.ID] = true
+		}
+		if t := g.tiles[rec.Path]; t != nil {
+			t.setSelected(g.selected[rec.ID])
+		}
+		g.updateExport()
+		return
+	}
+	g.openDetail(rec.ID)
+}
+
+func (g *galleryView) openDetail(id int64) {
+	if err := g.detail.show(id); err != nil {
+		g.s.status.set(statusError, "Could not open the image: "+err.Error(), "")
+		return
+	}
+	g.gridPane.Hide()
+	g.detail.box.Show()
+}
+
+func (g *galleryView) closeDetail() {
+	g.detail.box.Hide()
+	g.gridPane.Show()
+}
+
+func (g *galleryView) updateExport() {
+	n := len(g.selected)
+	if n > 0 {
+		g.export.SetText(fmt.Sprintf("Export %d…", n))
+		g.export.Enable()
+	} else {
+		g.export.SetText("Export…")
+		g.export.Disable()
+	}
+}
+
+func (g *galleryView) selectedIDs() []int64 {
+	ids := make([]int64, 0, len(g.selected))
+	for id := range g.selected {
+		ids = append(ids, id)
+	}
+	return ids
+}
+
+func (g *galleryView) exportSelected() { g.exportIDs(g.selectedIDs()) }
+
+// exportIDs asks for a folder (the native dialog blocks, so off the UI
+// goroutine) and copies the images there with their metadata.
+func (g *galleryView) exportIDs(ids []int64) {
+	svc := g.s.x.svc
+	if len(ids) == 0 || svc.ExportImages == nil {
+		return
+	}
+	go func() {
+		dir, err := svc.ChooseFolder("Export images to")
+		if err != nil || dir == "" {
+			return // cancelled
+		}
+		files, err := svc.ExportImages(context.Background(), ids, dir)
+		g.s.do(func() {
+			if err != nil {
+				g.s.status.set(statusError, fmt.Sprintf("Exported %d of %d images; then: %v", len(files), len(ids), err), "")
+				return
+			}
+			g.s.status.set(statusDone, fmt.Sprintf("Exported %d images with their settings to %s.", len(files), dir), "")
+		})
+	}()
+}
+
+// chooseFolderNative is the native folder dialog.
+func chooseFolderNative(title string) (string, error) {
+	dir, err := nativedialog.Directory().Title(title).Browse()
+	if err == nativedialog.ErrCancelled {
+		return "", nil
+	}
+	return dir, err
+}
+
+// confirmDialog is a modal yes/no question. (Fyne's dialog package would
+// pull in another module for its file dialogs; this needs only a pop-up.)
+type confirmDialog struct {
+	pop *widget.PopUp
+	yes *widget.Button
+	no  *widget.Button
+	ok  func()
+}
+
+// Confirm answers yes, as the button does.
+func (d *confirmDialog) Confirm() {
+	d.pop.Hide()
+	d.ok()
+}
+
+// Dismiss answers no.
+func (d *confirmDialog) Dismiss() { d.pop.Hide() }
+
+func (d *confirmDialog) SetConfirmText(s string) { d.yes.SetText(s) }
+
+func (d *confirmDialog) SetConfirmImportance(i widget.Importance) {
+	d.yes.Importance = i
+	d.yes.Refresh()
+}
+
+func confirm(w fyne.Window, title, message string, yes func()) *confirmDialog {
+	d := &confirmDialog{ok: yes}
+	d.yes = widget.NewButton("Yes", d.Confirm)
+	d.yes.Importance = widget.HighImportance
+	d.no = widget.NewButton("Cancel", d.Dismiss)
+	msg := widget.NewLabel(message)
+	msg.Wrapping = fyne.TextWrapWord
+	body := container.NewBorder(heading(title), container.NewHBox(layout.NewSpacer(), d.no, d.yes), nil, nil, msg)
+	d.pop = widget.NewModalPopUp(container.NewPadded(container.NewGridWrap(fyne.NewSize(420, 130), body)), w.Canvas())
+	d.pop.Show()
+	return d
+}
+
+// galleryTile is one thumbnail of the grid.
+type galleryTile struct {
+	widget.BaseWidget
+	g    *galleryView
+	rec  core.ImageRecord
+	img  *canvas.Image
+	bg   *canvas.Rectangle
+	ring *canvas.Rectangle
+	star *widget.Icon
+}
+
+func newGalleryTile(g *galleryView) *galleryTile {
+	t := &galleryTile{g: g, img: &canvas.Image{FillMode: canvas.ImageFillContain, ScaleMode: canvas.ImageScaleSmooth}}
+	t.bg = canvas.NewRectangle(canvasBg)
+	t.bg.CornerRadius = 6
+	t.ring = canvas.NewRectangle(color.Transparent)
+	t.ring.StrokeWidth = 3
+	t.ring.CornerRadius = 6
+	t.star = widget.NewIcon(theme.NewWarningThemedResource(starIcon))
+	t.star.Hide()
+	t.ExtendBaseWidget(t)
+	return t
+}
+
+func (t *galleryTile) CreateRenderer() fyne.WidgetRenderer {
+	corner := container.NewVBox(container.NewHBox(layout.NewSpacer(), t.star))
+	return widget.NewSimpleRenderer(container.NewStack(t.bg, container.NewPadded(t.img), corner, t.ring))
+}
+
+func (t *galleryTile) MinSize() fyne.Size { return fyne.NewSquareSize(galleryTileSize) }
+
+// Tapped implements fyne.Tappable.
+func (t *galleryTile) Tapped(*fyne.PointEvent) { t.g.tapped(t.rec) }
+
+func (t *galleryTile) show(img image.Image, loaded, starred, selected bool) {
+	switch {
+	case loaded && img != nil:
+		t.img.Resource, t.img.Image = nil, img
+	case loaded:
+		t.img.Image, t.img.Resource = nil, theme.BrokenImageIcon()
+	default:
+		t.img.Image, t.img.Resource = nil, theme.FileImageIcon()
+	}
+	t.img.Refresh()
+	t.star.Hidden = !starred
+	t.star.Refresh()
+	t.setSelected(selected)
+}
+
+func (t *galleryTile) setSelected(on bool) {
+	if on {
+		t.ring.StrokeColor = accent
+	} else {
+		t.ring.StrokeColor = color.Transparent
+	}
+	t.ring.Refresh()
+}
+
+// thumbLoader decodes thumbnails on two background goroutines, newest
+// request first (the tiles just scrolled to), and keeps the last few hundred
+// in memory. A nil image records a file that could not be read.
+type thumbLoader struct {
+	th    *core.Thumbnailer
+	limit int
+	ready func(path string)
+
+	mu      sync.Mutex
+	cache   map[string]*list.Element // of thumbEntry
+	lru     *list.List
+	queue   []string
+	queued  map[string]bool
+	wake    chan struct{}
+	started bool
+}
+
+type thumbEntry struct {
+	path string
+	img  image.Image
+}
+
+func newThumbLoader(th *core.Thumbnailer, limit int, ready func(string)) *thumbLoader {
+	return &thumbLoader{th: th, limit: limit, ready: ready, cache: map[string]*list.Element{}, lru: list.New(),
+		queued: map[string]bool{}, wake: make(chan struct{}, 1)}
+}
+
+func (l *thumbLoader) get(path string) (image.Image, bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if e, ok := l.cache[path]; ok {
+		l.lru.MoveToFront(e)
+		return e.Value.(*thumbEntry).img, true
+	}
+	return nil, false
+}
+
+// forget drops a path (its file was deleted).
+func (l *thumbLoader) forget(path string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if e, ok := l.cache[path]; ok {
+		l.lru.Remove(e)
+		delete(l.cache, path)
+	}
+}
+
+func (l *thumbLoader) request(path string) {
+	l.mu.Lock()
+	if l.queued[path] {
+		l.mu.Unlock()
+		return
+	}
+	l.queued[path] = true
+	l.queue = append(l.queue, path)
+	// Tiles scrolled past long ago are not worth decoding any more.
+	if over := len(l.queue) - 4*galleryPage; over > 0 {
+		for _, p := range l.queue[:over] {
+			delete(l.queued, p)
+		}
+		l.queue = l.queue[over:]
+	}
+	if !l.started {
+		l.started = true
+		for range 2 {
+			go l.work()
+		}
+	}
+	l.mu.Unlock()
+	select {
+	case l.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (l *thumbLoader) next() (string, bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if len(l.queue) == 0 {
+		return "", false
+	}
+	p := l.queue[len(l.queue)-1]
+	l.queue = l.queue[:len(l.queue)-1]
+	return p, true
+}
+
+func (l *thumbLoader) work() {
+	for {
+		p, ok := l.next()
+		if !ok {
+			<-l.wake
+			continue
+		}
+		img, err := l.th.Load(p)
+		if err != nil {
+			img = nil
+		}
+		l.mu.Lock()
+		delete(l.queued, p)
+		if e, ok := l.cache[p]; ok {
+			e.Value.(*thumbEntry).img = img
+		} else {
+			l.cache[p] = l.lru.PushFront(&thumbEntry{path: p, img: img})
+		}
+		for l.lru.Len() > l.limit {
+			old := l.lru.Back()
+			l.lru.Remove(old)
+			delete(l.cache, old.Value.(*thumbEntry).path)
+		}
+		l.mu.Unlock()
+		l.ready(p)
+	}
+}
+
+// starIcon is Material Icons' star (Apache 2.0), as Fyne's own icons.
+var starIcon = fyne.NewStaticResource("star.svg", []byte(
+	`<svg xmlns="http://www.w3.org/2000/svg" width="24" height="24" viewBox="0 0 24 24"><path fill="#000000" d="M12 17.27L18.18 21l-1.64-7.03L22 9.24l-7.19-.61L12 2 9.19 8.63 2 9.24l5.46 4.73L5.82 21z"/></svg>`))

@@ -1,0 +1,482 @@
+package ui
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"fyne.io/fyne/v2"
+	"fyne.io/fyne/v2/container"
+	"fyne.io/fyne/v2/layout"
+	"fyne.io/fyne/v2/theme"
+	"fyne.io/fyne/v2/widget"
+
+	"atelier/core"
+)
+
+// queueView is the Queue tab: every queue job with its status, progress and
+// ETA, and the actions that apply to it. UI goroutine only.
+type queueView struct {
+	s      *Studio
+	jobs   []core.QueueJob
+	live   map[int64]core.Live // progress of the jobs running in this process
+	rate   core.Rate
+	eta    core.QueueETA
+	paused bool
+
+	list     *widget.List
+	pause    *widget.Button
+	clear    *widget.Button
+	clearAll *widget.Button
+	summary  *widget.Label
+	empty    *widget.Label
+	rows     map[int64]*queueRow // the row showing each job now
+	editor   *queueEditor        // the open edit dialog, if any
+	err      error               // the last refresh's error
+}
+
+func newQueueView(s *Studio) *queueView {
+	v := &queueView{s: s, live: map[int64]core.Live{}, rows: map[int64]*queueRow{}}
+	v.pause = widget.NewButtonWithIcon("Pause", theme.MediaPauseIcon(), v.togglePause)
+	v.clear = widget.NewButtonWithIcon("Clear finished", theme.ContentClearIcon(), func() { v.clearQueue(false) })
+	v.clearAll = widget.NewButtonWithIcon("Cancel all waiting", theme.CancelIcon(), func() {
+		confirm(s.win, "Cancel every waiting job?", "Jobs that have not started are cancelled; the running one goes on.",
+			func() { v.clearQueue(true) })
+	})
+	v.summary = widget.NewLabel("")
+	v.summary.Truncation = fyne.TextTruncateEllipsis
+	v.empty = widget.NewLabel("The queue is empty. Fill the form and press \"Add to queue\".")
+	v.empty.Importance = widget.LowImportance
+	v.list = widget.NewList(
+		func() int { return len(v.jobs) },
+		func() fyne.CanvasObject { return newQueueRow(v) },
+		func(i widget.ListItemID, o fyne.CanvasObject) {
+			if i < len(v.jobs) {
+				o.(*queueRow).show(&v.jobs[i])
+			}
+		})
+	v.list.HideSeparators = false
+	return v
+}
+
+func (v *queueView) content() fyne.CanvasObject {
+	head := container.NewBorder(nil, nil, heading("Queue"),
+		container.NewHBox(v.pause, v.clear, v.clearAll), v.summary)
+	return container.NewBorder(container.NewVBox(container.NewPadded(head), widget.NewSeparator()), nil, nil, nil,
+		container.NewStack(container.NewCenter(v.empty), v.list))
+}
+
+func (v *queueView) store() Store { return v.s.x.svc.Store }
+
+// refresh reloads the queue from the store (a few rows: fast enough for
+// the UI goroutine, and readers never wait for a writer in WAL mode).
+func (v *queueView) refresh() {
+	ctx := context.Background()
+	jobs, err := v.store().QueueJobs(ctx)
+	v.err = err
+	if err != nil {
+		v.summary.SetText("Could not read the queue: " + err.Error())
+		return
+	}
+	v.jobs = jobs
+	v.paused, _ = v.store().QueuePaused(ctx)
+	if r, err := v.store().MeasuredRate(ctx, 20); err == nil {
+		v.rate = r
+	}
+	for id := range v.live {
+		if j := v.job(id); j == nil || j.Status != core.StatusRunning {
+			delete(v.live, id)
+		}
+	}
+	v.recompute()
+	v.rows = map[int64]*queueRow{}
+	v.list.Refresh()
+	v.empty.Hidden = len(jobs) > 0
+	v.empty.Refresh()
+	if v.paused {
+		v.pause.SetText("Resume")
+		v.pause.SetIcon(theme.MediaPlayIcon())
+	} else {
+		v.pause.SetText("Pause")
+		v.pause.SetIcon(theme.MediaPauseIcon())
+	}
+}
+
+func (v *queueView) job(id int64) *core.QueueJob {
+	for i := range v.jobs {
+		if v.jobs[i].ID == id {
+			return &v.jobs[i]
+		}
+	}
+	return nil
+}
+
+// recompute updates the ETAs and the summary line.
+func (v *queueView) recompute() {
+	v.eta = core.EstimateQueue(v.jobs, v.rate, v.live)
+	waiting, running, done, failed := 0, 0, 0, 0
+	for _, j := range v.jobs {
+		switch {
+		case j.Runnable():
+			waiting++
+		case j.Status == core.StatusRunning:
+			running++
+		case j.Status == core.StatusDone:
+			done++
+		case j.Status == core.StatusFailed:
+			failed++
+		}
+	}
+	parts := []string{fmt.Sprintf("%d waiting", waiting), fmt.Sprintf("%d running", running), fmt.Sprintf("%d done", done)}
+	if failed > 0 {
+		parts = append(parts, fmt.Sprintf("%d failed", failed))
+	}
+	if waiting+running > 0 {
+		switch {
+		case len(v.eta.Job) > 0 && v.eta.Known:
+			parts = append(parts, "queue ETA "+formatETA(v.eta.Total))
+		case len(v.eta.Job) > 0:
+			parts = append(parts, "ETA at least "+formatETA(v.eta.Total))
+		default:
+			parts = append(parts, "ETA after the first job")
+		}
+	}
+	if v.paused {
+		parts = append(parts, "paused")
+	}
+	v.summary.SetText(strings.Join(parts, " · "))
+}
+
+// event follows the queue runner.
+func (v *queueView) event(e core.QueueEvent) {
+	switch e.Kind {
+	case core.QueueStarted:
+		v.live[e.Job.ID] = core.NewLive()
+		v.refresh()
+	case core.QueueMessage:
+		l, ok := v.live[e.Job.ID]
+		if !ok {
+			l = core.NewLive()
+		}
+		l.Update(e.Message)
+		v.live[e.Job.ID] = l
+		if j := v.job(e.Job.ID); j != nil && e.Message.Type == core.MsgProgress && e.Message.Stage == "denoising" {
+			j.Step, j.Total = e.Message.Step, e.Message.Total
+		}
+		v.recompute()
+		if r := v.rows[e.Job.ID]; r != nil && r.id == e.Job.ID {
+			if j := v.job(e.Job.ID); j != nil {
+				r.show(j)
+			}
+		}
+	case core.QueueFinished:
+		delete(v.live, e.Job.ID)
+		v.refresh()
+	case core.QueueIdle:
+		if v.paused != e.Paused {
+			v.refresh()
+		}
+	}
+}
+
+func (v *queueView) report(err error) {
+	if err != nil {
+		v.s.status.set(statusError, sentence(err.Error()), "")
+	}
+	v.refresh()
+}
+
+func (v *queueView) move(id int64, m core.Move) {
+	v.report(v.store().MoveJob(context.Background(), id, m))
+}
+
+func (v *queueView) cancelJob(id int64) {
+	var err error
+	if q := v.s.x.svc.Queue; q != nil {
+		_, err = q.Cancel(context.Background(), id)
+	} else {
+		_, err = v.store().CancelJob(context.Background(), id)
+	}
+	v.report(err)
+}
+
+func (v *queueView) retry(id int64) {
+	_, err := v.store().RetryJob(context.Background(), id)
+	if err == nil {
+		if q := v.s.x.svc.Queue; q != nil {
+			q.Wake()
+		}
+	}
+	v.report(err)
+}
+
+func (v *queueView) togglePause() {
+	err := v.store().SetQueuePaused(context.Background(), !v.paused)
+	if err == nil && v.paused {
+		if q := v.s.x.svc.Queue; q != nil {
+			q.Wake()
+		}
+	}
+	v.report(err)
+}
+
+func (v *queueView) clearQueue(all bool) {
+	_, err := v.store().ClearQueue(context.Background(), all)
+	v.report(err)
+}
+
+// queueRow is one job in the list.
+type queueRow struct {
+	widget.BaseWidget
+	v                 *queueView
+	id                int64
+	status            *widget.Label
+	title             *widget.Label
+	info              *widget.Label
+	bar               *widget.ProgressBar
+	eta               *widget.Label
+	up, down, top     *widget.Button
+	edit, cancel, use *widget.Button
+	retry             *widget.Button
+}
+
+func newQueueRow(v *queueView) *queueRow {
+	r := &queueRow{v: v, status: widget.NewLabel("interrupted"), title: widget.NewLabel(""), info: widget.NewLabel(""),
+		bar: widget.NewProgressBar(), eta: widget.NewLabel("")}
+	r.title.Truncation = fyne.TextTruncateEllipsis
+	r.info.Truncation = fyne.TextTruncateEllipsis
+	r.info.Importance = widget.LowImportance
+	r.status.TextStyle = fyne.TextStyle{Bold: true}
+	icon := func(res fyne.Resource, tip string, f func()) *widget.Button {
+		b := widget.NewButtonWithIcon("", res, f)
+		b.Importance = widget.LowImportance
+		return b
+	}
+	r.up = icon(theme.MoveUpIcon(), "up", func() { v.move(r.id, core.MoveUp) })
+	r.down = icon(theme.MoveDownIcon(), "down", func() { v.move(r.id, core.MoveDown) })
+	r.top = icon(theme.UploadIcon(), "top", func() { v.move(r.id, core.MoveTop) })
+	r.edit = icon(theme.DocumentCreateIcon(), "edit", func() { v.openEditor(r.id) })
+	r.cancel = icon(theme.CancelIcon(), "cancel", func() { v.cancelJob(r.id) })
+	r.retry = icon(theme.ViewRefreshIcon(), "retry", func() { v.retry(r.id) })
+	r.use = icon(theme.ContentRedoIcon(), "use settings", func() {
+		if j := v.job(r.id); j != nil {
+			v.s.useSettings(j.Request)
+		}
+	})
+	r.ExtendBaseWidget(r)
+	return r
+}
+
+func (r *queueRow) CreateRenderer() fyne.WidgetRenderer {
+	statusBox := container.NewGridWrap(fyne.NewSize(120, r.status.MinSize().Height), r.status)
+	barBox := container.NewGridWrap(fyne.NewSize(140, r.bar.MinSize().Height), r.bar)
+	right := container.NewHBox(barBox, r.eta, r.up, r.down, r.top, r.edit, r.use, r.retry, r.cancel)
+	return widget.NewSimpleRenderer(container.NewBorder(nil, nil, statusBox, right,
+		container.NewVBox(r.title, r.info)))
+}
+
+var statusLabels = map[string]string{
+	core.StatusPending: "pending", core.StatusRunning: "running", core.StatusDone: "done",
+	core.StatusFailed: "failed", core.StatusCancelled: "cancelled", core.StatusInterrupted: "interrupted",
+}
+
+func (r *queueRow) show(j *core.QueueJob) {
+	r.id = j.ID
+	r.v.rows[j.ID] = r
+	req := j.Request
+	st := statusLabels[j.Status]
+	switch j.Status {
+	case core.StatusDone:
+		r.status.Importance = widget.SuccessImportance
+	case core.StatusFailed:
+		r.status.Importance = widget.DangerImportance
+	case core.StatusInterrupted, core.StatusCancelled:
+		r.status.Importance = widget.WarningImportance
+	case core.StatusRunning:
+		r.status.Importance = widget.HighImportance
+	default:
+		r.status.Importance = widget.MediumImportance
+	}
+	if j.CancelRequested {
+		st = "cancelling"
+	}
+	r.status.SetText(fmt.Sprintf("#%d %s", j.ID, st))
+	r.title.SetText(strings.Join(strings.Fields(req.Prompt), " "))
+	info := fmt.Sprintf("%s · %d steps · %d × %d · seed %d", modelName(req.Model), req.Steps, req.Width, req.Height, req.Seed)
+	if req.BatchSize > 1 {
+		info += fmt.Sprintf(" · batch %d", req.BatchSize)
+	}
+	switch {
+	case j.Status == core.StatusInterrupted:
+		info = "stopped mid-job; runs again · " + info
+	case j.ErrorMessage != "" && (j.Status == core.StatusFailed):
+		info = j.ErrorCode + ": " + j.ErrorMessage
+	}
+	r.info.SetText(info)
+
+	frac, etaText := 0.0, ""
+	switch j.Status {
+	case core.StatusRunning:
+		if j.Total > 0 {
+			frac = float64(j.Step) / float64(j.Total)
+		}
+		if d, ok := r.v.eta.Job[j.ID]; ok {
+			etaText = fmt.Sprintf("%d/%d · %s left", j.Step, j.Total, formatETA(d))
+		} else {
+			etaText = fmt.Sprintf("%d/%d", j.Step, j.Total)
+		}
+	case core.StatusDone:
+		frac = 1
+		if m := j.Metrics; m != nil {
+			etaText = fmt.Sprintf("%.1f s · %.2f it/s", m.TotalS, m.ItS)
+		}
+	case core.StatusPending, core.StatusInterrupted:
+		if d, ok := r.v.eta.Job[j.ID]; ok {
+			etaText = "≈ " + formatETA(d)
+		}
+	}
+	r.bar.SetValue(frac)
+	r.eta.SetText(etaText)
+
+	waiting := j.Runnable()
+	setEnabled(r.up, waiting)
+	setEnabled(r.down, waiting)
+	setEnabled(r.top, waiting)
+	setEnabled(r.edit, j.Status == core.StatusPending)
+	setEnabled(r.cancel, waiting || (j.Status == core.StatusRunning && !j.CancelRequested))
+	setEnabled(r.retry, j.Status == core.StatusFailed || j.Status == core.StatusCancelled)
+}
+
+func setEnabled(b *widget.Button, on bool) {
+	if on {
+		b.Enable()
+	} else {
+		b.Disable()
+	}
+}
+
+func formatETA(d time.Duration) string {
+	switch {
+	case d < time.Minute:
+		return fmt.Sprintf("%d s", int(d.Round(time.Second).Seconds()))
+	case d < time.Hour:
+		return fmt.Sprintf("%d min %02d s", int(d.Minutes()), int(d.Seconds())%60)
+	default:
+		return fmt.Sprintf("%d h %02d min", int(d.Hours()), int(d.Minutes())%60)
+	}
+}
+
+// queueEditor edits a pending job's main settings in a modal dialog.
+type queueEditor struct {
+	id                              int64
+	req                             core.Request
+	prompt, negative                *widget.Entry
+	steps, cfg, width, height, seed *widget.Entry
+	errLabel                        *widget.Label
+	save                            *widget.Button
+	pop                             *widget.PopUp
+	v                               *queueView
+}
+
+func (v *queueView) openEditor(id int64) {
+	j := v.job(id)
+	if j == nil || j.Status != core.StatusPending {
+		return
+	}
+	e := &queueEditor{id: id, req: j.Request, v: v}
+	e.prompt = widget.NewMultiLineEntry()
+	e.prompt.SetMinRowsVisible(3)
+	e.prompt.SetText(j.Request.Prompt)
+	e.negative = widget.NewMultiLineEntry()
+	e.negative.SetText(j.Request.NegativePrompt)
+	num := func(s string) *widget.Entry {
+		en := widget.NewEntry()
+		en.SetText(s)
+		return en
+	}
+	r := j.Request
+	e.steps, e.cfg = num(strconv.Itoa(r.Steps)), num(formatFloat(r.CFG))
+	e.width, e.height = num(strconv.Itoa(r.Width)), num(strconv.Itoa(r.Height))
+	e.seed = num(strconv.FormatInt(r.Seed, 10))
+	e.errLabel = widget.NewLabel("")
+	e.errLabel.Importance = widget.DangerImportance
+	e.errLabel.Wrapping = fyne.TextWrapWord
+	e.errLabel.Hide()
+	e.save = widget.NewButtonWithIcon("Save", theme.ConfirmIcon(), e.apply)
+	e.save.Importance = widget.HighImportance
+	cancel := widget.NewButton("Cancel", e.close)
+	grid := container.New(layout.NewFormLayout(),
+		widget.NewLabel("Prompt"), e.prompt,
+		widget.NewLabel("Negative"), e.negative,
+		widget.NewLabel("Steps"), e.steps,
+		widget.NewLabel("CFG"), e.cfg,
+		widget.NewLabel("Width"), e.width,
+		widget.NewLabel("Height"), e.height,
+		widget.NewLabel("Seed"), e.seed)
+	body := container.NewBorder(heading(fmt.Sprintf("Edit job #%d", id)),
+		container.NewVBox(e.errLabel, container.NewHBox(layout.NewSpacer(), cancel, e.save)), nil, nil, grid)
+	sized := container.NewGridWrap(fyne.NewSize(560, body.MinSize().Height+40), body)
+	e.pop = widget.NewModalPopUp(container.NewPadded(sized), v.s.win.Canvas())
+	v.editor = e
+	e.pop.Show()
+}
+
+func (e *queueEditor) apply() {
+	r := e.req
+	r.Prompt = e.prompt.Text
+	r.NegativePrompt = strings.TrimSpace(e.negative.Text)
+	var errs []string
+	parse := func(name, text string, dst *int) {
+		n, err := strconv.Atoi(strings.TrimSpace(text))
+		if err != nil {
+			errs = append(errs, fmt.Sprintf("%s must be a whole number", name))
+			return
+		}
+		*dst = n
+	}
+	parse("steps", e.steps.Text, &r.Steps)
+	parse("width", e.width.Text, &r.Width)
+	parse("height", e.height.Text, &r.Height)
+	if f, err := strconv.ParseFloat(strings.TrimSpace(e.cfg.Text), 64); err == nil {
+		r.CFG = f
+	} else {
+		errs = append(errs, "cfg must be a number")
+	}
+	if n, err := strconv.ParseInt(strings.TrimSpace(e.seed.Text), 10, 64); err == nil {
+		r.Seed = n
+	} else {
+		errs = append(errs, "seed must be a whole number")
+	}
+	if len(errs) == 0 {
+		if r.Seed < 0 {
+			if err := r.ResolveSeed(); err != nil {
+				errs = append(errs, err.Error())
+			}
+		}
+	}
+	if len(errs) == 0 {
+		err := e.v.store().UpdatePendingJob(context.Background(), e.id, r)
+		if err == nil {
+			e.close()
+			e.v.refresh()
+			return
+		}
+		if errors.Is(err, core.ErrNotPending) {
+			errs = append(errs, "the job has started meanwhile; it runs with its old settings")
+		} else {
+			errs = append(errs, err.Error())
+		}
+	}
+	e.errLabel.SetText(strings.Join(errs, "\n"))
+	e.errLabel.Show()
+}
+
+func (e *queueEditor) close() {
+	e.pop.Hide()
+	if e.v.editor == e {
+		e.v.editor = nil
+	}
+}

@@ -1,0 +1,326 @@
+package ui
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"hash/crc32"
+	"image/color"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"fyne.io/fyne/v2"
+	"fyne.io/fyne/v2/storage"
+	"fyne.io/fyne/v2/test"
+	"fyne.io/fyne/v2/widget"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"atelier/core"
+)
+
+// servicesStudio is a studio with the queue and gallery tabs over a real
+// store in a temporary home; gen runs the Generate button's jobs.
+func servicesStudio(t *testing.T, gen Generator, q QueueRunner) (testStudio, *core.Store, core.Paths) {
+	t.Helper()
+	paths := core.PathsUnder(t.TempDir())
+	require.NoError(t, paths.EnsureDirs())
+	store, err := core.OpenStore(paths.DB)
+	require.NoError(t, err)
+	t.Cleanup(func() { store.Close() })
+	return studioOver(t, store, paths, gen, q), store, paths
+}
+
+func studioOver(t *testing.T, store *core.Store, paths core.Paths, gen Generator, q QueueRunner) testStudio {
+	t.Helper()
+	exportDir := filepath.Join(t.TempDir(), "export")
+	svc := &Services{Store: store, Queue: q, Paths: paths,
+		Thumbs: core.NewThumbnailer(paths.Cache, galleryThumbPx),
+		ExportImages: func(ctx context.Context, ids []int64, dir string) ([]string, error) {
+			return core.ExportImages(ctx, store, ids, dir)
+		},
+		ChooseFolder: func(string) (string, error) { return exportDir, nil },
+	}
+	a := test.NewTempApp(t)
+	w := test.NewTempWindow(t, widget.NewLabel(""))
+	w.Resize(fyne.NewSize(1400, 900))
+	uq := &uiQueue{}
+	if gen == nil {
+		gen = &fakeGen{run: func(context.Context, core.Request, func(core.Message)) (*core.JobOutcome, error) {
+			return nil, &core.JobError{Code: core.ErrInternal, Message: "no generator in this test"}
+		}}
+	}
+	s := newStudioWith(a, w, gen, store, uq.post, svc)
+	return testStudio{s, uq}
+}
+
+// waitingPrompts is the queue's waiting jobs' prompts, in order.
+func waitingPrompts(t *testing.T, store *core.Store) []string {
+	t.Helper()
+	jobs, err := store.QueueJobs(context.Background())
+	require.NoError(t, err)
+	var out []string
+	for _, j := range jobs {
+		if j.Runnable() {
+			out = append(out, j.Request.Prompt)
+		}
+	}
+	return out
+}
+
+// row returns the queue row showing job id (the list must show it).
+func (s testStudio) row(t *testing.T, id int64) *queueRow {
+	t.Helper()
+	s.q.drain()
+	r := s.x.queue.rows[id]
+	require.NotNil(t, r, "no row shows job %d", id)
+	require.Equal(t, id, r.id)
+	return r
+}
+
+func TestQueueViewFillReorderCancelEdit(t *testing.T) {
+	s, store, _ := servicesStudio(t, nil, nil)
+	ctx := context.Background()
+	require.NoError(t, store.SetQueuePaused(ctx, true)) // nothing runs: this test is about the list
+
+	// Fill the queue from the form: a batch count of 4 makes 4 jobs.
+	setForm(s, "a lighthouse", 4, 64, 64)
+	s.form.seed.SetText("100")
+	s.x.count.SetSelected("4")
+	test.Tap(s.x.addQueue)
+	s.q.drain()
+	assert.Contains(t, s.status.text.Text, "Queued 4 jobs")
+	assert.Contains(t, s.status.text.Text, "paused")
+	jobs, err := store.QueueJobs(ctx)
+	require.NoError(t, err)
+	require.Len(t, jobs, 4)
+	ids := make([]int64, 4)
+	for i, j := range jobs {
+		ids[i] = j.ID
+		assert.Equal(t, core.StatusPending, j.Status)
+		assert.Equal(t, int64(100+i), j.Request.Seed, "job k starts at seed + k")
+		assert.NotZero(t, j.SessionID, "the jobs belong to this sitting's session")
+	}
+	// An invalid form queues nothing.
+	s.form.steps.SetText("0")
+	test.Tap(s.x.addQueue)
+	assert.NotEmpty(t, s.form.fieldError(fSteps))
+	assert.Len(t, waitingPrompts(t, store), 4)
+	s.form.steps.SetText("4")
+
+	// The queue tab shows them, with the summary.
+	s.x.tabs.SelectIndex(tabQueue)
+	s.q.drain()
+	v := s.x.queue
+	require.Len(t, v.jobs, 4)
+	assert.Contains(t, v.summary.Text, "4 waiting")
+	assert.Contains(t, v.summary.Text, "paused")
+	assert.Contains(t, s.row(t, ids[0]).status.Text, "pending")
+
+	// Distinguish the jobs by editing their prompts: a, b, c, d.
+	for i, p := range []string{"a", "b", "c", "d"} {
+		test.Tap(s.row(t, ids[i]).edit)
+		e := v.editor
+		require.NotNil(t, e, "the edit dialog is open")
+		e.prompt.SetText(p)
+		test.Tap(e.save)
+		require.Nil(t, v.editor, "saving closes the dialog")
+	}
+	assert.Equal(t, []string{"a", "b", "c", "d"}, waitingPrompts(t, store))
+
+	// Reorder with the row buttons.
+	test.Tap(s.row(t, ids[3]).top)
+	assert.Equal(t, []string{"d", "a", "b", "c"}, waitingPrompts(t, store))
+	test.Tap(s.row(t, ids[0]).down)
+	assert.Equal(t, []string{"d", "b", "a", "c"}, waitingPrompts(t, store))
+	test.Tap(s.row(t, ids[2]).up)
+	assert.Equal(t, []string{"d", "b", "c", "a"}, waitingPrompts(t, store))
+	var shown []string
+	for _, j := range v.jobs {
+		shown = append(shown, j.Request.Prompt)
+	}
+	assert.Equal(t, waitingPrompts(t, store), shown, "the list follows the store's order")
+
+	// Cancel one: it leaves the waiting jobs and can be retried.
+	test.Tap(s.row(t, ids[1]).cancel)
+	r := s.row(t, ids[1])
+	assert.Contains(t, r.status.Text, "cancelled")
+	assert.False(t, r.retry.Disabled())
+	assert.True(t, r.up.Disabled(), "a finished job does not move")
+	assert.NotContains(t, waitingPrompts(t, store), "b")
+	assert.Contains(t, v.summary.Text, "3 waiting")
+
+	// Edit checks the values and keeps the dialog open on an error.
+	test.Tap(s.row(t, ids[2]).edit)
+	e := v.editor
+	require.NotNil(t, e)
+	e.steps.SetText("0")
+	test.Tap(e.save)
+	require.NotNil(t, v.editor)
+	assert.False(t, e.errLabel.Hidden)
+	assert.Contains(t, e.errLabel.Text, "steps")
+	e.steps.SetText("3")
+	e.seed.SetText("77")
+	test.Tap(e.save)
+	require.Nil(t, v.editor)
+	j, err := store.GetQueueJob(ctx, ids[2])
+	require.NoError(t, err)
+	assert.Equal(t, 3, j.Request.Steps)
+	assert.Equal(t, int64(77), j.Request.Seed)
+
+	// Retry the cancelled job: a new pending one at the end.
+	test.Tap(s.row(t, ids[1]).retry)
+	assert.Equal(t, []string{"d", "c", "a", "b"}, waitingPrompts(t, store))
+
+	// Resume, then clear the finished (cancelled) job from the list.
+	test.Tap(v.pause)
+	paused, err := store.QueuePaused(ctx)
+	require.NoError(t, err)
+	assert.False(t, paused)
+	assert.Equal(t, "Pause", v.pause.Text)
+	test.Tap(v.clear)
+	s.q.drain()
+	assert.Len(t, v.jobs, 4)
+	for _, j := range v.jobs {
+		assert.NotEqual(t, core.StatusCancelled, j.Status)
+	}
+}
+
+func TestQueueRunsInTheBackgroundWithTheRealWorker(t *testing.T) {
+	br := sharedBridge(t)
+	paths := core.PathsUnder(t.TempDir())
+	require.NoError(t, paths.EnsureDirs())
+	store, err := core.OpenStore(paths.DB)
+	require.NoError(t, err)
+	t.Cleanup(func() { store.Close() })
+	runner := core.NewRunner(store, br, paths)
+	q := core.NewQueueRunner(runner)
+	s := studioOver(t, store, paths, runner, q)
+	q.OnEvent = s.OnQueueEvent
+
+	ctx, stop := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- q.Run(ctx, false) }()
+	t.Cleanup(func() {
+		stop()
+		<-done
+	})
+
+	setForm(s, "a queued lighthouse", 2, 64, 64)
+	s.x.count.SetSelected("2")
+	test.Tap(s.x.addQueue)
+	s.x.tabs.SelectIndex(tabQueue)
+	v := s.x.queue
+	sawProgress := false
+	s.waitFor(t, jobDeadline, "both queue jobs done", func() bool {
+		for _, j := range v.jobs {
+			if j.Status == core.StatusRunning && j.Step > 0 {
+				sawProgress = true
+			}
+		}
+		n := 0
+		for _, j := range v.jobs {
+			if j.Status == core.StatusDone {
+				n++
+			}
+		}
+		return n == 2
+	})
+	for _, j := range v.jobs {
+		r := s.row(t, j.ID)
+		assert.Contains(t, r.status.Text, "done")
+		assert.Equal(t, 1.0, r.bar.Value)
+		assert.Contains(t, r.eta.Text, "it/s", "a done job shows its time and speed")
+	}
+	_ = sawProgress // progress is shown when a step arrives between refreshes; not guaranteed on a fast CPU
+	assert.NotContains(t, v.summary.Text, "waiting · 1 running")
+	s.waitFor(t, 30*time.Second, "the strip shows the queue's images", func() bool { return s.strip.len() == 2 })
+
+	// The gallery lists them, and the measured speed now gives ETAs.
+	s.x.tabs.SelectIndex(tabGallery)
+	s.q.drain()
+	assert.Equal(t, "2 images", s.x.gallery.countLabel.Text)
+	rate, err := store.MeasuredRate(context.Background(), 10)
+	require.NoError(t, err)
+	assert.True(t, rate.Known())
+	require.NoError(t, store.SetQueuePaused(context.Background(), true))
+	s.x.tabs.SelectIndex(tabStudio)
+	test.Tap(s.x.addQueue)
+	s.x.tabs.SelectIndex(tabQueue)
+	s.q.drain()
+	assert.Contains(t, v.summary.Text, "queue ETA")
+}
+
+// pngWithParameters writes a PNG with a `parameters` text chunk.
+func pngWithParameters(t *testing.T, dir, name, params string) string {
+	t.Helper()
+	p := writePNG(t, dir, name, 64, 64, color.NRGBA{R: 90, G: 120, B: 200, A: 255})
+	b, err := os.ReadFile(p)
+	require.NoError(t, err)
+	data := []byte("parameters\x00" + params)
+	var chunk bytes.Buffer
+	binary.Write(&chunk, binary.BigEndian, uint32(len(data))) //nolint:errcheck // a bytes.Buffer does not fail
+	chunk.WriteString("tEXt")
+	chunk.Write(data)
+	crc := crc32.NewIEEE()
+	crc.Write([]byte("tEXt"))
+	crc.Write(data)
+	binary.Write(&chunk, binary.BigEndian, crc.Sum32()) //nolint:errcheck // idem
+	const ihdrEnd = 8 + 8 + 13 + 4
+	out := append(append(append([]byte{}, b[:ihdrEnd]...), chunk.Bytes()...), b[ihdrEnd:]...)
+	require.NoError(t, os.WriteFile(p, out, 0o644))
+	return p
+}
+
+func TestDroppingAPNGLoadsItsSettings(t *testing.T) {
+	s, _, _ := servicesStudio(t, nil, nil)
+	dir := t.TempDir()
+	p := pngWithParameters(t, dir, "a1111.png", "a castle in the clouds\nNegative prompt: fog\n"+
+		"Steps: 12, Sampler: DDIM, CFG scale: 6.5, Seed: 4242, Size: 64x64, Model: tiny")
+	s.x.tabs.SelectIndex(tabGallery)
+	s.Dropped([]fyne.URI{storageURI(p)})
+	s.q.drain()
+	assert.Equal(t, tabStudio, s.x.tabs.SelectedIndex(), "the form comes to the front")
+	assert.Equal(t, "a castle in the clouds", s.form.prompt.Text)
+	assert.Equal(t, "fog", s.form.negative.Text)
+	assert.Equal(t, "12", s.form.steps.Text)
+	assert.Equal(t, "6.5", s.form.cfg.Text)
+	assert.Equal(t, "4242", s.form.seed.Text)
+	assert.Equal(t, "ddim", s.form.scheduler.Selected)
+	assert.Contains(t, s.status.text.Text, "a1111.png")
+
+	plain := writePNG(t, dir, "plain.png", 8, 8, color.White)
+	s.Dropped([]fyne.URI{storageURI(plain)})
+	assert.Contains(t, s.status.text.Text, "no generation settings")
+	assert.Equal(t, "a castle in the clouds", s.form.prompt.Text, "a failed import leaves the form alone")
+	s.Dropped([]fyne.URI{storageURI(filepath.Join(dir, "notes.txt"))})
+	assert.True(t, strings.Contains(s.status.text.Text, "Drop a PNG"), s.status.text.Text)
+}
+
+func TestWindowLayoutAndFormAreRemembered(t *testing.T) {
+	paths := core.PathsUnder(t.TempDir())
+	require.NoError(t, paths.EnsureDirs())
+	store, err := core.OpenStore(paths.DB)
+	require.NoError(t, err)
+	defer store.Close()
+
+	s := studioOver(t, store, paths, nil, nil)
+	setForm(s, "remember this prompt", 9, 128, 64)
+	s.x.split.SetOffset(0.4)
+	s.x.tabs.SelectIndex(tabGallery)
+	s.win.Resize(fyne.NewSize(1111, 777))
+	s.saveState() // what closing the window does
+
+	again := studioOver(t, store, paths, nil, nil)
+	assert.Equal(t, "remember this prompt", again.form.prompt.Text)
+	assert.Equal(t, "9", again.form.steps.Text)
+	assert.Equal(t, "128", again.form.width.Text)
+	assert.InDelta(t, 0.4, again.x.split.Offset, 1e-6)
+	assert.Equal(t, tabGallery, again.x.tabs.SelectedIndex())
+	assert.Equal(t, fyne.NewSize(1111, 777), again.win.Canvas().Size())
+}
+
+func storageURI(path string) fyne.URI { return storage.NewFileURI(path) }
