@@ -111,6 +111,7 @@ func cmdGenerate(args []string, stdout, stderr io.Writer) int {
 			fmt.Fprintf(stderr, "job %d of %d (seed %d)\n", k+1, len(reqs), req.Seed)
 		}
 		prog := newProgress(stderr)
+		prog.refiner = req.Refiner != ""
 		outcome, err := a.runner.Run(ctx, req, func(m core.Message) {
 			prog.event(m)
 			if o.json {

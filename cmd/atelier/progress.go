@@ -18,6 +18,9 @@ type progress struct {
 	tenth  int  // last tenth of the stage printed, for plain lines
 	drawn  bool // a bar is on the current terminal line
 	loaded bool // the worker said it was loading
+	// refiner: the job has a refiner, so denoising is the base model's stage
+	// and "refining" follows it.
+	refiner bool
 }
 
 func newProgress(w io.Writer) *progress {
@@ -37,9 +40,12 @@ func isTerminal(w io.Writer) bool {
 var stageLabels = map[string]string{
 	"loading_model":       "loading model",
 	"creating_tiny_model": "creating tiny model",
+	"preprocessing":       "preparing images",
 	"encoding":            "encoding prompt",
 	"denoising":           "denoising",
+	"refining":            "refining (refiner)",
 	"decoding":            "decoding",
+	"upscaling":           "upscaling",
 	"saving":              "saving",
 }
 
@@ -59,6 +65,9 @@ func (p *progress) progress(m core.Message) {
 	label := stageLabels[m.Stage]
 	if label == "" {
 		label = m.Stage
+	}
+	if m.Stage == "denoising" && p.refiner {
+		label = "denoising (base)"
 	}
 	newStage := m.Stage != p.stage
 	p.stage = m.Stage

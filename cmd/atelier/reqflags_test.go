@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"flag"
 	"io"
 	"strings"
@@ -134,4 +135,21 @@ func TestEveryFeatureFieldHasAFlag(t *testing.T) {
 		"vae", "init_image", "strength", "mask_image", "mask_blur", "mask_padding", "upscaler", "upscale", "batch_count"} {
 		assert.True(t, strings.HasPrefix(flagName(field), "--"), "%s has no flag", field)
 	}
+}
+
+func TestProgressShowsTheBaseAndRefinerStages(t *testing.T) {
+	var buf bytes.Buffer
+	p := newProgress(&buf)
+	p.refiner = true
+	for i := 0; i <= 3; i++ {
+		p.event(core.Message{Type: core.MsgProgress, Stage: "denoising", Step: i, Total: 3})
+	}
+	for i := 0; i <= 1; i++ {
+		p.event(core.Message{Type: core.MsgProgress, Stage: "refining", Step: i, Total: 1})
+	}
+	p.event(core.Message{Type: core.MsgProgress, Stage: "upscaling", Step: 0, Total: 1})
+	out := buf.String()
+	assert.Contains(t, out, "denoising (base) 3/3")
+	assert.Contains(t, out, "refining (refiner) 1/1")
+	assert.Contains(t, out, "upscaling 0/1")
 }
