@@ -1,0 +1,158 @@
+package core
+
+import (
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// writeSafetensors writes a real safetensors file: the header names each
+// tensor (4 float32 zeros each), then the data.
+func writeSafetensors(t *testing.T, path string, keys ...string) {
+	t.Helper()
+	header := map[string]any{"__metadata__": map[string]string{"format": "pt"}}
+	for i, k := range keys {
+		header[k] = map[string]any{"dtype": "F32", "shape": []int{4}, "data_offsets": []int{i * 16, (i + 1) * 16}}
+	}
+	h, err := json.Marshal(header)
+	require.NoError(t, err)
+	var buf []byte
+	buf = binary.LittleEndian.AppendUint64(buf, uint64(len(h)))
+	buf = append(buf, h...)
+	buf = append(buf, make([]byte, 16*len(keys))...)
+	require.NoError(t, os.MkdirAll(filepath.Dir(path), 0o755))
+	require.NoError(t, os.WriteFile(path, buf, 0o644))
+}
+
+func writeJSON(t *testing.T, path, content string) {
+	t.Helper()
+	require.NoError(t, os.MkdirAll(filepath.Dir(path), 0o755))
+	require.NoError(t, os.WriteFile(path, []byte(content), 0o644))
+}
+
+func TestClassifyTensorNames(t *testing.T) {
+	for _, tc := range []struct {
+		keys []string
+		want ModelKind
+	}{
+		{[]string{"lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight", "lora_unet_x.alpha"}, KindLoRA},
+		{[]string{"unet.down_blocks.0.attentions.0.to_q.lora_A.weight"}, KindLoRA},
+		{[]string{"control_model.input_blocks.0.0.weight", "control_model.zero_convs.0.0.weight"}, KindControlNet},
+		{[]string{"controlnet_cond_embedding.conv_in.weight", "down_blocks.0.resnets.0.conv1.weight"}, KindControlNet},
+		{[]string{"conditioner.embedders.0.transformer.text_model.embeddings.position_ids",
+			"conditioner.embedders.1.model.ln_final.weight", "model.diffusion_model.input_blocks.0.0.weight"}, KindCheckpoint},
+		{[]string{"conditioner.embedders.0.model.ln_final.weight", "model.diffusion_model.out.2.weight"}, KindRefiner},
+		{[]string{"encoder.conv_in.weight", "decoder.conv_out.weight", "quant_conv.weight", "post_quant_conv.bias"}, KindVAE},
+		{[]string{"model.0.weight", "model.1.sub.0.RDB1.conv1.0.weight"}, KindUpscaler},
+		{[]string{"conv_first.weight", "body.0.rdb1.conv1.weight", "conv_up1.weight"}, KindUpscaler},
+		{[]string{"text_model.embeddings.token_embedding.weight"}, KindUnknown},
+	} {
+		kind, why := ClassifyTensorNames(tc.keys)
+		assert.Equal(t, tc.want, kind, "%v", tc.keys)
+		if kind != KindUnknown {
+			assert.NotEmpty(t, why)
+		}
+	}
+}
+
+func TestScanLibraryClassifiesFoldersAndFiles(t *testing.T) {
+	root := t.TempDir()
+	// Diffusers folders.
+	writeJSON(t, filepath.Join(root, "sdxl-base", "model_index.json"), `{"_class_name":"StableDiffusionXLPipeline"}`)
+	writeJSON(t, filepath.Join(root, "sdxl-base", "unet", "config.json"), `{"_class_name":"UNet2DConditionModel"}`)
+	writeJSON(t, filepath.Join(root, "sdxl-base", "vae", "config.json"), `{"_class_name":"AutoencoderKL"}`)
+	writeJSON(t, filepath.Join(root, "refiner", "model_index.json"), `{"_class_name":"StableDiffusionXLImg2ImgPipeline"}`)
+	require.NoError(t, os.MkdirAll(filepath.Join(root, "refiner", "text_encoder_2"), 0o755))
+	writeJSON(t, filepath.Join(root, "controlnet", "canny-sdxl", "config.json"), `{"_class_name":"ControlNetModel"}`)
+	writeJSON(t, filepath.Join(root, "vae", "sdxl-vae-fp16-fix", "config.json"), `{"_class_name":"AutoencoderKL"}`)
+	writeJSON(t, filepath.Join(root, "sd15", "model_index.json"), `{"_class_name":"StableDiffusionPipeline"}`)
+	// Single files.
+	writeSafetensors(t, filepath.Join(root, "checkpoints", "juggernaut.safetensors"),
+		"conditioner.embedders.0.transformer.x", "conditioner.embedders.1.model.x", "model.diffusion_model.x")
+	writeSafetensors(t, filepath.Join(root, "loras", "detail.safetensors"), "lora_unet_a.lora_down.weight")
+	writeSafetensors(t, filepath.Join(root, "loras", "vae.safetensors"), "encoder.conv_in.weight", "decoder.conv_out.weight")
+	writeSafetensors(t, filepath.Join(root, "upscale", "4x-ultrasharp.safetensors"), "model.0.weight", "model.1.sub.0.weight")
+	writeSafetensors(t, filepath.Join(root, "checkpoints", "sd15.safetensors"), "model.diffusion_model.x", "cond_stage_model.x")
+	require.NoError(t, os.WriteFile(filepath.Join(root, "checkpoints", "old.ckpt"), []byte("pickle"), 0o644))
+	require.NoError(t, os.WriteFile(filepath.Join(root, "loras", "broken.safetensors"), []byte("abc"), 0o644))
+	require.NoError(t, os.WriteFile(filepath.Join(root, "loras", "readme.txt"), []byte("hi"), 0o644))
+
+	lib := ScanLibrary([]string{root})
+	byName := map[string]LibraryEntry{}
+	for _, e := range lib.Entries {
+		byName[e.Name] = e
+	}
+	want := map[string]ModelKind{
+		"sdxl-base": KindCheckpoint, "refiner": KindRefiner, "canny-sdxl": KindControlNet,
+		"sdxl-vae-fp16-fix": KindVAE, "juggernaut": KindCheckpoint, "detail": KindLoRA, "vae": KindVAE,
+		"4x-ultrasharp": KindUpscaler,
+	}
+	for name, kind := range want {
+		e, ok := byName[name]
+		if assert.True(t, ok, "%s not found in %+v", name, lib.Entries) {
+			assert.Equal(t, kind, e.Kind, name)
+			assert.Empty(t, e.Refused, name)
+		}
+	}
+	assert.Len(t, lib.Entries, len(want)+4, "the unet/ and vae/ of a pipeline are not models of their own; readme.txt is no model")
+	for _, name := range []string{"old.ckpt", "sd15", "broken"} {
+		e, ok := byName[name]
+		require.True(t, ok, name)
+		assert.NotEmpty(t, e.Refused, name)
+	}
+	assert.Contains(t, byName["old.ckpt"].Refused, "pickle")
+	assert.Equal(t, []string{filepath.Join(root, "loras", "detail.safetensors")}, lib.Paths(KindLoRA))
+	assert.Len(t, lib.Of(KindCheckpoint), 2, "refused checkpoints are not offered")
+}
+
+func TestSafetensorsKeysRejectsNonSafetensors(t *testing.T) {
+	dir := t.TempDir()
+	p := filepath.Join(dir, "x.safetensors")
+	require.NoError(t, os.WriteFile(p, append(binary.LittleEndian.AppendUint64(nil, 1<<40), '{'), 0o644))
+	_, err := SafetensorsKeys(p)
+	assert.ErrorContains(t, err, "not a safetensors file")
+	writeSafetensors(t, p, "a", "b")
+	keys, err := SafetensorsKeys(p)
+	require.NoError(t, err)
+	assert.Equal(t, []string{"a", "b"}, keys)
+}
+
+type memSettings map[string]string
+
+func (m memSettings) GetSetting(_ context.Context, k string) (string, bool, error) {
+	v, ok := m[k]
+	return v, ok, nil
+}
+
+func (m memSettings) SetSetting(_ context.Context, k, v string) error { m[k] = v; return nil }
+
+func TestLibraryFoldersAreStoredInTheSettings(t *testing.T) {
+	ctx := context.Background()
+	s := memSettings{}
+	dir := t.TempDir()
+	folders, err := LibraryFolders(ctx, s)
+	require.NoError(t, err)
+	assert.Empty(t, folders)
+	got, err := AddLibraryFolder(ctx, s, dir)
+	require.NoError(t, err)
+	assert.Equal(t, dir, got)
+	_, err = AddLibraryFolder(ctx, s, dir)
+	require.NoError(t, err)
+	folders, err = LibraryFolders(ctx, s)
+	require.NoError(t, err)
+	assert.Equal(t, []string{dir}, folders, "a folder added twice is kept once")
+	_, err = AddLibraryFolder(ctx, s, filepath.Join(dir, "missing"))
+	assert.Error(t, err)
+	removed, err := RemoveLibraryFolder(ctx, s, dir)
+	require.NoError(t, err)
+	assert.True(t, removed)
+	folders, err = LibraryFolders(ctx, s)
+	require.NoError(t, err)
+	assert.Empty(t, folders)
+}
