@@ -25,16 +25,16 @@ import tempfile
 # The request's model name for this model, and its folder name in the cache. Bump the
 # version when the generated files change, so that existing caches are not reused.
 TINY_MODEL = "tiny"
-TINY_NAME = "tiny-sdxl-v1"
+TINY_NAME = "tiny-sdxl-v2"
 
 # Request names of the tiny companions -> their file or folder name in the cache's models/.
 EXTRAS = {
-    "tiny-lora": "tiny-lora-v1.safetensors",
-    "tiny-controlnet": "tiny-controlnet-v1",
-    "tiny-refiner": "tiny-refiner-v1",
-    "tiny-vae": "tiny-vae-v1",
-    "tiny-upscaler": "tiny-upscaler-v1.safetensors",
-    "tiny-single-file": "tiny-single-file-v1.safetensors",
+    "tiny-lora": "tiny-lora-v2.safetensors",
+    "tiny-controlnet": "tiny-controlnet-v2",
+    "tiny-refiner": "tiny-refiner-v2",
+    "tiny-vae": "tiny-vae-v2",
+    "tiny-upscaler": "tiny-upscaler-v2.safetensors",
+    "tiny-single-file": "tiny-single-file-v2.safetensors",
 }
 
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
@@ -121,7 +121,9 @@ def configs(preset: str, vocab_size: int, bos_id: int, eos_id: int) -> dict[str,
     elif preset == "tiny":
         te1 = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
                    projection_dim=32, hidden_act="gelu", vocab_size=vocab_size)
-        te2 = dict(te1)
+        # The encoders differ in width, as SDXL's do (768, 1280): single-file loading tells
+        # them apart by it.
+        te2 = dict(te1, hidden_size=40, projection_dim=40)
         time_dim = 8
         unet = dict(
             sample_size=8, block_out_channels=[32, 64], layers_per_block=1,
@@ -390,7 +392,13 @@ def _make_upscaler(out: str) -> None:
 
 
 def _make_single_file(base: str, out: str) -> None:
-    raise NotImplementedError
+    """The tiny model as one .safetensors file in the original (Stability) SDXL layout, the
+    way single-file checkpoints are shared."""
+    from safetensors.torch import save_file
+
+    from . import single_file
+
+    save_file(single_file.to_original(base), out)
 
 
 def create_extra(name: str, cache_dir: str) -> str:
