@@ -1,0 +1,169 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"text/tabwriter"
+
+	"atelier/core"
+)
+
+const modelsUsage = `Usage:
+  atelier models [--json]            list the models in your model folders, by kind
+  atelier models add-folder DIR      scan DIR (and its subfolders) for models
+  atelier models remove-folder DIR   stop scanning DIR
+
+Diffusers folders are recognised by the _class_name of model_index.json or
+config.json; single .safetensors files by the tensor names in their header
+(nothing is loaded). Pickle files (.ckpt .pt .pth .bin .pkl) are listed as
+refused: they can run code when loaded. The tiny demo parts (tiny, tiny-lora,
+tiny-controlnet, tiny-refiner, tiny-vae) and the lanczos upscaler are always
+available.
+`
+
+// tinyEntries are the generated demo parts, always available.
+var tinyEntries = []core.LibraryEntry{
+	{Path: core.TinyModel, Name: core.TinyModel, Kind: core.KindCheckpoint, Format: "tiny"},
+	{Path: core.TinyRefiner, Name: core.TinyRefiner, Kind: core.KindRefiner, Format: "tiny"},
+	{Path: core.TinyLoRA, Name: core.TinyLoRA, Kind: core.KindLoRA, Format: "tiny"},
+	{Path: core.TinyControlNet, Name: core.TinyControlNet, Kind: core.KindControlNet, Format: "tiny"},
+	{Path: core.TinyVAE, Name: core.TinyVAE, Kind: core.KindVAE, Format: "tiny"},
+	{Path: core.LanczosUpscaler, Name: core.LanczosUpscaler, Kind: core.KindUpscaler, Format: "built-in"},
+}
+
+func cmdModels(args []string, stdout, stderr io.Writer) int {
+	if len(args) > 0 && (args[0] == "add-folder" || args[0] == "remove-folder") {
+		return cmdModelsFolder(args[0], args[1:], stdout, stderr)
+	}
+	fs := flag.NewFlagSet("models", flag.ContinueOnError)
+	asJSON := fs.Bool("json", false, "print the folders and models as one JSON object")
+	fs.SetOutput(io.Discard)
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			fmt.Fprint(stdout, modelsUsage)
+			return exitOK
+		}
+		fmt.Fprintf(stderr, "atelier models: %v\n%s", err, modelsUsage)
+		return exitUsage
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "atelier models: unknown argument %q\n%s", fs.Arg(0), modelsUsage)
+		return exitUsage
+	}
+	store, _, ok := openStore(stderr, "models")
+	if !ok {
+		return exitFailure
+	}
+	defer store.Close()
+	folders, err := core.LibraryFolders(context.Background(), store)
+	if err != nil {
+		fmt.Fprintln(stderr, "atelier models:", err)
+		return exitFailure
+	}
+	lib := core.ScanLibrary(folders)
+	lib.Entries = append(append([]core.LibraryEntry(nil), tinyEntries...), lib.Entries...)
+	if *asJSON {
+		b, err := json.MarshalIndent(lib, "", "  ")
+		if err != nil {
+			fmt.Fprintln(stderr, "atelier models:", err)
+			return exitFailure
+		}
+		fmt.Fprintln(stdout, string(b))
+		return exitOK
+	}
+	if len(folders) == 0 {
+		fmt.Fprintln(stdout, "No model folders yet: add one with \"atelier models add-folder DIR\".")
+	} else {
+		fmt.Fprintln(stdout, "Folders:")
+		for _, f := range folders {
+			fmt.Fprintln(stdout, "  "+f)
+		}
+	}
+	tw := tabwriter.NewWriter(stdout, 2, 4, 2, ' ', 0)
+	for _, kind := range core.ModelKinds {
+		var rows []core.LibraryEntry
+		for _, e := range lib.Entries {
+			if e.Kind == kind {
+				rows = append(rows, e)
+			}
+		}
+		if len(rows) == 0 {
+			continue
+		}
+		fmt.Fprintf(tw, "\n%s:\n", kindTitle(kind))
+		for _, e := range rows {
+			status := e.Format
+			if e.Refused != "" {
+				status = "REFUSED: " + e.Refused
+			}
+			fmt.Fprintf(tw, "  %s\t%s\t%s\n", e.Name, status, e.Path)
+		}
+	}
+	tw.Flush()
+	for _, p := range lib.Problems {
+		fmt.Fprintln(stderr, "atelier models: could not read:", p)
+	}
+	return exitOK
+}
+
+func kindTitle(k core.ModelKind) string {
+	switch k {
+	case core.KindCheckpoint:
+		return "Checkpoints"
+	case core.KindRefiner:
+		return "Refiners"
+	case core.KindLoRA:
+		return "LoRAs"
+	case core.KindControlNet:
+		return "ControlNets"
+	case core.KindVAE:
+		return "VAEs"
+	case core.KindUpscaler:
+		return "Upscalers"
+	}
+	return "Not recognised"
+}
+
+func cmdModelsFolder(sub string, args []string, stdout, stderr io.Writer) int {
+	if len(args) != 1 || args[0] == "-h" || args[0] == "--help" {
+		fmt.Fprintf(stderr, "atelier models %s: give one folder\n%s", sub, modelsUsage)
+		return exitUsage
+	}
+	store, _, ok := openStore(stderr, "models "+sub)
+	if !ok {
+		return exitFailure
+	}
+	defer store.Close()
+	ctx := context.Background()
+	if sub == "remove-folder" {
+		removed, err := core.RemoveLibraryFolder(ctx, store, args[0])
+		switch {
+		case err != nil:
+			fmt.Fprintln(stderr, "atelier models remove-folder:", err)
+			return exitFailure
+		case !removed:
+			fmt.Fprintf(stderr, "atelier models remove-folder: %s is not one of the model folders\n", args[0])
+			return exitUsage
+		}
+		fmt.Fprintf(stdout, "removed %s\n", args[0])
+		return exitOK
+	}
+	dir, err := core.AddLibraryFolder(ctx, store, args[0])
+	if err != nil {
+		fmt.Fprintln(stderr, "atelier models add-folder:", err)
+		return exitUsage
+	}
+	lib := core.ScanLibrary([]string{dir})
+	usable := 0
+	for _, e := range lib.Entries {
+		if e.Refused == "" {
+			usable++
+		}
+	}
+	fmt.Fprintf(stdout, "added %s: %d models found (%d refused)\n", dir, usable, len(lib.Entries)-usable)
+	return exitOK
+}
