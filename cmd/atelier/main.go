@@ -40,6 +40,7 @@ Usage:
   atelier generate ...    generate images without a window
   atelier history ...     list past jobs; import a PNG's settings
   atelier queue ...       add, list and run queued jobs (survive crashes)
+  atelier models ...      list the model library; add-folder DIR, remove-folder DIR
   atelier doctor          check that the Python worker can start
   atelier version         print the version
 
@@ -57,6 +58,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return cmdGenerate(rest, stdout, stderr)
 	case "history":
 		return cmdHistory(rest, stdout, stderr)
+	case "models":
+		return cmdModels(rest, stdout, stderr)
 	case "queue":
 		return cmdQueue(rest, stdout, stderr)
 	case "doctor":
