@@ -355,6 +355,17 @@ func (b *Bridge) Hello() (hello core.Message, ok bool) {
 	return b.hello, b.helloOK
 }
 
+// Capabilities returns what the latest worker said it can do (schedulers,
+// ControlNet types, features), or nil before a worker has started. Each
+// restart refreshes it.
+func (b *Bridge) Capabilities() *core.Capabilities {
+	h, ok := b.Hello()
+	if !ok {
+		return nil
+	}
+	return h.Capabilities
+}
+
 // StderrTail returns the last lines (up to 50) that the latest worker wrote to stderr.
 func (b *Bridge) StderrTail() []string {
 	b.mu.Lock()

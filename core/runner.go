@@ -42,6 +42,15 @@ func NewRunner(store *Store, gen Generator, paths Paths) *Runner {
 	return &Runner{store: store, gen: gen, paths: paths, CancelGrace: DefaultCancelGrace, slot: make(chan struct{}, 1)}
 }
 
+// Capabilities returns the worker's capabilities from its latest hello when
+// the generator knows them (the bridge does), or nil before a worker started.
+func (r *Runner) Capabilities() *Capabilities {
+	if c, ok := r.gen.(interface{ Capabilities() *Capabilities }); ok {
+		return c.Capabilities()
+	}
+	return nil
+}
+
 // Store is the history the runner records into.
 func (r *Runner) Store() *Store { return r.store }
 
