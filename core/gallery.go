@@ -55,7 +55,22 @@ func ftsQuery(text string) string {
 }
 
 // where builds the WHERE clause of a gallery query over images i JOIN jobs j.
-func (q GalleryQuery) where() (string, []any) {
+//
+// For a page (page true) the filters on jobs are written as +j.col, which
+// keeps SQLite from driving the query by their index: walking the images
+// newest first and checking each is much cheaper than collecting every match
+// and sorting it, since a page needs only the first few hundred. With the
+// starred filter, the text search is checked per row for the same reason:
+// the starred index is the smaller set to walk.
+func (q GalleryQuery) where(page bool) (string, []any) {
+	plus := ""
+	if page {
+		plus = "+"
+	}
+	textPlus := ""
+	if q.Starred {
+		textPlus = "+"
+	}
 	var conds []string
 	var args []any
 	if text := strings.TrimSpace(q.Text); text != "" {
@@ -64,12 +79,12 @@ func (q GalleryQuery) where() (string, []any) {
 			conds = append(conds, `(j.prompt LIKE ? ESCAPE '\' OR j.negative_prompt LIKE ? ESCAPE '\')`)
 			args = append(args, like, like)
 		} else if fq := ftsQuery(q.Text); fq != "" {
-			conds = append(conds, `i.job_id IN (SELECT rowid FROM jobs_fts WHERE jobs_fts MATCH ?)`)
+			conds = append(conds, textPlus+`i.job_id IN (SELECT rowid FROM jobs_fts WHERE jobs_fts MATCH ?)`)
 			args = append(args, fq)
 		}
 	}
 	if q.Model != "" {
-		conds = append(conds, `j.model = ?`)
+		conds = append(conds, plus+`j.model = ?`)
 		args = append(args, q.Model)
 	}
 	if q.Seed != nil {
@@ -88,7 +103,7 @@ func (q GalleryQuery) where() (string, []any) {
 		conds = append(conds, `i.starred = 1`)
 	}
 	if q.SessionID > 0 {
-		conds = append(conds, `j.session_id = ?`)
+		conds = append(conds, plus+`j.session_id = ?`)
 		args = append(args, q.SessionID)
 	}
 	if len(conds) == 0 {
@@ -102,8 +117,11 @@ func (s *Store) SearchImages(ctx context.Context, q GalleryQuery, offset, limit 
 	if limit <= 0 {
 		limit = -1
 	}
-	where, args := q.where()
-	imgs, err := s.queryImages(ctx, where+` ORDER BY i.id DESC LIMIT ? OFFSET ?`, append(args, limit, max(offset, 0))...)
+	where, args := q.where(true)
+	// The page's ids first, then their columns: sorting ids is cheap, sorting
+	// whole rows with their prompts is not.
+	imgs, err := s.queryImages(ctx, `WHERE i.id IN (SELECT i.id FROM images i JOIN jobs j ON j.id = i.job_id `+where+
+		` ORDER BY i.id DESC LIMIT ? OFFSET ?) ORDER BY i.id DESC`, append(args, limit, max(offset, 0))...)
 	if err != nil {
 		return nil, fmt.Errorf("search images: %w", err)
 	}
@@ -112,7 +130,7 @@ func (s *Store) SearchImages(ctx context.Context, q GalleryQuery, offset, limit 
 
 // CountImages counts the images that match q.
 func (s *Store) CountImages(ctx context.Context, q GalleryQuery) (int, error) {
-	where, args := q.where()
+	where, args := q.where(false)
 	join := ""
 	if strings.Contains(where, "j.") {
 		join = ` JOIN jobs j ON j.id = i.job_id`

@@ -112,14 +112,17 @@ func (s *Store) Enqueue(ctx context.Context, sessionID int64, reqs []Request) ([
 	defer stmt.Close()
 	now := time.Now()
 	created := formatTime(now)
+	// One random uid for the batch, numbered: thousands of jobs queued in
+	// the same second cannot collide.
+	batchUID := newJobUID(now)
 	ids := make([]int64, 0, len(reqs))
-	for _, req := range reqs {
+	for i, req := range reqs {
 		params, err := json.Marshal(req)
 		if err != nil {
 			return nil, fmt.Errorf("enqueue: %w", err)
 		}
 		pos++
-		res, err := stmt.ExecContext(ctx, newJobUID(now), StatusPending, created, string(params),
+		res, err := stmt.ExecContext(ctx, fmt.Sprintf("%s-%d", batchUID, i), StatusPending, created, string(params),
 			req.Prompt, req.NegativePrompt, req.Model, queuedShown, pos, session)
 		if err != nil {
 			return nil, fmt.Errorf("enqueue: %w", err)
