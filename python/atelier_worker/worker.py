@@ -22,7 +22,8 @@ from typing import IO
 
 from . import __version__
 from .protocol import (
-    GO_TO_WORKER, MAX_LINE_BYTES, PROTOCOL_VERSION, SCHEDULERS, Cancel, Capabilities, Device,
+    CONTROLNET_TYPES, GO_TO_WORKER, MAX_LINE_BYTES, PROTOCOL_VERSION, SCHEDULERS, Cancel,
+    Capabilities, Device,
     Error, Generate, Hello, Loading, Message, Ping, Pong, ProtocolError, Shutdown, Unload,
     decode, encode,
 )
@@ -233,6 +234,34 @@ class Worker:
             current_id.reset(token)
 
 
+def capabilities() -> Capabilities:
+    """What this worker can do (docs/protocol.md, "Capabilities"), so that a UI offers only that."""
+    from . import schedulers
+
+    features = ["txt2img", "img2img", "inpaint", "lora", "controlnet", "canny", "refiner", "vae",
+                "batch", "single_file", "schedules", "upscale"]
+    try:
+        import spandrel  # noqa: F401
+        features.append("upscale_model")
+    except ImportError:
+        log.warning("spandrel is missing: model upscalers are off, Lanczos still works")
+    return Capabilities(schedulers=list(SCHEDULERS), controlnet_types=list(CONTROLNET_TYPES),
+                        features=features, schedules=schedulers.capabilities())
+
+
+def versions(torch, diffusers) -> dict[str, str]:
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version(), "torch": torch.__version__,
+           "diffusers": diffusers.__version__}
+    for pkg in ("transformers", "peft", "spandrel"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m atelier_worker",
                                  description="Atelier's SDXL worker (protocol on stdin/stdout).")
@@ -253,6 +282,10 @@ def main(argv: list[str] | None = None) -> int:
     # process wants the cores (the app itself, a second worker): measured 20x at 512 px on
     # 2 cores. It must be set before torch loads its OpenMP runtime.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    # The compile cache under the user's cache folder (before torch reads its settings).
+    from . import accel
+
+    accel.setup_env()
     setup_logging()
     out = Output(take_stdout())
     watch_parent()
@@ -279,10 +312,8 @@ def main(argv: list[str] | None = None) -> int:
     out.send(Hello(
         protocol=PROTOCOL_VERSION, worker_version=__version__, device=devices.kind(dev),
         dtype=devices.dtype_name(dtype), devices=[Device(**d) for d in devices.describe()],
-        capabilities=Capabilities(schedulers=list(SCHEDULERS), controlnet_types=[],
-                                  features=["txt2img"]),
-        versions={"python": platform.python_version(), "torch": torch.__version__,
-                  "diffusers": diffusers.__version__},
+        capabilities=capabilities(),
+        versions=versions(torch, diffusers),
     ))
     log.info("ready: %s, %s, cache %s", dev, devices.dtype_name(dtype), engine.cache_dir)
 

@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 import atelier_worker
+from atelier_worker import protocol
 from conftest import PYTHON_DIR, WorkerProcess, new_id, request
 
 
@@ -26,9 +27,14 @@ def test_hello_follows_loading_lines(worker):
     assert (h.protocol, h.worker_version) == (1, atelier_worker.__version__)
     assert (h.device, h.dtype) == ("cpu", "float32")  # this test machine has no GPU
     assert any(d.kind == "cpu" and d.memory_bytes > 0 for d in h.devices)
-    assert h.capabilities.schedulers == ["euler", "euler_a", "ddim", "dpmpp_2m"]
-    assert (h.capabilities.controlnet_types, h.capabilities.features) == ([], ["txt2img"])
-    assert {"python", "torch", "diffusers"} <= set(h.versions)
+    caps = h.capabilities
+    assert caps.schedulers == list(protocol.SCHEDULERS) and len(caps.schedulers) == 10
+    assert caps.controlnet_types == list(protocol.CONTROLNET_TYPES)
+    assert {"txt2img", "img2img", "inpaint", "lora", "controlnet", "canny", "refiner", "vae",
+            "upscale", "upscale_model", "batch", "single_file"} <= set(caps.features)
+    assert caps.schedules["dpmpp_2m"] == ["karras", "exponential", "beta"]
+    assert caps.schedules["ddim"] == [] and set(caps.schedules) == set(caps.schedulers)
+    assert {"python", "torch", "diffusers", "transformers", "spandrel"} <= set(h.versions)
 
 
 def test_generate_writes_png_with_parameters(worker, tmp_path):
@@ -253,3 +259,41 @@ def _alive(pid: int) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"
     except FileNotFoundError:
         return False
+
+
+def test_bad_feature_inputs_name_the_file_and_the_worker_goes_on(worker, tmp_path):
+    not_lora = tmp_path / "not-a-lora.safetensors"
+    not_lora.write_bytes(b"\x0e\x00\x00\x00\x00\x00\x00\x00{\"x\": \"y\"}    " + bytes(32))
+    not_model = tmp_path / "not-an-upscaler.safetensors"
+    shutil.copy(not_lora, not_model)
+    pic = tmp_path / "pic.png"
+    Image.new("RGB", (64, 64), "gray").save(pic)
+    mask = tmp_path / "mask.png"
+    Image.new("L", (48, 64), 255).save(mask)
+    control = tmp_path / "control.png"
+    Image.new("RGB", (200, 120), "white").save(control)
+    ckpt = tmp_path / "model.ckpt"
+    ckpt.write_bytes(b"\x80\x02}q\x00.")
+
+    cases = [
+        (dict(loras=[{"path": str(not_lora), "weight": 1}]), "loras[0].path", not_lora),
+        (dict(init_image=str(pic), mask_image=str(mask)), "mask_image", None),
+        (dict(upscaler=str(not_model)), "upscaler", not_model),
+        (dict(model=str(ckpt)), "model", ckpt),
+    ]
+    for overrides, field, named in cases:
+        _, msgs = worker.generate(tmp_path, steps=1, **overrides)
+        err = msgs[-1]
+        assert (err.type, err.field) == ("error", field), err
+        assert err.code in ("invalid_request", "unsupported")
+        if named is not None:
+            assert str(named) in err.message
+        worker.ping()
+    # A control image of another size is resized, not refused.
+    _, msgs = worker.generate(tmp_path, steps=1, controlnets=[
+        {"type": "scribble", "model": "tiny-controlnet", "image": str(control)}])
+    assert msgs[-1].type == "result", msgs[-1]
+    [path] = msgs[-1].control_images
+    with Image.open(path) as im:
+        assert im.size == (64, 64)
+    worker.ping()

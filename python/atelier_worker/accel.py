@@ -1,0 +1,358 @@
+"""Speed and memory settings of the worker: torch.compile, fused QKV projections, the VAE's
+dtype, attention backend, model offload and VAE tiling, and a cheap latent preview.
+
+Every setting comes from an environment variable (docs/protocol.md, "Worker settings"), so
+that the app, `atelier bench` and a user's shell choose them the same way. Defaults favour a
+short first start on CUDA and touch nothing on the CPU, where tests must stay fast.
+
+This module imports no torch at import time: `setup_env` must run before torch loads, so
+that the inductor cache lands in the user's cache folder.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from dataclasses import asdict, dataclass
+
+log = logging.getLogger("atelier.accel")
+
+COMPILE_CHOICES = ("off", "regional", "full")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune-no-cudagraphs", "max-autotune")
+VAE_DTYPES = ("auto", "float16", "bfloat16", "float32")
+OFFLOAD_CHOICES = ("none", "model", "sequential")
+SDPA_CHOICES = ("auto", "flash", "cudnn", "efficient", "math")
+
+
+class SettingError(ValueError):
+    """An environment variable holds a value this worker does not know."""
+
+
+def _flag(name: str, default: bool) -> bool:
+    v = os.environ.get(name, "").strip().lower()
+    if not v:
+        return default
+    if v in ("1", "true", "yes", "on"):
+        return True
+    if v in ("0", "false", "no", "off"):
+        return False
+    raise SettingError(f"{name}={v!r}: use 1 or 0")
+
+
+def _choice(name: str, choices: tuple[str, ...], default: str) -> str:
+    v = os.environ.get(name, "").strip().lower() or default
+    if v not in choices:
+        raise SettingError(f"{name}={v!r}: use one of {', '.join(choices)}")
+    return v
+
+
+@dataclass
+class Settings:
+    compile: str = "off"          # ATELIER_COMPILE: off | regional | full
+    compile_mode: str = "default"  # ATELIER_COMPILE_MODE (torch.compile's mode)
+    compile_vae: bool = False     # ATELIER_COMPILE_VAE: compile the VAE decoder too
+    fuse_qkv: bool = False        # ATELIER_FUSE_QKV
+    channels_last: bool = False   # ATELIER_CHANNELS_LAST
+    vae_dtype: str = "auto"       # ATELIER_VAE_DTYPE
+    sdpa: str = "auto"            # ATELIER_SDPA: attention backend
+    offload: str = "none"         # ATELIER_OFFLOAD: none | model | sequential
+    vae_tiling: bool = False      # ATELIER_VAE_TILING
+    vae_slicing: bool = False     # ATELIER_VAE_SLICING
+    cudnn_benchmark: bool = False  # ATELIER_CUDNN_BENCHMARK
+    png_compress: int = 1         # ATELIER_PNG_COMPRESS: zlib level of the saved PNGs, 0-9
+
+    def describe(self) -> dict:
+        return asdict(self)
+
+
+def from_env(device_kind: str) -> Settings:
+    """Reads the settings; defaults depend on the device (only CUDA gets compile & co)."""
+    cuda = device_kind == "cuda"
+    s = Settings(
+        compile=_choice("ATELIER_COMPILE", COMPILE_CHOICES, "regional" if cuda else "off"),
+        compile_mode=_choice("ATELIER_COMPILE_MODE", COMPILE_MODES, "default"),
+        compile_vae=_flag("ATELIER_COMPILE_VAE", False),
+        fuse_qkv=_flag("ATELIER_FUSE_QKV", cuda),
+        channels_last=_flag("ATELIER_CHANNELS_LAST", False),
+        vae_dtype=_choice("ATELIER_VAE_DTYPE", VAE_DTYPES, "auto"),
+        sdpa=_choice("ATELIER_SDPA", SDPA_CHOICES, "auto"),
+        offload=_choice("ATELIER_OFFLOAD", OFFLOAD_CHOICES, "none"),
+        vae_tiling=_flag("ATELIER_VAE_TILING", False),
+        vae_slicing=_flag("ATELIER_VAE_SLICING", False),
+        cudnn_benchmark=_flag("ATELIER_CUDNN_BENCHMARK", cuda),
+    )
+    try:
+        s.png_compress = int(os.environ.get("ATELIER_PNG_COMPRESS", "1"))
+    except ValueError:
+        raise SettingError("ATELIER_PNG_COMPRESS must be a number 0-9") from None
+    if not 0 <= s.png_compress <= 9:
+        raise SettingError("ATELIER_PNG_COMPRESS must be a number 0-9")
+    if not cuda and s.compile != "off":
+        log.warning("ATELIER_COMPILE=%s asked for on %s: compiling there is slow to start and "
+                    "rarely faster", s.compile, device_kind)
+    if s.offload != "none" and s.compile != "off":
+        log.warning("ATELIER_OFFLOAD=%s: compile is turned off, it does not mix with offload",
+                    s.offload)
+        s.compile = "off"
+    return s
+
+
+def cache_root() -> str:
+    if os.environ.get("ATELIER_CACHE_DIR"):
+        return os.environ["ATELIER_CACHE_DIR"]
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "atelier")
+
+
+def setup_env() -> None:
+    """Before torch is imported: a persistent compile cache under the user's cache folder,
+    so that a restarted worker finds its compiled kernels (a warm start)."""
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", os.path.join(cache_root(), "inductor"))
+    os.environ.setdefault("TORCHINDUCTOR_FX_GRAPH_CACHE", "1")
+    os.environ.setdefault("TORCHINDUCTOR_AUTOGRAD_CACHE", "1")
+
+
+def configure_torch(s: Settings, device_kind: str) -> None:
+    """Process-wide switches; called once, after torch is imported."""
+    import torch
+
+    if device_kind != "cuda":
+        return
+    torch.backends.cudnn.benchmark = s.cudnn_benchmark
+    # Only parts kept in fp32 (a float32 VAE) use these; fp16/bf16 work is unaffected.
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    import torch._dynamo
+
+    # A bounded number of compiled variants per function (sizes, batch sizes): past it the
+    # function runs eagerly instead of compiling again. A second size makes the graph dynamic.
+    torch._dynamo.config.cache_size_limit = 16
+    try:
+        torch._dynamo.config.automatic_dynamic_shapes = True
+    except AttributeError:
+        pass
+
+
+def vae_dtype(s: Settings, dtype, vae_force_upcast: bool):
+    """The VAE's dtype. SDXL's VAE overflows in fp16 (NaNs, black images); bf16 has fp32's
+    range, so on CUDA auto picks bf16 where fp16 would overflow: no fp32 upcast."""
+    import torch
+
+    names = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+    if s.vae_dtype != "auto":
+        return names[s.vae_dtype]
+    if dtype == torch.float16 and vae_force_upcast:
+        if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    return dtype
+
+
+def sdpa_context(s: Settings):
+    """A context for the denoising and decoding calls that pins the attention backend."""
+    import contextlib
+
+    if s.sdpa == "auto":
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    backend = {"flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION,
+               "efficient": SDPBackend.EFFICIENT_ATTENTION, "math": SDPBackend.MATH}[s.sdpa]
+    return sdpa_kernel([backend])
+
+
+def place(pipe, device: str, s: Settings) -> None:
+    """Moves the pipeline onto the device, or sets up CPU offload for small GPUs."""
+    if s.offload == "model" and device.startswith("cuda"):
+        pipe.enable_model_cpu_offload(device=device)
+    elif s.offload == "sequential" and device.startswith("cuda"):
+        pipe.enable_sequential_cpu_offload(device=device)
+    else:
+        pipe.to(device)
+
+
+def optimize(pipe, device: str, dtype, s: Settings) -> dict:
+    """Applies the settings to a loaded, placed pipeline; returns what was done and how long
+    it took (compiling itself happens lazily, at the first call)."""
+    import torch
+
+    t0 = time.perf_counter()
+    done: dict = {}
+    cuda = device.startswith("cuda")
+    vd = vae_dtype(s, dtype, bool(getattr(pipe.vae.config, "force_upcast", False)))
+    if pipe.vae.dtype != vd:
+        pipe.vae.to(dtype=vd)
+    # The pipeline's own decode would upcast a fp16 VAE to fp32 and back at every call.
+    if vd != torch.float16:
+        pipe.vae.register_to_config(force_upcast=False)
+    done["vae_dtype"] = str(vd).removeprefix("torch.")
+    if s.vae_tiling:
+        pipe.vae.enable_tiling()
+        done["vae_tiling"] = True
+    if s.vae_slicing:
+        pipe.vae.enable_slicing()
+        done["vae_slicing"] = True
+    if s.fuse_qkv:
+        try:
+            pipe.fuse_qkv_projections()
+            done["fuse_qkv"] = True
+        except Exception as e:  # noqa: BLE001 - a model without it just runs unfused
+            log.warning("fused QKV projections unavailable: %s", e)
+    if s.channels_last:
+        pipe.unet.to(memory_format=torch.channels_last)
+        pipe.vae.to(memory_format=torch.channels_last)
+        done["channels_last"] = True
+    if s.compile != "off" and cuda:
+        mode = None if s.compile_mode == "default" else s.compile_mode
+        if s.compile == "regional":
+            pipe.unet.compile_repeated_blocks(fullgraph=True, mode=mode)
+        else:
+            pipe.unet = torch.compile(pipe.unet, fullgraph=True, mode=mode)
+        done["compile"] = s.compile + ("" if mode is None else f" ({mode})")
+        if s.compile_vae:
+            pipe.vae.decoder = torch.compile(pipe.vae.decoder, fullgraph=True, mode=mode)
+            done["compile_vae"] = True
+    done["optimize_s"] = round(time.perf_counter() - t0, 3)
+    log.info("speed settings: %s", done)
+    return done
+
+
+# Linear map from SDXL's 4 latent channels to RGB in [-1, 1] (the factors ComfyUI and
+# others use for SDXL previews).
+_LATENT_RGB = [
+    [0.3651, 0.4232, 0.4341],
+    [-0.2533, -0.0042, 0.1068],
+    [0.1076, 0.1111, -0.0362],
+    [-0.3165, -0.2492, -0.2188],
+]
+_LATENT_RGB_BIAS = [0.1084, -0.0175, -0.0011]
+
+
+class X0Tap:
+    """Wraps a scheduler's step to keep its predicted clean latents (x0), which make a far
+    clearer preview than the noisy latents of an early step. Schedulers that do not return
+    one leave `x0` as None."""
+
+    def __init__(self, scheduler):
+        self.x0 = None
+        orig = scheduler.step
+
+        def step(*args, **kwargs):
+            want_tuple = not kwargs.get("return_dict", True)
+            kwargs["return_dict"] = True
+            out = orig(*args, **kwargs)
+            self.x0 = getattr(out, "pred_original_sample", None)
+            return (out.prev_sample,) if want_tuple else out
+
+        scheduler.step = step
+
+
+class Previewer:
+    """Turns latents into a small RGB preview without the VAE, and without stopping the GPU:
+    the 4->3 projection runs on the device, the copy to the host is asynchronous, and the
+    PNG is written by a background thread once the copy has landed."""
+
+    def __init__(self, write):
+        self._write = write  # write(PIL image) -> None
+        self._thread: threading.Thread | None = None
+
+    def submit(self, latents, on_written=None) -> bool:
+        """Queues a preview of latents (C, H, W); returns False if the last is still pending."""
+        import torch
+
+        if self._thread is not None and self._thread.is_alive():
+            return False
+        with torch.no_grad():
+            m = torch.tensor(_LATENT_RGB, device=latents.device, dtype=torch.float32)
+            b = torch.tensor(_LATENT_RGB_BIAS, device=latents.device, dtype=torch.float32)
+            rgb = torch.einsum("chw,cr->hwr", latents.float(), m) + b
+            rgb = ((rgb + 1) * 127.5).clamp(0, 255).to(torch.uint8)
+            event = None
+            if rgb.is_cuda:
+                host = torch.empty(rgb.shape, dtype=torch.uint8, pin_memory=True)
+                host.copy_(rgb, non_blocking=True)
+                event = torch.cuda.Event()
+                event.record()
+            else:
+                host = rgb.cpu()
+
+        def finish() -> None:
+            from PIL import Image
+
+            if event is not None:
+                event.synchronize()
+            self._write(Image.fromarray(host.numpy(), "RGB"))
+            if on_written is not None:
+                on_written()
+
+        self._thread = threading.Thread(target=finish, name="preview", daemon=True)
+        self._thread.start()
+        return True
+
+    def wait(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+
+def encode_png(rgb, text: dict[str, str] | None = None, level: int = 1, threads: int = 0) -> bytes:
+    """A PNG of an (H, W, 3) uint8 array, deflated on several threads.
+
+    A 1024x1024 PNG costs PIL 0.1-1.5 s on one core (zlib level 6), as much as the whole
+    denoising loop on a fast GPU. Here the rows are filtered with numpy (the Up filter,
+    which suits photographs), cut into bands, and each band is deflated on its own thread
+    (zlib releases the GIL); the bands' streams end on a sync flush, so that joined they form
+    one valid zlib stream, as pigz does. Text chunks are tEXt, or iTXt (UTF-8) when a value
+    is not Latin-1, as PIL writes them."""
+    import struct
+    import zlib
+    from concurrent.futures import ThreadPoolExecutor
+
+    import numpy as np
+
+    a = np.ascontiguousarray(rgb, dtype=np.uint8)
+    if a.ndim != 3 or a.shape[2] != 3:
+        raise ValueError(f"encode_png wants an (H, W, 3) array, got {a.shape}")
+    h, w, _ = a.shape
+    rows = a.reshape(h, w * 3)
+    filt = np.empty((h, w * 3 + 1), dtype=np.uint8)
+    filt[:, 0] = 2  # Up
+    filt[0, 0] = 1  # Sub for the first row, which has no row above
+    filt[0, 1:4] = rows[0, :3]
+    filt[0, 4:] = rows[0, 3:] - rows[0, :-3]
+    filt[1:, 1:] = rows[1:] - rows[:-1]
+    raw = filt.reshape(-1)
+    n = threads or min(8, os.cpu_count() or 1)
+    band_rows = max(16, -(-h // n))
+    bands = [raw[i * (w * 3 + 1): min(h, i + band_rows) * (w * 3 + 1)]
+             for i in range(0, h, band_rows)]
+
+    def deflate(i_band):
+        i, band = i_band
+        c = zlib.compressobj(level, zlib.DEFLATED, -15)
+        last = i == len(bands) - 1
+        return c.compress(band.tobytes()) + c.flush(zlib.Z_FINISH if last else zlib.Z_SYNC_FLUSH)
+
+    if len(bands) > 1:
+        with ThreadPoolExecutor(len(bands)) as ex:
+            parts = list(ex.map(deflate, enumerate(bands)))
+    else:
+        parts = [deflate((0, bands[0]))]
+    adler = zlib.adler32(raw.tobytes())
+    # zlib header: deflate, 32K window, no dictionary, a check value that makes it /31.
+    idat = b"\x78\x01" + b"".join(parts) + struct.pack(">I", adler)
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    out = [b"\x89PNG\r\n\x1a\n", chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))]
+    for k, v in (text or {}).items():
+        try:
+            out.append(chunk(b"tEXt", k.encode("latin-1") + b"\0" + v.encode("latin-1")))
+        except UnicodeEncodeError:
+            out.append(chunk(b"iTXt", k.encode("latin-1") + b"\0\0\0\0\0" + v.encode("utf-8")))
+    out.append(chunk(b"IDAT", idat))
+    out.append(chunk(b"IEND", b""))
+    return b"".join(out)

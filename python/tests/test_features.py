@@ -1,0 +1,350 @@
+"""Issue 3's features on the tiny models, in process: each one shows an effect, records
+itself in the PNG metadata, and refuses bad input naming the field."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from atelier_worker import pipeline, tiny
+from atelier_worker.pipeline import Engine, Job
+from atelier_worker.protocol import decode_request
+from conftest import new_id, request
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model):
+    return Engine("cpu", torch.float32)
+
+
+@pytest.fixture(scope="module")
+def pics(tmp_path_factory):
+    """Input images: a noisy picture, a square mask on it, and a control picture of another
+    size than the output."""
+    d = tmp_path_factory.mktemp("inputs")
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(d / "init.png")
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (20, 20, 44, 44))
+    mask.save(d / "mask.png")
+    mask.resize((32, 32)).save(d / "mask32.png")
+    control = Image.new("RGB", (100, 60), "black")
+    control.paste((255, 255, 255), (30, 10, 70, 50))
+    control.save(d / "control.png")
+    return d
+
+
+def run(engine, out, **overrides):
+    msgs: list = []
+    job = Job(id=new_id("feat"), request=decode_request(request(out, **overrides)))
+    res = engine.run(job, msgs.append)
+    return res, msgs
+
+
+def ok(engine, out, **overrides):
+    res, msgs = run(engine, out, **overrides)
+    assert res.type == "result", res
+    return res, msgs
+
+
+def px(res, i: int = 0) -> np.ndarray:
+    with Image.open(res.images[i].path) as im:
+        return np.asarray(im.convert("RGB")).astype(np.int16)
+
+
+def params(res, i: int = 0) -> str:
+    with Image.open(res.images[i].path) as im:
+        return im.info["parameters"]
+
+
+def progress(msgs, stage=None):
+    return [(m.stage, m.step, m.total) for m in msgs if m.type == "progress"
+            and (stage is None or m.stage == stage)]
+
+
+def differ(a, b) -> float:
+    return float(np.abs(a - b).mean())
+
+
+def test_lora_weight_has_an_effect_and_zero_equals_none(engine, tmp_path):
+    plain = px(ok(engine, tmp_path)[0])
+    one, msgs = ok(engine, tmp_path, loras=[{"path": "tiny-lora", "weight": 1}])
+    assert ("loading_model", 0, 0) in progress(msgs)
+    zero, msgs = ok(engine, tmp_path, loras=[{"path": "tiny-lora", "weight": 0}])
+    assert "loading_model" not in [s for s, *_ in progress(msgs)]  # kept from the last job
+    neg = px(ok(engine, tmp_path, loras=[{"path": "tiny-lora", "weight": -2}])[0])
+    assert differ(px(one), plain) > 0.5 and differ(neg, plain) > 0.5
+    assert np.abs(px(zero) - plain).max() <= 1
+    lora_file = tiny.create_extra("tiny-lora", engine.cache_dir)
+    h = pipeline.loras.file_sha256(lora_file)[:10]
+    text = params(one)
+    assert f'Lora hashes: "tiny-lora: {h}"' in text and 'Loras: "<lora:tiny-lora:1>"' in text
+    # A job without LoRAs unloads them; the picture is the plain one again.
+    again = px(ok(engine, tmp_path)[0])
+    assert np.array_equal(again, plain)
+    assert not pipeline.loras.loaded(engine._pipe)
+
+
+def test_every_scheduler_runs_and_gives_its_own_image(engine, tmp_path):
+    images = {}
+    for name in pipeline.schedulers.TABLE:
+        res, msgs = ok(engine, tmp_path, scheduler=name, steps=3)
+        images[name] = px(res)
+        total = progress(msgs, "denoising")[-1][2]
+        assert progress(msgs, "denoising")[-1][1] == total
+        assert total == (5 if name in ("heun", "dpm2", "dpm2_a") else 3), name
+        assert f"Sampler: {pipeline.schedulers.sampler_name(name)}, " in params(res)
+    names = list(images)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            assert not np.array_equal(images[a], images[b]), (a, b)
+
+
+def test_schedules_change_the_sigmas_and_are_checked(engine, tmp_path):
+    plain = px(ok(engine, tmp_path, scheduler="dpmpp_2m", steps=3)[0])
+    for schedule in pipeline.schedulers.supported_schedules("dpmpp_2m"):
+        res, _ = ok(engine, tmp_path, scheduler="dpmpp_2m", schedule=schedule, steps=3)
+        assert not np.array_equal(px(res), plain), schedule
+        assert f"Schedule type: {pipeline.schedulers.schedule_name(schedule)}, " in params(res)
+    err, _ = run(engine, tmp_path, scheduler="ddim", schedule="karras")
+    assert (err.code, err.field) == ("invalid_request", "schedule") and "DDIM" in err.message
+
+
+def test_img2img_follows_the_init_image_by_strength(engine, tmp_path, pics):
+    init = str(pics / "init.png")
+    low, msgs = ok(engine, tmp_path, init_image=init, strength=0.25, steps=8)
+    assert progress(msgs, "denoising")[-1] == ("denoising", 2, 2)
+    high, _ = ok(engine, tmp_path, init_image=init, strength=1.0, steps=8)
+    src = np.asarray(Image.open(init)).astype(np.int16)
+    assert differ(px(low), src) < differ(px(high), src)
+    assert "Denoising strength: 0.25, " in params(low)
+    err, _ = run(engine, tmp_path, init_image=init, strength=0.1, steps=4)
+    assert (err.code, err.field) == ("invalid_request", "strength")
+
+
+@pytest.mark.parametrize("padding", [0, 8])
+def test_inpaint_keeps_the_pixels_outside_the_blurred_mask(engine, tmp_path, pics, padding):
+    res, _ = ok(engine, tmp_path, init_image=str(pics / "init.png"),
+                mask_image=str(pics / "mask.png"), mask_blur=4, mask_padding=padding)
+    src = np.asarray(Image.open(pics / "init.png")).astype(np.int16)
+    blurred = np.asarray(Image.open(pics / "mask.png").filter(
+        __import__("PIL.ImageFilter").ImageFilter.GaussianBlur(4)))
+    out = px(res)
+    outside = blurred == 0
+    assert outside.sum() > 1000
+    assert np.abs(out[outside] - src[outside]).max() <= 1
+    inside = blurred == 255
+    assert differ(out[inside], src[inside]) > 10
+    text = params(res)
+    assert "Mask blur: 4, " in text
+    assert ("Inpaint area: Only masked, Masked area padding: 8, " in text) == (padding > 0)
+
+
+def test_mask_of_another_size_is_refused(engine, tmp_path, pics):
+    err, _ = run(engine, tmp_path, init_image=str(pics / "init.png"),
+                 mask_image=str(pics / "mask32.png"))
+    assert (err.code, err.field) == ("invalid_request", "mask_image")
+    assert "32x32" in err.message and "64x64" in err.message
+
+
+def test_controlnet_scale_zero_equals_none_and_canny_image_is_returned(engine, tmp_path, pics):
+    plain = px(ok(engine, tmp_path)[0])
+    cn = {"type": "canny", "model": "tiny-controlnet", "image": str(pics / "control.png")}
+    zero, _ = ok(engine, tmp_path, controlnets=[{**cn, "scale": 0}])
+    assert np.abs(px(zero) - plain).max() <= 1
+    one, msgs = ok(engine, tmp_path, controlnets=[{**cn, "canny_low": 50, "canny_high": 150}])
+    assert differ(px(one), plain) > 0.5
+    assert "preprocessing" in [s for s, *_ in progress(msgs)]
+    [control] = one.control_images
+    with Image.open(control) as im:  # resized from 100x60, never refused for its size
+        assert im.size == (64, 64)
+        edges = np.asarray(im)
+    assert set(np.unique(edges)) <= {0, 255} and (edges == 255).any()
+    assert ('ControlNet 0: "Module: canny, Model: tiny-controlnet, Weight: 1, Guidance Start: 0, '
+            'Guidance End: 1, Threshold A: 50, Threshold B: 150"') in params(one)
+    # Two at once (MultiControlNet), one of them a prepared image with a guidance window.
+    two, _ = ok(engine, tmp_path, controlnets=[
+        cn, {"type": "depth", "model": "tiny-controlnet", "image": str(pics / "init.png"),
+             "scale": 0.5, "start": 0.2, "end": 0.8}])
+    assert len(two.control_images) == 2 and differ(px(two), px(one)) > 0.1
+    assert 'ControlNet 1: "Module: none, Type: depth, ' in params(two)
+
+
+def test_controlnet_for_another_architecture_is_refused(engine, tmp_path, pics):
+    src = tiny.create_extra("tiny-controlnet", engine.cache_dir)
+    other = tmp_path / "sd15-controlnet"
+    shutil.copytree(src, other)
+    cfg = json.loads((other / "config.json").read_text())
+    cfg["cross_attention_dim"] = 768
+    (other / "config.json").write_text(json.dumps(cfg))
+    err, _ = run(engine, tmp_path, controlnets=[
+        {"type": "canny", "model": "tiny-controlnet", "image": str(pics / "control.png")},
+        {"type": "canny", "model": str(other), "image": str(pics / "control.png")}])
+    assert (err.code, err.field) == ("invalid_request", "controlnets[1].model")
+    assert "cross_attention_dim" in err.message and str(other) in err.message
+
+
+def test_refiner_runs_after_the_base(engine, tmp_path):
+    plain = px(ok(engine, tmp_path, steps=5)[0])
+    res, msgs = ok(engine, tmp_path, steps=5, refiner="tiny-refiner", refiner_switch=0.6)
+    stages = [s for s, *_ in progress(msgs)]
+    assert stages.index("denoising") < stages.index("refining") < stages.index("decoding")
+    assert progress(msgs, "denoising")[-1] == ("denoising", 3, 3)
+    assert progress(msgs, "refining") == [("refining", i, 2) for i in range(3)]
+    assert differ(px(res), plain) > 0.1
+    assert "Refiner: tiny-refiner, Refiner switch at: 0.6, " in params(res)
+
+
+
+def test_refiner_after_img2img_with_controlnet(engine, tmp_path, pics):
+    # diffusers' ControlNet img2img pipeline has no denoising_end: the worker stops it at the
+    # switch itself. 4 steps x 0.75 strength = 3 timesteps (501, 251, 1); the switch at 0.8
+    # (t = 200) leaves 2 to the base and 1 to the refiner.
+    res, msgs = ok(engine, tmp_path, init_image=str(pics / "init.png"), refiner="tiny-refiner",
+                   controlnets=[{"type": "canny", "model": "tiny-controlnet",
+                                 "image": str(pics / "control.png")}])
+    assert progress(msgs, "denoising") == [("denoising", i, 2) for i in range(3)]
+    assert progress(msgs, "refining") == [("refining", 0, 1), ("refining", 1, 1)]
+
+
+def test_vae_choice_and_nan_fallback(engine, tmp_path, monkeypatch, caplog):
+    plain = px(ok(engine, tmp_path)[0])
+    res, _ = ok(engine, tmp_path, vae="tiny-vae")
+    assert differ(px(res), plain) > 1 and "VAE: tiny-vae, " in params(res)
+    assert not res.metrics.vae_fallback
+    assert np.array_equal(px(ok(engine, tmp_path)[0]), plain)  # back to the model's own
+
+    real = pipeline._vae_decode
+    calls = []
+
+    def nan_once(vae, latents, settings):
+        image = real(vae, latents, settings)
+        calls.append(1)
+        return image * float("nan") if len(calls) == 1 else image
+
+    monkeypatch.setattr(pipeline, "_vae_decode", nan_once)
+    with caplog.at_level("WARNING", logger="atelier.pipeline"):
+        res, _ = ok(engine, tmp_path)
+    assert res.metrics.vae_fallback and len(calls) == 2
+    assert np.array_equal(px(res), plain)
+    assert any("NaN" in r.getMessage() for r in caplog.records)
+
+
+def test_upscale_lanczos_and_model(engine, tmp_path):
+    res, msgs = ok(engine, tmp_path, upscaler="lanczos")
+    assert (res.images[0].width, res.images[0].height) == (128, 128)
+    assert px(res).shape == (128, 128, 3)
+    assert ("upscaling", 0, 1) in progress(msgs)
+    text = params(res)
+    assert "Size: 64x64, " in text and "Postprocess upscaler: Lanczos, Postprocess upscale by: 2, " in text
+    res, _ = ok(engine, tmp_path, upscaler="tiny-upscaler", upscale=1.5, batch_size=2)
+    assert [(i.width, i.height) for i in res.images] == [(96, 96), (96, 96)]
+    assert "Postprocess upscaler: tiny-upscaler, Postprocess upscale by: 1.5, " in params(res)
+
+
+def test_batch_splits_when_out_of_memory(engine, tmp_path, monkeypatch):
+    single = px(ok(engine, tmp_path, seed=8)[0])
+    real = Engine._denoise_chunk
+    sizes = []
+
+    def small_device(self, job, plan, runner, refiner, seeds, *a):
+        sizes.append(len(seeds))
+        if len(seeds) > 1:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.00 GiB")
+        return real(self, job, plan, runner, refiner, seeds, *a)
+
+    monkeypatch.setattr(Engine, "_denoise_chunk", small_device)
+    res, _ = ok(engine, tmp_path, batch_size=3)
+    assert sizes == [3, 1, 1, 1]  # 3 fails, then halves to 1 (3 // 2 = 1)
+    assert [i.seed for i in res.images] == [7, 8, 9] and res.metrics.batch_chunks == 3
+    assert np.array_equal(px(res, 1), single)
+    assert "Seed: 9, " in params(res, 2)
+
+
+@pytest.mark.parametrize("overrides,field,code", [
+    ({"loras": [{"path": "NOTALORA"}]}, "loras[0].path", "invalid_request"),
+    ({"loras": [{"path": "/nowhere/style.safetensors"}]}, "loras[0].path", "invalid_request"),
+    ({"upscaler": "NOTALORA"}, "upscaler", "invalid_request"),
+    ({"vae": "/nowhere/vae"}, "vae", "invalid_request"),
+    ({"refiner": "/nowhere/refiner"}, "refiner", "invalid_request"),
+    ({"init_image": "/nowhere/init.png"}, "init_image", "invalid_request"),
+    ({"controlnets": [{"type": "canny", "model": "tiny-controlnet", "image": "/nowhere/c.png"}]},
+     "controlnets[0].image", "invalid_request"),
+    ({"vae": "PICKLE"}, "vae", "unsupported"),
+])
+def test_bad_files_name_their_field(engine, tmp_path, overrides, field, code):
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{\"a\": \"b\"}      " + bytes(64))
+    pickle = tmp_path / "vae.pt"
+    pickle.write_bytes(b"\x80\x02}q\x00.")
+    text = json.dumps(overrides).replace("NOTALORA", str(junk)).replace("PICKLE", str(pickle))
+    err, _ = run(engine, tmp_path, **json.loads(text))
+    assert (err.type, err.code, err.field) == ("error", code, field), err
+    # The engine goes on.
+    ok(engine, tmp_path, steps=1)
+
+
+def test_single_file_checkpoint_loads_like_the_folder(engine, tmp_path):
+    folder = px(ok(engine, tmp_path)[0])
+    res, msgs = ok(engine, tmp_path, model="tiny-single-file")
+    assert ("loading_model", 0, 0) in progress(msgs)
+    assert np.abs(px(res) - folder).max() <= 1
+    assert "Model: tiny-single-file, " in params(res)
+    # A LoRA given as the model is refused by its header, before anything loads.
+    lora = tiny.create_extra("tiny-lora", engine.cache_dir)
+    err, _ = run(engine, tmp_path, model=lora)
+    assert (err.code, err.field) == ("unsupported", "model") and "LoRA" in err.message
+
+
+def test_single_file_vae_in_both_layouts(engine, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from atelier_worker import single_file
+
+    folder_vae, _ = ok(engine, tmp_path, vae="tiny-vae")
+    src = tiny.create_extra("tiny-vae", engine.cache_dir)
+    sd = load_file(os.path.join(src, "diffusion_pytorch_model.safetensors"))
+    cfg = json.loads(open(os.path.join(src, "config.json")).read())
+    save_file(sd, str(tmp_path / "diffusers-layout.safetensors"))
+    save_file({k: v.contiguous() for k, v in single_file.vae_to_original(sd, cfg, prefix="").items()},
+              str(tmp_path / "original-layout.safetensors"))
+    for name in ("diffusers-layout", "original-layout"):
+        res, _ = ok(engine, tmp_path, vae=str(tmp_path / f"{name}.safetensors"))
+        assert np.abs(px(res) - px(folder_vae)).max() <= 1, name
+        assert f"VAE: {name}, " in params(res)
+
+
+def test_sdxl_configs_and_clip_tokenizer_are_available_offline(tmp_path):
+    from transformers import CLIPTokenizer
+
+    from atelier_worker import single_file
+
+    folder = single_file.sdxl_config(str(tmp_path))
+    for name in ("tokenizer", "tokenizer_2"):
+        tok = CLIPTokenizer.from_pretrained(os.path.join(folder, name))
+        assert len(tok) == 49408
+        # OpenAI CLIP's ids for this sentence.
+        assert tok("a photo of a cat").input_ids == [49406, 320, 1125, 539, 320, 2368, 49407]
+    unet = json.loads(open(os.path.join(folder, "unet", "config.json")).read())
+    assert unet["cross_attention_dim"] == 2048 and unet["_class_name"] == "UNet2DConditionModel"
+
+
+def test_warm_models_are_kept_up_to_the_limit(tiny_model, tmp_path, monkeypatch):
+    monkeypatch.setenv("ATELIER_WARM_MODELS", "2")
+    two = Engine("cpu", torch.float32)
+    loads = lambda msgs: [s for s, *_ in progress(msgs)].count("loading_model")  # noqa: E731
+    for model, expected in (("tiny", 1), ("tiny-single-file", 1), ("tiny", 0), ("tiny-single-file", 0)):
+        _, msgs = ok(two, tmp_path, model=model, steps=1)
+        assert loads(msgs) == expected, model
+    monkeypatch.setenv("ATELIER_WARM_MODELS", "1")
+    one = Engine("cpu", torch.float32)
+    for model in ("tiny", "tiny-single-file", "tiny"):
+        _, msgs = ok(one, tmp_path, model=model, steps=1)
+        assert loads(msgs) == 1, model
+    assert len(one._models) == 1
