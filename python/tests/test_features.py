@@ -91,6 +91,23 @@ def test_lora_weight_has_an_effect_and_zero_equals_none(engine, tmp_path):
     assert not pipeline.loras.loaded(engine._pipe)
 
 
+def test_kohya_format_lora_gives_the_same_image(engine, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    peft = tiny.create_extra("tiny-lora", engine.cache_dir)
+    kohya = {}
+    for k, v in load_file(peft).items():
+        name, kind = k.removeprefix("unet.").rsplit(".lora.", 1)
+        base = "lora_unet_" + name.replace(".", "_")
+        kohya[f"{base}.lora_{kind}"] = v
+        kohya[f"{base}.alpha"] = torch.tensor(4.0)  # rank 4: scale 1, as the PEFT file's
+    save_file(kohya, str(tmp_path / "kohya-style.safetensors"))
+    a = px(ok(engine, tmp_path, loras=[{"path": "tiny-lora", "weight": 0.7}])[0])
+    b, _ = ok(engine, tmp_path, loras=[{"path": str(tmp_path / "kohya-style.safetensors"), "weight": 0.7}])
+    assert np.abs(px(b) - a).max() <= 1
+    assert 'Loras: "<lora:kohya-style:0.7>"' in params(b)
+
+
 def test_every_scheduler_runs_and_gives_its_own_image(engine, tmp_path):
     images = {}
     for name in pipeline.schedulers.TABLE:
@@ -348,3 +365,16 @@ def test_warm_models_are_kept_up_to_the_limit(tiny_model, tmp_path, monkeypatch)
         _, msgs = ok(one, tmp_path, model=model, steps=1)
         assert loads(msgs) == 1, model
     assert len(one._models) == 1
+
+
+def test_tiled_upscaling_has_no_seams(tiny_model):
+    from atelier_worker import upscale
+
+    desc = upscale.load(tiny.create_extra("tiny-upscaler", os.path.dirname(os.path.dirname(tiny_model))), "cpu")
+    assert desc.scale == 2 and desc.architecture.name == "RealESRGAN Compact"
+    rng = np.random.default_rng(1)
+    image = Image.fromarray(rng.integers(0, 256, (36, 40, 3), dtype=np.uint8))
+    whole = np.asarray(upscale._run_tiled(desc, image, tile=1024)).astype(np.int16)
+    tiled = np.asarray(upscale._run_tiled(desc, image, tile=16, overlap=8)).astype(np.int16)
+    assert whole.shape == (72, 80, 3) and np.abs(whole - tiled).max() <= 1
+    assert upscale.upscale(image, 4, desc).size == (160, 144)  # two model passes
