@@ -90,6 +90,8 @@ type form struct {
 	syncing bool
 	// models remembers recently used model paths for the model drop-down.
 	models []string
+	// feat are the feature sections (sampling, LoRA, ControlNet …).
+	feat *sections
 }
 
 func newForm(onSubmit func(), do func(func())) *form {
@@ -174,7 +176,39 @@ func newForm(onSubmit func(), do func(func())) *form {
 		l.Hide()
 		f.errs[name] = l
 	}
+	f.feat = newSections(f, onSubmit, do)
 	return f
+}
+
+// addErrorLabel gives a field its red label (hidden until an error comes).
+func (f *form) addErrorLabel(name string) {
+	if _, ok := f.errs[name]; !ok {
+		f.errs[name] = errLabel()
+	}
+}
+
+// linkSliderLabel is linkSlider for a row whose error label is its own.
+func (f *form) linkSliderLabel(errl *widget.Label, e *submitEntry, s *widget.Slider, format func(float64) string) {
+	s.OnChanged = func(v float64) {
+		if f.syncing {
+			return
+		}
+		f.syncing = true
+		e.SetText(format(v))
+		f.syncing = false
+	}
+	e.OnChanged = func(text string) {
+		errl.Hide()
+		e.SetValidationError(nil)
+		if f.syncing {
+			return
+		}
+		if v, err := strconv.ParseFloat(strings.TrimSpace(text), 64); err == nil && v >= s.Min && v <= s.Max {
+			f.syncing = true
+			s.SetValue(v)
+			f.syncing = false
+		}
+	}
 }
 
 // linkSlider keeps an entry and its slider in step; the entry stays the source
@@ -267,6 +301,7 @@ func (f *form) set(r core.Request) {
 		batch = core.MinBatch
 	}
 	f.batch.SetSelected(strconv.Itoa(batch))
+	f.feat.set(r)
 	f.clearErrors()
 }
 
@@ -302,6 +337,10 @@ func (f *form) request() (core.Request, *core.ValidationError) {
 	r.BatchSize, _ = strconv.Atoi(f.batch.Selected)
 	// Previews are cheap latent→RGB files; the UI coalesces them to the frame rate.
 	r.PreviewEvery = 1
+	f.feat.read(&r, &errs)
+	if _, fe := f.feat.count(); fe != nil {
+		errs = append(errs, fe)
+	}
 
 	if err := r.Validate(); err != nil {
 		if v, ok := core.AsValidation(err); ok {
@@ -347,7 +386,7 @@ func (f *form) showErrors(v *core.ValidationError) []*core.FieldError {
 // showError marks one field with a validation message ("must be …"), naming
 // the field; it reports false for a field the form lacks.
 func (f *form) showError(field, message string) bool {
-	return f.showErrorText(field, fieldTitles[field]+" "+message)
+	return f.showErrorText(field, title(field)+" "+message)
 }
 
 // showErrorText marks one field with a message that stands on its own.
@@ -358,6 +397,7 @@ func (f *form) showErrorText(field, msg string) bool {
 	}
 	l.SetText(msg)
 	l.Show()
+	f.feat.openSectionOf(field)
 	if e, ok := f.entries[field]; ok {
 		e.SetValidationError(fmt.Errorf("%s", msg))
 	}
@@ -472,10 +512,6 @@ func (f *form) content() fyne.CanvasObject {
 		f.modelHint,
 		f.errs[fModel],
 		widget.NewSeparator(),
-		container.NewGridWithColumns(2,
-			container.NewVBox(caption(fieldTitles[fScheduler]), f.scheduler),
-			container.NewVBox(caption(fieldTitles[fBatch]), f.batch)),
-		f.errs[fScheduler], f.errs[fBatch],
 		field(fSteps, sliderRow(f.steps, f.stepsSlider)),
 		field(fCFG, sliderRow(f.cfg, f.cfgSlider)),
 		widget.NewSeparator(),
@@ -487,6 +523,8 @@ func (f *form) content() fyne.CanvasObject {
 		caption("Seed (-1 = random)"),
 		container.NewBorder(nil, nil, nil, container.NewHBox(f.dice, f.anySeed), f.seed),
 		f.errs[fSeed],
+		widget.NewSeparator(),
+		f.feat.content(),
 	)
 }
 

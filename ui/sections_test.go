@@ -1,0 +1,252 @@
+package ui
+
+import (
+	"image"
+	"image/color"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"fyne.io/fyne/v2"
+	"fyne.io/fyne/v2/test"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"atelier/core"
+)
+
+func TestEverySectionCanBeFilled(t *testing.T) {
+	s := newTestStudio(t, &fakeGen{}, &memHistory{})
+	f, x := s.form, s.form.feat
+	setForm(s, "a lighthouse", 4, 64, 64)
+	f.seed.SetText("7")
+
+	f.scheduler.SetSelected("dpmpp_2m")
+	x.schedule.SetSelected("Karras")
+
+	test.Tap(x.addLoRA)
+	test.Tap(x.addLoRA)
+	require.Len(t, x.loras, 2)
+	x.loras[0].path.SetText("/loras/detail.safetensors")
+	x.loras[0].slider.SetValue(-1.5) // the slider writes the entry
+	x.loras[1].weight.SetText("0.8")
+
+	test.Tap(x.addCN)
+	require.Len(t, x.cns, 1)
+	cn := x.cns[0]
+	cn.kind.SetSelected("canny")
+	cn.model.SetText(core.TinyControlNet)
+	cn.image.SetText("/in/edges.png")
+	cn.scale.SetText("0.7")
+	cn.start.SetText("0.1")
+	cn.end.SetText("0.9")
+	cn.cannyLow.SetText("50")
+	cn.cannyHigh.SetText("150")
+
+	x.refiner.SetText(core.TinyRefiner)
+	x.refinerSlider.SetValue(0.7)
+	x.vae.SetText(core.TinyVAE)
+	x.initImage.SetText("/in/photo.png")
+	x.strength.SetText("0.5")
+	x.mask.SetText("/in/mask.png")
+	x.maskBlur.SetText("0")
+	x.maskPadding.SetText("32")
+	x.upscaler.SetText(core.LanczosUpscaler)
+	x.upscale.SetText("1.5")
+	f.batch.SetSelected("2")
+	x.batchCount.SetText("3")
+
+	req, verr := f.request()
+	require.Nil(t, verr)
+	assert.Equal(t, "dpmpp_2m", req.Scheduler)
+	assert.Equal(t, "karras", req.Schedule)
+	assert.Equal(t, []core.LoRA{{Path: "/loras/detail.safetensors", Weight: -1.5}, {Path: core.TinyLoRA, Weight: 0.8}}, req.LoRAs)
+	assert.Equal(t, []core.ControlNet{{Type: "canny", Model: core.TinyControlNet, Image: "/in/edges.png", Scale: 0.7,
+		Start: 0.1, End: 0.9, CannyLow: 50, CannyHigh: 150}}, req.ControlNets)
+	assert.Equal(t, core.TinyRefiner, req.Refiner)
+	assert.Equal(t, 0.7, req.RefinerSwitch)
+	assert.Equal(t, core.TinyVAE, req.VAE)
+	assert.Equal(t, "/in/photo.png", req.InitImage)
+	assert.Equal(t, 0.5, req.Strength)
+	assert.Equal(t, "/in/mask.png", req.MaskImage)
+	require.NotNil(t, req.MaskBlur)
+	assert.Equal(t, 0, *req.MaskBlur)
+	assert.Equal(t, 32, req.MaskPadding)
+	assert.Equal(t, core.LanczosUpscaler, req.Upscaler)
+	assert.Equal(t, 1.5, req.Upscale)
+	assert.Equal(t, 2, req.BatchSize)
+	n, fe := x.count()
+	assert.Nil(t, fe)
+	assert.Equal(t, 3, n)
+
+	// The form shows a request it was given, features and all.
+	f.set(core.DefaultRequest())
+	assert.Empty(t, x.loras)
+	f.set(req)
+	got, verr := f.request()
+	require.Nil(t, verr)
+	assert.Equal(t, req, got)
+}
+
+func TestInvalidSectionValuesAreShownBesideTheirField(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		fill  func(x *sections)
+		field string
+		want  string
+	}{
+		{"lora weight", func(x *sections) { x.addLoRARow(core.LoRA{Path: core.TinyLoRA, Weight: 1}).weight.SetText("7") },
+			"loras[0].weight", "between -5 and 5"},
+		{"lora weight text", func(x *sections) { x.addLoRARow(core.LoRA{Path: core.TinyLoRA, Weight: 1}).weight.SetText("lots") },
+			"loras[0].weight", "must be a number"},
+		{"lora pickle", func(x *sections) {
+			x.addLoRARow(core.LoRA{Path: core.TinyLoRA, Weight: 1})
+			x.addLoRARow(core.LoRA{Path: "/old/style.ckpt", Weight: 1})
+		}, "loras[1].path", "pickle"},
+		{"controlnet end", func(x *sections) {
+			r := x.addCNRow(core.DefaultControlNet())
+			r.image.SetText("/c.png")
+			r.start.SetText("0.6")
+			r.end.SetText("0.4")
+		}, "controlnets[0].end", "after start"},
+		{"controlnet image", func(x *sections) { x.addCNRow(core.DefaultControlNet()) }, "controlnets[0].image", "control image"},
+		{"controlnet canny", func(x *sections) {
+			r := x.addCNRow(core.DefaultControlNet())
+			r.image.SetText("/c.png")
+			r.cannyLow.SetText("300")
+		}, "controlnets[0].canny_low", "between 0 and 255"},
+		{"refiner switch", func(x *sections) { x.refiner.SetText(core.TinyRefiner); x.refinerSwitch.SetText("1") },
+			fRefinerSwitch, "above 0 and below 1"},
+		{"vae pickle", func(x *sections) { x.vae.SetText("/vae/x.pt") }, fVAE, "pickle"},
+		{"strength", func(x *sections) { x.initImage.SetText("/i.png"); x.strength.SetText("1.5") }, fStrength, "at most 1"},
+		{"mask without init image", func(x *sections) { x.mask.SetText("/m.png") }, fMask, "init image"},
+		{"mask blur", func(x *sections) { x.initImage.SetText("/i.png"); x.mask.SetText("/m.png"); x.maskBlur.SetText("99") },
+			fMaskBlur, "between 0 and 64"},
+		{"upscale", func(x *sections) { x.upscaler.SetText(core.LanczosUpscaler); x.upscale.SetText("9") }, fUpscale, "between 1 and 4"},
+		{"upscaler not a model", func(x *sections) { x.upscaler.SetText("bicubic") }, fUpscaler, "lanczos"},
+		{"batch count", func(x *sections) { x.batchCount.SetText("0") }, fBatchCount, "from 1 to 100"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			gen := &fakeGen{}
+			s := newTestStudio(t, gen, &memHistory{})
+			setForm(s, "a lighthouse", 4, 64, 64)
+			tc.fill(s.form.feat)
+			s.Generate()
+			s.q.drain()
+			msg := s.form.fieldError(tc.field)
+			assert.Contains(t, msg, tc.want, "the message beside %s", tc.field)
+			assert.Equal(t, int32(0), gen.calls.Load(), "an invalid form runs no job")
+		})
+	}
+}
+
+func TestRemovingARowRenumbersItsErrors(t *testing.T) {
+	s := newTestStudio(t, &fakeGen{}, &memHistory{})
+	setForm(s, "a lighthouse", 4, 64, 64)
+	x := s.form.feat
+	first := x.addLoRARow(core.LoRA{Path: core.TinyLoRA, Weight: 1})
+	x.addLoRARow(core.LoRA{Path: core.TinyLoRA, Weight: 9})
+	test.Tap(first.remove)
+	require.Len(t, x.loras, 1)
+	s.Generate()
+	assert.Contains(t, s.form.fieldError("loras[0].weight"), "LoRA 1 weight must be between -5 and 5")
+	assert.Empty(t, s.form.fieldError("loras[1].weight"))
+}
+
+func TestChoicesComeFromCapabilitiesAndLibrary(t *testing.T) {
+	s := newTestStudio(t, &fakeGen{}, &memHistory{})
+	f, x := s.form, s.form.feat
+	assert.Equal(t, core.Schedulers, f.scheduler.Options, "before a worker starts, core's list")
+
+	x.setCapabilities(&core.Capabilities{Schedulers: []string{"euler", "ddim"}, ControlNetTypes: []string{"canny", "depth"},
+		Schedules: map[string][]string{"euler": {"karras"}, "ddim": {}}})
+	assert.Equal(t, []string{"euler", "ddim"}, f.scheduler.Options)
+	f.scheduler.SetSelected("euler")
+	assert.Equal(t, []string{"Automatic", "Karras"}, x.schedule.Options)
+	f.scheduler.SetSelected("ddim")
+	assert.Equal(t, []string{"Automatic"}, x.schedule.Options, "ddim takes no sigma schedule")
+	r := x.addCNRow(core.DefaultControlNet())
+	assert.Equal(t, []string{"canny", "depth"}, r.kind.Options)
+
+	x.setLibrary(&core.Library{Entries: []core.LibraryEntry{
+		{Path: "/m/juggernaut.safetensors", Kind: core.KindCheckpoint},
+		{Path: "/m/detail.safetensors", Kind: core.KindLoRA},
+		{Path: "/m/old.ckpt", Kind: core.KindLoRA, Refused: "pickle"},
+		{Path: "/m/canny", Kind: core.KindControlNet},
+		{Path: "/m/vae-fix", Kind: core.KindVAE},
+		{Path: "/m/4x.safetensors", Kind: core.KindUpscaler},
+		{Path: "/m/refiner", Kind: core.KindRefiner},
+	}})
+	assert.Contains(t, x.choices[f.model], "/m/juggernaut.safetensors")
+	assert.Equal(t, []string{core.TinyLoRA, "/m/detail.safetensors"}, x.choices[x.addLoRARow(core.LoRA{Weight: 1}).path],
+		"refused files are not offered")
+	assert.Equal(t, []string{core.TinyControlNet, "/m/canny"}, x.choices[r.model])
+	assert.Equal(t, []string{core.TinyVAE, "/m/vae-fix"}, x.choices[x.vae])
+	assert.Equal(t, []string{core.LanczosUpscaler, "/m/4x.safetensors"}, x.choices[x.upscaler])
+	assert.Equal(t, []string{core.TinyRefiner, "/m/refiner"}, x.choices[x.refiner])
+}
+
+func TestPaintedMaskIsWrittenWithThePaintedPixels(t *testing.T) {
+	s := newTestStudio(t, &fakeGen{}, &memHistory{})
+	x := s.form.feat
+	dir := t.TempDir()
+	x.maskDir = filepath.Join(dir, "masks")
+	x.initImage.SetText(writePNG(t, dir, "init.png", 64, 32, color.NRGBA{R: 40, G: 90, B: 200, A: 255}))
+
+	test.Tap(x.paintMask)
+	require.NotNil(t, x.painter, "the painter opens over the init image")
+	w := x.painter
+	p := w.painter
+	p.Resize(fyne.NewSize(128, 64)) // twice the image's size: widget (20,20) is image (10,10)
+	w.size.SetValue(4)
+	p.Dragged(&fyne.DragEvent{PointEvent: fyne.PointEvent{Position: fyne.NewPos(20, 20)}})
+	p.Dragged(&fyne.DragEvent{PointEvent: fyne.PointEvent{Position: fyne.NewPos(30, 20)}})
+	p.DragEnd()
+	assert.Positive(t, p.painted())
+
+	test.Tap(w.use)
+	path := x.mask.Text
+	require.NotEmpty(t, path, "Use mask puts the written file into the mask field")
+	img, err := decodeImageFile(path)
+	require.NoError(t, err)
+	assert.Equal(t, image.Rect(0, 0, 64, 32), img.Bounds(), "the mask has the init image's size")
+	gray := func(x, y int) uint8 { return color.GrayModel.Convert(img.At(x, y)).(color.Gray).Y }
+	assert.Equal(t, uint8(255), gray(10, 10), "painted under the brush")
+	assert.Equal(t, uint8(255), gray(15, 10), "painted along the drag")
+	assert.Equal(t, uint8(0), gray(50, 25), "unpainted elsewhere")
+
+	// Reopening starts from that mask; Clear empties it and an empty mask is not used.
+	test.Tap(x.paintMask)
+	w = x.painter
+	assert.Positive(t, w.painter.painted())
+	test.Tap(w.clear)
+	assert.Zero(t, w.painter.painted())
+	test.Tap(w.use)
+	assert.Equal(t, path, x.mask.Text)
+	assert.NotEmpty(t, w.status.Text)
+}
+
+func TestPaintingWithoutAnInitImageSaysWhy(t *testing.T) {
+	s := newTestStudio(t, &fakeGen{}, &memHistory{})
+	x := s.form.feat
+	test.Tap(x.paintMask)
+	assert.Nil(t, x.painter)
+	assert.Contains(t, s.form.fieldError(fMask), "init image")
+}
+
+func TestResultShowsControlImagesAndVAEFallback(t *testing.T) {
+	s := newTestStudio(t, &fakeGen{}, &memHistory{})
+	x := s.form.feat
+	dir := t.TempDir()
+	ctl := writePNG(t, dir, "job-control-0.png", 64, 64, color.White)
+	x.showResult(&core.JobOutcome{ControlImages: []string{ctl}, Metrics: &core.Metrics{VAEFallback: true}})
+	assert.Len(t, x.controlImages.Objects, 1)
+	assert.True(t, x.controlTitle.Visible())
+	assert.True(t, x.vaeNote.Visible())
+	assert.Contains(t, x.vaeNote.Text, "float32")
+	x.showResult(&core.JobOutcome{Metrics: &core.Metrics{}})
+	assert.Empty(t, x.controlImages.Objects)
+	assert.False(t, x.vaeNote.Visible())
+	_, err := os.Stat(ctl)
+	require.NoError(t, err)
+}
