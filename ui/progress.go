@@ -91,11 +91,13 @@ type progressSnapshot struct {
 	Step, Total int
 	Note        string // the worker's start-up message, before any stage
 	Device      string
+	Refiner     bool // the job has a refiner: denoising is the base model's stage
+	Job, Jobs   int  // job Job of Jobs, with a batch count above 1
 }
 
 func newJobRun(req core.Request, cancel func()) *jobRun {
 	return &jobRun{req: req, start: time.Now(), cancel: cancel, done: make(chan struct{}),
-		frames: newThrottle(frameInterval)}
+		frames: newThrottle(frameInterval), snap: progressSnapshot{Refiner: req.Refiner != ""}}
 }
 
 // onEvent receives the runner's stream on its goroutine. It only records the
@@ -119,6 +121,9 @@ func (j *jobRun) onEvent(m core.Message) {
 		j.snap.Device = m.Device
 	case core.MsgProgress:
 		j.snap.Stage, j.snap.Step, j.snap.Total = m.Stage, m.Step, m.Total
+	case msgJob:
+		j.snap.Job, j.snap.Jobs = m.Step, m.Total
+		j.snap.Stage, j.snap.Step, j.snap.Total = "", 0, 0
 	case core.MsgPreview:
 		if preview != nil {
 			j.preview = preview
@@ -166,9 +171,12 @@ func smoothPreview(img image.Image) image.Image {
 var stageNames = map[string]string{
 	"loading_model":       "loading model",
 	"creating_tiny_model": "creating tiny model",
+	"preprocessing":       "preparing images",
 	"encoding":            "encoding prompt",
 	"denoising":           "denoising",
+	"refining":            "refiner — refining",
 	"decoding":            "decoding",
+	"upscaling":           "upscaling",
 	"saving":              "saving",
 }
 
@@ -181,6 +189,9 @@ func progressText(p progressSnapshot, elapsed time.Duration) string {
 		if s == "" {
 			s = p.Stage
 		}
+		if p.Stage == "denoising" && p.Refiner {
+			s = "base — denoising"
+		}
 	case p.Note != "":
 		s = "starting worker — " + p.Note
 	default:
@@ -188,6 +199,9 @@ func progressText(p progressSnapshot, elapsed time.Duration) string {
 	}
 	if p.Total > 0 {
 		s += fmt.Sprintf(" — %d/%d", p.Step, p.Total)
+	}
+	if p.Jobs > 1 {
+		s = fmt.Sprintf("job %d/%d · %s", p.Job, p.Jobs, s)
 	}
 	return s + " · " + formatElapsed(elapsed)
 }

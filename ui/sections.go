@@ -119,8 +119,9 @@ type sections struct {
 	batchCount *submitEntry
 	vaeNote    *widget.Label
 
-	caps *core.Capabilities
-	lib  *core.Library
+	caps     *core.Capabilities
+	lib      *core.Library
+	settings core.SettingsStore // where the model folders are kept; nil: no library
 	// choices remembers each drop-down's options (SelectEntry does not say).
 	choices map[*widget.SelectEntry][]string
 

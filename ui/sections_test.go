@@ -1,11 +1,15 @@
 package ui
 
 import (
+	"context"
+	"fmt"
 	"image"
 	"image/color"
 	"os"
 	"path/filepath"
+	"sync"
 	"testing"
+	"time"
 
 	"fyne.io/fyne/v2"
 	"fyne.io/fyne/v2/test"
@@ -249,4 +253,47 @@ func TestResultShowsControlImagesAndVAEFallback(t *testing.T) {
 	assert.False(t, x.vaeNote.Visible())
 	_, err := os.Stat(ctl)
 	require.NoError(t, err)
+}
+
+func TestProgressNamesTheBaseAndRefinerStagesAndTheJob(t *testing.T) {
+	j := newJobRun(core.Request{Refiner: core.TinyRefiner}, func() {})
+	j.onEvent(core.Message{Type: msgJob, Step: 2, Total: 3})
+	j.onEvent(core.Message{Type: core.MsgProgress, Stage: "denoising", Step: 3, Total: 4})
+	p, _ := j.snapshot()
+	assert.Equal(t, "job 2/3 · base — denoising — 3/4 · 1.0 s", progressText(p, time.Second))
+	j.onEvent(core.Message{Type: core.MsgProgress, Stage: "refining", Step: 1, Total: 1})
+	p, _ = j.snapshot()
+	assert.Equal(t, "job 2/3 · refiner — refining — 1/1 · 1.0 s", progressText(p, time.Second))
+	j.onEvent(core.Message{Type: core.MsgProgress, Stage: "upscaling", Step: 0, Total: 1})
+	p, _ = j.snapshot()
+	assert.Contains(t, progressText(p, time.Second), "upscaling — 0/1")
+}
+
+func TestBatchCountRunsJobsWithSteppedSeeds(t *testing.T) {
+	dir := t.TempDir()
+	var seeds []int64
+	var mu sync.Mutex
+	gen := &fakeGen{run: func(_ context.Context, req core.Request, _ func(core.Message)) (*core.JobOutcome, error) {
+		mu.Lock()
+		seeds = append(seeds, req.Seed)
+		mu.Unlock()
+		var out core.JobOutcome
+		for i := 0; i < req.BatchSize; i++ {
+			p := writePNG(t, dir, fmt.Sprintf("img-%d.png", req.Seed+int64(i)), 8, 8, color.White)
+			out.Images = append(out.Images, core.ImageResult{Path: p, Seed: req.Seed + int64(i), Width: 8, Height: 8})
+		}
+		out.Metrics = &core.Metrics{VAEFallback: true}
+		return &out, nil
+	}}
+	s := newTestStudio(t, gen, &memHistory{})
+	setForm(s, "a lighthouse", 4, 64, 64)
+	s.form.seed.SetText("100")
+	s.form.batch.SetSelected("2")
+	s.form.feat.batchCount.SetText("3")
+	s.Generate()
+	s.waitFor(t, 10*time.Second, "three jobs", func() bool { return s.job == nil })
+	assert.Equal(t, int32(3), gen.calls.Load())
+	assert.Equal(t, []int64{100, 102, 104}, seeds)
+	assert.Contains(t, s.status.text.Text, "6 images")
+	assert.True(t, s.form.feat.vaeNote.Visible(), "the VAE fallback is shown")
 }

@@ -80,6 +80,7 @@ func newStudioWith(a fyne.App, w fyne.Window, gen Generator, hist History, post 
 	s := &Studio{app: a, win: w, gen: gen, hist: hist, post: post, thumbs: newThumbCache()}
 	s.form = newForm(s.Generate, s.do)
 	s.form.load(a.Preferences())
+	s.form.feat.attach(gen, hist)
 
 	s.generate = widget.NewButtonWithIcon("Generate", theme.MediaPlayIcon(), s.Generate)
 	s.generate.Importance = widget.HighImportance
@@ -188,8 +189,9 @@ func (s *Studio) Generate() {
 			}
 		})
 	})
+	count, _ := s.form.feat.count() // validated with the request
 	go func() {
-		out, err := s.gen.Run(ctx, req, j.onEvent)
+		out, err := runJobs(ctx, s.gen, req, count, j.onEvent)
 		cancel()
 		close(j.done)
 		s.do(func() { s.finish(j, out, err) })
@@ -265,6 +267,7 @@ func (s *Studio) finish(j *jobRun, out *core.JobOutcome, err error) {
 	}
 	s.job = nil
 	s.setRunning(false)
+	s.form.feat.afterJob(s.gen, out)
 	p, _ := j.take()
 	elapsed := formatElapsed(time.Since(j.start))
 	j.mu.Lock()
@@ -373,6 +376,12 @@ func metricsText(m *core.Metrics) string {
 			d += " " + m.Dtype
 		}
 		parts = append(parts, d)
+	}
+	if m.BatchChunks > 1 {
+		parts = append(parts, fmt.Sprintf("batch in %d chunks", m.BatchChunks))
+	}
+	if m.VAEFallback {
+		parts = append(parts, "VAE fell back to float32")
 	}
 	return strings.Join(parts, " · ")
 }

@@ -1,0 +1,108 @@
+package ui
+
+import (
+	"context"
+	"time"
+
+	"atelier/core"
+)
+
+// capabilitySource is a generator that knows the worker's capabilities from
+// its latest hello (core.Runner over the bridge); nil before a worker started.
+type capabilitySource interface {
+	Capabilities() *core.Capabilities
+}
+
+// attach takes the choices from what the app has: the worker's capabilities
+// (once one has started) and the model library of the folders in the
+// settings, scanned off the UI goroutine.
+func (s *sections) attach(gen Generator, hist History) {
+	s.refreshCapabilities(gen)
+	if st, ok := hist.(core.SettingsStore); ok {
+		s.settings = st
+		s.rescan()
+	}
+}
+
+// rescan reads the model folders and scans them in the background.
+func (s *sections) rescan() {
+	st := s.settings
+	if st == nil {
+		return
+	}
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		folders, err := core.LibraryFolders(ctx, st)
+		if err != nil {
+			return // the library is an aid: the tiny parts and Browse… still work
+		}
+		lib := core.ScanLibrary(folders)
+		s.do(func() { s.setLibrary(lib) })
+	}()
+}
+
+// addLibraryFolder adds a model folder chosen in the app and rescans.
+func (s *sections) addLibraryFolder(dir string) {
+	st := s.settings
+	if st == nil {
+		return
+	}
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if _, err := core.AddLibraryFolder(ctx, st, dir); err != nil {
+			s.do(func() { s.f.showErrorText(fModel, "That folder cannot be added: "+err.Error()) })
+			return
+		}
+		s.rescan()
+	}()
+}
+
+// refreshCapabilities rebuilds the choices from the latest hello, if any.
+func (s *sections) refreshCapabilities(gen Generator) {
+	if src, ok := gen.(capabilitySource); ok {
+		if c := src.Capabilities(); c != nil {
+			s.setCapabilities(c)
+		}
+	}
+}
+
+// afterJob shows what the job reported beyond its images, and the choices of
+// the worker that ran it (a restarted worker may say something new).
+func (s *sections) afterJob(gen Generator, out *core.JobOutcome) {
+	s.showResult(out)
+	s.refreshCapabilities(gen)
+}
+
+// msgJob is a progress note of the studio's own: job Step of Total of a batch count.
+const msgJob = "atelier.job"
+
+// runJobs runs count jobs one after another, job k at seed + k × batch size
+// (a random seed resolved once), and returns their images together. It stops
+// at the first failure, returning what was made before it.
+func runJobs(ctx context.Context, gen Generator, req core.Request, count int, onEvent func(core.Message)) (*core.JobOutcome, error) {
+	if count <= 1 {
+		return gen.Run(ctx, req, onEvent)
+	}
+	reqs, err := core.ExpandBatchCount(req, count)
+	if err != nil {
+		return nil, err
+	}
+	var merged *core.JobOutcome
+	for k, r := range reqs {
+		onEvent(core.Message{Type: msgJob, Step: k + 1, Total: len(reqs)})
+		out, err := gen.Run(ctx, r, onEvent)
+		if out != nil {
+			if merged == nil {
+				merged = &core.JobOutcome{}
+			}
+			merged.JobID, merged.UID, merged.Metrics, merged.ControlImages = out.JobID, out.UID, out.Metrics, out.ControlImages
+			merged.Images = append(merged.Images, out.Images...)
+		}
+		if err != nil {
+			return merged, err
+		}
+	}
+	return merged, nil
+}
