@@ -508,7 +508,7 @@ func (f *form) content() fyne.CanvasObject {
 		field(fNegative, f.negative),
 		widget.NewSeparator(),
 		caption(fieldTitles[fModel]),
-		container.NewBorder(nil, nil, nil, f.browse, f.model),
+		container.NewBorder(nil, nil, nil, container.NewHBox(f.browse, f.feat.modelFile, f.feat.addFolder), f.model),
 		f.modelHint,
 		f.errs[fModel],
 		widget.NewSeparator(),

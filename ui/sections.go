@@ -119,6 +119,10 @@ type sections struct {
 	batchCount *submitEntry
 	vaeNote    *widget.Label
 
+	// modelFile chooses a single-file .safetensors checkpoint; addFolder adds
+	// a folder to the model library.
+	modelFile, addFolder *widget.Button
+
 	caps     *core.Capabilities
 	lib      *core.Library
 	settings core.SettingsStore // where the model folders are kept; nil: no library
@@ -191,6 +195,10 @@ func newSections(f *form, onSubmit func(), do func(func())) *sections {
 	s.batchCount = s.numberEntry(fBatchCount)
 	s.batchCount.SetPlaceHolder("1")
 
+	s.modelFile = s.browseButton(false, "Choose an SDXL checkpoint (.safetensors)", f.model.SetText, "safetensors")
+	s.addFolder = widget.NewButtonWithIcon("", theme.StorageIcon(), func() {
+		s.browse(func() (string, error) { return s.chooseFolder("Add a folder of models to the library") }, s.addLibraryFolder)
+	})
 	for name := range sectionTitles {
 		f.addErrorLabel(name)
 	}

@@ -297,3 +297,46 @@ func TestBatchCountRunsJobsWithSteppedSeeds(t *testing.T) {
 	assert.Contains(t, s.status.text.Text, "6 images")
 	assert.True(t, s.form.feat.vaeNote.Visible(), "the VAE fallback is shown")
 }
+
+type memSettings struct {
+	mu sync.Mutex
+	m  map[string]string
+}
+
+func (s *memSettings) GetSetting(_ context.Context, k string) (string, bool, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	v, ok := s.m[k]
+	return v, ok, nil
+}
+
+func (s *memSettings) SetSetting(_ context.Context, k, v string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.m[k] = v
+	return nil
+}
+
+// historyWithSettings is a History that also keeps settings, as core.Store does.
+type historyWithSettings struct {
+	memHistory
+	memSettings
+}
+
+func TestAddingAModelFolderFillsTheChoices(t *testing.T) {
+	models := t.TempDir()
+	require.NoError(t, os.MkdirAll(filepath.Join(models, "canny"), 0o755))
+	require.NoError(t, os.WriteFile(filepath.Join(models, "canny", "config.json"), []byte(`{"_class_name":"ControlNetModel"}`), 0o644))
+	hist := &historyWithSettings{memSettings: memSettings{m: map[string]string{}}}
+	s := newTestStudio(t, &fakeGen{}, hist)
+	x := s.form.feat
+	x.chooseFolder = func(string) (string, error) { return models, nil }
+	test.Tap(x.addFolder)
+	s.waitFor(t, 10*time.Second, "the library scan", func() bool {
+		return containsString(x.lib.Paths(core.KindControlNet), filepath.Join(models, "canny"))
+	})
+	assert.Contains(t, x.choices[x.addCNRow(core.DefaultControlNet()).model], filepath.Join(models, "canny"))
+	folders, err := core.LibraryFolders(context.Background(), &hist.memSettings)
+	require.NoError(t, err)
+	assert.Equal(t, []string{models}, folders, "the folder is kept in the settings")
+}
