@@ -25,8 +25,8 @@ import (
 const (
 	galleryPage     = 240 // records fetched at a time
 	galleryTileSize = 168 // tile edge in points
-	galleryThumbPx  = 256 // thumbnail edge in pixels (the tile, on HiDPI)
-	galleryThumbMem = 600 // decoded thumbnails kept in memory
+	galleryThumbPx  = 192 // thumbnail edge in pixels: sharp on a 168-point tile, small in memory
+	galleryThumbMem = 300 // decoded thumbnails kept in memory (a few screens)
 	galleryMaxPages = 24  // pages kept in memory; others are fetched again
 )
 
@@ -257,6 +257,7 @@ func (g *galleryView) record(i int) (core.ImageRecord, bool) {
 }
 
 func (g *galleryView) bind(i int, t *galleryTile) {
+	t.idx = i
 	rec, ok := g.record(i)
 	if t.rec.Path != "" && g.tiles[t.rec.Path] == t {
 		delete(g.tiles, t.rec.Path)
@@ -412,6 +413,7 @@ type galleryTile struct {
 	widget.BaseWidget
 	g    *galleryView
 	rec  core.ImageRecord
+	idx  int // the grid item it shows
 	img  *canvas.Image
 	bg   *canvas.Rectangle
 	ring *canvas.Rectangle
@@ -480,6 +482,8 @@ type thumbLoader struct {
 	queued  map[string]bool
 	wake    chan struct{}
 	started bool
+	closed  bool
+	working sync.WaitGroup
 }
 
 type thumbEntry struct {
@@ -527,23 +531,38 @@ func (l *thumbLoader) request(path string) {
 		}
 		l.queue = l.queue[over:]
 	}
-	if !l.started {
+	if !l.started && !l.closed {
 		l.started = true
 		for range 2 {
+			l.working.Add(1)
 			go l.work()
 		}
 	}
-	l.mu.Unlock()
-	select {
-	case l.wake <- struct{}{}:
-	default:
+	if !l.closed {
+		select {
+		case l.wake <- struct{}{}:
+		default:
+		}
 	}
+	l.mu.Unlock()
+}
+
+// close stops the workers and waits for the thumbnails in progress.
+func (l *thumbLoader) close() {
+	l.mu.Lock()
+	if !l.closed {
+		l.closed = true
+		l.queue = nil
+		close(l.wake)
+	}
+	l.mu.Unlock()
+	l.working.Wait()
 }
 
 func (l *thumbLoader) next() (string, bool) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if len(l.queue) == 0 {
+	if len(l.queue) == 0 || l.closed {
 		return "", false
 	}
 	p := l.queue[len(l.queue)-1]
@@ -552,10 +571,13 @@ func (l *thumbLoader) next() (string, bool) {
 }
 
 func (l *thumbLoader) work() {
+	defer l.working.Done()
 	for {
 		p, ok := l.next()
 		if !ok {
-			<-l.wake
+			if _, open := <-l.wake; !open {
+				return
+			}
 			continue
 		}
 		img, err := l.th.Load(p)
@@ -582,3 +604,7 @@ func (l *thumbLoader) work() {
 // starIcon is Material Icons' star (Apache 2.0), as Fyne's own icons.
 var starIcon = fyne.NewStaticResource("star.svg", []byte(
 	`<svg xmlns="http://www.w3.org/2000/svg" width="24" height="24" viewBox="0 0 24 24"><path fill="#000000" d="M12 17.27L18.18 21l-1.64-7.03L22 9.24l-7.19-.61L12 2 9.19 8.63 2 9.24l5.46 4.73L5.82 21z"/></svg>`))
+
+// ThumbPixels is the gallery's thumbnail size, for a core.Thumbnailer the
+// app makes.
+const ThumbPixels = galleryThumbPx

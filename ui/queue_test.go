@@ -54,6 +54,7 @@ func studioOver(t *testing.T, store *core.Store, paths core.Paths, gen Generator
 		}}
 	}
 	s := newStudioWith(a, w, gen, store, uq.post, svc)
+	t.Cleanup(s.x.gallery.thumbs.close) // before the temporary folders go
 	return testStudio{s, uq}
 }
 

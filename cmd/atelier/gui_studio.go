@@ -19,7 +19,7 @@ func runStudio(a *app) {
 	svc := &ui.Services{
 		Store:  a.store,
 		Queue:  q,
-		Thumbs: core.NewThumbnailer(a.paths.Cache, 256),
+		Thumbs: core.NewThumbnailer(a.paths.Cache, ui.ThumbPixels),
 		Paths:  a.paths,
 		ExportImages: func(ctx context.Context, ids []int64, dir string) ([]string, error) {
 			return core.ExportImages(ctx, a.store, ids, dir)
