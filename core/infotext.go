@@ -100,9 +100,22 @@ func quoteInfotext(v string) string {
 }
 
 // samplerNames maps A1111 sampler names to the worker's scheduler names.
-var samplerNames = map[string]string{
-	"Euler": "euler", "Euler a": "euler_a", "DDIM": "ddim", "DPM++ 2M": "dpmpp_2m",
-}
+var samplerNames = func() map[string]string {
+	m := map[string]string{}
+	for id, name := range SamplerNames {
+		m[name] = id
+	}
+	return m
+}()
+
+// scheduleTypes maps A1111 "Schedule type" values to schedules.
+var scheduleTypes = map[string]string{"Automatic": "", "Karras": "karras", "Exponential": "exponential", "Beta": "beta"}
+
+// reLoraTag is A1111's LoRA tag in a prompt or in the "Loras" value: <lora:name:weight>.
+var reLoraTag = regexp.MustCompile(`<lora:([^:>]+)(?::(-?[0-9.]+))?[^>]*>`)
+
+// tinyByName maps the names infotext gives the tiny demo parts to those parts.
+var tinyByName = map[string]string{TinyLoRA: TinyLoRA, TinyVAE: TinyVAE, TinyRefiner: TinyRefiner, TinyControlNet: TinyControlNet}
 
 // ApplyTo copies the settings the infotext carries into req, leaving the rest
 // as they are. It returns a note for each value it could not use, so the user
@@ -144,11 +157,144 @@ func (it Infotext) ApplyTo(req *Request) []string {
 		}
 	}
 	if v, ok := it.Get("Sampler"); ok {
+		// Older A1111 versions fold the schedule into the name: "DPM++ 2M Karras".
+		sched, folded := "", false
+		for name, id := range scheduleTypes {
+			if id != "" && strings.HasSuffix(v, " "+name) {
+				if _, known := samplerNames[strings.TrimSuffix(v, " "+name)]; known {
+					v, sched, folded = strings.TrimSuffix(v, " "+name), id, true
+				}
+			}
+		}
 		if s, known := samplerNames[v]; known {
 			req.Scheduler = s
+			if folded {
+				req.Schedule = sched
+			}
 		} else {
 			notes = append(notes, fmt.Sprintf("sampler %q is not available; keeping %s", v, req.Scheduler))
 		}
 	}
+	if v, ok := it.Get("Schedule type"); ok {
+		if sc, known := scheduleTypes[v]; known {
+			req.Schedule = sc
+		} else {
+			notes = append(notes, fmt.Sprintf("schedule type %q is not available; keeping the sampler's own", v))
+		}
+	}
+	float := func(key string, dst *float64) bool {
+		v, ok := it.Get(key)
+		if !ok {
+			return false
+		}
+		f, err := strconv.ParseFloat(v, 64)
+		if err != nil {
+			notes = append(notes, fmt.Sprintf("%s %q is not a number", key, v))
+			return false
+		}
+		*dst = f
+		return true
+	}
+	float("Denoising strength", &req.Strength)
+	if v, ok := it.Get("Mask blur"); ok {
+		if n, err := strconv.Atoi(v); err == nil {
+			req.MaskBlur = IntPtr(n)
+		} else {
+			notes = append(notes, fmt.Sprintf("Mask blur %q is not a whole number", v))
+		}
+	}
+	atoi("Masked area padding", &req.MaskPadding)
+	notes = append(notes, it.applyParts(req, float)...)
 	return notes
+}
+
+// applyParts maps the LoRAs, VAE, refiner, ControlNets and upscaler. Only the
+// tiny demo parts and Lanczos can be named back to something loadable: a file
+// name alone does not say where the file is, so the others become notes.
+func (it Infotext) applyParts(req *Request, float func(string, *float64) bool) []string {
+	var notes []string
+	// LoRAs: Atelier writes "Loras"; A1111 keeps the tags in the prompt.
+	tags, _ := it.Get("Loras")
+	var loras []LoRA
+	for _, src := range []string{tags, req.Prompt} {
+		for _, m := range reLoraTag.FindAllStringSubmatch(src, -1) {
+			w := 1.0
+			if m[2] != "" {
+				if f, err := strconv.ParseFloat(m[2], 64); err == nil {
+					w = f
+				}
+			}
+			name := strings.TrimSpace(m[1])
+			if p, ok := tinyByName[name]; ok && p == TinyLoRA {
+				if !hasLoRA(loras, p) {
+					loras = append(loras, LoRA{Path: p, Weight: w})
+				}
+			} else {
+				notes = append(notes, fmt.Sprintf("LoRA %q (weight %g): choose its file in the LoRA section", name, w))
+			}
+		}
+		if len(loras) > 0 || tags != "" {
+			break // the "Loras" value, when present, is the whole list
+		}
+	}
+	if loras != nil {
+		req.LoRAs = loras
+		req.Prompt = strings.TrimSpace(reLoraTag.ReplaceAllStringFunc(req.Prompt, func(tag string) string {
+			if m := reLoraTag.FindStringSubmatch(tag); m != nil && tinyByName[strings.TrimSpace(m[1])] == TinyLoRA {
+				return ""
+			}
+			return tag
+		}))
+	}
+	part := func(key, tiny, section string, dst *string) bool {
+		v, ok := it.Get(key)
+		if !ok {
+			return false
+		}
+		if v == tiny {
+			*dst = tiny
+			return true
+		}
+		notes = append(notes, fmt.Sprintf("%s %q: choose its file in the %s section", key, v, section))
+		return false
+	}
+	part("VAE", TinyVAE, "VAE", &req.VAE)
+	if part("Refiner", TinyRefiner, "Refiner", &req.Refiner) {
+		float("Refiner switch at", &req.RefinerSwitch)
+	}
+	for _, key := range []string{"Postprocess upscaler", "Hires upscaler"} {
+		v, ok := it.Get(key)
+		if !ok {
+			continue
+		}
+		if strings.EqualFold(v, "Lanczos") {
+			req.Upscaler = LanczosUpscaler
+			if !float("Postprocess upscale by", &req.Upscale) {
+				float("Hires upscale", &req.Upscale)
+			}
+		} else {
+			notes = append(notes, fmt.Sprintf("%s %q: choose its file in the Upscale section", key, v))
+		}
+		break
+	}
+	for i := 0; ; i++ {
+		v, ok := it.Get(fmt.Sprintf("ControlNet %d", i))
+		if !ok {
+			break
+		}
+		unit := ParseInfotext("x\n" + v)
+		module, _ := unit.Get("Module")
+		model, _ := unit.Get("Model")
+		notes = append(notes, fmt.Sprintf("ControlNet %d (%s, %s) needs its control image: add it in the ControlNet section", i, module, model))
+	}
+	return notes
+}
+
+func hasLoRA(list []LoRA, path string) bool {
+	for _, l := range list {
+		if l.Path == path {
+			return true
+		}
+	}
+	return false
 }

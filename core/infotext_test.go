@@ -71,3 +71,55 @@ func TestInfotextQuotesSpecialValues(t *testing.T) {
 	assert.Contains(t, s, `Lora hashes: "x: 1, y: 2"`)
 	assert.Equal(t, it, ParseInfotext(s))
 }
+
+func TestInfotextApplyToFeatures(t *testing.T) {
+	raw, err := os.ReadFile("testdata/infotext/atelier_features.txt")
+	require.NoError(t, err)
+	req := DefaultRequest()
+	notes := ParseInfotext(string(raw)).ApplyTo(&req)
+	assert.Equal(t, "dpmpp_2m", req.Scheduler)
+	assert.Equal(t, "karras", req.Schedule)
+	assert.Equal(t, 0.5, req.Strength)
+	require.NotNil(t, req.MaskBlur)
+	assert.Equal(t, 4, *req.MaskBlur)
+	assert.Equal(t, TinyVAE, req.VAE)
+	assert.Equal(t, []LoRA{{Path: TinyLoRA, Weight: 0.8}}, req.LoRAs)
+	assert.Equal(t, TinyRefiner, req.Refiner)
+	assert.Equal(t, 0.8, req.RefinerSwitch)
+	assert.Equal(t, LanczosUpscaler, req.Upscaler)
+	assert.Equal(t, 2.0, req.Upscale)
+	require.Len(t, notes, 1, "%v", notes)
+	assert.Contains(t, notes[0], "ControlNet 0 (canny, tiny-controlnet) needs its control image")
+}
+
+func TestInfotextApplyToA1111LorasAndHires(t *testing.T) {
+	raw, err := os.ReadFile("testdata/infotext/a1111_lora_hires.txt")
+	require.NoError(t, err)
+	req := DefaultRequest()
+	notes := ParseInfotext(string(raw)).ApplyTo(&req)
+	assert.Equal(t, "dpmpp_2m", req.Scheduler, "the old folded name DPM++ 2M Karras")
+	assert.Equal(t, "karras", req.Schedule)
+	assert.Equal(t, []LoRA{{Path: TinyLoRA, Weight: -1}}, req.LoRAs, "the tiny LoRA's tag comes back as a LoRA")
+	assert.Equal(t, "portrait of a knight <lora:detail_tweaker:0.5> , oil painting", req.Prompt,
+		"an applied tag leaves the prompt; an unknown one stays")
+	assert.Empty(t, req.VAE)
+	assert.Empty(t, req.Upscaler)
+	joined := strings.Join(notes, "\n")
+	assert.Contains(t, joined, `LoRA "detail_tweaker" (weight 0.5)`)
+	assert.Contains(t, joined, `VAE "sdxl_vae.safetensors"`)
+	assert.Contains(t, joined, `Hires upscaler "4x-UltraSharp"`)
+}
+
+func TestInfotextApplyToEveryA1111Sampler(t *testing.T) {
+	for id, name := range SamplerNames {
+		req := DefaultRequest()
+		notes := ParseInfotext("p\nSteps: 4, Sampler: " + name + ", Schedule type: Exponential, Seed: 1").ApplyTo(&req)
+		assert.Empty(t, notes, name)
+		assert.Equal(t, id, req.Scheduler, name)
+		assert.Equal(t, "exponential", req.Schedule, name)
+	}
+	assert.Len(t, SamplerNames, len(Schedulers))
+	for _, s := range Schedulers {
+		assert.Contains(t, SamplerNames, s)
+	}
+}
