@@ -48,6 +48,8 @@ const (
 	TinyRefiner     = "tiny-refiner"
 	TinyVAE         = "tiny-vae"
 	LanczosUpscaler = "lanczos"
+	TinyUpscaler    = "tiny-upscaler"    // a 2x ESRGAN-family model
+	TinySingleFile  = "tiny-single-file" // the tiny model as one .safetensors checkpoint
 )
 
 // Schedulers are the samplers protocol v1 knows, in menu order; the worker's
@@ -187,7 +189,10 @@ func (r *Request) Features() []string {
 	if r.Upscaler != "" {
 		f = append(f, "upscale")
 	}
-	if strings.HasSuffix(strings.ToLower(r.Model), ".safetensors") {
+	if r.Upscaler != "" && r.Upscaler != LanczosUpscaler {
+		f = append(f, "upscale_model")
+	}
+	if r.Model == TinySingleFile || strings.HasSuffix(strings.ToLower(r.Model), ".safetensors") {
 		f = append(f, "single_file")
 	}
 	return f
@@ -396,11 +401,11 @@ func (r *Request) validateFeatures(add func(field, format string, args ...any)) 
 	if r.MaskPadding < MinMaskPadding || r.MaskPadding > MaxMaskPadding {
 		add("mask_padding", "must be between %d and %d pixels, got %d", MinMaskPadding, MaxMaskPadding, r.MaskPadding)
 	}
-	if r.Upscaler != "" && r.Upscaler != LanczosUpscaler {
+	if r.Upscaler != "" && r.Upscaler != LanczosUpscaler && r.Upscaler != TinyUpscaler {
 		if ext := pickleExt(r.Upscaler); ext != "" {
 			add("upscaler", "%s is a pickle file (%s), which can run arbitrary code when loaded, so Atelier never loads one: use a .safetensors file", r.Upscaler, ext)
 		} else if !strings.HasSuffix(strings.ToLower(r.Upscaler), ".safetensors") {
-			add("upscaler", "must be %q or a .safetensors upscaler model, got %q", LanczosUpscaler, r.Upscaler)
+			add("upscaler", "must be %q, %q or a .safetensors upscaler model, got %q", LanczosUpscaler, TinyUpscaler, r.Upscaler)
 		}
 	}
 	if r.Upscale != 0 && (badFloat(r.Upscale) || r.Upscale < MinUpscale || r.Upscale > MaxUpscale) {
@@ -415,7 +420,7 @@ func (r *Request) validateFeatures(add func(field, format string, args ...any)) 
 func (r *Request) ResolvePaths() error {
 	var firstErr error
 	fix := func(field string, p *string, tiny string, dirOK bool) {
-		if firstErr != nil || *p == "" || *p == tiny {
+		if firstErr != nil || *p == "" || *p == tiny || (field == "upscaler" && *p == TinyUpscaler) {
 			return
 		}
 		abs, err := resolveFile(*p)

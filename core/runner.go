@@ -262,7 +262,7 @@ var pickleExts = []string{".ckpt", ".pt", ".pth", ".bin", ".pkl", ".pickle"}
 // "model", with code model_not_found or unsupported.
 func CheckModel(model string) (string, error) {
 	model = strings.TrimSpace(model)
-	if model == TinyModel {
+	if model == TinyModel || model == TinySingleFile {
 		return model, nil
 	}
 	notFound := func(format string, args ...any) error {

@@ -264,7 +264,7 @@ func (s *sections) setLibrary(lib *core.Library) {
 	s.lib = lib
 	s.setChoices(s.refiner, append([]string{core.TinyRefiner}, lib.Paths(core.KindRefiner)...))
 	s.setChoices(s.vae, append([]string{core.TinyVAE}, lib.Paths(core.KindVAE)...))
-	s.setChoices(s.upscaler, append([]string{core.LanczosUpscaler}, lib.Paths(core.KindUpscaler)...))
+	s.setChoices(s.upscaler, append([]string{core.LanczosUpscaler, core.TinyUpscaler}, lib.Paths(core.KindUpscaler)...))
 	for _, r := range s.loras {
 		s.setChoices(r.path, s.loraOptions())
 	}
@@ -272,7 +272,7 @@ func (s *sections) setLibrary(lib *core.Library) {
 		s.setChoices(r.model, s.cnOptions())
 	}
 	if lib != nil {
-		models := append([]string{core.TinyModel}, lib.Paths(core.KindCheckpoint)...)
+		models := append([]string{core.TinyModel, core.TinySingleFile}, lib.Paths(core.KindCheckpoint)...)
 		for _, m := range s.f.models {
 			if !containsString(models, m) {
 				models = append(models, m)

@@ -186,7 +186,7 @@ func TestChoicesComeFromCapabilitiesAndLibrary(t *testing.T) {
 		"refused files are not offered")
 	assert.Equal(t, []string{core.TinyControlNet, "/m/canny"}, x.choices[r.model])
 	assert.Equal(t, []string{core.TinyVAE, "/m/vae-fix"}, x.choices[x.vae])
-	assert.Equal(t, []string{core.LanczosUpscaler, "/m/4x.safetensors"}, x.choices[x.upscaler])
+	assert.Equal(t, []string{core.LanczosUpscaler, core.TinyUpscaler, "/m/4x.safetensors"}, x.choices[x.upscaler])
 	assert.Equal(t, []string{core.TinyRefiner, "/m/refiner"}, x.choices[x.refiner])
 }
 

@@ -20,9 +20,9 @@ const modelsUsage = `Usage:
 Diffusers folders are recognised by the _class_name of model_index.json or
 config.json; single .safetensors files by the tensor names in their header
 (nothing is loaded). Pickle files (.ckpt .pt .pth .bin .pkl) are listed as
-refused: they can run code when loaded. The tiny demo parts (tiny, tiny-lora,
-tiny-controlnet, tiny-refiner, tiny-vae) and the lanczos upscaler are always
-available.
+refused: they can run code when loaded. The tiny demo parts (tiny,
+tiny-single-file, tiny-lora, tiny-controlnet, tiny-refiner, tiny-vae,
+tiny-upscaler) and the lanczos upscaler are always available.
 `
 
 // tinyEntries are the generated demo parts, always available.
@@ -33,6 +33,8 @@ var tinyEntries = []core.LibraryEntry{
 	{Path: core.TinyControlNet, Name: core.TinyControlNet, Kind: core.KindControlNet, Format: "tiny"},
 	{Path: core.TinyVAE, Name: core.TinyVAE, Kind: core.KindVAE, Format: "tiny"},
 	{Path: core.LanczosUpscaler, Name: core.LanczosUpscaler, Kind: core.KindUpscaler, Format: "built-in"},
+	{Path: core.TinyUpscaler, Name: core.TinyUpscaler, Kind: core.KindUpscaler, Format: "tiny"},
+	{Path: core.TinySingleFile, Name: core.TinySingleFile, Kind: core.KindCheckpoint, Format: "tiny"},
 }
 
 func cmdModels(args []string, stdout, stderr io.Writer) int {

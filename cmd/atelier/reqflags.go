@@ -36,7 +36,7 @@ func addRequestFlags(fs *flag.FlagSet) *requestFlags {
 	r := &f.req
 	fs.StringVar(&r.Prompt, "prompt", "", "what to draw (required)")
 	fs.StringVar(&r.NegativePrompt, "negative", "", "what to keep out of the image")
-	fs.StringVar(&r.Model, "model", def.Model, `"tiny" (a small random demo model), a diffusers model folder or a single-file SDXL .safetensors checkpoint`)
+	fs.StringVar(&r.Model, "model", def.Model, `"tiny" (a small random demo model; "tiny-single-file" is it as one file), a diffusers model folder or a single-file SDXL .safetensors checkpoint`)
 	fs.StringVar(&r.Scheduler, "scheduler", def.Scheduler, "sampler: "+strings.Join(core.Schedulers, ", "))
 	fs.StringVar(&r.Schedule, "schedule", "", "sigma schedule: karras, exponential or beta (default: the sampler's own)")
 	fs.IntVar(&r.Steps, "steps", def.Steps, fmt.Sprintf("denoising steps, %d-%d", core.MinSteps, core.MaxSteps))
@@ -59,7 +59,7 @@ func addRequestFlags(fs *flag.FlagSet) *requestFlags {
 	fs.StringVar(&r.MaskImage, "mask", "", "inpainting mask (white = redraw); needs --init-image")
 	fs.IntVar(&f.maskBlur, "mask-blur", core.DefaultMaskBlur, fmt.Sprintf("inpainting: blur of the mask edge in pixels, %d-%d", core.MinMaskBlur, core.MaxMaskBlur))
 	fs.IntVar(&r.MaskPadding, "mask-padding", 0, fmt.Sprintf("inpainting: pixels of context around the masked area, %d-%d (0 = the whole image)", core.MinMaskPadding, core.MaxMaskPadding))
-	fs.StringVar(&r.Upscaler, "upscaler", "", fmt.Sprintf("upscale the result: %q or an ESRGAN-type .safetensors model", core.LanczosUpscaler))
+	fs.StringVar(&r.Upscaler, "upscaler", "", fmt.Sprintf("upscale the result: %q, an ESRGAN-family .safetensors model, or %q", core.LanczosUpscaler, core.TinyUpscaler))
 	fs.Float64Var(&f.upscale, "upscale", core.DefaultUpscale, fmt.Sprintf("upscale factor, %g-%g", core.MinUpscale, core.MaxUpscale))
 	return f
 }
