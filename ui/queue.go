@@ -249,6 +249,7 @@ func newQueueRow(v *queueView) *queueRow {
 	r.title.Truncation = fyne.TextTruncateEllipsis
 	r.info.Truncation = fyne.TextTruncateEllipsis
 	r.info.Importance = widget.LowImportance
+	r.eta.Truncation = fyne.TextTruncateEllipsis
 	r.status.TextStyle = fyne.TextStyle{Bold: true}
 	icon := func(res fyne.Resource, tip string, f func()) *widget.Button {
 		b := widget.NewButtonWithIcon("", res, f)
@@ -273,7 +274,8 @@ func newQueueRow(v *queueView) *queueRow {
 func (r *queueRow) CreateRenderer() fyne.WidgetRenderer {
 	statusBox := container.NewGridWrap(fyne.NewSize(120, r.status.MinSize().Height), r.status)
 	barBox := container.NewGridWrap(fyne.NewSize(140, r.bar.MinSize().Height), r.bar)
-	right := container.NewHBox(barBox, r.eta, r.up, r.down, r.top, r.edit, r.use, r.retry, r.cancel)
+	etaBox := container.NewGridWrap(fyne.NewSize(170, r.eta.MinSize().Height), r.eta)
+	right := container.NewHBox(barBox, etaBox, r.up, r.down, r.top, r.edit, r.use, r.retry, r.cancel)
 	return widget.NewSimpleRenderer(container.NewBorder(nil, nil, statusBox, right,
 		container.NewVBox(r.title, r.info)))
 }
