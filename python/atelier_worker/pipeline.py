@@ -254,6 +254,7 @@ class Warm:
     vae_key: str = ""          # the request VAE the pipeline has now ("" = its own)
     adapters: set = field(default_factory=set)
     size_bytes: int = 0
+    unfused: bool = False      # QKV projections unfused for LoRAs
 
 
 # Rough device memory a batch image needs while denoising at 1024x1024 (see _first_chunk).
@@ -758,9 +759,12 @@ class Engine:
     def _use_loras(self, warm: Warm, inp: Inputs, stage) -> None:
         if not inp.loras and not warm.adapters:
             return
-        if inp.loras and getattr(warm.pipe.unet, "original_attn_processors", None) is not None:
+        unet = warm.pipe.unet
+        if inp.loras and not warm.unfused and getattr(unet, "original_attn_processors", None) is not None:
             # LoRAs target the separate q/k/v projections that fusing replaced.
-            warm.pipe.unfuse_qkv_projections()
+            log.info("unfusing the UNet's QKV projections for LoRAs")
+            unet.unfuse_qkv_projections()
+            warm.unfused = True
         try:
             warm.adapters = loras.apply(warm.pipe, inp.loras, warm.adapters,
                                         lambda: stage("loading_model"))
@@ -1018,7 +1022,12 @@ class Engine:
             return latents
 
         # 6. The refiner takes the latents over at the switch point.
-        rpe, rnpe, rppe, rnppe = plan.refiner_embeds
+        # In the refiner's own dtype: the base may hand over float32 latents (its scheduler
+        # keeps float32 sigmas) and the refiner's UNet would refuse them.
+        rdtype = refiner.unet.dtype
+        rpe, rnpe, rppe, rnppe = (None if t is None else t.to(rdtype) for t in plan.refiner_embeds)
+        log.debug("refining %s latents as %s", latents.dtype, rdtype)
+        latents = latents.to(rdtype)
         previewer = accel.Previewer(lambda im: write_png(im, preview_path, sync=False))
         tap = accel.X0Tap(refiner.scheduler) if r.preview_every else None
         stage("refining", 0, plan.refiner_total)

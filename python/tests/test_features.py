@@ -378,3 +378,13 @@ def test_tiled_upscaling_has_no_seams(tiny_model):
     tiled = np.asarray(upscale._run_tiled(desc, image, tile=16, overlap=8)).astype(np.int16)
     assert whole.shape == (72, 80, 3) and np.abs(whole - tiled).max() <= 1
     assert upscale.upscale(image, 4, desc).size == (160, 144)  # two model passes
+
+
+def test_lora_on_a_model_with_fused_qkv(engine, tiny_model, tmp_path, monkeypatch):
+    # CUDA fuses the attention projections by default (accel.py); LoRAs need them apart.
+    monkeypatch.setenv("ATELIER_FUSE_QKV", "1")
+    fused = Engine("cpu", torch.float32)
+    res, _ = ok(fused, tmp_path, loras=[{"path": "tiny-lora", "weight": 1}])
+    assert fused.speed.get("fuse_qkv") and next(iter(fused._models.values())).unfused
+    plain, _ = ok(engine, tmp_path, loras=[{"path": "tiny-lora", "weight": 1}])
+    assert np.abs(px(res) - px(plain)).max() <= 1
