@@ -90,7 +90,7 @@ func TestQueueViewFillReorderCancelEdit(t *testing.T) {
 	// Fill the queue from the form: a batch count of 4 makes 4 jobs.
 	setForm(s, "a lighthouse", 4, 64, 64)
 	s.form.seed.SetText("100")
-	s.x.count.SetSelected("4")
+	s.form.feat.batchCount.SetText("4")
 	test.Tap(s.x.addQueue)
 	s.q.drain()
 	assert.Contains(t, s.status.text.Text, "Queued 4 jobs")
@@ -211,7 +211,7 @@ func TestQueueRunsInTheBackgroundWithTheRealWorker(t *testing.T) {
 	})
 
 	setForm(s, "a queued lighthouse", 2, 64, 64)
-	s.x.count.SetSelected("2")
+	s.form.feat.batchCount.SetText("2")
 	test.Tap(s.x.addQueue)
 	s.x.tabs.SelectIndex(tabQueue)
 	v := s.x.queue

@@ -91,7 +91,6 @@ type extras struct {
 	queue    *queueView
 	gallery  *galleryView
 	addQueue *widget.Button
-	count    *widget.Select
 	session  int64 // this sitting's session, made at the first "Add to queue"
 }
 
@@ -102,16 +101,11 @@ const (
 	tabGallery
 )
 
-// batchCounts are the choices of the "Add to queue" count.
-var batchCounts = []string{"1", "2", "4", "8", "16", "32", "100"}
-
 // setupExtras builds the tabs around the generate view.
 func (s *Studio) setupExtras(svc *Services) {
 	x := &extras{svc: svc}
 	s.x = x
 	x.addQueue = widget.NewButtonWithIcon("Add to queue", theme.ContentAddIcon(), s.AddToQueue)
-	x.count = widget.NewSelect(batchCounts, nil)
-	x.count.SetSelected("1")
 	x.queue = newQueueView(s)
 	x.gallery = newGalleryView(s)
 	if svc.ChooseFolder == nil {
@@ -120,13 +114,13 @@ func (s *Studio) setupExtras(svc *Services) {
 	s.win.SetOnDropped(func(_ fyne.Position, uris []fyne.URI) { s.Dropped(uris) })
 }
 
-// queueActions is the "Add to queue ×N" row under Generate.
+// queueActions is the "Add to queue" row under Generate; the form's batch
+// count says how many jobs it queues.
 func (s *Studio) queueActions() fyne.CanvasObject {
 	if s.x == nil {
 		return nil
 	}
-	times := widget.NewLabel("×")
-	return container.NewBorder(nil, nil, nil, container.NewHBox(times, s.x.count), s.x.addQueue)
+	return s.x.addQueue
 }
 
 // withTabs puts the generate view into the tab set.
@@ -148,8 +142,8 @@ func (s *Studio) withTabs(studio fyne.CanvasObject) fyne.CanvasObject {
 	return x.tabs
 }
 
-// AddToQueue validates the form and queues it as many times as the count
-// says; the queue runs the jobs in the background.
+// AddToQueue validates the form and queues it as many times as its batch
+// count says; the queue runs the jobs in the background.
 func (s *Studio) AddToQueue() {
 	if s.x == nil {
 		return
@@ -165,8 +159,7 @@ func (s *Studio) AddToQueue() {
 	}
 	s.form.save(s.app.Preferences(), req)
 	s.saveLastRequest(req)
-	count := 1
-	fmt.Sscan(s.x.count.Selected, &count) //nolint:errcheck // the select holds numbers only
+	count, _ := s.form.feat.count() // request() has checked it
 	req.PreviewEvery = 0
 	reqs, err := core.ExpandBatchCount(req, count)
 	if err == nil {
