@@ -123,3 +123,21 @@ func TestKill9MidQueueJobRequeuesOnceThenFails(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, ids[1], next.ID)
 }
+
+func TestQueueRunnerTakesOverAJobOfAProcessThatDied(t *testing.T) {
+	qg := newQueueGen()
+	r, s, paths := newTestRunner(t, qg.scripted())
+	ids := enqueue(t, s, 0, "orphaned", "next")
+	// Another process (a killed `atelier queue run`) held the first job
+	// while this store stayed open.
+	got := claimAndKill(t, paths.DB)
+	require.Equal(t, ids[0], got)
+
+	require.NoError(t, NewQueueRunner(r).Run(context.Background(), true))
+	j, err := s.GetQueueJob(context.Background(), ids[0])
+	require.NoError(t, err)
+	assert.Equal(t, StatusDone, j.Status, "the running process notices the dead one without a restart")
+	assert.Equal(t, 2, j.Attempts)
+	assert.Equal(t, 1, qg.count("orphaned"))
+	assert.Equal(t, 1, qg.count("next"))
+}

@@ -107,6 +107,12 @@ func (q *QueueRunner) Run(ctx context.Context, exitWhenIdle bool) error {
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
+		// A job of another process that died meanwhile (a killed
+		// `atelier queue run`) comes back to the queue here, not only at
+		// the next start.
+		if _, err := q.store.markInterrupted(ctx); err != nil && ctx.Err() == nil {
+			return err
+		}
 		paused, err := q.store.QueuePaused(ctx)
 		if err != nil && ctx.Err() == nil {
 			return err
