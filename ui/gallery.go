@@ -196,8 +196,14 @@ func (g *galleryView) query() (core.GalleryQuery, string) {
 	return q, ""
 }
 
+// reload runs the same query again (new images came in), keeping the
+// scroll position and the selection.
+func (g *galleryView) reload() { g.run(false) }
+
 // apply runs the filters: counts the matches and shows the first page.
-func (g *galleryView) apply() {
+func (g *galleryView) apply() { g.run(true) }
+
+func (g *galleryView) run(toTop bool) {
 	if g.grid == nil || !g.opened {
 		return
 	}
@@ -225,7 +231,9 @@ func (g *galleryView) apply() {
 		g.countLabel.SetText(fmt.Sprintf("%d images", n))
 	}
 	g.grid.Refresh()
-	g.grid.ScrollToTop()
+	if toTop {
+		g.grid.ScrollToTop()
+	}
 }
 
 // page returns the records of page p, fetching it if needed.

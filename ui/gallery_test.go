@@ -173,4 +173,20 @@ func TestGallerySearchDetailAndActions(t *testing.T) {
 	entries, err := os.ReadDir(dir2)
 	require.NoError(t, err)
 	assert.Len(t, entries, 4)
+
+	// A new image (a job finished) shows at once while the gallery is open.
+	g.selecting.SetChecked(false)
+	recordImage(t, store, dir, "a fresh harbor", "tiny", 5)
+	s.refreshHistory()
+	s.q.drain()
+	assert.Equal(t, "4 images", g.countLabel.Text)
+	s.tile(t, filepath.Join(dir, filepath.Base(mustNewest(t, store).Path)))
+}
+
+func mustNewest(t *testing.T, store *core.Store) core.ImageRecord {
+	t.Helper()
+	imgs, err := store.SearchImages(context.Background(), core.GalleryQuery{}, 0, 1)
+	require.NoError(t, err)
+	require.Len(t, imgs, 1)
+	return imgs[0]
 }

@@ -217,9 +217,22 @@ func (s *Studio) OnQueueEvent(e core.QueueEvent) {
 		s.x.queue.event(e)
 		if e.Kind == core.QueueFinished && e.Job != nil && e.Job.Status == core.StatusDone {
 			s.refreshHistory()
-			s.x.gallery.stale = true
 		}
 	})
+}
+
+// galleryChanged tells the gallery that the history has new images: it
+// shows them at once if it is on screen, else when it is opened next.
+func (s *Studio) galleryChanged() {
+	if s.x == nil || s.x.gallery == nil || s.x.tabs == nil {
+		return
+	}
+	g := s.x.gallery
+	g.stale = true
+	if s.x.tabs.SelectedIndex() == tabGallery && g.opened && !g.detail.box.Visible() {
+		g.stale = false
+		g.reload()
+	}
 }
 
 // Dropped loads the settings of the first PNG dropped onto the window into the form.

@@ -392,6 +392,7 @@ func (s *Studio) refreshHistory() {
 	if s.hist == nil {
 		return
 	}
+	s.galleryChanged()
 	s.historySeq++
 	seq, hist := s.historySeq, s.hist
 	go func() {
