@@ -332,3 +332,46 @@ func itoa(n int64) string {
 	b, _ := json.Marshal(n)
 	return string(b)
 }
+
+func TestModelsCommandListsTheLibrary(t *testing.T) {
+	h := newHome(t)
+	lib := t.TempDir()
+	writeTestSafetensors(t, filepath.Join(lib, "detail.safetensors"), "lora_unet_a.lora_down.weight")
+	require.NoError(t, os.MkdirAll(filepath.Join(lib, "cn", "canny"), 0o755))
+	require.NoError(t, os.WriteFile(filepath.Join(lib, "cn", "canny", "config.json"), []byte(`{"_class_name":"ControlNetModel"}`), 0o644))
+	require.NoError(t, os.WriteFile(filepath.Join(lib, "old.ckpt"), []byte("x"), 0o644))
+
+	out, stderr, code := h.run("models")
+	require.Equal(t, 0, code, stderr)
+	assert.Contains(t, out, "models add-folder", "an empty library says how to add a folder")
+	assert.Contains(t, out, core.TinyLoRA, "the tiny parts are always listed")
+
+	out, stderr, code = h.run("models", "add-folder", lib)
+	require.Equal(t, 0, code, stderr)
+	assert.Contains(t, out, "2 models found (1 refused)")
+
+	out, stderr, code = h.run("models", "--json")
+	require.Equal(t, 0, code, stderr)
+	var got core.Library
+	require.NoError(t, json.Unmarshal([]byte(out), &got), out)
+	assert.Equal(t, []string{lib}, got.Folders)
+	kinds := map[string]core.LibraryEntry{}
+	for _, e := range got.Entries {
+		kinds[filepath.Base(e.Path)] = e
+	}
+	assert.Equal(t, core.KindLoRA, kinds["detail.safetensors"].Kind)
+	assert.Equal(t, core.KindControlNet, kinds["canny"].Kind)
+	assert.Contains(t, kinds["old.ckpt"].Refused, "pickle")
+
+	out, _, code = h.run("models")
+	require.Equal(t, 0, code)
+	assert.Contains(t, out, "LoRAs:")
+	assert.Contains(t, out, "REFUSED")
+
+	_, stderr, code = h.run("models", "add-folder", filepath.Join(lib, "missing"))
+	assert.Equal(t, exitUsage, code)
+	assert.Contains(t, stderr, "missing")
+	out, stderr, code = h.run("models", "remove-folder", lib)
+	require.Equal(t, 0, code, stderr)
+	assert.Contains(t, out, "removed")
+}
