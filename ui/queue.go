@@ -31,11 +31,15 @@ type queueView struct {
 	pause    *widget.Button
 	clear    *widget.Button
 	clearAll *widget.Button
+	sessions *widget.Button
 	summary  *widget.Label
 	empty    *widget.Label
 	rows     map[int64]*queueRow // the row showing each job now
 	editor   *queueEditor        // the open edit dialog, if any
-	err      error               // the last refresh's error
+	// the open sessions pop-up and its grid of labels, if any
+	sessionsPop  *widget.PopUp
+	sessionsGrid *fyne.Container
+	err          error // the last refresh's error
 }
 
 func newQueueView(s *Studio) *queueView {
@@ -46,6 +50,7 @@ func newQueueView(s *Studio) *queueView {
 		confirm(s.win, "Cancel every waiting job?", "Jobs that have not started are cancelled; the running one goes on.",
 			func() { v.clearQueue(true) })
 	})
+	v.sessions = widget.NewButtonWithIcon("Sessions", theme.InfoIcon(), v.showSessions)
 	v.summary = widget.NewLabel("")
 	v.summary.Truncation = fyne.TextTruncateEllipsis
 	v.empty = widget.NewLabel("The queue is empty. Fill the form and press \"Add to queue\".")
@@ -64,7 +69,7 @@ func newQueueView(s *Studio) *queueView {
 
 func (v *queueView) content() fyne.CanvasObject {
 	head := container.NewBorder(nil, nil, heading("Queue"),
-		container.NewHBox(v.pause, v.clear, v.clearAll), v.summary)
+		container.NewHBox(v.pause, v.clear, v.clearAll, v.sessions), v.summary)
 	return container.NewBorder(container.NewVBox(container.NewPadded(head), widget.NewSeparator()), nil, nil, nil,
 		container.NewStack(container.NewCenter(v.empty), v.list))
 }
@@ -226,6 +231,48 @@ func (v *queueView) togglePause() {
 func (v *queueView) clearQueue(all bool) {
 	_, err := v.store().ClearQueue(context.Background(), all)
 	v.report(err)
+}
+
+// sessionRows is the sessions table: a header and one row per session.
+func sessionRows(list []core.Session) [][]string {
+	rows := [][]string{{"Session", "Started", "Jobs", "Done", "Failed", "Waiting", "Images", "Total time", "Mean it/s"}}
+	for _, x := range list {
+		rows = append(rows, []string{
+			fmt.Sprintf("#%d %s (%s)", x.ID, x.Name, x.Source), x.CreatedAt.Local().Format("2006-01-02 15:04"),
+			strconv.Itoa(x.Jobs), strconv.Itoa(x.Done), strconv.Itoa(x.Failed), strconv.Itoa(x.Pending),
+			strconv.Itoa(x.Images), formatETA(time.Duration(x.TotalS * float64(time.Second))), fmt.Sprintf("%.2f", x.MeanItS),
+		})
+	}
+	return rows
+}
+
+// showSessions shows every session's figures in a pop-up.
+func (v *queueView) showSessions() {
+	list, err := v.store().Sessions(context.Background())
+	if err != nil {
+		v.s.status.set(statusError, "Could not read the sessions: "+err.Error(), "")
+		return
+	}
+	rows := sessionRows(list)
+	grid := container.NewGridWithColumns(len(rows[0]))
+	for i, r := range rows {
+		for _, cell := range r {
+			l := widget.NewLabel(cell)
+			l.Truncation = fyne.TextTruncateEllipsis
+			if i == 0 {
+				l.TextStyle = fyne.TextStyle{Bold: true}
+			}
+			grid.Add(l)
+		}
+	}
+	scroll := container.NewVScroll(grid)
+	scroll.SetMinSize(fyne.NewSize(900, 360))
+	var pop *widget.PopUp
+	closeBtn := widget.NewButton("Close", func() { pop.Hide() })
+	pop = widget.NewModalPopUp(container.NewBorder(heading("Sessions"),
+		container.NewHBox(layout.NewSpacer(), closeBtn), nil, nil, scroll), v.s.win.Canvas())
+	v.sessionsPop, v.sessionsGrid = pop, grid
+	pop.Show()
 }
 
 // queueRow is one job in the list.

@@ -188,6 +188,19 @@ func TestQueueViewFillReorderCancelEdit(t *testing.T) {
 	for _, j := range v.jobs {
 		assert.NotEqual(t, core.StatusCancelled, j.Status)
 	}
+
+	// The session of this sitting, with its figures.
+	test.Tap(v.sessions)
+	require.NotNil(t, v.sessionsPop)
+	var cells []string
+	for _, o := range v.sessionsGrid.Objects {
+		cells = append(cells, o.(*widget.Label).Text)
+	}
+	require.Len(t, cells, 2*9, "a header and one session")
+	assert.Contains(t, cells[9], "(ui)")
+	assert.Equal(t, "5", cells[11], "four jobs and the retry")
+	assert.Equal(t, "0", cells[13], "a cancelled job is not a failure")
+	assert.Equal(t, "4", cells[14], "waiting")
 }
 
 func TestQueueRunsInTheBackgroundWithTheRealWorker(t *testing.T) {
