@@ -15,12 +15,18 @@ import (
 // goes back to pending instead of counting as cancelled.
 var ErrQueueStopped = errors.New("the queue was stopped")
 
+// ErrWorkerUnavailable wraps the error of a generator that could not take a
+// queue job at all (the worker does not start): the job is pending again, and
+// the queue waits (QueueStalled) instead of failing every job in turn.
+var ErrWorkerUnavailable = errors.New("the worker is unavailable")
+
 // Kinds of QueueEvent.
 const (
 	QueueStarted  = "started"  // Job was claimed and starts
 	QueueMessage  = "message"  // Message is a worker message of Job
 	QueueFinished = "finished" // Job ended (re-read: its new status); Err says why it failed
 	QueueIdle     = "idle"     // nothing to run (or paused); the runner waits
+	QueueStalled  = "stalled"  // the worker cannot start (Err says why); the runner waits, then tries again
 )
 
 // QueueEvent is what a QueueRunner reports while it works.
@@ -47,6 +53,9 @@ type QueueRunner struct {
 	Poll time.Duration
 	// ProgressEvery throttles the progress written to the database.
 	ProgressEvery time.Duration
+	// StallWait is how long the runner waits after the worker failed to
+	// start before it tries again (Wake tries at once).
+	StallWait time.Duration
 
 	wake chan struct{}
 
@@ -58,7 +67,7 @@ type QueueRunner struct {
 // NewQueueRunner returns a runner for the queue of r's store.
 func NewQueueRunner(r *Runner) *QueueRunner {
 	return &QueueRunner{runner: r, store: r.store, Poll: 500 * time.Millisecond,
-		ProgressEvery: time.Second, wake: make(chan struct{}, 1)}
+		ProgressEvery: time.Second, StallWait: 30 * time.Second, wake: make(chan struct{}, 1)}
 }
 
 // Wake tells an idle runner to look at the queue now (jobs were added, the
@@ -101,7 +110,10 @@ func (q *QueueRunner) emit(e QueueEvent) {
 // Run processes the queue until ctx ends. With exitWhenIdle it returns nil
 // as soon as there is nothing to run (or the queue is paused) instead of
 // waiting for more. When ctx ends mid-job, the job goes back to pending and
-// Run returns ctx's error.
+// Run returns ctx's error. When the worker cannot start, the job stays
+// pending: with exitWhenIdle Run returns that error (wrapping
+// ErrWorkerUnavailable); otherwise it reports QueueStalled and tries again
+// after StallWait or a Wake.
 func (q *QueueRunner) Run(ctx context.Context, exitWhenIdle bool) error {
 	for {
 		if ctx.Err() != nil {
@@ -123,7 +135,14 @@ func (q *QueueRunner) Run(ctx context.Context, exitWhenIdle bool) error {
 				if ctx.Err() != nil {
 					return ctx.Err()
 				}
-				return err
+				if !errors.Is(err, ErrWorkerUnavailable) || exitWhenIdle {
+					return err
+				}
+				q.emit(QueueEvent{Kind: QueueStalled, Err: err})
+				if !q.sleep(ctx, q.StallWait) {
+					return ctx.Err()
+				}
+				continue
 			}
 		}
 		if ran {
@@ -133,16 +152,23 @@ func (q *QueueRunner) Run(ctx context.Context, exitWhenIdle bool) error {
 			return nil
 		}
 		q.emit(QueueEvent{Kind: QueueIdle, Paused: paused})
-		t := time.NewTimer(q.Poll)
-		select {
-		case <-ctx.Done():
-			t.Stop()
+		if !q.sleep(ctx, q.Poll) {
 			return ctx.Err()
-		case <-q.wake:
-			t.Stop()
-		case <-t.C:
 		}
 	}
+}
+
+// sleep waits for d, a Wake or the end of ctx; it reports whether ctx lives.
+func (q *QueueRunner) sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-q.wake:
+	case <-t.C:
+	}
+	return true
 }
 
 // runNext claims and runs one job; it reports whether there was one.
@@ -156,11 +182,13 @@ func (q *QueueRunner) runNext(ctx context.Context) (bool, error) {
 	if err != nil || job == nil {
 		return false, err
 	}
-	q.runClaimed(ctx, job)
+	if err := q.runClaimed(ctx, job); errors.Is(err, ErrWorkerUnavailable) {
+		return false, err
+	}
 	return true, nil
 }
 
-func (q *QueueRunner) runClaimed(ctx context.Context, job *QueueJob) {
+func (q *QueueRunner) runClaimed(ctx context.Context, job *QueueJob) error {
 	rec := context.WithoutCancel(ctx)
 	// The job's own context: the queue stopping ends it with ErrQueueStopped
 	// (back to pending), a cancel with context.Canceled (cancelled).
@@ -204,6 +232,7 @@ func (q *QueueRunner) runClaimed(ctx context.Context, job *QueueJob) {
 		ended = job
 	}
 	q.emit(QueueEvent{Kind: QueueFinished, Job: ended, Outcome: out, Err: err})
+	return err
 }
 
 // execute checks the job's model, sets its output folder and runs it.
@@ -239,5 +268,5 @@ func (q *QueueRunner) execute(ctx context.Context, job *QueueJob) (*JobOutcome, 
 		}
 		q.emit(QueueEvent{Kind: QueueMessage, Job: job, Message: m})
 	}
-	return q.runner.execute(ctx, job.ID, job.UID, req, onEvent)
+	return q.runner.execute(ctx, job.ID, job.UID, req, onEvent, true)
 }

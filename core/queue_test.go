@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -535,4 +536,85 @@ func TestMeasuredRate(t *testing.T) {
 	assert.Equal(t, 1, r.Samples)
 	assert.InDelta(t, 64*64*4/2.0, r.PixelStepsPerS, 1e-9)
 	assert.InDelta(t, 1, r.OverheadS, 1e-9)
+}
+
+// startFailGen is a generator whose worker cannot start while broken is set.
+type startFailGen struct {
+	*scriptedGen
+	broken atomic.Bool
+}
+
+func (g *startFailGen) Submit(ctx context.Context, id string, req Request) (<-chan Message, error) {
+	if g.broken.Load() {
+		return nil, &JobError{Code: ErrWorkerCrashed, Message: "the worker stopped right after it started", Detail: "ImportError: torch"}
+	}
+	return g.scriptedGen.Submit(ctx, id, req)
+}
+
+func TestQueueWaitsWhileTheWorkerCannotStart(t *testing.T) {
+	qg := newQueueGen()
+	g := &startFailGen{scriptedGen: qg.scripted()}
+	g.broken.Store(true)
+	paths := PathsUnder(t.TempDir())
+	s, err := OpenStore(paths.DB)
+	require.NoError(t, err)
+	t.Cleanup(func() { s.Close() })
+	r := NewRunner(s, g, paths)
+	ctx := context.Background()
+	ids := enqueue(t, s, 0, "a", "b", "c")
+
+	// Headless (exit when idle): the run ends with the error, and no job is burnt.
+	err = NewQueueRunner(r).Run(ctx, true)
+	require.ErrorIs(t, err, ErrWorkerUnavailable)
+	var jerr *JobError
+	require.ErrorAs(t, err, &jerr, "the worker's error reaches the user")
+	assert.Equal(t, "ImportError: torch", jerr.Detail)
+	for _, id := range ids {
+		j, err := s.GetQueueJob(ctx, id)
+		require.NoError(t, err)
+		assert.Equal(t, StatusPending, j.Status)
+		assert.Zero(t, j.Attempts)
+	}
+
+	// In the background: it reports the stall, waits, and goes on once the
+	// worker starts.
+	q := NewQueueRunner(r)
+	q.StallWait = time.Hour // only a Wake retries
+	stalled := make(chan struct{}, 10)
+	finished := make(chan int64, 10)
+	q.OnEvent = func(e QueueEvent) {
+		switch e.Kind {
+		case QueueStalled:
+			stalled <- struct{}{}
+		case QueueFinished:
+			if e.Job.Status == StatusDone {
+				finished <- e.Job.ID
+			}
+		}
+	}
+	rctx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- q.Run(rctx, false) }()
+	select {
+	case <-stalled:
+	case <-time.After(30 * time.Second):
+		t.Fatal("no stall reported")
+	}
+	g.broken.Store(false)
+	q.Wake()
+	for range ids {
+		select {
+		case <-finished:
+		case <-time.After(30 * time.Second):
+			t.Fatal("the queue did not go on after the worker came back")
+		}
+	}
+	stop()
+	assert.ErrorIs(t, <-done, context.Canceled)
+	for _, id := range ids {
+		j, err := s.GetQueueJob(ctx, id)
+		require.NoError(t, err)
+		assert.Equal(t, StatusDone, j.Status)
+		assert.Equal(t, 1, j.Attempts, "the failed starts did not count")
+	}
 }

@@ -122,12 +122,17 @@ func (r *Runner) Run(ctx context.Context, req Request, onEvent func(Message)) (*
 	if err != nil {
 		return nil, err
 	}
-	return r.execute(ctx, jobID, uid, req, onEvent)
+	return r.execute(ctx, jobID, uid, req, onEvent, false)
 }
 
 // execute generates a recorded job and records its outcome; the caller holds
 // the slot.
-func (r *Runner) execute(ctx context.Context, jobID int64, uid string, req Request, onEvent func(Message)) (*JobOutcome, error) {
+//
+// For a queue job (queued), a generator that cannot take the job at all (the
+// worker does not start) is not the job's fault: the job goes back to
+// pending and the error wraps ErrWorkerUnavailable, so that the queue waits
+// instead of failing every job in turn.
+func (r *Runner) execute(ctx context.Context, jobID int64, uid string, req Request, onEvent func(Message), queued bool) (*JobOutcome, error) {
 	rec := context.WithoutCancel(ctx)
 
 	// 5. Generate.
@@ -137,6 +142,10 @@ func (r *Runner) execute(ctx context.Context, jobID int64, uid string, req Reque
 			return nil, &JobError{Code: ErrCancelled, Message: "the queue stopped; the job is pending again"}
 		}
 		jerr := toJobError(ctx, err)
+		if queued && ctx.Err() == nil && jerr.Code != ErrInvalidRequest && jerr.Code != ErrCancelled &&
+			r.store.RequeueJob(rec, jobID) == nil {
+			return nil, fmt.Errorf("%w: %w", ErrWorkerUnavailable, jerr)
+		}
 		return nil, r.fail(rec, jobID, jerr)
 	}
 	final, cancelled := r.follow(ctx, uid, ch, onEvent)

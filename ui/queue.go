@@ -184,6 +184,16 @@ func (v *queueView) event(e core.QueueEvent) {
 		if v.paused != e.Paused {
 			v.refresh()
 		}
+	case core.QueueStalled:
+		msg, detail := "The worker could not start, so the queue waits (the jobs stay queued) and tries again in a while. "+
+			"Run `atelier doctor` to check the worker.", ""
+		var jerr *core.JobError
+		if errors.As(e.Err, &jerr) {
+			msg = sentence(jerr.Message) + ". " + msg
+			detail = jerr.Detail
+		}
+		v.s.status.set(statusError, msg, detail)
+		v.refresh()
 	}
 }
 

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
+	"fmt"
 	"hash/crc32"
 	"image/color"
 	"os"
@@ -188,6 +189,14 @@ func TestQueueViewFillReorderCancelEdit(t *testing.T) {
 	for _, j := range v.jobs {
 		assert.NotEqual(t, core.StatusCancelled, j.Status)
 	}
+
+	// A worker that cannot start is explained, with its detail one click away.
+	s.OnQueueEvent(core.QueueEvent{Kind: core.QueueStalled, Err: fmt.Errorf("%w: %w", core.ErrWorkerUnavailable,
+		&core.JobError{Code: core.ErrWorkerCrashed, Message: "the worker stopped right after it started", Detail: "ImportError: torch"})})
+	s.q.drain()
+	assert.Contains(t, s.status.text.Text, "stopped right after it started")
+	assert.Contains(t, s.status.text.Text, "jobs stay queued")
+	assert.Equal(t, "ImportError: torch", s.status.detail)
 
 	// The session of this sitting, with its figures.
 	test.Tap(v.sessions)

@@ -700,7 +700,18 @@ Options:
 			return exitCancelled
 		}
 		fmt.Fprintln(stderr, "atelier queue run:", err)
-		emit(queueRunLine{Type: "done", Counts: counts, Error: &jsonError{Code: core.ErrInternal, Message: err.Error()}})
+		line := queueRunLine{Type: "done", Counts: counts, Error: &jsonError{Code: core.ErrInternal, Message: err.Error()}}
+		var jerr *core.JobError
+		if errors.As(err, &jerr) {
+			line.Error = &jsonError{Code: jerr.Code, Message: jerr.Message, Detail: jerr.Detail}
+			if jerr.Detail != "" {
+				fmt.Fprintf(stderr, "the worker's last lines on stderr:\n%s\n", indent(jerr.Detail, "  "))
+			}
+		}
+		if errors.Is(err, core.ErrWorkerUnavailable) {
+			fmt.Fprintln(stderr, "The jobs stay queued. Run \"atelier doctor\" to check the worker, then \"atelier queue run\" again.")
+		}
+		emit(line)
 		return exitFailure
 	}
 	fmt.Fprintf(stderr, "queue run: %d done, %d failed\n", done, failed)

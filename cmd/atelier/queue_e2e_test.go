@@ -322,6 +322,22 @@ func TestQueueCLI(t *testing.T) {
 	assert.Contains(t, stderr, "line 3")
 	assert.Len(t, h.queue(), 6, "a bad file queues nothing")
 
+	// No worker: the run fails, and every job stays queued, unspent.
+	cmd := h.command(context.Background(), "queue", "run")
+	cmd.Env = append(cmd.Env, "ATELIER_PYTHON="+filepath.Join(t.TempDir(), "no-python"), "ATELIER_WORKER_DIR="+t.TempDir())
+	var errBuf bytes.Buffer
+	cmd.Stderr = &errBuf
+	err := cmd.Run()
+	var exit *exec.ExitError
+	require.ErrorAs(t, err, &exit)
+	assert.Equal(t, exitFailure, exit.ExitCode())
+	assert.Contains(t, errBuf.String(), "stay queued")
+	for _, id := range append(ids, fileIDs...) {
+		j := h.queue()[id]
+		assert.Equal(t, core.StatusPending, j.Status, "job %d", id)
+		assert.Zero(t, j.Attempts, "job %d", id)
+	}
+
 	_, _, code = h.run("queue", "cancel", strconv.FormatInt(ids[1], 10))
 	require.Equal(t, 0, code)
 	out, _, code = h.run("queue", "retry", strconv.FormatInt(ids[1], 10))
