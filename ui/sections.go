@@ -166,6 +166,7 @@ func newSections(f *form, onSubmit func(), do func(func())) *sections {
 	s.controlTitle.SizeName = theme.SizeNameCaptionText
 	s.controlTitle.Hide()
 	s.controlImages = container.NewGridWrap(fyne.NewSize(96, 96))
+	s.controlImages.Hide()
 
 	s.refiner = s.modelChoice(fRefiner, "none, tiny-refiner, or a refiner folder", true)
 	s.refinerSwitch = s.numberEntry(fRefinerSwitch)
@@ -653,8 +654,10 @@ func (s *sections) showResult(out *core.JobOutcome) {
 	if len(objs) > 0 {
 		s.controlTitle.SetText("What the ControlNets saw (last job)")
 		s.controlTitle.Show()
+		s.controlImages.Show()
 	} else {
 		s.controlTitle.Hide()
+		s.controlImages.Hide()
 	}
 	if out.Metrics != nil && out.Metrics.VAEFallback {
 		s.vaeNote.SetText("The VAE gave NaNs at half precision and was rerun in float32 (slower). An fp16-fixed VAE avoids this.")
