@@ -11,7 +11,6 @@ import (
 
 	"atelier/bridge"
 	"atelier/core"
-	"atelier/ui"
 )
 
 // Exit statuses shared by every subcommand.
@@ -42,6 +41,7 @@ Usage:
   atelier queue ...       add, list and run queued jobs (survive crashes)
   atelier models ...      list the model library; add-folder DIR, remove-folder DIR
   atelier doctor          check that the Python worker can start
+  atelier bench ...       time the worker against plain diffusers on this GPU
   atelier version         print the version
 
 Run "atelier <command> --help" for a command's options.
@@ -64,6 +64,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return cmdQueue(rest, stdout, stderr)
 	case "doctor":
 		return cmdDoctor(rest, stdout, stderr)
+	case "bench":
+		return cmdBench(rest, stdout, stderr)
 	case "version", "--version":
 		return cmdVersion(rest, stdout, stderr)
 	case "help", "-h", "-help", "--help":
@@ -73,17 +75,6 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "atelier: unknown command %q\n\n%s", cmd, usage)
 		return exitUsage
 	}
-}
-
-func runGUI(stderr io.Writer) int {
-	a, err := openApp(stderr)
-	if err != nil {
-		fmt.Fprintln(stderr, "atelier:", err)
-		return exitFailure
-	}
-	defer a.close()
-	ui.Main(a.runner, a.store)
-	return exitOK
 }
 
 // app is what every job-running command wires together.

@@ -1,0 +1,725 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"atelier/bridge"
+	"atelier/core"
+)
+
+// fullStepTFLOP is the compute of one SDXL UNet call with classifier-free
+// guidance (batch 2) at 1024x1024, counted with torch.utils.flop_counter.
+const fullStepTFLOP = 13.52
+
+// benchVariants are the worker settings `atelier bench --variants` knows by
+// name; each runs in a worker of its own, with a compile cache of its own.
+var benchVariants = map[string][]string{
+	"atelier":   nil, // the worker's defaults
+	"eager":     {"ATELIER_COMPILE=off"},
+	"legacy":    {"ATELIER_COMPILE=off", "ATELIER_FUSE_QKV=0", "ATELIER_VAE_DTYPE=float32", "ATELIER_CUDNN_BENCHMARK=0", "ATELIER_INFERENCE_MODE=0"},
+	"legacy-im": {"ATELIER_COMPILE=off", "ATELIER_FUSE_QKV=0", "ATELIER_VAE_DTYPE=float32", "ATELIER_CUDNN_BENCHMARK=0"},
+	"fast":      {"ATELIER_COMPILE=full", "ATELIER_COMPILE_MODE=reduce-overhead", "ATELIER_COMPILE_VAE=1", "ATELIER_COMPILE_TEXT=1"},
+	"fp8":       {"ATELIER_COMPILE=full", "ATELIER_COMPILE_MODE=reduce-overhead", "ATELIER_COMPILE_VAE=1", "ATELIER_COMPILE_TEXT=1", "ATELIER_FP8=1"},
+	"regional":  {"ATELIER_COMPILE=regional"},
+	"full":      {"ATELIER_COMPILE=full"},
+	"full-cl":   {"ATELIER_COMPILE=full", "ATELIER_CHANNELS_LAST=1"},
+	"full-cg":   {"ATELIER_COMPILE=full", "ATELIER_COMPILE_MODE=reduce-overhead"},
+	"full-vae":  {"ATELIER_COMPILE=full", "ATELIER_COMPILE_VAE=1"},
+	"cudnn":     {"ATELIER_SDPA=cudnn"},
+	"offload":   {"ATELIER_COMPILE=off", "ATELIER_OFFLOAD=model"},
+	"tiling":    {"ATELIER_COMPILE=off", "ATELIER_VAE_TILING=1", "ATELIER_VAE_SLICING=1"},
+}
+
+type benchVariant struct {
+	Name string   `json:"name"`
+	Env  []string `json:"env"`
+}
+
+type benchOptions struct {
+	model        string
+	steps        int
+	cfg          float64
+	width        int
+	height       int
+	runs         int
+	warmup       int
+	batches      []int
+	previewEvery int
+	variants     []benchVariant
+	baseline     bool
+	restart      bool
+	jsonPath     string
+	timeout      time.Duration
+}
+
+func parseBench(args []string, stdout, stderr io.Writer) (*benchOptions, int, bool) {
+	o := &benchOptions{}
+	var batches, variants string
+	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
+	fs.StringVar(&o.model, "model", "full", `"full" (the SDXL architecture with random weights, created once in the cache), "tiny", or a diffusers model folder`)
+	fs.IntVar(&o.steps, "steps", 30, "denoising steps")
+	fs.Float64Var(&o.cfg, "cfg", 5, "guidance scale")
+	fs.IntVar(&o.width, "width", 1024, "width in pixels")
+	fs.IntVar(&o.height, "height", 1024, "height in pixels")
+	fs.IntVar(&o.runs, "runs", 5, "counted runs per measurement (after the warm-ups)")
+	fs.IntVar(&o.warmup, "warmup", 2, "warm-up runs, not counted (the first includes any compiling)")
+	fs.StringVar(&batches, "batches", "1,2,4", "batch sizes to report as images per second")
+	fs.IntVar(&o.previewEvery, "preview-every", 5, "also time jobs with a preview every N steps (0: no preview runs)")
+	fs.StringVar(&variants, "variants", "atelier", "worker settings to time, comma separated: "+strings.Join(sortedKeys(benchVariants), ", ")+
+		`; or NAME:VAR=VALUE+VAR=VALUE for settings of your own`)
+	fs.BoolVar(&o.baseline, "baseline", true, "time plain diffusers too, as the baseline")
+	fs.BoolVar(&o.restart, "restart", true, "restart each variant's worker to time the first image with a warm compile cache")
+	fs.StringVar(&o.jsonPath, "json", "", "also write the JSON report to this file")
+	fs.DurationVar(&o.timeout, "job-timeout", 15*time.Minute, "give up on one job after this long")
+	fs.Usage = func() {
+		fmt.Fprint(fs.Output(), `Usage: atelier bench [options]
+
+Times image generation on this machine: plain diffusers as the baseline, then
+Atelier's own path end to end (bridge request, worker, PNG with metadata on
+disk) for each variant of the worker's settings. Prints a table, then the
+whole report as one JSON line. Nothing is recorded in the history.
+
+Options:
+`)
+		fs.PrintDefaults()
+	}
+	fs.SetOutput(io.Discard)
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			fs.SetOutput(stdout)
+			fs.Usage()
+			return nil, exitOK, false
+		}
+		fmt.Fprintf(stderr, "atelier bench: %v\nRun \"atelier bench --help\" for the options.\n", err)
+		return nil, exitUsage, false
+	}
+	bad := func(format string, a ...any) (*benchOptions, int, bool) {
+		fmt.Fprintf(stderr, "atelier bench: "+format+"\n", a...)
+		return nil, exitUsage, false
+	}
+	if fs.NArg() > 0 {
+		return bad("unexpected argument %q", fs.Arg(0))
+	}
+	if o.steps < 1 || o.runs < 1 || o.warmup < 1 {
+		return bad("--steps, --runs and --warmup must be at least 1")
+	}
+	for _, s := range strings.Split(batches, ",") {
+		if s = strings.TrimSpace(s); s == "" {
+			continue
+		}
+		b, err := strconv.Atoi(s)
+		if err != nil || b < core.MinBatch || b > core.MaxBatch {
+			return bad("--batches: %q is not a batch size from %d to %d", s, core.MinBatch, core.MaxBatch)
+		}
+		o.batches = append(o.batches, b)
+	}
+	for _, s := range strings.Split(variants, ",") {
+		if s = strings.TrimSpace(s); s == "" {
+			continue
+		}
+		name, custom, isCustom := strings.Cut(s, ":")
+		if isCustom {
+			var env []string
+			for _, kv := range strings.Split(custom, "+") {
+				if !strings.Contains(kv, "=") {
+					return bad("--variants: %q is not VAR=VALUE", kv)
+				}
+				env = append(env, kv)
+			}
+			o.variants = append(o.variants, benchVariant{Name: name, Env: env})
+			continue
+		}
+		env, ok := benchVariants[name]
+		if !ok {
+			return bad("--variants: unknown variant %q (known: %s)", name, strings.Join(sortedKeys(benchVariants), ", "))
+		}
+		o.variants = append(o.variants, benchVariant{Name: name, Env: env})
+	}
+	return o, exitOK, true
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}
+
+// Report types: the JSON that `atelier bench` prints and writes.
+
+type benchStats struct {
+	MedianS float64 `json:"median_s"`
+	P90S    float64 `json:"p90_s"`
+	MinS    float64 `json:"min_s"`
+	N       int     `json:"n"`
+}
+
+func stats(xs []float64) benchStats {
+	if len(xs) == 0 {
+		return benchStats{}
+	}
+	s := append([]float64(nil), xs...)
+	sort.Float64s(s)
+	med := s[len(s)/2]
+	if len(s)%2 == 0 {
+		med = (s[len(s)/2-1] + s[len(s)/2]) / 2
+	}
+	// Nearest rank, as the Python half computes it.
+	k := int(0.9*float64(len(s))+0.5+0.5) - 1
+	k = max(0, min(len(s)-1, k))
+	return benchStats{MedianS: round4(med), P90S: round4(s[k]), MinS: round4(s[0]), N: len(s)}
+}
+
+func round4(x float64) float64 { return float64(int64(x*1e4+0.5)) / 1e4 }
+
+type benchBatch struct {
+	MedianS      float64 `json:"median_s"`
+	ImagesPerSec float64 `json:"images_per_s"`
+}
+
+type benchResult struct {
+	Name              string                `json:"name"`
+	Env               []string              `json:"env"`
+	Error             string                `json:"error,omitempty"`
+	FirstImageColdS   float64               `json:"first_image_cold_s"`
+	FirstImageWarmS   float64               `json:"first_image_warm_cache_s,omitempty"`
+	E2E               benchStats            `json:"e2e"`
+	RatioToBaseline   float64               `json:"speedup_vs_baseline,omitempty"`
+	WorkerTotal       benchStats            `json:"worker_total"`
+	BridgeOverheadS   float64               `json:"bridge_overhead_s"`
+	BridgeOverheadPct float64               `json:"bridge_overhead_pct"`
+	EncodeS           float64               `json:"encode_s"`
+	DenoiseS          float64               `json:"denoise_s"`
+	StepMS            float64               `json:"step_ms"`
+	TFLOPs            float64               `json:"tflop_per_s,omitempty"`
+	DecodeS           float64               `json:"vae_decode_s"`
+	SaveS             float64               `json:"save_png_s"`
+	PeakMemBytes      int64                 `json:"peak_mem_bytes"`
+	PreviewEvery      int                   `json:"preview_every,omitempty"`
+	PreviewE2E        *benchStats           `json:"preview_e2e,omitempty"`
+	PreviewCostPct    float64               `json:"preview_cost_pct,omitempty"`
+	ProgressCostPct   float64               `json:"progress_cost_pct"`
+	Batches           map[string]benchBatch `json:"batches,omitempty"`
+	PNGOK             bool                  `json:"png_ok"`
+	FirstImageMarks   map[string]float64    `json:"first_image_cold_marks,omitempty"`
+	FirstWarmMarks    map[string]float64    `json:"first_image_warm_marks,omitempty"`
+	WarmRestartLog    []string              `json:"warm_restart_worker_log,omitempty"`
+}
+
+type benchReport struct {
+	Command        string          `json:"command"`
+	Started        string          `json:"started"`
+	Model          string          `json:"model"`
+	Steps          int             `json:"steps"`
+	CFG            float64         `json:"cfg"`
+	Width          int             `json:"width"`
+	Height         int             `json:"height"`
+	Runs           int             `json:"runs"`
+	Warmup         int             `json:"warmup"`
+	Hello          json.RawMessage `json:"worker_hello,omitempty"`
+	TFLOPPerStep   float64         `json:"tflop_per_cfg_step,omitempty"`
+	Baseline       json.RawMessage `json:"baseline,omitempty"`
+	BaselineError  string          `json:"baseline_error,omitempty"`
+	ProgressLineUS float64         `json:"progress_line_us,omitempty"`
+	Variants       []*benchResult  `json:"variants"`
+}
+
+func cmdBench(args []string, stdout, stderr io.Writer) int {
+	o, code, ok := parseBench(args, stdout, stderr)
+	if !ok {
+		return code
+	}
+	paths := core.DefaultPaths()
+	if err := paths.EnsureDirs(); err != nil {
+		fmt.Fprintln(stderr, "atelier bench:", err)
+		return exitFailure
+	}
+	cache := os.Getenv("ATELIER_CACHE_DIR")
+	if cache == "" {
+		cache = paths.Cache
+	}
+	cfg := bridge.Config{CacheDir: cache, Logger: newLogger(stderr)}
+	argv, workerDir, err := cfg.WorkerCommand()
+	if err != nil {
+		fmt.Fprintln(stderr, "atelier bench:", err)
+		return exitFailure
+	}
+	py := &benchPython{python: argv[0], workerDir: workerDir, cache: cache, stderr: stderr}
+	rep := &benchReport{Command: "atelier bench " + strings.Join(args, " "), Started: time.Now().UTC().Format(time.RFC3339),
+		Steps: o.steps, CFG: o.cfg, Width: o.width, Height: o.height, Runs: o.runs, Warmup: o.warmup}
+	logf := func(format string, a ...any) { fmt.Fprintf(stderr, "bench: "+format+"\n", a...) }
+
+	// The model: the full SDXL sizes with random weights, created once.
+	model := o.model
+	if model == "full" || model == "tiny" {
+		dtype := map[string]string{"full": "float16", "tiny": "float32"}[model]
+		dir := filepath.Join(cache, "models", "bench-sdxl-"+model+"-v1")
+		logf("creating the %s model at %s (once)", model, dir)
+		var made struct {
+			Model   string  `json:"model"`
+			CreateS float64 `json:"create_s"`
+		}
+		if err := py.run(&made, "model", "--out", dir, "--preset", model, "--dtype", dtype); err != nil {
+			fmt.Fprintln(stderr, "atelier bench: creating the model:", err)
+			return exitFailure
+		}
+		model = made.Model
+	}
+	rep.Model = model
+
+	var base struct {
+		E2E          benchStats `json:"e2e"`
+		UnetTFLOP    float64    `json:"unet_tflop_per_cfg_step"`
+		UnetStep     benchStats `json:"unet_step_cfg"`
+		VAEDecode    benchStats `json:"vae_decode"`
+		PeakMemBytes int64      `json:"peak_mem_bytes"`
+		Versions     struct {
+			GPU string `json:"gpu"`
+		} `json:"versions"`
+	}
+	if o.baseline {
+		logf("timing plain diffusers (the baseline)")
+		var raw json.RawMessage
+		err := py.run(&raw, "baseline", "--model", model, "--steps", strconv.Itoa(o.steps),
+			"--cfg", strconv.FormatFloat(o.cfg, 'g', -1, 64), "--width", strconv.Itoa(o.width),
+			"--height", strconv.Itoa(o.height), "--runs", strconv.Itoa(o.runs), "--warmup", strconv.Itoa(o.warmup),
+			"--batches", joinInts(o.batches))
+		if err != nil {
+			rep.BaselineError = err.Error()
+			logf("baseline failed: %v", err)
+		} else {
+			rep.Baseline = raw
+			_ = json.Unmarshal(raw, &base)
+			rep.TFLOPPerStep = base.UnetTFLOP
+		}
+	}
+	if rep.TFLOPPerStep == 0 && o.model == "full" && o.width == 1024 && o.height == 1024 {
+		rep.TFLOPPerStep = fullStepTFLOP
+	}
+	var emit struct {
+		US float64 `json:"progress_line_us"`
+	}
+	if err := py.run(&emit, "emitcost"); err == nil {
+		rep.ProgressLineUS = emit.US
+	}
+
+	for _, v := range o.variants {
+		logf("variant %s %v", v.Name, v.Env)
+		res := benchOne(o, v, model, cfg, rep, logf)
+		if base.E2E.MedianS > 0 && res.E2E.MedianS > 0 {
+			res.RatioToBaseline = round4(base.E2E.MedianS / res.E2E.MedianS)
+		}
+		rep.Variants = append(rep.Variants, res)
+	}
+
+	printBenchTable(stdout, rep, base.E2E, base.UnetStep.MedianS, base.VAEDecode.MedianS, base.PeakMemBytes, rawBatches(rep.Baseline))
+	b, _ := json.Marshal(rep)
+	fmt.Fprintln(stdout, string(b))
+	if o.jsonPath != "" {
+		if err := os.WriteFile(o.jsonPath, append(b, '\n'), 0o644); err != nil {
+			fmt.Fprintln(stderr, "atelier bench:", err)
+			return exitFailure
+		}
+	}
+	for _, r := range rep.Variants {
+		if r.Error != "" {
+			return exitFailure
+		}
+	}
+	return exitOK
+}
+
+func joinInts(xs []int) string {
+	s := make([]string, len(xs))
+	for i, x := range xs {
+		s[i] = strconv.Itoa(x)
+	}
+	return strings.Join(s, ",")
+}
+
+func rawBatches(raw json.RawMessage) map[string]benchBatch {
+	var b struct {
+		Batches map[string]benchBatch `json:"batches"`
+	}
+	_ = json.Unmarshal(raw, &b)
+	return b.Batches
+}
+
+// benchPython runs the Python half (python -m atelier_worker.bench).
+type benchPython struct {
+	python, workerDir, cache string
+	stderr                   io.Writer
+}
+
+func (p *benchPython) run(out any, args ...string) error {
+	cmd := exec.Command(p.python, append([]string{"-m", "atelier_worker.bench"}, args...)...)
+	cmd.Env = append(os.Environ(), "PYTHONPATH="+p.workerDir, "PYTHONUNBUFFERED=1", "HF_HUB_OFFLINE=1",
+		"ATELIER_CACHE_DIR="+p.cache)
+	var so bytes.Buffer
+	var se tailBuffer
+	cmd.Stdout = &so
+	cmd.Stderr = &se
+	if err := cmd.Run(); err != nil {
+		return fmt.Errorf("%s %s: %v\n%s", "atelier_worker.bench", args[0], err, se.String())
+	}
+	lines := strings.Split(strings.TrimSpace(so.String()), "\n")
+	last := lines[len(lines)-1]
+	if err := json.Unmarshal([]byte(last), out); err != nil {
+		return fmt.Errorf("atelier_worker.bench %s printed no JSON (%v): %q", args[0], err, last)
+	}
+	return nil
+}
+
+// tailBuffer keeps the last 4 KiB written to it.
+type tailBuffer struct{ b []byte }
+
+func (t *tailBuffer) Write(p []byte) (int, error) {
+	t.b = append(t.b, p...)
+	if len(t.b) > 4096 {
+		t.b = t.b[len(t.b)-4096:]
+	}
+	return len(p), nil
+}
+
+func (t *tailBuffer) String() string { return string(t.b) }
+
+// benchJob is what one job through the bridge measured.
+type benchJob struct {
+	wall     float64
+	metrics  *core.Metrics
+	encodeS  float64
+	decodeS  float64
+	saveS    float64
+	previews int
+	images   []core.ImageResult
+	pngOK    bool
+	// Seconds from Submit until the first message of each kind (loading, accepted) and
+	// until each stage began, by the worker's clock from accepted: where a first image's
+	// time goes.
+	marks map[string]float64
+}
+
+type benchSession struct {
+	br      *bridge.Bridge
+	o       *benchOptions
+	model   string
+	outDir  string
+	seq     int
+	timeout time.Duration
+}
+
+func (s *benchSession) job(batch, previewEvery int) (*benchJob, error) {
+	s.seq++
+	id := fmt.Sprintf("bench-%d-%d", time.Now().UnixNano()%1e9, s.seq)
+	req := core.Request{Prompt: "a lighthouse at dusk, oil painting", NegativePrompt: "fog, blur", Model: s.model,
+		Scheduler: "euler", Steps: s.o.steps, CFG: s.o.cfg, Width: s.o.width, Height: s.o.height,
+		Seed: int64(1000 + s.seq), BatchSize: batch, OutputDir: s.outDir, PreviewEvery: previewEvery}
+	ctx, cancel := context.WithTimeout(context.Background(), s.timeout)
+	defer cancel()
+	t0 := time.Now()
+	ch, err := s.br.Submit(ctx, id, req)
+	if err != nil {
+		return nil, err
+	}
+	j := &benchJob{marks: map[string]float64{}}
+	var final core.Message
+	decStart := map[int]float64{}
+	saveStart := map[int]float64{}
+	var encStart, denStart, saveEnd float64
+	var acceptedAt float64
+	for m := range ch {
+		now := time.Since(t0).Seconds()
+		switch m.Type {
+		case core.MsgLoading:
+			if _, ok := j.marks["worker_loading"]; !ok {
+				j.marks["worker_loading"] = round4(now)
+			}
+		case core.MsgAccepted:
+			acceptedAt = now
+			j.marks["accepted"] = round4(now)
+		}
+		if m.Type == core.MsgProgress {
+			if _, ok := j.marks[m.Stage]; !ok {
+				j.marks[m.Stage] = round4(acceptedAt + m.ElapsedS)
+			}
+		}
+		switch m.Type {
+		case core.MsgProgress:
+			switch m.Stage {
+			case "encoding":
+				encStart = m.ElapsedS
+			case "denoising":
+				if m.Step == 0 {
+					denStart = m.ElapsedS
+				}
+			case "decoding":
+				decStart[m.Step] = m.ElapsedS
+			case "saving":
+				if m.Step == m.Total {
+					saveEnd = m.ElapsedS
+				} else {
+					saveStart[m.Step] = m.ElapsedS
+				}
+			}
+		case core.MsgPreview:
+			j.previews++
+		case core.MsgResult, core.MsgError:
+			final = m
+		}
+	}
+	j.wall = time.Since(t0).Seconds()
+	if final.Type != core.MsgResult {
+		return nil, fmt.Errorf("job %s ended with %s: %s %s", id, final.Code, final.Message, firstLine(final.Detail))
+	}
+	j.metrics = final.Metrics
+	j.images = final.Images
+	j.marks["result"] = round4(j.wall)
+	j.pngOK = checkPNG(j.images)
+	j.encodeS = denStart - encStart
+	for i := 0; i < batch; i++ {
+		j.decodeS += saveStart[i] - decStart[i]
+		next, ok := decStart[i+1]
+		if !ok {
+			next = saveEnd
+		}
+		j.saveS += next - saveStart[i]
+	}
+	for _, im := range j.images {
+		os.Remove(im.Path) //nolint:errcheck // a benchmark's pictures are noise
+	}
+	return j, nil
+}
+
+func firstLine(s string) string {
+	if i := strings.IndexByte(s, '\n'); i >= 0 {
+		return s[:i]
+	}
+	return s
+}
+
+func benchOne(o *benchOptions, v benchVariant, model string, base bridge.Config, rep *benchReport, logf func(string, ...any)) *benchResult {
+	res := &benchResult{Name: v.Name, Env: v.Env}
+	if res.Env == nil {
+		res.Env = []string{}
+	}
+	tmp, err := os.MkdirTemp("", "atelier-bench-")
+	if err != nil {
+		res.Error = err.Error()
+		return res
+	}
+	defer os.RemoveAll(tmp)
+	cfg := base
+	// A compile cache of the variant's own, empty at first: the first image is a cold
+	// start, the first after a restart a warm one.
+	cfg.Env = append([]string{"TORCHINDUCTOR_CACHE_DIR=" + filepath.Join(tmp, "inductor")}, v.Env...)
+	var tail tailBuffer
+	cfg.Logger = slog.New(slog.NewTextHandler(&tail, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	cfg.StallTimeout = 5 * time.Minute
+	s := &benchSession{br: bridge.New(cfg), o: o, model: model, outDir: filepath.Join(tmp, "out"), timeout: o.timeout}
+	defer func() { s.br.Close() }()
+	fail := func(err error) *benchResult {
+		res.Error = err.Error()
+		if t := s.br.StderrTail(); len(t) > 0 {
+			res.Error += "\nworker stderr:\n" + strings.Join(t[max(0, len(t)-15):], "\n")
+		}
+		logf("variant %s failed: %v", v.Name, err)
+		return res
+	}
+
+	first, err := s.job(1, 0)
+	if err != nil {
+		return fail(err)
+	}
+	res.FirstImageColdS = round4(first.wall)
+	if h, ok := s.br.Hello(); ok && rep.Hello == nil {
+		rep.Hello, _ = json.Marshal(h)
+	}
+	res.PNGOK = first.pngOK
+	res.FirstImageMarks = first.marks
+	logf("  first image (cold) %.2fs", first.wall)
+	for i := 1; i < o.warmup; i++ {
+		if _, err := s.job(1, 0); err != nil {
+			return fail(err)
+		}
+	}
+	var walls, totals, overheads, denoise, decode, save, encode []float64
+	for i := 0; i < o.runs; i++ {
+		j, err := s.job(1, 0)
+		if err != nil {
+			return fail(err)
+		}
+		walls = append(walls, j.wall)
+		totals = append(totals, j.metrics.TotalS)
+		overheads = append(overheads, j.wall-j.metrics.TotalS)
+		denoise = append(denoise, j.metrics.DenoiseS)
+		decode = append(decode, j.decodeS)
+		save = append(save, j.saveS)
+		encode = append(encode, j.encodeS)
+		res.PeakMemBytes = max(res.PeakMemBytes, j.metrics.PeakMemBytes)
+	}
+	res.E2E = stats(walls)
+	res.WorkerTotal = stats(totals)
+	res.BridgeOverheadS = stats(overheads).MedianS
+	res.BridgeOverheadPct = round4(100 * res.BridgeOverheadS / res.E2E.MedianS)
+	res.DenoiseS = stats(denoise).MedianS
+	res.StepMS = round4(1000 * res.DenoiseS / float64(o.steps))
+	if rep.TFLOPPerStep > 0 && res.StepMS > 0 && o.cfg > 1 {
+		res.TFLOPs = round4(rep.TFLOPPerStep / (res.StepMS / 1000))
+	}
+	res.DecodeS = stats(decode).MedianS
+	res.SaveS = stats(save).MedianS
+	res.EncodeS = stats(encode).MedianS
+	if rep.ProgressLineUS > 0 {
+		res.ProgressCostPct = round4(100 * rep.ProgressLineUS * 1e-6 * float64(o.steps+8) / res.E2E.MedianS)
+	}
+	logf("  e2e median %.3fs (worker %.3fs, denoise %.3fs, decode %.3fs, png %.3fs)",
+		res.E2E.MedianS, res.WorkerTotal.MedianS, res.DenoiseS, res.DecodeS, res.SaveS)
+
+	if o.previewEvery > 0 && o.previewEvery < o.steps {
+		res.PreviewEvery = o.previewEvery
+		var pw []float64
+		for i := 0; i < o.runs; i++ {
+			j, err := s.job(1, o.previewEvery)
+			if err != nil {
+				return fail(err)
+			}
+			pw = append(pw, j.wall)
+		}
+		st := stats(pw)
+		res.PreviewE2E = &st
+		res.PreviewCostPct = round4(100 * (st.MedianS - res.E2E.MedianS) / res.E2E.MedianS)
+	}
+
+	res.Batches = map[string]benchBatch{"1": {MedianS: res.E2E.MedianS, ImagesPerSec: round4(1 / res.E2E.MedianS)}}
+	for _, b := range o.batches {
+		if b == 1 {
+			continue
+		}
+		if _, err := s.job(b, 0); err != nil { // warm-up (may compile for the new shape)
+			return fail(err)
+		}
+		var bw []float64
+		for i := 0; i < max(1, o.runs/2); i++ {
+			j, err := s.job(b, 0)
+			if err != nil {
+				return fail(err)
+			}
+			bw = append(bw, j.wall)
+		}
+		med := stats(bw).MedianS
+		res.Batches[strconv.Itoa(b)] = benchBatch{MedianS: med, ImagesPerSec: round4(float64(b) / med)}
+	}
+
+	if o.restart {
+		s.br.Close()
+		s.br = bridge.New(cfg)
+		j, err := s.job(1, 0)
+		if err != nil {
+			return fail(err)
+		}
+		res.FirstImageWarmS = round4(j.wall)
+		res.FirstWarmMarks = j.marks
+		res.WarmRestartLog = s.br.StderrTail()
+		logf("  first image after a restart (warm compile cache) %.2fs", j.wall)
+	}
+	return res
+}
+
+// checkPNG reports whether every image is a PNG on disk with a parameters text chunk.
+func checkPNG(images []core.ImageResult) bool {
+	if len(images) == 0 {
+		return false
+	}
+	for _, im := range images {
+		b, err := os.ReadFile(im.Path)
+		if err != nil || !bytes.HasPrefix(b, []byte("\x89PNG\r\n\x1a\n")) {
+			return false
+		}
+		found := false
+		for r := b[8:]; len(r) >= 12; {
+			n := binary.BigEndian.Uint32(r[:4])
+			if int(n) > len(r)-12 {
+				return false
+			}
+			typ, data := string(r[4:8]), r[8:8+n]
+			r = r[12+n:]
+			if (typ == "tEXt" || typ == "iTXt") && bytes.HasPrefix(data, []byte("parameters\x00")) {
+				found = true
+			}
+		}
+		if !found {
+			return false
+		}
+	}
+	return true
+}
+
+func printBenchTable(w io.Writer, rep *benchReport, base benchStats, baseStep, baseDecode float64, basePeak int64, baseBatches map[string]benchBatch) {
+	fmt.Fprintf(w, "atelier bench: %s, %dx%d, %d steps, cfg %g; %d warm-up + %d counted runs\n",
+		filepath.Base(rep.Model), rep.Width, rep.Height, rep.Steps, rep.CFG, rep.Warmup, rep.Runs)
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "variant\tmedian s\tp90 s\tspeedup\tstep ms\tTFLOP/s\tVAE s\tPNG s\tpeak GiB\tfirst cold s\tfirst warm s\tIPC %\tprogress %\tpreview %\timg/s b1\tb2\tb4\t")
+	tflops := func(stepS float64) string {
+		if rep.TFLOPPerStep == 0 || stepS == 0 {
+			return "-"
+		}
+		return fmt.Sprintf("%.0f", rep.TFLOPPerStep/stepS)
+	}
+	ips := func(m map[string]benchBatch, k string) string {
+		if b, ok := m[k]; ok {
+			return fmt.Sprintf("%.2f", b.ImagesPerSec)
+		}
+		return "-"
+	}
+	gib := func(b int64) string { return fmt.Sprintf("%.1f", float64(b)/(1<<30)) }
+	if base.N > 0 {
+		fmt.Fprintf(tw, "diffusers (baseline)\t%.3f\t%.3f\t1.00\t%.1f\t%s\t%.3f\t-\t%s\t-\t-\t-\t-\t-\t%s\t%s\t%s\t\n",
+			base.MedianS, base.P90S, baseStep*1000, tflops(baseStep), baseDecode, gib(basePeak),
+			ips(baseBatches, "1"), ips(baseBatches, "2"), ips(baseBatches, "4"))
+	}
+	for _, r := range rep.Variants {
+		if r.Error != "" {
+			fmt.Fprintf(tw, "%s\tfailed: %s\t\n", r.Name, firstLine(r.Error))
+			continue
+		}
+		speed := "-"
+		if r.RatioToBaseline > 0 {
+			speed = fmt.Sprintf("%.2f", r.RatioToBaseline)
+		}
+		warm := "-"
+		if r.FirstImageWarmS > 0 {
+			warm = fmt.Sprintf("%.1f", r.FirstImageWarmS)
+		}
+		prev := "-"
+		if r.PreviewE2E != nil {
+			prev = fmt.Sprintf("%.1f", r.PreviewCostPct)
+		}
+		fmt.Fprintf(tw, "%s\t%.3f\t%.3f\t%s\t%.1f\t%s\t%.3f\t%.3f\t%s\t%.1f\t%s\t%.2f\t%.2f\t%s\t%s\t%s\t%s\t\n",
+			r.Name, r.E2E.MedianS, r.E2E.P90S, speed, r.StepMS, tflops(r.StepMS/1000), r.DecodeS, r.SaveS,
+			gib(r.PeakMemBytes), r.FirstImageColdS, warm, r.BridgeOverheadPct, r.ProgressCostPct, prev,
+			ips(r.Batches, "1"), ips(r.Batches, "2"), ips(r.Batches, "4"))
+	}
+	tw.Flush()
+	fmt.Fprintln(w, "variant settings:")
+	for _, r := range rep.Variants {
+		fmt.Fprintf(w, "  %s: %s\n", r.Name, strings.Join(append([]string{"(defaults)"}, r.Env...)[min(1, len(r.Env)):], " "))
+	}
+}
