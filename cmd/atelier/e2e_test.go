@@ -201,7 +201,7 @@ func TestSameSeedGivesTheSamePixels(t *testing.T) {
 	a, b := pixels(t, strings.TrimSpace(first)), pixels(t, copyPath)
 	assert.True(t, bytes.Equal(a, b), "two runs with seed 7 must give identical pixels")
 
-	other, stderr, code := h.run(append(tinyArgs[:len(tinyArgs)-1], "8")...)
+	other, stderr, code := h.run(append(append([]string{}, tinyArgs[:len(tinyArgs)-1]...), "8")...) // a copy: tinyArgs is shared
 	require.Equal(t, 0, code, stderr)
 	assert.False(t, bytes.Equal(a, pixels(t, strings.TrimSpace(other))), "another seed must give other pixels")
 }

@@ -131,7 +131,7 @@ type featureRun struct {
 func (h *home) generateFeature(t *testing.T, args ...string) featureRun {
 	t.Helper()
 	before := len(h.history())
-	all := append(append([]string{}, tinyArgs...), append(args, "--json")...)
+	all := append(append(append([]string{}, tinyArgs...), "--seed", "7"), append(args, "--json")...)
 	stdout, stderr, code := h.run(all...)
 	require.Equal(t, 0, code, "atelier %s\nstderr:\n%s", strings.Join(all, " "), stderr)
 	lines := strings.Split(strings.TrimSpace(stdout), "\n")
@@ -314,7 +314,7 @@ func TestBadFeatureInputIsExplainedAndTheNextJobWorks(t *testing.T) {
 			if tc.feature != "" {
 				needFeature(t, tc.feature)
 			}
-			stdout, stderr, code := h.run(append(append([]string{}, tinyArgs...), tc.args...)...)
+			stdout, stderr, code := h.run(append(append(append([]string{}, tinyArgs...), "--seed", "7"), tc.args...)...)
 			assert.Equal(t, exitUsage, code, "stderr:\n%s", stderr)
 			assert.Empty(t, stdout)
 			for _, w := range tc.want {
