@@ -369,7 +369,8 @@ func ClassifyTensorNames(keys []string) (ModelKind, string) {
 		}
 		return len(keys) > 0
 	}
-	if s := has("lora_A", "lora_B", "lora_down", "lora_up", "lora_unet_", "lora_te", ".lora."); s != "" {
+	if s := has("lora_A", "lora_B", "lora_down", "lora_up", "lora_unet_", "lora_te", ".lora.", "_lora.", "lora.down",
+		"lora.up", "lokr_", "hada_w"); s != "" {
 		return KindLoRA, "tensor names with " + s
 	}
 	if s := has("control_model.", "controlnet_cond_embedding", "controlnet_down_blocks", "controlnet_mid_block"); s != "" {

@@ -43,6 +43,7 @@ func TestClassifyTensorNames(t *testing.T) {
 	}{
 		{[]string{"lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight", "lora_unet_x.alpha"}, KindLoRA},
 		{[]string{"unet.down_blocks.0.attentions.0.to_q.lora_A.weight"}, KindLoRA},
+		{[]string{"unet.down_blocks.0.attentions.0.processor.to_q_lora.down.weight"}, KindLoRA},
 		{[]string{"control_model.input_blocks.0.0.weight", "control_model.zero_convs.0.0.weight"}, KindControlNet},
 		{[]string{"controlnet_cond_embedding.conv_in.weight", "down_blocks.0.resnets.0.conv1.weight"}, KindControlNet},
 		{[]string{"conditioner.embedders.0.transformer.text_model.embeddings.position_ids",

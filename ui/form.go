@@ -445,6 +445,10 @@ func (f *form) rememberModel(m string) {
 		}
 	}
 	f.models = list
+	if f.feat != nil && f.feat.lib != nil {
+		f.feat.setLibrary(f.feat.lib) // the library's checkpoints follow the recent ones
+		return
+	}
 	f.model.SetOptions(list)
 }
 

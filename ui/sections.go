@@ -273,8 +273,9 @@ func (s *sections) setLibrary(lib *core.Library) {
 		s.setChoices(r.model, s.cnOptions())
 	}
 	if lib != nil {
-		models := append([]string{core.TinyModel, core.TinySingleFile}, lib.Paths(core.KindCheckpoint)...)
-		for _, m := range s.f.models {
+		// Recent models first, then the demo parts and the library's checkpoints.
+		models := append([]string(nil), s.f.models...)
+		for _, m := range append([]string{core.TinyModel, core.TinySingleFile}, lib.Paths(core.KindCheckpoint)...) {
 			if !containsString(models, m) {
 				models = append(models, m)
 			}

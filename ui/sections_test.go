@@ -182,6 +182,9 @@ func TestChoicesComeFromCapabilitiesAndLibrary(t *testing.T) {
 		{Path: "/m/refiner", Kind: core.KindRefiner},
 	}})
 	assert.Contains(t, x.choices[f.model], "/m/juggernaut.safetensors")
+	f.rememberModel("/m/recent")
+	assert.Contains(t, x.choices[f.model], "/m/juggernaut.safetensors", "a recent model does not push the library out")
+	assert.Equal(t, "/m/recent", x.choices[f.model][1])
 	assert.Equal(t, []string{core.TinyLoRA, "/m/detail.safetensors"}, x.choices[x.addLoRARow(core.LoRA{Weight: 1}).path],
 		"refused files are not offered")
 	assert.Equal(t, []string{core.TinyControlNet, "/m/canny"}, x.choices[r.model])
