@@ -324,6 +324,10 @@ func checkWeightsPath(path, tiny, what string) string {
 // validateFeatures checks the optional SDXL features: sampling schedule,
 // LoRAs, ControlNets, refiner, VAE, img2img/inpainting and upscaling.
 func (r *Request) validateFeatures(add func(field, format string, args ...any)) {
+	if ext := pickleExt(r.Model); ext != "" {
+		add("model", "%s is a pickle checkpoint (%s), which can run arbitrary code when loaded, so Atelier never loads one: "+
+			"use the model's .safetensors file or diffusers folder", strings.TrimSpace(r.Model), ext)
+	}
 	if !contains(Schedules, r.Schedule) {
 		add("schedule", "unknown schedule %q (known: karras, exponential, beta, or empty for the scheduler's own)", r.Schedule)
 	}

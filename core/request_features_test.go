@@ -114,6 +114,7 @@ func TestFeatureValidation(t *testing.T) {
 		{"upscaler not a model", func(r *Request) { r.Upscaler = "bicubic" }, "upscaler"},
 		// Single-file model.
 		{"single-file model", func(r *Request) { r.Model = "/models/sdxl.safetensors" }, ""},
+		{"pickle model", func(r *Request) { r.Model = "/models/sdxl.ckpt" }, "model"},
 		// Batch size stays 1..8.
 		{"batch 8", func(r *Request) { r.BatchSize = 8 }, ""},
 		{"batch 9", func(r *Request) { r.BatchSize = 9 }, "batch_size"},
