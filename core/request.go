@@ -161,43 +161,6 @@ type Request struct {
 // IntPtr returns a pointer to v, for optional int fields such as MaskBlur.
 func IntPtr(v int) *int { return &v }
 
-// Features names the optional features a request uses, as the worker's hello
-// lists them in capabilities.features.
-func (r *Request) Features() []string {
-	var f []string
-	if r.Schedule != "" {
-		f = append(f, "schedules")
-	}
-	if len(r.LoRAs) > 0 {
-		f = append(f, "lora")
-	}
-	if len(r.ControlNets) > 0 {
-		f = append(f, "controlnet")
-	}
-	if r.Refiner != "" {
-		f = append(f, "refiner")
-	}
-	if r.VAE != "" {
-		f = append(f, "vae")
-	}
-	if r.InitImage != "" {
-		f = append(f, "img2img")
-	}
-	if r.MaskImage != "" {
-		f = append(f, "inpaint")
-	}
-	if r.Upscaler != "" {
-		f = append(f, "upscale")
-	}
-	if r.Upscaler != "" && r.Upscaler != LanczosUpscaler {
-		f = append(f, "upscale_model")
-	}
-	if r.Model == TinySingleFile || strings.HasSuffix(strings.ToLower(r.Model), ".safetensors") {
-		f = append(f, "single_file")
-	}
-	return f
-}
-
 // DefaultRequest is what a new form or a bare CLI call starts from.
 func DefaultRequest() Request {
 	return Request{Model: TinyModel, Scheduler: "euler", Steps: 30, CFG: 5,
