@@ -237,13 +237,7 @@ func TestQueueRunsInTheBackgroundWithTheRealWorker(t *testing.T) {
 	test.Tap(s.x.addQueue)
 	s.x.tabs.SelectIndex(tabQueue)
 	v := s.x.queue
-	sawProgress := false
 	s.waitFor(t, jobDeadline, "both queue jobs done", func() bool {
-		for _, j := range v.jobs {
-			if j.Status == core.StatusRunning && j.Step > 0 {
-				sawProgress = true
-			}
-		}
 		n := 0
 		for _, j := range v.jobs {
 			if j.Status == core.StatusDone {
@@ -258,7 +252,6 @@ func TestQueueRunsInTheBackgroundWithTheRealWorker(t *testing.T) {
 		assert.Equal(t, 1.0, r.bar.Value)
 		assert.Contains(t, r.eta.Text, "it/s", "a done job shows its time and speed")
 	}
-	_ = sawProgress // progress is shown when a step arrives between refreshes; not guaranteed on a fast CPU
 	assert.NotContains(t, v.summary.Text, "waiting · 1 running")
 	s.waitFor(t, 30*time.Second, "the strip shows the queue's images", func() bool { return s.strip.len() == 2 })
 
