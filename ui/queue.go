@@ -172,8 +172,10 @@ func (v *queueView) event(e core.QueueEvent) {
 			j.Step, j.Total = e.Message.Step, e.Message.Total
 		}
 		v.recompute()
-		if r := v.rows[e.Job.ID]; r != nil && r.id == e.Job.ID {
-			if j := v.job(e.Job.ID); j != nil {
+		// The running job's progress, and every ETA on screen: the fresh
+		// speed changes the waiting jobs' estimates too.
+		for id, r := range v.rows {
+			if j := v.job(id); j != nil && r.id == id {
 				r.show(j)
 			}
 		}

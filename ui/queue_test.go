@@ -340,3 +340,42 @@ func TestWindowLayoutAndFormAreRemembered(t *testing.T) {
 }
 
 func storageURI(path string) fyne.URI { return storage.NewFileURI(path) }
+
+func TestQueueViewShowsProgressAndETAs(t *testing.T) {
+	s, store, _ := servicesStudio(t, nil, nil)
+	ctx := context.Background()
+	// One done job gives the measured speed: 64×64, 4 steps in 2 s of denoising.
+	done := core.DefaultRequest()
+	done.Prompt, done.Steps, done.Width, done.Height, done.BatchSize = "measured", 4, 64, 64, 1
+	id, err := store.CreateJob(ctx, "measured", done)
+	require.NoError(t, err)
+	require.NoError(t, store.FinishJob(ctx, id, &core.Metrics{TotalS: 3, DenoiseS: 2, ItS: 2}, nil))
+
+	req := done
+	req.Prompt, req.Steps, req.Seed = "queued", 10, 1
+	ids, err := store.Enqueue(ctx, 0, []core.Request{req, req})
+	require.NoError(t, err)
+	job, err := store.ClaimNext(ctx) // as the runner does
+	require.NoError(t, err)
+	require.Equal(t, ids[0], job.ID)
+
+	s.x.tabs.SelectIndex(tabQueue)
+	s.OnQueueEvent(core.QueueEvent{Kind: core.QueueStarted, Job: job})
+	for step := 0; step <= 5; step++ {
+		// Denoising from 1 s on, at 5 steps per second.
+		s.OnQueueEvent(core.QueueEvent{Kind: core.QueueMessage, Job: job, Message: core.Message{Type: core.MsgProgress,
+			ID: job.UID, Stage: "denoising", Step: step, Total: 10, ElapsedS: 1 + float64(step)/5}})
+	}
+	s.q.drain()
+	r := s.row(t, ids[0])
+	assert.Contains(t, r.status.Text, "running")
+	assert.InDelta(t, 0.5, r.bar.Value, 1e-9)
+	// 5 steps left at 5 steps/s, plus half the measured 1 s outside denoising.
+	assert.Equal(t, "5/10 · 2 s left", r.eta.Text)
+	// The waiting job: 10 steps at the running job's 5 steps/s, plus 1 s.
+	assert.Equal(t, "≈ 3 s", s.row(t, ids[1]).eta.Text)
+	assert.Contains(t, s.x.queue.summary.Text, "1 waiting · 1 running")
+	assert.Contains(t, s.x.queue.summary.Text, "queue ETA 5 s") // 1.5 s + 3 s
+	assert.True(t, r.edit.Disabled(), "a running job is not edited")
+	assert.False(t, r.cancel.Disabled(), "a running job can be cancelled")
+}
