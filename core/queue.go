@@ -142,12 +142,14 @@ func (s *Store) Enqueue(ctx context.Context, sessionID int64, reqs []Request) ([
 const queueColumns = jobColumns + `, COALESCE(position, 0), attempts, COALESCE(session_id, 0),
 	progress_step, progress_total, cancel_requested`
 
-func scanQueueJobs(rows *sql.Rows) ([]QueueJob, error) {
+// scanQueueJobs reads rows of queueColumns; extra receives any columns after them.
+func scanQueueJobs(rows *sql.Rows, extra ...any) ([]QueueJob, error) {
 	defer rows.Close()
 	out := []QueueJob{}
 	for rows.Next() {
 		var q QueueJob
-		j, err := scanJob(rows, &q.Position, &q.Attempts, &q.SessionID, &q.Step, &q.Total, &q.CancelRequested)
+		dest := append([]any{&q.Position, &q.Attempts, &q.SessionID, &q.Step, &q.Total, &q.CancelRequested}, extra...)
+		j, err := scanJob(rows, dest...)
 		if err != nil {
 			return nil, err
 		}
@@ -157,17 +159,29 @@ func scanQueueJobs(rows *sql.Rows) ([]QueueJob, error) {
 	return out, rows.Err()
 }
 
+// QueueFinishedShown bounds the finished jobs QueueJobs returns: the queue
+// view is about work to come; the gallery and the history keep the rest.
+const QueueFinishedShown = 500
+
 // QueueJobs returns the jobs of the queue view: running first, then the ones
-// still to run in queue order, then the finished ones, newest first.
+// still to run in queue order (all of them), then the newest
+// QueueFinishedShown finished ones. QueueCounts counts them all.
 func (s *Store) QueueJobs(ctx context.Context) ([]QueueJob, error) {
-	rows, err := s.db.QueryContext(ctx, `SELECT `+queueColumns+` FROM jobs WHERE queued = 1
-		ORDER BY CASE status WHEN 'running' THEN 0 WHEN 'interrupted' THEN 1 WHEN 'pending' THEN 1 ELSE 2 END,
-		CASE WHEN status IN ('pending', 'interrupted', 'running') THEN position END,
-		COALESCE(finished_at, created_at) DESC, id DESC`)
+	rows, err := s.db.QueryContext(ctx, `SELECT * FROM (
+		SELECT `+queueColumns+`, CASE status WHEN 'running' THEN 0 ELSE 1 END AS rank,
+			position AS sort_pos, '' AS sort_time
+		FROM jobs WHERE queued = 1 AND status IN ('running', 'pending', 'interrupted')
+		UNION ALL
+		SELECT * FROM (SELECT `+queueColumns+`, 2, 0, COALESCE(finished_at, created_at)
+			FROM jobs WHERE queued = 1 AND status IN ('done', 'failed', 'cancelled')
+			ORDER BY COALESCE(finished_at, created_at) DESC, id DESC LIMIT ?))
+		ORDER BY rank, sort_pos, sort_time DESC, id DESC`, QueueFinishedShown)
 	if err != nil {
 		return nil, fmt.Errorf("list the queue: %w", err)
 	}
-	jobs, err := scanQueueJobs(rows)
+	var rank, pos any
+	var sortTime string
+	jobs, err := scanQueueJobs(rows, &rank, &pos, &sortTime)
 	if err != nil {
 		return nil, fmt.Errorf("list the queue: %w", err)
 	}

@@ -618,3 +618,28 @@ func TestQueueWaitsWhileTheWorkerCannotStart(t *testing.T) {
 		assert.Equal(t, 1, j.Attempts, "the failed starts did not count")
 	}
 }
+
+func TestQueueJobsKeepsEveryWaitingJobAndTheNewestFinished(t *testing.T) {
+	s, _ := openTestStore(t)
+	ctx := context.Background()
+	reqs := make([]Request, QueueFinishedShown+20)
+	for i := range reqs {
+		reqs[i] = queueRequest(fmt.Sprintf("job %d", i))
+	}
+	ids, err := s.Enqueue(ctx, 0, reqs)
+	require.NoError(t, err)
+	// All but the last 10 finish (straight in SQL: this is about the listing).
+	_, err = s.db.Exec(`UPDATE jobs SET status = 'done', finished_at = created_at WHERE id <= ?`, ids[len(ids)-11])
+	require.NoError(t, err)
+	jobs, err := s.QueueJobs(ctx)
+	require.NoError(t, err)
+	require.Len(t, jobs, 10+QueueFinishedShown)
+	for i, j := range jobs[:10] {
+		assert.Equal(t, StatusPending, j.Status)
+		assert.Equal(t, ids[len(ids)-10+i], j.ID, "waiting jobs in queue order")
+	}
+	assert.Equal(t, ids[len(ids)-11], jobs[10].ID, "then the newest finished one")
+	counts, err := s.QueueCounts(ctx)
+	require.NoError(t, err)
+	assert.Equal(t, len(ids)-10, counts[StatusDone], "the counts cover every job")
+}

@@ -26,6 +26,7 @@ type queueView struct {
 	rate   core.Rate
 	eta    core.QueueETA
 	paused bool
+	counts map[string]int // every queue job by status (the list shows the newest finished only)
 
 	list     *widget.List
 	pause    *widget.Button
@@ -88,6 +89,9 @@ func (v *queueView) refresh() {
 	}
 	v.jobs = jobs
 	v.paused, _ = v.store().QueuePaused(ctx)
+	if c, err := v.store().QueueCounts(ctx); err == nil {
+		v.counts = c
+	}
 	if r, err := v.store().MeasuredRate(ctx, 20); err == nil {
 		v.rate = r
 	}
@@ -122,19 +126,9 @@ func (v *queueView) job(id int64) *core.QueueJob {
 // recompute updates the ETAs and the summary line.
 func (v *queueView) recompute() {
 	v.eta = core.EstimateQueue(v.jobs, v.rate, v.live)
-	waiting, running, done, failed := 0, 0, 0, 0
-	for _, j := range v.jobs {
-		switch {
-		case j.Runnable():
-			waiting++
-		case j.Status == core.StatusRunning:
-			running++
-		case j.Status == core.StatusDone:
-			done++
-		case j.Status == core.StatusFailed:
-			failed++
-		}
-	}
+	c := v.counts
+	waiting, running := c[core.StatusPending]+c[core.StatusInterrupted], c[core.StatusRunning]
+	done, failed := c[core.StatusDone], c[core.StatusFailed]
 	parts := []string{fmt.Sprintf("%d waiting", waiting), fmt.Sprintf("%d running", running), fmt.Sprintf("%d done", done)}
 	if failed > 0 {
 		parts = append(parts, fmt.Sprintf("%d failed", failed))

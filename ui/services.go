@@ -29,6 +29,7 @@ type Store interface {
 	CancelJob(ctx context.Context, id int64) (string, error)
 	RetryJob(ctx context.Context, id int64) (int64, error)
 	ClearQueue(ctx context.Context, pendingToo bool) (int, error)
+	QueueCounts(ctx context.Context) (map[string]int, error)
 	QueuePaused(ctx context.Context) (bool, error)
 	SetQueuePaused(ctx context.Context, paused bool) error
 	MeasuredRate(ctx context.Context, n int) (core.Rate, error)
