@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -60,6 +61,7 @@ type benchOptions struct {
 	runs         int
 	warmup       int
 	batches      []int
+	batchFor     map[string]bool // nil: every variant
 	previewEvery int
 	variants     []benchVariant
 	baseline     bool
@@ -70,7 +72,7 @@ type benchOptions struct {
 
 func parseBench(args []string, stdout, stderr io.Writer) (*benchOptions, int, bool) {
 	o := &benchOptions{}
-	var batches, variants string
+	var batches, variants, batchVariants string
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
 	fs.StringVar(&o.model, "model", "full", `"full" (the SDXL architecture with random weights, created once in the cache), "tiny", or a diffusers model folder`)
 	fs.IntVar(&o.steps, "steps", 30, "denoising steps")
@@ -80,6 +82,7 @@ func parseBench(args []string, stdout, stderr io.Writer) (*benchOptions, int, bo
 	fs.IntVar(&o.runs, "runs", 5, "counted runs per measurement (after the warm-ups)")
 	fs.IntVar(&o.warmup, "warmup", 2, "warm-up runs, not counted (the first includes any compiling)")
 	fs.StringVar(&batches, "batches", "1,2,4", "batch sizes to report as images per second")
+	fs.StringVar(&batchVariants, "batch-variants", "", "time the other batch sizes only for these variants (comma separated; empty: all); a compiled variant recompiles for each")
 	fs.IntVar(&o.previewEvery, "preview-every", 5, "also time jobs with a preview every N steps (0: no preview runs)")
 	fs.StringVar(&variants, "variants", "atelier", "worker settings to time, comma separated: "+strings.Join(sortedKeys(benchVariants), ", ")+
 		`; or NAME:VAR=VALUE+VAR=VALUE for settings of your own`)
@@ -151,6 +154,12 @@ Options:
 		}
 		o.variants = append(o.variants, benchVariant{Name: name, Env: env})
 	}
+	if batchVariants != "" {
+		o.batchFor = map[string]bool{}
+		for _, n := range strings.Split(batchVariants, ",") {
+			o.batchFor[strings.TrimSpace(n)] = true
+		}
+	}
 	return o, exitOK, true
 }
 
@@ -183,7 +192,7 @@ func stats(xs []float64) benchStats {
 		med = (s[len(s)/2-1] + s[len(s)/2]) / 2
 	}
 	// Nearest rank, as the Python half computes it.
-	k := int(0.9*float64(len(s))+0.5+0.5) - 1
+	k := int(math.Ceil(0.9*float64(len(s))-1e-9)) - 1
 	k = max(0, min(len(s)-1, k))
 	return benchStats{MedianS: round4(med), P90S: round4(s[k]), MinS: round4(s[0]), N: len(s)}
 }
@@ -610,7 +619,7 @@ func benchOne(o *benchOptions, v benchVariant, model string, base bridge.Config,
 
 	res.Batches = map[string]benchBatch{"1": {MedianS: res.E2E.MedianS, ImagesPerSec: round4(1 / res.E2E.MedianS)}}
 	for _, b := range o.batches {
-		if b == 1 {
+		if b == 1 || (o.batchFor != nil && !o.batchFor[v.Name]) {
 			continue
 		}
 		if _, err := s.job(b, 0); err != nil { // warm-up (may compile for the new shape)

@@ -187,6 +187,17 @@ def place(pipe, device: str, s: Settings) -> None:
         pipe.to(device)
 
 
+def module_device(module):
+    """Where a module computes: with CPU offload its weights sit on the CPU between calls,
+    and the offload hook names the GPU it moves them to."""
+    hook = getattr(module, "_hf_hook", None)
+    dev = getattr(hook, "execution_device", None)
+    if dev is not None:
+        return dev
+    dev = getattr(module, "device", None)  # diffusers' models have one
+    return dev if dev is not None else next(module.parameters()).device
+
+
 def optimize(pipe, device: str, dtype, s: Settings) -> dict:
     """Applies the settings to a loaded, placed pipeline; returns what was done and how long
     it took (compiling itself happens lazily, at the first call)."""
@@ -271,6 +282,21 @@ class X0Tap:
         scheduler.step = step
 
 
+_MATRICES: dict = {}
+_PINNED: dict = {}  # shape -> pinned host buffer; one preview is in flight at a time
+
+
+def _preview_matrix(device):
+    """The latent->RGB projection and bias as float32 tensors on device, made once."""
+    import torch
+
+    key = str(device)
+    if key not in _MATRICES:
+        _MATRICES[key] = (torch.tensor(_LATENT_RGB, dtype=torch.float32).to(device),
+                          torch.tensor(_LATENT_RGB_BIAS, dtype=torch.float32).to(device))
+    return _MATRICES[key]
+
+
 class Previewer:
     """Turns latents into a small RGB preview without the VAE, and without stopping the GPU:
     the 4->3 projection runs on the device, the copy to the host is asynchronous, and the
@@ -281,19 +307,24 @@ class Previewer:
         self._thread: threading.Thread | None = None
 
     def submit(self, latents, on_written=None) -> bool:
-        """Queues a preview of latents (C, H, W); returns False if the last is still pending."""
+        """Queues a preview of latents (C, H, W); returns False if the last is still pending.
+        Nothing here waits for the GPU: the projection matrix is cached on the device (a
+        fresh host tensor would be a blocking copy) and the pinned host buffer is reused
+        (allocating pinned memory synchronizes the device)."""
         import torch
 
         if self._thread is not None and self._thread.is_alive():
             return False
         with torch.no_grad():
-            m = torch.tensor(_LATENT_RGB, device=latents.device, dtype=torch.float32)
-            b = torch.tensor(_LATENT_RGB_BIAS, device=latents.device, dtype=torch.float32)
+            m, b = _preview_matrix(latents.device)
             rgb = torch.einsum("chw,cr->hwr", latents.float(), m) + b
             rgb = ((rgb + 1) * 127.5).clamp(0, 255).to(torch.uint8)
             event = None
             if rgb.is_cuda:
-                host = torch.empty(rgb.shape, dtype=torch.uint8, pin_memory=True)
+                key = tuple(rgb.shape)
+                host = _PINNED.get(key)
+                if host is None:  # once per preview size for the process
+                    host = _PINNED[key] = torch.empty(key, dtype=torch.uint8, pin_memory=True)
                 host.copy_(rgb, non_blocking=True)
                 event = torch.cuda.Event()
                 event.record()
@@ -346,7 +377,8 @@ def encode_png(rgb, text: dict[str, str] | None = None, level: int = 1, threads:
     filt[0, 4:] = rows[0, 3:] - rows[0, :-3]
     filt[1:, 1:] = rows[1:] - rows[:-1]
     raw = filt.reshape(-1)
-    n = threads or min(8, os.cpu_count() or 1)
+    # Threads pay off only on large images; a preview is deflated in the calling thread.
+    n = threads or (min(8, os.cpu_count() or 1) if h * w >= 256 * 256 else 1)
     band_rows = max(16, -(-h // n))
     bands = [raw[i * (w * 3 + 1): min(h, i + band_rows) * (w * 3 + 1)]
              for i in range(0, h, band_rows)]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import statistics
@@ -27,7 +28,7 @@ NEGATIVE = "fog, blur"
 def percentile(xs: list[float], p: float) -> float:
     """Nearest-rank percentile (p in 0-100) of a non-empty list."""
     s = sorted(xs)
-    k = max(0, min(len(s) - 1, int(round(p / 100 * len(s) + 0.5)) - 1))
+    k = max(0, min(len(s) - 1, math.ceil(p / 100 * len(s) - 1e-9) - 1))
     return s[k]
 
 
@@ -143,7 +144,7 @@ def cmd_baseline(args) -> dict:
 
         with FlopCounterMode(display=False) as fc:
             step()
-        out["unet_tflop_per_cfg_step"] = round(fc.get_total_flops() / 1e12, 3)
+        out["unet_tflop_per_cfg_step"] = round(fc.get_total_flops() / 1e12, 6)
 
         # The decode as the pipeline does it: upcast to fp32, decode, cast back.
         z = torch.randn(1, 4, h, w, device=dev, dtype=dtype)

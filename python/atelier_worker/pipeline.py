@@ -198,7 +198,7 @@ def _count_steps(scheduler, steps: int, strength: float | None = None,
 def _vae_decode(vae, latents: torch.Tensor, settings) -> torch.Tensor:
     """The VAE decoder's raw output (-1..1) for latents, unscaled as SDXL's VAE wants."""
     cfg = vae.config
-    latents = latents.to(vae.device, vae.dtype)
+    latents = latents.to(accel.module_device(vae), vae.dtype)  # offload: where it will run
     if getattr(cfg, "latents_mean", None) is not None and getattr(cfg, "latents_std", None) is not None:
         mean = torch.tensor(cfg.latents_mean).view(1, -1, 1, 1).to(latents)
         std = torch.tensor(cfg.latents_std).view(1, -1, 1, 1).to(latents)
@@ -897,17 +897,27 @@ class Engine:
         import diffusers as d
 
         inpaint, img2img = plan.mask is not None, plan.init is not None
+        extra = {}
         if controlnets:
             cls = (d.StableDiffusionXLControlNetInpaintPipeline if inpaint else
                    d.StableDiffusionXLControlNetImg2ImgPipeline if img2img else
                    d.StableDiffusionXLControlNetPipeline)
-            runner = cls.from_pipe(pipe, controlnet=controlnets if len(controlnets) > 1 else controlnets[0])
+            extra["controlnet"] = controlnets if len(controlnets) > 1 else controlnets[0]
         elif inpaint:
-            runner = d.StableDiffusionXLInpaintPipeline.from_pipe(pipe)
+            cls = d.StableDiffusionXLInpaintPipeline
         elif img2img:
-            runner = d.StableDiffusionXLImg2ImgPipeline.from_pipe(pipe)
+            cls = d.StableDiffusionXLImg2ImgPipeline
         else:
             return pipe
+        # Built from the warm pipeline's modules by the constructor, not from_pipe: from_pipe
+        # casts every shared module to its dtype argument (float32 by default), which would
+        # turn the warm half-precision model into a float32 one.
+        params = inspect.signature(cls.__init__).parameters
+        kwargs = {k: v for k, v in pipe.components.items() if k in params}
+        kwargs.update({k: v for k, v in pipe.config.items() if k in params and k not in kwargs
+                       and not k.startswith("_") and not isinstance(v, (list, tuple))})
+        kwargs["add_watermarker"] = False
+        runner = cls(**kwargs, **extra)
         runner.set_progress_bar_config(disable=True)
         return runner
 
