@@ -209,6 +209,22 @@ def _vae_decode(vae, latents: torch.Tensor, settings) -> torch.Tensor:
         return vae.decode(latents, return_dict=False)[0]
 
 
+def _encode_in_own_dtype(vae) -> None:
+    """Makes vae.encode take pixels of any dtype. The img2img and inpaint pipelines hand it
+    pixels in the UNet's dtype, and cast only when the VAE's config says force_upcast; a VAE
+    kept in float32 or bfloat16 (accel.py) has that turned off, so its first convolution
+    would refuse half-precision pixels."""
+    if getattr(vae, "_atelier_encode", False):
+        return
+    encode = vae.encode
+
+    def encode_cast(x, *args, **kwargs):
+        return encode(x.to(vae.dtype), *args, **kwargs)
+
+    vae.encode = encode_cast
+    vae._atelier_encode = True
+
+
 @dataclass
 class Inputs:
     """What the request names, checked and resolved (tiny names to cache paths)."""
@@ -703,6 +719,7 @@ class Engine:
         accel.place(pipe, self.device, self.accel)
         self.speed = accel.optimize(pipe, self.device, self.dtype, self.accel)
         pipe.set_progress_bar_config(disable=True)
+        _encode_in_own_dtype(pipe.vae)
         warm = Warm(key=key, pipe=pipe, scheduler_config=pipe.scheduler.config, base_vae=pipe.vae,
                     size_bytes=_module_bytes(pipe))
         self._models[key] = warm
@@ -754,6 +771,7 @@ class Engine:
         vae.to(self.device, vd)
         if vd != torch.float16:
             vae.register_to_config(force_upcast=False)
+        _encode_in_own_dtype(vae)
         warm.pipe.vae, warm.vae_key = vae, want
 
     def _use_loras(self, warm: Warm, inp: Inputs, stage) -> None:

@@ -388,3 +388,17 @@ def test_lora_on_a_model_with_fused_qkv(engine, tiny_model, tmp_path, monkeypatc
     assert fused.speed.get("fuse_qkv") and next(iter(fused._models.values())).unfused
     plain, _ = ok(engine, tmp_path, loras=[{"path": "tiny-lora", "weight": 1}])
     assert np.abs(px(res) - px(plain)).max() <= 1
+
+
+def test_half_precision_model_stays_half_through_every_pipeline(tiny_model, tmp_path, pics):
+    # The img2img, inpaint and ControlNet pipelines are built on the warm model's modules;
+    # building them must not cast those (diffusers' from_pipe casts to float32), and the VAE,
+    # kept in another dtype, must still encode half-precision pixels.
+    half = Engine("cpu", torch.bfloat16)
+    cn = {"type": "canny", "model": "tiny-controlnet", "image": str(pics / "control.png")}
+    init, mask = str(pics / "init.png"), str(pics / "mask.png")
+    for extra in ({"init_image": init, "controlnets": [cn]},
+                  {"init_image": init, "mask_image": mask, "vae": "tiny-vae"},
+                  {"refiner": "tiny-refiner", "loras": [{"path": "tiny-lora"}]}):
+        res, _ = ok(half, tmp_path, steps=2, **extra)
+        assert (half._pipe.unet.dtype, half._pipe.text_encoder_2.dtype) == (torch.bfloat16,) * 2
