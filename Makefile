@@ -75,6 +75,7 @@ test-window: deps bin/atelier
 ## screenshot: refresh docs/screenshot.png from the real window under Xvfb
 screenshot: deps bin/atelier
 	SCREENSHOT_OUT=docs/screenshot.png bash .ci/window-test.sh bin/atelier
+	$(GO) test -tags $(GOTAGS) -count=1 -run TestSectionScreenshots ./ui -args -shots $(CURDIR)/docs/sections
 
 clean:
 	rm -rf bin
