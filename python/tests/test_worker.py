@@ -297,3 +297,21 @@ def test_bad_feature_inputs_name_the_file_and_the_worker_goes_on(worker, tmp_pat
     with Image.open(path) as im:
         assert im.size == (64, 64)
     worker.ping()
+
+
+def test_feature_job_speaks_valid_protocol(worker, tmp_path):
+    # Every line goes through protocol.decode (WorkerProcess.next): the new stages and
+    # result fields must be valid protocol.
+    control = tmp_path / "control.png"
+    Image.new("RGB", (64, 64), "white").save(control)
+    _, msgs = worker.generate(tmp_path, steps=5, refiner="tiny-refiner", upscaler="lanczos",
+                              loras=[{"path": "tiny-lora", "weight": 0.5}], batch_size=2,
+                              controlnets=[{"type": "canny", "model": "tiny-controlnet",
+                                            "image": str(control)}])
+    result = msgs[-1]
+    assert result.type == "result", result
+    stages = [m.stage for m in msgs if m.type == "progress"]
+    for s in ("preprocessing", "encoding", "denoising", "refining", "decoding", "upscaling", "saving"):
+        assert s in stages, s
+    assert [(i.seed, i.width) for i in result.images] == [(7, 128), (8, 128)]
+    assert len(result.control_images) == 1 and result.metrics.batch_chunks == 1
