@@ -1,0 +1,89 @@
+//go:build linux
+
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+func TestBenchStats(t *testing.T) {
+	s := stats([]float64{3, 1, 2})
+	assert.Equal(t, benchStats{MedianS: 2, P90S: 3, MinS: 1, N: 3}, s)
+	s = stats([]float64{1, 2, 3, 4, 5, 6, 7, 8, 9, 10})
+	assert.Equal(t, 5.5, s.MedianS)
+	assert.Equal(t, 9.0, s.P90S, "nearest rank, as the Python half computes it")
+	assert.Equal(t, benchStats{}, stats(nil))
+}
+
+func TestBenchRefusesBadFlags(t *testing.T) {
+	for _, args := range [][]string{
+		{"--variants", "warp-speed"},
+		{"--batches", "0"},
+		{"--variants", "mine:NOEQUALS"},
+		{"--runs", "0"},
+		{"stray"},
+	} {
+		var out, errOut bytes.Buffer
+		assert.Equal(t, exitUsage, run(append([]string{"bench"}, args...), &out, &errOut), args)
+		assert.Contains(t, errOut.String(), "atelier bench:", args)
+	}
+	var out, errOut bytes.Buffer
+	assert.Equal(t, exitOK, run([]string{"bench", "--help"}, &out, &errOut))
+	assert.Contains(t, out.String(), "Usage: atelier bench")
+}
+
+// TestBenchOnTheTinyModel runs the whole bench on the CPU with 2 steps: the
+// baseline, one worker variant through the bridge, previews, a second batch
+// size and a restart. It checks that the report is well formed, never speed.
+func TestBenchOnTheTinyModel(t *testing.T) {
+	requireWorker(t)
+	h := newHome(t)
+	report := filepath.Join(t.TempDir(), "bench.json")
+	stdout, stderr, code := h.run("bench", "--model", "tiny", "--steps", "2", "--width", "64", "--height", "64",
+		"--runs", "2", "--warmup", "1", "--batches", "1,2", "--preview-every", "1", "--json", report)
+	require.Equal(t, exitOK, code, "stderr:\n%s\nstdout:\n%s", stderr, stdout)
+
+	lines := strings.Split(strings.TrimSpace(stdout), "\n")
+	require.GreaterOrEqual(t, len(lines), 5, stdout)
+	assert.Contains(t, lines[0], "atelier bench: bench-sdxl-tiny-v1, 64x64, 2 steps, cfg 5")
+	assert.Regexp(t, `^\s*variant\s+median s\s+p90 s\s+speedup`, lines[1])
+	assert.Regexp(t, `^\s*diffusers \(baseline\)\s+\d+\.\d{3}`, lines[2])
+	assert.Regexp(t, `^\s*atelier\s+\d+\.\d{3}\s+\d+\.\d{3}\s+\d+\.\d{2}`, lines[3])
+
+	var rep benchReport
+	require.NoError(t, json.Unmarshal([]byte(lines[len(lines)-1]), &rep), lines[len(lines)-1])
+	written, err := os.ReadFile(report)
+	require.NoError(t, err)
+	assert.JSONEq(t, lines[len(lines)-1], strings.TrimSpace(string(written)))
+
+	assert.Equal(t, 2, rep.Steps)
+	assert.NotEmpty(t, rep.Baseline)
+	assert.Empty(t, rep.BaselineError)
+	assert.Greater(t, rep.TFLOPPerStep, 0.0)
+	assert.Greater(t, rep.ProgressLineUS, 0.0)
+	require.Len(t, rep.Variants, 1)
+	v := rep.Variants[0]
+	assert.Equal(t, "atelier", v.Name)
+	assert.Empty(t, v.Error)
+	assert.True(t, v.PNGOK, "the image is a PNG with a parameters chunk")
+	assert.Equal(t, 2, v.E2E.N)
+	assert.Greater(t, v.E2E.MedianS, 0.0)
+	assert.GreaterOrEqual(t, v.E2E.P90S, v.E2E.MedianS)
+	assert.Greater(t, v.RatioToBaseline, 0.0)
+	assert.Greater(t, v.FirstImageColdS, 0.0)
+	assert.Greater(t, v.FirstImageWarmS, 0.0)
+	assert.Greater(t, v.DenoiseS, 0.0)
+	assert.Greater(t, v.DecodeS, 0.0)
+	assert.GreaterOrEqual(t, v.BridgeOverheadS, 0.0)
+	assert.NotNil(t, v.PreviewE2E)
+	assert.Contains(t, v.Batches, "2")
+	assert.Contains(t, v.FirstImageMarks, "accepted")
+}
