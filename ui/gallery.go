@@ -5,14 +5,12 @@ import (
 	"context"
 	"fmt"
 	"image"
-	"image/color"
 	"strconv"
 	"strings"
 	"sync"
 	"time"
 
 	"fyne.io/fyne/v2"
-	"fyne.io/fyne/v2/canvas"
 	"fyne.io/fyne/v2/container"
 	"fyne.io/fyne/v2/layout"
 	"fyne.io/fyne/v2/theme"
@@ -419,22 +417,15 @@ func confirm(w fyne.Window, title, message string, yes func()) *confirmDialog {
 // galleryTile is one thumbnail of the grid.
 type galleryTile struct {
 	widget.BaseWidget
+	tileFace
 	g    *galleryView
 	rec  core.ImageRecord
 	idx  int // the grid item it shows
-	img  *canvas.Image
-	bg   *canvas.Rectangle
-	ring *canvas.Rectangle
 	star *widget.Icon
 }
 
 func newGalleryTile(g *galleryView) *galleryTile {
-	t := &galleryTile{g: g, img: &canvas.Image{FillMode: canvas.ImageFillContain, ScaleMode: canvas.ImageScaleSmooth}}
-	t.bg = canvas.NewRectangle(canvasBg)
-	t.bg.CornerRadius = 6
-	t.ring = canvas.NewRectangle(color.Transparent)
-	t.ring.StrokeWidth = 3
-	t.ring.CornerRadius = 6
+	t := &galleryTile{g: g, tileFace: newTileFace(3)}
 	t.star = widget.NewIcon(theme.NewWarningThemedResource(starIcon))
 	t.star.Hide()
 	t.ExtendBaseWidget(t)
@@ -452,27 +443,9 @@ func (t *galleryTile) MinSize() fyne.Size { return fyne.NewSquareSize(galleryTil
 func (t *galleryTile) Tapped(*fyne.PointEvent) { t.g.tapped(t.rec) }
 
 func (t *galleryTile) show(img image.Image, loaded, starred, selected bool) {
-	switch {
-	case loaded && img != nil:
-		t.img.Resource, t.img.Image = nil, img
-	case loaded:
-		t.img.Image, t.img.Resource = nil, theme.BrokenImageIcon()
-	default:
-		t.img.Image, t.img.Resource = nil, theme.FileImageIcon()
-	}
-	t.img.Refresh()
 	t.star.Hidden = !starred
 	t.star.Refresh()
-	t.setSelected(selected)
-}
-
-func (t *galleryTile) setSelected(on bool) {
-	if on {
-		t.ring.StrokeColor = accent
-	} else {
-		t.ring.StrokeColor = color.Transparent
-	}
-	t.ring.Refresh()
+	t.tileFace.show(img, loaded, selected)
 }
 
 // thumbLoader decodes thumbnails on two background goroutines, newest

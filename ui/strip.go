@@ -110,21 +110,32 @@ func (s *recentStrip) selectPath(path string) {
 // thumbTile is one tappable thumbnail with a selection ring.
 type thumbTile struct {
 	widget.BaseWidget
-	img   *canvas.Image
-	ring  *canvas.Rectangle
-	bg    *canvas.Rectangle
+	tileFace
 	onTap func()
 }
 
 func newThumbTile() *thumbTile {
-	t := &thumbTile{img: &canvas.Image{FillMode: canvas.ImageFillContain, ScaleMode: canvas.ImageScaleSmooth}}
-	t.bg = canvas.NewRectangle(canvasBg)
-	t.bg.CornerRadius = 6
-	t.ring = canvas.NewRectangle(color.Transparent)
-	t.ring.StrokeWidth = 2
-	t.ring.CornerRadius = 6
+	t := &thumbTile{tileFace: newTileFace(2)}
 	t.ExtendBaseWidget(t)
 	return t
+}
+
+// tileFace is a thumbnail's picture, background and selection ring, shared
+// by the recent strip and the gallery grid.
+type tileFace struct {
+	img  *canvas.Image
+	bg   *canvas.Rectangle
+	ring *canvas.Rectangle
+}
+
+func newTileFace(ringWidth float32) tileFace {
+	f := tileFace{img: &canvas.Image{FillMode: canvas.ImageFillContain, ScaleMode: canvas.ImageScaleSmooth}}
+	f.bg = canvas.NewRectangle(canvasBg)
+	f.bg.CornerRadius = 6
+	f.ring = canvas.NewRectangle(color.Transparent)
+	f.ring.StrokeWidth = ringWidth
+	f.ring.CornerRadius = 6
+	return f
 }
 
 func (t *thumbTile) CreateRenderer() fyne.WidgetRenderer {
@@ -142,7 +153,7 @@ func (t *thumbTile) Tapped(*fyne.PointEvent) {
 
 // show sets the tile's picture: the thumbnail, a placeholder while it loads,
 // or a broken-image icon when the file is gone.
-func (t *thumbTile) show(img image.Image, loaded, selected bool) {
+func (t *tileFace) show(img image.Image, loaded, selected bool) {
 	switch {
 	case loaded && img != nil:
 		t.img.Resource, t.img.Image = nil, img
@@ -155,7 +166,7 @@ func (t *thumbTile) show(img image.Image, loaded, selected bool) {
 	t.setSelected(selected)
 }
 
-func (t *thumbTile) setSelected(on bool) {
+func (t *tileFace) setSelected(on bool) {
 	if on {
 		t.ring.StrokeColor = accent
 	} else {
