@@ -120,7 +120,7 @@ func newForm(onSubmit func(), do func(func())) *form {
 		}()
 	})
 
-	f.scheduler = widget.NewSelect(core.Schedulers, func(string) { f.clearError(fScheduler) })
+	f.scheduler = widget.NewSelect(schedulerLabels(core.Schedulers), func(string) { f.clearError(fScheduler) })
 	batches := make([]string, 0, core.MaxBatch)
 	for i := core.MinBatch; i <= core.MaxBatch; i++ {
 		batches = append(batches, strconv.Itoa(i))
@@ -290,7 +290,7 @@ func (f *form) set(r core.Request) {
 	if sched == "" {
 		sched = core.Schedulers[0]
 	}
-	f.scheduler.SetSelected(sched)
+	f.scheduler.SetSelected(schedulerLabel(sched))
 	f.steps.SetText(strconv.Itoa(r.Steps))
 	f.cfg.SetText(formatFloat(r.CFG))
 	f.width.SetText(strconv.Itoa(r.Width))
@@ -320,7 +320,7 @@ func (f *form) request() (core.Request, *core.ValidationError) {
 	r.Prompt = f.prompt.Text
 	r.NegativePrompt = strings.TrimSpace(f.negative.Text)
 	r.Model = strings.TrimSpace(f.model.Text)
-	r.Scheduler = f.scheduler.Selected
+	r.Scheduler = schedulerID(f.scheduler.Selected)
 	r.Steps = int(parseInt(fSteps, f.steps.Text))
 	if v, err := strconv.ParseFloat(strings.TrimSpace(f.cfg.Text), 64); err != nil {
 		errs = append(errs, &core.FieldError{Field: fCFG, Message: fmt.Sprintf("must be a number, got %q", f.cfg.Text)})

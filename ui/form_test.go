@@ -27,7 +27,7 @@ func TestFormMapsToRequest(t *testing.T) {
 	test.Type(f.prompt, "a red fox in snow")
 	f.negative.SetText("  blurry  ")
 	f.model.SetText(" /models/sdxl ")
-	f.scheduler.SetSelected("dpmpp_2m")
+	f.scheduler.SetSelected("DPM++ 2M")
 	f.steps.SetText("25")
 	f.cfg.SetText("6.5")
 	f.size.SetSelected(sizePresets[3].label) // 1344 × 768

@@ -305,7 +305,7 @@ func TestDroppingAPNGLoadsItsSettings(t *testing.T) {
 	assert.Equal(t, "12", s.form.steps.Text)
 	assert.Equal(t, "6.5", s.form.cfg.Text)
 	assert.Equal(t, "4242", s.form.seed.Text)
-	assert.Equal(t, "ddim", s.form.scheduler.Selected)
+	assert.Equal(t, "DDIM", s.form.scheduler.Selected, "the sampler shows A1111's name")
 	assert.Contains(t, s.status.text.Text, "a1111.png")
 
 	plain := writePNG(t, dir, "plain.png", 8, 8, color.White)

@@ -30,7 +30,7 @@ func TestSectionScreenshots(t *testing.T) {
 	s.app.Settings().SetTheme(newStudioTheme())
 	f, x := s.form, s.form.feat
 	setForm(s, "a lighthouse on a cliff at dusk", 30, 1024, 1024)
-	f.scheduler.SetSelected("dpmpp_2m")
+	f.scheduler.SetSelected("DPM++ 2M")
 	x.schedule.SetSelected("Karras")
 	test.Tap(x.addLoRA)
 	test.Tap(x.addLoRA)

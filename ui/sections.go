@@ -307,7 +307,7 @@ func (s *sections) setCapabilities(c *core.Capabilities) {
 		scheds = c.Schedulers
 	}
 	sel := s.f.scheduler.Selected
-	s.f.scheduler.SetOptions(scheds)
+	s.f.scheduler.SetOptions(schedulerLabels(scheds))
 	if sel != "" {
 		s.f.scheduler.SetSelected(sel) // kept even if this worker lacks it: validation says so
 	}
@@ -329,7 +329,7 @@ func (s *sections) updateSchedules() {
 	opts := []string{core.ScheduleNames[""]}
 	allowed := core.Schedules[1:]
 	if s.caps != nil && s.caps.Schedules != nil {
-		allowed = s.caps.Schedules[s.f.scheduler.Selected]
+		allowed = s.caps.Schedules[schedulerID(s.f.scheduler.Selected)]
 	}
 	for _, sc := range allowed {
 		opts = append(opts, core.ScheduleNames[sc])
@@ -340,6 +340,33 @@ func (s *sections) updateSchedules() {
 		cur = opts[0]
 	}
 	s.schedule.SetSelected(cur)
+}
+
+// schedulerLabel is the name the sampler drop-down shows for a scheduler id:
+// A1111's ("DPM++ 2M"), or the id itself for one core does not name.
+func schedulerLabel(id string) string {
+	if n, ok := core.SamplerNames[id]; ok {
+		return n
+	}
+	return id
+}
+
+func schedulerLabels(ids []string) []string {
+	out := make([]string, len(ids))
+	for i, id := range ids {
+		out[i] = schedulerLabel(id)
+	}
+	return out
+}
+
+// schedulerID is the request's scheduler id for a label of the drop-down.
+func schedulerID(label string) string {
+	for id, n := range core.SamplerNames {
+		if n == label {
+			return id
+		}
+	}
+	return label
 }
 
 func scheduleID(name string) string {

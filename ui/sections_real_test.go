@@ -47,7 +47,7 @@ func TestRealFeaturesFromTheSections(t *testing.T) {
 	// The capabilities of the worker that ran the jobs now build the choices.
 	caps := shared.bridge.Capabilities()
 	require.NotNil(t, caps)
-	assert.Equal(t, caps.Schedulers, s.form.scheduler.Options)
+	assert.Equal(t, schedulerLabels(caps.Schedulers), s.form.scheduler.Options)
 }
 
 func TestRealWorkerErrorIsShownBesideTheRow(t *testing.T) {

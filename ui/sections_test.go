@@ -25,7 +25,7 @@ func TestEverySectionCanBeFilled(t *testing.T) {
 	setForm(s, "a lighthouse", 4, 64, 64)
 	f.seed.SetText("7")
 
-	f.scheduler.SetSelected("dpmpp_2m")
+	f.scheduler.SetSelected("DPM++ 2M")
 	x.schedule.SetSelected("Karras")
 
 	test.Tap(x.addLoRA)
@@ -160,15 +160,18 @@ func TestRemovingARowRenumbersItsErrors(t *testing.T) {
 func TestChoicesComeFromCapabilitiesAndLibrary(t *testing.T) {
 	s := newTestStudio(t, &fakeGen{}, &memHistory{})
 	f, x := s.form, s.form.feat
-	assert.Equal(t, core.Schedulers, f.scheduler.Options, "before a worker starts, core's list")
+	assert.Equal(t, []string{"Euler", "Euler a", "DPM++ 2M", "DPM++ SDE", "DDIM", "Heun", "DPM2", "DPM2 a", "LMS", "UniPC"},
+		f.scheduler.Options, "before a worker starts, core's list, by A1111's names")
 
 	x.setCapabilities(&core.Capabilities{Schedulers: []string{"euler", "ddim"}, ControlNetTypes: []string{"canny", "depth"},
 		Schedules: map[string][]string{"euler": {"karras"}, "ddim": {}}})
-	assert.Equal(t, []string{"euler", "ddim"}, f.scheduler.Options)
-	f.scheduler.SetSelected("euler")
+	assert.Equal(t, []string{"Euler", "DDIM"}, f.scheduler.Options)
+	f.scheduler.SetSelected("Euler")
 	assert.Equal(t, []string{"Automatic", "Karras"}, x.schedule.Options)
-	f.scheduler.SetSelected("ddim")
+	f.scheduler.SetSelected("DDIM")
 	assert.Equal(t, []string{"Automatic"}, x.schedule.Options, "ddim takes no sigma schedule")
+	f.set(core.DefaultRequest())
+	assert.Equal(t, "Euler", f.scheduler.Selected, "a request's id shows as its name")
 	r := x.addCNRow(core.DefaultControlNet())
 	assert.Equal(t, []string{"canny", "depth"}, r.kind.Options)
 
