@@ -36,7 +36,6 @@ type queueView struct {
 	summary  *widget.Label
 	empty    *widget.Label
 	rows     map[int64]*queueRow // the row showing each job now
-	editor   *queueEditor        // the open edit dialog, if any
 	// the open sessions pop-up and its grid of labels, if any
 	sessionsPop  *widget.PopUp
 	sessionsGrid *fyne.Container
@@ -312,7 +311,7 @@ func newQueueRow(v *queueView) *queueRow {
 	r.up = icon(theme.MoveUpIcon(), "up", func() { v.move(r.id, core.MoveUp) })
 	r.down = icon(theme.MoveDownIcon(), "down", func() { v.move(r.id, core.MoveDown) })
 	r.top = icon(theme.UploadIcon(), "top", func() { v.move(r.id, core.MoveTop) })
-	r.edit = icon(theme.DocumentCreateIcon(), "edit", func() { v.openEditor(r.id) })
+	r.edit = icon(theme.DocumentCreateIcon(), "edit", func() { v.s.x.edit.open(r.id) })
 	r.cancel = icon(theme.CancelIcon(), "cancel", func() { v.cancelJob(r.id) })
 	r.retry = icon(theme.ViewRefreshIcon(), "retry", func() { v.retry(r.id) })
 	r.use = icon(theme.ContentRedoIcon(), "use settings", func() {
@@ -421,117 +420,5 @@ func formatETA(d time.Duration) string {
 		return fmt.Sprintf("%d min %02d s", int(d.Minutes()), int(d.Seconds())%60)
 	default:
 		return fmt.Sprintf("%d h %02d min", int(d.Hours()), int(d.Minutes())%60)
-	}
-}
-
-// queueEditor edits a pending job's main settings in a modal dialog.
-type queueEditor struct {
-	id                              int64
-	req                             core.Request
-	prompt, negative                *widget.Entry
-	steps, cfg, width, height, seed *widget.Entry
-	errLabel                        *widget.Label
-	save                            *widget.Button
-	pop                             *widget.PopUp
-	v                               *queueView
-}
-
-func (v *queueView) openEditor(id int64) {
-	j := v.job(id)
-	if j == nil || j.Status != core.StatusPending {
-		return
-	}
-	e := &queueEditor{id: id, req: j.Request, v: v}
-	e.prompt = widget.NewMultiLineEntry()
-	e.prompt.SetMinRowsVisible(3)
-	e.prompt.SetText(j.Request.Prompt)
-	e.negative = widget.NewMultiLineEntry()
-	e.negative.SetText(j.Request.NegativePrompt)
-	num := func(s string) *widget.Entry {
-		en := widget.NewEntry()
-		en.SetText(s)
-		return en
-	}
-	r := j.Request
-	e.steps, e.cfg = num(strconv.Itoa(r.Steps)), num(formatFloat(r.CFG))
-	e.width, e.height = num(strconv.Itoa(r.Width)), num(strconv.Itoa(r.Height))
-	e.seed = num(strconv.FormatInt(r.Seed, 10))
-	e.errLabel = widget.NewLabel("")
-	e.errLabel.Importance = widget.DangerImportance
-	e.errLabel.Wrapping = fyne.TextWrapWord
-	e.errLabel.Hide()
-	e.save = widget.NewButtonWithIcon("Save", theme.ConfirmIcon(), e.apply)
-	e.save.Importance = widget.HighImportance
-	cancel := widget.NewButton("Cancel", e.close)
-	grid := container.New(layout.NewFormLayout(),
-		widget.NewLabel("Prompt"), e.prompt,
-		widget.NewLabel("Negative"), e.negative,
-		widget.NewLabel("Steps"), e.steps,
-		widget.NewLabel("CFG"), e.cfg,
-		widget.NewLabel("Width"), e.width,
-		widget.NewLabel("Height"), e.height,
-		widget.NewLabel("Seed"), e.seed)
-	body := container.NewBorder(heading(fmt.Sprintf("Edit job #%d", id)),
-		container.NewVBox(e.errLabel, container.NewHBox(layout.NewSpacer(), cancel, e.save)), nil, nil, grid)
-	sized := container.NewGridWrap(fyne.NewSize(560, body.MinSize().Height+40), body)
-	e.pop = widget.NewModalPopUp(container.NewPadded(sized), v.s.win.Canvas())
-	v.editor = e
-	e.pop.Show()
-}
-
-func (e *queueEditor) apply() {
-	r := e.req
-	r.Prompt = e.prompt.Text
-	r.NegativePrompt = strings.TrimSpace(e.negative.Text)
-	var errs []string
-	parse := func(name, text string, dst *int) {
-		n, err := strconv.Atoi(strings.TrimSpace(text))
-		if err != nil {
-			errs = append(errs, fmt.Sprintf("%s must be a whole number", name))
-			return
-		}
-		*dst = n
-	}
-	parse("steps", e.steps.Text, &r.Steps)
-	parse("width", e.width.Text, &r.Width)
-	parse("height", e.height.Text, &r.Height)
-	if f, err := strconv.ParseFloat(strings.TrimSpace(e.cfg.Text), 64); err == nil {
-		r.CFG = f
-	} else {
-		errs = append(errs, "cfg must be a number")
-	}
-	if n, err := strconv.ParseInt(strings.TrimSpace(e.seed.Text), 10, 64); err == nil {
-		r.Seed = n
-	} else {
-		errs = append(errs, "seed must be a whole number")
-	}
-	if len(errs) == 0 {
-		if r.Seed < 0 {
-			if err := r.ResolveSeed(); err != nil {
-				errs = append(errs, err.Error())
-			}
-		}
-	}
-	if len(errs) == 0 {
-		err := e.v.store().UpdatePendingJob(context.Background(), e.id, r)
-		if err == nil {
-			e.close()
-			e.v.refresh()
-			return
-		}
-		if errors.Is(err, core.ErrNotPending) {
-			errs = append(errs, "the job has started meanwhile; it runs with its old settings")
-		} else {
-			errs = append(errs, err.Error())
-		}
-	}
-	e.errLabel.SetText(strings.Join(errs, "\n"))
-	e.errLabel.Show()
-}
-
-func (e *queueEditor) close() {
-	e.pop.Hide()
-	if e.v.editor == e {
-		e.v.editor = nil
 	}
 }

@@ -122,14 +122,15 @@ func TestQueueViewFillReorderCancelEdit(t *testing.T) {
 	assert.Contains(t, v.summary.Text, "paused")
 	assert.Contains(t, s.row(t, ids[0]).status.Text, "pending")
 
-	// Distinguish the jobs by editing their prompts: a, b, c, d.
+	// Distinguish the jobs by editing their prompts in the form: a, b, c, d.
+	e := s.x.edit
 	for i, p := range []string{"a", "b", "c", "d"} {
 		test.Tap(s.row(t, ids[i]).edit)
-		e := v.editor
-		require.NotNil(t, e, "the edit dialog is open")
-		e.prompt.SetText(p)
+		require.True(t, e.bar.Visible(), "the form shows the edit bar")
+		s.form.prompt.SetText(p)
 		test.Tap(e.save)
-		require.Nil(t, v.editor, "saving closes the dialog")
+		assert.False(t, e.bar.Visible(), "saving ends the edit")
+		s.x.tabs.SelectIndex(tabQueue)
 	}
 	assert.Equal(t, []string{"a", "b", "c", "d"}, waitingPrompts(t, store))
 
@@ -155,23 +156,21 @@ func TestQueueViewFillReorderCancelEdit(t *testing.T) {
 	assert.NotContains(t, waitingPrompts(t, store), "b")
 	assert.Contains(t, v.summary.Text, "3 waiting")
 
-	// Edit checks the values and keeps the dialog open on an error.
+	// Edit checks the values as the form does and stays in edit mode on an error.
 	test.Tap(s.row(t, ids[2]).edit)
-	e := v.editor
-	require.NotNil(t, e)
-	e.steps.SetText("0")
+	s.form.steps.SetText("0")
 	test.Tap(e.save)
-	require.NotNil(t, v.editor)
-	assert.False(t, e.errLabel.Hidden)
-	assert.Contains(t, e.errLabel.Text, "steps")
-	e.steps.SetText("3")
-	e.seed.SetText("77")
+	assert.True(t, e.bar.Visible())
+	assert.NotEmpty(t, s.form.fieldError(fSteps))
+	s.form.steps.SetText("3")
+	s.form.seed.SetText("77")
 	test.Tap(e.save)
-	require.Nil(t, v.editor)
+	assert.False(t, e.bar.Visible())
 	j, err := store.GetQueueJob(ctx, ids[2])
 	require.NoError(t, err)
 	assert.Equal(t, 3, j.Request.Steps)
 	assert.Equal(t, int64(77), j.Request.Seed)
+	s.x.tabs.SelectIndex(tabQueue)
 
 	// Retry the cancelled job: a new pending one at the end.
 	test.Tap(s.row(t, ids[1]).retry)
@@ -378,4 +377,84 @@ func TestQueueViewShowsProgressAndETAs(t *testing.T) {
 	assert.Contains(t, s.x.queue.summary.Text, "queue ETA 5 s") // 1.5 s + 3 s
 	assert.True(t, r.edit.Disabled(), "a running job is not edited")
 	assert.False(t, r.cancel.Disabled(), "a running job can be cancelled")
+}
+
+// TestEditQueuedJobInTheForm edits a pending job through the whole form:
+// features the queue list never showed (sampler, schedule, LoRA, images per
+// job) change too, Discard leaves the job alone, and the user's draft comes back.
+func TestEditQueuedJobInTheForm(t *testing.T) {
+	s, store, _ := servicesStudio(t, nil, nil)
+	ctx := context.Background()
+	require.NoError(t, store.SetQueuePaused(ctx, true))
+	setForm(s, "a queued harbour", 4, 64, 64)
+	s.form.seed.SetText("5")
+	test.Tap(s.x.addQueue)
+	s.q.drain()
+	jobs, err := store.QueueJobs(ctx)
+	require.NoError(t, err)
+	require.Len(t, jobs, 1)
+	id := jobs[0].ID
+	s.form.prompt.SetText("my unfinished draft")
+
+	s.x.tabs.SelectIndex(tabQueue)
+	s.q.drain()
+	e := s.x.edit
+	assert.False(t, e.bar.Visible(), "no edit bar before Edit")
+	test.Tap(s.row(t, id).edit)
+	assert.Equal(t, tabStudio, s.x.tabs.SelectedIndex(), "Edit brings the form to the front")
+	assert.True(t, e.bar.Visible())
+	assert.Equal(t, fmt.Sprintf("Editing queued job #%d", id), e.label.Text)
+	assert.Equal(t, "Save to queue", e.save.Text)
+	assert.Equal(t, "Discard", e.discard.Text)
+	assert.Equal(t, "a queued harbour", s.form.prompt.Text, "the job's request fills the form")
+	assert.Equal(t, "5", s.form.seed.Text)
+
+	// Discard: the job keeps its settings and the draft comes back.
+	s.form.prompt.SetText("thrown away")
+	test.Tap(e.discard)
+	assert.False(t, e.bar.Visible())
+	assert.Equal(t, "my unfinished draft", s.form.prompt.Text)
+	assert.Equal(t, []string{"a queued harbour"}, waitingPrompts(t, store))
+
+	// Save: every feature of the form reaches the job.
+	s.x.tabs.SelectIndex(tabQueue)
+	test.Tap(s.row(t, id).edit)
+	f, x := s.form, s.form.feat
+	f.prompt.SetText("an edited harbour")
+	f.scheduler.SetSelected("DPM++ 2M")
+	x.schedule.SetSelected("Karras")
+	f.batch.SetSelected("2")
+	test.Tap(x.addLoRA)
+	require.Len(t, x.loras, 1)
+	x.loras[0].path.SetText(core.TinyLoRA)
+	x.loras[0].weight.SetText("0.5")
+	test.Tap(e.save)
+	s.q.drain()
+	assert.False(t, e.bar.Visible())
+	assert.Contains(t, s.status.text.Text, fmt.Sprintf("Saved queued job #%d", id))
+	assert.Equal(t, "my unfinished draft", s.form.prompt.Text, "the draft comes back after saving")
+	j, err := store.GetQueueJob(ctx, id)
+	require.NoError(t, err)
+	assert.Equal(t, "an edited harbour", j.Request.Prompt)
+	assert.Equal(t, "dpmpp_2m", j.Request.Scheduler)
+	assert.Equal(t, "karras", j.Request.Schedule)
+	assert.Equal(t, 2, j.Request.BatchSize)
+	assert.Equal(t, []core.LoRA{{Path: core.TinyLoRA, Weight: 0.5}}, j.Request.LoRAs)
+	assert.Equal(t, int64(5), j.Request.Seed)
+
+	// A job that starts while it is being edited keeps its settings; the form keeps the changes.
+	s.x.tabs.SelectIndex(tabQueue)
+	test.Tap(s.row(t, id).edit)
+	f.prompt.SetText("too late")
+	claimed, err := store.ClaimNext(ctx)
+	require.NoError(t, err)
+	require.Equal(t, id, claimed.ID)
+	test.Tap(e.save)
+	s.q.drain()
+	assert.Contains(t, s.status.text.Text, fmt.Sprintf("Job #%d started before it was saved", id))
+	assert.Equal(t, "too late", f.prompt.Text, "the form keeps the changes")
+	assert.False(t, e.bar.Visible())
+	j, err = store.GetQueueJob(ctx, id)
+	require.NoError(t, err)
+	assert.Equal(t, "an edited harbour", j.Request.Prompt)
 }

@@ -92,7 +92,8 @@ type extras struct {
 	queue    *queueView
 	gallery  *galleryView
 	addQueue *widget.Button
-	session  int64 // this sitting's session, made at the first "Add to queue"
+	edit     *queueEdit // the form's "editing a queued job" mode
+	session  int64      // this sitting's session, made at the first "Add to queue"
 }
 
 // Tab indexes of the studio window.
@@ -108,6 +109,7 @@ func (s *Studio) setupExtras(svc *Services) {
 	s.x = x
 	x.addQueue = widget.NewButtonWithIcon("Add to queue", theme.ContentAddIcon(), s.AddToQueue)
 	x.queue = newQueueView(s)
+	x.edit = newQueueEdit(s)
 	x.gallery = newGalleryView(s)
 	if svc.ChooseFolder == nil {
 		svc.ChooseFolder = chooseFolderNative

@@ -137,7 +137,7 @@ func (s *Studio) layout() fyne.CanvasObject {
 		s.barLabel,
 		s.status.content(),
 	)
-	left := container.NewBorder(nil, container.NewPadded(actions), nil, nil,
+	left := container.NewBorder(s.editBar(), container.NewPadded(actions), nil, nil,
 		container.NewVScroll(container.NewPadded(s.form.content())))
 
 	stripTitle := heading("Recent")
