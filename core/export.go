@@ -85,22 +85,22 @@ func copyFileAtomic(src, dst string) error {
 		return err
 	}
 	defer in.Close()
-	return writeAtomic(dst, func(w io.Writer) error {
+	return WriteFileAtomic(dst, func(w io.Writer) error {
 		_, err := io.Copy(w, in)
 		return err
 	})
 }
 
 func writeFileAtomic(dst string, b []byte) error {
-	return writeAtomic(dst, func(w io.Writer) error {
+	return WriteFileAtomic(dst, func(w io.Writer) error {
 		_, err := w.Write(b)
 		return err
 	})
 }
 
-// writeAtomic writes dst through a temporary file and a rename, so that a
+// WriteFileAtomic writes dst through a temporary file and a rename, so that a
 // watcher of the folder never sees half a file.
-func writeAtomic(dst string, write func(io.Writer) error) error {
+func WriteFileAtomic(dst string, write func(io.Writer) error) error {
 	tmp, err := os.CreateTemp(filepath.Dir(dst), "."+filepath.Base(dst)+".tmp-*")
 	if err != nil {
 		return err

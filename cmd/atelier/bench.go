@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/binary"
 	"encoding/json"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -102,15 +101,8 @@ Options:
 `)
 		fs.PrintDefaults()
 	}
-	fs.SetOutput(io.Discard)
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			fs.SetOutput(stdout)
-			fs.Usage()
-			return nil, exitOK, false
-		}
-		fmt.Fprintf(stderr, "atelier bench: %v\nRun \"atelier bench --help\" for the options.\n", err)
-		return nil, exitUsage, false
+	if code, ok := parseFlags(fs, args, stdout, stderr); !ok {
+		return nil, code, false
 	}
 	bad := func(format string, a ...any) (*benchOptions, int, bool) {
 		fmt.Fprintf(stderr, "atelier bench: "+format+"\n", a...)

@@ -34,15 +34,8 @@ library versions and devices. Says what to do about each problem.
 Exit status: 0 all good, 1 a problem (the worker cannot start, or the history cannot open).
 `)
 	}
-	fs.SetOutput(io.Discard)
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			fs.SetOutput(stdout)
-			fs.Usage()
-			return exitOK
-		}
-		fmt.Fprintf(stderr, "atelier doctor: %v\n", err)
-		return exitUsage
+	if code, ok := parseFlags(fs, args, stdout, stderr); !ok {
+		return code
 	}
 	if fs.NArg() > 0 {
 		fmt.Fprintln(stderr, "atelier doctor: takes no arguments")

@@ -26,15 +26,8 @@ func cmdHistory(args []string, stdout, stderr io.Writer) int {
 			"Lists past jobs, newest first; import reads a PNG's generation settings.\n\nOptions:\n")
 		fs.PrintDefaults()
 	}
-	fs.SetOutput(io.Discard)
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			fs.SetOutput(stdout)
-			fs.Usage()
-			return exitOK
-		}
-		fmt.Fprintf(stderr, "atelier history: %v\nRun \"atelier history --help\" for the options.\n", err)
-		return exitUsage
+	if code, ok := parseFlags(fs, args, stdout, stderr); !ok {
+		return code
 	}
 	if fs.NArg() > 0 || *limit < 0 {
 		fmt.Fprintln(stderr, "atelier history: takes only --json and --limit N (N >= 0)")

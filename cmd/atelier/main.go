@@ -3,6 +3,8 @@
 package main
 
 import (
+	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -122,4 +124,20 @@ func newLogger(w io.Writer) *slog.Logger {
 		}
 	}
 	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: level}))
+}
+
+// parseFlags parses a subcommand's flags, printing its help or the error;
+// ok false means the command returns code at once.
+func parseFlags(fs *flag.FlagSet, args []string, stdout, stderr io.Writer) (code int, ok bool) {
+	fs.SetOutput(io.Discard)
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			fs.SetOutput(stdout)
+			fs.Usage()
+			return exitOK, false
+		}
+		fmt.Fprintf(stderr, "atelier %s: %v\nRun \"atelier %s --help\" for the options.\n", fs.Name(), err, fs.Name())
+		return exitUsage, false
+	}
+	return exitOK, true
 }

@@ -111,21 +111,6 @@ func cmdQueue(args []string, stdout, stderr io.Writer) int {
 	}
 }
 
-// parseFlags parses a queue subcommand's flags; ok false means return code.
-func parseFlags(fs *flag.FlagSet, args []string, stdout, stderr io.Writer) (code int, ok bool) {
-	fs.SetOutput(io.Discard)
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			fs.SetOutput(stdout)
-			fs.Usage()
-			return exitOK, false
-		}
-		fmt.Fprintf(stderr, "atelier %s: %v\nRun \"atelier %s --help\" for the options.\n", fs.Name(), err, fs.Name())
-		return exitUsage, false
-	}
-	return exitOK, true
-}
-
 func openStore(stderr io.Writer, name string) (*core.Store, core.Paths, bool) {
 	paths := core.DefaultPaths()
 	if err := paths.EnsureDirs(); err != nil {
