@@ -83,6 +83,7 @@ type jobRun struct {
 	snap        progressSnapshot
 	preview     image.Image // newest decoded preview, nil once shown
 	cancelAsked bool
+	began       bool // the worker has reported on this job (it holds the worker)
 }
 
 // progressSnapshot is what the progress widgets show.
@@ -114,6 +115,9 @@ func (j *jobRun) onEvent(m core.Message) {
 		}
 	}
 	j.mu.Lock()
+	if m.Type != msgJob {
+		j.began = true
+	}
 	switch m.Type {
 	case core.MsgLoading:
 		j.snap.Note = m.Message
@@ -134,6 +138,13 @@ func (j *jobRun) onEvent(m core.Message) {
 	}
 	j.mu.Unlock()
 	j.frames.Kick()
+}
+
+// hasBegun reports whether the worker has reported on the job yet.
+func (j *jobRun) hasBegun() bool {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	return j.began
 }
 
 // snapshot returns the current state without taking the preview.

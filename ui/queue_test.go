@@ -458,3 +458,57 @@ func TestEditQueuedJobInTheForm(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, "an edited harbour", j.Request.Prompt)
 }
+
+// TestGenerateSaysItWaitsForTheQueuedJob: with one worker, Generate during a
+// queue job waits; the status line says for which job until its own starts.
+func TestGenerateSaysItWaitsForTheQueuedJob(t *testing.T) {
+	begin, end := make(chan struct{}), make(chan struct{})
+	gen := &fakeGen{run: func(ctx context.Context, req core.Request, onEvent func(core.Message)) (*core.JobOutcome, error) {
+		<-begin // the queue's job holds the worker
+		onEvent(core.Message{Type: core.MsgProgress, Stage: "denoising", Step: 1, Total: req.Steps})
+		<-end
+		return nil, &core.JobError{Code: core.ErrCancelled, Message: "stopped by the test"}
+	}}
+	s, store, _ := servicesStudio(t, gen, nil)
+	ctx := context.Background()
+	require.NoError(t, store.SetQueuePaused(ctx, true)) // the test plays the queue runner
+	setForm(s, "a lighthouse", 4, 64, 64)
+	s.form.feat.batchCount.SetText("2")
+	test.Tap(s.x.addQueue)
+	s.form.feat.batchCount.SetText("1")
+	claim := func() *core.QueueJob {
+		j, err := store.ClaimNext(ctx)
+		require.NoError(t, err)
+		require.NotNil(t, j)
+		return j
+	}
+	first := claim()
+	s.OnQueueEvent(core.QueueEvent{Kind: core.QueueStarted, Job: first})
+	s.q.drain()
+	test.Tap(s.generate)
+	s.q.drain()
+	assert.Equal(t, fmt.Sprintf("Waiting for the queued job #%d to finish (one worker)…", first.ID), s.status.text.Text)
+
+	// The next queue job took the worker first: the line follows it.
+	s.OnQueueEvent(core.QueueEvent{Kind: core.QueueFinished, Job: first})
+	second := claim()
+	s.OnQueueEvent(core.QueueEvent{Kind: core.QueueStarted, Job: second})
+	s.q.drain()
+	assert.Equal(t, fmt.Sprintf("Waiting for the queued job #%d to finish (one worker)…", second.ID), s.status.text.Text)
+
+	close(begin)
+	s.waitFor(t, 5*time.Second, "the job to start", func() bool { return s.status.text.Text == "Generating…" })
+	close(end)
+	s.waitFor(t, 5*time.Second, "the job to end", func() bool { return s.job == nil })
+
+	// Without a queue job running, Generate says nothing of waiting.
+	s.OnQueueEvent(core.QueueEvent{Kind: core.QueueFinished, Job: second})
+	s.q.drain()
+	begin, end = make(chan struct{}), make(chan struct{})
+	test.Tap(s.generate)
+	s.q.drain()
+	assert.Equal(t, "Generating…", s.status.text.Text)
+	close(begin)
+	close(end)
+	s.waitFor(t, 5*time.Second, "the second job to end", func() bool { return s.job == nil })
+}

@@ -218,10 +218,45 @@ func (s *Studio) OnQueueEvent(e core.QueueEvent) {
 			return
 		}
 		s.x.queue.event(e)
+		if e.Kind == core.QueueStarted {
+			s.showQueueWait()
+		}
 		if e.Kind == core.QueueFinished && e.Job != nil && e.Job.Status == core.StatusDone {
 			s.refreshHistory()
 		}
 	})
+}
+
+// runningQueueJob is the queue job this process's worker runs now, or 0.
+func (s *Studio) runningQueueJob() int64 {
+	if s.x == nil {
+		return 0
+	}
+	var id int64
+	for k := range s.x.queue.live {
+		if id == 0 || k < id {
+			id = k
+		}
+	}
+	return id
+}
+
+// showQueueWait says so when the Generate job waits for a queue job: one
+// worker runs one job at a time, and the wait would otherwise look like a hang.
+func (s *Studio) showQueueWait() {
+	j := s.job
+	if j == nil || j.hasBegun() {
+		return
+	}
+	j.mu.Lock()
+	cancelled := j.cancelAsked
+	j.mu.Unlock()
+	id := s.runningQueueJob()
+	if cancelled || id == 0 {
+		return
+	}
+	s.waitingFor = id
+	s.status.set(statusInfo, fmt.Sprintf("Waiting for the queued job #%d to finish (one worker)…", id), "")
 }
 
 // galleryChanged tells the gallery that the history has new images: it

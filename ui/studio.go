@@ -63,6 +63,7 @@ type Studio struct {
 	historySeq  int     // orders history refreshes, so a slow old one cannot win
 	historyDone int     // the newest refresh that has been shown
 	job         *jobRun // non-nil while a job runs; UI goroutine only
+	waitingFor  int64   // the queue job that the Generate job waits for, or 0
 	selectAfter string  // path to select once the history shows it
 	x           *extras // the queue and gallery tabs; nil without Services
 }
@@ -180,6 +181,7 @@ func (s *Studio) Generate() {
 	s.job = j
 	s.setRunning(true)
 	s.status.set(statusInfo, "Generating…", "")
+	s.showQueueWait()
 	s.showProgress(j)
 
 	go j.frames.run(j.done, heartbeat, func() {
@@ -207,6 +209,7 @@ func (s *Studio) Cancel() {
 	s.job.cancelAsked = true
 	s.job.mu.Unlock()
 	s.job.cancel()
+	s.waitingFor = 0
 	s.cancel.Disable()
 	s.status.set(statusInfo, "Cancelling…", "")
 }
@@ -247,6 +250,10 @@ func (s *Studio) showBusy(on bool) {
 
 // showProgress moves the job's newest state onto the widgets.
 func (s *Studio) showProgress(j *jobRun) {
+	if s.waitingFor != 0 && j.hasBegun() {
+		s.waitingFor = 0
+		s.status.set(statusInfo, "Generating…", "")
+	}
 	p, preview := j.take()
 	if f, ok := p.fraction(); ok {
 		s.showBusy(false)
@@ -266,6 +273,7 @@ func (s *Studio) finish(j *jobRun, out *core.JobOutcome, err error) {
 		return
 	}
 	s.job = nil
+	s.waitingFor = 0
 	s.setRunning(false)
 	s.form.feat.afterJob(s.gen, out)
 	p, _ := j.take()
