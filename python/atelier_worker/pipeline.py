@@ -26,6 +26,7 @@ from PIL.PngImagePlugin import PngInfo
 
 from . import __version__, accel, device as devices, infotext, loras, schedulers, single_file, tiny, upscale
 from . import images as imgs
+from .job import Job  # noqa: F401 (pipeline.Job, as before)
 from .protocol import Accepted, Error, Image, Message, Metrics, Preview, Progress, Request, Result
 
 log = logging.getLogger("atelier.pipeline")
@@ -56,13 +57,6 @@ class JobFailed(Exception):
 
 class Cancelled(Exception):
     """Raised out of the step callback, so the pipeline stops before the next step."""
-
-
-@dataclass
-class Job:
-    id: str
-    request: Request
-    cancel: threading.Event = field(default_factory=threading.Event)
 
 
 def _stem(path: str) -> str:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-import diffusers
+import json
+import logging
+import os
 
 from .protocol import SCHEDULERS
 
@@ -33,7 +35,14 @@ class ScheduleError(ValueError):
     """The scheduler does not take the schedule asked for."""
 
 
+log = logging.getLogger("atelier.schedulers")
+
+
 def scheduler_class(name: str):
+    # Imported here, not at the top: hello's capabilities come from a cache when they can,
+    # so that the worker greets before diffusers (seconds) is imported.
+    import diffusers
+
     return getattr(diffusers, TABLE[name][0])
 
 
@@ -59,6 +68,48 @@ def supported_schedules(name: str) -> list[str]:
 
 def capabilities() -> dict[str, list[str]]:
     return {name: supported_schedules(name) for name in SCHEDULERS}
+
+
+def _cache_key() -> dict:
+    """What capabilities() depends on, found without importing anything heavy."""
+    import importlib.metadata as md
+    import importlib.util
+
+    from . import __version__
+
+    def version(pkg: str) -> str:
+        try:
+            return md.version(pkg)
+        except md.PackageNotFoundError:
+            return ""
+
+    return {"worker": __version__, "diffusers": version("diffusers"),
+            "scipy": version("scipy") if importlib.util.find_spec("scipy") else ""}
+
+
+def cached_capabilities(cache_dir: str) -> dict[str, list[str]]:
+    """capabilities(), kept in cache_dir for the installed diffusers (and scipy), so that a
+    later start need not import diffusers to say what schedules it takes."""
+    path = os.path.join(cache_dir, "worker", "schedules.json")
+    key = _cache_key()
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+        if data.get("key") == key and isinstance(data.get("schedules"), dict) \
+                and list(data["schedules"]) == list(SCHEDULERS):
+            return data["schedules"]
+    except (OSError, ValueError, AttributeError):
+        pass
+    caps = capabilities()
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = f"{path}.{os.getpid()}.tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump({"key": key, "schedules": caps}, f)
+        os.replace(tmp, path)
+    except OSError as e:
+        log.warning("cannot keep the schedules in %s: %s", path, e)
+    return caps
 
 
 def build(name: str, schedule: str, base_config):

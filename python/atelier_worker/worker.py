@@ -21,6 +21,7 @@ import time
 from typing import IO
 
 from . import __version__
+from .job import Job
 from .protocol import (
     CONTROLNET_TYPES, GO_TO_WORKER, MAX_LINE_BYTES, PROTOCOL_VERSION, SCHEDULERS, Cancel,
     Capabilities, Device,
@@ -180,8 +181,6 @@ class Worker:
         elif isinstance(msg, Unload):
             self.jobs.put(_UNLOAD)
         elif isinstance(msg, Generate):
-            from .pipeline import Job
-
             with self._lock:
                 busy = self._current
                 if busy is None:
@@ -217,6 +216,9 @@ class Worker:
             item = self.jobs.get()
             if item is _STOP:
                 return
+            if isinstance(self.engine, PendingEngine):
+                # The first command waits for the pipeline's import, begun after hello.
+                self.engine = self.engine.wait()
             if item is _UNLOAD:
                 self.engine.unload()
                 continue
@@ -236,7 +238,7 @@ class Worker:
 
 def capabilities() -> Capabilities:
     """What this worker can do (docs/protocol.md, "Capabilities"), so that a UI offers only that."""
-    from . import schedulers
+    from . import accel, schedulers
 
     features = ["txt2img", "img2img", "inpaint", "lora", "controlnet", "canny", "refiner", "vae",
                 "batch", "single_file", "schedules", "upscale"]
@@ -248,20 +250,53 @@ def capabilities() -> Capabilities:
     else:
         log.warning("spandrel is missing: model upscalers are off, Lanczos still works")
     return Capabilities(schedulers=list(SCHEDULERS), controlnet_types=list(CONTROLNET_TYPES),
-                        features=features, schedules=schedulers.capabilities())
+                        features=features,
+                        schedules=schedulers.cached_capabilities(accel.cache_root()))
 
 
-def versions(torch, diffusers) -> dict[str, str]:
+def versions(torch) -> dict[str, str]:
+    # From the installed packages' metadata: diffusers is not imported yet when hello goes out.
     import importlib.metadata as md
 
-    out = {"python": platform.python_version(), "torch": torch.__version__,
-           "diffusers": diffusers.__version__}
-    for pkg in ("transformers", "peft", "spandrel"):
+    out = {"python": platform.python_version(), "torch": torch.__version__}
+    for pkg in ("diffusers", "transformers", "peft", "spandrel"):
         try:
             out[pkg] = md.version(pkg)
         except md.PackageNotFoundError:
             pass
     return out
+
+
+class PendingEngine:
+    """The Engine while diffusers, transformers and the pipeline are imported on a thread of
+    their own (seconds), so that hello need not wait for them. A failed import ends the
+    worker with the reason logged, as it did when the import came before hello."""
+
+    def __init__(self, dev: str, dtype):
+        self._engine = None
+        self._thread = threading.Thread(target=self._load, args=(dev, dtype),
+                                        name="import-pipeline", daemon=True)
+        self._thread.start()
+
+    def _load(self, dev: str, dtype) -> None:
+        t0 = time.perf_counter()
+        try:
+            import diffusers  # noqa: F401
+
+            _route_library_logs()
+            from .pipeline import Engine
+
+            self._engine = Engine(dev, dtype)
+        except BaseException:
+            log.exception("importing diffusers and the pipeline failed: exiting")
+            logging.shutdown()
+            os._exit(1)
+        log.info("pipeline ready in %.1fs, cache %s", time.perf_counter() - t0,
+                 self._engine.cache_dir)
+
+    def wait(self):
+        self._thread.join()
+        return self._engine
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -304,20 +339,16 @@ def main(argv: list[str] | None = None) -> int:
         log.error("%s", e)
         return 2
 
-    out.send(Loading(message="importing diffusers"))
-    import diffusers
-
-    _route_library_logs()
-    from .pipeline import Engine
-
-    engine = Engine(dev, dtype)
     out.send(Hello(
         protocol=PROTOCOL_VERSION, worker_version=__version__, device=devices.kind(dev),
         dtype=devices.dtype_name(dtype), devices=[Device(**d) for d in devices.describe()],
         capabilities=capabilities(),
-        versions=versions(torch, diffusers),
+        versions=versions(torch),
     ))
-    log.info("ready: %s, %s, cache %s", dev, devices.dtype_name(dtype), engine.cache_dir)
+    log.info("ready: %s, %s", dev, devices.dtype_name(dtype))
+    # diffusers, transformers and the pipeline take seconds more to import: they load on a
+    # thread of their own while the bridge gets ready to send, and the first job waits for them.
+    engine = PendingEngine(dev, dtype)
 
     worker = Worker(engine, out, sys.stdin.buffer)
     threading.Thread(target=worker.read_commands, name="stdin-reader", daemon=True).start()
