@@ -43,12 +43,19 @@ trap cleanup EXIT
 
 # A private display: -displayfd makes Xvfb pick a free number itself, so runs
 # beside other X servers (or other runs of this script) never collide.
+# The file exists before Xvfb starts: on a busy machine the loop below can read
+# it before the background shell has opened it, and a missing file would end the
+# script (set -e) with a confusing error.
+: >"$work/display"
 Xvfb -displayfd 3 -screen 0 1440x900x24 -nolisten tcp -noreset 3>"$work/display" >"$work/xvfb.log" 2>&1 &
 xvfb_pid=$!
 display=''
 for _ in $(seq 100); do
-	display=$(tr -dc 0-9 <"$work/display")
-	[[ -n $display ]] && break
+	# Xvfb ends the number with a newline: wait for it, not for its first digit.
+	if [[ $(wc -l <"$work/display") -ge 1 ]]; then
+		display=$(tr -dc 0-9 <"$work/display")
+		[[ -n $display ]] && break
+	fi
 	kill -0 "$xvfb_pid" 2>/dev/null || { cat "$work/xvfb.log" >&2; fail "Xvfb did not start"; }
 	sleep 0.1
 done
