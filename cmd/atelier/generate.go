@@ -8,10 +8,8 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"os/signal"
 	"path/filepath"
 	"strings"
-	"syscall"
 
 	"atelier/core"
 )
@@ -81,14 +79,8 @@ func cmdGenerate(args []string, stdout, stderr io.Writer) int {
 	}
 	defer a.close()
 
-	// The first SIGINT or SIGTERM cancels the job, which is then recorded as
-	// cancelled; restoring the default handler lets a second one quit at once.
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	ctx, stop := interruptContext()
 	defer stop()
-	go func() {
-		<-ctx.Done()
-		stop()
-	}()
 
 	// --batch-count N runs N jobs one after another; job k starts at seed +
 	// k × batch size, from one random seed resolved here.

@@ -3,13 +3,16 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"log/slog"
 	"os"
+	"os/signal"
 	"strings"
+	"syscall"
 
 	"atelier/bridge"
 	"atelier/core"
@@ -140,4 +143,16 @@ func parseFlags(fs *flag.FlagSet, args []string, stdout, stderr io.Writer) (code
 		return exitUsage, false
 	}
 	return exitOK, true
+}
+
+// interruptContext is cancelled by the first SIGINT or SIGTERM, so the running
+// job ends as cancelled; the default handler is then restored, so a second
+// signal quits at once.
+func interruptContext() (context.Context, context.CancelFunc) {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	go func() {
+		<-ctx.Done()
+		stop()
+	}()
+	return ctx, stop
 }
