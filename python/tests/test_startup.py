@@ -29,7 +29,11 @@ def spy(self, msg):
 worker.Output.send = spy
 
 real_exit = os._exit
+# Two threads may exit at once (stdin closing and the parent watcher): only the first one
+# reports, or the other's exit could cut its write short.
+exiting = threading.Lock()
 def report(code):
+    exiting.acquire()
     for t in threading.enumerate():
         if t.name == "import-pipeline":
             t.join()

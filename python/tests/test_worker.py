@@ -187,10 +187,12 @@ def test_loaded_model_from_a_path_and_unload(worker, tmp_path, tiny_model):
         assert f"Model: {os.path.basename(tiny_model)}, " in im.info["parameters"]
     _, warm = worker.generate(tmp_path, model=tiny_model)
     assert "loading_model" not in [m.stage for m in warm if m.type == "progress"]
-    assert warm[-1].metrics.load_s == 0
+    # A warm job still spends a little time checking its inputs: near zero, not zero.
+    assert warm[-1].metrics.load_s < 0.05
     worker.send({"type": "unload"})
     _, cold = worker.generate(tmp_path, model=tiny_model)
     assert "loading_model" in [m.stage for m in cold if m.type == "progress"]
+    assert cold[-1].metrics.load_s > warm[-1].metrics.load_s
 
 
 def test_logs_go_to_stderr_with_the_request_id(worker, tmp_path):
