@@ -137,7 +137,7 @@ func TestFormRemembersTheLastJobsSettings(t *testing.T) {
 	setForm(s, "remember me", 12, 64, 64)
 	s.form.model.SetText("/models/mine")
 	test.Tap(s.generate)
-	s.waitFor(t, 5*time.Second, "the job to end", func() bool { return s.job == nil })
+	s.waitFor(t, 20*time.Second, "the job to end", func() bool { return s.job == nil })
 
 	// A new window of the same app (as after a restart) starts from that job.
 	q := &uiQueue{}

@@ -497,9 +497,9 @@ func TestGenerateSaysItWaitsForTheQueuedJob(t *testing.T) {
 	assert.Equal(t, fmt.Sprintf("Waiting for the queued job #%d to finish (one worker)…", second.ID), s.status.text.Text)
 
 	close(begin)
-	s.waitFor(t, 5*time.Second, "the job to start", func() bool { return s.status.text.Text == "Generating…" })
+	s.waitFor(t, 20*time.Second, "the job to start", func() bool { return s.status.text.Text == "Generating…" })
 	close(end)
-	s.waitFor(t, 5*time.Second, "the job to end", func() bool { return s.job == nil })
+	s.waitFor(t, 20*time.Second, "the job to end", func() bool { return s.job == nil })
 
 	// Without a queue job running, Generate says nothing of waiting.
 	s.OnQueueEvent(core.QueueEvent{Kind: core.QueueFinished, Job: second})
@@ -510,5 +510,5 @@ func TestGenerateSaysItWaitsForTheQueuedJob(t *testing.T) {
 	assert.Equal(t, "Generating…", s.status.text.Text)
 	close(begin)
 	close(end)
-	s.waitFor(t, 5*time.Second, "the second job to end", func() bool { return s.job == nil })
+	s.waitFor(t, 20*time.Second, "the second job to end", func() bool { return s.job == nil })
 }

@@ -39,7 +39,7 @@ func TestGenerateShowsResultAndGrowsStrip(t *testing.T) {
 	hist.add(core.ImageRecord{Path: old, Seed: 1, Width: 16, Height: 16, Prompt: "older"})
 	gen := &fakeGen{run: scriptedJob(t, hist, t.TempDir())}
 	s := newTestStudio(t, gen, hist)
-	s.waitFor(t, 5*time.Second, "the history to load", func() bool { return s.strip.len() == 1 })
+	s.waitFor(t, 20*time.Second, "the history to load", func() bool { return s.strip.len() == 1 })
 	assert.Equal(t, old, s.view.img.File, "the studio opens on the newest image")
 
 	setForm(s, "a green square", 3, 64, 64)
@@ -61,10 +61,10 @@ func TestGenerateShowsResultAndGrowsStrip(t *testing.T) {
 	assert.True(t, s.cancel.Disabled(), "Cancel is disabled once the job is over")
 	assert.False(t, s.generate.Disabled())
 
-	s.waitFor(t, 5*time.Second, "the strip to show the new image", func() bool { return s.strip.len() == 2 })
+	s.waitFor(t, 20*time.Second, "the strip to show the new image", func() bool { return s.strip.len() == 2 })
 	assert.Equal(t, out, s.strip.items[0].Path)
 	assert.Equal(t, out, s.strip.selected, "the new image is the selected tile")
-	s.waitFor(t, 5*time.Second, "thumbnails", func() bool {
+	s.waitFor(t, 20*time.Second, "thumbnails", func() bool {
 		return s.strip.tiles[0].img.Image != nil && s.strip.tiles[1].img.Image != nil
 	})
 
@@ -133,7 +133,7 @@ func TestCancelEndsAsCancelled(t *testing.T) {
 	setForm(s, "long", 60, 64, 64)
 	test.Tap(s.generate)
 	<-started
-	s.waitFor(t, 5*time.Second, "progress to show", func() bool { return s.bar.Value > 0 })
+	s.waitFor(t, 20*time.Second, "progress to show", func() bool { return s.bar.Value > 0 })
 	assert.Contains(t, s.barLabel.Text, "denoising — 5/60")
 
 	test.Tap(s.cancel)
@@ -154,7 +154,7 @@ func TestJobErrorShownBesideFieldWithDetail(t *testing.T) {
 	setForm(s, "x", 2, 64, 64)
 	s.form.model.SetText("/nope")
 	test.Tap(s.generate)
-	s.waitFor(t, 5*time.Second, "the job to fail", func() bool { return s.job == nil })
+	s.waitFor(t, 20*time.Second, "the job to fail", func() bool { return s.job == nil })
 
 	assert.Equal(t, `Model /nope does not exist: use "tiny"`, s.form.fieldError(fModel))
 	assert.Equal(t, `Model /nope does not exist: use "tiny"`, s.status.text.Text)
@@ -194,7 +194,7 @@ func TestImageMadeButNotRecordedIsStillShown(t *testing.T) {
 	s := newTestStudio(t, gen, &memHistory{})
 	setForm(s, "x", 2, 64, 64)
 	test.Tap(s.generate)
-	s.waitFor(t, 5*time.Second, "the job to end", func() bool { return s.job == nil })
+	s.waitFor(t, 20*time.Second, "the job to end", func() bool { return s.job == nil })
 	assert.Equal(t, filepath.Join(dir, "made.png"), s.view.img.File)
 	assert.Equal(t, statusError, s.status.kind)
 	assert.Contains(t, s.status.text.Text, "disk full")

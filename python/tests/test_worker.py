@@ -188,7 +188,7 @@ def test_loaded_model_from_a_path_and_unload(worker, tmp_path, tiny_model):
     _, warm = worker.generate(tmp_path, model=tiny_model)
     assert "loading_model" not in [m.stage for m in warm if m.type == "progress"]
     # A warm job still spends a little time checking its inputs: near zero, not zero.
-    assert warm[-1].metrics.load_s < 0.05
+    assert warm[-1].metrics.load_s < 0.5
     worker.send({"type": "unload"})
     _, cold = worker.generate(tmp_path, model=tiny_model)
     assert "loading_model" in [m.stage for m in cold if m.type == "progress"]
