@@ -98,7 +98,7 @@ func newForm(onSubmit func(), do func(func())) *form {
 	f := &form{errs: map[string]*widget.Label{}, entries: map[string]*widget.Entry{}}
 
 	f.prompt = newSubmitEntry(true, onSubmit)
-	f.prompt.SetPlaceHolder("Describe the image: subject, style, light, lens…")
+	f.prompt.SetPlaceHolder("Describe the image: subject, style, light, lens… (word:1.3) stresses a word, [word] softens it")
 	f.prompt.SetMinRowsVisible(4)
 	f.negative = newSubmitEntry(true, onSubmit)
 	f.negative.SetPlaceHolder("What to avoid: blurry, lowres, watermark…")

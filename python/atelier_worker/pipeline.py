@@ -24,7 +24,7 @@ from diffusers import StableDiffusionXLPipeline
 from PIL import Image as PILImage
 from PIL.PngImagePlugin import PngInfo
 
-from . import __version__, accel, device as devices, infotext, loras, schedulers, single_file, tiny, upscale
+from . import __version__, accel, device as devices, infotext, loras, prompts, schedulers, single_file, tiny, upscale
 from . import images as imgs
 from .job import Job  # noqa: F401 (pipeline.Job, as before)
 from .protocol import Accepted, Error, Image, Message, Metrics, Preview, Progress, Request, Result
@@ -505,16 +505,11 @@ class Engine:
         stage("encoding")
         guidance = r.cfg > 1.0
         with torch.inference_mode():
-            plan.embeds = pipe.encode_prompt(
-                prompt=r.prompt, device=pipe._execution_device, num_images_per_prompt=1,
-                do_classifier_free_guidance=guidance, negative_prompt=r.negative_prompt or None,
-            )
+            # A1111's emphasis and prompts past 75 tokens (diffusers would cut them).
+            plan.embeds = prompts.encode(pipe, r.prompt, r.negative_prompt, guidance)
             if refiner is not None:
-                plan.refiner_embeds = refiner.encode_prompt(
-                    prompt=r.prompt, device=refiner._execution_device, num_images_per_prompt=1,
-                    do_classifier_free_guidance=guidance,
-                    negative_prompt=r.negative_prompt or None,
-                )
+                plan.refiner_embeds = prompts.encode(refiner, r.prompt, r.negative_prompt,
+                                                     guidance)
         plan.base_total, plan.refiner_total = self._step_counts(r, plan, refiner)
 
         # 5. Denoise (and 6. refine) the batch in chunks, all at once unless the device runs
