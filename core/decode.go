@@ -18,7 +18,7 @@ const MaxIDLen = 64
 
 // Stages are the values of a progress message's stage, in the order a job meets them.
 var Stages = []string{"loading_model", "creating_tiny_model", "preprocessing", "encoding", "denoising", "refining",
-	"decoding", "upscaling", "saving"}
+	"decoding", "hires", "upscaling", "saving"}
 
 // DeviceKinds are the values of hello's device.
 var DeviceKinds = []string{"cuda", "mps", "cpu"}
@@ -254,6 +254,9 @@ func decodeRequest(f *fields) *Request {
 		MaskPadding:    f.int("mask_padding", false),
 		Upscaler:       f.str("upscaler", false),
 		Upscale:        f.float("upscale", false),
+		HiresScale:     f.float("hires_scale", false),
+		HiresSteps:     f.int("hires_steps", false),
+		HiresStrength:  f.float("hires_strength", false),
 	}
 	if f.raw("mask_blur", false) != nil {
 		r.MaskBlur = IntPtr(f.int("mask_blur", false))

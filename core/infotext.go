@@ -195,7 +195,17 @@ func (it Infotext) ApplyTo(req *Request) []string {
 		*dst = f
 		return true
 	}
-	float("Denoising strength", &req.Strength)
+	if _, hires := it.Get("Hires upscale"); hires {
+		// A1111 writes the hires pass's strength as "Denoising strength" too.
+		float("Hires upscale", &req.HiresScale)
+		float("Denoising strength", &req.HiresStrength)
+		atoi("Hires steps", &req.HiresSteps)
+		if v, ok := it.Get("Hires upscaler"); ok && !strings.EqualFold(v, "Lanczos") {
+			notes = append(notes, fmt.Sprintf("Hires upscaler %q: Atelier's hires pass enlarges with Lanczos", v))
+		}
+	} else {
+		float("Denoising strength", &req.Strength)
+	}
 	if v, ok := it.Get("Mask blur"); ok {
 		if n, err := strconv.Atoi(v); err == nil {
 			req.MaskBlur = IntPtr(n)
@@ -262,20 +272,13 @@ func (it Infotext) applyParts(req *Request, float func(string, *float64) bool) [
 	if part("Refiner", TinyRefiner, "Refiner", &req.Refiner) {
 		float("Refiner switch at", &req.RefinerSwitch)
 	}
-	for _, key := range []string{"Postprocess upscaler", "Hires upscaler"} {
-		v, ok := it.Get(key)
-		if !ok {
-			continue
-		}
+	if v, ok := it.Get("Postprocess upscaler"); ok {
 		if strings.EqualFold(v, "Lanczos") {
 			req.Upscaler = LanczosUpscaler
-			if !float("Postprocess upscale by", &req.Upscale) {
-				float("Hires upscale", &req.Upscale)
-			}
+			float("Postprocess upscale by", &req.Upscale)
 		} else {
-			notes = append(notes, fmt.Sprintf("%s %q: choose its file in the Upscale section", key, v))
+			notes = append(notes, fmt.Sprintf("Postprocess upscaler %q: choose its file in the Upscale section", v))
 		}
-		break
 	}
 	for i := 0; ; i++ {
 		v, ok := it.Get(fmt.Sprintf("ControlNet %d", i))

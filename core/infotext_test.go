@@ -104,10 +104,29 @@ func TestInfotextApplyToA1111LorasAndHires(t *testing.T) {
 		"an applied tag leaves the prompt; an unknown one stays")
 	assert.Empty(t, req.VAE)
 	assert.Empty(t, req.Upscaler)
+	// The hires pass comes back as one, with its strength (not img2img's).
+	assert.Equal(t, 1.5, req.HiresScale)
+	assert.Equal(t, 0.35, req.HiresStrength)
+	assert.Zero(t, req.Strength)
+	assert.NoError(t, req.Validate())
 	joined := strings.Join(notes, "\n")
 	assert.Contains(t, joined, `LoRA "detail_tweaker" (weight 0.5)`)
 	assert.Contains(t, joined, `VAE "sdxl_vae.safetensors"`)
-	assert.Contains(t, joined, `Hires upscaler "4x-UltraSharp"`)
+	assert.Contains(t, joined, `Hires upscaler "4x-UltraSharp": Atelier's hires pass enlarges with Lanczos`)
+}
+
+func TestInfotextApplyToOurHiresPass(t *testing.T) {
+	req := DefaultRequest()
+	notes := ParseInfotext("a fox\nSteps: 20, Sampler: Euler, CFG scale: 5, Seed: 3, Size: 64x64, " +
+		"Denoising strength: 0.4, Hires upscale: 2, Hires steps: 8, Hires upscaler: Lanczos").ApplyTo(&req)
+	assert.Empty(t, notes)
+	assert.Equal(t, [3]float64{2, 8, 0.4}, [3]float64{req.HiresScale, float64(req.HiresSteps), req.HiresStrength})
+	assert.Zero(t, req.Strength)
+
+	req = DefaultRequest()
+	ParseInfotext("a fox\nSteps: 20, Seed: 3, Denoising strength: 0.6").ApplyTo(&req)
+	assert.Equal(t, 0.6, req.Strength, "without a hires pass the strength is img2img's")
+	assert.Zero(t, req.HiresScale)
 }
 
 func TestInfotextApplyToEveryA1111Sampler(t *testing.T) {

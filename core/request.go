@@ -38,6 +38,9 @@ const (
 	MinMaskPadding, MaxMaskPadding = 0, 1024
 	MinUpscale, MaxUpscale         = 1.0, 4.0
 	DefaultUpscale                 = 2.0
+	MinHires, MaxHires             = 1.0, 4.0
+	DefaultHiresScale              = 1.5 // what the form offers when the pass is turned on
+	DefaultHiresStrength           = 0.5
 	MinBatchCount, MaxBatchCount   = 1, 100
 )
 
@@ -156,6 +159,21 @@ type Request struct {
 	// Upscaling after generation (Upscale 0 = DefaultUpscale).
 	Upscaler string  `json:"upscaler,omitempty"`
 	Upscale  float64 `json:"upscale,omitempty"`
+	// Hires fix: the text-to-image result enlarged by HiresScale (0 = off) and
+	// redrawn by img2img with HiresSteps (0 = Steps) at HiresStrength
+	// (0 = DefaultHiresStrength).
+	HiresScale    float64 `json:"hires_scale,omitempty"`
+	HiresSteps    int     `json:"hires_steps,omitempty"`
+	HiresStrength float64 `json:"hires_strength,omitempty"`
+}
+
+// HiresSize is the size of the hires pass: Width×Height scaled by HiresScale and
+// rounded to a multiple of SizeMultiple, as the worker makes it.
+func (r *Request) HiresSize() (int, int) {
+	one := func(v int) int {
+		return max(SizeMultiple, int(math.Round(float64(v)*r.HiresScale/SizeMultiple))*SizeMultiple)
+	}
+	return one(r.Width), one(r.Height)
 }
 
 // IntPtr returns a pointer to v, for optional int fields such as MaskBlur.
@@ -377,6 +395,23 @@ func (r *Request) validateFeatures(add func(field, format string, args ...any)) 
 	}
 	if r.Upscale != 0 && (badFloat(r.Upscale) || r.Upscale < MinUpscale || r.Upscale > MaxUpscale) {
 		add("upscale", "must be between %g and %g, got %g", MinUpscale, MaxUpscale, r.Upscale)
+	}
+	r.validateHires(add)
+}
+
+func (r *Request) validateHires(add func(field, format string, args ...any)) {
+	if badFloat(r.HiresScale) || (r.HiresScale != 0 && (r.HiresScale < MinHires || r.HiresScale > MaxHires)) {
+		add("hires_scale", "must be 0 (off) or between %g and %g, got %g", MinHires, MaxHires, r.HiresScale)
+	} else if r.HiresScale != 0 && r.InitImage != "" {
+		add("hires_scale", "is for text-to-image: with an init image, ask for the larger size directly")
+	} else if w, h := r.HiresSize(); r.HiresScale != 0 && max(w, h) > MaxSize {
+		add("hires_scale", "makes the image %dx%d, past the largest size (%d)", w, h, MaxSize)
+	}
+	if r.HiresSteps < 0 || r.HiresSteps > MaxSteps {
+		add("hires_steps", "must be 0 (the job's steps) or between %d and %d, got %d", MinSteps, MaxSteps, r.HiresSteps)
+	}
+	if badFloat(r.HiresStrength) || r.HiresStrength < 0 || r.HiresStrength > 1 {
+		add("hires_strength", "must be above 0 and at most 1, got %g", r.HiresStrength)
 	}
 }
 

@@ -112,6 +112,15 @@ func TestFeatureValidation(t *testing.T) {
 		{"upscale 0.5", func(r *Request) { r.Upscaler, r.Upscale = LanczosUpscaler, 0.5 }, "upscale"},
 		{"upscaler pickle", func(r *Request) { r.Upscaler = "4x.pth" }, "upscaler"},
 		{"upscaler not a model", func(r *Request) { r.Upscaler = "bicubic" }, "upscaler"},
+		// Hires fix.
+		{"hires", func(r *Request) { r.HiresScale, r.HiresSteps, r.HiresStrength = 2, 10, 0.4 }, ""},
+		{"hires default steps and strength", func(r *Request) { r.HiresScale = 1.5 }, ""},
+		{"hires scale 0.5", func(r *Request) { r.HiresScale = 0.5 }, "hires_scale"},
+		{"hires scale 5", func(r *Request) { r.HiresScale = 5 }, "hires_scale"},
+		{"hires past the largest size", func(r *Request) { r.Width, r.HiresScale = 2048, 2.5 }, "hires_scale"},
+		{"hires with img2img", func(r *Request) { r.InitImage, r.HiresScale = "in.png", 2 }, "hires_scale"},
+		{"hires steps 151", func(r *Request) { r.HiresScale, r.HiresSteps = 2, 151 }, "hires_steps"},
+		{"hires strength 1.5", func(r *Request) { r.HiresScale, r.HiresStrength = 2, 1.5 }, "hires_strength"},
 		// Single-file model.
 		{"single-file model", func(r *Request) { r.Model = "/models/sdxl.safetensors" }, ""},
 		{"pickle model", func(r *Request) { r.Model = "/models/sdxl.ckpt" }, "model"},

@@ -187,6 +187,7 @@ var stageNames = map[string]string{
 	"denoising":           "denoising",
 	"refining":            "refiner — refining",
 	"decoding":            "decoding",
+	"hires":               "hires fix — redrawing",
 	"upscaling":           "upscaling",
 	"saving":              "saving",
 }

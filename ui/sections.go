@@ -33,6 +33,9 @@ const (
 	fMaskPadding   = "mask_padding"
 	fUpscaler      = "upscaler"
 	fUpscale       = "upscale"
+	fHires         = "hires_scale"
+	fHiresSteps    = "hires_steps"
+	fHiresStrength = "hires_strength"
 	fBatchCount    = "batch_count"
 )
 
@@ -40,7 +43,8 @@ var sectionTitles = map[string]string{
 	fSchedule: "Schedule type", fLoRAs: "LoRAs", fControlNets: "ControlNets", fRefiner: "Refiner",
 	fRefinerSwitch: "Refiner switch", fVAE: "VAE", fInitImage: "Init image", fStrength: "Denoising strength",
 	fMask: "Mask", fMaskBlur: "Mask blur", fMaskPadding: "Mask padding", fUpscaler: "Upscaler",
-	fUpscale: "Upscale factor", fBatchCount: "Batch count",
+	fUpscale: "Upscale factor", fHires: "Enlarge by (empty = off)", fHiresSteps: "Hires steps",
+	fHiresStrength: "Hires denoising strength", fBatchCount: "Batch count",
 }
 
 // Titles of the per-row fields, e.g. "loras[1].weight" → "LoRA 2 weight".
@@ -115,6 +119,11 @@ type sections struct {
 
 	upscaler *widget.SelectEntry
 	upscale  *submitEntry
+
+	hires               *submitEntry
+	hiresSteps          *submitEntry
+	hiresStrength       *submitEntry
+	hiresStrengthSlider *widget.Slider
 
 	batchCount *submitEntry
 	vaeNote    *widget.Label
@@ -192,6 +201,15 @@ func newSections(f *form, onSubmit func(), do func(func())) *sections {
 
 	s.upscaler = s.modelChoice(fUpscaler, "none, lanczos, or an ESRGAN .safetensors", false)
 	s.upscale = s.numberEntry(fUpscale)
+
+	s.hires = s.numberEntry(fHires)
+	s.hires.SetPlaceHolder(fmt.Sprintf("off; %g–%g, e.g. %g", core.MinHires, core.MaxHires, core.DefaultHiresScale))
+	s.hiresSteps = s.numberEntry(fHiresSteps)
+	s.hiresSteps.SetPlaceHolder("the job's steps")
+	s.hiresStrength = s.numberEntry(fHiresStrength)
+	s.hiresStrengthSlider = widget.NewSlider(0.05, 1)
+	s.hiresStrengthSlider.Step = 0.05
+	f.linkSlider(fHiresStrength, s.hiresStrength, s.hiresStrengthSlider, formatHundredths)
 
 	s.batchCount = s.numberEntry(fBatchCount)
 	s.batchCount.SetPlaceHolder("1")
@@ -584,6 +602,19 @@ func (s *sections) set(r core.Request) {
 		up = core.DefaultUpscale
 	}
 	s.upscale.SetText(formatFloat(up))
+	s.hires.SetText("")
+	if r.HiresScale != 0 {
+		s.hires.SetText(formatFloat(r.HiresScale))
+	}
+	s.hiresSteps.SetText("")
+	if r.HiresSteps != 0 {
+		s.hiresSteps.SetText(strconv.Itoa(r.HiresSteps))
+	}
+	hs := r.HiresStrength
+	if hs == 0 {
+		hs = core.DefaultHiresStrength
+	}
+	s.hiresStrength.SetText(formatFloat(hs))
 	if strings.TrimSpace(s.batchCount.Text) == "" {
 		s.batchCount.SetText("1")
 	}
@@ -647,6 +678,18 @@ func (s *sections) read(r *core.Request, errs *[]*core.FieldError) {
 	}
 	if r.Upscaler = strings.TrimSpace(s.upscaler.Text); r.Upscaler != "" {
 		r.Upscale = float(fUpscale, s.upscale.Text)
+	}
+	if t := strings.TrimSpace(s.hires.Text); t != "" {
+		// 0 reads as "off" on the wire: a typed 0 is refused rather than dropped.
+		if r.HiresScale = float(fHires, t); r.HiresScale == 0 {
+			bad(fHires, "must be between %g and %g (leave it empty for no hires pass), got 0", core.MinHires, core.MaxHires)
+		}
+		if t := strings.TrimSpace(s.hiresSteps.Text); t != "" {
+			r.HiresSteps = integer(fHiresSteps, t)
+		}
+		if r.HiresStrength = float(fHiresStrength, s.hiresStrength.Text); r.HiresStrength == 0 {
+			bad(fHiresStrength, "must be above 0 and at most 1, got 0")
+		}
 	}
 }
 
@@ -724,6 +767,12 @@ func (s *sections) content() fyne.CanvasObject {
 		field(fMask, container.NewBorder(nil, nil, nil, container.NewHBox(
 			s.browseButton(false, "Choose a mask image", s.mask.SetText, "png", "jpg", "jpeg", "webp"), s.paintMask), s.mask)),
 		container.NewGridWithColumns(2, field(fMaskBlur, s.maskBlur), field(fMaskPadding, s.maskPadding)))
+	hires := container.NewVBox(
+		widget.NewLabel("Enlarges the text-to-image result with Lanczos and draws it again with img2img, "+
+			"so that a large image gets SDXL's composition and the model's own detail."),
+		container.NewGridWithColumns(2, field(fHires, s.hires), field(fHiresSteps, s.hiresSteps)),
+		field(fHiresStrength, container.NewBorder(nil, nil, nil, narrowEntry(s.hiresStrength), s.hiresStrengthSlider)))
+	hires.Objects[0].(*widget.Label).Wrapping = fyne.TextWrapWord
 	upscale := container.NewVBox(
 		field(fUpscaler, container.NewBorder(nil, nil, nil,
 			s.browseButton(false, "Choose an upscaler model (.safetensors)", s.upscaler.SetText, "safetensors"), s.upscaler)),
@@ -740,6 +789,7 @@ func (s *sections) content() fyne.CanvasObject {
 		widget.NewAccordionItem("Refiner", refiner),
 		widget.NewAccordionItem("VAE", vae),
 		widget.NewAccordionItem("img2img / Inpaint", img2img),
+		widget.NewAccordionItem("Hires fix", hires),
 		widget.NewAccordionItem("Upscale", upscale),
 		widget.NewAccordionItem("Batch", batch),
 	)
@@ -755,8 +805,8 @@ func (s *sections) openSectionOf(field string) {
 		return
 	}
 	idx := map[string]int{fScheduler: 0, fSchedule: 0, fLoRAs: 1, fControlNets: 2, fRefiner: 3, fRefinerSwitch: 3,
-		fVAE: 4, fInitImage: 5, fStrength: 5, fMask: 5, fMaskBlur: 5, fMaskPadding: 5, fUpscaler: 6, fUpscale: 6,
-		fBatch: 7, fBatchCount: 7}
+		fVAE: 4, fInitImage: 5, fStrength: 5, fMask: 5, fMaskBlur: 5, fMaskPadding: 5,
+		fHires: 6, fHiresSteps: 6, fHiresStrength: 6, fUpscaler: 7, fUpscale: 7, fBatch: 8, fBatchCount: 8}
 	i, ok := idx[field]
 	if m := reRowField.FindStringSubmatch(field); m != nil {
 		i, ok = 1, true

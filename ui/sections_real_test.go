@@ -25,6 +25,7 @@ func TestRealFeaturesFromTheSections(t *testing.T) {
 	cn := x.addCNRow(core.DefaultControlNet())
 	cn.image.SetText(control)
 	x.vae.SetText(core.TinyVAE)
+	x.hires.SetText("1.5")
 	x.batchCount.SetText("2")
 
 	test.Tap(s.generate)
@@ -41,6 +42,9 @@ func TestRealFeaturesFromTheSections(t *testing.T) {
 		require.Len(t, j.Request.ControlNets, 1)
 		assert.Equal(t, control, j.Request.ControlNets[0].Image)
 		assert.Equal(t, core.TinyVAE, j.Request.VAE)
+		assert.Equal(t, 1.5, j.Request.HiresScale)
+		require.Len(t, j.Images, 1)
+		assert.Equal(t, [2]int{96, 96}, [2]int{j.Images[0].Width, j.Images[0].Height}, "the hires pass enlarged 64 px by 1.5")
 	}
 	assert.Equal(t, jobs[1].Request.Seed+1, jobs[0].Request.Seed, "the second job starts at seed + batch size")
 

@@ -129,6 +129,11 @@ func TestInvalidSectionValuesAreShownBesideTheirField(t *testing.T) {
 		{"upscale", func(x *sections) { x.upscaler.SetText(core.LanczosUpscaler); x.upscale.SetText("9") }, fUpscale, "between 1 and 4"},
 		{"upscaler not a model", func(x *sections) { x.upscaler.SetText("bicubic") }, fUpscaler, "lanczos"},
 		{"batch count", func(x *sections) { x.batchCount.SetText("0") }, fBatchCount, "from 1 to 100"},
+		{"hires scale", func(x *sections) { x.hires.SetText("0.5") }, fHires, "between 1 and 4"},
+		{"hires scale 0", func(x *sections) { x.hires.SetText("0") }, fHires, "leave it empty"},
+		{"hires with img2img", func(x *sections) { x.initImage.SetText("/i.png"); x.hires.SetText("2") }, fHires, "text-to-image"},
+		{"hires strength", func(x *sections) { x.hires.SetText("2"); x.hiresStrength.SetText("1.2") }, fHiresStrength, "at most 1"},
+		{"hires steps", func(x *sections) { x.hires.SetText("2"); x.hiresSteps.SetText("many") }, fHiresSteps, "whole number"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			gen := &fakeGen{}
@@ -142,6 +147,32 @@ func TestInvalidSectionValuesAreShownBesideTheirField(t *testing.T) {
 			assert.Equal(t, int32(0), gen.calls.Load(), "an invalid form runs no job")
 		})
 	}
+}
+
+func TestHiresFixSectionFillsTheRequest(t *testing.T) {
+	s := newTestStudio(t, &fakeGen{}, &memHistory{})
+	setForm(s, "a lighthouse", 4, 64, 64)
+	f, x := s.form, s.form.feat
+	req, verr := f.request()
+	require.Nil(t, verr)
+	assert.Zero(t, req.HiresScale, "an empty factor is no hires pass")
+	assert.Zero(t, req.HiresStrength)
+
+	x.hires.SetText("2")
+	x.hiresSteps.SetText("12")
+	x.hiresStrengthSlider.SetValue(0.35) // the slider writes the entry
+	req, verr = f.request()
+	require.Nil(t, verr)
+	assert.Equal(t, [3]float64{2, 12, 0.35}, [3]float64{req.HiresScale, float64(req.HiresSteps), req.HiresStrength})
+
+	// Shown back as given (a reloaded PNG, "use these settings"), and cleared by a request without one.
+	f.set(core.DefaultRequest())
+	assert.Empty(t, x.hires.Text)
+	f.set(req)
+	got, verr := f.request()
+	require.Nil(t, verr)
+	assert.Equal(t, req, got)
+	assert.Equal(t, "12", x.hiresSteps.Text)
 }
 
 func TestRemovingARowRenumbersItsErrors(t *testing.T) {

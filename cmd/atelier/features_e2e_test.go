@@ -252,6 +252,19 @@ func TestFeaturesEndToEnd(t *testing.T) {
 		assert.Equal(t, 128, r.jobs[0].Images[0].Width, "the history records the saved size")
 	})
 
+	t.Run("hires fix", func(t *testing.T) {
+		needFeature(t, "hires")
+		r := h.generateFeature(t, "--hires", "2", "--hires-steps", "4", "--hires-strength", "0.5")
+		params := pngText(t, r.paths[0])["parameters"]
+		assert.Contains(t, params, "Denoising strength: 0.5, Hires upscale: 2, Hires steps: 4, Hires upscaler: Lanczos")
+		assert.Contains(t, params, "Size: 64x64", "Size stays the first pass's")
+		w, hgt := imageSize(t, r.paths[0])
+		assert.Equal(t, [2]int{128, 128}, [2]int{w, hgt})
+		req := r.jobs[0].Request
+		assert.Equal(t, [3]float64{2, 4, 0.5}, [3]float64{req.HiresScale, float64(req.HiresSteps), req.HiresStrength})
+		assert.Equal(t, 128, r.jobs[0].Images[0].Width, "the history records the saved size")
+	})
+
 	t.Run("upscale model", func(t *testing.T) {
 		needFeature(t, "upscale_model")
 		r := h.generateFeature(t, "--upscaler", "tiny-upscaler", "--upscale", "2")

@@ -25,6 +25,7 @@ type requestFlags struct {
 	strength      float64
 	maskBlur      int
 	upscale       float64
+	hiresStrength float64
 	batchCount    int
 }
 
@@ -61,6 +62,9 @@ func addRequestFlags(fs *flag.FlagSet) *requestFlags {
 	fs.IntVar(&r.MaskPadding, "mask-padding", 0, fmt.Sprintf("inpainting: pixels of context around the masked area, %d-%d (0 = the whole image)", core.MinMaskPadding, core.MaxMaskPadding))
 	fs.StringVar(&r.Upscaler, "upscaler", "", fmt.Sprintf("upscale the result: %q, an ESRGAN-family .safetensors model, or %q", core.LanczosUpscaler, core.TinyUpscaler))
 	fs.Float64Var(&f.upscale, "upscale", core.DefaultUpscale, fmt.Sprintf("upscale factor, %g-%g", core.MinUpscale, core.MaxUpscale))
+	fs.Float64Var(&r.HiresScale, "hires", 0, fmt.Sprintf("hires fix: enlarge the text-to-image result by this factor (%g-%g, Lanczos) and draw it again with img2img; 0 = off", core.MinHires, core.MaxHires))
+	fs.IntVar(&r.HiresSteps, "hires-steps", 0, "hires fix: steps of the second pass (0 = --steps)")
+	fs.Float64Var(&f.hiresStrength, "hires-strength", core.DefaultHiresStrength, "hires fix: how much of the enlarged image is redrawn, above 0 and at most 1")
 	return f
 }
 
@@ -96,11 +100,15 @@ func (f *requestFlags) build() (core.Request, error) {
 	if r.Upscaler != "" || f.given("upscale") {
 		r.Upscale = f.upscale
 	}
+	if r.HiresScale != 0 || f.given("hires-strength") {
+		r.HiresStrength = f.hiresStrength
+	}
 	var errs []*core.FieldError
 	need := func(flagName, field, needs string) {
 		if f.given(flagName) && needs == "" {
 			errs = append(errs, &core.FieldError{Field: field, Message: fmt.Sprintf("has no effect without --%s", map[string]string{
-				"refiner_switch": "refiner", "strength": "init-image", "mask_blur": "mask", "mask_padding": "mask", "upscale": "upscaler"}[field])})
+				"refiner_switch": "refiner", "strength": "init-image", "mask_blur": "mask", "mask_padding": "mask", "upscale": "upscaler",
+				"hires_steps": "hires", "hires_strength": "hires"}[field])})
 		}
 	}
 	need("refiner-switch", "refiner_switch", r.Refiner)
@@ -108,9 +116,18 @@ func (f *requestFlags) build() (core.Request, error) {
 	need("mask-blur", "mask_blur", r.MaskImage)
 	need("mask-padding", "mask_padding", r.MaskImage)
 	need("upscale", "upscale", r.Upscaler)
+	hires := ""
+	if r.HiresScale != 0 {
+		hires = "on"
+	}
+	need("hires-steps", "hires_steps", hires)
+	need("hires-strength", "hires_strength", hires)
 	if r.InitImage != "" && f.strength == 0 {
 		// 0 would read as "the default" on the wire.
 		errs = append(errs, &core.FieldError{Field: "strength", Message: "must be above 0 and at most 1, got 0"})
+	}
+	if r.HiresScale != 0 && f.hiresStrength == 0 {
+		errs = append(errs, &core.FieldError{Field: "hires_strength", Message: "must be above 0 and at most 1, got 0"})
 	}
 	if err := r.Validate(); err != nil {
 		v, ok := core.AsValidation(err)
@@ -167,6 +184,7 @@ var flagForField = map[string]string{
 	"loras": "--lora", "controlnets": "--controlnet", "refiner": "--refiner", "refiner_switch": "--refiner-switch",
 	"vae": "--vae", "init_image": "--init-image", "strength": "--strength", "mask_image": "--mask",
 	"mask_blur": "--mask-blur", "mask_padding": "--mask-padding", "upscaler": "--upscaler", "upscale": "--upscale",
+	"hires_scale": "--hires", "hires_steps": "--hires-steps", "hires_strength": "--hires-strength",
 }
 
 var reIndexed = regexp.MustCompile(`^(\w+)\[\d+\]`)

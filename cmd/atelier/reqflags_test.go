@@ -97,6 +97,10 @@ func TestRequestFlagErrorsNameTheFlag(t *testing.T) {
 		{[]string{"--init-image", "/i.png", "--mask", "/m.png", "--mask-padding", "5000"}, "mask_padding", []string{"--mask-padding"}},
 		{[]string{"--upscaler", "lanczos", "--upscale", "5"}, "upscale", []string{"--upscale", "between 1 and 4"}},
 		{[]string{"--upscaler", "4x.pth"}, "upscaler", []string{"--upscaler", "pickle"}},
+		{[]string{"--hires", "0.5"}, "hires_scale", []string{"--hires", "between 1 and 4"}},
+		{[]string{"--hires", "2", "--init-image", "/i.png"}, "hires_scale", []string{"--hires", "text-to-image"}},
+		{[]string{"--hires-steps", "10"}, "hires_steps", []string{"--hires-steps", "without --hires"}},
+		{[]string{"--hires", "2", "--hires-strength", "0"}, "hires_strength", []string{"--hires-strength", "above 0"}},
 		{[]string{"--batch-size", "9"}, "batch_size", []string{"--batch-size"}},
 		{[]string{"--batch-count", "0"}, "batch_count", []string{"--batch-count"}},
 	} {
@@ -132,7 +136,8 @@ func TestMalformedFeatureFlagsAreRefusedByTheParser(t *testing.T) {
 
 func TestEveryFeatureFieldHasAFlag(t *testing.T) {
 	for _, field := range []string{"schedule", "loras[3].weight", "controlnets[0].canny_low", "refiner", "refiner_switch",
-		"vae", "init_image", "strength", "mask_image", "mask_blur", "mask_padding", "upscaler", "upscale", "batch_count"} {
+		"vae", "init_image", "strength", "mask_image", "mask_blur", "mask_padding", "upscaler", "upscale", "batch_count",
+		"hires_scale", "hires_steps", "hires_strength"} {
 		assert.True(t, strings.HasPrefix(flagName(field), "--"), "%s has no flag", field)
 	}
 }

@@ -27,7 +27,8 @@ from PIL.PngImagePlugin import PngInfo
 from . import __version__, accel, device as devices, infotext, loras, prompts, schedulers, single_file, tiny, upscale
 from . import images as imgs
 from .job import Job  # noqa: F401 (pipeline.Job, as before)
-from .protocol import Accepted, Error, Image, Message, Metrics, Preview, Progress, Request, Result
+from .protocol import (Accepted, Error, Image, Message, Metrics, Preview, Progress, Request, Result,
+                       hires_size)
 
 log = logging.getLogger("atelier.pipeline")
 
@@ -252,6 +253,8 @@ class Plan:
     refiner_embeds: tuple = ()
     base_total: int = 0
     refiner_total: int = 0
+    hires_total: int = 0
+    hires_runner: object = None              # the img2img pipeline of the hires pass
 
 
 @dataclass
@@ -511,6 +514,10 @@ class Engine:
                 plan.refiner_embeds = prompts.encode(refiner, r.prompt, r.negative_prompt,
                                                      guidance)
         plan.base_total, plan.refiner_total = self._step_counts(r, plan, refiner)
+        if r.hires_scale:
+            plan.hires_total = _count_steps(
+                schedulers.build(r.scheduler, r.schedule, self._warm_config()),
+                r.hires_steps or r.steps, strength=r.hires_strength)
 
         # 5. Denoise (and 6. refine) the batch in chunks, all at once unless the device runs
         #    out of memory: then in halves, down to one image at a time. Image i always
@@ -544,8 +551,8 @@ class Engine:
         denoise_s = time.perf_counter() - t0
         steps_run = (plan.base_total + plan.refiner_total) * chunks
 
-        # 7. Decode, 8. paste back the unmasked pixels, 9. upscale and 10. save, one image
-        #    at a time to bound the memory.
+        # 7. Decode, 8. paste back the unmasked pixels (or draw the hires pass), 9. upscale
+        #    and 10. save, one image at a time to bound the memory.
         parameters = self._parameters(r, model_name, inp)
         images = []
         n = r.batch_size
@@ -555,6 +562,11 @@ class Engine:
             latents[i] = None
             if plan.mask is not None:
                 pixels = imgs.overlay(plan.init_full, pixels, plan.mask_full, plan.box)
+            if r.hires_scale:
+                t0 = time.perf_counter()
+                pixels = self._hires(job, plan, pixels, seed, emit, elapsed)
+                denoise_s += time.perf_counter() - t0
+                steps_run += plan.hires_total
             if inp.upscaler:
                 stage("upscaling", i, n)
                 pixels = upscale.upscale(pixels, r.upscale, upscaler)
@@ -916,9 +928,13 @@ class Engine:
             cls = d.StableDiffusionXLImg2ImgPipeline
         else:
             return pipe
-        # Built from the warm pipeline's modules by the constructor, not from_pipe: from_pipe
-        # casts every shared module to its dtype argument (float32 by default), which would
-        # turn the warm half-precision model into a float32 one.
+        return self._build(cls, pipe, extra)
+
+    @staticmethod
+    def _build(cls, pipe, extra: dict):
+        """A pipeline of class cls made from the warm pipeline's modules by the constructor,
+        not from_pipe: from_pipe casts every shared module to its dtype argument (float32 by
+        default), which would turn the warm half-precision model into a float32 one."""
         params = inspect.signature(cls.__init__).parameters
         kwargs = {k: v for k, v in pipe.components.items() if k in params}
         kwargs.update({k: v for k, v in pipe.config.items() if k in params and k not in kwargs
@@ -975,24 +991,9 @@ class Engine:
         def rep(t):
             return None if t is None else t.repeat(n, *([1] * (t.dim() - 1)))
 
-        def callback(name: str, total: int, tap, stop_at_total: bool = False):
-            def on_step_end(_pipe, i: int, _t, kwargs: dict) -> dict:
-                if job.cancel.is_set():
-                    raise Cancelled()
-                if stop_at_total and i + 1 >= total:
-                    # The pipeline has no denoising_end: skip its remaining steps, which is
-                    # what denoising_end would do.
-                    _pipe._interrupt = True
-                step = min(i + 1, total)
-                emit(Progress(id=job.id, stage=name, step=step, total=total, elapsed_s=elapsed()))
-                if r.preview_every and step % r.preview_every == 0 and step < total:
-                    # From the predicted clean latents where the scheduler gives them,
-                    # projected to RGB on the device and written by a thread: the GPU never waits.
-                    x0 = tap.x0 if tap is not None and tap.x0 is not None else kwargs["latents"]
-                    previewer.submit(x0[0], lambda s=step: emit(Preview(id=job.id, step=s,
-                                                                        path=preview_path)))
-                return {}
-            return on_step_end
+        def callback(name: str, total: int, tap, previewer, stop_at_total: bool = False):
+            return _step_callback(job, name, total, tap, previewer, preview_path, emit, elapsed,
+                                  stop_at_total)
 
         pe, npe, ppe, nppe = plan.embeds
         kw = dict(prompt_embeds=rep(pe), negative_prompt_embeds=rep(npe),
@@ -1032,7 +1033,7 @@ class Engine:
         try:
             with accel.sdpa_context(self.accel):
                 latents = runner(callback_on_step_end=callback("denoising", plan.base_total, tap,
-                                                               emulate_end), **kw).images
+                                                               previewer, emulate_end), **kw).images
         finally:
             previewer.wait()
         if refiner is None:
@@ -1055,12 +1056,49 @@ class Engine:
                     pooled_prompt_embeds=rep(rppe), negative_pooled_prompt_embeds=rep(rnppe),
                     image=latents, num_inference_steps=r.steps, denoising_start=r.refiner_switch,
                     guidance_scale=r.cfg, generator=gens, output_type="latent",
-                    callback_on_step_end=callback("refining", plan.refiner_total, tap),
+                    callback_on_step_end=callback("refining", plan.refiner_total, tap, previewer),
                     callback_on_step_end_tensor_inputs=["latents"],
                 ).images
         finally:
             previewer.wait()
         return latents
+
+    def _hires(self, job: Job, plan: Plan, pixels: PILImage.Image, seed: int, emit,
+               elapsed) -> PILImage.Image:
+        """A1111's hires fix: the first pass's image, enlarged with Lanczos, drawn again by
+        img2img at hires_strength, so that the detail at the larger size comes from the model
+        rather than from the resize (SDXL composes best near one megapixel, so the first pass
+        stays there). Runs after the refiner, on the base model, with the same seed."""
+        r = job.request
+        if plan.hires_runner is None:
+            import diffusers as d
+
+            plan.hires_runner = self._build(d.StableDiffusionXLImg2ImgPipeline, self._pipe, {})
+            plan.hires_runner.scheduler = schedulers.build(r.scheduler, r.schedule,
+                                                           self._warm_config())
+        runner = plan.hires_runner
+        w, h = hires_size(r.width, r.height, r.hires_scale)
+        big = pixels.resize((w, h), PILImage.LANCZOS)
+        pe, npe, ppe, nppe = plan.embeds
+        preview_path = preview_file(job)
+        previewer = accel.Previewer(lambda im: write_png(im, preview_path, sync=False))
+        tap = accel.X0Tap(runner.scheduler) if r.preview_every else None
+        emit(Progress(id=job.id, stage="hires", step=0, total=plan.hires_total,
+                      elapsed_s=elapsed()))
+        try:
+            with accel.sdpa_context(self.accel):
+                latents = runner(
+                    prompt_embeds=pe, negative_prompt_embeds=npe, pooled_prompt_embeds=ppe,
+                    negative_pooled_prompt_embeds=nppe, image=big, strength=r.hires_strength,
+                    num_inference_steps=r.hires_steps or r.steps, guidance_scale=r.cfg,
+                    generator=torch.Generator("cpu").manual_seed(seed), output_type="latent",
+                    callback_on_step_end=_step_callback(job, "hires", plan.hires_total, tap,
+                                                        previewer, preview_path, emit, elapsed),
+                    callback_on_step_end_tensor_inputs=["latents"],
+                ).images
+        finally:
+            previewer.wait()
+        return self._decode(latents)
 
     # 7. Decoding ----------------------------------------------------------------------------
 
@@ -1114,6 +1152,12 @@ class Engine:
                                                         ensure_ascii=False)))
         if inp.refiner:
             extra += [("Refiner", q(inp.refiner_name)), ("Refiner switch at", num(r.refiner_switch))]
+        if r.hires_scale:
+            extra += [("Denoising strength", num(r.hires_strength)),
+                      ("Hires upscale", num(r.hires_scale))]
+            if r.hires_steps:
+                extra.append(("Hires steps", str(r.hires_steps)))
+            extra.append(("Hires upscaler", "Lanczos"))
         if inp.upscaler:
             extra += [("Postprocess upscaler", q(inp.upscaler_name)),
                       ("Postprocess upscale by", num(r.upscale))]
@@ -1147,3 +1191,27 @@ class Engine:
             torch.cuda.empty_cache()
         elif k == "mps":
             torch.mps.empty_cache()
+
+
+def _step_callback(job: Job, name: str, total: int, tap, previewer, preview_path: str, emit,
+                   elapsed, stop_at_total: bool = False):
+    """The pipelines' callback_on_step_end: cancel within a step, progress, previews."""
+    r = job.request
+
+    def on_step_end(_pipe, i: int, _t, kwargs: dict) -> dict:
+        if job.cancel.is_set():
+            raise Cancelled()
+        if stop_at_total and i + 1 >= total:
+            # The pipeline has no denoising_end: skip its remaining steps, which is
+            # what denoising_end would do.
+            _pipe._interrupt = True
+        step = min(i + 1, total)
+        emit(Progress(id=job.id, stage=name, step=step, total=total, elapsed_s=elapsed()))
+        if r.preview_every and step % r.preview_every == 0 and step < total:
+            # From the predicted clean latents where the scheduler gives them,
+            # projected to RGB on the device and written by a thread: the GPU never waits.
+            x0 = tap.x0 if tap is not None and tap.x0 is not None else kwargs["latents"]
+            previewer.submit(x0[0], lambda s=step: emit(Preview(id=job.id, step=s,
+                                                                path=preview_path)))
+        return {}
+    return on_step_end

@@ -22,7 +22,7 @@ SCHEDULES = ("", "karras", "exponential", "beta")
 CONTROLNET_TYPES = ("canny", "depth", "pose", "lineart", "scribble", "tile", "softedge", "other")
 DEVICES = ("cuda", "mps", "cpu")
 STAGES = ("loading_model", "creating_tiny_model", "preprocessing", "encoding", "denoising",
-          "refining", "decoding", "upscaling", "saving")
+          "refining", "decoding", "hires", "upscaling", "saving")
 ERROR_CODES = (
     "invalid_request",
     "model_not_found",
@@ -42,6 +42,7 @@ MAX_LORAS, MIN_LORA_WEIGHT, MAX_LORA_WEIGHT = 16, -5.0, 5.0
 MAX_CONTROLNETS = 4
 MAX_MASK_BLUR, MAX_MASK_PADDING = 64, 1024
 MIN_UPSCALE, MAX_UPSCALE = 1.0, 4.0
+MIN_HIRES, MAX_HIRES = 1.0, 4.0
 
 _ID_RE = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
 
@@ -106,6 +107,16 @@ class Request:
     mask_padding: int = 0
     upscaler: str = ""
     upscale: float = 2.0
+    hires_scale: float = 0.0     # 0: no hires pass
+    hires_steps: int = 0         # 0: the job's steps
+    hires_strength: float = 0.5
+
+
+def hires_size(width: int, height: int, scale: float) -> tuple[int, int]:
+    """The size of the hires pass: the first pass's, scaled and rounded to a multiple of 8."""
+    def one(v: int) -> int:
+        return max(SIZE_MULTIPLE, int(round(v * scale / SIZE_MULTIPLE)) * SIZE_MULTIPLE)
+    return one(width), one(height)
 
 
 @dataclass
@@ -436,6 +447,22 @@ def decode_request(r: dict) -> Request:
         raise ProtocolError("needs init_image: a mask marks the part of an image to repaint",
                             "mask_image")
     upscaler = _str(r, "upscaler", default="")
+    hires = _num(r, "hires_scale", default=0.0, lo=0, hi=MAX_HIRES)
+    if hires:
+        if hires < MIN_HIRES:
+            raise ProtocolError(f"must be 0 (off) or between {_fmt(MIN_HIRES)} and "
+                                f"{_fmt(MAX_HIRES)}, got {_fmt(hires)}", "hires_scale")
+        if init_image:
+            raise ProtocolError("is for text-to-image: with an init image, ask for the larger "
+                                "size directly", "hires_scale")
+        big = hires_size(size["width"], size["height"], hires)
+        if max(big) > MAX_SIZE:
+            raise ProtocolError(f"makes the image {big[0]}x{big[1]}, past the largest size "
+                                f"({MAX_SIZE})", "hires_scale")
+    hires_strength = _num(r, "hires_strength", default=0.5, lo=0, hi=1)
+    if hires and hires_strength <= 0:
+        raise ProtocolError(f"must be above 0 and at most 1, got {_fmt(hires_strength)}",
+                            "hires_strength")
     return Request(
         prompt=prompt, model=model, steps=steps, cfg=cfg, width=size["width"],
         height=size["height"], seed=seed, output_dir=output_dir,
@@ -448,6 +475,8 @@ def decode_request(r: dict) -> Request:
         mask_padding=_int(r, "mask_padding", default=0, lo=0, hi=MAX_MASK_PADDING),
         upscaler=upscaler,
         upscale=_num(r, "upscale", default=2.0, lo=MIN_UPSCALE, hi=MAX_UPSCALE),
+        hires_scale=hires, hires_steps=_int(r, "hires_steps", default=0, lo=0, hi=MAX_STEPS),
+        hires_strength=hires_strength,
     )
 
 

@@ -241,7 +241,7 @@ def capabilities() -> Capabilities:
     from . import accel, schedulers
 
     features = ["txt2img", "img2img", "inpaint", "lora", "controlnet", "canny", "refiner", "vae",
-                "batch", "single_file", "schedules", "upscale"]
+                "batch", "single_file", "schedules", "upscale", "hires", "prompt_weighting"]
     import importlib.util
 
     # Found, not imported: its import costs the start-up a third of a second.
