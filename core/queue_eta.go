@@ -22,12 +22,30 @@ func pixelSteps(req Request, steps int) float64 {
 	return float64(req.Width) * float64(req.Height) * float64(max(req.BatchSize, 1)) * float64(steps)
 }
 
+// hiresPixelSteps is the work of the hires pass: the iterations it runs
+// (steps × strength) at the enlarged size, for every image of the batch.
+func hiresPixelSteps(req Request) float64 {
+	if req.HiresScale == 0 {
+		return 0
+	}
+	w, h := req.HiresSize()
+	steps := req.HiresSteps
+	if steps == 0 {
+		steps = req.Steps
+	}
+	strength := req.HiresStrength
+	if strength == 0 {
+		strength = DefaultHiresStrength
+	}
+	return float64(w) * float64(h) * float64(max(req.BatchSize, 1)) * float64(steps) * strength
+}
+
 // Estimate is how long req should take from start to end.
 func (r Rate) Estimate(req Request) (time.Duration, bool) {
 	if !r.Known() {
 		return 0, false
 	}
-	s := pixelSteps(req, req.Steps)/r.PixelStepsPerS + r.OverheadS
+	s := (pixelSteps(req, req.Steps)+hiresPixelSteps(req))/r.PixelStepsPerS + r.OverheadS
 	return time.Duration(s * float64(time.Second)), true
 }
 
@@ -77,14 +95,17 @@ func (l Live) StepsPerS() (float64, bool) {
 // its own measured speed when it has one, the queue's rate otherwise.
 func (l Live) Remaining(req Request, r Rate) (time.Duration, bool) {
 	left := max(req.Steps-l.Step, 0)
+	// The hires pass comes after denoising; its own steps are not followed, so
+	// all of it counts until the job ends.
+	hires := hiresPixelSteps(req)
 	if sps, ok := l.StepsPerS(); ok {
-		s := float64(left)/sps + r.OverheadS/2 // decoding and saving still to come
+		s := (float64(left)+hires/pixelSteps(req, 1))/sps + r.OverheadS/2 // decoding and saving still to come
 		return time.Duration(s * float64(time.Second)), true
 	}
 	if !r.Known() {
 		return 0, false
 	}
-	s := pixelSteps(req, left)/r.PixelStepsPerS + r.OverheadS
+	s := (pixelSteps(req, left)+hires)/r.PixelStepsPerS + r.OverheadS
 	return time.Duration(s * float64(time.Second)), true
 }
 
@@ -142,10 +163,13 @@ func (s *Store) MeasuredRate(ctx context.Context, n int) (Rate, error) {
 	var px, den, over float64
 	err := s.db.QueryRowContext(ctx, `SELECT COUNT(*),
 		COALESCE(SUM(CAST(json_extract(params, '$.width') AS REAL) * json_extract(params, '$.height')
-			* MAX(COALESCE(json_extract(params, '$.batch_size'), 1), 1) * json_extract(params, '$.steps')), 0),
+			* MAX(COALESCE(json_extract(params, '$.batch_size'), 1), 1) * (json_extract(params, '$.steps')
+			+ COALESCE(json_extract(params, '$.hires_scale'), 0) * COALESCE(json_extract(params, '$.hires_scale'), 0)
+			* COALESCE(NULLIF(json_extract(params, '$.hires_steps'), 0), json_extract(params, '$.steps'))
+			* COALESCE(NULLIF(json_extract(params, '$.hires_strength'), 0), ?))), 0),
 		COALESCE(SUM(denoise_s), 0), COALESCE(AVG(MAX(total_s - denoise_s, 0)), 0)
 		FROM (SELECT params, denoise_s, total_s FROM jobs
-			WHERE status = 'done' AND denoise_s > 0 ORDER BY id DESC LIMIT ?)`, n).Scan(&r.Samples, &px, &den, &over)
+			WHERE status = 'done' AND denoise_s > 0 ORDER BY id DESC LIMIT ?)`, DefaultHiresStrength, n).Scan(&r.Samples, &px, &den, &over)
 	if err != nil {
 		return Rate{}, fmt.Errorf("measure the generation speed: %w", err)
 	}

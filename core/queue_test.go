@@ -536,6 +536,22 @@ func TestMeasuredRate(t *testing.T) {
 	assert.Equal(t, 1, r.Samples)
 	assert.InDelta(t, 64*64*4/2.0, r.PixelStepsPerS, 1e-9)
 	assert.InDelta(t, 1, r.OverheadS, 1e-9)
+
+	// A hires job's denoising time includes its second pass (2x: 128x128,
+	// 4 steps x 0.5): that work counts too.
+	hires := queueRequest("y")
+	hires.HiresScale = 2
+	id, err = s.CreateJob(ctx, "m2", hires)
+	require.NoError(t, err)
+	require.NoError(t, s.FinishJob(ctx, id, &Metrics{TotalS: 5, DenoiseS: 4, ItS: 2}, nil))
+	r, err = s.MeasuredRate(ctx, 10)
+	require.NoError(t, err)
+	work := 64*64*4.0 + 64*64*4 + 128*128*4*0.5
+	assert.InDelta(t, work/6, r.PixelStepsPerS, 1e-9)
+	first, _ := r.Estimate(req)
+	second, _ := r.Estimate(hires)
+	assert.InDelta(t, (64*64*4+128*128*4*0.5)/r.PixelStepsPerS+r.OverheadS, second.Seconds(), 1e-6)
+	assert.Greater(t, second, first, "the hires pass adds to the estimate")
 }
 
 // startFailGen is a generator whose worker cannot start while broken is set.
@@ -642,4 +658,20 @@ func TestQueueJobsKeepsEveryWaitingJobAndTheNewestFinished(t *testing.T) {
 	counts, err := s.QueueCounts(ctx)
 	require.NoError(t, err)
 	assert.Equal(t, len(ids)-10, counts[StatusDone], "the counts cover every job")
+}
+
+func TestRemainingCountsTheHiresPass(t *testing.T) {
+	req := queueRequest("x") // 64x64, 4 steps
+	live := NewLive()
+	live.Update(Message{Type: MsgProgress, Stage: "denoising", Step: 0, Total: 4, ElapsedS: 1})
+	live.Update(Message{Type: MsgProgress, Stage: "denoising", Step: 2, Total: 4, ElapsedS: 2}) // 2 steps/s
+	plain, ok := live.Remaining(req, Rate{})
+	require.True(t, ok)
+	assert.InDelta(t, 1.0, plain.Seconds(), 1e-9, "2 steps left at 2 steps/s")
+
+	req.HiresScale, req.HiresSteps, req.HiresStrength = 2, 4, 0.5
+	hires, ok := live.Remaining(req, Rate{})
+	require.True(t, ok)
+	// 4x the pixels for 2 iterations: 8 steps' worth of the first pass more.
+	assert.InDelta(t, 1.0+8/2.0, hires.Seconds(), 1e-9)
 }
