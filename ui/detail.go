@@ -29,6 +29,7 @@ type detailView struct {
 	params *fyne.Container // key/value rows
 	back   *widget.Button
 	use    *widget.Button
+	toInit *widget.Button
 	folder *widget.Button
 	star   *widget.Button
 	del    *widget.Button
@@ -45,6 +46,7 @@ func newDetailView(g *galleryView) *detailView {
 	v.back = widget.NewButtonWithIcon("Gallery", theme.NavigateBackIcon(), g.closeDetail)
 	v.use = widget.NewButtonWithIcon("Use these settings", theme.ContentRedoIcon(), v.useSettings)
 	v.use.Importance = widget.HighImportance
+	v.toInit = widget.NewButtonWithIcon("Use as init image", theme.MediaReplayIcon(), v.useAsInit)
 	v.folder = widget.NewButtonWithIcon("Open folder", theme.FolderOpenIcon(), v.openFolder)
 	v.star = widget.NewButtonWithIcon("Star", theme.NewWarningThemedResource(starIcon), v.toggleStar)
 	v.del = widget.NewButtonWithIcon("Delete…", theme.DeleteIcon(), v.askDelete)
@@ -61,7 +63,7 @@ func (v *detailView) content() fyne.CanvasObject {
 	bg := canvas.NewRectangle(canvasBg)
 	bg.CornerRadius = 10
 	stage := container.NewStack(bg, container.NewPadded(v.img))
-	actions := container.NewVBox(v.use, v.folder, v.star, v.export, v.del)
+	actions := container.NewVBox(v.use, v.toInit, v.folder, v.star, v.export, v.del)
 	side := container.NewBorder(container.NewVBox(v.title, widget.NewSeparator()), container.NewPadded(actions), nil, nil,
 		container.NewVScroll(v.params))
 	split := container.NewHSplit(stage, container.NewPadded(side))
@@ -143,6 +145,15 @@ func (v *detailView) showStar() {
 func (v *detailView) useSettings() {
 	if v.d != nil {
 		v.g.s.useSettings(v.d.Request)
+	}
+}
+
+// useAsInit loads the image's settings, then makes the image itself the init
+// image: "send to img2img".
+func (v *detailView) useAsInit() {
+	if v.d != nil {
+		v.g.s.useSettings(v.d.Request)
+		v.g.s.useAsInit(v.d.Path, v.d.Width, v.d.Height)
 	}
 }
 

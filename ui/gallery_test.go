@@ -129,6 +129,21 @@ func TestGallerySearchDetailAndActions(t *testing.T) {
 	require.Nil(t, verr)
 	assert.Equal(t, det.Request.Prompt, req.Prompt)
 
+	// "Use as init image" also makes the image the start of an img2img job at its size.
+	s.form.prompt.SetText("something else")
+	s.form.feat.hires.SetText("2") // does not go with an init image: cleared
+	s.x.tabs.SelectIndex(tabGallery)
+	test.Tap(d.toInit)
+	assert.Equal(t, tabStudio, s.x.tabs.SelectedIndex())
+	assert.Equal(t, "a lighthouse at dusk", s.form.prompt.Text)
+	req, verr = s.form.request()
+	require.Nil(t, verr, "the form is ready to generate")
+	assert.Equal(t, lighthouse.Path, req.InitImage)
+	assert.Equal(t, [2]int{64, 64}, [2]int{req.Width, req.Height})
+	assert.Equal(t, core.DefaultStrength, req.Strength)
+	assert.Zero(t, req.HiresScale)
+	assert.Contains(t, s.status.text.Text, filepath.Base(lighthouse.Path)+" is the init image")
+
 	s.x.tabs.SelectIndex(tabGallery)
 	test.Tap(d.back)
 	assert.False(t, !g.gridPane.Visible())

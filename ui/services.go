@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -324,6 +325,30 @@ func (s *Studio) useSettings(r core.Request) {
 		s.x.tabs.SelectIndex(tabStudio)
 	}
 	s.status.set(statusInfo, fmt.Sprintf("Settings loaded (seed %d). Generate or add to the queue.", r.Seed), "")
+}
+
+// useAsInit makes a finished image the init image of the form (A1111's "send
+// to img2img"): the size becomes the image's, and what does not go with an
+// init image (the hires pass, an old mask) is cleared.
+func (s *Studio) useAsInit(path string, width, height int) {
+	f := s.form
+	f.feat.initImage.SetText(path)
+	f.feat.mask.SetText("")
+	f.feat.hires.SetText("")
+	if width > 0 && height > 0 {
+		fit := func(v int) int {
+			return min(max(v/core.SizeMultiple*core.SizeMultiple, core.MinSize), core.MaxSize)
+		}
+		f.width.SetText(strconv.Itoa(fit(width)))
+		f.height.SetText(strconv.Itoa(fit(height)))
+	}
+	f.clearErrors()
+	f.feat.openSectionOf(fInitImage)
+	if s.x != nil {
+		s.x.tabs.SelectIndex(tabStudio)
+	}
+	s.status.set(statusInfo, fmt.Sprintf("%s is the init image. Describe the change, set the denoising strength, then Generate.",
+		filepath.Base(path)), "")
 }
 
 func (s *Studio) saveLastRequest(r core.Request) {

@@ -457,6 +457,7 @@ type viewer struct {
 	info        *widget.Label
 	reuseSeed   *widget.Button
 	reuseAll    *widget.Button
+	toInit      *widget.Button
 	open        *widget.Button
 	shown       *core.ImageRecord
 }
@@ -477,8 +478,9 @@ func newViewer(s *Studio) *viewer {
 	v.info.Truncation = fyne.TextTruncateEllipsis
 	v.reuseSeed = widget.NewButtonWithIcon("Reuse seed", theme.ContentCopyIcon(), v.useSeed)
 	v.reuseAll = widget.NewButtonWithIcon("Use settings", theme.ContentRedoIcon(), v.useSettings)
+	v.toInit = widget.NewButtonWithIcon("img2img", theme.MediaReplayIcon(), v.useAsInit)
 	v.open = widget.NewButtonWithIcon("Open", theme.FileImageIcon(), v.openFile)
-	for _, b := range []*widget.Button{v.reuseSeed, v.reuseAll, v.open} {
+	for _, b := range v.actions() {
 		b.Importance = widget.LowImportance
 		b.Disable()
 	}
@@ -490,7 +492,7 @@ func (v *viewer) content() fyne.CanvasObject {
 	bg.CornerRadius = 10
 	stage := container.NewStack(bg, v.placeholder, container.NewPadded(v.img))
 	caption := container.NewBorder(nil, nil, nil,
-		container.NewHBox(v.reuseSeed, v.reuseAll, v.open),
+		container.NewHBox(v.reuseSeed, v.reuseAll, v.toInit, v.open),
 		container.NewVBox(v.title, v.info))
 	return container.NewPadded(container.NewBorder(nil, caption, nil, nil, stage))
 }
@@ -504,7 +506,7 @@ func (v *viewer) showPreview(img image.Image, p progressSnapshot) {
 	v.title.SetText("Preview")
 	v.info.SetText(progressText(p, time.Since(v.s.job.start)))
 	// The actions belong to a finished image, not to latents in progress.
-	for _, b := range []*widget.Button{v.reuseSeed, v.reuseAll, v.open} {
+	for _, b := range v.actions() {
 		b.Disable()
 	}
 }
@@ -530,8 +532,19 @@ func (v *viewer) showRecord(rec core.ImageRecord, extra string) {
 		parts = append(parts, extra)
 	}
 	v.info.SetText(strings.Join(parts, " · "))
-	for _, b := range []*widget.Button{v.reuseSeed, v.reuseAll, v.open} {
+	for _, b := range v.actions() {
 		b.Enable()
+	}
+}
+
+func (v *viewer) actions() []*widget.Button {
+	return []*widget.Button{v.reuseSeed, v.reuseAll, v.toInit, v.open}
+}
+
+// useAsInit starts an img2img job from the shown image.
+func (v *viewer) useAsInit() {
+	if v.shown != nil {
+		v.s.useAsInit(v.shown.Path, v.shown.Width, v.shown.Height)
 	}
 }
 

@@ -108,6 +108,20 @@ func TestRealGenerateShowsImageAndGrowsHistory(t *testing.T) {
 
 	s.waitFor(t, 10*time.Second, "the history strip to grow by one", func() bool { return s.strip.len() == before+1 })
 	assert.Equal(t, recent[0].Path, s.strip.items[0].Path)
+
+	// "img2img" on the result starts the next job from it, through the real worker.
+	require.False(t, s.view.toInit.Disabled())
+	test.Tap(s.view.toInit)
+	assert.Equal(t, recent[0].Path, s.form.feat.initImage.Text)
+	s.form.prompt.SetText("the same lighthouse at night")
+	test.Tap(s.generate)
+	s.waitFor(t, jobDeadline, "the img2img job to finish", func() bool { return s.job == nil })
+	require.Equal(t, statusDone, s.status.kind, "status: %s", s.status.text.Text)
+	jobs, err := store.ListJobs(context.Background(), 1)
+	require.NoError(t, err)
+	require.Len(t, jobs, 1)
+	assert.Equal(t, recent[0].Path, jobs[0].Request.InitImage)
+	assert.Equal(t, core.DefaultStrength, jobs[0].Request.Strength)
 }
 
 func TestRealInvalidFormRunsNoJob(t *testing.T) {
