@@ -142,6 +142,54 @@ func RemoveLibraryFolder(ctx context.Context, s SettingsStore, dir string) (bool
 	return true, s.SetSetting(ctx, LibraryFoldersSetting, string(b))
 }
 
+// otherAppFolders are where other SDXL apps keep their models, under the home
+// folder: someone coming from one of them finds their models at once.
+var otherAppFolders = []string{
+	"stable-diffusion-webui/models",       // AUTOMATIC1111
+	"stable-diffusion-webui-forge/models", // Forge
+	"ComfyUI/models",
+	"invokeai/models",
+	"Fooocus/models",
+}
+
+// FindModelFolders returns the model folders of other apps (AUTOMATIC1111,
+// Forge, ComfyUI, InvokeAI, Fooocus) and the Hugging Face hub cache that
+// exist on this machine, in that order.
+func FindModelFolders(home string) []string {
+	var cands []string
+	for _, rel := range otherAppFolders {
+		cands = append(cands, filepath.Join(home, rel))
+	}
+	switch {
+	case os.Getenv("HF_HUB_CACHE") != "":
+		cands = append(cands, os.Getenv("HF_HUB_CACHE"))
+	case os.Getenv("HF_HOME") != "":
+		cands = append(cands, filepath.Join(os.Getenv("HF_HOME"), "hub"))
+	default:
+		cands = append(cands, filepath.Join(home, ".cache", "huggingface", "hub"))
+	}
+	var out []string
+	for _, c := range cands {
+		if fi, err := os.Stat(c); err == nil && fi.IsDir() {
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
+// DiscoverLibraryFolders sets up the library on first use: when no folder list
+// was ever saved, the folders FindModelFolders finds become the list, and are
+// returned. Once a list exists (even an empty one, after the user removed
+// folders) it is left as the user made it.
+func DiscoverLibraryFolders(ctx context.Context, s SettingsStore, home string) ([]string, error) {
+	if _, ok, err := s.GetSetting(ctx, LibraryFoldersSetting); err != nil || ok {
+		return nil, err
+	}
+	found := FindModelFolders(home)
+	b, _ := json.Marshal(orEmpty(found))
+	return found, s.SetSetting(ctx, LibraryFoldersSetting, string(b))
+}
+
 // maxScanDepth bounds how deep below a model folder the scan looks.
 const maxScanDepth = 4
 
@@ -217,7 +265,7 @@ func ClassifyModel(path string) (LibraryEntry, error) {
 
 // classifyDir recognises a diffusers folder by its _class_name.
 func classifyDir(path string) (LibraryEntry, bool) {
-	e := LibraryEntry{Path: path, Name: filepath.Base(path), Format: "diffusers"}
+	e := LibraryEntry{Path: path, Name: hubName(path), Format: "diffusers"}
 	if cls, err := className(filepath.Join(path, "model_index.json")); err == nil {
 		e.Detail = "model_index.json _class_name " + cls
 		switch {
@@ -396,4 +444,15 @@ func ClassifyTensorNames(keys []string) (ModelKind, string) {
 		return KindUpscaler, "ESRGAN-like tensor names (" + s + ")"
 	}
 	return KindUnknown, ""
+}
+
+// hubName names a folder of the Hugging Face hub cache
+// (models--stabilityai--sdxl/snapshots/HASH) by its repository,
+// "stabilityai/sdxl"; any other folder by its base name.
+func hubName(path string) string {
+	snap, repo := filepath.Dir(path), filepath.Dir(filepath.Dir(path))
+	if filepath.Base(snap) == "snapshots" && strings.HasPrefix(filepath.Base(repo), "models--") {
+		return strings.ReplaceAll(strings.TrimPrefix(filepath.Base(repo), "models--"), "--", "/")
+	}
+	return filepath.Base(path)
 }

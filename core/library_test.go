@@ -157,3 +157,54 @@ func TestLibraryFoldersAreStoredInTheSettings(t *testing.T) {
 	require.NoError(t, err)
 	assert.Empty(t, folders)
 }
+
+func TestOtherAppsModelFoldersAreFoundOnFirstUseOnly(t *testing.T) {
+	ctx := context.Background()
+	home := t.TempDir()
+	t.Setenv("HF_HUB_CACHE", "")
+	t.Setenv("HF_HOME", "")
+	a1111 := filepath.Join(home, "stable-diffusion-webui", "models")
+	comfy := filepath.Join(home, "ComfyUI", "models")
+	hub := filepath.Join(home, ".cache", "huggingface", "hub")
+	snapshot := filepath.Join(hub, "models--stabilityai--stable-diffusion-xl-base-1.0", "snapshots", "462165984030")
+	writeSafetensors(t, filepath.Join(a1111, "Stable-diffusion", "juggernaut.safetensors"),
+		"conditioner.embedders.0.transformer.x", "conditioner.embedders.1.model.x", "model.diffusion_model.x")
+	writeSafetensors(t, filepath.Join(comfy, "loras", "detail.safetensors"), "lora_unet_a.lora_down.weight")
+	writeJSON(t, filepath.Join(snapshot, "model_index.json"), `{"_class_name":"StableDiffusionXLPipeline"}`)
+	require.NoError(t, os.MkdirAll(filepath.Join(home, "Fooocus"), 0o755)) // no models/ in it: not offered
+
+	assert.Equal(t, []string{a1111, comfy, hub}, FindModelFolders(home))
+
+	s := memSettings{}
+	added, err := DiscoverLibraryFolders(ctx, s, home)
+	require.NoError(t, err)
+	assert.Equal(t, []string{a1111, comfy, hub}, added)
+	folders, err := LibraryFolders(ctx, s)
+	require.NoError(t, err)
+	assert.Equal(t, added, folders)
+
+	lib := ScanLibrary(folders)
+	names := map[string]ModelKind{}
+	for _, e := range lib.Entries {
+		names[e.Name] = e.Kind
+	}
+	assert.Equal(t, map[string]ModelKind{"juggernaut": KindCheckpoint, "detail": KindLoRA,
+		"stabilityai/stable-diffusion-xl-base-1.0": KindCheckpoint}, names, "a hub snapshot is named by its repository")
+
+	// The user's own list is never changed again, even when emptied.
+	_, err = RemoveLibraryFolder(ctx, s, comfy)
+	require.NoError(t, err)
+	added, err = DiscoverLibraryFolders(ctx, s, home)
+	require.NoError(t, err)
+	assert.Empty(t, added)
+	folders, err = LibraryFolders(ctx, s)
+	require.NoError(t, err)
+	assert.Equal(t, []string{a1111, hub}, folders)
+
+	// HF_HUB_CACHE, then HF_HOME, say where the hub cache is.
+	t.Setenv("HF_HOME", filepath.Join(home, "hf"))
+	require.NoError(t, os.MkdirAll(filepath.Join(home, "hf", "hub"), 0o755))
+	assert.Contains(t, FindModelFolders(home), filepath.Join(home, "hf", "hub"))
+	t.Setenv("HF_HUB_CACHE", snapshot)
+	assert.Equal(t, snapshot, FindModelFolders(home)[2])
+}

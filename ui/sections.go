@@ -146,6 +146,8 @@ type sections struct {
 	maskDir string
 	// openPainter opens the mask painter; tests call paint directly.
 	painter *maskPainterWindow
+	// onNote shows a line in the status bar.
+	onNote func(string)
 }
 
 func newSections(f *form, onSubmit func(), do func(func())) *sections {

@@ -2,10 +2,17 @@ package ui
 
 import (
 	"context"
+	"fmt"
+	"os"
+	"strings"
 	"time"
 
 	"atelier/core"
 )
+
+// otherAppsHome is the home folder searched for other apps' model folders on
+// first use; tests point it elsewhere.
+var otherAppsHome = os.UserHomeDir
 
 // capabilitySource is a generator that knows the worker's capabilities from
 // its latest hello (core.Runner over the bridge); nil before a worker started.
@@ -33,12 +40,22 @@ func (s *sections) rescan() {
 	go func() {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		defer cancel()
+		var found []string
+		if home, err := otherAppsHome(); err == nil {
+			found, _ = core.DiscoverLibraryFolders(ctx, st, home) // first use only
+		}
 		folders, err := core.LibraryFolders(ctx, st)
 		if err != nil {
 			return // the library is an aid: the tiny parts and Browse… still work
 		}
 		lib := core.ScanLibrary(folders)
-		s.do(func() { s.setLibrary(lib) })
+		s.do(func() {
+			s.setLibrary(lib)
+			if len(found) > 0 && s.onNote != nil {
+				s.onNote(fmt.Sprintf("Found the model folders of other apps and added them to the library: %s (%d models).",
+					strings.Join(found, ", "), len(lib.Entries)))
+			}
+		})
 	}()
 }
 

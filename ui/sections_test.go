@@ -377,3 +377,37 @@ func TestAddingAModelFolderFillsTheChoices(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, []string{models}, folders, "the folder is kept in the settings")
 }
+
+func TestOtherAppsModelFoldersJoinTheLibrary(t *testing.T) {
+	home := t.TempDir()
+	comfy := filepath.Join(home, "ComfyUI", "models")
+	require.NoError(t, os.MkdirAll(filepath.Join(comfy, "controlnet", "canny"), 0o755))
+	require.NoError(t, os.WriteFile(filepath.Join(comfy, "controlnet", "canny", "config.json"), []byte(`{"_class_name":"ControlNetModel"}`), 0o644))
+	t.Setenv("HF_HUB_CACHE", filepath.Join(home, "no-hub"))
+	old := otherAppsHome
+	otherAppsHome = func() (string, error) { return home, nil }
+	t.Cleanup(func() { otherAppsHome = old })
+
+	// First start: ComfyUI's models are found, added and announced.
+	hist := &historyWithSettings{memSettings: memSettings{m: map[string]string{}}}
+	s := newTestStudio(t, &fakeGen{}, hist)
+	x := s.form.feat
+	s.waitFor(t, 20*time.Second, "the library scan", func() bool {
+		return containsString(x.lib.Paths(core.KindControlNet), filepath.Join(comfy, "controlnet", "canny"))
+	})
+	s.q.drain()
+	assert.Contains(t, s.status.text.Text, "Found the model folders of other apps")
+	assert.Contains(t, s.status.text.Text, comfy)
+	folders, err := core.LibraryFolders(context.Background(), &hist.memSettings)
+	require.NoError(t, err)
+	assert.Equal(t, []string{comfy}, folders)
+
+	// The user removed it: the next start leaves the list alone and says nothing.
+	_, err = core.RemoveLibraryFolder(context.Background(), &hist.memSettings, comfy)
+	require.NoError(t, err)
+	s2 := newTestStudio(t, &fakeGen{}, hist)
+	s2.waitFor(t, 20*time.Second, "the library scan", func() bool { return s2.form.feat.lib != nil })
+	s2.q.drain()
+	assert.Empty(t, s2.form.feat.lib.Paths(core.KindControlNet))
+	assert.NotContains(t, s2.status.text.Text, "Found the model folders")
+}

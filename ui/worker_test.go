@@ -2,6 +2,7 @@ package ui
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -56,6 +57,9 @@ func sharedBridge(t *testing.T) *bridge.Bridge {
 }
 
 func TestMain(m *testing.M) {
+	// The model folders of other apps on this machine stay out of the tests;
+	// TestOtherAppsModelFoldersJoinTheLibrary gives a home of its own.
+	otherAppsHome = func() (string, error) { return "", errors.New("no home in tests") }
 	code := m.Run()
 	if shared.bridge != nil {
 		shared.bridge.Close()

@@ -8,6 +8,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"encoding/binary"
 	"encoding/json"
 	"image"
@@ -387,4 +388,28 @@ func TestModelsCommandListsTheLibrary(t *testing.T) {
 	out, stderr, code = h.run("models", "remove-folder", lib)
 	require.Equal(t, 0, code, stderr)
 	assert.Contains(t, out, "removed")
+}
+
+func TestModelsCommandPointsAtOtherAppsModelFolders(t *testing.T) {
+	h := newHome(t)
+	fakeHome := t.TempDir()
+	a1111 := filepath.Join(fakeHome, "stable-diffusion-webui", "models")
+	require.NoError(t, os.MkdirAll(filepath.Join(a1111, "Lora"), 0o755))
+	writeTestSafetensors(t, filepath.Join(a1111, "Lora", "detail.safetensors"), "lora_unet_a.lora_down.weight")
+	run := func(args ...string) string {
+		cmd := h.command(context.Background(), args...)
+		cmd.Env = append(cmd.Env, "HOME="+fakeHome, "HF_HUB_CACHE="+filepath.Join(fakeHome, "none"))
+		out, err := cmd.Output()
+		require.NoError(t, err)
+		return string(out)
+	}
+	out := run("models")
+	assert.Contains(t, out, "Model folders of other apps on this machine, not in the library")
+	assert.Contains(t, out, a1111)
+	assert.NotContains(t, out, "detail", "only suggested: the CLI changes no setting by itself")
+
+	run("models", "add-folder", a1111)
+	out = run("models")
+	assert.Contains(t, out, "detail")
+	assert.NotContains(t, out, "Model folders of other apps", "nothing left to suggest")
 }

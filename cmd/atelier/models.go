@@ -7,6 +7,8 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"os"
+	"slices"
 	"text/tabwriter"
 
 	"atelier/core"
@@ -106,6 +108,20 @@ func cmdModels(args []string, stdout, stderr io.Writer) int {
 		}
 	}
 	tw.Flush()
+	if home, err := os.UserHomeDir(); err == nil {
+		var more []string
+		for _, f := range core.FindModelFolders(home) {
+			if !slices.Contains(folders, f) {
+				more = append(more, f)
+			}
+		}
+		if len(more) > 0 {
+			fmt.Fprintln(stdout, "\nModel folders of other apps on this machine, not in the library (add with \"atelier models add-folder DIR\"):")
+			for _, f := range more {
+				fmt.Fprintln(stdout, "  "+f)
+			}
+		}
+	}
 	for _, p := range lib.Problems {
 		fmt.Fprintln(stderr, "atelier models: could not read:", p)
 	}
