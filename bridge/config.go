@@ -143,7 +143,10 @@ func (c Config) workerEnv(workerDir string) []string {
 	// does not swallow the last stderr lines that explain it.
 	env = append(env, "PYTHONUNBUFFERED=1",
 		// Models come from the user's disk; a job must never stall on a download.
-		"HF_HUB_OFFLINE=1")
+		"HF_HUB_OFFLINE=1",
+		// The parent the worker must outlive by nothing: if this process dies before the
+		// worker starts watching it, the worker sees another parent and exits.
+		fmt.Sprintf("ATELIER_PARENT_PID=%d", os.Getpid()))
 	if c.CacheDir != "" {
 		env = append(env, "ATELIER_CACHE_DIR="+c.CacheDir)
 	}

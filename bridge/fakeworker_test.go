@@ -127,7 +127,7 @@ func fakeWorker(modeFile string) int {
 	f.logf("starting in mode %q (pid %d)", f.o.mode, os.Getpid())
 	if f.o.envOut != "" {
 		var env []string
-		for _, k := range []string{"PYTHONPATH", "PYTHONUNBUFFERED", "ATELIER_CACHE_DIR", "HF_HUB_OFFLINE", "FAKE_EXTRA"} {
+		for _, k := range []string{"PYTHONPATH", "PYTHONUNBUFFERED", "ATELIER_CACHE_DIR", "HF_HUB_OFFLINE", "FAKE_EXTRA", "ATELIER_PARENT_PID"} {
 			env = append(env, k+"="+os.Getenv(k))
 		}
 		os.WriteFile(f.o.envOut, []byte(strings.Join(env, "\n")), 0o644)

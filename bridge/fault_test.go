@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -338,7 +339,8 @@ func TestFakeWorkerEnvironment(t *testing.T) {
 		env[k] = v
 	}
 	assert.Equal(t, map[string]string{"PYTHONPATH": "/opt/atelier/python", "PYTHONUNBUFFERED": "1",
-		"ATELIER_CACHE_DIR": cache, "HF_HUB_OFFLINE": "1", "FAKE_EXTRA": "1"}, env)
+		"ATELIER_CACHE_DIR": cache, "HF_HUB_OFFLINE": "1", "FAKE_EXTRA": "1",
+		"ATELIER_PARENT_PID": strconv.Itoa(os.Getpid())}, env)
 }
 
 func TestFakeCloseMidJob(t *testing.T) {

@@ -106,6 +106,12 @@ def watch_parent() -> None:
     """Exits when the parent dies: Linux's parent-death signal where it exists, and a polling
     thread everywhere (the signal follows the parent thread, not the process)."""
     parent = os.getppid()
+    # The parent that started us says who it is: if it died before this point, getppid()
+    # already names whoever adopted us, and the watch below would never fire.
+    expected = os.environ.get("ATELIER_PARENT_PID", "")
+    if expected.isdigit() and int(expected) != parent:
+        log.error("parent process %s is gone (now %d): exiting", expected, parent)
+        os._exit(1)
     if sys.platform.startswith("linux"):
         try:
             libc = ctypes.CDLL(None, use_errno=True)

@@ -74,7 +74,9 @@ class WorkerProcess:
             self._lines.put(raw)
         self._lines.put(None)
 
-    def wait_hello(self, timeout: float = 60):
+    # The timeouts only catch a hang: a first start or a first job on a loaded 2-core
+    # machine imports torch, diffusers and friends, and loads models, which can take minutes.
+    def wait_hello(self, timeout: float = 180):
         while self.hello is None:
             msg = self.next(timeout)
             self.startup.append(msg)
@@ -87,7 +89,7 @@ class WorkerProcess:
         self.proc.stdin.write(line.encode("utf-8") + b"\n")
         self.proc.stdin.flush()
 
-    def next(self, timeout: float = 30):
+    def next(self, timeout: float = 120):
         try:
             raw = self._lines.get(timeout=timeout)
         except queue.Empty:
@@ -97,7 +99,7 @@ class WorkerProcess:
         assert raw.endswith(b"\n")
         return protocol.decode(raw.rstrip(b"\n"))
 
-    def until(self, done, timeout: float = 60) -> list:
+    def until(self, done, timeout: float = 300) -> list:
         """Messages up to and including the first for which done(msg) holds."""
         deadline = time.monotonic() + timeout
         got = []
@@ -107,7 +109,7 @@ class WorkerProcess:
             if done(msg):
                 return got
 
-    def finish(self, id: str, timeout: float = 60) -> list:
+    def finish(self, id: str, timeout: float = 300) -> list:
         """Messages of job id up to its result or error (the last one)."""
         return self.until(lambda m: m.type in ("result", "error") and m.id == id, timeout)
 
@@ -116,15 +118,17 @@ class WorkerProcess:
         self.send({"type": "generate", "id": id, "request": request(output_dir, **overrides)})
         return id, self.finish(id)
 
-    def ping(self, timeout: float = 10) -> None:
+    def ping(self, timeout: float = 60) -> None:
         id = new_id("ping")
         self.send({"type": "ping", "id": id})
         msgs = self.until(lambda m: m.type == "pong", timeout)
         assert msgs[-1].id == id
 
     def stderr_text(self) -> str:
-        self.stderr.seek(0)
-        return self.stderr.read().decode("utf-8", "replace")
+        # pread: the file position is shared with the child, and a seek would move where
+        # its next line is written.
+        fd = self.stderr.fileno()
+        return os.pread(fd, os.fstat(fd).st_size, 0).decode("utf-8", "replace")
 
     def close(self, timeout: float = 15) -> int:
         try:

@@ -39,7 +39,10 @@ def test_settings_are_read_and_checked(monkeypatch):
 
 
 def test_setup_env_puts_the_compile_cache_under_the_cache_dir(monkeypatch, tmp_path):
-    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    # Set (then deleted) through monkeypatch, so that what setup_env sets is undone after.
+    for k in ("TORCHINDUCTOR_CACHE_DIR", "TORCHINDUCTOR_FX_GRAPH_CACHE", "TORCHINDUCTOR_AUTOGRAD_CACHE"):
+        monkeypatch.setenv(k, "x")
+        monkeypatch.delenv(k)
     monkeypatch.setenv("ATELIER_CACHE_DIR", str(tmp_path))
     accel.setup_env()
     assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == os.path.join(str(tmp_path), "inductor")
