@@ -255,6 +255,9 @@ class Plan:
     refiner_total: int = 0
     hires_total: int = 0
     hires_runner: object = None              # the img2img pipeline of the hires pass
+    controlnets: list = field(default_factory=list)  # the loaded ControlNet models
+    control_inputs: list = field(default_factory=list)  # (unit, input image) for the hires pass
+    hires_controls: list = field(default_factory=list)  # control images at the hires size
 
 
 @dataclass
@@ -502,6 +505,7 @@ class Engine:
 
         # 3. Prepare the images: control images (Canny), init image and mask, at the output size.
         plan = self._prepare(job, inp, controlnets, stage)
+        plan.controlnets = controlnets
         runner = self._runner(pipe, controlnets, plan)
 
         # 4. Encode the prompt once; every chunk of the batch repeats it.
@@ -894,6 +898,7 @@ class Engine:
             write_png(control, out)
             plan.control_images.append(control)
             plan.control_paths.append(out)
+            plan.control_inputs.append((cn, image))
         plan.control_scales = [cn.scale for cn, *_ in inp.controlnets]
         plan.control_starts = [cn.start for cn, *_ in inp.controlnets]
         plan.control_ends = [cn.end for cn, *_ in inp.controlnets]
@@ -1068,17 +1073,40 @@ class Engine:
         """A1111's hires fix: the first pass's image, enlarged with Lanczos, drawn again by
         img2img at hires_strength, so that the detail at the larger size comes from the model
         rather than from the resize (SDXL composes best near one megapixel, so the first pass
-        stays there). Runs after the refiner, on the base model, with the same seed."""
+        stays there). Runs after the refiner, on the base model, with the same seed, and
+        with the job's ControlNets (their control images enlarged alike)."""
         r = job.request
+        cns = plan.controlnets
         if plan.hires_runner is None:
             import diffusers as d
 
-            plan.hires_runner = self._build(d.StableDiffusionXLImg2ImgPipeline, self._pipe, {})
+            if cns:
+                plan.hires_runner = self._build(
+                    d.StableDiffusionXLControlNetImg2ImgPipeline, self._pipe,
+                    {"controlnet": cns if len(cns) > 1 else cns[0]})
+            else:
+                plan.hires_runner = self._build(d.StableDiffusionXLImg2ImgPipeline, self._pipe, {})
             plan.hires_runner.scheduler = schedulers.build(r.scheduler, r.schedule,
                                                            self._warm_config())
         runner = plan.hires_runner
         w, h = hires_size(r.width, r.height, r.hires_scale)
         big = pixels.resize((w, h), PILImage.LANCZOS)
+        control = {}
+        if cns:
+            many = len(cns) > 1
+            if not plan.hires_controls:
+                # Prepared again at the larger size from the inputs (Canny too), so that
+                # edges stay one pixel wide rather than enlarged.
+                for cn, image in plan.control_inputs:
+                    c = imgs.fit(image, w, h)
+                    plan.hires_controls.append(
+                        imgs.canny(c, cn.canny_low, cn.canny_high) if cn.type == "canny" else c)
+            images = plan.hires_controls
+            control = dict(
+                control_image=images if many else images[0],
+                controlnet_conditioning_scale=plan.control_scales if many else plan.control_scales[0],
+                control_guidance_start=plan.control_starts if many else plan.control_starts[0],
+                control_guidance_end=plan.control_ends if many else plan.control_ends[0])
         pe, npe, ppe, nppe = plan.embeds
         preview_path = preview_file(job)
         previewer = accel.Previewer(lambda im: write_png(im, preview_path, sync=False))
@@ -1094,7 +1122,7 @@ class Engine:
                     generator=torch.Generator("cpu").manual_seed(seed), output_type="latent",
                     callback_on_step_end=_step_callback(job, "hires", plan.hires_total, tap,
                                                         previewer, preview_path, emit, elapsed),
-                    callback_on_step_end_tensor_inputs=["latents"],
+                    callback_on_step_end_tensor_inputs=["latents"], **control,
                 ).images
         finally:
             previewer.wait()

@@ -294,6 +294,28 @@ def test_hires_pass_redraws_the_enlarged_image(engine, tmp_path):
     assert len([p for p in progress(msgs, "hires") if p[1] == 0]) == 2
 
 
+def test_hires_pass_is_guided_by_the_controlnets(engine, tmp_path, pics, monkeypatch):
+    built = []
+    real = Engine._build
+
+    def spy(cls, pipe, extra):
+        built.append(cls.__name__)
+        return real(cls, pipe, extra)
+
+    monkeypatch.setattr(Engine, "_build", staticmethod(spy))
+    cn = {"type": "canny", "model": "tiny-controlnet", "image": str(pics / "control.png")}
+    plain = px(ok(engine, tmp_path, hires_scale=2)[0])
+    assert built[-1] == "StableDiffusionXLImg2ImgPipeline"
+    zero = px(ok(engine, tmp_path, hires_scale=2, controlnets=[{**cn, "scale": 0}])[0])
+    assert built[-1] == "StableDiffusionXLControlNetImg2ImgPipeline"
+    assert np.abs(zero - plain).max() <= 1  # scale 0: the same image through either pipeline
+    two, _ = ok(engine, tmp_path, hires_scale=2, controlnets=[
+        cn, {"type": "depth", "model": "tiny-controlnet", "image": str(pics / "init.png"), "scale": 0.5}])
+    assert built[-1] == "StableDiffusionXLControlNetImg2ImgPipeline"
+    assert (two.images[0].width, two.images[0].height) == (128, 128)
+    assert differ(px(two), plain) > 0.1
+
+
 @pytest.mark.parametrize("overrides, message", [
     ({"hires_scale": 0.5}, "must be 0 (off) or between 1 and 4"),
     ({"hires_scale": 5}, "between 0 and 4"),
