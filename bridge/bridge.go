@@ -432,6 +432,14 @@ func (b *Bridge) ensure(ctx context.Context, cancel <-chan struct{}, id string) 
 	if b.w != nil {
 		w := b.w
 		b.mu.Unlock()
+		select {
+		case <-w.done:
+			// It has exited but its exit is not handled yet (the readers are still
+			// draining): wait for that, which clears b.w, rather than send it a job.
+			<-w.exited
+			return b.ensure(ctx, cancel, id)
+		default:
+		}
 		return w, nil
 	}
 	st := b.starting
@@ -690,14 +698,28 @@ func (b *Bridge) unreadable(w *worker, line []byte, cause error) {
 		b.w = nil
 	}
 	id := w.jobID
-	if j := b.jobOnLocked(w); j != nil {
+	j := b.jobOnLocked(w)
+	b.mu.Unlock()
+	b.log(id).Error("worker broke the protocol; killing it", "pid", w.pid(), "err", cause, "line", quoteCut(line, 200))
+	w.kill()
+	if j == nil {
+		return
+	}
+	// Its last stderr lines explain the bad line: read them to the end (a killed
+	// process closes stderr at once; the wait is bounded all the same).
+	t := time.NewTimer(drainGrace)
+	select {
+	case <-w.stderrDone:
+	case <-t.C:
+	}
+	t.Stop()
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.jobOnLocked(w) == j {
 		final := *je
 		final.Detail += "\n\nworker stderr:\n" + strings.Join(w.tail.snapshot(), "\n")
 		b.endLocked(j, errorMessage(j.id, &final))
 	}
-	b.mu.Unlock()
-	b.log(id).Error("worker broke the protocol; killing it", "pid", w.pid(), "err", cause, "line", quoteCut(line, 200))
-	w.kill()
 }
 
 func quoteCut(line []byte, n int) string {

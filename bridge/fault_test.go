@@ -115,11 +115,12 @@ func TestFakeUnreadableLineAtStart(t *testing.T) {
 }
 
 func TestFakeHangAtStart(t *testing.T) {
-	fb := newFakeBridge(t, "mode=hang", func(c *Config) { c.StallTimeout = time.Second })
+	// Long enough for a loaded machine to start the fake and let it log its first line.
+	fb := newFakeBridge(t, "mode=hang", func(c *Config) { c.StallTimeout = 5 * time.Second })
 	_, err := fb.Submit(context.Background(), "job-1", tinyRequest(t, 2))
 	je := asJobError(t, err)
 	assert.Equal(t, core.ErrInternal, je.Code)
-	assert.Contains(t, je.Message, "said nothing for 1s while starting")
+	assert.Contains(t, je.Message, "said nothing for 5s while starting")
 	assert.Contains(t, je.Detail, "fake: importing torch", "the detail holds the stderr tail")
 	_, ok := fb.Hello()
 	assert.False(t, ok)
@@ -132,7 +133,7 @@ func TestFakeHangAtStart(t *testing.T) {
 
 func TestFakeSlowStartWithinStallDeadline(t *testing.T) {
 	// Loading lines for 3 stall periods in total, but never more than a fifth of one apart.
-	fb := newFakeBridge(t, "mode=slowstart load=3s every=200ms", func(c *Config) { c.StallTimeout = time.Second })
+	fb := newFakeBridge(t, "mode=slowstart load=9s every=600ms", func(c *Config) { c.StallTimeout = 3 * time.Second })
 	req := tinyRequest(t, 2)
 	final, _ := runJob(t, fb.Bridge, "job-1", req)
 	requireResult(t, final, req)
@@ -362,7 +363,8 @@ func TestFakeCloseMidJob(t *testing.T) {
 }
 
 func TestFakeCloseKillsWorkerThatIgnoresStdin(t *testing.T) {
-	fb := newFakeBridge(t, "mode=deaf", func(c *Config) { c.ExitGrace = 300 * time.Millisecond })
+	// Time enough for the fake to log that it stays; it never exits, so the kill is tested.
+	fb := newFakeBridge(t, "mode=deaf", func(c *Config) { c.ExitGrace = 3 * time.Second })
 	require.NoError(t, fb.Start(context.Background()))
 	pid := fb.pid()
 	require.NotZero(t, pid)

@@ -194,7 +194,7 @@ func TestProcessAlive(t *testing.T) {
 	cmd := exec.Command("true")
 	require.NoError(t, cmd.Start())
 	// Before Wait the exited child is a zombie: it must count as dead.
-	deadline := time.Now().Add(5 * time.Second)
+	deadline := time.Now().Add(30 * time.Second)
 	for processAlive(cmd.Process.Pid, 0) && time.Now().Before(deadline) {
 		time.Sleep(10 * time.Millisecond)
 	}

@@ -58,11 +58,17 @@ func TestGallerySearchDetailAndActions(t *testing.T) {
 	s.x.tabs.SelectIndex(tabGallery)
 	g := s.x.gallery
 	assert.Equal(t, "4 images", g.countLabel.Text)
+	// Every thumbnail made (none is still being written when its image is deleted
+	// below), and the owl's tile showing its own.
 	s.waitFor(t, time.Minute, "the thumbnails", func() bool {
-		img, ok := g.thumbs.get(owl.Path)
-		return ok && img != nil
+		for _, r := range []core.ImageRecord{lighthouse, fox, brittany, owl} {
+			if img, ok := g.thumbs.get(r.Path); !ok || img == nil {
+				return false
+			}
+		}
+		tile := g.tiles[owl.Path]
+		return tile != nil && tile.img.Image != nil
 	})
-	assert.NotNil(t, s.tile(t, owl.Path).img.Image, "the tile shows the decoded thumbnail")
 	assert.FileExists(t, s.x.svc.Thumbs.Path(owl.Path), "thumbnails are cached on disk")
 
 	// Search as one types: prefix of the last word.

@@ -200,7 +200,7 @@ func TestQueueRunKilledMidJobResumesExactlyOnce(t *testing.T) {
 	require.NoError(t, run.cmd.Process.Signal(syscall.SIGKILL))
 	_, code := run.rest(t)
 	require.Equal(t, -int(syscall.SIGKILL), code)
-	deadline := time.Now().Add(5 * time.Second)
+	deadline := time.Now().Add(30 * time.Second)
 	for processRuns(workers[0]) && time.Now().Before(deadline) {
 		time.Sleep(20 * time.Millisecond)
 	}
