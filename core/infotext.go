@@ -3,6 +3,7 @@ package core
 import (
 	"encoding/json"
 	"fmt"
+	"math"
 	"regexp"
 	"strconv"
 	"strings"
@@ -149,8 +150,7 @@ func (it Infotext) ApplyTo(req *Request) []string {
 		}
 	}
 	if v, ok := it.Get("Size"); ok {
-		var w, h int
-		if _, err := fmt.Sscanf(v, "%dx%d", &w, &h); err == nil {
+		if w, h, ok := parseSize(v); ok {
 			req.Width, req.Height = w, h
 		} else {
 			notes = append(notes, fmt.Sprintf("Size %q is not WIDTHxHEIGHT", v))
@@ -195,9 +195,18 @@ func (it Infotext) ApplyTo(req *Request) []string {
 		*dst = f
 		return true
 	}
-	if _, hires := it.Get("Hires upscale"); hires {
+	_, byScale := it.Get("Hires upscale")
+	resize, byResize := it.Get("Hires resize")
+	if byScale || byResize {
 		// A1111 writes the hires pass's strength as "Denoising strength" too.
-		float("Hires upscale", &req.HiresScale)
+		if byScale {
+			float("Hires upscale", &req.HiresScale)
+		} else if w, h, ok := parseSize(resize); ok && req.Width > 0 && req.Height > 0 {
+			// "Resize to" a size: the factor of the wider side (Atelier keeps the aspect).
+			req.HiresScale = math.Round(max(float64(w)/float64(req.Width), float64(h)/float64(req.Height))*100) / 100
+		} else {
+			notes = append(notes, fmt.Sprintf("Hires resize %q is not WIDTHxHEIGHT", resize))
+		}
 		float("Denoising strength", &req.HiresStrength)
 		atoi("Hires steps", &req.HiresSteps)
 		if v, ok := it.Get("Hires upscaler"); ok && !strings.EqualFold(v, "Lanczos") {
@@ -300,4 +309,13 @@ func hasLoRA(list []LoRA, path string) bool {
 		}
 	}
 	return false
+}
+
+// parseSize reads A1111's "WIDTHxHEIGHT".
+func parseSize(v string) (int, int, bool) {
+	var w, h int
+	if _, err := fmt.Sscanf(v, "%dx%d", &w, &h); err != nil || w <= 0 || h <= 0 {
+		return 0, 0, false
+	}
+	return w, h, true
 }

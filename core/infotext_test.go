@@ -124,6 +124,12 @@ func TestInfotextApplyToOurHiresPass(t *testing.T) {
 	assert.Zero(t, req.Strength)
 
 	req = DefaultRequest()
+	notes = ParseInfotext("a fox\nSteps: 20, Size: 832x1216, Seed: 3, Denoising strength: 0.45, Hires resize: 1248x1824").ApplyTo(&req)
+	assert.Empty(t, notes)
+	assert.Equal(t, 1.5, req.HiresScale, "Hires resize to a size is the factor of that size")
+	assert.Equal(t, 0.45, req.HiresStrength)
+
+	req = DefaultRequest()
 	ParseInfotext("a fox\nSteps: 20, Seed: 3, Denoising strength: 0.6").ApplyTo(&req)
 	assert.Equal(t, 0.6, req.Strength, "without a hires pass the strength is img2img's")
 	assert.Zero(t, req.HiresScale)
