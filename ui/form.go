@@ -146,7 +146,13 @@ func newForm(onSubmit func(), do func(func())) *form {
 	f.height.SetPlaceHolder("height")
 	for name, e := range map[string]*submitEntry{fWidth: f.width, fHeight: f.height} {
 		name := name
-		e.OnChanged = func(string) { f.clearError(name); f.matchPreset() }
+		e.OnChanged = func(string) {
+			f.clearError(name)
+			f.matchPreset()
+			if f.feat != nil {
+				f.feat.updateHiresHint()
+			}
+		}
 	}
 	f.swap = widget.NewButtonWithIcon("", swapIcon, func() {
 		w, h := f.width.Text, f.height.Text

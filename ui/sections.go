@@ -124,6 +124,7 @@ type sections struct {
 	hiresSteps          *submitEntry
 	hiresStrength       *submitEntry
 	hiresStrengthSlider *widget.Slider
+	hiresHint           *widget.Label // "1024 × 1024 → 1536 × 1536"
 
 	batchCount *submitEntry
 	vaeNote    *widget.Label
@@ -205,6 +206,9 @@ func newSections(f *form, onSubmit func(), do func(func())) *sections {
 	s.upscale = s.numberEntry(fUpscale)
 
 	s.hires = s.numberEntry(fHires)
+	s.hires.OnChanged = func(string) { f.clearError(fHires); s.updateHiresHint() }
+	s.hiresHint = widget.NewLabel("")
+	s.hiresHint.Importance = widget.LowImportance
 	s.hires.SetPlaceHolder(fmt.Sprintf("off; %g–%g, e.g. %g", core.MinHires, core.MaxHires, core.DefaultHiresScale))
 	s.hiresSteps = s.numberEntry(fHiresSteps)
 	s.hiresSteps.SetPlaceHolder("the job's steps")
@@ -695,6 +699,22 @@ func (s *sections) read(r *core.Request, errs *[]*core.FieldError) {
 	}
 }
 
+// updateHiresHint shows the size the hires pass will make, when the factor and
+// the size read as numbers.
+func (s *sections) updateHiresHint() {
+	r := core.Request{}
+	var err1, err2, err3 error
+	r.HiresScale, err1 = strconv.ParseFloat(strings.TrimSpace(s.hires.Text), 64)
+	r.Width, err2 = strconv.Atoi(strings.TrimSpace(s.f.width.Text))
+	r.Height, err3 = strconv.Atoi(strings.TrimSpace(s.f.height.Text))
+	if err1 != nil || err2 != nil || err3 != nil || r.HiresScale < core.MinHires || r.HiresScale > core.MaxHires || r.Width <= 0 || r.Height <= 0 {
+		s.hiresHint.SetText("")
+		return
+	}
+	w, h := r.HiresSize()
+	s.hiresHint.SetText(fmt.Sprintf("%d × %d → %d × %d", r.Width, r.Height, w, h))
+}
+
 // batchCount is the number of jobs one Generate runs, or an error naming the field.
 func (s *sections) count() (int, *core.FieldError) {
 	t := strings.TrimSpace(s.batchCount.Text)
@@ -773,6 +793,7 @@ func (s *sections) content() fyne.CanvasObject {
 		widget.NewLabel("Enlarges the text-to-image result with Lanczos and draws it again with img2img, "+
 			"so that a large image gets SDXL's composition and the model's own detail."),
 		container.NewGridWithColumns(2, field(fHires, s.hires), field(fHiresSteps, s.hiresSteps)),
+		s.hiresHint,
 		field(fHiresStrength, container.NewBorder(nil, nil, nil, narrowEntry(s.hiresStrength), s.hiresStrengthSlider)))
 	hires.Objects[0].(*widget.Label).Wrapping = fyne.TextWrapWord
 	upscale := container.NewVBox(

@@ -159,6 +159,10 @@ func TestHiresFixSectionFillsTheRequest(t *testing.T) {
 	assert.Zero(t, req.HiresStrength)
 
 	x.hires.SetText("2")
+	assert.Equal(t, "64 × 64 → 128 × 128", x.hiresHint.Text, "the hint shows the size the pass makes")
+	f.width.SetText("96")
+	assert.Equal(t, "96 × 64 → 192 × 128", x.hiresHint.Text, "and follows the size")
+	f.width.SetText("64")
 	x.hiresSteps.SetText("12")
 	x.hiresStrengthSlider.SetValue(0.35) // the slider writes the entry
 	req, verr = f.request()
@@ -168,6 +172,7 @@ func TestHiresFixSectionFillsTheRequest(t *testing.T) {
 	// Shown back as given (a reloaded PNG, "use these settings"), and cleared by a request without one.
 	f.set(core.DefaultRequest())
 	assert.Empty(t, x.hires.Text)
+	assert.Empty(t, x.hiresHint.Text, "no pass, no hint")
 	f.set(req)
 	got, verr := f.request()
 	require.Nil(t, verr)
