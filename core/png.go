@@ -123,6 +123,9 @@ func latin1(b []byte) string {
 
 func isUTF8(b []byte) bool { return strings.ToValidUTF8(string(b), "\uFFFD") == string(b) }
 
+// ErrNoSettings marks a PNG that carries no generation settings (test with errors.Is).
+var ErrNoSettings = errors.New("no generation settings")
+
 // ImportedSettings are the settings read back from a PNG.
 type ImportedSettings struct {
 	Request Request  `json:"request"`
@@ -145,8 +148,8 @@ func ImportPNG(path string, base Request, modelsDir string) (*ImportedSettings, 
 	}
 	text, ok := chunks["parameters"]
 	if !ok || strings.TrimSpace(text) == "" {
-		return nil, fmt.Errorf("%s has no generation settings (no \"parameters\" text chunk): "+
-			"only PNGs from Atelier, AUTOMATIC1111 and compatible tools carry them", path)
+		return nil, fmt.Errorf("%s has %w (no \"parameters\" text chunk): "+
+			"only PNGs from Atelier, AUTOMATIC1111 and compatible tools carry them", path, ErrNoSettings)
 	}
 	it := ParseInfotext(text)
 	req := base

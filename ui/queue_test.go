@@ -6,7 +6,9 @@ import (
 	"encoding/binary"
 	"fmt"
 	"hash/crc32"
+	"image"
 	"image/color"
+	"image/jpeg"
 	"os"
 	"path/filepath"
 	"strings"
@@ -307,10 +309,26 @@ func TestDroppingAPNGLoadsItsSettings(t *testing.T) {
 	assert.Equal(t, "DDIM", s.form.scheduler.Selected, "the sampler shows A1111's name")
 	assert.Contains(t, s.status.text.Text, "a1111.png")
 
+	// A picture without settings becomes the init image; the rest of the form stays.
 	plain := writePNG(t, dir, "plain.png", 8, 8, color.White)
 	s.Dropped([]fyne.URI{storageURI(plain)})
-	assert.Contains(t, s.status.text.Text, "no generation settings")
-	assert.Equal(t, "a castle in the clouds", s.form.prompt.Text, "a failed import leaves the form alone")
+	assert.Contains(t, s.status.text.Text, "plain.png is the init image")
+	assert.Equal(t, "a castle in the clouds", s.form.prompt.Text)
+	assert.Equal(t, plain, s.form.feat.initImage.Text)
+	assert.Equal(t, [2]string{"64", "64"}, [2]string{s.form.width.Text, s.form.height.Text}, "8 px is below the smallest size")
+
+	photo := filepath.Join(dir, "photo.jpg")
+	f, err := os.Create(photo)
+	require.NoError(t, err)
+	require.NoError(t, jpeg.Encode(f, image.NewRGBA(image.Rect(0, 0, 203, 120)), nil))
+	require.NoError(t, f.Close())
+	s.Dropped([]fyne.URI{storageURI(photo)})
+	assert.Equal(t, photo, s.form.feat.initImage.Text)
+	assert.Equal(t, [2]string{"200", "120"}, [2]string{s.form.width.Text, s.form.height.Text}, "its size, down to a multiple of 8")
+	req, verr := s.form.request()
+	require.Nil(t, verr)
+	assert.Equal(t, photo, req.InitImage)
+
 	s.Dropped([]fyne.URI{storageURI(filepath.Join(dir, "notes.txt"))})
 	assert.True(t, strings.Contains(s.status.text.Text, "Drop a PNG"), s.status.text.Text)
 }

@@ -5,6 +5,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"image"
+	_ "image/jpeg" // dropped JPEGs: their size
+	_ "image/png"
+	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -277,14 +281,34 @@ func (s *Studio) galleryChanged() {
 // Dropped loads the settings of the first PNG dropped onto the window into the form.
 func (s *Studio) Dropped(uris []fyne.URI) {
 	for _, u := range uris {
-		if u.Scheme() == "file" && strings.EqualFold(filepath.Ext(u.Path()), ".png") {
+		if u.Scheme() != "file" {
+			continue
+		}
+		switch strings.ToLower(filepath.Ext(u.Path())) {
+		case ".png":
 			s.ImportPNG(u.Path())
+			return
+		case ".jpg", ".jpeg", ".webp":
+			s.dropInit(u.Path())
 			return
 		}
 	}
 	if len(uris) > 0 {
-		s.status.set(statusWarn, "Drop a PNG made by Atelier or AUTOMATIC1111 to load its settings.", "")
+		s.status.set(statusWarn, "Drop a PNG made by Atelier or AUTOMATIC1111 to load its settings, or any PNG, JPEG or WebP image to start from it (img2img).", "")
 	}
+}
+
+// dropInit makes a dropped picture that carries no settings the init image,
+// at its own size where it can be read.
+func (s *Studio) dropInit(path string) {
+	w, h := 0, 0
+	if f, err := os.Open(path); err == nil {
+		if cfg, _, err := image.DecodeConfig(f); err == nil {
+			w, h = cfg.Width, cfg.Height
+		}
+		f.Close()
+	}
+	s.useAsInit(path, w, h)
 }
 
 // ImportPNG reads a PNG's generation settings into the form.
@@ -298,6 +322,10 @@ func (s *Studio) ImportPNG(path string) {
 		models = s.x.svc.Paths.Models
 	}
 	got, err := core.ImportPNG(path, base, models)
+	if errors.Is(err, core.ErrNoSettings) {
+		s.dropInit(path) // a picture from elsewhere: start from it
+		return
+	}
 	if err != nil {
 		s.status.set(statusError, sentence(err.Error()), "")
 		return
