@@ -19,12 +19,16 @@ UP = 1.1
 # a phrase is not split across chunks.
 COMMA_BACKTRACK = 20
 
+# Marks a forced chunk break in parse's output, told apart by identity: a text run of
+# weight -1 next to it is not merged into it.
+BREAK = ("BREAK", -1.0)
+
 _WEIGHT = re.compile(r":\s*([+-]?(?:\d+(?:\.\d*)?|\.\d+))\s*\)")
 _BREAK = re.compile(r"\s*\bBREAK\b\s*")
 
 
 def parse(text: str) -> list[tuple[str, float]]:
-    """Splits a prompt into (text, weight) runs; ("BREAK", -1) marks a forced chunk break.
+    """Splits a prompt into (text, weight) runs; the BREAK object marks a forced chunk break.
     Unbalanced brackets behave as in A1111: an unclosed one lasts to the end of the prompt,
     a stray closing one is text."""
     runs: list[list] = []
@@ -72,9 +76,9 @@ def parse(text: str) -> list[tuple[str, float]]:
     for text_, weight in runs:
         for j, part in enumerate(_BREAK.split(text_)):
             if j:
-                out.append(("BREAK", -1.0))
+                out.append(BREAK)
             if part:
-                if out and out[-1][1] == weight:
+                if out and out[-1] is not BREAK and out[-1][1] == weight:
                     out[-1] = (out[-1][0] + part, weight)
                 else:
                     out.append((part, weight))
@@ -111,10 +115,11 @@ def chunk(tokenizer, runs: list[tuple[str, float]]) -> Chunks:
         ids.clear()
         ws.clear()
 
-    for text, weight in runs:
-        if weight == -1.0 and text == "BREAK":
+    for run in runs:
+        if run is BREAK:
             close()
             continue
+        text, weight = run
         for t in tokenizer(text, add_special_tokens=False, truncation=False).input_ids:
             if len(ids) == size:
                 cut = _last_comma(ids, comma)

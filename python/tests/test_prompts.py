@@ -32,6 +32,7 @@ def _close(runs, want):
     ("(time: noon)", [("time: noon", 1.1)]),          # a colon without a number is text
     ("a cat BREAK a dog", [("a cat", 1.0), ("BREAK", -1.0), ("a dog", 1.0)]),
     ("BREAKFAST", [("BREAKFAST", 1.0)]),
+    ("a BREAK (b:-1)", [("a", 1.0), ("BREAK", -1.0), ("b", -1.0)]),  # not merged into the break
     ("", [("", 1.0)]),
 ])
 def test_parse_follows_a1111(text, want):
