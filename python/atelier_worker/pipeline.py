@@ -576,7 +576,13 @@ class Engine:
                 pixels = upscale.upscale(pixels, r.upscale, upscaler)
             stage("saving", i, n)
             out_path = os.path.join(r.output_dir, f"{job.id}-{i}.png")
-            write_png(pixels, out_path, parameters(seed))
+            try:
+                write_png(pixels, out_path, parameters(seed))
+            except OSError as e:
+                # A full disk or a folder taken away mid-job: say which, and what to do.
+                raise JobFailed("internal", f"could not save the image to {out_path}: "
+                                f"{e.strerror or e}. Free some disk space or choose another "
+                                "output folder, then generate again", field="output_dir") from None
             images.append(Image(path=out_path, seed=seed, width=pixels.width, height=pixels.height))
         emit(Progress(id=job.id, stage="saving", step=n, total=n, elapsed_s=elapsed()))
 

@@ -331,6 +331,20 @@ def test_hires_requests_are_checked(tmp_path, overrides, message):
     assert e.value.field.startswith("hires_")
 
 
+def test_a_full_disk_is_a_clear_error_and_the_engine_goes_on(engine, tmp_path, monkeypatch):
+    import errno
+
+    def full(*_a, **_k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(pipeline, "write_png", full)
+    res, _ = run(engine, tmp_path)
+    assert (res.type, res.code, res.field) == ("error", "internal", "output_dir")
+    assert "No space left on device" in res.message and "Free some disk space" in res.message
+    monkeypatch.undo()
+    ok(engine, tmp_path)
+
+
 def test_batch_splits_when_out_of_memory(engine, tmp_path, monkeypatch):
     single = px(ok(engine, tmp_path, seed=8)[0])
     real = Engine._denoise_chunk
