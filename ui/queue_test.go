@@ -329,6 +329,10 @@ func TestDroppingAPNGLoadsItsSettings(t *testing.T) {
 	require.Nil(t, verr)
 	assert.Equal(t, photo, req.InitImage)
 
+	big := writePNG(t, dir, "big.png", 6000, 4000, color.White)
+	s.Dropped([]fyne.URI{storageURI(big)})
+	assert.Equal(t, [2]string{"4096", "2728"}, [2]string{s.form.width.Text, s.form.height.Text}, "scaled down whole to the largest size")
+
 	s.Dropped([]fyne.URI{storageURI(filepath.Join(dir, "notes.txt"))})
 	assert.True(t, strings.Contains(s.status.text.Text, "Drop a PNG"), s.status.text.Text)
 }

@@ -364,8 +364,11 @@ func (s *Studio) useAsInit(path string, width, height int) {
 	f.feat.mask.SetText("")
 	f.feat.hires.SetText("")
 	if width > 0 && height > 0 {
+		// Its size, down to multiples of 8; a picture past the largest size is
+		// scaled down whole, keeping its shape.
+		scale := min(1, float64(core.MaxSize)/float64(max(width, height)))
 		fit := func(v int) int {
-			return min(max(v/core.SizeMultiple*core.SizeMultiple, core.MinSize), core.MaxSize)
+			return max(int(float64(v)*scale)/core.SizeMultiple*core.SizeMultiple, core.MinSize)
 		}
 		f.width.SetText(strconv.Itoa(fit(width)))
 		f.height.SetText(strconv.Itoa(fit(height)))

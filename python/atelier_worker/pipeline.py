@@ -1080,7 +1080,7 @@ class Engine:
         img2img at hires_strength, so that the detail at the larger size comes from the model
         rather than from the resize (SDXL composes best near one megapixel, so the first pass
         stays there). Runs after the refiner, on the base model, with the same seed, and
-        with the job's ControlNets (their control images enlarged alike)."""
+        with the job's ControlNets (their control images prepared again at the new size)."""
         r = job.request
         cns = plan.controlnets
         if plan.hires_runner is None:
