@@ -257,6 +257,7 @@ func decodeRequest(f *fields) *Request {
 		HiresScale:     f.float("hires_scale", false),
 		HiresSteps:     f.int("hires_steps", false),
 		HiresStrength:  f.float("hires_strength", false),
+		UpscaleOnly:    f.boolean("upscale_only"),
 	}
 	if f.raw("mask_blur", false) != nil {
 		r.MaskBlur = IntPtr(f.int("mask_blur", false))

@@ -62,7 +62,7 @@ func PrepareForQueue(req Request) (Request, error) {
 	if err := req.Validate(); err != nil {
 		return req, err
 	}
-	model, err := CheckModel(req.Model)
+	model, err := req.checkModel()
 	if err != nil {
 		return req, err
 	}

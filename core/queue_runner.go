@@ -239,7 +239,7 @@ func (q *QueueRunner) runClaimed(ctx context.Context, job *QueueJob) error {
 func (q *QueueRunner) execute(ctx context.Context, job *QueueJob) (*JobOutcome, error) {
 	rec := context.WithoutCancel(ctx)
 	req := job.Request
-	model, err := CheckModel(req.Model)
+	model, err := req.checkModel()
 	if err != nil {
 		return nil, q.runner.fail(rec, job.ID, toJobError(ctx, err))
 	}

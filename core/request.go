@@ -165,6 +165,9 @@ type Request struct {
 	HiresScale    float64 `json:"hires_scale,omitempty"`
 	HiresSteps    int     `json:"hires_steps,omitempty"`
 	HiresStrength float64 `json:"hires_strength,omitempty"`
+	// UpscaleOnly enlarges InitImage with Upscaler by Upscale (A1111's Extras):
+	// nothing is generated and no model loads.
+	UpscaleOnly bool `json:"upscale_only,omitempty"`
 }
 
 // HiresSize is the size of the hires pass: Width×Height scaled by HiresScale and
@@ -397,6 +400,11 @@ func (r *Request) validateFeatures(add func(field, format string, args ...any)) 
 		add("upscale", "must be between %g and %g, got %g", MinUpscale, MaxUpscale, r.Upscale)
 	}
 	r.validateHires(add)
+	if r.UpscaleOnly && r.InitImage == "" {
+		add("upscale_only", "needs an init image: the picture to enlarge")
+	} else if r.UpscaleOnly && r.Upscaler == "" {
+		add("upscale_only", "needs an upscaler: %q or an upscaler model", LanczosUpscaler)
+	}
 }
 
 func (r *Request) validateHires(add func(field, format string, args ...any)) {

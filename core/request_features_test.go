@@ -121,6 +121,10 @@ func TestFeatureValidation(t *testing.T) {
 		{"hires with img2img", func(r *Request) { r.InitImage, r.HiresScale = "in.png", 2 }, "hires_scale"},
 		{"hires steps 151", func(r *Request) { r.HiresScale, r.HiresSteps = 2, 151 }, "hires_steps"},
 		{"hires strength 1.5", func(r *Request) { r.HiresScale, r.HiresStrength = 2, 1.5 }, "hires_strength"},
+		// Upscale only.
+		{"upscale only", func(r *Request) { r.UpscaleOnly, r.InitImage, r.Upscaler = true, "in.png", LanczosUpscaler }, ""},
+		{"upscale only without a picture", func(r *Request) { r.UpscaleOnly, r.Upscaler = true, LanczosUpscaler }, "upscale_only"},
+		{"upscale only without an upscaler", func(r *Request) { r.UpscaleOnly, r.InitImage = true, "in.png" }, "upscale_only"},
 		// Single-file model.
 		{"single-file model", func(r *Request) { r.Model = "/models/sdxl.safetensors" }, ""},
 		{"pickle model", func(r *Request) { r.Model = "/models/sdxl.ckpt" }, "model"},

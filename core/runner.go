@@ -82,7 +82,7 @@ func (r *Runner) Run(ctx context.Context, req Request, onEvent func(Message)) (*
 	if err := req.Validate(); err != nil {
 		return nil, err
 	}
-	model, err := CheckModel(req.Model)
+	model, err := req.checkModel()
 	if err != nil {
 		return nil, err
 	}
@@ -264,6 +264,15 @@ func (r *Request) ResolveSeed() error {
 
 // pickleExts are checkpoint formats that run arbitrary code when loaded.
 var pickleExts = []string{".ckpt", ".pt", ".pth", ".bin", ".pkl", ".pickle"}
+
+// checkModel is CheckModel for the request's model; an upscale-only request
+// loads no model, so its model (kept for the record) is not checked.
+func (r *Request) checkModel() (string, error) {
+	if r.UpscaleOnly {
+		return r.Model, nil
+	}
+	return CheckModel(r.Model)
+}
 
 // CheckModel checks that a model exists on disk and looks loadable, and
 // returns the form to send to the worker: "tiny", or an absolute path (the

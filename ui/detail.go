@@ -30,6 +30,7 @@ type detailView struct {
 	back   *widget.Button
 	use    *widget.Button
 	toInit *widget.Button
+	up     *widget.Button
 	folder *widget.Button
 	star   *widget.Button
 	del    *widget.Button
@@ -47,6 +48,11 @@ func newDetailView(g *galleryView) *detailView {
 	v.use = widget.NewButtonWithIcon("Use these settings", theme.ContentRedoIcon(), v.useSettings)
 	v.use.Importance = widget.HighImportance
 	v.toInit = widget.NewButtonWithIcon("Use as init image", theme.MediaReplayIcon(), v.useAsInit)
+	v.up = widget.NewButtonWithIcon("Upscale", theme.ZoomInIcon(), func() {
+		if v.d != nil {
+			g.s.upscaleImage(v.d.Path, v.d.Request)
+		}
+	})
 	v.folder = widget.NewButtonWithIcon("Open folder", theme.FolderOpenIcon(), v.openFolder)
 	v.star = widget.NewButtonWithIcon("Star", theme.NewWarningThemedResource(starIcon), v.toggleStar)
 	v.del = widget.NewButtonWithIcon("Delete…", theme.DeleteIcon(), v.askDelete)
@@ -63,7 +69,7 @@ func (v *detailView) content() fyne.CanvasObject {
 	bg := canvas.NewRectangle(canvasBg)
 	bg.CornerRadius = 10
 	stage := container.NewStack(bg, container.NewPadded(v.img))
-	actions := container.NewVBox(v.use, v.toInit, v.folder, v.star, v.export, v.del)
+	actions := container.NewVBox(v.use, v.toInit, v.up, v.folder, v.star, v.export, v.del)
 	side := container.NewBorder(container.NewVBox(v.title, widget.NewSeparator()), container.NewPadded(actions), nil, nil,
 		container.NewVScroll(v.params))
 	split := container.NewHSplit(stage, container.NewPadded(side))

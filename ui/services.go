@@ -382,6 +382,39 @@ func (s *Studio) useAsInit(path string, width, height int) {
 		filepath.Base(path)), "")
 }
 
+// upscaleImage enlarges a finished image (A1111's Extras): with the upscaler
+// and factor of the form's Upscale section when one is chosen, else Lanczos
+// 2x. The job is recorded like any other, with src's settings, so the new
+// image sits in the history and reloads like its source.
+func (s *Studio) upscaleImage(path string, src core.Request) {
+	if s.job != nil {
+		s.status.set(statusWarn, "A job is running: upscale when it has finished.", "")
+		return
+	}
+	req := src
+	if req.Model == "" {
+		req.Model = core.TinyModel // recorded only: an upscale loads no model
+	}
+	if strings.TrimSpace(req.Prompt) == "" {
+		req.Prompt = "upscaled " + filepath.Base(path)
+	}
+	req.OutputDir, req.BatchSize, req.PreviewEvery = "", 1, 0
+	req.UpscaleOnly, req.InitImage = true, path
+	req.MaskImage, req.MaskBlur, req.MaskPadding, req.HiresScale, req.HiresSteps, req.HiresStrength = "", nil, 0, 0, 0, 0
+	req.Strength, req.LoRAs, req.ControlNets, req.Refiner, req.RefinerSwitch, req.VAE = 0, nil, nil, "", 0, ""
+	req.Upscaler, req.Upscale = core.LanczosUpscaler, core.DefaultUpscale
+	if u := strings.TrimSpace(s.form.feat.upscaler.Text); u != "" {
+		req.Upscaler = u
+		if f, err := strconv.ParseFloat(strings.TrimSpace(s.form.feat.upscale.Text), 64); err == nil {
+			req.Upscale = f
+		}
+	}
+	if s.x != nil {
+		s.x.tabs.SelectIndex(tabStudio)
+	}
+	s.run(req, 1, fmt.Sprintf("Upscaling %s (%s, ×%g)…", filepath.Base(path), req.Upscaler, req.Upscale))
+}
+
 func (s *Studio) saveLastRequest(r core.Request) {
 	if s.x == nil {
 		return

@@ -176,12 +176,18 @@ func (s *Studio) Generate() {
 	}
 	s.form.save(s.app.Preferences(), req)
 	s.saveLastRequest(req)
+	count, _ := s.form.feat.count() // validated with the request
+	s.run(req, count, "Generating…")
+}
 
+// run starts count jobs of req (seeds following on), with the progress and
+// the result shown as for Generate.
+func (s *Studio) run(req core.Request, count int, label string) {
 	ctx, cancel := context.WithCancel(context.Background())
 	j := newJobRun(req, cancel)
 	s.job = j
 	s.setRunning(true)
-	s.status.set(statusInfo, "Generating…", "")
+	s.status.set(statusInfo, label, "")
 	s.showQueueWait()
 	s.showProgress(j)
 
@@ -192,7 +198,6 @@ func (s *Studio) Generate() {
 			}
 		})
 	})
-	count, _ := s.form.feat.count() // validated with the request
 	go func() {
 		out, err := runJobs(ctx, s.gen, req, count, j.onEvent)
 		cancel()
@@ -459,6 +464,7 @@ type viewer struct {
 	reuseSeed   *widget.Button
 	reuseAll    *widget.Button
 	toInit      *widget.Button
+	upscale     *widget.Button
 	open        *widget.Button
 	shown       *core.ImageRecord
 }
@@ -480,6 +486,7 @@ func newViewer(s *Studio) *viewer {
 	v.reuseSeed = widget.NewButtonWithIcon("Reuse seed", theme.ContentCopyIcon(), v.useSeed)
 	v.reuseAll = widget.NewButtonWithIcon("Use settings", theme.ContentRedoIcon(), v.useSettings)
 	v.toInit = widget.NewButtonWithIcon("img2img", theme.MediaReplayIcon(), v.useAsInit)
+	v.upscale = widget.NewButtonWithIcon("Upscale", theme.ZoomInIcon(), v.upscaleShown)
 	v.open = widget.NewButtonWithIcon("Open", theme.FileImageIcon(), v.openFile)
 	for _, b := range v.actions() {
 		b.Importance = widget.LowImportance
@@ -493,7 +500,7 @@ func (v *viewer) content() fyne.CanvasObject {
 	bg.CornerRadius = 10
 	stage := container.NewStack(bg, v.placeholder, container.NewPadded(v.img))
 	caption := container.NewBorder(nil, nil, nil,
-		container.NewHBox(v.reuseSeed, v.reuseAll, v.toInit, v.open),
+		container.NewHBox(v.reuseSeed, v.reuseAll, v.toInit, v.upscale, v.open),
 		container.NewVBox(v.title, v.info))
 	return container.NewPadded(container.NewBorder(nil, caption, nil, nil, stage))
 }
@@ -539,7 +546,24 @@ func (v *viewer) showRecord(rec core.ImageRecord, extra string) {
 }
 
 func (v *viewer) actions() []*widget.Button {
-	return []*widget.Button{v.reuseSeed, v.reuseAll, v.toInit, v.open}
+	return []*widget.Button{v.reuseSeed, v.reuseAll, v.toInit, v.upscale, v.open}
+}
+
+// upscaleShown enlarges the shown image, with the settings the history has of it.
+func (v *viewer) upscaleShown() {
+	if v.shown == nil {
+		return
+	}
+	src := core.DefaultRequest()
+	src.Prompt, src.Model, src.Seed = v.shown.Prompt, v.shown.Model, v.shown.Seed
+	if h, ok := v.s.hist.(interface {
+		GetImage(context.Context, int64) (*core.ImageDetail, error)
+	}); ok && v.shown.ID != 0 {
+		if d, err := h.GetImage(context.Background(), v.shown.ID); err == nil {
+			src = d.Request
+		}
+	}
+	v.s.upscaleImage(v.shown.Path, src)
 }
 
 // useAsInit starts an img2img job from the shown image.

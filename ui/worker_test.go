@@ -126,6 +126,24 @@ func TestRealGenerateShowsImageAndGrowsHistory(t *testing.T) {
 	require.Len(t, jobs, 1)
 	assert.Equal(t, recent[0].Path, jobs[0].Request.InitImage)
 	assert.Equal(t, core.DefaultStrength, jobs[0].Request.Strength)
+
+	// "Upscale" enlarges the shown result: no model, the source's settings kept.
+	shown := s.view.shown
+	require.NotNil(t, shown)
+	require.False(t, s.view.upscale.Disabled())
+	test.Tap(s.view.upscale)
+	s.waitFor(t, jobDeadline, "the upscale to finish", func() bool { return s.job == nil })
+	require.Equal(t, statusDone, s.status.kind, "status: %s", s.status.text.Text)
+	up, err := store.RecentImages(context.Background(), 1)
+	require.NoError(t, err)
+	require.Len(t, up, 1)
+	assert.Equal(t, [2]int{2 * shown.Width, 2 * shown.Height}, [2]int{up[0].Width, up[0].Height})
+	assert.Equal(t, up[0].Path, s.view.img.File, "the viewer shows the enlarged image")
+	jobs, err = store.ListJobs(context.Background(), 1)
+	require.NoError(t, err)
+	assert.True(t, jobs[0].Request.UpscaleOnly)
+	assert.Equal(t, shown.Path, jobs[0].Request.InitImage)
+	assert.Equal(t, "the same lighthouse at night", jobs[0].Request.Prompt, "the source's prompt is kept")
 }
 
 func TestRealInvalidFormRunsNoJob(t *testing.T) {

@@ -266,6 +266,21 @@ func TestFeaturesEndToEnd(t *testing.T) {
 		assert.Equal(t, 128, r.jobs[0].Images[0].Width, "the history records the saved size")
 	})
 
+	t.Run("upscale only", func(t *testing.T) {
+		needFeature(t, "upscale")
+		src := h.generateFeature(t)
+		r := h.generateFeature(t, "--upscale-only", "--init-image", src.paths[0], "--upscaler", "lanczos", "--upscale", "2",
+			"--model", filepath.Join(t.TempDir(), "no-such-model")) // no model is loaded, nor checked
+		w, hgt := imageSize(t, r.paths[0])
+		assert.Equal(t, [2]int{128, 128}, [2]int{w, hgt})
+		params := pngText(t, r.paths[0])["parameters"]
+		assert.True(t, strings.HasPrefix(params, pngText(t, src.paths[0])["parameters"]), "the source's settings are kept: %s", params)
+		assert.True(t, strings.HasSuffix(params, ", Postprocess upscaler: Lanczos, Postprocess upscale by: 2"), params)
+		req := r.jobs[0].Request
+		assert.True(t, req.UpscaleOnly)
+		assert.Equal(t, src.jobs[0].Request.Prompt, req.Prompt)
+	})
+
 	t.Run("upscale model", func(t *testing.T) {
 		needFeature(t, "upscale_model")
 		r := h.generateFeature(t, "--upscaler", "tiny-upscaler", "--upscale", "2")

@@ -117,7 +117,11 @@ func cmdGenerate(args []string, stdout, stderr io.Writer) int {
 		jobIDs = append(jobIDs, outcome.JobID)
 		last = outcome
 		if m := outcome.Metrics; m != nil {
-			fmt.Fprintf(stderr, "done in %.1fs (%.2f it/s on %s, %s)\n", m.TotalS, m.ItS, m.Device, m.Dtype)
+			if m.ItS > 0 {
+				fmt.Fprintf(stderr, "done in %.1fs (%.2f it/s on %s, %s)\n", m.TotalS, m.ItS, m.Device, m.Dtype)
+			} else { // nothing was denoised: an upscale alone
+				fmt.Fprintf(stderr, "done in %.1fs (on %s)\n", m.TotalS, m.Device)
+			}
 			if m.VAEFallback {
 				fmt.Fprintln(stderr, "note: the VAE ran in float32 because it produced NaNs at the model's precision (vae_fallback)")
 			}

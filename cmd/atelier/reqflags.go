@@ -4,6 +4,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -64,6 +65,7 @@ func addRequestFlags(fs *flag.FlagSet) *requestFlags {
 	fs.Float64Var(&f.upscale, "upscale", core.DefaultUpscale, fmt.Sprintf("upscale factor, %g-%g", core.MinUpscale, core.MaxUpscale))
 	fs.Float64Var(&r.HiresScale, "hires", 0, fmt.Sprintf("hires fix: enlarge the text-to-image result by this factor (%g-%g, Lanczos) and draw it again with img2img; 0 = off", core.MinHires, core.MaxHires))
 	fs.IntVar(&r.HiresSteps, "hires-steps", 0, "hires fix: steps of the second pass (0 = --steps)")
+	fs.BoolVar(&r.UpscaleOnly, "upscale-only", false, "enlarge --init-image with --upscaler by --upscale and generate nothing (no model loads); the prompt defaults to the picture's own")
 	fs.Float64Var(&f.hiresStrength, "hires-strength", core.DefaultHiresStrength, "hires fix: how much of the enlarged image is redrawn, above 0 and at most 1")
 	return f
 }
@@ -102,6 +104,13 @@ func (f *requestFlags) build() (core.Request, error) {
 	}
 	if r.HiresScale != 0 || f.given("hires-strength") {
 		r.HiresStrength = f.hiresStrength
+	}
+	if r.UpscaleOnly && !f.given("prompt") && r.InitImage != "" {
+		// The picture's own prompt where it has one, so the history finds it by it.
+		r.Prompt = "upscaled " + filepath.Base(r.InitImage)
+		if got, err := core.ImportPNG(r.InitImage, r, ""); err == nil && strings.TrimSpace(got.Request.Prompt) != "" {
+			r.Prompt = got.Request.Prompt
+		}
 	}
 	var errs []*core.FieldError
 	need := func(flagName, field, needs string) {
@@ -185,6 +194,7 @@ var flagForField = map[string]string{
 	"vae": "--vae", "init_image": "--init-image", "strength": "--strength", "mask_image": "--mask",
 	"mask_blur": "--mask-blur", "mask_padding": "--mask-padding", "upscaler": "--upscaler", "upscale": "--upscale",
 	"hires_scale": "--hires", "hires_steps": "--hires-steps", "hires_strength": "--hires-strength",
+	"upscale_only": "--upscale-only",
 }
 
 var reIndexed = regexp.MustCompile(`^(\w+)\[\d+\]`)

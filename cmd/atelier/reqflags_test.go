@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"flag"
 	"io"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -101,6 +102,8 @@ func TestRequestFlagErrorsNameTheFlag(t *testing.T) {
 		{[]string{"--hires", "2", "--init-image", "/i.png"}, "hires_scale", []string{"--hires", "text-to-image"}},
 		{[]string{"--hires-steps", "10"}, "hires_steps", []string{"--hires-steps", "without --hires"}},
 		{[]string{"--hires", "2", "--hires-strength", "0"}, "hires_strength", []string{"--hires-strength", "above 0"}},
+		{[]string{"--upscale-only", "--upscaler", "lanczos"}, "upscale_only", []string{"--upscale-only", "init image"}},
+		{[]string{"--upscale-only", "--init-image", "/i.png"}, "upscale_only", []string{"--upscale-only", "upscaler"}},
 		{[]string{"--batch-size", "9"}, "batch_size", []string{"--batch-size"}},
 		{[]string{"--batch-count", "0"}, "batch_count", []string{"--batch-count"}},
 	} {
@@ -157,4 +160,18 @@ func TestProgressShowsTheBaseAndRefinerStages(t *testing.T) {
 	assert.Contains(t, out, "denoising (base) 3/3")
 	assert.Contains(t, out, "refining (refiner) 1/1")
 	assert.Contains(t, out, "upscaling 0/1")
+}
+
+func TestUpscaleOnlyTakesThePicturesPrompt(t *testing.T) {
+	dir := t.TempDir()
+	plain := writeTestPNG(t, filepath.Join(dir, "photo.png"), 8, 8, false)
+	fs := flag.NewFlagSet("test", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	rf := addRequestFlags(fs)
+	require.NoError(t, fs.Parse([]string{"--upscale-only", "--init-image", plain, "--upscaler", "lanczos"}))
+	r, err := rf.build()
+	require.NoError(t, err, "no --prompt needed to upscale")
+	assert.Equal(t, "upscaled photo.png", r.Prompt, "a picture without settings is named by its file")
+	assert.True(t, r.UpscaleOnly)
+	assert.Equal(t, core.DefaultUpscale, r.Upscale)
 }

@@ -470,6 +470,8 @@ class Engine:
         if devices.kind(self.device) == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         self._vae_fallback = False
+        if r.upscale_only:
+            return self._upscale_only(job, stage, start)
 
         # 1. Check inputs: the model and every other file the request names, the input
         #    images, and the output folder, before anything slow is loaded.
@@ -595,6 +597,67 @@ class Engine:
             peak_mem_bytes=_peak_memory(self.device), vae_fallback=self._vae_fallback,
             batch_chunks=chunks,
         ))
+
+    def _upscale_only(self, job: Job, stage, start: float) -> Result:
+        """Enlarges an existing picture (A1111's Extras): no model loads, nothing is
+        generated. The PNG keeps the picture's own settings, if it has any, with the
+        upscaler added, so that it reloads like its source."""
+        r = job.request
+        inp = Inputs()
+        if r.upscaler == upscale.LANCZOS:
+            inp.upscaler, inp.upscaler_name = upscale.LANCZOS, "Lanczos"
+        else:
+            inp.upscaler = os.path.abspath(os.path.expanduser(r.upscaler))
+            if r.upscaler == "tiny-upscaler":
+                inp.upscaler, _ = self._tiny_extra("tiny-upscaler", stage)
+            check_file(inp.upscaler, "upscaler", "upscaler model", exts=(".safetensors",))
+            inp.upscaler_name = r.upscaler if r.upscaler == "tiny-upscaler" else \
+                upscale.display_name(inp.upscaler)
+        source = os.path.abspath(os.path.expanduser(r.init_image))
+        try:
+            picture = imgs.open_image(source, "init_image")
+        except imgs.ImageError as e:
+            raise JobFailed("invalid_request", str(e), field=e.field) from None
+        try:
+            with PILImage.open(source) as im:
+                text = (im.info.get("parameters") or "").strip()
+        except OSError:
+            text = ""
+        try:
+            os.makedirs(r.output_dir, exist_ok=True)
+        except OSError as e:
+            raise JobFailed("invalid_request", f"cannot create output folder {r.output_dir}: "
+                            f"{e.strerror or e}", field="output_dir") from None
+        t0 = time.perf_counter()
+        model = self._load_upscaler(inp, stage)
+        load_s = time.perf_counter() - t0
+        stage("upscaling", 0, 1)
+        pixels = upscale.upscale(picture, r.upscale, model)
+        extra = (f"Postprocess upscaler: {infotext.quote(inp.upscaler_name)}, "
+                 f"Postprocess upscale by: {infotext.number(r.upscale)}")
+        if text:
+            # The source's settings, with the upscaler added to its last line.
+            text = text + ", " + extra
+        else:
+            text = f"Upscaled {os.path.basename(source)}\n{extra}, Version: Atelier {__version__}"
+        stage("saving", 0, 1)
+        out_path = os.path.join(r.output_dir, f"{job.id}-0.png")
+        try:
+            write_png(pixels, out_path, text)
+        except OSError as e:
+            raise JobFailed("internal", f"could not save the image to {out_path}: "
+                            f"{e.strerror or e}. Free some disk space or choose another "
+                            "output folder, then generate again", field="output_dir") from None
+        total_s = time.perf_counter() - start
+        return Result(id=job.id, images=[Image(path=out_path, seed=r.seed, width=pixels.width,
+                                               height=pixels.height)],
+                      # No denoising: 0 keeps the job out of the queue's speed estimate.
+                      metrics=Metrics(total_s=round(total_s, 4), load_s=round(load_s, 4),
+                                      denoise_s=0.0, its=0.0,
+                                      device=devices.kind(self.device),
+                                      dtype=devices.dtype_name(self.dtype),
+                                      peak_mem_bytes=_peak_memory(self.device),
+                                      vae_fallback=False, batch_chunks=1))
 
     # 1. Inputs ----------------------------------------------------------------------------
 

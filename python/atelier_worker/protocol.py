@@ -110,6 +110,7 @@ class Request:
     hires_scale: float = 0.0     # 0: no hires pass
     hires_steps: int = 0         # 0: the job's steps
     hires_strength: float = 0.5
+    upscale_only: bool = False   # enlarge init_image with the upscaler; nothing is generated
 
 
 def hires_size(width: int, height: int, scale: float) -> tuple[int, int]:
@@ -459,6 +460,13 @@ def decode_request(r: dict) -> Request:
         if max(big) > MAX_SIZE:
             raise ProtocolError(f"makes the image {big[0]}x{big[1]}, past the largest size "
                                 f"({MAX_SIZE})", "hires_scale")
+    upscale_only = r.get("upscale_only", False)
+    if not isinstance(upscale_only, bool):
+        raise ProtocolError(f"must be true or false, got {_kind(upscale_only)}", "upscale_only")
+    if upscale_only and not init_image:
+        raise ProtocolError("needs init_image: the picture to enlarge", "upscale_only")
+    if upscale_only and not upscaler:
+        raise ProtocolError("needs an upscaler: lanczos or an upscaler model", "upscale_only")
     hires_strength = _num(r, "hires_strength", default=0.5, lo=0, hi=1)
     if hires and hires_strength <= 0:
         raise ProtocolError(f"must be above 0 and at most 1, got {_fmt(hires_strength)}",
@@ -476,7 +484,7 @@ def decode_request(r: dict) -> Request:
         upscaler=upscaler,
         upscale=_num(r, "upscale", default=2.0, lo=MIN_UPSCALE, hi=MAX_UPSCALE),
         hires_scale=hires, hires_steps=_int(r, "hires_steps", default=0, lo=0, hi=MAX_STEPS),
-        hires_strength=hires_strength,
+        hires_strength=hires_strength, upscale_only=upscale_only,
     )
 
 

@@ -345,6 +345,36 @@ def test_a_full_disk_is_a_clear_error_and_the_engine_goes_on(engine, tmp_path, m
     ok(engine, tmp_path)
 
 
+def test_upscale_only_enlarges_a_picture_and_keeps_its_settings(engine, tmp_path, pics):
+    made, _ = ok(engine, tmp_path, seed=5)
+    source = made.images[0].path
+    res, msgs = ok(engine, tmp_path, upscale_only=True, init_image=source, upscaler="lanczos",
+                   upscale=2, model="/nowhere/no-model")  # no model is loaded
+    assert (res.images[0].width, res.images[0].height) == (128, 128)
+    assert [m.stage for m in msgs if m.type == "progress"] == ["upscaling", "saving"]
+    with Image.open(source) as im:
+        want = np.asarray(im.convert("RGB").resize((128, 128), Image.LANCZOS)).astype(np.int16)
+    assert np.array_equal(px(res), want)
+    text = params(res)
+    assert text.startswith(params(made)) and text.endswith(
+        ", Postprocess upscaler: Lanczos, Postprocess upscale by: 2")
+    # A picture from elsewhere (no settings), through a model upscaler.
+    res, _ = ok(engine, tmp_path, upscale_only=True, init_image=str(pics / "init.png"),
+                upscaler="tiny-upscaler", upscale=2)
+    assert (res.images[0].width, res.images[0].height) == (128, 128)
+    assert params(res).startswith("Upscaled init.png\nPostprocess upscaler: tiny-upscaler, ")
+    # What it needs is checked, naming the field.
+    for overrides, field in (({"upscaler": "lanczos"}, "upscale_only"),
+                             ({"init_image": source}, "upscale_only")):
+        from atelier_worker.protocol import ProtocolError
+        with pytest.raises(ProtocolError) as e:
+            decode_request(request(tmp_path, upscale_only=True, **overrides))
+        assert e.value.field == field
+    res, _ = run(engine, tmp_path, upscale_only=True, init_image=str(tmp_path / "gone.png"),
+                 upscaler="lanczos")
+    assert (res.type, res.field) == ("error", "init_image")
+
+
 def test_batch_splits_when_out_of_memory(engine, tmp_path, monkeypatch):
     single = px(ok(engine, tmp_path, seed=8)[0])
     real = Engine._denoise_chunk
