@@ -19,13 +19,16 @@ type Rate struct {
 func (r Rate) Known() bool { return r.PixelStepsPerS > 0 }
 
 func pixelSteps(req Request, steps int) float64 {
+	if req.UpscaleOnly {
+		return 0 // nothing is denoised
+	}
 	return float64(req.Width) * float64(req.Height) * float64(max(req.BatchSize, 1)) * float64(steps)
 }
 
 // hiresPixelSteps is the work of the hires pass: the iterations it runs
 // (steps × strength) at the enlarged size, for every image of the batch.
 func hiresPixelSteps(req Request) float64 {
-	if req.HiresScale == 0 {
+	if req.HiresScale == 0 || req.UpscaleOnly {
 		return 0
 	}
 	w, h := req.HiresSize()
@@ -99,7 +102,10 @@ func (l Live) Remaining(req Request, r Rate) (time.Duration, bool) {
 	// all of it counts until the job ends.
 	hires := hiresPixelSteps(req)
 	if sps, ok := l.StepsPerS(); ok {
-		s := (float64(left)+hires/pixelSteps(req, 1))/sps + r.OverheadS/2 // decoding and saving still to come
+		s := float64(left)/sps + r.OverheadS/2 // decoding and saving still to come
+		if hires > 0 {
+			s += hires / pixelSteps(req, 1) / sps
+		}
 		return time.Duration(s * float64(time.Second)), true
 	}
 	if !r.Known() {

@@ -552,6 +552,10 @@ func TestMeasuredRate(t *testing.T) {
 	second, _ := r.Estimate(hires)
 	assert.InDelta(t, (64*64*4+128*128*4*0.5)/r.PixelStepsPerS+r.OverheadS, second.Seconds(), 1e-6)
 	assert.Greater(t, second, first, "the hires pass adds to the estimate")
+	up := queueRequest("z")
+	up.UpscaleOnly, up.InitImage, up.Upscaler = true, "/in.png", LanczosUpscaler
+	third, _ := r.Estimate(up)
+	assert.InDelta(t, r.OverheadS, third.Seconds(), 1e-6, "an upscale alone denoises nothing")
 }
 
 // startFailGen is a generator whose worker cannot start while broken is set.
