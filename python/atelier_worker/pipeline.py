@@ -379,6 +379,17 @@ def write_png(image: PILImage.Image, path: str, parameters: str | None = None, s
         raise
 
 
+def save_png(image: PILImage.Image, path: str, parameters: str) -> None:
+    """write_png for a result: a full disk or a folder taken away mid-job ends the job
+    saying which, and what to do."""
+    try:
+        write_png(image, path, parameters)
+    except OSError as e:
+        raise JobFailed("internal", f"could not save the image to {path}: {e.strerror or e}. "
+                        "Free some disk space or choose another output folder, then generate "
+                        "again", field="output_dir") from None
+
+
 def _peak_memory(device: str) -> int:
     k = devices.kind(device)
     if k == "cuda":
@@ -578,13 +589,7 @@ class Engine:
                 pixels = upscale.upscale(pixels, r.upscale, upscaler)
             stage("saving", i, n)
             out_path = os.path.join(r.output_dir, f"{job.id}-{i}.png")
-            try:
-                write_png(pixels, out_path, parameters(seed))
-            except OSError as e:
-                # A full disk or a folder taken away mid-job: say which, and what to do.
-                raise JobFailed("internal", f"could not save the image to {out_path}: "
-                                f"{e.strerror or e}. Free some disk space or choose another "
-                                "output folder, then generate again", field="output_dir") from None
+            save_png(pixels, out_path, parameters(seed))
             images.append(Image(path=out_path, seed=seed, width=pixels.width, height=pixels.height))
         emit(Progress(id=job.id, stage="saving", step=n, total=n, elapsed_s=elapsed()))
 
@@ -603,21 +608,9 @@ class Engine:
         generated. The PNG keeps the picture's own settings, if it has any, with the
         upscaler added, so that it reloads like its source."""
         r = job.request
-        inp = Inputs()
-        if r.upscaler == upscale.LANCZOS:
-            inp.upscaler, inp.upscaler_name = upscale.LANCZOS, "Lanczos"
-        else:
-            inp.upscaler = os.path.abspath(os.path.expanduser(r.upscaler))
-            if r.upscaler == "tiny-upscaler":
-                inp.upscaler, _ = self._tiny_extra("tiny-upscaler", stage)
-            check_file(inp.upscaler, "upscaler", "upscaler model", exts=(".safetensors",))
-            inp.upscaler_name = r.upscaler if r.upscaler == "tiny-upscaler" else \
-                upscale.display_name(inp.upscaler)
+        inp = self._check_inputs(r, stage)  # the picture and the upscaler, as for any job
         source = os.path.abspath(os.path.expanduser(r.init_image))
-        try:
-            picture = imgs.open_image(source, "init_image")
-        except imgs.ImageError as e:
-            raise JobFailed("invalid_request", str(e), field=e.field) from None
+        picture = inp.init
         try:
             with PILImage.open(source) as im:
                 text = (im.info.get("parameters") or "").strip()
@@ -642,12 +635,7 @@ class Engine:
             text = f"Upscaled {os.path.basename(source)}\n{extra}, Version: Atelier {__version__}"
         stage("saving", 0, 1)
         out_path = os.path.join(r.output_dir, f"{job.id}-0.png")
-        try:
-            write_png(pixels, out_path, text)
-        except OSError as e:
-            raise JobFailed("internal", f"could not save the image to {out_path}: "
-                            f"{e.strerror or e}. Free some disk space or choose another "
-                            "output folder, then generate again", field="output_dir") from None
+        save_png(pixels, out_path, text)
         total_s = time.perf_counter() - start
         return Result(id=job.id, images=[Image(path=out_path, seed=r.seed, width=pixels.width,
                                                height=pixels.height)],
