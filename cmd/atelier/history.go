@@ -18,12 +18,16 @@ func cmdHistory(args []string, stdout, stderr io.Writer) int {
 	if len(args) > 0 && args[0] == "import" {
 		return historyImport(args[1:], stdout, stderr)
 	}
+	if len(args) > 0 && args[0] == "search" {
+		return historySearch(args[1:], stdout, stderr)
+	}
 	fs := flag.NewFlagSet("history", flag.ContinueOnError)
 	asJSON := fs.Bool("json", false, "print a JSON array of jobs, with their settings, metrics and images")
 	limit := fs.Int("limit", 20, "how many jobs, newest first; 0 for all")
 	fs.Usage = func() {
-		fmt.Fprint(fs.Output(), "Usage: atelier history [--json] [--limit N]\n       atelier history import FILE.png [--json]\n\n"+
-			"Lists past jobs, newest first; import reads a PNG's generation settings.\n\nOptions:\n")
+		fmt.Fprint(fs.Output(), "Usage: atelier history [--json] [--limit N]\n       atelier history search [--model M] [--starred] [--json] [--limit N] WORDS…\n"+
+			"       atelier history import FILE.png [--json]\n\n"+
+			"Lists past jobs, newest first; search finds images as the gallery does; import reads a PNG's generation settings.\n\nOptions:\n")
 		fs.PrintDefaults()
 	}
 	if code, ok := parseFlags(fs, args, stdout, stderr); !ok {
@@ -80,6 +84,86 @@ func cmdHistory(args []string, stdout, stderr io.Writer) int {
 		return exitFailure
 	}
 	return exitOK
+}
+
+// historySearch finds images as the gallery's search does: every word in the
+// prompt or negative prompt (the last one as a prefix), plus filters.
+func historySearch(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("history search", flag.ContinueOnError)
+	asJSON := fs.Bool("json", false, "print a JSON array of the images found")
+	limit := fs.Int("limit", 50, "how many images, newest first; 0 for all")
+	model := fs.String("model", "", "only images of this model (as the history stores it: \"tiny\" or a path)")
+	starred := fs.Bool("starred", false, "only starred images")
+	fs.Usage = func() {
+		fmt.Fprint(fs.Output(), `Usage: atelier history search [--model M] [--starred] [--json] [--limit N] WORDS…
+
+Finds images in the history as the gallery's search does: every word must occur
+in the prompt or the negative prompt, the last one as the start of a word.
+
+Options:
+`)
+		fs.PrintDefaults()
+	}
+	if code, ok := parseFlags(fs, args, stdout, stderr); !ok {
+		return code
+	}
+	words := fs.Args()
+	if *limit < 0 {
+		fmt.Fprintln(stderr, "atelier history search: --limit must be 0 or more")
+		return exitUsage
+	}
+	q := core.GalleryQuery{Text: strings.Join(words, " "), Model: *model, Starred: *starred}
+	if q.Empty() {
+		fmt.Fprintln(stderr, "atelier history search: give words to look for, --model or --starred")
+		return exitUsage
+	}
+	store, paths, ok := openStore(stderr, "history search")
+	if !ok {
+		return exitFailure
+	}
+	defer store.Close()
+	n := *limit
+	if n == 0 {
+		n = -1
+	}
+	found, err := store.SearchImages(context.Background(), q, 0, n)
+	if err != nil {
+		fmt.Fprintln(stderr, "atelier history search:", err)
+		return exitFailure
+	}
+	if *asJSON {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		if err := enc.Encode(orEmptyImages(found)); err != nil {
+			fmt.Fprintln(stderr, "atelier history search:", err)
+			return exitFailure
+		}
+		return exitOK
+	}
+	if len(found) == 0 {
+		fmt.Fprintf(stderr, "No image in %s matches.\n", paths.DB)
+		return exitOK
+	}
+	tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "IMAGE\tJOB\tCREATED\tMODEL\tSIZE\tSEED\tSTAR\tPROMPT\tFILE")
+	for _, im := range found {
+		star := ""
+		if im.Starred {
+			star = "*"
+		}
+		fmt.Fprintf(tw, "%d\t%d\t%s\t%s\t%dx%d\t%d\t%s\t%s\t%s\n", im.ID, im.JobID,
+			im.CreatedAt.Local().Format("2006-01-02 15:04"), shorten(modelName(im.Model), 24), im.Width, im.Height,
+			im.Seed, star, shorten(im.Prompt, 40), im.Path)
+	}
+	tw.Flush()
+	return exitOK
+}
+
+func orEmptyImages(v []core.ImageRecord) []core.ImageRecord {
+	if v == nil {
+		return []core.ImageRecord{}
+	}
+	return v
 }
 
 func historyImport(args []string, stdout, stderr io.Writer) int {

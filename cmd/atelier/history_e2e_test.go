@@ -4,6 +4,7 @@ package main
 
 import (
 	"encoding/json"
+	"fmt"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -54,4 +55,58 @@ func TestHistoryImportReadsAGeneratedPNG(t *testing.T) {
 	_, stderr, code = h.run("history", "import", filepath.Join(t.TempDir(), "missing.png"))
 	assert.Equal(t, exitUsage, code)
 	assert.Contains(t, stderr, "missing.png")
+}
+
+func TestHistorySearchFindsImagesAsTheGalleryDoes(t *testing.T) {
+	h := newHome(t)
+	s, err := core.OpenStore(filepath.Join(h.dir, "data", "atelier.db"))
+	require.NoError(t, err)
+	record := func(prompt, model string, seed int64) core.ImageRecord {
+		req := core.DefaultRequest()
+		req.Prompt, req.Model, req.Seed, req.Steps, req.Width, req.Height = prompt, model, seed, 4, 64, 64
+		id, err := s.CreateJob(t.Context(), fmt.Sprintf("job-%d", seed), req)
+		require.NoError(t, err)
+		p := writeTestPNG(t, filepath.Join(h.dir, fmt.Sprintf("img-%d.png", seed)), 64, 64, false)
+		require.NoError(t, s.FinishJob(t.Context(), id, &core.Metrics{TotalS: 1, DenoiseS: 1, ItS: 4},
+			[]core.ImageResult{{Path: p, Seed: seed, Width: 64, Height: 64}}))
+		imgs, err := s.SearchImages(t.Context(), core.GalleryQuery{}, 0, 1)
+		require.NoError(t, err)
+		return imgs[0]
+	}
+	lighthouse := record("a lighthouse at dusk", "tiny", 1)
+	record("a red fox in the snow", "tiny", 2)
+	brittany := record("lighthouses of Brittany", "/models/sdxl", 3)
+	require.NoError(t, s.SetStarred(t.Context(), brittany.ID, true))
+	require.NoError(t, s.Close())
+
+	out, stderr, code := h.run("history", "search", "--json", "lightho")
+	require.Equal(t, 0, code, stderr)
+	var got []core.ImageRecord
+	require.NoError(t, json.Unmarshal([]byte(out), &got), out)
+	paths := func(imgs []core.ImageRecord) []string {
+		var p []string
+		for _, im := range imgs {
+			p = append(p, im.Path)
+		}
+		return p
+	}
+	assert.Equal(t, []string{brittany.Path, lighthouse.Path}, paths(got), "the last word as a prefix, newest first")
+
+	out, _, code = h.run("history", "search", "--json", "--model", "tiny", "lighthouse")
+	require.Equal(t, 0, code)
+	require.NoError(t, json.Unmarshal([]byte(out), &got))
+	assert.Equal(t, []string{lighthouse.Path}, paths(got))
+
+	out, _, code = h.run("history", "search", "--starred")
+	require.Equal(t, 0, code)
+	assert.Contains(t, out, "lighthouses of Brittany")
+	assert.NotContains(t, out, "fox")
+
+	out, stderr, code = h.run("history", "search", "--json", "owl")
+	require.Equal(t, 0, code, stderr)
+	assert.JSONEq(t, "[]", out)
+
+	_, stderr, code = h.run("history", "search")
+	assert.Equal(t, exitUsage, code)
+	assert.Contains(t, stderr, "give words")
 }
