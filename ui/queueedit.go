@@ -106,14 +106,7 @@ func (e *queueEdit) saveJob() {
 	req.PreviewEvery = 0
 	req, err := core.PrepareForQueue(req)
 	if err != nil {
-		if v, ok := core.AsValidation(err); ok {
-			s.form.showErrors(v)
-		}
-		var jerr *core.JobError
-		if errors.As(err, &jerr) && jerr.Field != "" {
-			s.form.showErrorText(jerr.Field, sentence(jerr.Message))
-		}
-		s.status.set(statusError, sentence(err.Error()), "")
+		s.showRefusal(err)
 		return
 	}
 	err = s.x.svc.Store.UpdatePendingJob(context.Background(), id, req)

@@ -178,14 +178,7 @@ func (s *Studio) AddToQueue() {
 		}
 	}
 	if err != nil {
-		if v, ok := core.AsValidation(err); ok {
-			s.form.showErrors(v)
-		}
-		var jerr *core.JobError
-		if errors.As(err, &jerr) && jerr.Field != "" {
-			s.form.showErrorText(jerr.Field, sentence(jerr.Message))
-		}
-		s.status.set(statusError, sentence(err.Error()), "")
+		s.showRefusal(err)
 		return
 	}
 	st := s.x.svc.Store
@@ -413,6 +406,19 @@ func (s *Studio) upscaleImage(path string, src core.Request) {
 		s.x.tabs.SelectIndex(tabStudio)
 	}
 	s.run(req, 1, fmt.Sprintf("Upscaling %s (%s, ×%g)…", filepath.Base(path), req.Upscaler, req.Upscale))
+}
+
+// showRefusal shows why a request was refused: beside the fields it names,
+// and in the status line.
+func (s *Studio) showRefusal(err error) {
+	if v, ok := core.AsValidation(err); ok {
+		s.form.showErrors(v)
+	}
+	var jerr *core.JobError
+	if errors.As(err, &jerr) && jerr.Field != "" {
+		s.form.showErrorText(jerr.Field, sentence(jerr.Message))
+	}
+	s.status.set(statusError, sentence(err.Error()), "")
 }
 
 func (s *Studio) saveLastRequest(r core.Request) {
