@@ -52,13 +52,7 @@ func cmdHistory(args []string, stdout, stderr io.Writer) int {
 	}
 
 	if *asJSON {
-		enc := json.NewEncoder(stdout)
-		enc.SetIndent("", "  ")
-		if err := enc.Encode(jobs); err != nil {
-			fmt.Fprintln(stderr, "atelier history:", err)
-			return exitFailure
-		}
-		return exitOK
+		return printJSON(stdout, stderr, "history", jobs)
 	}
 	if len(jobs) == 0 {
 		fmt.Fprintf(stderr, "No jobs yet in %s. Try: atelier generate --prompt \"a lighthouse\" --steps 4 --width 256 --height 256\n", paths.DB)
@@ -132,13 +126,7 @@ Options:
 		return exitFailure
 	}
 	if *asJSON {
-		enc := json.NewEncoder(stdout)
-		enc.SetIndent("", "  ")
-		if err := enc.Encode(orEmptyImages(found)); err != nil {
-			fmt.Fprintln(stderr, "atelier history search:", err)
-			return exitFailure
-		}
-		return exitOK
+		return printJSON(stdout, stderr, "history search", orEmptyImages(found))
 	}
 	if len(found) == 0 {
 		fmt.Fprintf(stderr, "No image in %s matches.\n", paths.DB)
@@ -156,6 +144,17 @@ Options:
 			im.Seed, star, shorten(im.Prompt, 40), im.Path)
 	}
 	tw.Flush()
+	return exitOK
+}
+
+// printJSON writes v as indented JSON, the --json output of the listing commands.
+func printJSON(stdout, stderr io.Writer, name string, v any) int {
+	enc := json.NewEncoder(stdout)
+	enc.SetIndent("", "  ")
+	if err := enc.Encode(v); err != nil {
+		fmt.Fprintf(stderr, "atelier %s: %v\n", name, err)
+		return exitFailure
+	}
 	return exitOK
 }
 
@@ -229,12 +228,7 @@ Options:
 		fmt.Fprintln(stderr, "note:", n)
 	}
 	if *asJSON {
-		enc := json.NewEncoder(stdout)
-		enc.SetIndent("", "  ")
-		if err := enc.Encode(got); err != nil {
-			return exitFailure
-		}
-		return exitOK
+		return printJSON(stdout, stderr, "history import", got)
 	}
 	r := got.Request
 	tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)

@@ -407,12 +407,7 @@ func queueList(args []string, stdout, stderr io.Writer) int {
 			sec := eta.Total.Seconds()
 			out.ETAS = &sec
 		}
-		enc := json.NewEncoder(stdout)
-		enc.SetIndent("", "  ")
-		if err := enc.Encode(out); err != nil {
-			return exitFailure
-		}
-		return exitOK
+		return printJSON(stdout, stderr, "queue list", out)
 	}
 	if len(jobs) == 0 {
 		fmt.Fprintln(stderr, "The queue is empty. Add jobs with: atelier queue add --prompt \"a lighthouse\" --batch-count 4")
