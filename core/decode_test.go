@@ -12,8 +12,9 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-// vectorDir holds the protocol test vectors shared with the Python worker's pytest suite.
-const vectorDir = "../python/atelier_worker/testdata/vectors"
+// vectorDir holds the protocol test vectors shared with the Python worker's pytest suite,
+// next to the protocol spec.
+const vectorDir = "../docs/protocol/vectors"
 
 // vectorFiles lists one vector folder ("valid" or "invalid"). docs/protocol.md names the
 // files *.json and the worker's suite *.jsonl; both are one raw protocol line.
@@ -36,7 +37,7 @@ func TestVectors(t *testing.T) {
 	require.NoError(t, json.Unmarshal(raw, &expected))
 	for _, kind := range []string{"valid", "invalid"} {
 		files := vectorFiles(t, kind)
-		require.NotEmpty(t, files, "no protocol vectors in %s/%s: the shared vectors come with the Python worker (python/atelier_worker/testdata/vectors); restore them before testing", vectorDir, kind)
+		require.NotEmpty(t, files, "no protocol vectors in %s/%s: the shared vectors live next to the protocol spec (docs/protocol/vectors); restore them before testing", vectorDir, kind)
 		for _, path := range files {
 			t.Run(kind+"/"+filepath.Base(path), func(t *testing.T) {
 				line, err := os.ReadFile(path)

@@ -8,7 +8,9 @@ import pytest
 from atelier_worker import protocol
 from atelier_worker.protocol import ProtocolError, decode, encode
 
-VECTORS = os.path.join(os.path.dirname(protocol.__file__), "testdata", "vectors")
+VECTORS = os.path.join(
+    os.path.dirname(__file__), os.pardir, os.pardir, "docs", "protocol", "vectors"
+)
 
 
 def _vectors(kind: str) -> list[str]:
