@@ -23,18 +23,33 @@ export ATELIER_PYTHON := $(PYTHON)
 export ATELIER_WORKER_DIR := $(WORKER_DIR)
 
 GO_SOURCES := $(shell find cmd core bridge ui -name '*.go' 2>/dev/null) go.mod go.sum
+# Stamps record set-up steps that are done, so an up-to-date tree rebuilds nothing.
+STAMPS    := bin/.stamps
 
-.PHONY: build run test deps sysdeps venv go-deps test-go test-python test-fuzz test-window screenshot vet clean print-python
+.PHONY: help build run test deps sysdeps venv go-deps lint vet test-go test-python test-fuzz test-window screenshot clean print-python
+
+## help: this list
+help:
+	@sed -n 's/^## \([a-z-]*\): \(.*\)/\1\t\2/p' $(MAKEFILE_LIST) | expand -t 16
 
 ## deps: system packages, Go modules and the Python venv
 deps: sysdeps go-deps venv
 
-sysdeps:
+## sysdeps: the Debian/Ubuntu packages the build and tests need (installed only when missing)
+sysdeps: $(STAMPS)/sysdeps
+
+$(STAMPS)/sysdeps: .ci/sysdeps.sh
 	@bash .ci/sysdeps.sh
+	@mkdir -p $(STAMPS) && touch $@
 
-go-deps: sysdeps
+## go-deps: the Go modules
+go-deps: $(STAMPS)/go-deps
+
+$(STAMPS)/go-deps: go.mod go.sum | $(STAMPS)/sysdeps
 	@$(GO) mod download
+	@mkdir -p $(STAMPS) && touch $@
 
+## venv: the worker's Python venv (outside the clone, keyed by the requirements' hash)
 venv: $(VENV)/.ready
 
 $(VENV)/.ready: python/requirements.txt
@@ -43,10 +58,11 @@ $(VENV)/.ready: python/requirements.txt
 print-python:
 	@echo $(PYTHON)
 
-## build: bin/atelier
+## build: bin/atelier (nothing to do when it is up to date)
 build: bin/atelier
 
-bin/atelier: sysdeps $(GO_SOURCES)
+# The venv's path is linked into the binary, so a requirements change relinks it.
+bin/atelier: $(GO_SOURCES) python/requirements.txt | $(STAMPS)/sysdeps $(STAMPS)/go-deps
 	@mkdir -p bin
 	$(GO) build -tags $(GOTAGS) -ldflags "$(LDFLAGS)" -o bin/atelier ./cmd/atelier
 
@@ -54,21 +70,29 @@ bin/atelier: sysdeps $(GO_SOURCES)
 run: deps bin/atelier
 	./bin/atelier
 
-## test: every test (Go, Python, fuzz smoke, real window under Xvfb)
-test: deps bin/atelier vet test-python test-go test-fuzz test-window
+## test: every test (lint, Go, Python, fuzz smoke, real window under Xvfb)
+test: deps bin/atelier lint test-python test-go test-fuzz test-window
 
-vet:
+## lint: go vet and gofmt
+lint: vet
+	@out=$$(gofmt -l cmd core bridge ui); if [ -n "$$out" ]; then echo "gofmt: these files need formatting:"; echo "$$out"; exit 1; fi
+
+vet: go-deps
 	$(GO) vet -tags $(GOTAGS) ./...
 
+## test-go: the Go tests (real worker on the CPU, real SQLite, Fyne test driver)
 test-go: deps
 	$(GO) test -tags $(GOTAGS) -count=1 -timeout 60m ./...
 
+## test-python: the worker's tests on the tiny model
 test-python: venv
 	cd python && ATELIER_CACHE_DIR=$$(mktemp -d) $(PYTHON) -m pytest -q
 
+## test-fuzz: a short fuzzing run of the protocol decoder
 test-fuzz: deps
 	$(GO) test -tags $(GOTAGS) -run '^$$' -fuzz FuzzDecodeMessage -fuzztime 15s ./core
 
+## test-window: the real window under Xvfb, generating one image
 test-window: deps bin/atelier
 	bash .ci/window-test.sh bin/atelier
 
@@ -77,5 +101,6 @@ screenshot: deps bin/atelier
 	SCREENSHOT_OUT=docs/screenshot.png bash .ci/window-test.sh bin/atelier
 	$(GO) test -tags $(GOTAGS) -count=1 -run TestSectionScreenshots ./ui -args -shots $(CURDIR)/docs/sections
 
+## clean: remove bin/
 clean:
 	rm -rf bin

@@ -3,7 +3,7 @@
 set -euo pipefail
 venv="$1"; req="$2"
 ready() { [ -f "$venv/.ready" ] && "$venv/bin/python" -c 'import torch, diffusers' 2>/dev/null; }
-ready && exit 0
+ready && { touch "$venv/.ready"; exit 0; }
 mkdir -p "$(dirname "$venv")"
 # Two builds at once (two clones, a test and `make run`) would remove each other's
 # half-made venv; the second waits for the first and then reuses its result.
@@ -12,7 +12,7 @@ if ! flock -n 9; then
   echo "atelier: another build of $venv is running; waiting for it"
   flock 9
 fi
-ready && exit 0
+ready && { touch "$venv/.ready"; exit 0; }
 py="${ATELIER_BASE_PYTHON:-python3}"
 "$py" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else 1)' || {
   echo "atelier: the worker needs Python 3.10 or newer; set ATELIER_BASE_PYTHON to one" >&2; exit 1; }
