@@ -428,14 +428,6 @@ func (f *form) clearErrors() {
 	}
 }
 
-// fieldError is the error text shown beside a field, or "" (used by tests and the status line).
-func (f *form) fieldError(field string) string {
-	if l, ok := f.errs[field]; ok && l.Visible() {
-		return l.Text
-	}
-	return ""
-}
-
 // rememberModel adds a model to the drop-down's recent list.
 func (f *form) rememberModel(m string) {
 	if m == "" {

@@ -528,18 +528,6 @@ func (l *thumbLoader) request(path string) {
 	l.mu.Unlock()
 }
 
-// close stops the workers and waits for the thumbnails in progress.
-func (l *thumbLoader) close() {
-	l.mu.Lock()
-	if !l.closed {
-		l.closed = true
-		l.queue = nil
-		close(l.wake)
-	}
-	l.mu.Unlock()
-	l.working.Wait()
-}
-
 func (l *thumbLoader) next() (string, bool) {
 	l.mu.Lock()
 	defer l.mu.Unlock()

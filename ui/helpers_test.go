@@ -56,7 +56,7 @@ type testStudio struct {
 	q *uiQueue
 }
 
-func newTestStudio(t *testing.T, gen Generator, hist History) testStudio {
+func newTestStudio(t *testing.T, gen generator, hist History) testStudio {
 	t.Helper()
 	a := test.NewTempApp(t)
 	w := test.NewTempWindow(t, widget.NewLabel(""))
@@ -84,14 +84,14 @@ func (s testStudio) waitFor(t *testing.T, timeout time.Duration, what string, co
 	}
 }
 
-// fakeGen is a Generator whose job is a function; it counts the jobs it ran.
+// fakeGen is a generator whose job is a function; it counts the jobs it ran.
 type fakeGen struct {
 	calls atomic.Int32
 	last  atomic.Pointer[core.Request]
-	run   func(ctx context.Context, req core.Request, onEvent func(core.Message)) (*core.JobOutcome, error)
+	run   func(ctx context.Context, req core.Request, onEvent func(event)) (*core.JobOutcome, error)
 }
 
-func (g *fakeGen) Run(ctx context.Context, req core.Request, onEvent func(core.Message)) (*core.JobOutcome, error) {
+func (g *fakeGen) Run(ctx context.Context, req core.Request, onEvent func(event)) (*core.JobOutcome, error) {
 	g.calls.Add(1)
 	g.last.Store(&req)
 	return g.run(ctx, req, onEvent)

@@ -103,37 +103,37 @@ func newJobRun(req core.Request, cancel func()) *jobRun {
 
 // onEvent receives the runner's stream on its goroutine. It only records the
 // newest state; the throttle moves it to the widgets.
-func (j *jobRun) onEvent(m core.Message) {
+func (j *jobRun) onEvent(e event) {
 	var preview image.Image
-	if m.Type == core.MsgPreview && m.Path != "" {
+	if e.kind == evPreview && e.preview != "" {
 		// The worker overwrites the preview file in turn, so read it whole
 		// before decoding, and drop a torn read: the next preview follows soon.
-		if b, err := os.ReadFile(m.Path); err == nil {
+		if b, err := os.ReadFile(e.preview); err == nil {
 			if img, _, err := image.Decode(bytes.NewReader(b)); err == nil {
 				preview = smoothPreview(img)
 			}
 		}
 	}
 	j.mu.Lock()
-	if m.Type != msgJob {
+	if e.kind != evJob {
 		j.began = true
 	}
-	switch m.Type {
-	case core.MsgLoading:
-		j.snap.Note = m.Message
-	case core.MsgHello:
-		j.snap.Device = m.Device
-	case core.MsgProgress:
-		j.snap.Stage, j.snap.Step, j.snap.Total = m.Stage, m.Step, m.Total
-	case msgJob:
-		j.snap.Job, j.snap.Jobs = m.Step, m.Total
+	switch e.kind {
+	case evLoading:
+		j.snap.Note = e.note
+	case evHello:
+		j.snap.Device = e.device
+	case evProgress:
+		j.snap.Stage, j.snap.Step, j.snap.Total = e.stage, e.step, e.total
+	case evJob:
+		j.snap.Job, j.snap.Jobs = e.step, e.total
 		j.snap.Stage, j.snap.Step, j.snap.Total = "", 0, 0
-	case core.MsgPreview:
+	case evPreview:
 		if preview != nil {
 			j.preview = preview
 		}
-		if m.Step > j.snap.Step {
-			j.snap.Step = m.Step
+		if e.step > j.snap.Step {
+			j.snap.Step = e.step
 		}
 	}
 	j.mu.Unlock()
@@ -145,13 +145,6 @@ func (j *jobRun) hasBegun() bool {
 	j.mu.Lock()
 	defer j.mu.Unlock()
 	return j.began
-}
-
-// snapshot returns the current state without taking the preview.
-func (j *jobRun) snapshot() (progressSnapshot, bool) {
-	j.mu.Lock()
-	defer j.mu.Unlock()
-	return j.snap, j.preview != nil
 }
 
 // take returns the current state and any preview not yet shown.

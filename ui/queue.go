@@ -149,20 +149,20 @@ func (v *queueView) recompute() {
 }
 
 // event follows the queue runner.
-func (v *queueView) event(e core.QueueEvent) {
-	switch e.Kind {
+func (v *queueView) event(e queueEvent) {
+	switch e.kind {
 	case core.QueueStarted:
-		v.live[e.Job.ID] = core.NewLive()
+		v.live[e.job.ID] = core.NewLive()
 		v.refresh()
 	case core.QueueMessage:
-		l, ok := v.live[e.Job.ID]
+		l, ok := v.live[e.job.ID]
 		if !ok {
 			l = core.NewLive()
 		}
-		l.Update(e.Message)
-		v.live[e.Job.ID] = l
-		if j := v.job(e.Job.ID); j != nil && e.Message.Type == core.MsgProgress && e.Message.Stage == "denoising" {
-			j.Step, j.Total = e.Message.Step, e.Message.Total
+		e.ev.foldInto(&l)
+		v.live[e.job.ID] = l
+		if j := v.job(e.job.ID); j != nil && e.ev.kind == evProgress && e.ev.stage == "denoising" {
+			j.Step, j.Total = e.ev.step, e.ev.total
 		}
 		v.recompute()
 		// The running job's progress, and every ETA on screen: the fresh
@@ -173,17 +173,17 @@ func (v *queueView) event(e core.QueueEvent) {
 			}
 		}
 	case core.QueueFinished:
-		delete(v.live, e.Job.ID)
+		delete(v.live, e.job.ID)
 		v.refresh()
 	case core.QueueIdle:
-		if v.paused != e.Paused {
+		if v.paused != e.paused {
 			v.refresh()
 		}
 	case core.QueueStalled:
 		msg, detail := "The worker could not start, so the queue waits (the jobs stay queued) and tries again in a while. "+
 			"Run `atelier doctor` to check the worker.", ""
 		var jerr *core.JobError
-		if errors.As(e.Err, &jerr) {
+		if errors.As(e.err, &jerr) {
 			msg = sentence(jerr.Message) + ". " + msg
 			detail = jerr.Detail
 		}

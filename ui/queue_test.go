@@ -27,7 +27,7 @@ import (
 
 // servicesStudio is a studio with the queue and gallery tabs over a real
 // store in a temporary home; gen runs the Generate button's jobs.
-func servicesStudio(t *testing.T, gen Generator, q QueueRunner) (testStudio, *core.Store, core.Paths) {
+func servicesStudio(t *testing.T, gen generator, q QueueRunner) (testStudio, *core.Store, core.Paths) {
 	t.Helper()
 	paths := core.PathsUnder(t.TempDir())
 	require.NoError(t, paths.EnsureDirs())
@@ -37,7 +37,7 @@ func servicesStudio(t *testing.T, gen Generator, q QueueRunner) (testStudio, *co
 	return studioOver(t, store, paths, gen, q), store, paths
 }
 
-func studioOver(t *testing.T, store *core.Store, paths core.Paths, gen Generator, q QueueRunner) testStudio {
+func studioOver(t *testing.T, store *core.Store, paths core.Paths, gen generator, q QueueRunner) testStudio {
 	t.Helper()
 	exportDir := filepath.Join(t.TempDir(), "export")
 	svc := &Services{Store: store, Queue: q, Paths: paths,
@@ -52,7 +52,7 @@ func studioOver(t *testing.T, store *core.Store, paths core.Paths, gen Generator
 	w.Resize(fyne.NewSize(1400, 900))
 	uq := &uiQueue{}
 	if gen == nil {
-		gen = &fakeGen{run: func(context.Context, core.Request, func(core.Message)) (*core.JobOutcome, error) {
+		gen = &fakeGen{run: func(context.Context, core.Request, func(event)) (*core.JobOutcome, error) {
 			return nil, &core.JobError{Code: core.ErrInternal, Message: "no generator in this test"}
 		}}
 	}
@@ -222,7 +222,7 @@ func TestQueueRunsInTheBackgroundWithTheRealWorker(t *testing.T) {
 	t.Cleanup(func() { store.Close() })
 	runner := core.NewRunner(store, br, paths)
 	q := core.NewQueueRunner(runner)
-	s := studioOver(t, store, paths, runner, q)
+	s := studioOver(t, store, paths, eventsOf(runner), q)
 	q.OnEvent = s.OnQueueEvent
 
 	ctx, stop := context.WithCancel(context.Background())
@@ -485,9 +485,9 @@ func TestEditQueuedJobInTheForm(t *testing.T) {
 // queue job waits; the status line says for which job until its own starts.
 func TestGenerateSaysItWaitsForTheQueuedJob(t *testing.T) {
 	begin, end := make(chan struct{}), make(chan struct{})
-	gen := &fakeGen{run: func(ctx context.Context, req core.Request, onEvent func(core.Message)) (*core.JobOutcome, error) {
+	gen := &fakeGen{run: func(ctx context.Context, req core.Request, onEvent func(event)) (*core.JobOutcome, error) {
 		<-begin // the queue's job holds the worker
-		onEvent(core.Message{Type: core.MsgProgress, Stage: "denoising", Step: 1, Total: req.Steps})
+		onEvent(event{kind: evProgress, stage: "denoising", step: 1, total: req.Steps})
 		<-end
 		return nil, &core.JobError{Code: core.ErrCancelled, Message: "stopped by the test"}
 	}}

@@ -23,7 +23,7 @@ type capabilitySource interface {
 // attach takes the choices from what the app has: the worker's capabilities
 // (once one has started) and the model library of the folders in the
 // settings, scanned off the UI goroutine.
-func (s *sections) attach(gen Generator, hist History) {
+func (s *sections) attach(gen generator, hist History) {
 	s.refreshCapabilities(gen)
 	if st, ok := hist.(core.SettingsStore); ok {
 		s.settings = st
@@ -77,7 +77,7 @@ func (s *sections) addLibraryFolder(dir string) {
 }
 
 // refreshCapabilities rebuilds the choices from the latest hello, if any.
-func (s *sections) refreshCapabilities(gen Generator) {
+func (s *sections) refreshCapabilities(gen generator) {
 	if src, ok := gen.(capabilitySource); ok {
 		if c := src.Capabilities(); c != nil {
 			s.setCapabilities(c)
@@ -87,18 +87,15 @@ func (s *sections) refreshCapabilities(gen Generator) {
 
 // afterJob shows what the job reported beyond its images, and the choices of
 // the worker that ran it (a restarted worker may say something new).
-func (s *sections) afterJob(gen Generator, out *core.JobOutcome) {
+func (s *sections) afterJob(gen generator, out *core.JobOutcome) {
 	s.showResult(out)
 	s.refreshCapabilities(gen)
 }
 
-// msgJob is a progress note of the studio's own: job Step of Total of a batch count.
-const msgJob = "atelier.job"
-
 // runJobs runs count jobs one after another, job k at seed + k × batch size
 // (a random seed resolved once), and returns their images together. It stops
 // at the first failure, returning what was made before it.
-func runJobs(ctx context.Context, gen Generator, req core.Request, count int, onEvent func(core.Message)) (*core.JobOutcome, error) {
+func runJobs(ctx context.Context, gen generator, req core.Request, count int, onEvent func(event)) (*core.JobOutcome, error) {
 	if count <= 1 {
 		return gen.Run(ctx, req, onEvent)
 	}
@@ -108,7 +105,7 @@ func runJobs(ctx context.Context, gen Generator, req core.Request, count int, on
 	}
 	var merged *core.JobOutcome
 	for k, r := range reqs {
-		onEvent(core.Message{Type: msgJob, Step: k + 1, Total: len(reqs)})
+		onEvent(event{kind: evJob, step: k + 1, total: len(reqs)})
 		out, err := gen.Run(ctx, r, onEvent)
 		if out != nil {
 			if merged == nil {

@@ -299,14 +299,14 @@ func TestResultShowsControlImagesAndVAEFallback(t *testing.T) {
 
 func TestProgressNamesTheBaseAndRefinerStagesAndTheJob(t *testing.T) {
 	j := newJobRun(core.Request{Refiner: core.TinyRefiner}, func() {})
-	j.onEvent(core.Message{Type: msgJob, Step: 2, Total: 3})
-	j.onEvent(core.Message{Type: core.MsgProgress, Stage: "denoising", Step: 3, Total: 4})
+	j.onEvent(event{kind: evJob, step: 2, total: 3})
+	j.onEvent(event{kind: evProgress, stage: "denoising", step: 3, total: 4})
 	p, _ := j.snapshot()
 	assert.Equal(t, "job 2/3 · base — denoising — 3/4 · 1.0 s", progressText(p, time.Second))
-	j.onEvent(core.Message{Type: core.MsgProgress, Stage: "refining", Step: 1, Total: 1})
+	j.onEvent(event{kind: evProgress, stage: "refining", step: 1, total: 1})
 	p, _ = j.snapshot()
 	assert.Equal(t, "job 2/3 · refiner — refining — 1/1 · 1.0 s", progressText(p, time.Second))
-	j.onEvent(core.Message{Type: core.MsgProgress, Stage: "upscaling", Step: 0, Total: 1})
+	j.onEvent(event{kind: evProgress, stage: "upscaling", step: 0, total: 1})
 	p, _ = j.snapshot()
 	assert.Contains(t, progressText(p, time.Second), "upscaling — 0/1")
 }
@@ -315,7 +315,7 @@ func TestBatchCountRunsJobsWithSteppedSeeds(t *testing.T) {
 	dir := t.TempDir()
 	var seeds []int64
 	var mu sync.Mutex
-	gen := &fakeGen{run: func(_ context.Context, req core.Request, _ func(core.Message)) (*core.JobOutcome, error) {
+	gen := &fakeGen{run: func(_ context.Context, req core.Request, _ func(event)) (*core.JobOutcome, error) {
 		mu.Lock()
 		seeds = append(seeds, req.Seed)
 		mu.Unlock()

@@ -77,12 +77,12 @@ type Services struct {
 // MainWith runs the studio with the queue and gallery tabs, until its window
 // closes. The queue runner's events must reach OnQueueEvent of the returned
 // studio: start runs it once the studio exists.
-func MainWith(gen Generator, hist History, svc *Services, start func(s *Studio)) {
+func MainWith(gen Runner, hist History, svc *Services, start func(s *Studio)) {
 	a := app.NewWithID("io.atelier.studio")
 	a.Settings().SetTheme(newStudioTheme())
 	w := a.NewWindow("Atelier")
 	w.Resize(fyne.NewSize(1320, 860))
-	s := newStudioWith(a, w, gen, hist, fyne.Do, svc)
+	s := newStudioWith(a, w, eventsOf(gen), hist, fyne.Do, svc)
 	if start != nil {
 		start(s)
 	}
@@ -210,16 +210,17 @@ func (s *Studio) AddToQueue() {
 
 // OnQueueEvent shows what the queue runner reports; it may be called from any
 // goroutine.
-func (s *Studio) OnQueueEvent(e core.QueueEvent) {
+func (s *Studio) OnQueueEvent(qe core.QueueEvent) {
+	e := queueEventOf(qe)
 	s.do(func() {
 		if s.x == nil {
 			return
 		}
 		s.x.queue.event(e)
-		if e.Kind == core.QueueStarted {
+		if e.kind == core.QueueStarted {
 			s.showQueueWait()
 		}
-		if e.Kind == core.QueueFinished && e.Job != nil && e.Job.Status == core.StatusDone {
+		if e.kind == core.QueueFinished && e.job != nil && e.job.Status == core.StatusDone {
 			s.refreshHistory()
 		}
 	})

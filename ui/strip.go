@@ -53,9 +53,6 @@ func (s *recentStrip) content() fyne.CanvasObject {
 	return container.NewStack(strut, container.NewPadded(s.empty), s.scroll)
 }
 
-// len is the number of images shown.
-func (s *recentStrip) len() int { return len(s.items) }
-
 // set shows records, newest first, and returns the paths with no thumbnail yet.
 func (s *recentStrip) set(items []core.ImageRecord) []string {
 	if len(items) > stripLimit {

@@ -1,6 +1,3 @@
-// Package ui is Atelier's Fyne studio window: the request form, live progress,
-// the result viewer and the recent-images strip. It reaches the core only
-// through the small Generator and History interfaces below.
 package ui
 
 import (
@@ -16,7 +13,6 @@ import (
 	"unicode/utf8"
 
 	"fyne.io/fyne/v2"
-	"fyne.io/fyne/v2/app"
 	"fyne.io/fyne/v2/canvas"
 	"fyne.io/fyne/v2/container"
 	"fyne.io/fyne/v2/layout"
@@ -25,12 +21,6 @@ import (
 
 	"atelier/core"
 )
-
-// Generator runs one job, streaming the worker's messages to onEvent from its
-// own goroutine. Cancelling ctx cancels the job. core.Runner implements it.
-type Generator interface {
-	Run(ctx context.Context, req core.Request, onEvent func(core.Message)) (*core.JobOutcome, error)
-}
 
 // History lists the newest images. core.Store implements it.
 type History interface {
@@ -41,7 +31,7 @@ type History interface {
 type Studio struct {
 	app  fyne.App
 	win  fyne.Window
-	gen  Generator
+	gen  generator
 	hist History
 
 	// post runs a function on the UI goroutine: fyne.Do in the app. Tests
@@ -68,16 +58,7 @@ type Studio struct {
 	x           *extras // the queue and gallery tabs; nil without Services
 }
 
-// New builds the studio into w and loads the history in the background.
-func New(a fyne.App, w fyne.Window, gen Generator, hist History) *Studio {
-	return newStudio(a, w, gen, hist, fyne.Do)
-}
-
-func newStudio(a fyne.App, w fyne.Window, gen Generator, hist History, post func(func())) *Studio {
-	return newStudioWith(a, w, gen, hist, post, nil)
-}
-
-func newStudioWith(a fyne.App, w fyne.Window, gen Generator, hist History, post func(func()), svc *Services) *Studio {
+func newStudioWith(a fyne.App, w fyne.Window, gen generator, hist History, post func(func()), svc *Services) *Studio {
 	s := &Studio{app: a, win: w, gen: gen, hist: hist, post: post, thumbs: newThumbCache()}
 	s.form = newForm(s.Generate, s.do)
 	s.form.load(a.Preferences())
@@ -114,16 +95,6 @@ func newStudioWith(a fyne.App, w fyne.Window, gen Generator, hist History, post 
 	})
 	s.refreshHistory()
 	return s
-}
-
-// Main runs the studio as the application, until its window closes.
-func Main(gen Generator, hist History) {
-	a := app.NewWithID("io.atelier.studio")
-	a.Settings().SetTheme(newStudioTheme())
-	w := a.NewWindow("Atelier")
-	w.Resize(fyne.NewSize(1320, 860))
-	New(a, w, gen, hist)
-	w.ShowAndRun()
 }
 
 func (s *Studio) layout() fyne.CanvasObject {
@@ -444,9 +415,6 @@ func (s *Studio) loadThumbs(paths []string) {
 		s.do(func() { s.strip.thumbReady(p) })
 	}
 }
-
-// historyLoaded reports whether the newest history refresh is on screen.
-func (s *Studio) historyLoaded() bool { return s.historyDone == s.historySeq }
 
 // showRecord shows an image from the history in the viewer.
 func (s *Studio) showRecord(rec core.ImageRecord) {

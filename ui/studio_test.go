@@ -18,13 +18,13 @@ import (
 
 // scriptedJob is a fake job: it sends progress and a preview for each step,
 // writes a result image and records it in hist, as the runner and store do.
-func scriptedJob(t *testing.T, hist *memHistory, dir string) func(context.Context, core.Request, func(core.Message)) (*core.JobOutcome, error) {
+func scriptedJob(t *testing.T, hist *memHistory, dir string) func(context.Context, core.Request, func(event)) (*core.JobOutcome, error) {
 	preview := writePNG(t, dir, "preview.png", 8, 8, color.NRGBA{R: 200, A: 255})
-	return func(ctx context.Context, req core.Request, on func(core.Message)) (*core.JobOutcome, error) {
-		on(core.Message{Type: core.MsgProgress, Stage: "encoding"})
+	return func(ctx context.Context, req core.Request, on func(event)) (*core.JobOutcome, error) {
+		on(event{kind: evProgress, stage: "encoding"})
 		for i := 1; i <= req.Steps; i++ {
-			on(core.Message{Type: core.MsgProgress, Stage: "denoising", Step: i, Total: req.Steps})
-			on(core.Message{Type: core.MsgPreview, Step: i, Path: preview})
+			on(event{kind: evProgress, stage: "denoising", step: i, total: req.Steps})
+			on(event{kind: evPreview, step: i, preview: preview})
 		}
 		path := writePNG(t, dir, "result.png", req.Width, req.Height, color.NRGBA{G: 200, A: 255})
 		img := core.ImageResult{Path: path, Seed: 77, Width: req.Width, Height: req.Height}
@@ -78,7 +78,7 @@ func TestGenerateShowsResultAndGrowsStrip(t *testing.T) {
 }
 
 func TestInvalidFormRunsNoJob(t *testing.T) {
-	gen := &fakeGen{run: func(context.Context, core.Request, func(core.Message)) (*core.JobOutcome, error) {
+	gen := &fakeGen{run: func(context.Context, core.Request, func(event)) (*core.JobOutcome, error) {
 		t.Error("no job may run for an invalid form")
 		return nil, nil
 	}}
@@ -123,8 +123,8 @@ func TestCtrlEnterGenerates(t *testing.T) {
 
 func TestCancelEndsAsCancelled(t *testing.T) {
 	started := make(chan struct{})
-	gen := &fakeGen{run: func(ctx context.Context, req core.Request, on func(core.Message)) (*core.JobOutcome, error) {
-		on(core.Message{Type: core.MsgProgress, Stage: "denoising", Step: 5, Total: req.Steps})
+	gen := &fakeGen{run: func(ctx context.Context, req core.Request, on func(event)) (*core.JobOutcome, error) {
+		on(event{kind: evProgress, stage: "denoising", step: 5, total: req.Steps})
 		close(started)
 		<-ctx.Done() // a job only ends early because it was cancelled
 		return nil, &core.JobError{Code: core.ErrCancelled, Message: "the job was cancelled"}
@@ -146,7 +146,7 @@ func TestCancelEndsAsCancelled(t *testing.T) {
 }
 
 func TestJobErrorShownBesideFieldWithDetail(t *testing.T) {
-	gen := &fakeGen{run: func(context.Context, core.Request, func(core.Message)) (*core.JobOutcome, error) {
+	gen := &fakeGen{run: func(context.Context, core.Request, func(event)) (*core.JobOutcome, error) {
 		return nil, &core.JobError{Code: core.ErrModelNotFound, Field: "model",
 			Message: "model /nope does not exist: use \"tiny\"", Detail: "stat /nope: no such file"}
 	}}
@@ -163,9 +163,9 @@ func TestJobErrorShownBesideFieldWithDetail(t *testing.T) {
 }
 
 func TestProgressIsCoalesced(t *testing.T) {
-	gen := &fakeGen{run: func(ctx context.Context, req core.Request, on func(core.Message)) (*core.JobOutcome, error) {
+	gen := &fakeGen{run: func(ctx context.Context, req core.Request, on func(event)) (*core.JobOutcome, error) {
 		for i := 1; i <= 5000; i++ {
-			on(core.Message{Type: core.MsgProgress, Stage: "denoising", Step: i, Total: 5000})
+			on(event{kind: evProgress, stage: "denoising", step: i, total: 5000})
 		}
 		time.Sleep(50 * time.Millisecond) // let the last frame through before the job ends
 		return nil, &core.JobError{Code: core.ErrInternal, Message: "stop"}
@@ -186,7 +186,7 @@ func TestProgressIsCoalesced(t *testing.T) {
 
 func TestImageMadeButNotRecordedIsStillShown(t *testing.T) {
 	dir := t.TempDir()
-	gen := &fakeGen{run: func(context.Context, core.Request, func(core.Message)) (*core.JobOutcome, error) {
+	gen := &fakeGen{run: func(context.Context, core.Request, func(event)) (*core.JobOutcome, error) {
 		p := writePNG(t, dir, "made.png", 64, 64, color.White)
 		return &core.JobOutcome{Images: []core.ImageResult{{Path: p, Seed: 5, Width: 64, Height: 64}}},
 			errors.New("the images were made but not recorded in the history: disk full")

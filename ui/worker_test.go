@@ -80,7 +80,7 @@ func realStudio(t *testing.T) (testStudio, *core.Store) {
 	require.NoError(t, err)
 	t.Cleanup(func() { store.Close() })
 	runner := core.NewRunner(store, br, paths)
-	return newTestStudio(t, runner, store), store
+	return newTestStudio(t, eventsOf(runner), store), store
 }
 
 func jobCount(t *testing.T, store *core.Store) int {

@@ -1,0 +1,100 @@
+package ui
+
+import (
+	"context"
+
+	"atelier/core"
+)
+
+// This file is the one place where ui reads the worker protocol: the views
+// take the small event below, so a change of the wire format changes this
+// file only.
+
+// eventKind is what an event reports.
+type eventKind int
+
+const (
+	evOther    eventKind = iota // a message the views do not show (accepted, result, error …)
+	evLoading                   // the worker is starting: note says what it does
+	evHello                     // the worker is ready, on device
+	evProgress                  // stage, at step of total
+	evPreview                   // a preview image (file preview) at step
+	evJob                       // job step of total of a batch count: the studio's own, never the worker's
+)
+
+// event is one report of a running job, as the views show it.
+type event struct {
+	kind        eventKind
+	stage       string
+	step, total int
+	elapsed     float64 // seconds since the worker accepted the job
+	note        string
+	device      string
+	preview     string // the preview image's file
+}
+
+// eventOf converts a worker message into the views' event.
+func eventOf(m core.Message) event {
+	e := event{stage: m.Stage, step: m.Step, total: m.Total, elapsed: m.ElapsedS}
+	switch m.Type {
+	case core.MsgLoading:
+		e.kind, e.note = evLoading, m.Message
+	case core.MsgHello:
+		e.kind, e.device = evHello, m.Device
+	case core.MsgProgress:
+		e.kind = evProgress
+	case core.MsgPreview:
+		e.kind, e.preview = evPreview, m.Path
+	}
+	return e
+}
+
+// foldInto adds a progress event to a queue job's live progress (core's
+// ETA bookkeeping, which reads the message itself).
+func (e event) foldInto(l *core.Live) {
+	if e.kind != evProgress {
+		return
+	}
+	l.Update(core.Message{Type: core.MsgProgress, Stage: e.stage, Step: e.step, Total: e.total, ElapsedS: e.elapsed})
+}
+
+// Runner runs one job, streaming the worker's messages to onMessage from its
+// own goroutine. Cancelling ctx cancels the job. core.Runner implements it.
+type Runner interface {
+	Run(ctx context.Context, req core.Request, onMessage func(core.Message)) (*core.JobOutcome, error)
+}
+
+// generator is a Runner as the views see it: a stream of events.
+type generator interface {
+	Run(ctx context.Context, req core.Request, onEvent func(event)) (*core.JobOutcome, error)
+}
+
+// runnerEvents adapts a Runner to the views' events.
+type runnerEvents struct{ r Runner }
+
+func eventsOf(r Runner) runnerEvents { return runnerEvents{r} }
+
+func (g runnerEvents) Run(ctx context.Context, req core.Request, onEvent func(event)) (*core.JobOutcome, error) {
+	return g.r.Run(ctx, req, func(m core.Message) { onEvent(eventOf(m)) })
+}
+
+// Capabilities are those of the runner's worker, when the runner knows them.
+func (g runnerEvents) Capabilities() *core.Capabilities {
+	if src, ok := g.r.(capabilitySource); ok {
+		return src.Capabilities()
+	}
+	return nil
+}
+
+// queueEvent is what the queue runner reports, as the queue view takes it.
+type queueEvent struct {
+	kind   string // core.QueueStarted …
+	job    *core.QueueJob
+	ev     event // with core.QueueMessage
+	err    error
+	paused bool // with core.QueueIdle
+}
+
+func queueEventOf(e core.QueueEvent) queueEvent {
+	return queueEvent{kind: e.Kind, job: e.Job, ev: eventOf(e.Message), err: e.Err, paused: e.Paused}
+}
