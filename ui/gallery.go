@@ -124,7 +124,18 @@ func (g *galleryView) content() fyne.CanvasObject {
 	return container.NewStack(g.gridPane, d)
 }
 
-func (g *galleryView) store() Store { return g.s.x.svc.Store }
+// galleryStore is what the Gallery tab and its detail view ask of the history.
+type galleryStore interface {
+	SearchImages(ctx context.Context, q core.GalleryQuery, offset, limit int) ([]core.ImageRecord, error)
+	CountImages(ctx context.Context, q core.GalleryQuery) (int, error)
+	GalleryModels(ctx context.Context) ([]string, error)
+	Sessions(ctx context.Context) ([]core.Session, error)
+	GetImage(ctx context.Context, id int64) (*core.ImageDetail, error)
+	SetStarred(ctx context.Context, id int64, starred bool) error
+	DeleteImage(ctx context.Context, id int64) (*core.ImageRecord, error)
+}
+
+func (g *galleryView) store() galleryStore { return g.s.x.svc.Store }
 
 // open shows the tab: the first time, or after new images, it queries again.
 func (g *galleryView) open() {

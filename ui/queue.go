@@ -74,7 +74,21 @@ func (v *queueView) content() fyne.CanvasObject {
 		container.NewStack(container.NewCenter(v.empty), v.list))
 }
 
-func (v *queueView) store() Store { return v.s.x.svc.Store }
+// queueStore is what the Queue tab reads and changes of the queue.
+type queueStore interface {
+	QueueJobs(ctx context.Context) ([]core.QueueJob, error)
+	QueueCounts(ctx context.Context) (map[string]int, error)
+	QueuePaused(ctx context.Context) (bool, error)
+	SetQueuePaused(ctx context.Context, paused bool) error
+	MeasuredRate(ctx context.Context, n int) (core.Rate, error)
+	MoveJob(ctx context.Context, id int64, m core.Move) error
+	CancelJob(ctx context.Context, id int64) (string, error)
+	RetryJob(ctx context.Context, id int64) (int64, error)
+	ClearQueue(ctx context.Context, pendingToo bool) (int, error)
+	Sessions(ctx context.Context) ([]core.Session, error)
+}
+
+func (v *queueView) store() queueStore { return v.s.x.svc.Store }
 
 // refresh reloads the queue from the store (a few rows: fast enough for
 // the UI goroutine, and readers never wait for a writer in WAL mode).

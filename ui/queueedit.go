@@ -42,6 +42,14 @@ func newQueueEdit(s *Studio) *queueEdit {
 	return e
 }
 
+// pendingJobEditor is what the edit mode needs: to rewrite a job that has
+// not started.
+type pendingJobEditor interface {
+	UpdatePendingJob(ctx context.Context, id int64, req core.Request) error
+}
+
+func (e *queueEdit) store() pendingJobEditor { return e.s.x.svc.Store }
+
 // editing reports whether the form holds a queued job's settings.
 func (e *queueEdit) editing() bool { return e.id != 0 }
 
@@ -109,7 +117,7 @@ func (e *queueEdit) saveJob() {
 		s.showRefusal(err)
 		return
 	}
-	err = s.x.svc.Store.UpdatePendingJob(context.Background(), id, req)
+	err = e.store().UpdatePendingJob(context.Background(), id, req)
 	switch {
 	case errors.Is(err, core.ErrNotPending):
 		// The form keeps the changes, so they can still be queued or generated.
@@ -124,12 +132,4 @@ func (e *queueEdit) saveJob() {
 		s.status.set(statusDone, fmt.Sprintf("Saved queued job #%d.", id), "")
 	}
 	s.x.queue.refresh()
-}
-
-// editBar is the bar above the form, or nil without the queue.
-func (s *Studio) editBar() fyne.CanvasObject {
-	if s.x == nil {
-		return nil
-	}
-	return s.x.edit.bar
 }

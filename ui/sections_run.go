@@ -91,32 +91,3 @@ func (s *sections) afterJob(gen generator, out *core.JobOutcome) {
 	s.showResult(out)
 	s.refreshCapabilities(gen)
 }
-
-// runJobs runs count jobs one after another, job k at seed + k × batch size
-// (a random seed resolved once), and returns their images together. It stops
-// at the first failure, returning what was made before it.
-func runJobs(ctx context.Context, gen generator, req core.Request, count int, onEvent func(event)) (*core.JobOutcome, error) {
-	if count <= 1 {
-		return gen.Run(ctx, req, onEvent)
-	}
-	reqs, err := core.ExpandBatchCount(req, count)
-	if err != nil {
-		return nil, err
-	}
-	var merged *core.JobOutcome
-	for k, r := range reqs {
-		onEvent(event{kind: evJob, step: k + 1, total: len(reqs)})
-		out, err := gen.Run(ctx, r, onEvent)
-		if out != nil {
-			if merged == nil {
-				merged = &core.JobOutcome{}
-			}
-			merged.JobID, merged.UID, merged.Metrics, merged.ControlImages = out.JobID, out.UID, out.Metrics, out.ControlImages
-			merged.Images = append(merged.Images, out.Images...)
-		}
-		if err != nil {
-			return merged, err
-		}
-	}
-	return merged, nil
-}

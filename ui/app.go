@@ -1,0 +1,57 @@
+package ui
+
+import (
+	"context"
+
+	"fyne.io/fyne/v2"
+	"fyne.io/fyne/v2/app"
+
+	"atelier/core"
+)
+
+// Store is the history behind the queue and gallery tabs: what the views
+// ask of it together. Each view keeps only its own part (queueStore,
+// galleryStore …). core.Store implements it.
+type Store interface {
+	History
+	queueStore
+	queueSubmitter
+	pendingJobEditor
+	galleryStore
+	stateStore
+}
+
+// QueueRunner runs the queue in the background. core.QueueRunner implements it.
+type QueueRunner interface {
+	Wake()
+	Cancel(ctx context.Context, id int64) (string, error)
+}
+
+// Services are the parts behind the queue and gallery tabs. Without them
+// (nil) the studio is the single generate view.
+type Services struct {
+	Store  Store
+	Queue  QueueRunner // nil: jobs wait for another process (atelier queue run)
+	Thumbs *core.Thumbnailer
+	Paths  core.Paths
+	// ExportImages copies images with their metadata: core.ExportImages over
+	// the store, in the app.
+	ExportImages func(ctx context.Context, ids []int64, dir string) ([]string, error)
+	// ChooseFolder asks for a folder with the native dialog; tests replace it.
+	ChooseFolder func(title string) (string, error)
+}
+
+// MainWith runs the studio with the queue and gallery tabs, until its window
+// closes. The queue runner's events must reach OnQueueEvent of the returned
+// studio: start runs it once the studio exists.
+func MainWith(gen Runner, hist History, svc *Services, start func(s *Studio)) {
+	a := app.NewWithID("io.atelier.studio")
+	a.Settings().SetTheme(newStudioTheme())
+	w := a.NewWindow("Atelier")
+	w.Resize(fyne.NewSize(1320, 860))
+	s := newStudioWith(a, w, eventsOf(gen), hist, fyne.Do, svc)
+	if start != nil {
+		start(s)
+	}
+	w.ShowAndRun()
+}

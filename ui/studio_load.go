@@ -1,0 +1,121 @@
+package ui
+
+import (
+	"errors"
+	"fmt"
+	"image"
+	_ "image/jpeg" // dropped JPEGs: their size
+	_ "image/png"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	"fyne.io/fyne/v2"
+
+	"atelier/core"
+)
+
+// Dropped loads the settings of the first PNG dropped onto the window into the form.
+func (s *Studio) Dropped(uris []fyne.URI) {
+	for _, u := range uris {
+		if u.Scheme() != "file" {
+			continue
+		}
+		switch strings.ToLower(filepath.Ext(u.Path())) {
+		case ".png":
+			s.ImportPNG(u.Path())
+			return
+		case ".jpg", ".jpeg", ".webp":
+			s.dropInit(u.Path())
+			return
+		}
+	}
+	if len(uris) > 0 {
+		s.status.set(statusWarn, "Drop a PNG made by Atelier or AUTOMATIC1111 to load its settings, or any PNG, JPEG or WebP image to start from it (img2img).", "")
+	}
+}
+
+// dropInit makes a dropped picture that carries no settings the init image,
+// at its own size where it can be read.
+func (s *Studio) dropInit(path string) {
+	w, h := 0, 0
+	if f, err := os.Open(path); err == nil {
+		if cfg, _, err := image.DecodeConfig(f); err == nil {
+			w, h = cfg.Width, cfg.Height
+		}
+		f.Close()
+	}
+	s.useAsInit(path, w, h)
+}
+
+// ImportPNG reads a PNG's generation settings into the form.
+func (s *Studio) ImportPNG(path string) {
+	base, verr := s.form.request()
+	if verr != nil {
+		base = core.DefaultRequest()
+	}
+	models := ""
+	if s.x != nil {
+		models = s.x.svc.Paths.Models
+	}
+	got, err := core.ImportPNG(path, base, models)
+	if errors.Is(err, core.ErrNoSettings) {
+		s.dropInit(path) // a picture from elsewhere: start from it
+		return
+	}
+	if err != nil {
+		s.status.set(statusError, sentence(err.Error()), "")
+		return
+	}
+	s.form.set(got.Request)
+	if s.x != nil {
+		s.x.tabs.SelectIndex(tabStudio)
+	}
+	msg := "Loaded the settings of " + filepath.Base(path) + "."
+	if len(got.Notes) > 0 {
+		s.status.set(statusWarn, msg+" Not used: "+strings.Join(got.Notes, "; ")+".", got.Text)
+		return
+	}
+	s.status.set(statusDone, msg, "")
+}
+
+// useSettings fills the form with a request from the history and shows it.
+func (s *Studio) useSettings(r core.Request) {
+	r.OutputDir = ""
+	if r.BatchSize == 0 {
+		r.BatchSize = 1
+	}
+	s.form.set(r)
+	if s.x != nil {
+		s.x.tabs.SelectIndex(tabStudio)
+	}
+	s.status.set(statusInfo, fmt.Sprintf("Settings loaded (seed %d). Generate or add to the queue.", r.Seed), "")
+}
+
+// useAsInit makes a finished image the init image of the form (A1111's "send
+// to img2img"): the size becomes the image's, and what does not go with an
+// init image (the hires pass, an old mask) is cleared.
+func (s *Studio) useAsInit(path string, width, height int) {
+	f := s.form
+	f.feat.initImage.SetText(path)
+	f.feat.mask.SetText("")
+	f.feat.hires.SetText("")
+	if width > 0 && height > 0 {
+		// Its size, down to multiples of 8; a picture past the largest size is
+		// scaled down whole, keeping its shape.
+		scale := min(1, float64(core.MaxSize)/float64(max(width, height)))
+		fit := func(v int) int {
+			return max(int(float64(v)*scale)/core.SizeMultiple*core.SizeMultiple, core.MinSize)
+		}
+		f.width.SetText(strconv.Itoa(fit(width)))
+		f.height.SetText(strconv.Itoa(fit(height)))
+	}
+	f.clearErrors()
+	f.feat.openSectionOf(fInitImage)
+	if s.x != nil {
+		s.x.tabs.SelectIndex(tabStudio)
+	}
+	s.status.set(statusInfo, fmt.Sprintf("%s is the init image. Describe the change, set the denoising strength, then Generate.",
+		filepath.Base(path)), "")
+}
