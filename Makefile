@@ -80,6 +80,12 @@ lint: vet
 vet: go-deps
 	$(GO) vet -tags $(GOTAGS) ./...
 
+## generate: core/spec/spec_gen.go and python/atelier_worker/spec.py from docs/protocol/spec.json
+.PHONY: generate
+generate:
+	$(GO) generate ./core/spec
+	python3 python/scripts/gen_spec.py
+
 ## test-go: the Go tests (real worker on the CPU, real SQLite, Fyne test driver)
 test-go: deps
 	$(GO) test -tags $(GOTAGS) -count=1 -timeout 60m ./...
