@@ -137,3 +137,46 @@ func TestCorePickleExtsMatchSpec(t *testing.T) {
 		}
 	}
 }
+
+// TestCoreInfotextReadsSpecKeys: core reads the parameters text the worker writes with
+// the spec's keys.
+func TestCoreInfotextReadsSpecKeys(t *testing.T) {
+	kv := func(k, v string) string { return k + ": " + v }
+	text := func(pairs ...string) string {
+		return "a lighthouse\n" + spec.InfotextNegativePrompt + " fog\n" + strings.Join(append([]string{
+			kv(spec.InfotextSteps, "7"), kv(spec.InfotextSampler, spec.SamplerNames["dpmpp_2m"]),
+			kv(spec.InfotextScheduleType, spec.ScheduleNames["karras"]), kv(spec.InfotextCFGScale, "6.5"),
+			kv(spec.InfotextSeed, "42"), kv(spec.InfotextSize, "64x128"), kv(spec.InfotextModel, spec.TinyModel),
+		}, append(pairs, kv(spec.InfotextVersion, spec.InfotextVersionPrefix+"0.1.0"))...), ", ")
+	}
+	unit := strings.Join([]string{kv(spec.InfotextUnitModule, "canny"), kv(spec.InfotextUnitModel, spec.TinyControlNet),
+		kv(spec.InfotextUnitWeight, "1"), kv(spec.InfotextUnitGuidanceStart, "0"), kv(spec.InfotextUnitGuidanceEnd, "1"),
+		kv(spec.InfotextUnitThresholdA, "100"), kv(spec.InfotextUnitThresholdB, "200")}, ", ")
+
+	req := core.DefaultRequest()
+	notes := core.ParseInfotext(text(
+		kv(spec.InfotextDenoisingStrength, "0.6"), kv(spec.InfotextMaskBlur, "3"),
+		kv(spec.InfotextInpaintArea, spec.InfotextOnlyMasked), kv(spec.InfotextMaskedAreaPadding, "16"),
+		kv(spec.InfotextVAE, spec.TinyVAE), kv(spec.InfotextLoRAHashes, `"tiny-lora: 0123456789"`),
+		kv(spec.InfotextLoRAs, `"<lora:tiny-lora:0.8>"`), kv(spec.InfotextControlNet+" 0", `"`+unit+`"`),
+		kv(spec.InfotextRefiner, spec.TinyRefiner), kv(spec.InfotextRefinerSwitchAt, "0.7"),
+		kv(spec.InfotextPostprocessUpscaler, spec.InfotextLanczos), kv(spec.InfotextPostprocessUpscaleBy, "3"),
+	)).ApplyTo(&req)
+	want := core.DefaultRequest()
+	want.Prompt, want.NegativePrompt, want.Steps, want.Scheduler, want.Schedule = "a lighthouse", "fog", 7, "dpmpp_2m", "karras"
+	want.CFG, want.Seed, want.Width, want.Height = 6.5, 42, 64, 128
+	want.Strength, want.MaskBlur, want.MaskPadding, want.VAE = 0.6, core.IntPtr(3), 16, spec.TinyVAE
+	want.LoRAs = []core.LoRA{{Path: spec.TinyLoRA, Weight: 0.8}}
+	want.Refiner, want.RefinerSwitch, want.Upscaler, want.Upscale = spec.TinyRefiner, 0.7, spec.LanczosUpscaler, 3
+	assert.Equal(t, want, req)
+	require.Len(t, notes, 1, "only the ControlNet's image cannot come back")
+	assert.Contains(t, notes[0], "ControlNet 0 (canny, "+spec.TinyControlNet+")")
+
+	for _, hires := range []string{kv(spec.InfotextHiresUpscale, "2"), kv(spec.InfotextHiresResize, "128x256")} {
+		req = core.DefaultRequest()
+		notes = core.ParseInfotext(text(kv(spec.InfotextDenoisingStrength, "0.4"), hires,
+			kv(spec.InfotextHiresSteps, "12"), kv(spec.InfotextHiresUpscaler, spec.InfotextLanczos))).ApplyTo(&req)
+		assert.Empty(t, notes, hires)
+		assert.Equal(t, []any{2.0, 12, 0.4, 0.0}, []any{req.HiresScale, req.HiresSteps, req.HiresStrength, req.Strength}, hires)
+	}
+}

@@ -309,6 +309,66 @@ const (
 	LanczosUpscaler = "lanczos"
 )
 
+// The keys of AUTOMATIC1111's parameters text in the PNGs (docs/protocol.md, PNG
+// metadata), in the order the worker writes them; Go reads them back into a request.
+const (
+	InfotextSteps        = "Steps"
+	InfotextSampler      = "Sampler"
+	InfotextScheduleType = "Schedule type"
+	InfotextCFGScale     = "CFG scale"
+	InfotextSeed         = "Seed"
+	InfotextSize         = "Size"
+	InfotextModel        = "Model"
+	// InfotextDenoisingStrength: strength, or hires_strength with the hires keys.
+	InfotextDenoisingStrength = "Denoising strength"
+	InfotextMaskBlur          = "Mask blur"
+	InfotextInpaintArea       = "Inpaint area"
+	InfotextMaskedAreaPadding = "Masked area padding"
+	InfotextVAE               = "VAE"
+	InfotextLoRAHashes        = "Lora hashes"
+	InfotextLoRAs             = "Loras"
+	// InfotextControlNet: followed by the unit's index: ControlNet 0, ControlNet 1 and so
+	// on.
+	InfotextControlNet           = "ControlNet"
+	InfotextRefiner              = "Refiner"
+	InfotextRefinerSwitchAt      = "Refiner switch at"
+	InfotextPostprocessUpscaler  = "Postprocess upscaler"
+	InfotextPostprocessUpscaleBy = "Postprocess upscale by"
+	InfotextHiresUpscale         = "Hires upscale"
+	InfotextHiresSteps           = "Hires steps"
+	InfotextHiresUpscaler        = "Hires upscaler"
+	// InfotextHiresResize: AUTOMATIC1111 writes it instead of Hires upscale; Atelier only
+	// reads it.
+	InfotextHiresResize = "Hires resize"
+	InfotextVersion     = "Version"
+)
+
+// The keys inside one ControlNet value of the parameters text (sd-webui-controlnet's
+// layout).
+const (
+	InfotextUnitModule        = "Module"
+	InfotextUnitType          = "Type"
+	InfotextUnitModel         = "Model"
+	InfotextUnitWeight        = "Weight"
+	InfotextUnitGuidanceStart = "Guidance Start"
+	InfotextUnitGuidanceEnd   = "Guidance End"
+	InfotextUnitThresholdA    = "Threshold A"
+	InfotextUnitThresholdB    = "Threshold B"
+)
+
+// Fixed words of the parameters text.
+const (
+	// InfotextNegativePrompt: the start of the negative prompt's line.
+	InfotextNegativePrompt = "Negative prompt:"
+	// InfotextOnlyMasked: Inpaint area with a mask_padding.
+	InfotextOnlyMasked = "Only masked"
+	// InfotextLanczos: the built-in upscaler's name, in Postprocess upscaler and Hires
+	// upscaler.
+	InfotextLanczos = "Lanczos"
+	// InfotextVersionPrefix: Version's value is this and the worker's version.
+	InfotextVersionPrefix = "Atelier "
+)
+
 // PickleExts are the extensions of pickle formats.
 //
 // A pickle file can run arbitrary code when it is loaded, so both sides refuse one

@@ -233,6 +233,59 @@ TINY_UPSCALER = "tiny-upscaler"
 TINY_SINGLE_FILE = "tiny-single-file"
 LANCZOS_UPSCALER = "lanczos"
 
+# The keys of AUTOMATIC1111's parameters text in the PNGs (docs/protocol.md, PNG metadata),
+# in the order the worker writes them; Go reads them back into a request.
+INFOTEXT_STEPS = "Steps"
+INFOTEXT_SAMPLER = "Sampler"
+INFOTEXT_SCHEDULE_TYPE = "Schedule type"
+INFOTEXT_CFG_SCALE = "CFG scale"
+INFOTEXT_SEED = "Seed"
+INFOTEXT_SIZE = "Size"
+INFOTEXT_MODEL = "Model"
+# INFOTEXT_DENOISING_STRENGTH: strength, or hires_strength with the hires keys.
+INFOTEXT_DENOISING_STRENGTH = "Denoising strength"
+INFOTEXT_MASK_BLUR = "Mask blur"
+INFOTEXT_INPAINT_AREA = "Inpaint area"
+INFOTEXT_MASKED_AREA_PADDING = "Masked area padding"
+INFOTEXT_VAE = "VAE"
+INFOTEXT_LORA_HASHES = "Lora hashes"
+INFOTEXT_LORAS = "Loras"
+# INFOTEXT_CONTROLNET: followed by the unit's index: ControlNet 0, ControlNet 1 and so on.
+INFOTEXT_CONTROLNET = "ControlNet"
+INFOTEXT_REFINER = "Refiner"
+INFOTEXT_REFINER_SWITCH_AT = "Refiner switch at"
+INFOTEXT_POSTPROCESS_UPSCALER = "Postprocess upscaler"
+INFOTEXT_POSTPROCESS_UPSCALE_BY = "Postprocess upscale by"
+INFOTEXT_HIRES_UPSCALE = "Hires upscale"
+INFOTEXT_HIRES_STEPS = "Hires steps"
+INFOTEXT_HIRES_UPSCALER = "Hires upscaler"
+# INFOTEXT_HIRES_RESIZE: AUTOMATIC1111 writes it instead of Hires upscale; Atelier only
+# reads it.
+INFOTEXT_HIRES_RESIZE = "Hires resize"
+INFOTEXT_VERSION = "Version"
+
+# The keys inside one ControlNet value of the parameters text (sd-webui-controlnet's
+# layout).
+INFOTEXT_UNIT_MODULE = "Module"
+INFOTEXT_UNIT_TYPE = "Type"
+INFOTEXT_UNIT_MODEL = "Model"
+INFOTEXT_UNIT_WEIGHT = "Weight"
+INFOTEXT_UNIT_GUIDANCE_START = "Guidance Start"
+INFOTEXT_UNIT_GUIDANCE_END = "Guidance End"
+INFOTEXT_UNIT_THRESHOLD_A = "Threshold A"
+INFOTEXT_UNIT_THRESHOLD_B = "Threshold B"
+
+# Fixed words of the parameters text.
+# INFOTEXT_NEGATIVE_PROMPT: the start of the negative prompt's line.
+INFOTEXT_NEGATIVE_PROMPT = "Negative prompt:"
+# INFOTEXT_ONLY_MASKED: Inpaint area with a mask_padding.
+INFOTEXT_ONLY_MASKED = "Only masked"
+# INFOTEXT_LANCZOS: the built-in upscaler's name, in Postprocess upscaler and Hires
+# upscaler.
+INFOTEXT_LANCZOS = "Lanczos"
+# INFOTEXT_VERSION_PREFIX: Version's value is this and the worker's version.
+INFOTEXT_VERSION_PREFIX = "Atelier "
+
 # The extensions of pickle formats.
 # A pickle file can run arbitrary code when it is loaded, so both sides refuse one wherever
 # weights are taken (comparing the extension in lower case).

@@ -250,6 +250,9 @@ GROUPS = {
     "defaults": lambda w, v: _scalars(w, v, "DEFAULT_"),
     "form": lambda w, v: _scalars(w, v, "FORM_"),
     "names": lambda w, v: _scalars(w, v, ""),
+    "infotext_keys": lambda w, v: _scalars(w, v, "INFOTEXT_"),
+    "infotext_unit_keys": lambda w, v: _scalars(w, v, "INFOTEXT_UNIT_"),
+    "infotext_values": lambda w, v: _scalars(w, v, "INFOTEXT_"),
     "pickle_exts": lambda w, v: _list(w, "PICKLE_EXTS", "The extensions of pickle formats.", v,
                                       "pickle_exts"),
 }

@@ -253,3 +253,43 @@ def test_decoder_bounds_match_spec(what, make, lo, hi, step):
     assert not _decodes(make(hi + step)), f"{what} {hi + step} is accepted"
     if what not in ("loras", "controlnets"):  # a list has no length below 0
         assert not _decodes(make(lo - step)), f"{what} {lo - step} is accepted"
+
+
+# The parameters text: the worker writes these keys, Go's reader (core) reads them back.
+
+def _string_constants() -> set[str]:
+    out = set()
+    for folder, _, files in os.walk(PACKAGE):
+        for name in files:
+            if name.endswith(".py") and os.path.join(folder, name) != spec.__file__:
+                with open(os.path.join(folder, name), encoding="utf-8") as f:
+                    tree = ast.parse(f.read(), name)
+                out |= {n.value for n in ast.walk(tree)
+                        if isinstance(n, ast.Constant) and isinstance(n.value, str)}
+    return out
+
+
+def test_infotext_words_are_the_specs():
+    words = {k: v for k, v in vars(spec).items() if k.startswith("INFOTEXT_")}
+    del words["INFOTEXT_HIRES_RESIZE"]  # A1111's, which the worker never writes
+    consts = _string_constants()
+    missing = [f"{k} = {v!r}" for k, v in words.items()
+               if not any(c == v or c.startswith(v + " ") for c in consts)]
+    assert not missing, "the worker's code no longer writes: " + ", ".join(missing)
+
+
+def test_infotext_base_keys_are_the_specs():
+    text = infotext.format_parameters(prompt="p", negative_prompt="n", steps=4, scheduler="euler",
+                                      cfg=5, seed=1, width=64, height=64, model="tiny",
+                                      version="9.9", schedule="karras")
+    _, negative, settings = text.split("\n")
+    assert negative == f"{spec.INFOTEXT_NEGATIVE_PROMPT} n"
+    pairs = [kv.split(": ", 1) for kv in settings.split(", ")]
+    assert [k for k, _ in pairs] == [
+        spec.INFOTEXT_STEPS, spec.INFOTEXT_SAMPLER, spec.INFOTEXT_SCHEDULE_TYPE,
+        spec.INFOTEXT_CFG_SCALE, spec.INFOTEXT_SEED, spec.INFOTEXT_SIZE, spec.INFOTEXT_MODEL,
+        spec.INFOTEXT_VERSION]
+    values = dict(pairs)
+    assert values[spec.INFOTEXT_SAMPLER] == spec.SAMPLER_NAMES["euler"]
+    assert values[spec.INFOTEXT_SCHEDULE_TYPE] == spec.SCHEDULE_NAMES["karras"]
+    assert values[spec.INFOTEXT_VERSION] == spec.INFOTEXT_VERSION_PREFIX + "9.9"

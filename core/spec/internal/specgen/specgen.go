@@ -215,6 +215,15 @@ var groups = map[string]func(w *writer, v any){
 	"names": func(w *writer, v any) {
 		w.scalars(v, func(key string) string { return camel(key) })
 	},
+	"infotext_keys": func(w *writer, v any) {
+		w.scalars(v, func(key string) string { return "Infotext" + camel(key) })
+	},
+	"infotext_unit_keys": func(w *writer, v any) {
+		w.scalars(v, func(key string) string { return "InfotextUnit" + camel(key) })
+	},
+	"infotext_values": func(w *writer, v any) {
+		w.scalars(v, func(key string) string { return "Infotext" + camel(key) })
+	},
 }
 
 type writer struct{ buf bytes.Buffer }
