@@ -6,6 +6,7 @@ from __future__ import annotations
 import ast
 import importlib.util
 import inspect
+import itertools
 import json
 import os
 import re
@@ -32,8 +33,8 @@ def test_generated_spec_is_fresh():
         have = f.read()
     want = gen.render(gen.load())
     if have != want:
-        diff = next(((i + 1, h, w) for i, (h, w) in enumerate(
-            zip(have.splitlines() + [""] * 999, want.splitlines() + [""] * 999)) if h != w), None)
+        diff = next((i + 1, h, w) for i, (h, w) in enumerate(
+            itertools.zip_longest(have.splitlines(), want.splitlines(), fillvalue="")) if h != w)
         pytest.fail(f"python/atelier_worker/spec.py is stale: run {gen.COMMAND}\n"
                     f"first difference, line {diff[0]}:\n  spec.py has:        {diff[1]}\n"
                     f"  the spec generates: {diff[2]}", pytrace=False)
