@@ -14,25 +14,25 @@ import (
 
 func TestFirstRunUsesTinyModelAndSaysWhatItIs(t *testing.T) {
 	s := newTestStudio(t, &fakeGen{}, &memHistory{})
-	assert.Equal(t, core.TinyModel, s.form.model.Text)
-	assert.Equal(t, tinyHint, s.form.modelHint.Text)
-	s.form.model.SetText("/models/sdxl-base")
-	assert.Equal(t, folderHint, s.form.modelHint.Text)
+	assert.Equal(t, core.TinyModel, s.form.model.entry.Text)
+	assert.Equal(t, tinyHint, s.form.model.hint.Text)
+	s.form.model.entry.SetText("/models/sdxl-base")
+	assert.Equal(t, folderHint, s.form.model.hint.Text)
 }
 
 func TestFormMapsToRequest(t *testing.T) {
 	s := newTestStudio(t, &fakeGen{}, &memHistory{})
 	f := s.form
-	f.prompt.SetText("")
-	test.Type(f.prompt, "a red fox in snow")
-	f.negative.SetText("  blurry  ")
-	f.model.SetText(" /models/sdxl ")
-	f.scheduler.SetSelected("DPM++ 2M")
-	f.steps.SetText("25")
-	f.cfg.SetText("6.5")
-	f.size.SetSelected(sizePresets[3].label) // 1344 × 768
-	f.seed.SetText("1234")
-	f.batch.SetSelected("3")
+	f.prompts.prompt.SetText("")
+	test.Type(f.prompts.prompt, "a red fox in snow")
+	f.prompts.negative.SetText("  blurry  ")
+	f.model.entry.SetText(" /models/sdxl ")
+	f.sampling.scheduler.SetSelected("DPM++ 2M")
+	f.steps.steps.SetText("25")
+	f.steps.cfg.SetText("6.5")
+	f.size.preset.SetSelected(sizePresets[3].label) // 1344 × 768
+	f.seed.seed.SetText("1234")
+	f.batch.batchSize.SetSelected("3")
 
 	req, verr := f.request()
 	require.Nil(t, verr)
@@ -42,36 +42,36 @@ func TestFormMapsToRequest(t *testing.T) {
 		BatchSize: 3, PreviewEvery: 1,
 	}, req)
 	// The sliders follow the entries they are linked to.
-	assert.Equal(t, 25.0, f.stepsSlider.Value)
-	assert.Equal(t, 6.5, f.cfgSlider.Value)
+	assert.Equal(t, 25.0, f.steps.stepsSlider.Value)
+	assert.Equal(t, 6.5, f.steps.cfgSlider.Value)
 }
 
 func TestSliderWritesEntry(t *testing.T) {
 	s := newTestStudio(t, &fakeGen{}, &memHistory{})
-	s.form.stepsSlider.SetValue(42)
-	s.form.cfgSlider.SetValue(7.5)
-	assert.Equal(t, "42", s.form.steps.Text)
-	assert.Equal(t, "7.5", s.form.cfg.Text)
+	s.form.steps.stepsSlider.SetValue(42)
+	s.form.steps.cfgSlider.SetValue(7.5)
+	assert.Equal(t, "42", s.form.steps.steps.Text)
+	assert.Equal(t, "7.5", s.form.steps.cfg.Text)
 }
 
 func TestSizePresetsAndCustom(t *testing.T) {
 	s := newTestStudio(t, &fakeGen{}, &memHistory{})
 	f := s.form
-	f.size.SetSelected(sizePresets[6].label) // 832 × 1216
-	assert.Equal(t, "832", f.width.Text)
-	assert.Equal(t, "1216", f.height.Text)
+	f.size.preset.SetSelected(sizePresets[6].label) // 832 × 1216
+	assert.Equal(t, "832", f.size.width.Text)
+	assert.Equal(t, "1216", f.size.height.Text)
 
-	f.width.SetText("640")
-	assert.Equal(t, customSize, f.size.Selected, "a size that is no preset shows as Custom")
-	f.width.SetText("1024")
-	f.height.SetText("1024")
-	assert.Equal(t, sizePresets[0].label, f.size.Selected, "typing a preset's size selects it")
+	f.size.width.SetText("640")
+	assert.Equal(t, customSize, f.size.preset.Selected, "a size that is no preset shows as Custom")
+	f.size.width.SetText("1024")
+	f.size.height.SetText("1024")
+	assert.Equal(t, sizePresets[0].label, f.size.preset.Selected, "typing a preset's size selects it")
 
-	f.width.SetText("768")
-	f.height.SetText("1344")
-	test.Tap(f.swap)
-	assert.Equal(t, "1344", f.width.Text)
-	assert.Equal(t, "768", f.height.Text)
+	f.size.width.SetText("768")
+	f.size.height.SetText("1344")
+	test.Tap(f.size.swap)
+	assert.Equal(t, "1344", f.size.width.Text)
+	assert.Equal(t, "768", f.size.height.Text)
 }
 
 func TestRandomSeedButton(t *testing.T) {
@@ -79,8 +79,8 @@ func TestRandomSeedButton(t *testing.T) {
 	f := s.form
 	seen := map[int64]bool{}
 	for i := 0; i < 3; i++ {
-		test.Tap(f.dice)
-		seed, err := strconv.ParseInt(f.seed.Text, 10, 64)
+		test.Tap(f.seed.dice)
+		seed, err := strconv.ParseInt(f.seed.seed.Text, 10, 64)
 		require.NoError(t, err, "the dice puts a number in the seed field")
 		assert.GreaterOrEqual(t, seed, int64(0))
 		assert.LessOrEqual(t, seed, core.MaxSeed)
@@ -91,12 +91,12 @@ func TestRandomSeedButton(t *testing.T) {
 	}
 	assert.Len(t, seen, 3, "each roll gives a new seed")
 
-	test.Tap(f.anySeed)
+	test.Tap(f.seed.anySeed)
 	req, verr := f.request()
 	require.Nil(t, verr)
 	assert.Equal(t, int64(-1), req.Seed, "Any means a random seed per job")
 
-	f.seed.SetText("")
+	f.seed.seed.SetText("")
 	req, verr = f.request()
 	require.Nil(t, verr)
 	assert.Equal(t, int64(-1), req.Seed, "an empty seed also means random")
@@ -120,7 +120,7 @@ func TestFormReportsEachBadFieldByName(t *testing.T) {
 		t.Run(c.field+"="+c.text, func(t *testing.T) {
 			s := newTestStudio(t, &fakeGen{}, &memHistory{})
 			f := s.form
-			f.entries[c.field].SetText(c.text)
+			f.fields.entries[c.field].SetText(c.text)
 			_, verr := f.request()
 			require.NotNil(t, verr)
 			require.Len(t, verr.Fields, 1, "only the changed field is wrong: %v", verr)
@@ -135,16 +135,16 @@ func TestFormRemembersTheLastJobsSettings(t *testing.T) {
 	gen := &fakeGen{run: scriptedJob(t, hist, t.TempDir())}
 	s := newTestStudio(t, gen, hist)
 	setForm(s, "remember me", 12, 64, 64)
-	s.form.model.SetText("/models/mine")
+	s.form.model.entry.SetText("/models/mine")
 	test.Tap(s.generate)
 	s.waitFor(t, 20*time.Second, "the job to end", func() bool { return s.job == nil })
 
 	// A new window of the same app (as after a restart) starts from that job.
 	q := &uiQueue{}
 	again := newStudio(s.app, test.NewTempWindow(t, nil), gen, hist, q.post)
-	assert.Equal(t, "remember me", again.form.prompt.Text)
-	assert.Equal(t, "12", again.form.steps.Text)
-	assert.Equal(t, "/models/mine", again.form.model.Text)
-	assert.Equal(t, []string{core.TinyModel, "/models/mine"}, again.form.models,
+	assert.Equal(t, "remember me", again.form.prompts.prompt.Text)
+	assert.Equal(t, "12", again.form.steps.steps.Text)
+	assert.Equal(t, "/models/mine", again.form.model.entry.Text)
+	assert.Equal(t, []string{core.TinyModel, "/models/mine"}, again.form.model.recent,
 		"the demo model stays one click away")
 }

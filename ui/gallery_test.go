@@ -123,25 +123,25 @@ func TestGallerySearchDetailAndActions(t *testing.T) {
 	assert.True(t, det.Starred)
 
 	// "Use these settings" fills the form and goes to it.
-	s.form.prompt.SetText("something else")
+	s.form.prompts.prompt.SetText("something else")
 	test.Tap(d.use)
 	assert.Equal(t, tabStudio, s.x.tabs.SelectedIndex())
-	assert.Equal(t, "a lighthouse at dusk", s.form.prompt.Text)
-	assert.Equal(t, "blurry", s.form.negative.Text)
-	assert.Equal(t, "1", s.form.seed.Text)
-	assert.Equal(t, "6", s.form.steps.Text)
-	assert.Equal(t, "4.5", s.form.cfg.Text)
+	assert.Equal(t, "a lighthouse at dusk", s.form.prompts.prompt.Text)
+	assert.Equal(t, "blurry", s.form.prompts.negative.Text)
+	assert.Equal(t, "1", s.form.seed.seed.Text)
+	assert.Equal(t, "6", s.form.steps.steps.Text)
+	assert.Equal(t, "4.5", s.form.steps.cfg.Text)
 	req, verr := s.form.request()
 	require.Nil(t, verr)
 	assert.Equal(t, det.Request.Prompt, req.Prompt)
 
 	// "Use as init image" also makes the image the start of an img2img job at its size.
-	s.form.prompt.SetText("something else")
-	s.form.feat.hires.SetText("2") // does not go with an init image: cleared
+	s.form.prompts.prompt.SetText("something else")
+	s.form.hires.scale.SetText("2") // does not go with an init image: cleared
 	s.x.tabs.SelectIndex(tabGallery)
 	test.Tap(d.toInit)
 	assert.Equal(t, tabStudio, s.x.tabs.SelectedIndex())
-	assert.Equal(t, "a lighthouse at dusk", s.form.prompt.Text)
+	assert.Equal(t, "a lighthouse at dusk", s.form.prompts.prompt.Text)
 	req, verr = s.form.request()
 	require.Nil(t, verr, "the form is ready to generate")
 	assert.Equal(t, lighthouse.Path, req.InitImage)

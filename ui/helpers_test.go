@@ -140,11 +140,11 @@ func writePNG(t *testing.T, dir, name string, w, h int, c color.Color) string {
 // setForm fills the form for a small, fast job.
 func setForm(s testStudio, prompt string, steps, w, h int) {
 	f := s.form
-	f.prompt.SetText("")
-	test.Type(f.prompt, prompt)
-	f.model.SetText(core.TinyModel)
-	f.steps.SetText(strconv.Itoa(steps))
-	f.width.SetText(strconv.Itoa(w))
-	f.height.SetText(strconv.Itoa(h))
-	f.seed.SetText("-1")
+	f.prompts.prompt.SetText("")
+	test.Type(f.prompts.prompt, prompt)
+	f.model.entry.SetText(core.TinyModel)
+	f.steps.steps.SetText(strconv.Itoa(steps))
+	f.size.width.SetText(strconv.Itoa(w))
+	f.size.height.SetText(strconv.Itoa(h))
+	f.seed.seed.SetText("-1")
 }

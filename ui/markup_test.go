@@ -26,7 +26,7 @@ func markupStudio(t *testing.T) (testStudio, *core.Store) {
 	s, store, _ := servicesStudio(t, nil, nil)
 	s.app.Settings().SetTheme(newStudioTheme())
 	s.waitFor(t, 20*time.Second, "the history and the model library", func() bool {
-		return s.historyLoaded() && s.form.feat.lib != nil
+		return s.historyLoaded() && s.form.lib != nil
 	})
 	return s, store
 }
@@ -57,9 +57,9 @@ func TestStudioFormMarkup(t *testing.T) {
 
 func TestStudioFormErrorsMarkup(t *testing.T) {
 	s, _ := markupStudio(t)
-	s.form.prompt.SetText("")
-	s.form.steps.SetText("0")
-	s.form.width.SetText("63")
+	s.form.prompts.prompt.SetText("")
+	s.form.steps.steps.SetText("0")
+	s.form.size.width.SetText("63")
 	s.Generate()
 	require.Contains(t, s.status.text.Text, "Fix the marked fields")
 	assertMarkup(t, s, "studio_form_errors.xml")

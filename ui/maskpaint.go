@@ -184,15 +184,15 @@ type maskPainterWindow struct {
 
 // openPainter opens the mask painter over the init image; "Use mask" writes
 // the mask and puts its path into the mask field.
-func (s *sections) openPainter() {
+func (s *img2imgSection) openPainter() {
 	path := strings.TrimSpace(s.initImage.Text)
 	if path == "" {
-		s.f.showErrorText(fMask, "Choose an init image first: the mask is painted over it.")
+		s.fields.showErrorText(fMask, "Choose an init image first: the mask is painted over it.")
 		return
 	}
 	base, err := decodeImageFile(path)
 	if err != nil {
-		s.f.showErrorText(fInitImage, fmt.Sprintf("Init image %s cannot be read: %v", path, err))
+		s.fields.showErrorText(fInitImage, fmt.Sprintf("Init image %s cannot be read: %v", path, err))
 		return
 	}
 	w := &maskPainterWindow{painter: newMaskPainter(base)}
@@ -221,7 +221,7 @@ func (s *sections) openPainter() {
 			return
 		}
 		s.mask.SetText(p)
-		s.f.clearError(fMask)
+		s.fields.clearError(fMask)
 		w.win.Close()
 	})
 	w.use.Importance = widget.HighImportance

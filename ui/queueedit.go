@@ -63,12 +63,12 @@ func (e *queueEdit) open(id int64) {
 	if !e.editing() {
 		// The form is the user's draft: keep it to put back after the edit.
 		e.prev, _ = f.request()
-		e.prevJobs = f.feat.batchCount.Text
+		e.prevJobs = f.batch.batchCount.Text
 	}
 	e.id = id
 	f.set(j.Request)
-	f.feat.batchCount.SetText("1") // one job is edited, not a batch of them
-	f.feat.batchCount.Disable()
+	f.batch.batchCount.SetText("1") // one job is edited, not a batch of them
+	f.batch.batchCount.Disable()
 	e.label.SetText(fmt.Sprintf("Editing queued job #%d", id))
 	e.bar.Show()
 	e.s.x.tabs.SelectIndex(tabStudio)
@@ -80,10 +80,10 @@ func (e *queueEdit) close(restore bool) {
 	e.id = 0
 	e.bar.Hide()
 	f := e.s.form
-	f.feat.batchCount.Enable()
+	f.batch.batchCount.Enable()
 	if restore {
 		f.set(e.prev)
-		f.feat.batchCount.SetText(e.prevJobs)
+		f.batch.batchCount.SetText(e.prevJobs)
 	}
 }
 

@@ -17,22 +17,22 @@ import (
 
 func TestRealFeaturesFromTheSections(t *testing.T) {
 	s, store := realStudio(t)
-	x := s.form.feat
+	x := s.form
 	in := t.TempDir()
 	control := writePNG(t, in, "control.png", 96, 48, color.White) // another size: resized by the worker
 	setForm(s, "a lighthouse", 3, 64, 64)
-	x.addLoRARow(core.LoRA{Path: core.TinyLoRA, Weight: 0.5})
-	cn := x.addCNRow(core.DefaultControlNet())
+	x.lora.addRow(core.LoRA{Path: core.TinyLoRA, Weight: 0.5})
+	cn := x.controlNet.addRow(core.DefaultControlNet())
 	cn.image.SetText(control)
-	x.vae.SetText(core.TinyVAE)
-	x.hires.SetText("1.5")
-	x.batchCount.SetText("2")
+	x.vae.vae.SetText(core.TinyVAE)
+	x.hires.scale.SetText("1.5")
+	x.batch.batchCount.SetText("2")
 
 	test.Tap(s.generate)
 	s.waitFor(t, 2*jobDeadline, "two jobs to finish", func() bool { return s.job == nil })
 	require.Equal(t, statusDone, s.status.kind, "status: %s", s.status.text.Text)
-	assert.Len(t, x.controlImages.Objects, 1, "the control image the ControlNet saw is shown")
-	assert.True(t, x.controlTitle.Visible())
+	assert.Len(t, x.controlNet.images.Objects, 1, "the control image the ControlNet saw is shown")
+	assert.True(t, x.controlNet.imagesTitle.Visible())
 
 	jobs, err := store.ListJobs(context.Background(), 10)
 	require.NoError(t, err)
@@ -51,15 +51,15 @@ func TestRealFeaturesFromTheSections(t *testing.T) {
 	// The capabilities of the worker that ran the jobs now build the choices.
 	caps := shared.bridge.Capabilities()
 	require.NotNil(t, caps)
-	assert.Equal(t, schedulerLabels(caps.Schedulers), s.form.scheduler.Options)
+	assert.Equal(t, schedulerLabels(caps.Schedulers), s.form.sampling.scheduler.Options)
 }
 
 func TestRealWorkerErrorIsShownBesideTheRow(t *testing.T) {
 	s, _ := realStudio(t)
-	x := s.form.feat
+	x := s.form
 	setForm(s, "a lighthouse", 3, 64, 64)
-	x.addLoRARow(core.LoRA{Path: core.TinyLoRA, Weight: 1})
-	x.addLoRARow(core.LoRA{Path: filepath.Join(t.TempDir(), "missing.safetensors"), Weight: 1})
+	x.lora.addRow(core.LoRA{Path: core.TinyLoRA, Weight: 1})
+	x.lora.addRow(core.LoRA{Path: filepath.Join(t.TempDir(), "missing.safetensors"), Weight: 1})
 	test.Tap(s.generate)
 	s.waitFor(t, jobDeadline, "the refusal", func() bool { return s.job == nil })
 	assert.Contains(t, s.form.fieldError("loras[1].path"), "missing.safetensors")

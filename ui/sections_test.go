@@ -7,6 +7,7 @@ import (
 	"image/color"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -21,23 +22,23 @@ import (
 
 func TestEverySectionCanBeFilled(t *testing.T) {
 	s := newTestStudio(t, &fakeGen{}, &memHistory{})
-	f, x := s.form, s.form.feat
+	f, x := s.form, s.form
 	setForm(s, "a lighthouse", 4, 64, 64)
-	f.seed.SetText("7")
+	f.seed.seed.SetText("7")
 
-	f.scheduler.SetSelected("DPM++ 2M")
-	x.schedule.SetSelected("Karras")
+	f.sampling.scheduler.SetSelected("DPM++ 2M")
+	x.sampling.schedule.SetSelected("Karras")
 
-	test.Tap(x.addLoRA)
-	test.Tap(x.addLoRA)
-	require.Len(t, x.loras, 2)
-	x.loras[0].path.SetText("/loras/detail.safetensors")
-	x.loras[0].slider.SetValue(-1.5) // the slider writes the entry
-	x.loras[1].weight.SetText("0.8")
+	test.Tap(x.lora.add)
+	test.Tap(x.lora.add)
+	require.Len(t, x.lora.rows, 2)
+	x.lora.rows[0].path.SetText("/loras/detail.safetensors")
+	x.lora.rows[0].slider.SetValue(-1.5) // the slider writes the entry
+	x.lora.rows[1].weight.SetText("0.8")
 
-	test.Tap(x.addCN)
-	require.Len(t, x.cns, 1)
-	cn := x.cns[0]
+	test.Tap(x.controlNet.add)
+	require.Len(t, x.controlNet.rows, 1)
+	cn := x.controlNet.rows[0]
 	cn.kind.SetSelected("canny")
 	cn.model.SetText(core.TinyControlNet)
 	cn.image.SetText("/in/edges.png")
@@ -47,18 +48,18 @@ func TestEverySectionCanBeFilled(t *testing.T) {
 	cn.cannyLow.SetText("50")
 	cn.cannyHigh.SetText("150")
 
-	x.refiner.SetText(core.TinyRefiner)
-	x.refinerSlider.SetValue(0.7)
-	x.vae.SetText(core.TinyVAE)
-	x.initImage.SetText("/in/photo.png")
-	x.strength.SetText("0.5")
-	x.mask.SetText("/in/mask.png")
-	x.maskBlur.SetText("0")
-	x.maskPadding.SetText("32")
-	x.upscaler.SetText(core.LanczosUpscaler)
-	x.upscale.SetText("1.5")
-	f.batch.SetSelected("2")
-	x.batchCount.SetText("3")
+	x.refiner.refiner.SetText(core.TinyRefiner)
+	x.refiner.slider.SetValue(0.7)
+	x.vae.vae.SetText(core.TinyVAE)
+	x.img2img.initImage.SetText("/in/photo.png")
+	x.img2img.strength.SetText("0.5")
+	x.img2img.mask.SetText("/in/mask.png")
+	x.img2img.maskBlur.SetText("0")
+	x.img2img.maskPadding.SetText("32")
+	x.upscale.upscaler.SetText(core.LanczosUpscaler)
+	x.upscale.factor.SetText("1.5")
+	f.batch.batchSize.SetSelected("2")
+	x.batch.batchCount.SetText("3")
 
 	req, verr := f.request()
 	require.Nil(t, verr)
@@ -85,7 +86,7 @@ func TestEverySectionCanBeFilled(t *testing.T) {
 
 	// The form shows a request it was given, features and all.
 	f.set(core.DefaultRequest())
-	assert.Empty(t, x.loras)
+	assert.Empty(t, x.lora.rows)
 	f.set(req)
 	got, verr := f.request()
 	require.Nil(t, verr)
@@ -95,51 +96,55 @@ func TestEverySectionCanBeFilled(t *testing.T) {
 func TestInvalidSectionValuesAreShownBesideTheirField(t *testing.T) {
 	for _, tc := range []struct {
 		name  string
-		fill  func(x *sections)
+		fill  func(x *form)
 		field string
 		want  string
 	}{
-		{"lora weight", func(x *sections) { x.addLoRARow(core.LoRA{Path: core.TinyLoRA, Weight: 1}).weight.SetText("7") },
+		{"lora weight", func(x *form) { x.lora.addRow(core.LoRA{Path: core.TinyLoRA, Weight: 1}).weight.SetText("7") },
 			"loras[0].weight", "between -5 and 5"},
-		{"lora weight text", func(x *sections) { x.addLoRARow(core.LoRA{Path: core.TinyLoRA, Weight: 1}).weight.SetText("lots") },
+		{"lora weight text", func(x *form) { x.lora.addRow(core.LoRA{Path: core.TinyLoRA, Weight: 1}).weight.SetText("lots") },
 			"loras[0].weight", "must be a number"},
-		{"lora pickle", func(x *sections) {
-			x.addLoRARow(core.LoRA{Path: core.TinyLoRA, Weight: 1})
-			x.addLoRARow(core.LoRA{Path: "/old/style.ckpt", Weight: 1})
+		{"lora pickle", func(x *form) {
+			x.lora.addRow(core.LoRA{Path: core.TinyLoRA, Weight: 1})
+			x.lora.addRow(core.LoRA{Path: "/old/style.ckpt", Weight: 1})
 		}, "loras[1].path", "pickle"},
-		{"controlnet end", func(x *sections) {
-			r := x.addCNRow(core.DefaultControlNet())
+		{"controlnet end", func(x *form) {
+			r := x.controlNet.addRow(core.DefaultControlNet())
 			r.image.SetText("/c.png")
 			r.start.SetText("0.6")
 			r.end.SetText("0.4")
 		}, "controlnets[0].end", "after start"},
-		{"controlnet image", func(x *sections) { x.addCNRow(core.DefaultControlNet()) }, "controlnets[0].image", "control image"},
-		{"controlnet canny", func(x *sections) {
-			r := x.addCNRow(core.DefaultControlNet())
+		{"controlnet image", func(x *form) { x.controlNet.addRow(core.DefaultControlNet()) }, "controlnets[0].image", "control image"},
+		{"controlnet canny", func(x *form) {
+			r := x.controlNet.addRow(core.DefaultControlNet())
 			r.image.SetText("/c.png")
 			r.cannyLow.SetText("300")
 		}, "controlnets[0].canny_low", "between 0 and 255"},
-		{"refiner switch", func(x *sections) { x.refiner.SetText(core.TinyRefiner); x.refinerSwitch.SetText("1") },
+		{"refiner switch", func(x *form) { x.refiner.refiner.SetText(core.TinyRefiner); x.refiner.switchAt.SetText("1") },
 			fRefinerSwitch, "above 0 and below 1"},
-		{"vae pickle", func(x *sections) { x.vae.SetText("/vae/x.pt") }, fVAE, "pickle"},
-		{"strength", func(x *sections) { x.initImage.SetText("/i.png"); x.strength.SetText("1.5") }, fStrength, "at most 1"},
-		{"mask without init image", func(x *sections) { x.mask.SetText("/m.png") }, fMask, "init image"},
-		{"mask blur", func(x *sections) { x.initImage.SetText("/i.png"); x.mask.SetText("/m.png"); x.maskBlur.SetText("99") },
+		{"vae pickle", func(x *form) { x.vae.vae.SetText("/vae/x.pt") }, fVAE, "pickle"},
+		{"strength", func(x *form) { x.img2img.initImage.SetText("/i.png"); x.img2img.strength.SetText("1.5") }, fStrength, "at most 1"},
+		{"mask without init image", func(x *form) { x.img2img.mask.SetText("/m.png") }, fMask, "init image"},
+		{"mask blur", func(x *form) {
+			x.img2img.initImage.SetText("/i.png")
+			x.img2img.mask.SetText("/m.png")
+			x.img2img.maskBlur.SetText("99")
+		},
 			fMaskBlur, "between 0 and 64"},
-		{"upscale", func(x *sections) { x.upscaler.SetText(core.LanczosUpscaler); x.upscale.SetText("9") }, fUpscale, "between 1 and 4"},
-		{"upscaler not a model", func(x *sections) { x.upscaler.SetText("bicubic") }, fUpscaler, "lanczos"},
-		{"batch count", func(x *sections) { x.batchCount.SetText("0") }, fBatchCount, "from 1 to 100"},
-		{"hires scale", func(x *sections) { x.hires.SetText("0.5") }, fHires, "between 1 and 4"},
-		{"hires scale 0", func(x *sections) { x.hires.SetText("0") }, fHires, "leave it empty"},
-		{"hires with img2img", func(x *sections) { x.initImage.SetText("/i.png"); x.hires.SetText("2") }, fHires, "text-to-image"},
-		{"hires strength", func(x *sections) { x.hires.SetText("2"); x.hiresStrength.SetText("1.2") }, fHiresStrength, "at most 1"},
-		{"hires steps", func(x *sections) { x.hires.SetText("2"); x.hiresSteps.SetText("many") }, fHiresSteps, "whole number"},
+		{"upscale", func(x *form) { x.upscale.upscaler.SetText(core.LanczosUpscaler); x.upscale.factor.SetText("9") }, fUpscale, "between 1 and 4"},
+		{"upscaler not a model", func(x *form) { x.upscale.upscaler.SetText("bicubic") }, fUpscaler, "lanczos"},
+		{"batch count", func(x *form) { x.batch.batchCount.SetText("0") }, fBatchCount, "from 1 to 100"},
+		{"hires scale", func(x *form) { x.hires.scale.SetText("0.5") }, fHires, "between 1 and 4"},
+		{"hires scale 0", func(x *form) { x.hires.scale.SetText("0") }, fHires, "leave it empty"},
+		{"hires with img2img", func(x *form) { x.img2img.initImage.SetText("/i.png"); x.hires.scale.SetText("2") }, fHires, "text-to-image"},
+		{"hires strength", func(x *form) { x.hires.scale.SetText("2"); x.hires.strength.SetText("1.2") }, fHiresStrength, "at most 1"},
+		{"hires steps", func(x *form) { x.hires.scale.SetText("2"); x.hires.steps.SetText("many") }, fHiresSteps, "whole number"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			gen := &fakeGen{}
 			s := newTestStudio(t, gen, &memHistory{})
 			setForm(s, "a lighthouse", 4, 64, 64)
-			tc.fill(s.form.feat)
+			tc.fill(s.form)
 			s.Generate()
 			s.q.drain()
 			msg := s.form.fieldError(tc.field)
@@ -152,42 +157,42 @@ func TestInvalidSectionValuesAreShownBesideTheirField(t *testing.T) {
 func TestHiresFixSectionFillsTheRequest(t *testing.T) {
 	s := newTestStudio(t, &fakeGen{}, &memHistory{})
 	setForm(s, "a lighthouse", 4, 64, 64)
-	f, x := s.form, s.form.feat
+	f, x := s.form, s.form
 	req, verr := f.request()
 	require.Nil(t, verr)
 	assert.Zero(t, req.HiresScale, "an empty factor is no hires pass")
 	assert.Zero(t, req.HiresStrength)
 
-	x.hires.SetText("2")
-	assert.Equal(t, "64 × 64 → 128 × 128", x.hiresHint.Text, "the hint shows the size the pass makes")
-	f.width.SetText("96")
-	assert.Equal(t, "96 × 64 → 192 × 128", x.hiresHint.Text, "and follows the size")
-	f.width.SetText("64")
-	x.hiresSteps.SetText("12")
-	x.hiresStrengthSlider.SetValue(0.35) // the slider writes the entry
+	x.hires.scale.SetText("2")
+	assert.Equal(t, "64 × 64 → 128 × 128", x.hires.hint.Text, "the hint shows the size the pass makes")
+	f.size.width.SetText("96")
+	assert.Equal(t, "96 × 64 → 192 × 128", x.hires.hint.Text, "and follows the size")
+	f.size.width.SetText("64")
+	x.hires.steps.SetText("12")
+	x.hires.strengthSlider.SetValue(0.35) // the slider writes the entry
 	req, verr = f.request()
 	require.Nil(t, verr)
 	assert.Equal(t, [3]float64{2, 12, 0.35}, [3]float64{req.HiresScale, float64(req.HiresSteps), req.HiresStrength})
 
 	// Shown back as given (a reloaded PNG, "use these settings"), and cleared by a request without one.
 	f.set(core.DefaultRequest())
-	assert.Empty(t, x.hires.Text)
-	assert.Empty(t, x.hiresHint.Text, "no pass, no hint")
+	assert.Empty(t, x.hires.scale.Text)
+	assert.Empty(t, x.hires.hint.Text, "no pass, no hint")
 	f.set(req)
 	got, verr := f.request()
 	require.Nil(t, verr)
 	assert.Equal(t, req, got)
-	assert.Equal(t, "12", x.hiresSteps.Text)
+	assert.Equal(t, "12", x.hires.steps.Text)
 }
 
 func TestRemovingARowRenumbersItsErrors(t *testing.T) {
 	s := newTestStudio(t, &fakeGen{}, &memHistory{})
 	setForm(s, "a lighthouse", 4, 64, 64)
-	x := s.form.feat
-	first := x.addLoRARow(core.LoRA{Path: core.TinyLoRA, Weight: 1})
-	x.addLoRARow(core.LoRA{Path: core.TinyLoRA, Weight: 9})
+	x := s.form
+	first := x.lora.addRow(core.LoRA{Path: core.TinyLoRA, Weight: 1})
+	x.lora.addRow(core.LoRA{Path: core.TinyLoRA, Weight: 9})
 	test.Tap(first.remove)
-	require.Len(t, x.loras, 1)
+	require.Len(t, x.lora.rows, 1)
 	s.Generate()
 	assert.Contains(t, s.form.fieldError("loras[0].weight"), "LoRA 1 weight must be between -5 and 5")
 	assert.Empty(t, s.form.fieldError("loras[1].weight"))
@@ -195,20 +200,20 @@ func TestRemovingARowRenumbersItsErrors(t *testing.T) {
 
 func TestChoicesComeFromCapabilitiesAndLibrary(t *testing.T) {
 	s := newTestStudio(t, &fakeGen{}, &memHistory{})
-	f, x := s.form, s.form.feat
+	f, x := s.form, s.form
 	assert.Equal(t, []string{"Euler", "Euler a", "DPM++ 2M", "DPM++ SDE", "DDIM", "Heun", "DPM2", "DPM2 a", "LMS", "UniPC"},
-		f.scheduler.Options, "before a worker starts, core's list, by A1111's names")
+		f.sampling.scheduler.Options, "before a worker starts, core's list, by A1111's names")
 
 	x.setCapabilities(&core.Capabilities{Schedulers: []string{"euler", "ddim"}, ControlNetTypes: []string{"canny", "depth"},
 		Schedules: map[string][]string{"euler": {"karras"}, "ddim": {}}})
-	assert.Equal(t, []string{"Euler", "DDIM"}, f.scheduler.Options)
-	f.scheduler.SetSelected("Euler")
-	assert.Equal(t, []string{"Automatic", "Karras"}, x.schedule.Options)
-	f.scheduler.SetSelected("DDIM")
-	assert.Equal(t, []string{"Automatic"}, x.schedule.Options, "ddim takes no sigma schedule")
+	assert.Equal(t, []string{"Euler", "DDIM"}, f.sampling.scheduler.Options)
+	f.sampling.scheduler.SetSelected("Euler")
+	assert.Equal(t, []string{"Automatic", "Karras"}, x.sampling.schedule.Options)
+	f.sampling.scheduler.SetSelected("DDIM")
+	assert.Equal(t, []string{"Automatic"}, x.sampling.schedule.Options, "ddim takes no sigma schedule")
 	f.set(core.DefaultRequest())
-	assert.Equal(t, "Euler", f.scheduler.Selected, "a request's id shows as its name")
-	r := x.addCNRow(core.DefaultControlNet())
+	assert.Equal(t, "Euler", f.sampling.scheduler.Selected, "a request's id shows as its name")
+	r := x.controlNet.addRow(core.DefaultControlNet())
 	assert.Equal(t, []string{"canny", "depth"}, r.kind.Options)
 
 	x.setLibrary(&core.Library{Entries: []core.LibraryEntry{
@@ -220,28 +225,28 @@ func TestChoicesComeFromCapabilitiesAndLibrary(t *testing.T) {
 		{Path: "/m/4x.safetensors", Kind: core.KindUpscaler},
 		{Path: "/m/refiner", Kind: core.KindRefiner},
 	}})
-	assert.Contains(t, x.choices[f.model], "/m/juggernaut.safetensors")
+	assert.Contains(t, x.fields.choices[f.model.entry], "/m/juggernaut.safetensors")
 	f.rememberModel("/m/recent")
-	assert.Contains(t, x.choices[f.model], "/m/juggernaut.safetensors", "a recent model does not push the library out")
-	assert.Equal(t, "/m/recent", x.choices[f.model][1])
-	assert.Equal(t, []string{core.TinyLoRA, "/m/detail.safetensors"}, x.choices[x.addLoRARow(core.LoRA{Weight: 1}).path],
+	assert.Contains(t, x.fields.choices[f.model.entry], "/m/juggernaut.safetensors", "a recent model does not push the library out")
+	assert.Equal(t, "/m/recent", x.fields.choices[f.model.entry][1])
+	assert.Equal(t, []string{core.TinyLoRA, "/m/detail.safetensors"}, x.fields.choices[x.lora.addRow(core.LoRA{Weight: 1}).path],
 		"refused files are not offered")
-	assert.Equal(t, []string{core.TinyControlNet, "/m/canny"}, x.choices[r.model])
-	assert.Equal(t, []string{core.TinyVAE, "/m/vae-fix"}, x.choices[x.vae])
-	assert.Equal(t, []string{core.LanczosUpscaler, core.TinyUpscaler, "/m/4x.safetensors"}, x.choices[x.upscaler])
-	assert.Equal(t, []string{core.TinyRefiner, "/m/refiner"}, x.choices[x.refiner])
+	assert.Equal(t, []string{core.TinyControlNet, "/m/canny"}, x.fields.choices[r.model])
+	assert.Equal(t, []string{core.TinyVAE, "/m/vae-fix"}, x.fields.choices[x.vae.vae])
+	assert.Equal(t, []string{core.LanczosUpscaler, core.TinyUpscaler, "/m/4x.safetensors"}, x.fields.choices[x.upscale.upscaler])
+	assert.Equal(t, []string{core.TinyRefiner, "/m/refiner"}, x.fields.choices[x.refiner.refiner])
 }
 
 func TestPaintedMaskIsWrittenWithThePaintedPixels(t *testing.T) {
 	s := newTestStudio(t, &fakeGen{}, &memHistory{})
-	x := s.form.feat
+	x := s.form
 	dir := t.TempDir()
-	x.maskDir = filepath.Join(dir, "masks")
-	x.initImage.SetText(writePNG(t, dir, "init.png", 64, 32, color.NRGBA{R: 40, G: 90, B: 200, A: 255}))
+	x.img2img.maskDir = filepath.Join(dir, "masks")
+	x.img2img.initImage.SetText(writePNG(t, dir, "init.png", 64, 32, color.NRGBA{R: 40, G: 90, B: 200, A: 255}))
 
-	test.Tap(x.paintMask)
-	require.NotNil(t, x.painter, "the painter opens over the init image")
-	w := x.painter
+	test.Tap(x.img2img.paintMask)
+	require.NotNil(t, x.img2img.painter, "the painter opens over the init image")
+	w := x.img2img.painter
 	p := w.painter
 	p.Resize(fyne.NewSize(128, 64)) // twice the image's size: widget (20,20) is image (10,10)
 	w.size.SetValue(4)
@@ -251,7 +256,7 @@ func TestPaintedMaskIsWrittenWithThePaintedPixels(t *testing.T) {
 	assert.Positive(t, p.painted())
 
 	test.Tap(w.use)
-	path := x.mask.Text
+	path := x.img2img.mask.Text
 	require.NotEmpty(t, path, "Use mask puts the written file into the mask field")
 	img, err := decodeImageFile(path)
 	require.NoError(t, err)
@@ -262,37 +267,37 @@ func TestPaintedMaskIsWrittenWithThePaintedPixels(t *testing.T) {
 	assert.Equal(t, uint8(0), gray(50, 25), "unpainted elsewhere")
 
 	// Reopening starts from that mask; Clear empties it and an empty mask is not used.
-	test.Tap(x.paintMask)
-	w = x.painter
+	test.Tap(x.img2img.paintMask)
+	w = x.img2img.painter
 	assert.Positive(t, w.painter.painted())
 	test.Tap(w.clear)
 	assert.Zero(t, w.painter.painted())
 	test.Tap(w.use)
-	assert.Equal(t, path, x.mask.Text)
+	assert.Equal(t, path, x.img2img.mask.Text)
 	assert.NotEmpty(t, w.status.Text)
 }
 
 func TestPaintingWithoutAnInitImageSaysWhy(t *testing.T) {
 	s := newTestStudio(t, &fakeGen{}, &memHistory{})
-	x := s.form.feat
-	test.Tap(x.paintMask)
-	assert.Nil(t, x.painter)
+	x := s.form
+	test.Tap(x.img2img.paintMask)
+	assert.Nil(t, x.img2img.painter)
 	assert.Contains(t, s.form.fieldError(fMask), "init image")
 }
 
 func TestResultShowsControlImagesAndVAEFallback(t *testing.T) {
 	s := newTestStudio(t, &fakeGen{}, &memHistory{})
-	x := s.form.feat
+	x := s.form
 	dir := t.TempDir()
 	ctl := writePNG(t, dir, "job-control-0.png", 64, 64, color.White)
 	x.showResult(&core.JobOutcome{ControlImages: []string{ctl}, Metrics: &core.Metrics{VAEFallback: true}})
-	assert.Len(t, x.controlImages.Objects, 1)
-	assert.True(t, x.controlTitle.Visible())
-	assert.True(t, x.vaeNote.Visible())
-	assert.Contains(t, x.vaeNote.Text, "float32")
+	assert.Len(t, x.controlNet.images.Objects, 1)
+	assert.True(t, x.controlNet.imagesTitle.Visible())
+	assert.True(t, x.vae.note.Visible())
+	assert.Contains(t, x.vae.note.Text, "float32")
 	x.showResult(&core.JobOutcome{Metrics: &core.Metrics{}})
-	assert.Empty(t, x.controlImages.Objects)
-	assert.False(t, x.vaeNote.Visible())
+	assert.Empty(t, x.controlNet.images.Objects)
+	assert.False(t, x.vae.note.Visible())
 	_, err := os.Stat(ctl)
 	require.NoError(t, err)
 }
@@ -329,15 +334,15 @@ func TestBatchCountRunsJobsWithSteppedSeeds(t *testing.T) {
 	}}
 	s := newTestStudio(t, gen, &memHistory{})
 	setForm(s, "a lighthouse", 4, 64, 64)
-	s.form.seed.SetText("100")
-	s.form.batch.SetSelected("2")
-	s.form.feat.batchCount.SetText("3")
+	s.form.seed.seed.SetText("100")
+	s.form.batch.batchSize.SetSelected("2")
+	s.form.batch.batchCount.SetText("3")
 	s.Generate()
 	s.waitFor(t, 10*time.Second, "three jobs", func() bool { return s.job == nil })
 	assert.Equal(t, int32(3), gen.calls.Load())
 	assert.Equal(t, []int64{100, 102, 104}, seeds)
 	assert.Contains(t, s.status.text.Text, "6 images")
-	assert.True(t, s.form.feat.vaeNote.Visible(), "the VAE fallback is shown")
+	assert.True(t, s.form.vae.note.Visible(), "the VAE fallback is shown")
 }
 
 type memSettings struct {
@@ -371,13 +376,13 @@ func TestAddingAModelFolderFillsTheChoices(t *testing.T) {
 	require.NoError(t, os.WriteFile(filepath.Join(models, "canny", "config.json"), []byte(`{"_class_name":"ControlNetModel"}`), 0o644))
 	hist := &historyWithSettings{memSettings: memSettings{m: map[string]string{}}}
 	s := newTestStudio(t, &fakeGen{}, hist)
-	x := s.form.feat
-	x.chooseFolder = func(string) (string, error) { return models, nil }
-	test.Tap(x.addFolder)
+	x := s.form
+	x.fields.chooseFolder = func(string) (string, error) { return models, nil }
+	test.Tap(x.model.addFolder)
 	s.waitFor(t, 10*time.Second, "the library scan", func() bool {
-		return containsString(x.lib.Paths(core.KindControlNet), filepath.Join(models, "canny"))
+		return slices.Contains(x.lib.Paths(core.KindControlNet), filepath.Join(models, "canny"))
 	})
-	assert.Contains(t, x.choices[x.addCNRow(core.DefaultControlNet()).model], filepath.Join(models, "canny"))
+	assert.Contains(t, x.fields.choices[x.controlNet.addRow(core.DefaultControlNet()).model], filepath.Join(models, "canny"))
 	folders, err := core.LibraryFolders(context.Background(), &hist.memSettings)
 	require.NoError(t, err)
 	assert.Equal(t, []string{models}, folders, "the folder is kept in the settings")
@@ -396,9 +401,9 @@ func TestOtherAppsModelFoldersJoinTheLibrary(t *testing.T) {
 	// First start: ComfyUI's models are found, added and announced.
 	hist := &historyWithSettings{memSettings: memSettings{m: map[string]string{}}}
 	s := newTestStudio(t, &fakeGen{}, hist)
-	x := s.form.feat
+	x := s.form
 	s.waitFor(t, 20*time.Second, "the library scan", func() bool {
-		return containsString(x.lib.Paths(core.KindControlNet), filepath.Join(comfy, "controlnet", "canny"))
+		return slices.Contains(x.lib.Paths(core.KindControlNet), filepath.Join(comfy, "controlnet", "canny"))
 	})
 	s.q.drain()
 	assert.Contains(t, s.status.text.Text, "Found the model folders of other apps")
@@ -411,8 +416,8 @@ func TestOtherAppsModelFoldersJoinTheLibrary(t *testing.T) {
 	_, err = core.RemoveLibraryFolder(context.Background(), &hist.memSettings, comfy)
 	require.NoError(t, err)
 	s2 := newTestStudio(t, &fakeGen{}, hist)
-	s2.waitFor(t, 20*time.Second, "the library scan", func() bool { return s2.form.feat.lib != nil })
+	s2.waitFor(t, 20*time.Second, "the library scan", func() bool { return s2.form.lib != nil })
 	s2.q.drain()
-	assert.Empty(t, s2.form.feat.lib.Paths(core.KindControlNet))
+	assert.Empty(t, s2.form.lib.Paths(core.KindControlNet))
 	assert.NotContains(t, s2.status.text.Text, "Found the model folders")
 }

@@ -42,8 +42,8 @@ func newStudioWith(a fyne.App, w fyne.Window, gen generator, hist History, post 
 	s := &Studio{app: a, win: w, gen: gen, hist: hist, post: post, thumbs: newThumbCache()}
 	s.form = newForm(s.Generate, s.do)
 	s.form.load(a.Preferences())
-	s.form.feat.onNote = func(m string) { s.status.set(statusInfo, m, "") } // runs later, on the UI goroutine
-	s.form.feat.attach(gen, hist)
+	s.form.onNote = func(m string) { s.status.set(statusInfo, m, "") } // runs later, on the UI goroutine
+	s.form.attach(gen, hist)
 
 	s.generate = widget.NewButtonWithIcon("Generate", theme.MediaPlayIcon(), s.Generate)
 	s.generate.Importance = widget.HighImportance

@@ -29,7 +29,7 @@ func (s *Studio) Generate() {
 	}
 	s.form.save(s.app.Preferences(), req)
 	s.saveLastRequest(req)
-	count, _ := s.form.feat.count() // validated with the request
+	count, _ := s.form.count() // validated with the request
 	s.run(req, count, "Generating…")
 }
 
@@ -134,7 +134,7 @@ func (s *Studio) finish(j *jobRun, out *core.JobOutcome, err error) {
 	s.job = nil
 	s.waitingFor = 0
 	s.setRunning(false)
-	s.form.feat.afterJob(s.gen, out)
+	s.form.afterJob(s.gen, out)
 	p, _ := j.take()
 	elapsed := formatElapsed(time.Since(j.start))
 	j.mu.Lock()
@@ -294,9 +294,9 @@ func (s *Studio) upscaleImage(path string, src core.Request) {
 	req.MaskImage, req.MaskBlur, req.MaskPadding, req.HiresScale, req.HiresSteps, req.HiresStrength = "", nil, 0, 0, 0, 0
 	req.Strength, req.LoRAs, req.ControlNets, req.Refiner, req.RefinerSwitch, req.VAE = 0, nil, nil, "", 0, ""
 	req.Upscaler, req.Upscale = core.LanczosUpscaler, core.DefaultUpscale
-	if u := strings.TrimSpace(s.form.feat.upscaler.Text); u != "" {
+	if u := strings.TrimSpace(s.form.upscale.upscaler.Text); u != "" {
 		req.Upscaler = u
-		if f, err := strconv.ParseFloat(strings.TrimSpace(s.form.feat.upscale.Text), 64); err == nil {
+		if f, err := strconv.ParseFloat(strings.TrimSpace(s.form.upscale.factor.Text), 64); err == nil {
 			req.Upscale = f
 		}
 	}

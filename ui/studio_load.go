@@ -8,7 +8,6 @@ import (
 	_ "image/png"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 
 	"fyne.io/fyne/v2"
@@ -98,21 +97,14 @@ func (s *Studio) useSettings(r core.Request) {
 // init image (the hires pass, an old mask) is cleared.
 func (s *Studio) useAsInit(path string, width, height int) {
 	f := s.form
-	f.feat.initImage.SetText(path)
-	f.feat.mask.SetText("")
-	f.feat.hires.SetText("")
+	f.img2img.initImage.SetText(path)
+	f.img2img.mask.SetText("")
+	f.hires.scale.SetText("")
 	if width > 0 && height > 0 {
-		// Its size, down to multiples of 8; a picture past the largest size is
-		// scaled down whole, keeping its shape.
-		scale := min(1, float64(core.MaxSize)/float64(max(width, height)))
-		fit := func(v int) int {
-			return max(int(float64(v)*scale)/core.SizeMultiple*core.SizeMultiple, core.MinSize)
-		}
-		f.width.SetText(strconv.Itoa(fit(width)))
-		f.height.SetText(strconv.Itoa(fit(height)))
+		f.size.fit(width, height)
 	}
 	f.clearErrors()
-	f.feat.openSectionOf(fInitImage)
+	f.openSectionOf(fInitImage)
 	if s.x != nil {
 		s.x.tabs.SelectIndex(tabStudio)
 	}

@@ -34,7 +34,7 @@ func (s *Studio) AddToQueue() {
 	}
 	s.form.save(s.app.Preferences(), req)
 	s.saveLastRequest(req)
-	count, _ := s.form.feat.count() // request() has checked it
+	count, _ := s.form.count() // request() has checked it
 	req.PreviewEvery = 0
 	reqs, err := core.ExpandBatchCount(req, count)
 	if err == nil {

@@ -72,9 +72,9 @@ func TestGenerateShowsResultAndGrowsStrip(t *testing.T) {
 	test.Tap(s.strip.tiles[1])
 	assert.Equal(t, old, s.view.img.File)
 	test.Tap(s.view.reuseAll)
-	assert.Equal(t, "older", s.form.prompt.Text)
-	assert.Equal(t, "1", s.form.seed.Text)
-	assert.Equal(t, "16", s.form.width.Text)
+	assert.Equal(t, "older", s.form.prompts.prompt.Text)
+	assert.Equal(t, "1", s.form.seed.seed.Text)
+	assert.Equal(t, "16", s.form.size.width.Text)
 }
 
 func TestInvalidFormRunsNoJob(t *testing.T) {
@@ -83,9 +83,9 @@ func TestInvalidFormRunsNoJob(t *testing.T) {
 		return nil, nil
 	}}
 	s := newTestStudio(t, gen, &memHistory{})
-	s.form.prompt.SetText("")
-	s.form.steps.SetText("0")
-	s.form.width.SetText("63")
+	s.form.prompts.prompt.SetText("")
+	s.form.steps.steps.SetText("0")
+	s.form.size.width.SetText("63")
 	test.Tap(s.generate)
 	s.q.drain()
 
@@ -98,7 +98,7 @@ func TestInvalidFormRunsNoJob(t *testing.T) {
 	assert.Contains(t, s.status.text.Text, "Fix the marked fields")
 
 	// Editing a field clears its message, and only its message.
-	test.Type(s.form.steps, "4")
+	test.Type(s.form.steps.steps, "4")
 	assert.Empty(t, s.form.fieldError(fSteps))
 	assert.NotEmpty(t, s.form.fieldError(fWidth))
 }
@@ -110,13 +110,13 @@ func TestCtrlEnterGenerates(t *testing.T) {
 	setForm(s, "shortcut", 2, 64, 64)
 
 	// A focused prompt gets the shortcut itself, not the canvas.
-	s.form.prompt.TypedShortcut(submitShortcuts[0])
+	s.form.prompts.prompt.TypedShortcut(submitShortcuts[0])
 	s.waitFor(t, 10*time.Second, "the job to finish", func() bool { return s.job == nil })
 	assert.Equal(t, int32(1), gen.calls.Load())
-	assert.NotContains(t, s.form.prompt.Text, "\n", "the shortcut does not type a newline")
+	assert.NotContains(t, s.form.prompts.prompt.Text, "\n", "the shortcut does not type a newline")
 
 	// Every entry of the form takes it, not only the prompt.
-	s.form.steps.TypedShortcut(submitShortcuts[1])
+	s.form.steps.steps.TypedShortcut(submitShortcuts[1])
 	s.waitFor(t, 10*time.Second, "the second job to finish", func() bool { return s.job == nil })
 	assert.Equal(t, int32(2), gen.calls.Load())
 }
@@ -152,7 +152,7 @@ func TestJobErrorShownBesideFieldWithDetail(t *testing.T) {
 	}}
 	s := newTestStudio(t, gen, &memHistory{})
 	setForm(s, "x", 2, 64, 64)
-	s.form.model.SetText("/nope")
+	s.form.model.entry.SetText("/nope")
 	test.Tap(s.generate)
 	s.waitFor(t, 20*time.Second, "the job to fail", func() bool { return s.job == nil })
 

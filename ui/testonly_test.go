@@ -16,7 +16,7 @@ func (s *Studio) historyLoaded() bool { return s.historyDone == s.historySeq }
 
 // fieldError is the error text shown beside a field, or "".
 func (f *form) fieldError(field string) string {
-	if l, ok := f.errs[field]; ok && l.Visible() {
+	if l, ok := f.fields.errs[field]; ok && l.Visible() {
 		return l.Text
 	}
 	return ""

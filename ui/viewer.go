@@ -143,7 +143,7 @@ func (v *viewer) useAsInit() {
 
 func (v *viewer) useSeed() {
 	if v.shown != nil {
-		v.s.form.seed.SetText(fmt.Sprint(v.shown.Seed))
+		v.s.form.seed.seed.SetText(fmt.Sprint(v.shown.Seed))
 	}
 }
 
@@ -153,14 +153,14 @@ func (v *viewer) useSettings() {
 		return
 	}
 	f, r := v.s.form, v.shown
-	f.prompt.SetText(r.Prompt)
+	f.prompts.prompt.SetText(r.Prompt)
 	if r.Model != "" {
-		f.model.SetText(r.Model)
+		f.model.entry.SetText(r.Model)
 	}
-	f.seed.SetText(fmt.Sprint(r.Seed))
+	f.seed.seed.SetText(fmt.Sprint(r.Seed))
 	if r.Width > 0 && r.Height > 0 {
-		f.width.SetText(fmt.Sprint(r.Width))
-		f.height.SetText(fmt.Sprint(r.Height))
+		f.size.width.SetText(fmt.Sprint(r.Width))
+		f.size.height.SetText(fmt.Sprint(r.Height))
 	}
 }
 

@@ -116,8 +116,8 @@ func TestRealGenerateShowsImageAndGrowsHistory(t *testing.T) {
 	// "img2img" on the result starts the next job from it, through the real worker.
 	require.False(t, s.view.toInit.Disabled())
 	test.Tap(s.view.toInit)
-	assert.Equal(t, recent[0].Path, s.form.feat.initImage.Text)
-	s.form.prompt.SetText("the same lighthouse at night")
+	assert.Equal(t, recent[0].Path, s.form.img2img.initImage.Text)
+	s.form.prompts.prompt.SetText("the same lighthouse at night")
 	test.Tap(s.generate)
 	s.waitFor(t, jobDeadline, "the img2img job to finish", func() bool { return s.job == nil })
 	require.Equal(t, statusDone, s.status.kind, "status: %s", s.status.text.Text)
@@ -151,9 +151,9 @@ func TestRealInvalidFormRunsNoJob(t *testing.T) {
 		name, field, want string
 		edit              func(f *form)
 	}{
-		{"steps 0", fSteps, "Steps must be between 1 and 150, got 0", func(f *form) { f.steps.SetText("0") }},
-		{"width 63", fWidth, "Width must be a multiple of 8 between 64 and 4096, got 63", func(f *form) { f.width.SetText("63") }},
-		{"empty prompt", fPrompt, "Prompt must not be empty", func(f *form) { f.prompt.SetText("") }},
+		{"steps 0", fSteps, "Steps must be between 1 and 150, got 0", func(f *form) { f.steps.steps.SetText("0") }},
+		{"width 63", fWidth, "Width must be a multiple of 8 between 64 and 4096, got 63", func(f *form) { f.size.width.SetText("63") }},
+		{"empty prompt", fPrompt, "Prompt must not be empty", func(f *form) { f.prompts.prompt.SetText("") }},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -175,7 +175,7 @@ func TestRealInvalidFormRunsNoJob(t *testing.T) {
 func TestRealModelNotFoundIsShownBesideModel(t *testing.T) {
 	s, store := realStudio(t)
 	setForm(s, "valid", 2, 64, 64)
-	s.form.model.SetText(t.TempDir() + "/no-such-model")
+	s.form.model.entry.SetText(t.TempDir() + "/no-such-model")
 	test.Tap(s.generate)
 	s.waitFor(t, 30*time.Second, "the job to be refused", func() bool { return s.job == nil })
 

@@ -23,17 +23,17 @@ type capabilitySource interface {
 // attach takes the choices from what the app has: the worker's capabilities
 // (once one has started) and the model library of the folders in the
 // settings, scanned off the UI goroutine.
-func (s *sections) attach(gen generator, hist History) {
-	s.refreshCapabilities(gen)
+func (f *form) attach(gen generator, hist History) {
+	f.refreshCapabilities(gen)
 	if st, ok := hist.(core.SettingsStore); ok {
-		s.settings = st
-		s.rescan()
+		f.settings = st
+		f.rescan()
 	}
 }
 
 // rescan reads the model folders and scans them in the background.
-func (s *sections) rescan() {
-	st := s.settings
+func (f *form) rescan() {
+	st := f.settings
 	if st == nil {
 		return
 	}
@@ -49,10 +49,10 @@ func (s *sections) rescan() {
 			return // the library is an aid: the tiny parts and Browse… still work
 		}
 		lib := core.ScanLibrary(folders)
-		s.do(func() {
-			s.setLibrary(lib)
-			if len(found) > 0 && s.onNote != nil {
-				s.onNote(fmt.Sprintf("Found the model folders of other apps and added them to the library: %s (%d models).",
+		f.fields.do(func() {
+			f.setLibrary(lib)
+			if len(found) > 0 && f.onNote != nil {
+				f.onNote(fmt.Sprintf("Found the model folders of other apps and added them to the library: %s (%d models).",
 					strings.Join(found, ", "), len(lib.Entries)))
 			}
 		})
@@ -60,8 +60,8 @@ func (s *sections) rescan() {
 }
 
 // addLibraryFolder adds a model folder chosen in the app and rescans.
-func (s *sections) addLibraryFolder(dir string) {
-	st := s.settings
+func (f *form) addLibraryFolder(dir string) {
+	st := f.settings
 	if st == nil {
 		return
 	}
@@ -69,25 +69,25 @@ func (s *sections) addLibraryFolder(dir string) {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
 		if _, err := core.AddLibraryFolder(ctx, st, dir); err != nil {
-			s.do(func() { s.f.showErrorText(fModel, "That folder cannot be added: "+err.Error()) })
+			f.fields.do(func() { f.showErrorText(fModel, "That folder cannot be added: "+err.Error()) })
 			return
 		}
-		s.rescan()
+		f.rescan()
 	}()
 }
 
 // refreshCapabilities rebuilds the choices from the latest hello, if any.
-func (s *sections) refreshCapabilities(gen generator) {
+func (f *form) refreshCapabilities(gen generator) {
 	if src, ok := gen.(capabilitySource); ok {
 		if c := src.Capabilities(); c != nil {
-			s.setCapabilities(c)
+			f.setCapabilities(c)
 		}
 	}
 }
 
 // afterJob shows what the job reported beyond its images, and the choices of
 // the worker that ran it (a restarted worker may say something new).
-func (s *sections) afterJob(gen generator, out *core.JobOutcome) {
-	s.showResult(out)
-	s.refreshCapabilities(gen)
+func (f *form) afterJob(gen generator, out *core.JobOutcome) {
+	f.showResult(out)
+	f.refreshCapabilities(gen)
 }

@@ -1,0 +1,225 @@
+package ui
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+
+	"fyne.io/fyne/v2"
+	"fyne.io/fyne/v2/canvas"
+	"fyne.io/fyne/v2/container"
+	"fyne.io/fyne/v2/theme"
+	"fyne.io/fyne/v2/widget"
+
+	"atelier/core"
+)
+
+// controlNetSection is the list of ControlNet units, each a row of its own,
+// and the control images the last job's units saw.
+type controlNetSection struct {
+	fields      *formFields
+	box         *fyne.Container
+	rows        []*cnRow
+	add         *widget.Button
+	images      *fyne.Container
+	imagesTitle *widget.Label
+	lib         *core.Library
+	caps        *core.Capabilities
+}
+
+// cnRow is one ControlNet unit.
+type cnRow struct {
+	kind                *widget.Select
+	model               *widget.SelectEntry
+	image               *widget.Entry
+	scale, start, end   *submitEntry
+	cannyLow, cannyHigh *submitEntry
+	canny               *fyne.Container
+	remove              *widget.Button
+	err                 *widget.Label
+	box                 fyne.CanvasObject
+}
+
+var cnFields = []string{"type", "model", "image", "scale", "start", "end", "canny_low", "canny_high"}
+
+func newControlNetSection(ff *formFields) *controlNetSection {
+	s := &controlNetSection{fields: ff, box: container.NewVBox()}
+	s.add = widget.NewButtonWithIcon("Add ControlNet", theme.ContentAddIcon(), func() {
+		s.addRow(core.DefaultControlNet())
+	})
+	s.imagesTitle = widget.NewLabel("")
+	s.imagesTitle.SizeName = theme.SizeNameCaptionText
+	s.imagesTitle.Hide()
+	s.images = container.NewGridWrap(fyne.NewSize(96, 96))
+	s.images.Hide()
+	return s
+}
+
+func (s *controlNetSection) owns(field string) bool {
+	return field == fControlNets || strings.HasPrefix(field, fControlNets+"[")
+}
+
+func (s *controlNetSection) options() []string {
+	return append([]string{core.TinyControlNet}, s.lib.Paths(core.KindControlNet)...)
+}
+
+func (s *controlNetSection) types() []string {
+	if s.caps != nil && len(s.caps.ControlNetTypes) > 0 {
+		return s.caps.ControlNetTypes
+	}
+	return core.ControlNetTypes
+}
+
+func (s *controlNetSection) setLibrary(lib *core.Library) {
+	s.lib = lib
+	for _, r := range s.rows {
+		s.fields.setChoices(r.model, s.options())
+	}
+}
+
+// setCapabilities offers the unit types of a worker's hello.
+func (s *controlNetSection) setCapabilities(c *core.Capabilities) {
+	s.caps = c
+	for _, r := range s.rows {
+		r.kind.SetOptions(s.types())
+	}
+}
+
+func (s *controlNetSection) addRow(c core.ControlNet) *cnRow {
+	ff := s.fields
+	r := &cnRow{err: errLabel()}
+	clear := func(string) { r.err.Hide() }
+	r.kind = widget.NewSelect(s.types(), func(k string) {
+		r.err.Hide()
+		if r.canny != nil {
+			if k == "canny" {
+				r.canny.Show()
+			} else {
+				r.canny.Hide()
+			}
+		}
+	})
+	r.model = widget.NewSelectEntry(nil)
+	ff.setChoices(r.model, s.options())
+	r.model.SetPlaceHolder("tiny-controlnet or a ControlNet folder")
+	r.model.OnChanged = clear
+	r.image = widget.NewEntry()
+	r.image.SetPlaceHolder("control image (resized to the output size)")
+	r.image.OnChanged = clear
+	num := func() *submitEntry {
+		e := newSubmitEntry(false, ff.onSubmit)
+		e.OnChanged = clear
+		return e
+	}
+	r.scale, r.start, r.end, r.cannyLow, r.cannyHigh = num(), num(), num(), num(), num()
+	r.remove = widget.NewButtonWithIcon("", theme.DeleteIcon(), func() { s.removeRow(r) })
+	browseModel := ff.browseButton(true, "Choose a ControlNet folder", func(p string) { r.model.SetText(p) })
+	browseImage := ff.browseButton(false, "Choose a control image", func(p string) { r.image.SetText(p) }, "png", "jpg", "jpeg", "webp")
+	r.canny = container.NewGridWithColumns(2,
+		labelled("low threshold", r.cannyLow), labelled("high threshold", r.cannyHigh))
+
+	r.model.SetText(c.Model)
+	r.image.SetText(c.Image)
+	r.scale.SetText(formatFloat(c.Scale))
+	r.start.SetText(formatFloat(c.Start))
+	r.end.SetText(formatFloat(c.End))
+	r.cannyLow.SetText(strconv.Itoa(c.CannyLow))
+	r.cannyHigh.SetText(strconv.Itoa(c.CannyHigh))
+	r.kind.SetSelected(c.Type)
+
+	r.box = container.NewVBox(
+		container.NewBorder(nil, nil, caption("type"), r.remove, r.kind),
+		container.NewBorder(nil, nil, nil, browseModel, r.model),
+		container.NewBorder(nil, nil, nil, browseImage, r.image),
+		container.NewGridWithColumns(3, labelled("scale", r.scale), labelled("start", r.start), labelled("end", r.end)),
+		r.canny,
+		r.err,
+		widget.NewSeparator())
+	s.rows = append(s.rows, r)
+	s.reindex()
+	return r
+}
+
+func (s *controlNetSection) removeRow(r *cnRow) {
+	for i, x := range s.rows {
+		if x == r {
+			s.rows = append(s.rows[:i], s.rows[i+1:]...)
+			break
+		}
+	}
+	s.reindex()
+}
+
+// reindex registers each row's error label under its current field names
+// (controlnets[0].scale …) and rebuilds the list, after a row came or went.
+func (s *controlNetSection) reindex() {
+	errs := s.fields.errs
+	for name := range errs {
+		if m := reRowField.FindStringSubmatch(name); m != nil && m[1] == fControlNets {
+			delete(errs, name)
+		}
+	}
+	objs := make([]fyne.CanvasObject, 0, len(s.rows))
+	for i, r := range s.rows {
+		for _, fl := range cnFields {
+			errs[fmt.Sprintf("controlnets[%d].%s", i, fl)] = r.err
+		}
+		objs = append(objs, r.box)
+	}
+	s.box.Objects = objs
+	s.box.Refresh()
+	if len(s.rows) >= core.MaxControlNets {
+		s.add.Disable()
+	} else {
+		s.add.Enable()
+	}
+}
+
+func (s *controlNetSection) set(r core.Request) {
+	s.rows = nil
+	for _, c := range r.ControlNets {
+		s.addRow(c)
+	}
+	s.reindex()
+}
+
+func (s *controlNetSection) read(r *core.Request, errs *[]*core.FieldError) {
+	p := parsed{errs}
+	for i, row := range s.rows {
+		n := func(f string) string { return fmt.Sprintf("controlnets[%d].%s", i, f) }
+		c := core.ControlNet{Type: row.kind.Selected, Model: strings.TrimSpace(row.model.Text),
+			Image: strings.TrimSpace(row.image.Text),
+			Scale: p.float(n("scale"), row.scale.Text), Start: p.float(n("start"), row.start.Text),
+			End: p.float(n("end"), row.end.Text), CannyLow: core.DefaultCannyLow, CannyHigh: core.DefaultCannyHigh}
+		if c.Type == "canny" {
+			c.CannyLow = p.integer(n("canny_low"), row.cannyLow.Text)
+			c.CannyHigh = p.integer(n("canny_high"), row.cannyHigh.Text)
+		}
+		r.ControlNets = append(r.ControlNets, c)
+	}
+}
+
+// showResult shows the preprocessed control images a finished job reports.
+func (s *controlNetSection) showResult(out *core.JobOutcome) {
+	objs := make([]fyne.CanvasObject, 0, len(out.ControlImages))
+	for _, p := range out.ControlImages {
+		img := canvas.NewImageFromFile(p)
+		img.FillMode = canvas.ImageFillContain
+		img.SetMinSize(fyne.NewSize(96, 96))
+		objs = append(objs, img)
+	}
+	s.images.Objects = objs
+	s.images.Refresh()
+	if len(objs) > 0 {
+		s.imagesTitle.SetText("What the ControlNets saw (last job)")
+		s.imagesTitle.Show()
+		s.images.Show()
+	} else {
+		s.imagesTitle.Hide()
+		s.images.Hide()
+	}
+}
+
+func (s *controlNetSection) content() fyne.CanvasObject {
+	return container.NewVBox(s.box, s.fields.errs[fControlNets], s.add, s.imagesTitle, s.images)
+}

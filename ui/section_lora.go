@@ -1,0 +1,138 @@
+package ui
+
+import (
+	"fmt"
+	"strings"
+
+	"fyne.io/fyne/v2"
+	"fyne.io/fyne/v2/container"
+	"fyne.io/fyne/v2/theme"
+	"fyne.io/fyne/v2/widget"
+
+	"atelier/core"
+)
+
+// loraSection is the list of LoRAs, each a row of its own.
+type loraSection struct {
+	fields *formFields
+	box    *fyne.Container
+	rows   []*loraRow
+	add    *widget.Button
+	lib    *core.Library
+}
+
+// loraRow is one LoRA: a path (library choice or typed) and a weight.
+type loraRow struct {
+	path   *widget.SelectEntry
+	weight *submitEntry
+	slider *widget.Slider
+	remove *widget.Button
+	err    *widget.Label
+	box    fyne.CanvasObject
+}
+
+var loraFields = []string{"path", "weight"}
+
+func newLoRASection(ff *formFields) *loraSection {
+	s := &loraSection{fields: ff, box: container.NewVBox()}
+	s.add = widget.NewButtonWithIcon("Add LoRA", theme.ContentAddIcon(), func() {
+		s.addRow(core.LoRA{Path: core.TinyLoRA, Weight: 1})
+	})
+	return s
+}
+
+func (s *loraSection) owns(field string) bool {
+	return field == fLoRAs || strings.HasPrefix(field, fLoRAs+"[")
+}
+
+func (s *loraSection) options() []string {
+	return append([]string{core.TinyLoRA}, s.lib.Paths(core.KindLoRA)...)
+}
+
+func (s *loraSection) setLibrary(lib *core.Library) {
+	s.lib = lib
+	for _, r := range s.rows {
+		s.fields.setChoices(r.path, s.options())
+	}
+}
+
+func (s *loraSection) addRow(l core.LoRA) *loraRow {
+	ff := s.fields
+	r := &loraRow{}
+	r.path = widget.NewSelectEntry(nil)
+	ff.setChoices(r.path, s.options())
+	r.path.SetPlaceHolder("tiny-lora or a LoRA .safetensors")
+	r.path.AlwaysShowValidationError = true
+	r.weight = newSubmitEntry(false, ff.onSubmit)
+	r.slider = widget.NewSlider(core.MinLoRAWeight, core.MaxLoRAWeight)
+	r.slider.Step = 0.05
+	r.err = errLabel()
+	r.remove = widget.NewButtonWithIcon("", theme.DeleteIcon(), func() { s.removeRow(r) })
+	browse := ff.browseButton(false, "Choose a LoRA (.safetensors)", func(p string) { r.path.SetText(p) }, "safetensors")
+	r.path.OnChanged = func(string) { r.err.Hide() }
+	ff.linkSliderLabel(r.err, r.weight, r.slider, formatHundredths)
+	r.path.SetText(l.Path)
+	r.weight.SetText(formatFloat(l.Weight))
+	r.box = container.NewVBox(
+		container.NewBorder(nil, nil, nil, container.NewHBox(browse, r.remove), r.path),
+		container.NewBorder(nil, nil, caption("weight"), narrowEntry(r.weight), r.slider),
+		r.err)
+	s.rows = append(s.rows, r)
+	s.reindex()
+	return r
+}
+
+func (s *loraSection) removeRow(r *loraRow) {
+	for i, x := range s.rows {
+		if x == r {
+			s.rows = append(s.rows[:i], s.rows[i+1:]...)
+			break
+		}
+	}
+	s.reindex()
+}
+
+// reindex registers each row's error label under its current field names
+// (loras[0].weight …) and rebuilds the list, after a row came or went.
+func (s *loraSection) reindex() {
+	errs := s.fields.errs
+	for name := range errs {
+		if m := reRowField.FindStringSubmatch(name); m != nil && m[1] == fLoRAs {
+			delete(errs, name)
+		}
+	}
+	objs := make([]fyne.CanvasObject, 0, len(s.rows))
+	for i, r := range s.rows {
+		for _, fl := range loraFields {
+			errs[fmt.Sprintf("loras[%d].%s", i, fl)] = r.err
+		}
+		objs = append(objs, r.box)
+	}
+	s.box.Objects = objs
+	s.box.Refresh()
+	if len(s.rows) >= core.MaxLoRAs {
+		s.add.Disable()
+	} else {
+		s.add.Enable()
+	}
+}
+
+func (s *loraSection) set(r core.Request) {
+	s.rows = nil
+	for _, l := range r.LoRAs {
+		s.addRow(l)
+	}
+	s.reindex()
+}
+
+func (s *loraSection) read(r *core.Request, errs *[]*core.FieldError) {
+	p := parsed{errs}
+	for i, row := range s.rows {
+		r.LoRAs = append(r.LoRAs, core.LoRA{Path: strings.TrimSpace(row.path.Text),
+			Weight: p.float(fmt.Sprintf("loras[%d].weight", i), row.weight.Text)})
+	}
+}
+
+func (s *loraSection) content() fyne.CanvasObject {
+	return container.NewVBox(s.box, s.fields.errs[fLoRAs], s.add)
+}
