@@ -1,13 +1,11 @@
 package ui
 
 import (
-	"container/list"
 	"context"
 	"fmt"
 	"image"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"fyne.io/fyne/v2"
@@ -15,7 +13,6 @@ import (
 	"fyne.io/fyne/v2/layout"
 	"fyne.io/fyne/v2/theme"
 	"fyne.io/fyne/v2/widget"
-	nativedialog "github.com/sqweek/dialog"
 
 	"atelier/core"
 )
@@ -378,53 +375,6 @@ func (g *galleryView) exportIDs(ids []int64) {
 	}()
 }
 
-// chooseFolderNative is the native folder dialog.
-func chooseFolderNative(title string) (string, error) {
-	dir, err := nativedialog.Directory().Title(title).Browse()
-	if err == nativedialog.ErrCancelled {
-		return "", nil
-	}
-	return dir, err
-}
-
-// confirmDialog is a modal yes/no question. (Fyne's dialog package would
-// pull in another module for its file dialogs; this needs only a pop-up.)
-type confirmDialog struct {
-	pop *widget.PopUp
-	yes *widget.Button
-	no  *widget.Button
-	ok  func()
-}
-
-// Confirm answers yes, as the button does.
-func (d *confirmDialog) Confirm() {
-	d.pop.Hide()
-	d.ok()
-}
-
-// Dismiss answers no.
-func (d *confirmDialog) Dismiss() { d.pop.Hide() }
-
-func (d *confirmDialog) SetConfirmText(s string) { d.yes.SetText(s) }
-
-func (d *confirmDialog) SetConfirmImportance(i widget.Importance) {
-	d.yes.Importance = i
-	d.yes.Refresh()
-}
-
-func confirm(w fyne.Window, title, message string, yes func()) *confirmDialog {
-	d := &confirmDialog{ok: yes}
-	d.yes = widget.NewButton("Yes", d.Confirm)
-	d.yes.Importance = widget.HighImportance
-	d.no = widget.NewButton("Cancel", d.Dismiss)
-	msg := widget.NewLabel(message)
-	msg.Wrapping = fyne.TextWrapWord
-	body := container.NewBorder(heading(title), container.NewHBox(layout.NewSpacer(), d.no, d.yes), nil, nil, msg)
-	d.pop = widget.NewModalPopUp(container.NewPadded(container.NewGridWrap(fyne.NewSize(420, 130), body)), w.Canvas())
-	d.pop.Show()
-	return d
-}
-
 // galleryTile is one thumbnail of the grid.
 type galleryTile struct {
 	widget.BaseWidget
@@ -458,132 +408,6 @@ func (t *galleryTile) show(img image.Image, loaded, starred, selected bool) {
 	t.star.Refresh()
 	t.tileFace.show(img, loaded, selected)
 }
-
-// thumbLoader decodes thumbnails on two background goroutines, newest
-// request first (the tiles just scrolled to), and keeps the last few hundred
-// in memory. A nil image records a file that could not be read.
-type thumbLoader struct {
-	th    *core.Thumbnailer
-	limit int
-	ready func(path string)
-
-	mu      sync.Mutex
-	cache   map[string]*list.Element // of thumbEntry
-	lru     *list.List
-	queue   []string
-	queued  map[string]bool
-	wake    chan struct{}
-	started bool
-	closed  bool
-	working sync.WaitGroup
-}
-
-type thumbEntry struct {
-	path string
-	img  image.Image
-}
-
-func newThumbLoader(th *core.Thumbnailer, limit int, ready func(string)) *thumbLoader {
-	return &thumbLoader{th: th, limit: limit, ready: ready, cache: map[string]*list.Element{}, lru: list.New(),
-		queued: map[string]bool{}, wake: make(chan struct{}, 1)}
-}
-
-func (l *thumbLoader) get(path string) (image.Image, bool) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if e, ok := l.cache[path]; ok {
-		l.lru.MoveToFront(e)
-		return e.Value.(*thumbEntry).img, true
-	}
-	return nil, false
-}
-
-// forget drops a path (its file was deleted).
-func (l *thumbLoader) forget(path string) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if e, ok := l.cache[path]; ok {
-		l.lru.Remove(e)
-		delete(l.cache, path)
-	}
-}
-
-func (l *thumbLoader) request(path string) {
-	l.mu.Lock()
-	if l.queued[path] {
-		l.mu.Unlock()
-		return
-	}
-	l.queued[path] = true
-	l.queue = append(l.queue, path)
-	// Tiles scrolled past long ago are not worth decoding any more.
-	if over := len(l.queue) - 4*galleryPage; over > 0 {
-		for _, p := range l.queue[:over] {
-			delete(l.queued, p)
-		}
-		l.queue = l.queue[over:]
-	}
-	if !l.started && !l.closed {
-		l.started = true
-		for range 2 {
-			l.working.Add(1)
-			go l.work()
-		}
-	}
-	if !l.closed {
-		select {
-		case l.wake <- struct{}{}:
-		default:
-		}
-	}
-	l.mu.Unlock()
-}
-
-func (l *thumbLoader) next() (string, bool) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if len(l.queue) == 0 || l.closed {
-		return "", false
-	}
-	p := l.queue[len(l.queue)-1]
-	l.queue = l.queue[:len(l.queue)-1]
-	return p, true
-}
-
-func (l *thumbLoader) work() {
-	defer l.working.Done()
-	for {
-		p, ok := l.next()
-		if !ok {
-			if _, open := <-l.wake; !open {
-				return
-			}
-			continue
-		}
-		img, err := l.th.Load(p)
-		if err != nil {
-			img = nil
-		}
-		l.mu.Lock()
-		delete(l.queued, p)
-		if e, ok := l.cache[p]; ok {
-			e.Value.(*thumbEntry).img = img
-		} else {
-			l.cache[p] = l.lru.PushFront(&thumbEntry{path: p, img: img})
-		}
-		for l.lru.Len() > l.limit {
-			old := l.lru.Back()
-			l.lru.Remove(old)
-			delete(l.cache, old.Value.(*thumbEntry).path)
-		}
-		l.mu.Unlock()
-		l.ready(p)
-	}
-}
-
-// starIcon is Material Icons' star (Apache 2.0), as Fyne's own icons.
-var starIcon = fyne.NewStaticResource("star.svg", []byte(
-	`<svg xmlns="http://www.w3.org/2000/svg" width="24" height="24" viewBox="0 0 24 24"><path fill="#000000" d="M12 17.27L18.18 21l-1.64-7.03L22 9.24l-7.19-.61L12 2 9.19 8.63 2 9.24l5.46 4.73L5.82 21z"/></svg>`))
 
 // ThumbPixels is the gallery's thumbnail size, for a core.Thumbnailer the
 // app makes.

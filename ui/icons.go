@@ -13,3 +13,7 @@ var (
 	swapIcon = theme.NewThemedResource(fyne.NewStaticResource("swap.svg", []byte(
 		`<svg xmlns="http://www.w3.org/2000/svg" width="24" height="24" viewBox="0 0 24 24"><path fill="#000000" d="M6.99 11L3 15l3.99 4v-3H14v-2H6.99v-3zM21 9l-3.99-4v3H10v2h7.01v3L21 9z"/></svg>`)))
 )
+
+// starIcon is Material Icons' star (Apache 2.0), as Fyne's own icons.
+var starIcon = fyne.NewStaticResource("star.svg", []byte(
+	`<svg xmlns="http://www.w3.org/2000/svg" width="24" height="24" viewBox="0 0 24 24"><path fill="#000000" d="M12 17.27L18.18 21l-1.64-7.03L22 9.24l-7.19-.61L12 2 9.19 8.63 2 9.24l5.46 4.73L5.82 21z"/></svg>`))
