@@ -85,10 +85,9 @@ def cmd_baseline(args) -> dict:
     """Plain diffusers, as a user would call it: from_pretrained in fp16, .to(device), a
     prompt in, PIL images out (its VAE upcast to fp32 for the decode, as the SDXL config
     asks). No compile, no fused projections."""
+    import diffusers.utils.logging as dlog
     import torch
     from diffusers import StableDiffusionXLPipeline
-
-    import diffusers.utils.logging as dlog
 
     dlog.set_verbosity_error()
     dev = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -167,7 +166,7 @@ def cmd_baseline(args) -> dict:
                                        "images_per_s": round(1 / out["e2e"]["median_s"], 3)}
                 continue
             call(b)
-            ts = [_timed(lambda: call(b), sync) for _ in range(max(1, args.runs // 2))]
+            ts = [_timed(lambda b=b: call(b), sync) for _ in range(max(1, args.runs // 2))]
             med = statistics.median(ts)
             out["batches"][str(b)] = {"median_s": round(med, 4), "images_per_s": round(b / med, 3)}
     return out
@@ -177,6 +176,7 @@ def cmd_emitcost(args) -> dict:
     """What one progress line costs the worker: encoding it and writing it to a pipe that a
     thread drains, as the bridge does."""
     from .protocol import Progress
+    from .spec import STAGE_DENOISING
     from .worker import Output
 
     r, w = os.pipe()
@@ -192,7 +192,7 @@ def cmd_emitcost(args) -> dict:
     n = args.n
     t0 = time.perf_counter()
     for i in range(n):
-        out.send(Progress(id="bench", stage="denoising", step=i % 30, total=30, elapsed_s=1.234))
+        out.send(Progress(id="bench", stage=STAGE_DENOISING, step=i % 30, total=30, elapsed_s=1.234))
     dt = (time.perf_counter() - t0) / n
     out._stream.close()
     th.join(timeout=5)
@@ -205,7 +205,7 @@ def cmd_fp8check(args) -> dict:
     import torch
     from diffusers import UNet2DConditionModel
 
-    from . import accel
+    from . import fp8
 
     dev, dt = "cuda", torch.float16
     unet = UNet2DConditionModel.from_pretrained(os.path.join(args.model, "unet"), torch_dtype=dt).to(dev)
@@ -223,7 +223,7 @@ def cmd_fp8check(args) -> dict:
         step = lambda: unet(x, t, encoder_hidden_states=ehs, added_cond_kwargs=ac).sample  # noqa: E731
         ref = step().float()
         out["fp16_step_eager"] = summary([_timed(step, sync) for _ in range(5)])
-        out["swapped"] = accel.fp8_linears(unet)
+        out["swapped"] = fp8.swap_linears(unet)
         y = step().float()
         out["fp8_step_eager"] = summary([_timed(step, sync) for _ in range(5)])
         out["rel_err"] = round(float((y - ref).norm() / ref.norm()), 5)

@@ -4,12 +4,7 @@ from __future__ import annotations
 
 import json
 
-SAMPLER_NAMES = {
-    "euler": "Euler", "euler_a": "Euler a", "ddim": "DDIM", "dpmpp_2m": "DPM++ 2M",
-    "dpmpp_sde": "DPM++ SDE", "heun": "Heun", "dpm2": "DPM2", "dpm2_a": "DPM2 a", "lms": "LMS",
-    "unipc": "UniPC",
-}
-SCHEDULE_NAMES = {"": "Automatic", "karras": "Karras", "exponential": "Exponential", "beta": "Beta"}
+from .spec import SAMPLER_NAMES, SCHEDULE_NAMES
 
 
 def _quote(value: str) -> str:

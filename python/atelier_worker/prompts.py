@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from . import accel
+from . import optimize
 
 UP = 1.1
 # A1111 breaks a full chunk after the last comma when one is this close to its end, so that
@@ -162,7 +162,7 @@ def _encode(encoder, chunks: Chunks, weighted: bool):
     the first chunk."""
     import torch
 
-    device = accel.module_device(encoder)
+    device = optimize.module_device(encoder)
     states, pooled = [], None
     for ids, weights in zip(chunks.ids, chunks.weights):
         out = encoder(torch.tensor([ids], device=device), output_hidden_states=True)

@@ -1,50 +1,29 @@
-"""Wire protocol v1 (docs/protocol.md): dataclasses at the edge, strict decode, encode.
+"""Wire protocol v1 (docs/protocol.md): the messages as msgspec structs, strict decode, encode.
+
+msgspec checks each line's types as Go's decoder does (a boolean is no number, 4.0 is no
+integer); the rules on values follow, written per message (ranges, names, rules between
+fields). Every error names its field. Unknown fields are ignored, so that a newer peer can
+add fields; a null field is an absent one. The shared constants come from spec.py.
 
 This module must not import torch: the worker uses it before the slow imports.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import functools
 import json
 import math
 import re
-from dataclasses import dataclass, field as _field
-from typing import Any, Callable, Union
+import typing
+from collections.abc import Callable
+from typing import Any, ClassVar, Union
 
-PROTOCOL_VERSION = 1
-MAX_LINE_BYTES = 1 << 20
+import msgspec
+from msgspec import field as _field
 
-SCHEDULERS = ("euler", "euler_a", "ddim", "dpmpp_2m", "dpmpp_sde", "heun", "dpm2", "dpm2_a",
-              "lms", "unipc")
-# The sigma schedules a scheduler may be asked for; "" is the scheduler's own.
-SCHEDULES = ("", "karras", "exponential", "beta")
-CONTROLNET_TYPES = ("canny", "depth", "pose", "lineart", "scribble", "tile", "softedge", "other")
-DEVICES = ("cuda", "mps", "cpu")
-STAGES = ("loading_model", "creating_tiny_model", "preprocessing", "encoding", "denoising",
-          "refining", "decoding", "hires", "upscaling", "saving")
-ERROR_CODES = (
-    "invalid_request",
-    "model_not_found",
-    "unsupported",
-    "out_of_memory",
-    "cancelled",
-    "worker_crashed",
-    "internal",
-)
+from . import spec
 
-MIN_STEPS, MAX_STEPS = 1, 150
-MIN_CFG, MAX_CFG = 0.0, 30.0
-MIN_SIZE, MAX_SIZE, SIZE_MULTIPLE = 64, 4096, 8
-MIN_BATCH, MAX_BATCH = 1, 8
-MAX_SEED = (1 << 53) - 1
-MAX_LORAS, MIN_LORA_WEIGHT, MAX_LORA_WEIGHT = 16, -5.0, 5.0
-MAX_CONTROLNETS = 4
-MAX_MASK_BLUR, MAX_MASK_PADDING = 64, 1024
-MIN_UPSCALE, MAX_UPSCALE = 1.0, 4.0
-MIN_HIRES, MAX_HIRES = 1.0, 4.0
-
-_ID_RE = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
+_ID_RE = re.compile(f"[{spec.ID_CHARS}]{{{spec.MIN_ID_LEN},{spec.MAX_ID_LEN}}}")
 
 
 class ProtocolError(ValueError):
@@ -62,26 +41,23 @@ class ProtocolError(ValueError):
 # Go -> worker -------------------------------------------------------------
 
 
-@dataclass
-class Lora:
+class Lora(msgspec.Struct):
     path: str
-    weight: float = 1.0
+    weight: float = spec.DEFAULT_LORA_WEIGHT
 
 
-@dataclass
-class ControlNet:
+class ControlNet(msgspec.Struct):
     type: str
     model: str
     image: str
-    scale: float = 1.0
-    start: float = 0.0
-    end: float = 1.0
-    canny_low: int = 100
-    canny_high: int = 200
+    scale: float = spec.DEFAULT_CONTROL_SCALE
+    start: float = spec.DEFAULT_CONTROL_START
+    end: float = spec.DEFAULT_CONTROL_END
+    canny_low: int = spec.DEFAULT_CANNY_LOW
+    canny_high: int = spec.DEFAULT_CANNY_HIGH
 
 
-@dataclass
-class Request:
+class Request(msgspec.Struct):
     prompt: str
     model: str
     steps: int
@@ -91,82 +67,74 @@ class Request:
     seed: int
     output_dir: str
     negative_prompt: str = ""
-    scheduler: str = "euler"
-    batch_size: int = 1
-    preview_every: int = 0
-    schedule: str = ""
+    scheduler: str = spec.DEFAULT_SCHEDULER
+    batch_size: int = spec.DEFAULT_BATCH_SIZE
+    preview_every: int = spec.DEFAULT_PREVIEW_EVERY
+    schedule: str = spec.DEFAULT_SCHEDULE
     loras: list[Lora] = _field(default_factory=list)
     controlnets: list[ControlNet] = _field(default_factory=list)
     refiner: str = ""
-    refiner_switch: float = 0.8
+    refiner_switch: float = spec.DEFAULT_REFINER_SWITCH
     vae: str = ""
     init_image: str = ""
-    strength: float = 0.75
+    strength: float = spec.DEFAULT_STRENGTH
     mask_image: str = ""
-    mask_blur: int = 4
-    mask_padding: int = 0
+    mask_blur: int = spec.DEFAULT_MASK_BLUR
+    mask_padding: int = spec.DEFAULT_MASK_PADDING
     upscaler: str = ""
-    upscale: float = 2.0
+    upscale: float = spec.DEFAULT_UPSCALE
     hires_scale: float = 0.0     # 0: no hires pass
-    hires_steps: int = 0         # 0: the job's steps
-    hires_strength: float = 0.5
+    hires_steps: int = spec.DEFAULT_HIRES_STEPS  # 0: the job's steps
+    hires_strength: float = spec.DEFAULT_HIRES_STRENGTH
     upscale_only: bool = False   # enlarge init_image with the upscaler; nothing is generated
 
 
 def hires_size(width: int, height: int, scale: float) -> tuple[int, int]:
     """The size of the hires pass: the first pass's, scaled and rounded to a multiple of 8."""
     def one(v: int) -> int:
-        return max(SIZE_MULTIPLE, int(round(v * scale / SIZE_MULTIPLE)) * SIZE_MULTIPLE)
+        return max(spec.SIZE_MULTIPLE, int(round(v * scale / spec.SIZE_MULTIPLE)) * spec.SIZE_MULTIPLE)
     return one(width), one(height)
 
 
-@dataclass
-class Generate:
+class Generate(msgspec.Struct):
+    type: ClassVar[str] = spec.MSG_GENERATE
     id: str
     request: Request
-    type: str = _field(default="generate", init=False)
 
 
-@dataclass
-class Cancel:
+class Cancel(msgspec.Struct):
+    type: ClassVar[str] = spec.MSG_CANCEL
     id: str
-    type: str = _field(default="cancel", init=False)
 
 
-@dataclass
-class Ping:
+class Ping(msgspec.Struct):
+    type: ClassVar[str] = spec.MSG_PING
     id: str
-    type: str = _field(default="ping", init=False)
 
 
-@dataclass
-class Unload:
-    type: str = _field(default="unload", init=False)
+class Unload(msgspec.Struct):
+    type: ClassVar[str] = spec.MSG_UNLOAD
 
 
-@dataclass
-class Shutdown:
-    type: str = _field(default="shutdown", init=False)
+class Shutdown(msgspec.Struct):
+    type: ClassVar[str] = spec.MSG_SHUTDOWN
 
 
 # worker -> Go -------------------------------------------------------------
 
 
-@dataclass
-class Loading:
+class Loading(msgspec.Struct):
+    type: ClassVar[str] = spec.MSG_LOADING
     message: str
-    type: str = _field(default="loading", init=False)
 
 
-@dataclass
-class Device:
+class Device(msgspec.Struct):
     name: str
     kind: str
     memory_bytes: int
 
 
-@dataclass
-class Capabilities:
+class Capabilities(msgspec.Struct):
     schedulers: list[str]
     controlnet_types: list[str]
     features: list[str]
@@ -174,8 +142,8 @@ class Capabilities:
     schedules: dict[str, list[str]] = _field(default_factory=dict)
 
 
-@dataclass
-class Hello:
+class Hello(msgspec.Struct):
+    type: ClassVar[str] = spec.MSG_HELLO
     protocol: int
     worker_version: str
     device: str
@@ -183,43 +151,37 @@ class Hello:
     devices: list[Device]
     capabilities: Capabilities
     versions: dict[str, str]
-    type: str = _field(default="hello", init=False)
 
 
-@dataclass
-class Accepted:
+class Accepted(msgspec.Struct):
+    type: ClassVar[str] = spec.MSG_ACCEPTED
     id: str
-    type: str = _field(default="accepted", init=False)
 
 
-@dataclass
-class Progress:
+class Progress(msgspec.Struct):
+    type: ClassVar[str] = spec.MSG_PROGRESS
     id: str
     stage: str
     step: int
     total: int
     elapsed_s: float
-    type: str = _field(default="progress", init=False)
 
 
-@dataclass
-class Preview:
+class Preview(msgspec.Struct):
+    type: ClassVar[str] = spec.MSG_PREVIEW
     id: str
     step: int
     path: str
-    type: str = _field(default="preview", init=False)
 
 
-@dataclass
-class Image:
+class Image(msgspec.Struct):
     path: str
     seed: int
     width: int
     height: int
 
 
-@dataclass
-class Metrics:
+class Metrics(msgspec.Struct):
     total_s: float
     load_s: float
     denoise_s: float
@@ -233,30 +195,27 @@ class Metrics:
     batch_chunks: int = 1
 
 
-@dataclass
-class Result:
+class Result(msgspec.Struct):
+    type: ClassVar[str] = spec.MSG_RESULT
     id: str
     images: list[Image]
     metrics: Metrics
     # The preprocessed control images (one per request controlnet), when there were any.
     control_images: list[str] = _field(default_factory=list)
-    type: str = _field(default="result", init=False)
 
 
-@dataclass
-class Error:
+class Error(msgspec.Struct):
+    type: ClassVar[str] = spec.MSG_ERROR
     id: str
     code: str
     message: str
     detail: str = ""
     field: str = ""
-    type: str = _field(default="error", init=False)
 
 
-@dataclass
-class Pong:
+class Pong(msgspec.Struct):
+    type: ClassVar[str] = spec.MSG_PONG
     id: str
-    type: str = _field(default="pong", init=False)
 
 
 Message = Union[
@@ -264,95 +223,108 @@ Message = Union[
     Loading, Hello, Accepted, Progress, Preview, Result, Error, Pong,
 ]
 
-GO_TO_WORKER = ("generate", "cancel", "ping", "unload", "shutdown")
-WORKER_TO_GO = ("loading", "hello", "accepted", "progress", "preview", "result", "error", "pong")
+_TYPES: dict[str, type] = {cls.type: cls for cls in typing.get_args(Message)}
 
 
-# Field readers. Each takes the containing object and the key, and names the field
-# by `path` in its error. Booleans are rejected wherever a number is expected,
-# because Go's decoder refuses them too.
+# Types: msgspec, its errors said as the rules below say theirs -----------------------------
 
-_MISSING = object()
-
-
-def _get(obj: dict, key: str, path: str, default: Any = _MISSING) -> Any:
-    if key in obj and obj[key] is not None:
-        return obj[key]
-    if default is _MISSING:
-        raise ProtocolError("is required", path)
-    return default
+# What each type a field expects is called in an error.
+_EXPECTED = {"int": "an integer", "float": "a finite number", "str": "a string",
+             "array": "a list", "object": "an object", "bool": "a boolean"}
+# Boolean fields whose error says it otherwise.
+_BOOL_WORDS = {"upscale_only": "true or false"}
+_MSGSPEC_ERROR = re.compile(r"(?P<what>.*?)(?: - at `\$(?P<at>[^`]*)`)?")
+_PATH_PART = re.compile(r"\.(\w+)|\[(\d+)\]")
 
 
-def _str(obj: dict, key: str, path: str = "", default: Any = _MISSING, nonblank: bool = False) -> str:
-    path = path or key
-    v = _get(obj, key, path, default)
-    if not isinstance(v, str):
-        raise ProtocolError(f"must be a string, got {_kind(v)}", path)
-    if nonblank and not v.strip():
+@functools.cache
+def _struct_fields(cls) -> dict[str, Any]:
+    return {f.name: f.type for f in msgspec.structs.fields(cls)}
+
+
+def _nulls_absent(value: Any, typ: Any) -> Any:
+    """value with the null fields of its objects left out (a null boolean stays, and is
+    refused), for a value of type typ."""
+    if isinstance(typ, type) and issubclass(typ, msgspec.Struct) and isinstance(value, dict):
+        fields = _struct_fields(typ)
+        return {k: _nulls_absent(v, fields[k]) for k, v in value.items()
+                if k in fields and (v is not None or fields[k] is bool)}
+    if typing.get_origin(typ) is list and isinstance(value, list):
+        (item,) = typing.get_args(typ)
+        return [_nulls_absent(v, item) for v in value]
+    return value
+
+
+def _at(obj: Any, path: str) -> Any:
+    for key, index in _PATH_PART.findall(path):
+        obj = obj.get(key) if key and isinstance(obj, dict) else \
+            obj[int(index)] if index and isinstance(obj, list) else None
+    return obj
+
+
+def _convert(obj: Any, cls):
+    """obj (a decoded JSON value) as an instance of struct cls."""
+    try:
+        return msgspec.convert(_nulls_absent(obj, cls), cls, strict=True)
+    except msgspec.ValidationError as e:
+        m = _MSGSPEC_ERROR.fullmatch(str(e))
+        what, at = m["what"], m["at"] or ""
+        missing = re.fullmatch(r"Object missing required field `(\w+)`", what)
+        if missing:
+            raise ProtocolError("is required", _field_name(f"{at}.{missing[1]}")) from None
+        wrong = re.fullmatch(r"Expected `(\w+)`, got `\w+`", what)
+        name = _field_name(at)
+        if wrong:
+            want = _BOOL_WORDS.get(name, _EXPECTED.get(wrong[1], wrong[1]))
+            raise ProtocolError(f"must be {want}, got {_kind(_at(obj, at))}", name) from None
+        raise ProtocolError(what, name) from None
+
+
+def _field_name(at: str) -> str:
+    # A request's fields go by their bare name, anything else by its path in the message.
+    return at.removeprefix(".").removeprefix("request.")
+
+
+# Rules on values ------------------------------------------------------------------------
+
+
+def _nonblank(v: str, path: str) -> None:
+    if not v.strip():
         raise ProtocolError("must not be empty", path)
-    return v
-
-
-def _int(obj: dict, key: str, path: str = "", default: Any = _MISSING,
-         lo: int | None = None, hi: int | None = None) -> int:
-    path = path or key
-    v = _get(obj, key, path, default)
-    # A float with an integral value (4.0) is still refused: Go will not decode it into an int.
-    if isinstance(v, bool) or not isinstance(v, int):
-        raise ProtocolError(f"must be an integer, got {_kind(v)}", path)
-    _range(v, lo, hi, path)
-    return v
-
-
-def _num(obj: dict, key: str, path: str = "", default: Any = _MISSING,
-         lo: float | None = None, hi: float | None = None) -> float:
-    path = path or key
-    v = _get(obj, key, path, default)
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-        raise ProtocolError(f"must be a finite number, got {_kind(v)}", path)
-    _range(v, lo, hi, path)
-    return float(v)
 
 
 def _range(v: float, lo: float | None, hi: float | None, path: str) -> None:
+    if isinstance(v, float) and not math.isfinite(v):
+        raise ProtocolError(f"must be a finite number, got {_kind(v)}", path)
     if lo is not None and hi is not None and not lo <= v <= hi:
         raise ProtocolError(f"must be between {_fmt(lo)} and {_fmt(hi)}, got {_fmt(v)}", path)
     if lo is not None and v < lo:
         raise ProtocolError(f"must be at least {_fmt(lo)}, got {_fmt(v)}", path)
 
 
-def _obj(obj: dict, key: str, path: str = "") -> dict:
-    path = path or key
-    v = _get(obj, key, path)
-    if not isinstance(v, dict):
-        raise ProtocolError(f"must be an object, got {_kind(v)}", path)
-    return v
+def _one_of(value: str, allowed: tuple[str, ...], path: str) -> None:
+    if value not in allowed:
+        raise ProtocolError(f"unknown value {value!r} (known: {', '.join(allowed)})", path)
 
 
-def _list(obj: dict, key: str, path: str = "", default: Any = _MISSING) -> list:
-    path = path or key
-    v = _get(obj, key, path, default)
-    if not isinstance(v, list):
-        raise ProtocolError(f"must be a list, got {_kind(v)}", path)
-    return v
-
-
-def _str_list(obj: dict, key: str, path: str) -> list[str]:
-    items = _list(obj, key, path)
+def _str_list(items: Any, path: str) -> None:
+    if items is None:
+        raise ProtocolError("is required", path)
+    if not isinstance(items, list):
+        raise ProtocolError(f"must be a list, got {_kind(items)}", path)
     for i, s in enumerate(items):
         if not isinstance(s, str):
             raise ProtocolError(f"must be a string, got {_kind(s)}", f"{path}[{i}]")
-    return list(items)
 
 
-def _one_of(value: str, allowed: tuple[str, ...], path: str) -> str:
-    if value not in allowed:
-        raise ProtocolError(f"unknown value {value!r} (known: {', '.join(allowed)})", path)
-    return value
-
-
-def _id(obj: dict, allow_empty: bool = False) -> str:
-    v = _str(obj, "id", default="" if allow_empty else _MISSING)
+def _id(m: dict, allow_empty: bool = False) -> str:
+    v = m.get("id")
+    if v is None and allow_empty:
+        return ""
+    if v is None:
+        raise ProtocolError("is required", "id")
+    if not isinstance(v, str):
+        raise ProtocolError(f"must be a string, got {_kind(v)}", "id")
     if v == "" and allow_empty:
         return v
     if not _ID_RE.fullmatch(v):
@@ -376,230 +348,164 @@ def _fmt(v: float) -> str:
     return str(int(v)) if isinstance(v, float) and v.is_integer() else str(v)
 
 
-# Per-type decoders ---------------------------------------------------------
-
-
-def decode_request(r: dict) -> Request:
-    """Validates a generate request by the rules of docs/protocol.md; errors name the field."""
-    prompt = _str(r, "prompt", nonblank=True)
-    model = _str(r, "model", nonblank=True)
-    scheduler = _one_of(_str(r, "scheduler", default="euler") or "euler", SCHEDULERS, "scheduler")
-    steps = _int(r, "steps", lo=MIN_STEPS, hi=MAX_STEPS)
-    cfg = _num(r, "cfg", lo=MIN_CFG, hi=MAX_CFG)
-    size = {}
+def check_request(r: Request) -> Request:
+    """Checks a generate request's values by the rules of docs/protocol.md, naming the
+    field; fills in what an empty value means."""
+    _nonblank(r.prompt, "prompt")
+    _nonblank(r.model, "model")
+    r.scheduler = r.scheduler or spec.DEFAULT_SCHEDULER
+    _one_of(r.scheduler, spec.SCHEDULERS, "scheduler")
+    _range(r.steps, spec.MIN_STEPS, spec.MAX_STEPS, "steps")
+    _range(r.cfg, spec.MIN_CFG, spec.MAX_CFG, "cfg")
     for key in ("width", "height"):
-        v = _int(r, key, lo=MIN_SIZE, hi=MAX_SIZE)
-        if v % SIZE_MULTIPLE:
-            raise ProtocolError(f"must be a multiple of {SIZE_MULTIPLE}, got {v}", key)
-        size[key] = v
-    seed = _int(r, "seed", lo=0, hi=MAX_SEED)
+        v = getattr(r, key)
+        _range(v, spec.MIN_SIZE, spec.MAX_SIZE, key)
+        if v % spec.SIZE_MULTIPLE:
+            raise ProtocolError(f"must be a multiple of {spec.SIZE_MULTIPLE}, got {v}", key)
+    _range(r.seed, spec.MIN_SEED, spec.MAX_SEED, "seed")
     # Go omits a zero batch_size and preview_every (omitempty), so absent means the default.
-    batch = _int(r, "batch_size", default=1, lo=MIN_BATCH, hi=MAX_BATCH)
-    preview = _int(r, "preview_every", default=0, lo=0)
-    output_dir = _str(r, "output_dir", nonblank=True)
-    if not output_dir.startswith("/") and not re.match(r"^[A-Za-z]:[\\/]", output_dir):
-        raise ProtocolError(f"must be an absolute path, got {output_dir!r}", "output_dir")
-    schedule = _one_of(_str(r, "schedule", default=""), SCHEDULES, "schedule")
+    _range(r.batch_size, spec.MIN_BATCH, spec.MAX_BATCH, "batch_size")
+    _range(r.preview_every, 0, None, "preview_every")
+    _nonblank(r.output_dir, "output_dir")
+    if not r.output_dir.startswith("/") and not re.match(r"^[A-Za-z]:[\\/]", r.output_dir):
+        raise ProtocolError(f"must be an absolute path, got {r.output_dir!r}", "output_dir")
+    _one_of(r.schedule, spec.SCHEDULES, "schedule")
 
-    loras = []
-    for i, item in enumerate(_list(r, "loras", default=[])):
-        p = f"loras[{i}]"
-        if not isinstance(item, dict):
-            raise ProtocolError(f"must be an object, got {_kind(item)}", p)
-        loras.append(Lora(path=_str(item, "path", p + ".path", nonblank=True),
-                          weight=_num(item, "weight", p + ".weight", default=1.0,
-                                      lo=MIN_LORA_WEIGHT, hi=MAX_LORA_WEIGHT)))
-    if len(loras) > MAX_LORAS:
-        raise ProtocolError(f"must hold at most {MAX_LORAS} LoRAs, got {len(loras)}", "loras")
+    for i, lora in enumerate(r.loras):
+        _nonblank(lora.path, f"loras[{i}].path")
+        _range(lora.weight, spec.MIN_LORA_WEIGHT, spec.MAX_LORA_WEIGHT, f"loras[{i}].weight")
+    if len(r.loras) > spec.MAX_LORAS:
+        raise ProtocolError(f"must hold at most {spec.MAX_LORAS} LoRAs, got {len(r.loras)}", "loras")
 
-    controlnets = []
-    for i, item in enumerate(_list(r, "controlnets", default=[])):
+    for i, cn in enumerate(r.controlnets):
         p = f"controlnets[{i}]"
-        if not isinstance(item, dict):
-            raise ProtocolError(f"must be an object, got {_kind(item)}", p)
-        cn = ControlNet(
-            type=_one_of(_str(item, "type", p + ".type"), CONTROLNET_TYPES, p + ".type"),
-            model=_str(item, "model", p + ".model", nonblank=True),
-            image=_str(item, "image", p + ".image", nonblank=True),
-            scale=_num(item, "scale", p + ".scale", default=1.0, lo=0, hi=2),
-            start=_num(item, "start", p + ".start", default=0.0, lo=0, hi=1),
-            end=_num(item, "end", p + ".end", default=1.0, lo=0, hi=1),
-            canny_low=_int(item, "canny_low", p + ".canny_low", default=100, lo=0, hi=255),
-            canny_high=_int(item, "canny_high", p + ".canny_high", default=200, lo=0, hi=255),
-        )
+        _one_of(cn.type, spec.CONTROLNET_TYPES, p + ".type")
+        _nonblank(cn.model, p + ".model")
+        _nonblank(cn.image, p + ".image")
+        _range(cn.scale, spec.MIN_CONTROL_SCALE, spec.MAX_CONTROL_SCALE, p + ".scale")
+        _range(cn.start, spec.MIN_FRACTION, spec.MAX_FRACTION, p + ".start")
+        _range(cn.end, spec.MIN_FRACTION, spec.MAX_FRACTION, p + ".end")
+        _range(cn.canny_low, spec.MIN_CANNY, spec.MAX_CANNY, p + ".canny_low")
+        _range(cn.canny_high, spec.MIN_CANNY, spec.MAX_CANNY, p + ".canny_high")
         if cn.start >= cn.end:
             raise ProtocolError(f"must be greater than start ({_fmt(cn.start)}), got {_fmt(cn.end)}",
                                 p + ".end")
         if cn.canny_low > cn.canny_high:
             raise ProtocolError(f"must not be below canny_low ({cn.canny_low}), got {cn.canny_high}",
                                 p + ".canny_high")
-        controlnets.append(cn)
-    if len(controlnets) > MAX_CONTROLNETS:
-        raise ProtocolError(f"must hold at most {MAX_CONTROLNETS} ControlNets, got {len(controlnets)}",
-                            "controlnets")
+    if len(r.controlnets) > spec.MAX_CONTROLNETS:
+        raise ProtocolError(f"must hold at most {spec.MAX_CONTROLNETS} ControlNets, got "
+                            f"{len(r.controlnets)}", "controlnets")
 
-    refiner = _str(r, "refiner", default="")
-    switch = _num(r, "refiner_switch", default=0.8, lo=0, hi=1)
-    if refiner and (switch <= 0 or switch >= 1):
+    switch = r.refiner_switch
+    _range(switch, spec.MIN_FRACTION, spec.MAX_FRACTION, "refiner_switch")
+    if r.refiner and (switch <= 0 or switch >= 1):
         raise ProtocolError(f"must be above 0 and below 1, got {_fmt(switch)}", "refiner_switch")
-    init_image = _str(r, "init_image", default="")
-    mask_image = _str(r, "mask_image", default="")
-    if mask_image and not init_image:
+    if r.mask_image and not r.init_image:
         raise ProtocolError("needs init_image: a mask marks the part of an image to repaint",
                             "mask_image")
-    upscaler = _str(r, "upscaler", default="")
-    hires = _num(r, "hires_scale", default=0.0, lo=0, hi=MAX_HIRES)
+    hires = r.hires_scale
+    _range(hires, 0, spec.MAX_HIRES, "hires_scale")
     if hires:
-        if hires < MIN_HIRES:
-            raise ProtocolError(f"must be 0 (off) or between {_fmt(MIN_HIRES)} and "
-                                f"{_fmt(MAX_HIRES)}, got {_fmt(hires)}", "hires_scale")
-        if init_image:
+        if hires < spec.MIN_HIRES:
+            raise ProtocolError(f"must be 0 (off) or between {_fmt(spec.MIN_HIRES)} and "
+                                f"{_fmt(spec.MAX_HIRES)}, got {_fmt(hires)}", "hires_scale")
+        if r.init_image:
             raise ProtocolError("is for text-to-image: with an init image, ask for the larger "
                                 "size directly", "hires_scale")
-        big = hires_size(size["width"], size["height"], hires)
-        if max(big) > MAX_SIZE:
+        big = hires_size(r.width, r.height, hires)
+        if max(big) > spec.MAX_SIZE:
             raise ProtocolError(f"makes the image {big[0]}x{big[1]}, past the largest size "
-                                f"({MAX_SIZE})", "hires_scale")
-    upscale_only = r.get("upscale_only", False)
-    if not isinstance(upscale_only, bool):
-        raise ProtocolError(f"must be true or false, got {_kind(upscale_only)}", "upscale_only")
-    if upscale_only and not init_image:
+                                f"({spec.MAX_SIZE})", "hires_scale")
+    if r.upscale_only and not r.init_image:
         raise ProtocolError("needs init_image: the picture to enlarge", "upscale_only")
-    if upscale_only and not upscaler:
+    if r.upscale_only and not r.upscaler:
         raise ProtocolError("needs an upscaler: lanczos or an upscaler model", "upscale_only")
-    hires_strength = _num(r, "hires_strength", default=0.5, lo=0, hi=1)
-    if hires and hires_strength <= 0:
-        raise ProtocolError(f"must be above 0 and at most 1, got {_fmt(hires_strength)}",
+    _range(r.hires_strength, spec.MIN_FRACTION, spec.MAX_FRACTION, "hires_strength")
+    if hires and r.hires_strength <= 0:
+        raise ProtocolError(f"must be above 0 and at most 1, got {_fmt(r.hires_strength)}",
                             "hires_strength")
-    return Request(
-        prompt=prompt, model=model, steps=steps, cfg=cfg, width=size["width"],
-        height=size["height"], seed=seed, output_dir=output_dir,
-        negative_prompt=_str(r, "negative_prompt", default=""), scheduler=scheduler,
-        batch_size=batch, preview_every=preview, schedule=schedule, loras=loras,
-        controlnets=controlnets, refiner=refiner, refiner_switch=switch,
-        vae=_str(r, "vae", default=""), init_image=init_image,
-        strength=_num(r, "strength", default=0.75, lo=0, hi=1), mask_image=mask_image,
-        mask_blur=_int(r, "mask_blur", default=4, lo=0, hi=MAX_MASK_BLUR),
-        mask_padding=_int(r, "mask_padding", default=0, lo=0, hi=MAX_MASK_PADDING),
-        upscaler=upscaler,
-        upscale=_num(r, "upscale", default=2.0, lo=MIN_UPSCALE, hi=MAX_UPSCALE),
-        hires_scale=hires, hires_steps=_int(r, "hires_steps", default=0, lo=0, hi=MAX_STEPS),
-        hires_strength=hires_strength, upscale_only=upscale_only,
-    )
+    _range(r.strength, spec.MIN_FRACTION, spec.MAX_FRACTION, "strength")
+    _range(r.mask_blur, spec.MIN_MASK_BLUR, spec.MAX_MASK_BLUR, "mask_blur")
+    _range(r.mask_padding, spec.MIN_MASK_PADDING, spec.MAX_MASK_PADDING, "mask_padding")
+    _range(r.upscale, spec.MIN_UPSCALE, spec.MAX_UPSCALE, "upscale")
+    _range(r.hires_steps, 0, spec.MAX_STEPS, "hires_steps")
+    return r
 
 
-def _generate(m: dict) -> Generate:
-    id = _id(m)
-    try:
-        return Generate(id=id, request=decode_request(_obj(m, "request")))
-    except ProtocolError as e:
-        e.id = id
-        raise
+def decode_request(r: dict) -> Request:
+    """Validates a generate request by the rules of docs/protocol.md; errors name the field."""
+    return check_request(_convert(r, Request))
 
 
-def _hello(m: dict) -> Hello:
-    devices = []
-    for i, d in enumerate(_list(m, "devices")):
-        p = f"devices[{i}]"
-        if not isinstance(d, dict):
-            raise ProtocolError(f"must be an object, got {_kind(d)}", p)
-        devices.append(Device(name=_str(d, "name", p + ".name"), kind=_str(d, "kind", p + ".kind"),
-                              memory_bytes=_int(d, "memory_bytes", p + ".memory_bytes", lo=0)))
-    c = _obj(m, "capabilities")
-    caps = Capabilities(
-        schedulers=_str_list(c, "schedulers", "capabilities.schedulers"),
-        controlnet_types=_str_list(c, "controlnet_types", "capabilities.controlnet_types"),
-        features=_str_list(c, "features", "capabilities.features"),
-    )
-    schedules = c.get("schedules")
-    if schedules is not None:
-        if not isinstance(schedules, dict):
-            raise ProtocolError(f"must be an object, got {_kind(schedules)}", "capabilities.schedules")
-        caps.schedules = {k: _str_list(schedules, k, f"capabilities.schedules.{k}") for k in schedules}
-    versions = _obj(m, "versions")
-    for k, v in versions.items():
-        if not isinstance(v, str):
-            raise ProtocolError(f"must be a string, got {_kind(v)}", f"versions.{k}")
+# Per-type rules ---------------------------------------------------------------------------
+
+
+def _generate(m: Generate) -> None:
+    check_request(m.request)
+
+
+def _hello(m: Hello) -> None:
+    for i, d in enumerate(m.devices):
+        _range(d.memory_bytes, 0, None, f"devices[{i}].memory_bytes")
     # Any positive version decodes: refusing a different one is the bridge's decision,
     # and it needs the number to say so clearly.
-    return Hello(
-        protocol=_int(m, "protocol", lo=1),
-        worker_version=_str(m, "worker_version", nonblank=True),
-        device=_one_of(_str(m, "device"), DEVICES, "device"),
-        dtype=_str(m, "dtype", nonblank=True),
-        devices=devices, capabilities=caps, versions=dict(versions),
-    )
+    _range(m.protocol, 1, None, "protocol")
+    _nonblank(m.worker_version, "worker_version")
+    _one_of(m.device, spec.DEVICE_KINDS, "device")
+    _nonblank(m.dtype, "dtype")
 
 
-def _progress(m: dict) -> Progress:
-    id = _id(m)
-    stage = _one_of(_str(m, "stage"), STAGES, "stage")
-    total = _int(m, "total", lo=0)
-    step = _int(m, "step", lo=0)
-    if step > total:
-        raise ProtocolError(f"must not exceed total ({total}), got {step}", "step")
-    return Progress(id=id, stage=stage, step=step, total=total, elapsed_s=_num(m, "elapsed_s", lo=0))
+def _hello_maps(m: dict) -> None:
+    # msgspec names no key of a map in its errors: its two maps are read here first.
+    c = m.get("capabilities")
+    schedules = c.get("schedules") if isinstance(c, dict) else None
+    if isinstance(schedules, dict):
+        for k, v in schedules.items():
+            _str_list(v, f"capabilities.schedules.{k}")
+    versions = m.get("versions")
+    for k, v in (versions.items() if isinstance(versions, dict) else ()):
+        if not isinstance(v, str):
+            raise ProtocolError(f"must be a string, got {_kind(v)}", f"versions.{k}")
 
 
-def _result(m: dict) -> Result:
-    id = _id(m)
-    images = []
-    for i, im in enumerate(_list(m, "images")):
+def _progress(m: Progress) -> None:
+    _one_of(m.stage, spec.STAGES, "stage")
+    _range(m.total, 0, None, "total")
+    _range(m.step, 0, None, "step")
+    if m.step > m.total:
+        raise ProtocolError(f"must not exceed total ({m.total}), got {m.step}", "step")
+    _range(m.elapsed_s, 0, None, "elapsed_s")
+
+
+def _preview(m: Preview) -> None:
+    _range(m.step, 0, None, "step")
+    _nonblank(m.path, "path")
+
+
+def _result(m: Result) -> None:
+    for i, im in enumerate(m.images):
         p = f"images[{i}]"
-        if not isinstance(im, dict):
-            raise ProtocolError(f"must be an object, got {_kind(im)}", p)
-        images.append(Image(
-            path=_str(im, "path", p + ".path", nonblank=True),
-            seed=_int(im, "seed", p + ".seed", lo=0, hi=MAX_SEED),
-            width=_int(im, "width", p + ".width", lo=1),
-            height=_int(im, "height", p + ".height", lo=1),
-        ))
-    if not images:
+        _nonblank(im.path, p + ".path")
+        _range(im.seed, spec.MIN_SEED, spec.MAX_SEED, p + ".seed")
+        _range(im.width, 1, None, p + ".width")
+        _range(im.height, 1, None, p + ".height")
+    if not m.images:
         raise ProtocolError("must hold at least one image", "images")
-    x = _obj(m, "metrics")
-    metrics = Metrics(
-        total_s=_num(x, "total_s", "metrics.total_s", lo=0),
-        load_s=_num(x, "load_s", "metrics.load_s", lo=0),
-        denoise_s=_num(x, "denoise_s", "metrics.denoise_s", lo=0),
-        its=_num(x, "its", "metrics.its", lo=0),
-        device=_str(x, "device", "metrics.device"),
-        dtype=_str(x, "dtype", "metrics.dtype"),
-        peak_mem_bytes=_int(x, "peak_mem_bytes", "metrics.peak_mem_bytes", lo=0),
-    )
-    fallback = x.get("vae_fallback", False)
-    if not isinstance(fallback, bool):
-        raise ProtocolError(f"must be a boolean, got {_kind(fallback)}", "metrics.vae_fallback")
-    metrics.vae_fallback = fallback
-    metrics.batch_chunks = _int(x, "batch_chunks", "metrics.batch_chunks", default=1, lo=1)
-    controls = _str_list(m, "control_images", "control_images") if m.get("control_images") is not None else []
-    return Result(id=id, images=images, metrics=metrics, control_images=controls)
+    x = m.metrics
+    for key in ("total_s", "load_s", "denoise_s", "its", "peak_mem_bytes"):
+        _range(getattr(x, key), 0, None, f"metrics.{key}")
+    _range(x.batch_chunks, 1, None, "metrics.batch_chunks")
 
 
-def _error(m: dict) -> Error:
-    return Error(
-        id=_id(m, allow_empty=True),
-        code=_one_of(_str(m, "code"), ERROR_CODES, "code"),
-        message=_str(m, "message", nonblank=True),
-        detail=_str(m, "detail", default=""),
-        field=_str(m, "field", default=""),
-    )
+def _error(m: Error) -> None:
+    _one_of(m.code, spec.ERROR_CODES, "code")
+    _nonblank(m.message, "message")
 
 
-_DECODERS: dict[str, Callable[[dict], Message]] = {
-    "generate": _generate,
-    "cancel": lambda m: Cancel(id=_id(m)),
-    "ping": lambda m: Ping(id=_id(m)),
-    "unload": lambda m: Unload(),
-    "shutdown": lambda m: Shutdown(),
-    "loading": lambda m: Loading(message=_str(m, "message")),
-    "hello": _hello,
-    "accepted": lambda m: Accepted(id=_id(m)),
-    "progress": _progress,
-    "preview": lambda m: Preview(id=_id(m), step=_int(m, "step", lo=0),
-                                 path=_str(m, "path", nonblank=True)),
-    "result": _result,
-    "error": _error,
-    "pong": lambda m: Pong(id=_id(m)),
+_RULES: dict[type, Callable[[Any], None]] = {
+    Generate: _generate, Hello: _hello, Progress: _progress, Preview: _preview,
+    Result: _result, Error: _error,
 }
 
 
@@ -617,8 +523,8 @@ def decode(line: str | bytes) -> Message:
             line = line.encode("utf-8")
         except UnicodeEncodeError as e:
             raise ProtocolError(f"line is not UTF-8: {e}") from None
-    if len(line) > MAX_LINE_BYTES:
-        raise ProtocolError(f"line is longer than {MAX_LINE_BYTES} bytes")
+    if len(line) > spec.MAX_LINE_BYTES:
+        raise ProtocolError(f"line is longer than {spec.MAX_LINE_BYTES} bytes")
     try:
         line = line.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -629,17 +535,40 @@ def decode(line: str | bytes) -> Message:
         raise ProtocolError(f"line is not JSON: {e}") from None
     if not isinstance(m, dict):
         raise ProtocolError(f"line must be a JSON object, got {_kind(m)}")
-    t = _str(m, "type")
-    dec = _DECODERS.get(t)
-    if dec is None:
+    t = m.get("type")
+    if t is None:
+        raise ProtocolError("is required", "type")
+    if not isinstance(t, str):
+        raise ProtocolError(f"must be a string, got {_kind(t)}", "type")
+    cls = _TYPES.get(t)
+    if cls is None:
         raise ProtocolError(f"unknown message type {t!r}", "type",
                             id=m["id"] if isinstance(m.get("id"), str) and _ID_RE.fullmatch(m["id"]) else "")
-    return dec(m)
+    if "id" in cls.__struct_fields__:
+        m = {**m, "id": _id(m, allow_empty=cls is Error)}
+    if cls is Hello:
+        _hello_maps(m)
+    try:
+        msg = _convert(m, cls)
+        _RULES.get(cls, lambda _: None)(msg)
+    except ProtocolError as e:
+        if cls is Generate:
+            e.id = m["id"]  # the worker answers a bad request under its id
+        raise
+    return msg
+
+
+def _builtin(value: Any) -> Any:
+    # Subclasses of str, int and float (torch.__version__, numpy's float64) are written as
+    # their base type, as json writes them.
+    for base in (str, int, float):
+        if isinstance(value, base):
+            return base(value)
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
 
 
 def encode(msg: Message) -> str:
     """One protocol line for msg, without the trailing newline."""
-    d = dataclasses.asdict(msg)
-    t = d.pop("type")
+    fields = msgspec.to_builtins(msg, enc_hook=_builtin)
     # ASCII escapes keep a line valid UTF-8 even when a string holds a lone surrogate.
-    return json.dumps({"type": t, **d}, allow_nan=False, separators=(",", ":"))
+    return json.dumps({"type": msg.type, **fields}, allow_nan=False, separators=(",", ":"))

@@ -6,29 +6,7 @@ import json
 import logging
 import os
 
-from .protocol import SCHEDULERS
-
-# Request name -> (diffusers class name, AUTOMATIC1111's sampler name).
-TABLE = {
-    "euler": ("EulerDiscreteScheduler", "Euler"),
-    "euler_a": ("EulerAncestralDiscreteScheduler", "Euler a"),
-    "ddim": ("DDIMScheduler", "DDIM"),
-    "dpmpp_2m": ("DPMSolverMultistepScheduler", "DPM++ 2M"),
-    "dpmpp_sde": ("DPMSolverSinglestepScheduler", "DPM++ SDE"),
-    "heun": ("HeunDiscreteScheduler", "Heun"),
-    "dpm2": ("KDPM2DiscreteScheduler", "DPM2"),
-    "dpm2_a": ("KDPM2AncestralDiscreteScheduler", "DPM2 a"),
-    "lms": ("LMSDiscreteScheduler", "LMS"),
-    "unipc": ("UniPCMultistepScheduler", "UniPC"),
-}
-assert tuple(TABLE) == SCHEDULERS
-
-# Request schedule -> (the scheduler config flag that turns it on, A1111's name).
-SCHEDULE_FLAGS = {
-    "karras": ("use_karras_sigmas", "Karras"),
-    "exponential": ("use_exponential_sigmas", "Exponential"),
-    "beta": ("use_beta_sigmas", "Beta"),
-}
+from .spec import SAMPLER_NAMES, SCHEDULE_CONFIG_FLAGS, SCHEDULER_CLASSES, SCHEDULERS
 
 
 class ScheduleError(ValueError):
@@ -43,7 +21,7 @@ def scheduler_class(name: str):
     # so that the worker greets before diffusers (seconds) is imported.
     import diffusers
 
-    return getattr(diffusers, TABLE[name][0])
+    return getattr(diffusers, SCHEDULER_CLASSES[name])
 
 
 def _config_keys(cls) -> set[str]:
@@ -57,7 +35,7 @@ def _config_keys(cls) -> set[str]:
 def supported_schedules(name: str) -> list[str]:
     """The non-default schedules scheduler `name` supports in this diffusers."""
     keys = _config_keys(scheduler_class(name))
-    out = [s for s, (flag, _) in SCHEDULE_FLAGS.items() if flag in keys]
+    out = [s for s, flag in SCHEDULE_CONFIG_FLAGS.items() if flag in keys]
     if "beta" in out:
         from diffusers.utils import is_scipy_available
 
@@ -115,7 +93,7 @@ def cached_capabilities(cache_dir: str) -> dict[str, list[str]]:
 def build(name: str, schedule: str, base_config):
     """A fresh scheduler of the request's kind on the model's own scheduler config."""
     cls = scheduler_class(name)
-    overrides = {flag: False for flag, _ in SCHEDULE_FLAGS.values() if flag in _config_keys(cls)}
+    overrides = {flag: False for flag in SCHEDULE_CONFIG_FLAGS.values() if flag in _config_keys(cls)}
     if schedule:
         if schedule not in supported_schedules(name):
             takes = supported_schedules(name)
@@ -123,7 +101,7 @@ def build(name: str, schedule: str, base_config):
                 f"the {sampler_name(name)} scheduler ({name}) does not take the {schedule} "
                 f"schedule: " + (f"choose one of {', '.join(takes)}, or none" if takes
                                  else "it takes no schedule; leave it empty"))
-        overrides[SCHEDULE_FLAGS[schedule][0]] = True
+        overrides[SCHEDULE_CONFIG_FLAGS[schedule]] = True
     if name == "dpmpp_sde":
         # A1111's "DPM++ SDE" is the stochastic single-step solver.
         overrides["algorithm_type"] = "sde-dpmsolver++"
@@ -131,8 +109,4 @@ def build(name: str, schedule: str, base_config):
 
 
 def sampler_name(name: str) -> str:
-    return TABLE[name][1]
-
-
-def schedule_name(schedule: str) -> str:
-    return SCHEDULE_FLAGS[schedule][1] if schedule else "Automatic"
+    return SAMPLER_NAMES[name]

@@ -22,19 +22,27 @@ import shutil
 import sys
 import tempfile
 
-# The request's model name for this model, and its folder name in the cache. Bump the
-# version when the generated files change, so that existing caches are not reused.
-TINY_MODEL = "tiny"
+from .spec import (
+    TINY_CONTROLNET,
+    TINY_LORA,
+    TINY_REFINER,
+    TINY_SINGLE_FILE,
+    TINY_UPSCALER,
+    TINY_VAE,
+)
+
+# The tiny model's folder name in the cache (spec.TINY_MODEL is its name in a request). Bump
+# the version when the generated files change, so that existing caches are not reused.
 TINY_NAME = "tiny-sdxl-v2"
 
 # Request names of the tiny companions -> their file or folder name in the cache's models/.
 EXTRAS = {
-    "tiny-lora": "tiny-lora-v2.safetensors",
-    "tiny-controlnet": "tiny-controlnet-v2",
-    "tiny-refiner": "tiny-refiner-v2",
-    "tiny-vae": "tiny-vae-v2",
-    "tiny-upscaler": "tiny-upscaler-v2.safetensors",
-    "tiny-single-file": "tiny-single-file-v2.safetensors",
+    TINY_LORA: "tiny-lora-v2.safetensors",
+    TINY_CONTROLNET: "tiny-controlnet-v2",
+    TINY_REFINER: "tiny-refiner-v2",
+    TINY_VAE: "tiny-vae-v2",
+    TINY_UPSCALER: "tiny-upscaler-v2.safetensors",
+    TINY_SINGLE_FILE: "tiny-single-file-v2.safetensors",
 }
 
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
@@ -396,9 +404,9 @@ def _make_single_file(base: str, out: str) -> None:
     way single-file checkpoints are shared."""
     from safetensors.torch import save_file
 
-    from . import single_file
+    from . import checkpoint_layout
 
-    save_file(single_file.to_original(base), out)
+    save_file(checkpoint_layout.to_original(base), out)
 
 
 def create_extra(name: str, cache_dir: str) -> str:
@@ -410,12 +418,12 @@ def create_extra(name: str, cache_dir: str) -> str:
         return target
     base = create(os.path.join(models, TINY_NAME))
     makers = {
-        "tiny-lora": lambda out: _make_lora(base, out),
-        "tiny-controlnet": lambda out: _make_controlnet(base, out),
-        "tiny-refiner": lambda out: _make_refiner(base, out),
-        "tiny-vae": lambda out: _make_vae(base, out),
-        "tiny-upscaler": _make_upscaler,
-        "tiny-single-file": lambda out: _make_single_file(base, out),
+        TINY_LORA: lambda out: _make_lora(base, out),
+        TINY_CONTROLNET: lambda out: _make_controlnet(base, out),
+        TINY_REFINER: lambda out: _make_refiner(base, out),
+        TINY_VAE: lambda out: _make_vae(base, out),
+        TINY_UPSCALER: _make_upscaler,
+        TINY_SINGLE_FILE: lambda out: _make_single_file(base, out),
     }
     return _atomic(target, makers[name])
 

@@ -11,9 +11,10 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .spec import LANCZOS_UPSCALER
+
 log = logging.getLogger("atelier.upscale")
 
-LANCZOS = "lanczos"
 TILE = 512      # input pixels a side per tile
 OVERLAP = 16    # input pixels each tile shares with its neighbours
 
@@ -23,7 +24,7 @@ class UpscalerError(ValueError):
 
 
 def display_name(upscaler: str) -> str:
-    if upscaler == LANCZOS:
+    if upscaler == LANCZOS_UPSCALER:
         return "Lanczos"
     base = os.path.basename(upscaler.rstrip("/\\"))
     return base[:-len(".safetensors")] if base.lower().endswith(".safetensors") else base

@@ -23,10 +23,30 @@ from typing import IO
 from . import __version__
 from .job import Job
 from .protocol import (
-    CONTROLNET_TYPES, GO_TO_WORKER, MAX_LINE_BYTES, PROTOCOL_VERSION, SCHEDULERS, Cancel,
-    Capabilities, Device,
-    Error, Generate, Hello, Loading, Message, Ping, Pong, ProtocolError, Shutdown, Unload,
-    decode, encode,
+    Cancel,
+    Capabilities,
+    Device,
+    Error,
+    Generate,
+    Hello,
+    Loading,
+    Message,
+    Ping,
+    Pong,
+    ProtocolError,
+    Shutdown,
+    Unload,
+    decode,
+    encode,
+)
+from .spec import (
+    CONTROLNET_TYPES,
+    ERR_INVALID_REQUEST,
+    FEATURES,
+    GO_TO_WORKER,
+    MAX_LINE_BYTES,
+    PROTOCOL_VERSION,
+    SCHEDULERS,
 )
 
 log = logging.getLogger("atelier.worker")
@@ -37,6 +57,9 @@ current_id: contextvars.ContextVar[str] = contextvars.ContextVar("current_id", d
 # How long a job may take to notice a cancel once stdin has closed, before the process
 # exits anyway (a model load cannot be interrupted).
 EXIT_GRACE_S = 5.0
+
+# The feature (spec.FEATURES) listed only where model upscalers can load.
+_UPSCALE_MODEL = "upscale_model"
 
 _STOP = object()
 _UNLOAD = object()
@@ -193,13 +216,13 @@ class Worker:
                     self._current = Job(id=msg.id, request=msg.request)
                     self.jobs.put(self._current)
             if busy is not None:
-                self.out.send(Error(id=msg.id, code="invalid_request",
+                self.out.send(Error(id=msg.id, code=ERR_INVALID_REQUEST,
                                     message=f"job {busy.id} is still running: one job runs at a "
                                             "time; wait for its result or cancel it"))
 
     def _reply_bad(self, e: ProtocolError) -> None:
         log.warning("bad line: %s", e, extra={"id": e.id or "-"})
-        self.out.send(Error(id=e.id, code="invalid_request", message=str(e), field=e.field))
+        self.out.send(Error(id=e.id, code=ERR_INVALID_REQUEST, message=str(e), field=e.field))
 
     def _stop(self) -> None:
         """Cancels the running job, lets it end for a short grace, then exits regardless."""
@@ -246,13 +269,12 @@ def capabilities() -> Capabilities:
     """What this worker can do (docs/protocol.md, "Capabilities"), so that a UI offers only that."""
     from . import accel, schedulers
 
-    features = ["txt2img", "img2img", "inpaint", "lora", "controlnet", "canny", "refiner", "vae",
-                "batch", "single_file", "schedules", "upscale", "hires", "prompt_weighting"]
+    features = [f for f in FEATURES if f != _UPSCALE_MODEL]
     import importlib.util
 
     # Found, not imported: its import costs the start-up a third of a second.
     if importlib.util.find_spec("spandrel") is not None:
-        features.append("upscale_model")
+        features.append(_UPSCALE_MODEL)
     else:
         log.warning("spandrel is missing: model upscalers are off, Lanczos still works")
     return Capabilities(schedulers=list(SCHEDULERS), controlnet_types=list(CONTROLNET_TYPES),
@@ -290,7 +312,7 @@ class PendingEngine:
             import diffusers  # noqa: F401
 
             _route_library_logs()
-            from .pipeline import Engine
+            from .engine import Engine
 
             self._engine = Engine(dev, dtype)
         except BaseException:

@@ -93,7 +93,7 @@ class WorkerProcess:
         try:
             raw = self._lines.get(timeout=timeout)
         except queue.Empty:
-            raise AssertionError(f"no line from the worker within {timeout}s\n{self.stderr_text()}")
+            raise AssertionError(f"no line from the worker within {timeout}s\n{self.stderr_text()}") from None
         if raw is None:
             raise AssertionError(f"the worker closed stdout (rc={self.proc.poll()})\n{self.stderr_text()}")
         assert raw.endswith(b"\n")

@@ -13,9 +13,11 @@ import pytest
 import torch
 from PIL import Image
 
-from atelier_worker import pipeline, tiny
-from atelier_worker.pipeline import Engine, Job
+from atelier_worker import infotext, loras, schedulers, spec, tiny
+from atelier_worker.engine import Engine, decode, denoise, output
+from atelier_worker.job import Job
 from atelier_worker.protocol import decode_request
+
 from conftest import new_id, request
 
 
@@ -83,13 +85,13 @@ def test_lora_weight_has_an_effect_and_zero_equals_none(engine, tmp_path):
     assert differ(px(one), plain) > 0.5 and differ(neg, plain) > 0.5
     assert np.abs(px(zero) - plain).max() <= 1
     lora_file = tiny.create_extra("tiny-lora", engine.cache_dir)
-    h = pipeline.loras.file_sha256(lora_file)[:10]
+    h = loras.file_sha256(lora_file)[:10]
     text = params(one)
     assert f'Lora hashes: "tiny-lora: {h}"' in text and 'Loras: "<lora:tiny-lora:1>"' in text
     # A job without LoRAs unloads them; the picture is the plain one again.
     again = px(ok(engine, tmp_path)[0])
     assert np.array_equal(again, plain)
-    assert not pipeline.loras.loaded(engine._pipe)
+    assert not loras.loaded(engine.pipe)
 
 
 def test_kohya_format_lora_gives_the_same_image(engine, tmp_path):
@@ -111,13 +113,13 @@ def test_kohya_format_lora_gives_the_same_image(engine, tmp_path):
 
 def test_every_scheduler_runs_and_gives_its_own_image(engine, tmp_path):
     images = {}
-    for name in pipeline.schedulers.TABLE:
+    for name in spec.SCHEDULERS:
         res, msgs = ok(engine, tmp_path, scheduler=name, steps=3)
         images[name] = px(res)
         total = progress(msgs, "denoising")[-1][2]
         assert progress(msgs, "denoising")[-1][1] == total
         assert total == (5 if name in ("heun", "dpm2", "dpm2_a") else 3), name
-        assert f"Sampler: {pipeline.schedulers.sampler_name(name)}, " in params(res)
+        assert f"Sampler: {schedulers.sampler_name(name)}, " in params(res)
     names = list(images)
     for i, a in enumerate(names):
         for b in names[i + 1:]:
@@ -126,10 +128,10 @@ def test_every_scheduler_runs_and_gives_its_own_image(engine, tmp_path):
 
 def test_schedules_change_the_sigmas_and_are_checked(engine, tmp_path):
     plain = px(ok(engine, tmp_path, scheduler="dpmpp_2m", steps=3)[0])
-    for schedule in pipeline.schedulers.supported_schedules("dpmpp_2m"):
+    for schedule in schedulers.supported_schedules("dpmpp_2m"):
         res, _ = ok(engine, tmp_path, scheduler="dpmpp_2m", schedule=schedule, steps=3)
         assert not np.array_equal(px(res), plain), schedule
-        assert f"Schedule type: {pipeline.schedulers.schedule_name(schedule)}, " in params(res)
+        assert f"Schedule type: {infotext.SCHEDULE_NAMES[schedule]}, " in params(res)
     err, _ = run(engine, tmp_path, scheduler="ddim", schedule="karras")
     assert (err.code, err.field) == ("invalid_request", "schedule") and "DDIM" in err.message
 
@@ -238,7 +240,7 @@ def test_vae_choice_and_nan_fallback(engine, tmp_path, monkeypatch, caplog):
     assert not res.metrics.vae_fallback
     assert np.array_equal(px(ok(engine, tmp_path)[0]), plain)  # back to the model's own
 
-    real = pipeline._vae_decode
+    real = decode.vae_decode
     calls = []
 
     def nan_once(vae, latents, settings):
@@ -246,8 +248,8 @@ def test_vae_choice_and_nan_fallback(engine, tmp_path, monkeypatch, caplog):
         calls.append(1)
         return image * float("nan") if len(calls) == 1 else image
 
-    monkeypatch.setattr(pipeline, "_vae_decode", nan_once)
-    with caplog.at_level("WARNING", logger="atelier.pipeline"):
+    monkeypatch.setattr(decode, "vae_decode", nan_once)
+    with caplog.at_level("WARNING", logger="atelier.engine.decode"):
         res, _ = ok(engine, tmp_path)
     assert res.metrics.vae_fallback and len(calls) == 2
     assert np.array_equal(px(res), plain)
@@ -296,13 +298,13 @@ def test_hires_pass_redraws_the_enlarged_image(engine, tmp_path):
 
 def test_hires_pass_is_guided_by_the_controlnets(engine, tmp_path, pics, monkeypatch):
     built = []
-    real = Engine._build
+    real = denoise.build_pipeline
 
     def spy(cls, pipe, extra):
         built.append(cls.__name__)
         return real(cls, pipe, extra)
 
-    monkeypatch.setattr(Engine, "_build", staticmethod(spy))
+    monkeypatch.setattr(denoise, "build_pipeline", spy)
     cn = {"type": "canny", "model": "tiny-controlnet", "image": str(pics / "control.png")}
     plain = px(ok(engine, tmp_path, hires_scale=2)[0])
     assert built[-1] == "StableDiffusionXLImg2ImgPipeline"
@@ -337,7 +339,7 @@ def test_a_full_disk_is_a_clear_error_and_the_engine_goes_on(engine, tmp_path, m
     def full(*_a, **_k):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(pipeline, "write_png", full)
+    monkeypatch.setattr(output, "write_png", full)
     res, _ = run(engine, tmp_path)
     assert (res.type, res.code, res.field) == ("error", "internal", "output_dir")
     assert "No space left on device" in res.message and "Free some disk space" in res.message
@@ -377,16 +379,16 @@ def test_upscale_only_enlarges_a_picture_and_keeps_its_settings(engine, tmp_path
 
 def test_batch_splits_when_out_of_memory(engine, tmp_path, monkeypatch):
     single = px(ok(engine, tmp_path, seed=8)[0])
-    real = Engine._denoise_chunk
+    real = denoise.Denoiser.chunk
     sizes = []
 
-    def small_device(self, job, plan, runner, refiner, seeds, *a):
+    def small_device(self, seeds):
         sizes.append(len(seeds))
         if len(seeds) > 1:
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.00 GiB")
-        return real(self, job, plan, runner, refiner, seeds, *a)
+        return real(self, seeds)
 
-    monkeypatch.setattr(Engine, "_denoise_chunk", small_device)
+    monkeypatch.setattr(denoise.Denoiser, "chunk", small_device)
     res, _ = ok(engine, tmp_path, batch_size=3)
     assert sizes == [3, 1, 1, 1]  # 3 fails, then halves to 1 (3 // 2 = 1)
     assert [i.seed for i in res.images] == [7, 8, 9] and res.metrics.batch_chunks == 3
@@ -432,14 +434,14 @@ def test_single_file_checkpoint_loads_like_the_folder(engine, tmp_path):
 def test_single_file_vae_in_both_layouts(engine, tmp_path):
     from safetensors.torch import load_file, save_file
 
-    from atelier_worker import single_file
+    from atelier_worker import checkpoint_layout
 
     folder_vae, _ = ok(engine, tmp_path, vae="tiny-vae")
     src = tiny.create_extra("tiny-vae", engine.cache_dir)
     sd = load_file(os.path.join(src, "diffusion_pytorch_model.safetensors"))
     cfg = json.loads(open(os.path.join(src, "config.json")).read())
     save_file(sd, str(tmp_path / "diffusers-layout.safetensors"))
-    save_file({k: v.contiguous() for k, v in single_file.vae_to_original(sd, cfg, prefix="").items()},
+    save_file({k: v.contiguous() for k, v in checkpoint_layout.vae_to_original(sd, cfg, prefix="").items()},
               str(tmp_path / "original-layout.safetensors"))
     for name in ("diffusers-layout", "original-layout"):
         res, _ = ok(engine, tmp_path, vae=str(tmp_path / f"{name}.safetensors"))
@@ -474,7 +476,7 @@ def test_warm_models_are_kept_up_to_the_limit(tiny_model, tmp_path, monkeypatch)
     for model in ("tiny", "tiny-single-file", "tiny"):
         _, msgs = ok(one, tmp_path, model=model, steps=1)
         assert loads(msgs) == 1, model
-    assert len(one._models) == 1
+    assert len(one.models.models) == 1
 
 
 def test_tiled_upscaling_has_no_seams(tiny_model):
@@ -495,7 +497,7 @@ def test_lora_on_a_model_with_fused_qkv(engine, tiny_model, tmp_path, monkeypatc
     monkeypatch.setenv("ATELIER_FUSE_QKV", "1")
     fused = Engine("cpu", torch.float32)
     res, _ = ok(fused, tmp_path, loras=[{"path": "tiny-lora", "weight": 1}])
-    assert fused.speed.get("fuse_qkv") and next(iter(fused._models.values())).unfused
+    assert fused.speed.get("fuse_qkv") and next(iter(fused.models.models.values())).unfused
     plain, _ = ok(engine, tmp_path, loras=[{"path": "tiny-lora", "weight": 1}])
     assert np.abs(px(res) - px(plain)).max() <= 1
 
@@ -511,4 +513,4 @@ def test_half_precision_model_stays_half_through_every_pipeline(tiny_model, tmp_
                   {"init_image": init, "mask_image": mask, "vae": "tiny-vae"},
                   {"refiner": "tiny-refiner", "loras": [{"path": "tiny-lora"}]}):
         res, _ = ok(half, tmp_path, steps=2, **extra)
-        assert (half._pipe.unet.dtype, half._pipe.text_encoder_2.dtype) == (torch.bfloat16,) * 2
+        assert (half.pipe.unet.dtype, half.pipe.text_encoder_2.dtype) == (torch.bfloat16,) * 2

@@ -1,6 +1,6 @@
 """AUTOMATIC1111 `parameters` text."""
 
-from atelier_worker import protocol
+from atelier_worker import spec
 from atelier_worker.infotext import SAMPLER_NAMES, format_parameters
 
 BASE = dict(prompt="a lighthouse", negative_prompt="", steps=4, scheduler="euler", cfg=5.0,
@@ -25,5 +25,5 @@ def test_values_with_separators_are_quoted():
 
 
 def test_every_protocol_scheduler_has_an_a1111_name():
-    assert set(SAMPLER_NAMES) == set(protocol.SCHEDULERS)
+    assert set(SAMPLER_NAMES) == set(spec.SCHEDULERS)
     assert SAMPLER_NAMES["euler_a"] == "Euler a" and SAMPLER_NAMES["ddim"] == "DDIM"

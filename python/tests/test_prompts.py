@@ -8,8 +8,6 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import new_id, request
-
 from atelier_worker import prompts
 
 

@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from atelier_worker import protocol
+from atelier_worker import protocol, spec
 from atelier_worker.protocol import ProtocolError, decode, encode
 
 VECTORS = os.path.join(
@@ -45,7 +45,7 @@ def test_invalid_vector_is_rejected_naming_the_field(name):
 
 def test_vectors_cover_every_message_type_and_enough_faults():
     types = {decode(_line("valid", n)).type for n in _vectors("valid")}
-    assert types == set(protocol.GO_TO_WORKER) | set(protocol.WORKER_TO_GO)
+    assert types == set(spec.GO_TO_WORKER) | set(spec.WORKER_TO_GO)
     assert len(_vectors("invalid")) >= 20
     assert set(EXPECTED_FIELDS) == {n.removesuffix(".jsonl") for n in _vectors("invalid")}
 
@@ -63,7 +63,7 @@ def test_generate_defaults_and_error_carries_the_id():
 def test_bytes_that_are_not_utf8_or_too_long_are_rejected():
     with pytest.raises(ProtocolError, match="UTF-8"):
         decode(b'{"type":"ping","id":"\xff"}')
-    big = '{"type":"loading","message":"' + "x" * protocol.MAX_LINE_BYTES + '"}'
+    big = '{"type":"loading","message":"' + "x" * spec.MAX_LINE_BYTES + '"}'
     with pytest.raises(ProtocolError, match="longer than"):
         decode(big)
 
@@ -78,3 +78,17 @@ def test_encode_is_one_compact_line_with_type_first():
 def test_encode_refuses_nan():
     with pytest.raises(ValueError):
         encode(protocol.Progress(id="a", stage="denoising", step=1, total=2, elapsed_s=float("nan")))
+
+
+def test_encode_writes_subclasses_of_str_and_float_as_their_base():
+    class Version(str):
+        pass
+
+    class Seconds(float):
+        pass
+
+    progress = json.loads(encode(protocol.Progress(id="a", stage="denoising", step=1, total=2,
+                                                   elapsed_s=Seconds(1.5))))
+    assert progress["elapsed_s"] == 1.5
+    line = encode(protocol.Loading(message=Version("importing torch")))
+    assert json.loads(line) == {"type": "loading", "message": "importing torch"}

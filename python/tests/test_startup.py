@@ -10,9 +10,9 @@ import subprocess
 import sys
 import tempfile
 
-from conftest import PYTHON_DIR
-
 from atelier_worker import schedulers
+
+from conftest import PYTHON_DIR
 
 # Runs the real worker's main() and reports, on stderr, which modules were loaded when hello
 # went out and when the worker exits (after the background import has finished).
@@ -69,7 +69,7 @@ def _modules_of_a_worker_without_jobs() -> dict:
         err = stderr.read()
     finally:
         p.kill()
-    lines = [l for l in err.decode().splitlines() if l.startswith("MODULES ")]
+    lines = [line for line in err.decode().splitlines() if line.startswith("MODULES ")]
     assert lines, err.decode()[-3000:]
     return json.loads(lines[-1][len("MODULES "):])
 
@@ -80,9 +80,9 @@ def test_hello_before_diffusers_and_no_feature_modules_without_a_job():
     hello, done = set(seen["hello"]), set(seen["exit"])
     # hello needs torch (the devices), not diffusers: that imports on a thread after hello.
     assert "torch" in hello
-    assert not {"diffusers", "transformers", "atelier_worker.pipeline"} & hello
+    assert not {"diffusers", "transformers", "atelier_worker.engine"} & hello
     # The background import has made the pipeline, and still no feature module is loaded.
-    assert "atelier_worker.pipeline" in done
+    assert "atelier_worker.engine.engine" in done
     assert not set(FEATURE_MODULES) & done, set(FEATURE_MODULES) & done
 
 

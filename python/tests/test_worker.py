@@ -12,7 +12,8 @@ import pytest
 from PIL import Image
 
 import atelier_worker
-from atelier_worker import protocol
+from atelier_worker import spec
+
 from conftest import PYTHON_DIR, WorkerProcess, new_id, request
 
 
@@ -28,8 +29,8 @@ def test_hello_follows_loading_lines(worker):
     assert (h.device, h.dtype) == ("cpu", "float32")  # this test machine has no GPU
     assert any(d.kind == "cpu" and d.memory_bytes > 0 for d in h.devices)
     caps = h.capabilities
-    assert caps.schedulers == list(protocol.SCHEDULERS) and len(caps.schedulers) == 10
-    assert caps.controlnet_types == list(protocol.CONTROLNET_TYPES)
+    assert caps.schedulers == list(spec.SCHEDULERS) and len(caps.schedulers) == 10
+    assert caps.controlnet_types == list(spec.CONTROLNET_TYPES)
     assert {"txt2img", "img2img", "inpaint", "lora", "controlnet", "canny", "refiner", "vae",
             "upscale", "upscale_model", "batch", "single_file"} <= set(caps.features)
     assert caps.schedules["dpmpp_2m"] == ["karras", "exponential", "beta"]
@@ -83,7 +84,8 @@ def test_every_scheduler_generates(worker, tmp_path, scheduler):
     _, msgs = worker.generate(tmp_path, scheduler=scheduler, steps=3)
     assert msgs[-1].type == "result", msgs[-1]
     with Image.open(msgs[-1].images[0].path) as im:
-        assert "Sampler: " + {"euler_a": "Euler a", "ddim": "DDIM", "dpmpp_2m": "DPM++ 2M"}[scheduler] in im.info["parameters"]
+        sampler = {"euler_a": "Euler a", "ddim": "DDIM", "dpmpp_2m": "DPM++ 2M"}[scheduler]
+        assert "Sampler: " + sampler in im.info["parameters"]
 
 
 def test_previews_every_n_steps(worker, tmp_path):

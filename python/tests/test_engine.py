@@ -1,4 +1,4 @@
-"""Pieces of the job that need no worker process."""
+"""Pieces of the engine that need no worker process."""
 
 import os
 import shutil
@@ -7,7 +7,10 @@ import pytest
 import torch
 
 from atelier_worker import device as devices
-from atelier_worker.pipeline import JobFailed, check_model_folder, latent_preview, write_png
+from atelier_worker.engine import Engine, JobFailed
+from atelier_worker.engine.checks import check_model_folder
+from atelier_worker.engine.output import write_png
+from atelier_worker.job import Job
 
 
 def _fails(path) -> JobFailed:
@@ -58,13 +61,6 @@ def test_device_choice_and_overrides():
     assert devices.describe()[-1]["kind"] == "cpu"
 
 
-def test_latent_preview_is_latent_sized_rgb():
-    img = latent_preview(torch.zeros(4, 16, 8))
-    assert img.size == (8, 16) and img.mode == "RGB"
-    # Zero latents map to the bias: a mid grey, not black.
-    assert 100 < img.getpixel((0, 0))[0] < 160
-
-
 def test_write_png_replaces_whole_files(tmp_path):
     from PIL import Image
 
@@ -77,8 +73,8 @@ def test_write_png_replaces_whole_files(tmp_path):
 
 
 def _run(engine, tmp_path, **overrides):
-    from atelier_worker.pipeline import Job
     from atelier_worker.protocol import decode_request
+
     from conftest import request
 
     msgs = []
@@ -87,8 +83,6 @@ def _run(engine, tmp_path, **overrides):
 
 
 def test_engine_maps_oom_and_internal_errors_and_keeps_going(tmp_path, tiny_model, monkeypatch):
-    from atelier_worker.pipeline import Engine
-
     engine = Engine("cpu", torch.float32)
     real_decode = Engine._decode
 
@@ -111,18 +105,14 @@ def test_engine_maps_oom_and_internal_errors_and_keeps_going(tmp_path, tiny_mode
 
 
 def test_half_precision_decodes_the_vae_in_fp32(tmp_path, tiny_model):
-    from atelier_worker.pipeline import Engine
-
     engine = Engine("cpu", torch.float16)
     result, _ = _run(engine, tmp_path)
     assert result.type == "result", result
     assert result.metrics.dtype == "float16"
-    assert engine._pipe.unet.dtype == torch.float16 and engine._pipe.vae.dtype == torch.float32
+    assert engine.pipe.unet.dtype == torch.float16 and engine.pipe.vae.dtype == torch.float32
 
 
 def test_model_with_only_fp16_variant_files_loads(tmp_path, tiny_model):
-    from atelier_worker.pipeline import Engine
-
     copy = tmp_path / "variant-model"
     shutil.copytree(tiny_model, copy)
     for root, _, files in os.walk(copy):
