@@ -328,7 +328,8 @@ def _id(m: dict, allow_empty: bool = False) -> str:
     if v == "" and allow_empty:
         return v
     if not _ID_RE.fullmatch(v):
-        raise ProtocolError("must be 1-64 characters of A-Z a-z 0-9 _ . -", "id")
+        raise ProtocolError(f"must be {spec.MIN_ID_LEN}-{spec.MAX_ID_LEN} characters of A-Z a-z 0-9 _ . -",
+                            "id")
     return v
 
 

@@ -15,13 +15,10 @@ from diffusers import StableDiffusionXLPipeline
 from .. import device as devices
 from .. import optimize, single_file, upscale
 from ..spec import ERR_INVALID_REQUEST, ERR_UNSUPPORTED
-from .checks import read_json
+from .checks import WEIGHTED, read_json
 from .errors import JobFailed
 
 log = logging.getLogger("atelier.engine.loaders")
-
-WEIGHTED = ("unet", "vae", "text_encoder", "text_encoder_2")
-
 
 def folder_variant(path: str) -> str | None:
     names = os.listdir(path)
