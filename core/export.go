@@ -1,11 +1,11 @@
 package core
 
 import (
+	"atelier/core/media"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -45,14 +45,14 @@ func ExportImages(ctx context.Context, s *Store, ids []int64, dir string) ([]str
 		if err != nil {
 			return out, fmt.Errorf("export image %d: %w", id, err)
 		}
-		if err := copyFileAtomic(d.Path, dst); err != nil {
+		if err := media.CopyFileAtomic(d.Path, dst); err != nil {
 			return out, fmt.Errorf("export image %d: %w", id, err)
 		}
 		side, err := json.MarshalIndent(ExportedImage{File: filepath.Base(dst), Source: d.Path, Detail: d, Version: 1}, "", "  ")
 		if err != nil {
 			return out, fmt.Errorf("export image %d: %w", id, err)
 		}
-		if err := writeFileAtomic(strings.TrimSuffix(dst, filepath.Ext(dst))+".json", append(side, '\n')); err != nil {
+		if err := media.WriteBytesAtomic(strings.TrimSuffix(dst, filepath.Ext(dst))+".json", append(side, '\n')); err != nil {
 			return out, fmt.Errorf("export image %d: %w", id, err)
 		}
 		out = append(out, dst)
@@ -77,45 +77,4 @@ func freeName(dir, name string) (string, error) {
 		}
 	}
 	return "", fmt.Errorf("no free name for %s in %s", name, dir)
-}
-
-func copyFileAtomic(src, dst string) error {
-	in, err := os.Open(src)
-	if err != nil {
-		return err
-	}
-	defer in.Close()
-	return WriteFileAtomic(dst, func(w io.Writer) error {
-		_, err := io.Copy(w, in)
-		return err
-	})
-}
-
-func writeFileAtomic(dst string, b []byte) error {
-	return WriteFileAtomic(dst, func(w io.Writer) error {
-		_, err := w.Write(b)
-		return err
-	})
-}
-
-// WriteFileAtomic writes dst through a temporary file and a rename, so that a
-// watcher of the folder never sees half a file.
-func WriteFileAtomic(dst string, write func(io.Writer) error) error {
-	tmp, err := os.CreateTemp(filepath.Dir(dst), "."+filepath.Base(dst)+".tmp-*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name()) // fails harmlessly after the rename
-	if err := write(tmp); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Chmod(0o644); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp.Name(), dst)
 }

@@ -4,9 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"encoding/json"
-	"errors"
 	"fmt"
-	"os"
 	"strings"
 	"time"
 	"unicode"
@@ -227,19 +225,4 @@ func (s *Store) DeleteImage(ctx context.Context, id int64) (*ImageRecord, error)
 		return nil, fmt.Errorf("delete image %d: %w", id, err)
 	}
 	return &imgs[0], nil
-}
-
-// DeleteImageFiles removes an image file and its cached thumbnail (thumbs may
-// be nil). A file already gone is not an error.
-func DeleteImageFiles(path string, thumbs *Thumbnailer) error {
-	var errs []error
-	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
-		errs = append(errs, err)
-	}
-	if thumbs != nil {
-		if err := thumbs.Remove(path); err != nil {
-			errs = append(errs, err)
-		}
-	}
-	return errors.Join(errs...)
 }

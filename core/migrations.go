@@ -5,6 +5,8 @@ import (
 	"database/sql"
 	"fmt"
 	"time"
+
+	"atelier/core/paths"
 )
 
 // migration is one numbered schema step. Steps are append-only: once released,
@@ -130,7 +132,7 @@ func migrate(ctx context.Context, db *sql.DB, list []migration) error {
 	}
 	if latest := list[len(list)-1].version; current > latest {
 		return fmt.Errorf("the history database has schema version %d but this Atelier knows only up to %d: "+
-			"it was written by a newer Atelier; upgrade Atelier, or point %s elsewhere", current, latest, HomeEnv)
+			"it was written by a newer Atelier; upgrade Atelier, or point %s elsewhere", current, latest, paths.HomeEnv)
 	}
 	for i, m := range list {
 		if m.version != i+1 {

@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"sync"
 	"time"
+
+	"atelier/core/paths"
 )
 
 // ErrQueueStopped is the cause with which a queue runner's context ends a job
@@ -258,7 +260,7 @@ func (q *QueueRunner) execute(ctx context.Context, job *QueueJob) (*JobOutcome, 
 	req.OutputDir = filepath.Join(q.runner.paths.Images, time.Now().Format("2006-01-02"))
 	if err := os.MkdirAll(req.OutputDir, 0o755); err != nil {
 		return nil, q.runner.fail(rec, job.ID, &JobError{Code: ErrInternal,
-			Message: fmt.Sprintf("create the image folder: %v (check its permissions, or set %s)", err, HomeEnv)})
+			Message: fmt.Sprintf("create the image folder: %v (check its permissions, or set %s)", err, paths.HomeEnv)})
 	}
 	var last time.Time
 	onEvent := func(m Message) {

@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"atelier/core/paths"
+
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -575,7 +577,7 @@ func TestQueueWaitsWhileTheWorkerCannotStart(t *testing.T) {
 	qg := newQueueGen()
 	g := &startFailGen{scriptedGen: qg.scripted()}
 	g.broken.Store(true)
-	paths := PathsUnder(t.TempDir())
+	paths := paths.PathsUnder(t.TempDir())
 	s, err := OpenStore(paths.DB)
 	require.NoError(t, err)
 	t.Cleanup(func() { s.Close() })

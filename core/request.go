@@ -282,8 +282,8 @@ func contains(list []string, s string) bool {
 
 func badFloat(v float64) bool { return math.IsNaN(v) || math.IsInf(v, 0) }
 
-// pickleExt returns the pickle extension of path, or "".
-func pickleExt(path string) string {
+// PickleExt returns the pickle extension of path, or "".
+func PickleExt(path string) string {
 	ext := strings.ToLower(filepath.Ext(strings.TrimSpace(path)))
 	for _, p := range pickleExts {
 		if ext == p {
@@ -299,7 +299,7 @@ func checkWeightsPath(path, tiny, what string) string {
 	if path == "" {
 		return fmt.Sprintf("must name a %s: %q or a path", what, tiny)
 	}
-	if ext := pickleExt(path); ext != "" {
+	if ext := PickleExt(path); ext != "" {
 		return fmt.Sprintf("%s is a pickle file (%s), which can run arbitrary code when loaded, so Atelier never loads one: use a .safetensors file", path, ext)
 	}
 	return ""
@@ -308,7 +308,7 @@ func checkWeightsPath(path, tiny, what string) string {
 // validateFeatures checks the optional SDXL features: sampling schedule,
 // LoRAs, ControlNets, refiner, VAE, img2img/inpainting and upscaling.
 func (r *Request) validateFeatures(add func(field, format string, args ...any)) {
-	if ext := pickleExt(r.Model); ext != "" {
+	if ext := PickleExt(r.Model); ext != "" {
 		add("model", "%s is a pickle checkpoint (%s), which can run arbitrary code when loaded, so Atelier never loads one: "+
 			"use the model's .safetensors file or diffusers folder", strings.TrimSpace(r.Model), ext)
 	}
@@ -390,7 +390,7 @@ func (r *Request) validateFeatures(add func(field, format string, args ...any)) 
 		add("mask_padding", "must be between %d and %d pixels, got %d", MinMaskPadding, MaxMaskPadding, r.MaskPadding)
 	}
 	if r.Upscaler != "" && r.Upscaler != LanczosUpscaler && r.Upscaler != TinyUpscaler {
-		if ext := pickleExt(r.Upscaler); ext != "" {
+		if ext := PickleExt(r.Upscaler); ext != "" {
 			add("upscaler", "%s is a pickle file (%s), which can run arbitrary code when loaded, so Atelier never loads one: use a .safetensors file", r.Upscaler, ext)
 		} else if !strings.HasSuffix(strings.ToLower(r.Upscaler), ".safetensors") {
 			add("upscaler", "must be %q, %q or a .safetensors upscaler model, got %q", LanczosUpscaler, TinyUpscaler, r.Upscaler)
@@ -433,7 +433,7 @@ func (r *Request) ResolvePaths() error {
 		if firstErr != nil || *p == "" || *p == tiny || (field == "upscaler" && *p == TinyUpscaler) {
 			return
 		}
-		abs, err := resolveFile(*p)
+		abs, err := ResolveFile(*p)
 		if err == nil {
 			var fi os.FileInfo
 			if fi, err = os.Stat(abs); err == nil && fi.IsDir() && !dirOK {
@@ -464,8 +464,8 @@ func (r *Request) ResolvePaths() error {
 	return firstErr
 }
 
-// resolveFile expands ~/ and makes path absolute.
-func resolveFile(path string) (string, error) {
+// ResolveFile expands ~/ and makes path absolute.
+func ResolveFile(path string) (string, error) {
 	path = strings.TrimSpace(path)
 	if rest, ok := strings.CutPrefix(path, "~/"); ok {
 		if home, err := os.UserHomeDir(); err == nil {

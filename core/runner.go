@@ -11,6 +11,8 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
+
+	"atelier/core/paths"
 )
 
 // DefaultCancelGrace is how long Run waits, after asking the generator to
@@ -25,7 +27,7 @@ const DefaultCancelGrace = 45 * time.Second
 type Runner struct {
 	store *Store
 	gen   Generator
-	paths Paths
+	paths paths.Paths
 
 	// CancelGrace bounds the wait for a cancelled job to end (a worker stuck
 	// outside its denoising loop only sees the cancel later, if at all).
@@ -38,7 +40,7 @@ type Runner struct {
 
 // NewRunner returns a Runner that records into store and generates with gen,
 // writing images below paths.Images.
-func NewRunner(store *Store, gen Generator, paths Paths) *Runner {
+func NewRunner(store *Store, gen Generator, paths paths.Paths) *Runner {
 	return &Runner{store: store, gen: gen, paths: paths, CancelGrace: DefaultCancelGrace, slot: make(chan struct{}, 1)}
 }
 
@@ -103,7 +105,7 @@ func (r *Runner) Run(ctx context.Context, req Request, onEvent func(Message)) (*
 	now := time.Now()
 	req.OutputDir = filepath.Join(r.paths.Images, now.Format("2006-01-02"))
 	if err := os.MkdirAll(req.OutputDir, 0o755); err != nil {
-		return nil, fmt.Errorf("create the image folder: %w (check its permissions, or set %s)", err, HomeEnv)
+		return nil, fmt.Errorf("create the image folder: %w (check its permissions, or set %s)", err, paths.HomeEnv)
 	}
 
 	// 4. Only a request that can run gets a row, once the worker is free.

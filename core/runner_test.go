@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"atelier/core/paths"
+
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -60,9 +62,9 @@ func resultFor(id string, req Request) Message {
 		Metrics: &Metrics{TotalS: 0.5, Device: "cpu", Dtype: "float32"}}
 }
 
-func newTestRunner(t *testing.T, g *scriptedGen) (*Runner, *Store, Paths) {
+func newTestRunner(t *testing.T, g *scriptedGen) (*Runner, *Store, paths.Paths) {
 	t.Helper()
-	paths := PathsUnder(t.TempDir())
+	paths := paths.PathsUnder(t.TempDir())
 	s, err := OpenStore(paths.DB)
 	require.NoError(t, err)
 	t.Cleanup(func() { s.Close() })

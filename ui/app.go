@@ -3,10 +3,11 @@ package ui
 import (
 	"context"
 
+	"atelier/core/media"
+	"atelier/core/paths"
+
 	"fyne.io/fyne/v2"
 	"fyne.io/fyne/v2/app"
-
-	"atelier/core"
 )
 
 // Store is the history behind the queue and gallery tabs: what the views
@@ -32,8 +33,8 @@ type QueueRunner interface {
 type Services struct {
 	Store  Store
 	Queue  QueueRunner // nil: jobs wait for another process (atelier queue run)
-	Thumbs *core.Thumbnailer
-	Paths  core.Paths
+	Thumbs *media.Thumbnailer
+	Paths  paths.Paths
 	// ExportImages copies images with their metadata: core.ExportImages over
 	// the store, in the app.
 	ExportImages func(ctx context.Context, ids []int64, dir string) ([]string, error)

@@ -17,6 +17,7 @@ import (
 	"fyne.io/fyne/v2/widget"
 
 	"atelier/core"
+	"atelier/core/media"
 )
 
 // detailView shows one image of the gallery at full size with every
@@ -211,7 +212,7 @@ func (v *detailView) deleteNow() {
 	}
 	g.thumbs.forget(rec.Path)
 	msg := "Deleted " + filepath.Base(rec.Path) + "."
-	if err := core.DeleteImageFiles(rec.Path, g.s.x.svc.Thumbs); err != nil {
+	if err := media.DeleteImageFiles(rec.Path, g.s.x.svc.Thumbs); err != nil {
 		g.s.status.set(statusWarn, msg+" The file could not be removed: "+err.Error(), "")
 	} else {
 		g.s.status.set(statusDone, msg, "")

@@ -10,6 +10,7 @@ import (
 	"github.com/sqweek/dialog"
 
 	"atelier/core"
+	"atelier/core/library"
 )
 
 const prefsKey = "atelier.form.v1"
@@ -41,8 +42,8 @@ type form struct {
 	folded    []foldedSection
 	accordion *widget.Accordion
 
-	lib      *core.Library
-	settings core.SettingsStore // where the model folders are kept; nil: no library
+	lib      *library.Library
+	settings library.SettingsStore // where the model folders are kept; nil: no library
 	// onNote shows a line in the status bar.
 	onNote func(string)
 }
@@ -211,7 +212,7 @@ func firstRunRequest() core.Request {
 }
 
 // setLibrary fills the drop-downs from the model library (nil: tiny parts only).
-func (f *form) setLibrary(lib *core.Library) {
+func (f *form) setLibrary(lib *library.Library) {
 	f.lib = lib
 	f.refiner.setLibrary(lib)
 	f.vae.setLibrary(lib)

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"atelier/core"
+	"atelier/core/library"
 )
 
 // otherAppsHome is the home folder searched for other apps' model folders on
@@ -25,7 +26,7 @@ type capabilitySource interface {
 // settings, scanned off the UI goroutine.
 func (f *form) attach(gen generator, hist History) {
 	f.refreshCapabilities(gen)
-	if st, ok := hist.(core.SettingsStore); ok {
+	if st, ok := hist.(library.SettingsStore); ok {
 		f.settings = st
 		f.rescan()
 	}
@@ -42,13 +43,13 @@ func (f *form) rescan() {
 		defer cancel()
 		var found []string
 		if home, err := otherAppsHome(); err == nil {
-			found, _ = core.DiscoverLibraryFolders(ctx, st, home) // first use only
+			found, _ = library.DiscoverLibraryFolders(ctx, st, home) // first use only
 		}
-		folders, err := core.LibraryFolders(ctx, st)
+		folders, err := library.LibraryFolders(ctx, st)
 		if err != nil {
 			return // the library is an aid: the tiny parts and Browse… still work
 		}
-		lib := core.ScanLibrary(folders)
+		lib := library.ScanLibrary(folders)
 		f.fields.do(func() {
 			f.setLibrary(lib)
 			if len(found) > 0 && f.onNote != nil {
@@ -68,7 +69,7 @@ func (f *form) addLibraryFolder(dir string) {
 	go func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
-		if _, err := core.AddLibraryFolder(ctx, st, dir); err != nil {
+		if _, err := library.AddLibraryFolder(ctx, st, dir); err != nil {
 			f.fields.do(func() { f.showErrorText(fModel, "That folder cannot be added: "+err.Error()) })
 			return
 		}

@@ -15,6 +15,7 @@ import (
 	"fyne.io/fyne/v2/widget"
 
 	"atelier/core"
+	"atelier/core/media"
 )
 
 const (
@@ -61,7 +62,7 @@ func newGalleryView(s *Studio) *galleryView {
 		tiles: map[string]*galleryTile{}, sessionIDs: map[string]int64{}}
 	th := s.x.svc.Thumbs
 	if th == nil {
-		th = core.NewThumbnailer(s.x.svc.Paths.Cache, galleryThumbPx)
+		th = media.NewThumbnailer(s.x.svc.Paths.Cache, galleryThumbPx)
 		s.x.svc.Thumbs = th
 	}
 	g.thumbs = newThumbLoader(th, galleryThumbMem, func(path string) { s.do(func() { g.thumbReady(path) }) })
@@ -409,6 +410,6 @@ func (t *galleryTile) show(img image.Image, loaded, starred, selected bool) {
 	t.tileFace.show(img, loaded, selected)
 }
 
-// ThumbPixels is the gallery's thumbnail size, for a core.Thumbnailer the
+// ThumbPixels is the gallery's thumbnail size, for a media.Thumbnailer the
 // app makes.
 const ThumbPixels = galleryThumbPx

@@ -22,6 +22,8 @@ import (
 	"fyne.io/fyne/v2/widget"
 
 	"atelier/core"
+	"atelier/core/media"
+	"atelier/core/paths"
 )
 
 // procStatusKB reads a field of /proc/self/status (VmRSS, VmHWM) in kB.
@@ -97,7 +99,7 @@ func benchImages(b *testing.B, store *core.Store, dir string, n int) {
 func BenchmarkGallery10k(b *testing.B) {
 	const n = 10_000
 	home := b.TempDir()
-	paths := core.PathsUnder(home)
+	paths := paths.PathsUnder(home)
 	if err := paths.EnsureDirs(); err != nil {
 		b.Fatal(err)
 	}
@@ -114,7 +116,7 @@ func BenchmarkGallery10k(b *testing.B) {
 	w.SetContent(widget.NewLabel(""))
 	w.Resize(fyne.NewSize(1400, 900))
 	uq := &uiQueue{}
-	svc := &Services{Store: store, Paths: paths, Thumbs: core.NewThumbnailer(paths.Cache, galleryThumbPx)}
+	svc := &Services{Store: store, Paths: paths, Thumbs: media.NewThumbnailer(paths.Cache, galleryThumbPx)}
 	s := testStudio{newStudioWith(a, w, &fakeGen{}, store, uq.post, svc), uq}
 	defer s.x.gallery.thumbs.close()
 	uq.drain()

@@ -5,14 +5,14 @@ import (
 	"image"
 	"sync"
 
-	"atelier/core"
+	"atelier/core/media"
 )
 
 // thumbLoader decodes thumbnails on two background goroutines, newest
 // request first (the tiles just scrolled to), and keeps the last few hundred
 // in memory. A nil image records a file that could not be read.
 type thumbLoader struct {
-	th    *core.Thumbnailer
+	th    *media.Thumbnailer
 	limit int
 	ready func(path string)
 
@@ -32,7 +32,7 @@ type thumbEntry struct {
 	img  image.Image
 }
 
-func newThumbLoader(th *core.Thumbnailer, limit int, ready func(string)) *thumbLoader {
+func newThumbLoader(th *media.Thumbnailer, limit int, ready func(string)) *thumbLoader {
 	return &thumbLoader{th: th, limit: limit, ready: ready, cache: map[string]*list.Element{}, lru: list.New(),
 		queued: map[string]bool{}, wake: make(chan struct{}, 1)}
 }

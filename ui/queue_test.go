@@ -23,13 +23,15 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"atelier/core"
+	"atelier/core/media"
+	"atelier/core/paths"
 )
 
 // servicesStudio is a studio with the queue and gallery tabs over a real
 // store in a temporary home; gen runs the Generate button's jobs.
-func servicesStudio(t *testing.T, gen generator, q QueueRunner) (testStudio, *core.Store, core.Paths) {
+func servicesStudio(t *testing.T, gen generator, q QueueRunner) (testStudio, *core.Store, paths.Paths) {
 	t.Helper()
-	paths := core.PathsUnder(t.TempDir())
+	paths := paths.PathsUnder(t.TempDir())
 	require.NoError(t, paths.EnsureDirs())
 	store, err := core.OpenStore(paths.DB)
 	require.NoError(t, err)
@@ -37,11 +39,11 @@ func servicesStudio(t *testing.T, gen generator, q QueueRunner) (testStudio, *co
 	return studioOver(t, store, paths, gen, q), store, paths
 }
 
-func studioOver(t *testing.T, store *core.Store, paths core.Paths, gen generator, q QueueRunner) testStudio {
+func studioOver(t *testing.T, store *core.Store, paths paths.Paths, gen generator, q QueueRunner) testStudio {
 	t.Helper()
 	exportDir := filepath.Join(t.TempDir(), "export")
 	svc := &Services{Store: store, Queue: q, Paths: paths,
-		Thumbs: core.NewThumbnailer(paths.Cache, galleryThumbPx),
+		Thumbs: media.NewThumbnailer(paths.Cache, galleryThumbPx),
 		ExportImages: func(ctx context.Context, ids []int64, dir string) ([]string, error) {
 			return core.ExportImages(ctx, store, ids, dir)
 		},
@@ -215,7 +217,7 @@ func TestQueueViewFillReorderCancelEdit(t *testing.T) {
 
 func TestQueueRunsInTheBackgroundWithTheRealWorker(t *testing.T) {
 	br := sharedBridge(t)
-	paths := core.PathsUnder(t.TempDir())
+	paths := paths.PathsUnder(t.TempDir())
 	require.NoError(t, paths.EnsureDirs())
 	store, err := core.OpenStore(paths.DB)
 	require.NoError(t, err)
@@ -338,7 +340,7 @@ func TestDroppingAPNGLoadsItsSettings(t *testing.T) {
 }
 
 func TestWindowLayoutAndFormAreRemembered(t *testing.T) {
-	paths := core.PathsUnder(t.TempDir())
+	paths := paths.PathsUnder(t.TempDir())
 	require.NoError(t, paths.EnsureDirs())
 	store, err := core.OpenStore(paths.DB)
 	require.NoError(t, err)

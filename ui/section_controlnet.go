@@ -12,6 +12,7 @@ import (
 	"fyne.io/fyne/v2/widget"
 
 	"atelier/core"
+	"atelier/core/library"
 )
 
 // controlNetSection is the list of ControlNet units, each a row of its own,
@@ -23,7 +24,7 @@ type controlNetSection struct {
 	add         *widget.Button
 	images      *fyne.Container
 	imagesTitle *widget.Label
-	lib         *core.Library
+	lib         *library.Library
 	caps        *core.Capabilities
 }
 
@@ -60,7 +61,7 @@ func (s *controlNetSection) owns(field string) bool {
 }
 
 func (s *controlNetSection) options() []string {
-	return append([]string{core.TinyControlNet}, s.lib.Paths(core.KindControlNet)...)
+	return append([]string{core.TinyControlNet}, s.lib.Paths(library.KindControlNet)...)
 }
 
 func (s *controlNetSection) types() []string {
@@ -70,7 +71,7 @@ func (s *controlNetSection) types() []string {
 	return core.ControlNetTypes
 }
 
-func (s *controlNetSection) setLibrary(lib *core.Library) {
+func (s *controlNetSection) setLibrary(lib *library.Library) {
 	s.lib = lib
 	for _, r := range s.rows {
 		s.fields.setChoices(r.model, s.options())

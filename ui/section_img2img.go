@@ -11,6 +11,7 @@ import (
 	"fyne.io/fyne/v2/widget"
 
 	"atelier/core"
+	"atelier/core/paths"
 )
 
 // img2imgSection is the init image and its denoising strength, and the
@@ -31,7 +32,7 @@ type img2imgSection struct {
 }
 
 func newImg2imgSection(ff *formFields) *img2imgSection {
-	s := &img2imgSection{fields: ff, maskDir: filepath.Join(core.DefaultPaths().Cache, "masks")}
+	s := &img2imgSection{fields: ff, maskDir: filepath.Join(paths.DefaultPaths().Cache, "masks")}
 	s.initImage = ff.pathEntry(fInitImage, "an image to start from (img2img)")
 	s.strength = ff.entry(fStrength, false)
 	s.strengthSlider = widget.NewSlider(0.05, 1)

@@ -10,6 +10,7 @@ import (
 	"fyne.io/fyne/v2/widget"
 
 	"atelier/core"
+	"atelier/core/library"
 )
 
 // loraSection is the list of LoRAs, each a row of its own.
@@ -18,7 +19,7 @@ type loraSection struct {
 	box    *fyne.Container
 	rows   []*loraRow
 	add    *widget.Button
-	lib    *core.Library
+	lib    *library.Library
 }
 
 // loraRow is one LoRA: a path (library choice or typed) and a weight.
@@ -46,10 +47,10 @@ func (s *loraSection) owns(field string) bool {
 }
 
 func (s *loraSection) options() []string {
-	return append([]string{core.TinyLoRA}, s.lib.Paths(core.KindLoRA)...)
+	return append([]string{core.TinyLoRA}, s.lib.Paths(library.KindLoRA)...)
 }
 
-func (s *loraSection) setLibrary(lib *core.Library) {
+func (s *loraSection) setLibrary(lib *library.Library) {
 	s.lib = lib
 	for _, r := range s.rows {
 		s.fields.setChoices(r.path, s.options())

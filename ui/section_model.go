@@ -11,6 +11,7 @@ import (
 	"github.com/sqweek/dialog"
 
 	"atelier/core"
+	"atelier/core/library"
 )
 
 const (
@@ -94,13 +95,13 @@ func (m *modelSection) remember(model string) {
 
 // offer fills the drop-down: the recent models first, then the demo parts
 // and the library's checkpoints; without a library, the recent ones alone.
-func (m *modelSection) offer(lib *core.Library) {
+func (m *modelSection) offer(lib *library.Library) {
 	if lib == nil {
 		m.entry.SetOptions(m.recent)
 		return
 	}
 	models := append([]string(nil), m.recent...)
-	for _, p := range append([]string{core.TinyModel, core.TinySingleFile}, lib.Paths(core.KindCheckpoint)...) {
+	for _, p := range append([]string{core.TinyModel, core.TinySingleFile}, lib.Paths(library.KindCheckpoint)...) {
 		if !slices.Contains(models, p) {
 			models = append(models, p)
 		}

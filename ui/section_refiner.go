@@ -8,6 +8,7 @@ import (
 	"fyne.io/fyne/v2/widget"
 
 	"atelier/core"
+	"atelier/core/library"
 )
 
 // refinerSection is the SDXL refiner and the share of the steps it takes over.
@@ -30,8 +31,8 @@ func newRefinerSection(ff *formFields) *refinerSection {
 
 func (s *refinerSection) owns(field string) bool { return field == fRefiner || field == fRefinerSwitch }
 
-func (s *refinerSection) setLibrary(lib *core.Library) {
-	s.fields.setChoices(s.refiner, append([]string{core.TinyRefiner}, lib.Paths(core.KindRefiner)...))
+func (s *refinerSection) setLibrary(lib *library.Library) {
+	s.fields.setChoices(s.refiner, append([]string{core.TinyRefiner}, lib.Paths(library.KindRefiner)...))
 }
 
 func (s *refinerSection) set(r core.Request) {

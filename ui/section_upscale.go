@@ -8,6 +8,7 @@ import (
 	"fyne.io/fyne/v2/widget"
 
 	"atelier/core"
+	"atelier/core/library"
 )
 
 // upscaleSection is the upscaler run on the finished image, and its factor.
@@ -26,8 +27,8 @@ func newUpscaleSection(ff *formFields) *upscaleSection {
 
 func (s *upscaleSection) owns(field string) bool { return field == fUpscaler || field == fUpscale }
 
-func (s *upscaleSection) setLibrary(lib *core.Library) {
-	s.fields.setChoices(s.upscaler, append([]string{core.LanczosUpscaler, core.TinyUpscaler}, lib.Paths(core.KindUpscaler)...))
+func (s *upscaleSection) setLibrary(lib *library.Library) {
+	s.fields.setChoices(s.upscaler, append([]string{core.LanczosUpscaler, core.TinyUpscaler}, lib.Paths(library.KindUpscaler)...))
 }
 
 func (s *upscaleSection) set(r core.Request) {

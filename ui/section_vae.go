@@ -8,6 +8,7 @@ import (
 	"fyne.io/fyne/v2/widget"
 
 	"atelier/core"
+	"atelier/core/library"
 )
 
 // vaeSection is the VAE that decodes the latents, and a note when the last
@@ -30,8 +31,8 @@ func newVAESection(ff *formFields) *vaeSection {
 
 func (s *vaeSection) owns(field string) bool { return field == fVAE }
 
-func (s *vaeSection) setLibrary(lib *core.Library) {
-	s.fields.setChoices(s.vae, append([]string{core.TinyVAE}, lib.Paths(core.KindVAE)...))
+func (s *vaeSection) setLibrary(lib *library.Library) {
+	s.fields.setChoices(s.vae, append([]string{core.TinyVAE}, lib.Paths(library.KindVAE)...))
 }
 
 func (s *vaeSection) set(r core.Request) { s.vae.SetText(r.VAE) }

@@ -18,6 +18,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"atelier/core"
+	"atelier/core/library"
 )
 
 func TestEverySectionCanBeFilled(t *testing.T) {
@@ -216,14 +217,14 @@ func TestChoicesComeFromCapabilitiesAndLibrary(t *testing.T) {
 	r := x.controlNet.addRow(core.DefaultControlNet())
 	assert.Equal(t, []string{"canny", "depth"}, r.kind.Options)
 
-	x.setLibrary(&core.Library{Entries: []core.LibraryEntry{
-		{Path: "/m/juggernaut.safetensors", Kind: core.KindCheckpoint},
-		{Path: "/m/detail.safetensors", Kind: core.KindLoRA},
-		{Path: "/m/old.ckpt", Kind: core.KindLoRA, Refused: "pickle"},
-		{Path: "/m/canny", Kind: core.KindControlNet},
-		{Path: "/m/vae-fix", Kind: core.KindVAE},
-		{Path: "/m/4x.safetensors", Kind: core.KindUpscaler},
-		{Path: "/m/refiner", Kind: core.KindRefiner},
+	x.setLibrary(&library.Library{Entries: []library.LibraryEntry{
+		{Path: "/m/juggernaut.safetensors", Kind: library.KindCheckpoint},
+		{Path: "/m/detail.safetensors", Kind: library.KindLoRA},
+		{Path: "/m/old.ckpt", Kind: library.KindLoRA, Refused: "pickle"},
+		{Path: "/m/canny", Kind: library.KindControlNet},
+		{Path: "/m/vae-fix", Kind: library.KindVAE},
+		{Path: "/m/4x.safetensors", Kind: library.KindUpscaler},
+		{Path: "/m/refiner", Kind: library.KindRefiner},
 	}})
 	assert.Contains(t, x.fields.choices[f.model.entry], "/m/juggernaut.safetensors")
 	f.rememberModel("/m/recent")
@@ -380,10 +381,10 @@ func TestAddingAModelFolderFillsTheChoices(t *testing.T) {
 	x.fields.chooseFolder = func(string) (string, error) { return models, nil }
 	test.Tap(x.model.addFolder)
 	s.waitFor(t, 10*time.Second, "the library scan", func() bool {
-		return slices.Contains(x.lib.Paths(core.KindControlNet), filepath.Join(models, "canny"))
+		return slices.Contains(x.lib.Paths(library.KindControlNet), filepath.Join(models, "canny"))
 	})
 	assert.Contains(t, x.fields.choices[x.controlNet.addRow(core.DefaultControlNet()).model], filepath.Join(models, "canny"))
-	folders, err := core.LibraryFolders(context.Background(), &hist.memSettings)
+	folders, err := library.LibraryFolders(context.Background(), &hist.memSettings)
 	require.NoError(t, err)
 	assert.Equal(t, []string{models}, folders, "the folder is kept in the settings")
 }
@@ -403,21 +404,21 @@ func TestOtherAppsModelFoldersJoinTheLibrary(t *testing.T) {
 	s := newTestStudio(t, &fakeGen{}, hist)
 	x := s.form
 	s.waitFor(t, 20*time.Second, "the library scan", func() bool {
-		return slices.Contains(x.lib.Paths(core.KindControlNet), filepath.Join(comfy, "controlnet", "canny"))
+		return slices.Contains(x.lib.Paths(library.KindControlNet), filepath.Join(comfy, "controlnet", "canny"))
 	})
 	s.q.drain()
 	assert.Contains(t, s.status.text.Text, "Found the model folders of other apps")
 	assert.Contains(t, s.status.text.Text, comfy)
-	folders, err := core.LibraryFolders(context.Background(), &hist.memSettings)
+	folders, err := library.LibraryFolders(context.Background(), &hist.memSettings)
 	require.NoError(t, err)
 	assert.Equal(t, []string{comfy}, folders)
 
 	// The user removed it: the next start leaves the list alone and says nothing.
-	_, err = core.RemoveLibraryFolder(context.Background(), &hist.memSettings, comfy)
+	_, err = library.RemoveLibraryFolder(context.Background(), &hist.memSettings, comfy)
 	require.NoError(t, err)
 	s2 := newTestStudio(t, &fakeGen{}, hist)
 	s2.waitFor(t, 20*time.Second, "the library scan", func() bool { return s2.form.lib != nil })
 	s2.q.drain()
-	assert.Empty(t, s2.form.lib.Paths(core.KindControlNet))
+	assert.Empty(t, s2.form.lib.Paths(library.KindControlNet))
 	assert.NotContains(t, s2.status.text.Text, "Found the model folders")
 }

@@ -13,6 +13,7 @@ import (
 	"fyne.io/fyne/v2"
 
 	"atelier/core"
+	"atelier/core/infotext"
 )
 
 // Dropped loads the settings of the first PNG dropped onto the window into the form.
@@ -58,8 +59,8 @@ func (s *Studio) ImportPNG(path string) {
 	if s.x != nil {
 		models = s.x.svc.Paths.Models
 	}
-	got, err := core.ImportPNG(path, base, models)
-	if errors.Is(err, core.ErrNoSettings) {
+	got, err := infotext.ImportPNG(path, base, models)
+	if errors.Is(err, infotext.ErrNoSettings) {
 		s.dropInit(path) // a picture from elsewhere: start from it
 		return
 	}

@@ -17,6 +17,7 @@ import (
 
 	"atelier/bridge"
 	"atelier/core"
+	"atelier/core/paths"
 )
 
 // These tests drive the studio through the real stack: core.Runner, a
@@ -74,7 +75,7 @@ func TestMain(m *testing.M) {
 func realStudio(t *testing.T) (testStudio, *core.Store) {
 	t.Helper()
 	br := sharedBridge(t)
-	paths := core.PathsUnder(t.TempDir())
+	paths := paths.PathsUnder(t.TempDir())
 	require.NoError(t, paths.EnsureDirs())
 	store, err := core.OpenStore(paths.DB)
 	require.NoError(t, err)

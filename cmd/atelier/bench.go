@@ -21,6 +21,7 @@ import (
 
 	"atelier/bridge"
 	"atelier/core"
+	"atelier/core/paths"
 )
 
 // fullStepTFLOP is the compute of one SDXL UNet call with classifier-free
@@ -248,7 +249,7 @@ func cmdBench(args []string, stdout, stderr io.Writer) int {
 	if !ok {
 		return code
 	}
-	paths := core.DefaultPaths()
+	paths := paths.DefaultPaths()
 	if err := paths.EnsureDirs(); err != nil {
 		fmt.Fprintln(stderr, "atelier bench:", err)
 		return exitFailure

@@ -18,6 +18,7 @@ import (
 
 	"atelier/bridge"
 	"atelier/core"
+	"atelier/core/paths"
 )
 
 // doctorVersions are the libraries doctor reports, in this order.
@@ -50,7 +51,7 @@ Exit status: 0 all good, 1 a problem (the worker cannot start, or the history ca
 	note := func(what string) { fmt.Fprintf(stdout, "  note: %s\n", what) }
 
 	// 1. Folders and history.
-	paths := core.DefaultPaths()
+	paths := paths.DefaultPaths()
 	fmt.Fprintf(stdout, "Atelier %s\n\nFolders\n  data:    %s\n  cache:   %s\n  history: %s\n", version, paths.Data, paths.Cache, paths.DB)
 	if err := paths.EnsureDirs(); err != nil {
 		problem(err.Error(), "make the folder writable, or set ATELIER_HOME to a writable folder")

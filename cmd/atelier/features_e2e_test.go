@@ -25,6 +25,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"atelier/core"
+	"atelier/core/library"
 )
 
 var (
@@ -381,15 +382,15 @@ func TestModelsCommandListsTheLibrary(t *testing.T) {
 
 	out, stderr, code = h.run("models", "--json")
 	require.Equal(t, 0, code, stderr)
-	var got core.Library
+	var got library.Library
 	require.NoError(t, json.Unmarshal([]byte(out), &got), out)
 	assert.Equal(t, []string{lib}, got.Folders)
-	kinds := map[string]core.LibraryEntry{}
+	kinds := map[string]library.LibraryEntry{}
 	for _, e := range got.Entries {
 		kinds[filepath.Base(e.Path)] = e
 	}
-	assert.Equal(t, core.KindLoRA, kinds["detail.safetensors"].Kind)
-	assert.Equal(t, core.KindControlNet, kinds["canny"].Kind)
+	assert.Equal(t, library.KindLoRA, kinds["detail.safetensors"].Kind)
+	assert.Equal(t, library.KindControlNet, kinds["canny"].Kind)
 	assert.Contains(t, kinds["old.ckpt"].Refused, "pickle")
 
 	out, _, code = h.run("models")

@@ -12,6 +12,7 @@ import (
 	"strings"
 
 	"atelier/core"
+	"atelier/core/media"
 )
 
 type generateOptions struct {
@@ -286,7 +287,7 @@ func copyFile(src, dst string) error {
 		return err
 	}
 	defer in.Close()
-	return core.WriteFileAtomic(dst, func(w io.Writer) error {
+	return media.WriteFileAtomic(dst, func(w io.Writer) error {
 		_, err := io.Copy(w, in)
 		return err
 	})

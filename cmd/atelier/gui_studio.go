@@ -6,6 +6,7 @@ import (
 	"context"
 
 	"atelier/core"
+	"atelier/core/media"
 	"atelier/ui"
 )
 
@@ -19,7 +20,7 @@ func runStudio(a *app) {
 	svc := &ui.Services{
 		Store:  a.store,
 		Queue:  q,
-		Thumbs: core.NewThumbnailer(a.paths.Cache, ui.ThumbPixels),
+		Thumbs: media.NewThumbnailer(a.paths.Cache, ui.ThumbPixels),
 		Paths:  a.paths,
 		ExportImages: func(ctx context.Context, ids []int64, dir string) ([]string, error) {
 			return core.ExportImages(ctx, a.store, ids, dir)

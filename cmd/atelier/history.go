@@ -12,6 +12,8 @@ import (
 	"text/tabwriter"
 
 	"atelier/core"
+	"atelier/core/infotext"
+	"atelier/core/paths"
 )
 
 func cmdHistory(args []string, stdout, stderr io.Writer) int {
@@ -38,7 +40,7 @@ func cmdHistory(args []string, stdout, stderr io.Writer) int {
 		return exitUsage
 	}
 
-	paths := core.DefaultPaths()
+	paths := paths.DefaultPaths()
 	store, err := core.OpenStore(paths.DB)
 	if err != nil {
 		fmt.Fprintln(stderr, "atelier history:", err)
@@ -200,7 +202,7 @@ Options:
 		fmt.Fprintln(stderr, "atelier history import: give one PNG file")
 		return exitUsage
 	}
-	paths := core.DefaultPaths()
+	paths := paths.DefaultPaths()
 	store, err := core.OpenStore(paths.DB)
 	if err != nil {
 		fmt.Fprintln(stderr, "atelier history import:", err)
@@ -212,7 +214,7 @@ Options:
 	if last, ok, _ := store.LastRequest(ctx); ok {
 		base = last // what the PNG does not say stays as the form had it
 	}
-	got, err := core.ImportPNG(file, base, paths.Models)
+	got, err := infotext.ImportPNG(file, base, paths.Models)
 	if err != nil {
 		fmt.Fprintln(stderr, "atelier history import:", err)
 		if os.IsNotExist(err) {

@@ -13,6 +13,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"atelier/core"
+	"atelier/core/infotext"
 )
 
 func TestHistoryImportReadsAGeneratedPNG(t *testing.T) {
@@ -25,7 +26,7 @@ func TestHistoryImportReadsAGeneratedPNG(t *testing.T) {
 
 	out, stderr, code := h.run("history", "import", png, "--json")
 	require.Equal(t, 0, code, stderr)
-	var got core.ImportedSettings
+	var got infotext.ImportedSettings
 	require.NoError(t, json.Unmarshal([]byte(out), &got), out)
 	r := got.Request
 	assert.Equal(t, "a lighthouse", r.Prompt)

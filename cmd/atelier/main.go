@@ -16,6 +16,7 @@ import (
 
 	"atelier/bridge"
 	"atelier/core"
+	"atelier/core/paths"
 )
 
 // Exit statuses shared by every subcommand.
@@ -84,14 +85,14 @@ func run(args []string, stdout, stderr io.Writer) int {
 
 // app is what every job-running command wires together.
 type app struct {
-	paths  core.Paths
+	paths  paths.Paths
 	store  *core.Store
 	bridge *bridge.Bridge
 	runner *core.Runner
 }
 
 func openApp(stderr io.Writer) (*app, error) {
-	paths := core.DefaultPaths()
+	paths := paths.DefaultPaths()
 	if err := paths.EnsureDirs(); err != nil {
 		return nil, err
 	}
@@ -108,7 +109,7 @@ func (a *app) close() {
 	a.store.Close()
 }
 
-func bridgeConfig(paths core.Paths, stderr io.Writer) bridge.Config {
+func bridgeConfig(paths paths.Paths, stderr io.Writer) bridge.Config {
 	// The worker's own ATELIER_CACHE_DIR wins, so that tests and scripts can
 	// share one generated tiny model between homes.
 	cache := os.Getenv("ATELIER_CACHE_DIR")

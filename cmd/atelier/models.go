@@ -12,6 +12,7 @@ import (
 	"text/tabwriter"
 
 	"atelier/core"
+	"atelier/core/library"
 )
 
 const modelsUsage = `Usage:
@@ -28,15 +29,15 @@ tiny-upscaler) and the lanczos upscaler are always available.
 `
 
 // tinyEntries are the generated demo parts, always available.
-var tinyEntries = []core.LibraryEntry{
-	{Path: core.TinyModel, Name: core.TinyModel, Kind: core.KindCheckpoint, Format: "tiny"},
-	{Path: core.TinyRefiner, Name: core.TinyRefiner, Kind: core.KindRefiner, Format: "tiny"},
-	{Path: core.TinyLoRA, Name: core.TinyLoRA, Kind: core.KindLoRA, Format: "tiny"},
-	{Path: core.TinyControlNet, Name: core.TinyControlNet, Kind: core.KindControlNet, Format: "tiny"},
-	{Path: core.TinyVAE, Name: core.TinyVAE, Kind: core.KindVAE, Format: "tiny"},
-	{Path: core.LanczosUpscaler, Name: core.LanczosUpscaler, Kind: core.KindUpscaler, Format: "built-in"},
-	{Path: core.TinyUpscaler, Name: core.TinyUpscaler, Kind: core.KindUpscaler, Format: "tiny"},
-	{Path: core.TinySingleFile, Name: core.TinySingleFile, Kind: core.KindCheckpoint, Format: "tiny"},
+var tinyEntries = []library.LibraryEntry{
+	{Path: core.TinyModel, Name: core.TinyModel, Kind: library.KindCheckpoint, Format: "tiny"},
+	{Path: core.TinyRefiner, Name: core.TinyRefiner, Kind: library.KindRefiner, Format: "tiny"},
+	{Path: core.TinyLoRA, Name: core.TinyLoRA, Kind: library.KindLoRA, Format: "tiny"},
+	{Path: core.TinyControlNet, Name: core.TinyControlNet, Kind: library.KindControlNet, Format: "tiny"},
+	{Path: core.TinyVAE, Name: core.TinyVAE, Kind: library.KindVAE, Format: "tiny"},
+	{Path: core.LanczosUpscaler, Name: core.LanczosUpscaler, Kind: library.KindUpscaler, Format: "built-in"},
+	{Path: core.TinyUpscaler, Name: core.TinyUpscaler, Kind: library.KindUpscaler, Format: "tiny"},
+	{Path: core.TinySingleFile, Name: core.TinySingleFile, Kind: library.KindCheckpoint, Format: "tiny"},
 }
 
 func cmdModels(args []string, stdout, stderr io.Writer) int {
@@ -63,13 +64,13 @@ func cmdModels(args []string, stdout, stderr io.Writer) int {
 		return exitFailure
 	}
 	defer store.Close()
-	folders, err := core.LibraryFolders(context.Background(), store)
+	folders, err := library.LibraryFolders(context.Background(), store)
 	if err != nil {
 		fmt.Fprintln(stderr, "atelier models:", err)
 		return exitFailure
 	}
-	lib := core.ScanLibrary(folders)
-	lib.Entries = append(append([]core.LibraryEntry(nil), tinyEntries...), lib.Entries...)
+	lib := library.ScanLibrary(folders)
+	lib.Entries = append(append([]library.LibraryEntry(nil), tinyEntries...), lib.Entries...)
 	if *asJSON {
 		b, err := json.MarshalIndent(lib, "", "  ")
 		if err != nil {
@@ -88,8 +89,8 @@ func cmdModels(args []string, stdout, stderr io.Writer) int {
 		}
 	}
 	tw := tabwriter.NewWriter(stdout, 2, 4, 2, ' ', 0)
-	for _, kind := range core.ModelKinds {
-		var rows []core.LibraryEntry
+	for _, kind := range library.ModelKinds {
+		var rows []library.LibraryEntry
 		for _, e := range lib.Entries {
 			if e.Kind == kind {
 				rows = append(rows, e)
@@ -110,7 +111,7 @@ func cmdModels(args []string, stdout, stderr io.Writer) int {
 	tw.Flush()
 	if home, err := os.UserHomeDir(); err == nil {
 		var more []string
-		for _, f := range core.FindModelFolders(home) {
+		for _, f := range library.FindModelFolders(home) {
 			if !slices.Contains(folders, f) {
 				more = append(more, f)
 			}
@@ -128,19 +129,19 @@ func cmdModels(args []string, stdout, stderr io.Writer) int {
 	return exitOK
 }
 
-func kindTitle(k core.ModelKind) string {
+func kindTitle(k library.ModelKind) string {
 	switch k {
-	case core.KindCheckpoint:
+	case library.KindCheckpoint:
 		return "Checkpoints"
-	case core.KindRefiner:
+	case library.KindRefiner:
 		return "Refiners"
-	case core.KindLoRA:
+	case library.KindLoRA:
 		return "LoRAs"
-	case core.KindControlNet:
+	case library.KindControlNet:
 		return "ControlNets"
-	case core.KindVAE:
+	case library.KindVAE:
 		return "VAEs"
-	case core.KindUpscaler:
+	case library.KindUpscaler:
 		return "Upscalers"
 	}
 	return "Not recognised"
@@ -158,7 +159,7 @@ func cmdModelsFolder(sub string, args []string, stdout, stderr io.Writer) int {
 	defer store.Close()
 	ctx := context.Background()
 	if sub == "remove-folder" {
-		removed, err := core.RemoveLibraryFolder(ctx, store, args[0])
+		removed, err := library.RemoveLibraryFolder(ctx, store, args[0])
 		switch {
 		case err != nil:
 			fmt.Fprintln(stderr, "atelier models remove-folder:", err)
@@ -170,12 +171,12 @@ func cmdModelsFolder(sub string, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stdout, "removed %s\n", args[0])
 		return exitOK
 	}
-	dir, err := core.AddLibraryFolder(ctx, store, args[0])
+	dir, err := library.AddLibraryFolder(ctx, store, args[0])
 	if err != nil {
 		fmt.Fprintln(stderr, "atelier models add-folder:", err)
 		return exitUsage
 	}
-	lib := core.ScanLibrary([]string{dir})
+	lib := library.ScanLibrary([]string{dir})
 	usable := 0
 	for _, e := range lib.Entries {
 		if e.Refused == "" {

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"atelier/core"
+	"atelier/core/paths"
 )
 
 const queueUsage = `Usage: atelier queue COMMAND [options]
@@ -109,8 +110,8 @@ func cmdQueue(args []string, stdout, stderr io.Writer) int {
 	}
 }
 
-func openStore(stderr io.Writer, name string) (*core.Store, core.Paths, bool) {
-	paths := core.DefaultPaths()
+func openStore(stderr io.Writer, name string) (*core.Store, paths.Paths, bool) {
+	paths := paths.DefaultPaths()
 	if err := paths.EnsureDirs(); err != nil {
 		fmt.Fprintf(stderr, "atelier %s: %v\n", name, err)
 		return nil, paths, false

@@ -10,6 +10,7 @@ import (
 	"strings"
 
 	"atelier/core"
+	"atelier/core/infotext"
 )
 
 // requestFlags are the flags that make up a core.Request, shared by every
@@ -108,7 +109,7 @@ func (f *requestFlags) build() (core.Request, error) {
 	if r.UpscaleOnly && !f.given("prompt") && r.InitImage != "" {
 		// The picture's own prompt where it has one, so the history finds it by it.
 		r.Prompt = "upscaled " + filepath.Base(r.InitImage)
-		if got, err := core.ImportPNG(r.InitImage, r, ""); err == nil && strings.TrimSpace(got.Request.Prompt) != "" {
+		if got, err := infotext.ImportPNG(r.InitImage, r, ""); err == nil && strings.TrimSpace(got.Request.Prompt) != "" {
 			r.Prompt = got.Request.Prompt
 		}
 	}

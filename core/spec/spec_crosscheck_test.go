@@ -9,6 +9,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"atelier/core"
+	"atelier/core/infotext"
 	"atelier/core/spec"
 )
 
@@ -154,7 +155,7 @@ func TestCoreInfotextReadsSpecKeys(t *testing.T) {
 		kv(spec.InfotextUnitThresholdA, "100"), kv(spec.InfotextUnitThresholdB, "200")}, ", ")
 
 	req := core.DefaultRequest()
-	notes := core.ParseInfotext(text(
+	notes := infotext.ParseInfotext(text(
 		kv(spec.InfotextDenoisingStrength, "0.6"), kv(spec.InfotextMaskBlur, "3"),
 		kv(spec.InfotextInpaintArea, spec.InfotextOnlyMasked), kv(spec.InfotextMaskedAreaPadding, "16"),
 		kv(spec.InfotextVAE, spec.TinyVAE), kv(spec.InfotextLoRAHashes, `"tiny-lora: 0123456789"`),
@@ -174,7 +175,7 @@ func TestCoreInfotextReadsSpecKeys(t *testing.T) {
 
 	for _, hires := range []string{kv(spec.InfotextHiresUpscale, "2"), kv(spec.InfotextHiresResize, "128x256")} {
 		req = core.DefaultRequest()
-		notes = core.ParseInfotext(text(kv(spec.InfotextDenoisingStrength, "0.4"), hires,
+		notes = infotext.ParseInfotext(text(kv(spec.InfotextDenoisingStrength, "0.4"), hires,
 			kv(spec.InfotextHiresSteps, "12"), kv(spec.InfotextHiresUpscaler, spec.InfotextLanczos))).ApplyTo(&req)
 		assert.Empty(t, notes, hires)
 		assert.Equal(t, []any{2.0, 12, 0.4, 0.0}, []any{req.HiresScale, req.HiresSteps, req.HiresStrength, req.Strength}, hires)

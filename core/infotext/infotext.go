@@ -1,4 +1,6 @@
-package core
+// Package infotext reads and writes AUTOMATIC1111's generation parameters
+// ("infotext") and imports them from a PNG onto a request.
+package infotext
 
 import (
 	"encoding/json"
@@ -7,6 +9,8 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+
+	"atelier/core"
 )
 
 // Infotext is AUTOMATIC1111's "parameters" text: the prompt, an optional
@@ -103,7 +107,7 @@ func quoteInfotext(v string) string {
 // samplerNames maps A1111 sampler names to the worker's scheduler names.
 var samplerNames = func() map[string]string {
 	m := map[string]string{}
-	for id, name := range SamplerNames {
+	for id, name := range core.SamplerNames {
 		m[name] = id
 	}
 	return m
@@ -116,12 +120,12 @@ var scheduleTypes = map[string]string{"Automatic": "", "Karras": "karras", "Expo
 var reLoraTag = regexp.MustCompile(`<lora:([^:>]+)(?::(-?[0-9.]+))?[^>]*>`)
 
 // tinyByName maps the names infotext gives the tiny demo parts to those parts.
-var tinyByName = map[string]string{TinyLoRA: TinyLoRA, TinyVAE: TinyVAE, TinyRefiner: TinyRefiner, TinyControlNet: TinyControlNet}
+var tinyByName = map[string]string{core.TinyLoRA: core.TinyLoRA, core.TinyVAE: core.TinyVAE, core.TinyRefiner: core.TinyRefiner, core.TinyControlNet: core.TinyControlNet}
 
 // ApplyTo copies the settings the infotext carries into req, leaving the rest
 // as they are. It returns a note for each value it could not use, so the user
 // learns what did not come back.
-func (it Infotext) ApplyTo(req *Request) []string {
+func (it Infotext) ApplyTo(req *core.Request) []string {
 	var notes []string
 	req.Prompt = it.Prompt
 	req.NegativePrompt = it.NegativePrompt
@@ -217,7 +221,7 @@ func (it Infotext) ApplyTo(req *Request) []string {
 	}
 	if v, ok := it.Get("Mask blur"); ok {
 		if n, err := strconv.Atoi(v); err == nil {
-			req.MaskBlur = IntPtr(n)
+			req.MaskBlur = core.IntPtr(n)
 		} else {
 			notes = append(notes, fmt.Sprintf("Mask blur %q is not a whole number", v))
 		}
@@ -230,11 +234,11 @@ func (it Infotext) ApplyTo(req *Request) []string {
 // applyParts maps the LoRAs, VAE, refiner, ControlNets and upscaler. Only the
 // tiny demo parts and Lanczos can be named back to something loadable: a file
 // name alone does not say where the file is, so the others become notes.
-func (it Infotext) applyParts(req *Request, float func(string, *float64) bool) []string {
+func (it Infotext) applyParts(req *core.Request, float func(string, *float64) bool) []string {
 	var notes []string
 	// LoRAs: Atelier writes "Loras"; A1111 keeps the tags in the prompt.
 	tags, _ := it.Get("Loras")
-	var loras []LoRA
+	var loras []core.LoRA
 	for _, src := range []string{tags, req.Prompt} {
 		for _, m := range reLoraTag.FindAllStringSubmatch(src, -1) {
 			w := 1.0
@@ -244,9 +248,9 @@ func (it Infotext) applyParts(req *Request, float func(string, *float64) bool) [
 				}
 			}
 			name := strings.TrimSpace(m[1])
-			if p, ok := tinyByName[name]; ok && p == TinyLoRA {
+			if p, ok := tinyByName[name]; ok && p == core.TinyLoRA {
 				if !hasLoRA(loras, p) {
-					loras = append(loras, LoRA{Path: p, Weight: w})
+					loras = append(loras, core.LoRA{Path: p, Weight: w})
 				}
 			} else {
 				notes = append(notes, fmt.Sprintf("LoRA %q (weight %g): choose its file in the LoRA section", name, w))
@@ -259,7 +263,7 @@ func (it Infotext) applyParts(req *Request, float func(string, *float64) bool) [
 	if loras != nil {
 		req.LoRAs = loras
 		req.Prompt = strings.TrimSpace(reLoraTag.ReplaceAllStringFunc(req.Prompt, func(tag string) string {
-			if m := reLoraTag.FindStringSubmatch(tag); m != nil && tinyByName[strings.TrimSpace(m[1])] == TinyLoRA {
+			if m := reLoraTag.FindStringSubmatch(tag); m != nil && tinyByName[strings.TrimSpace(m[1])] == core.TinyLoRA {
 				return ""
 			}
 			return tag
@@ -277,13 +281,13 @@ func (it Infotext) applyParts(req *Request, float func(string, *float64) bool) [
 		notes = append(notes, fmt.Sprintf("%s %q: choose its file in the %s section", key, v, section))
 		return false
 	}
-	part("VAE", TinyVAE, "VAE", &req.VAE)
-	if part("Refiner", TinyRefiner, "Refiner", &req.Refiner) {
+	part("VAE", core.TinyVAE, "VAE", &req.VAE)
+	if part("Refiner", core.TinyRefiner, "Refiner", &req.Refiner) {
 		float("Refiner switch at", &req.RefinerSwitch)
 	}
 	if v, ok := it.Get("Postprocess upscaler"); ok {
 		if strings.EqualFold(v, "Lanczos") {
-			req.Upscaler = LanczosUpscaler
+			req.Upscaler = core.LanczosUpscaler
 			float("Postprocess upscale by", &req.Upscale)
 		} else {
 			notes = append(notes, fmt.Sprintf("Postprocess upscaler %q: choose its file in the Upscale section", v))
@@ -302,7 +306,7 @@ func (it Infotext) applyParts(req *Request, float func(string, *float64) bool) [
 	return notes
 }
 
-func hasLoRA(list []LoRA, path string) bool {
+func hasLoRA(list []core.LoRA, path string) bool {
 	for _, l := range list {
 		if l.Path == path {
 			return true

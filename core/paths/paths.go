@@ -1,4 +1,6 @@
-package core
+// Package paths lays out Atelier's folders: the XDG base directories, or one
+// root under $ATELIER_HOME.
+package paths
 
 import (
 	"fmt"

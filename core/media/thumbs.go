@@ -1,4 +1,4 @@
-package core
+package media
 
 import (
 	"crypto/sha256"
@@ -88,4 +88,19 @@ func (t *Thumbnailer) Remove(src string) error {
 		return err
 	}
 	return nil
+}
+
+// DeleteImageFiles removes an image file and its cached thumbnail (thumbs may
+// be nil). A file already gone is not an error.
+func DeleteImageFiles(path string, thumbs *Thumbnailer) error {
+	var errs []error
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		errs = append(errs, err)
+	}
+	if thumbs != nil {
+		if err := thumbs.Remove(path); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
 }

@@ -1,4 +1,6 @@
-package core
+// Package library finds and classifies the models on disk (checkpoints,
+// refiners, LoRAs, ControlNets, VAEs, upscalers) in the folders the user chose.
+package library
 
 import (
 	"context"
@@ -10,8 +12,11 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
+
+	"atelier/core"
 )
 
 // ModelKind is what a file or folder of the model library is.
@@ -100,7 +105,7 @@ func LibraryFolders(ctx context.Context, s SettingsStore) ([]string, error) {
 // AddLibraryFolder adds an existing folder (made absolute) to the list; adding
 // it twice keeps one. It returns the folder as stored.
 func AddLibraryFolder(ctx context.Context, s SettingsStore, dir string) (string, error) {
-	abs, err := resolveFile(dir)
+	abs, err := core.ResolveFile(dir)
 	if err != nil {
 		return "", err
 	}
@@ -115,7 +120,7 @@ func AddLibraryFolder(ctx context.Context, s SettingsStore, dir string) (string,
 	if err != nil {
 		return "", err
 	}
-	if !contains(folders, abs) {
+	if !slices.Contains(folders, abs) {
 		folders = append(folders, abs)
 	}
 	b, _ := json.Marshal(folders)
@@ -128,7 +133,7 @@ func RemoveLibraryFolder(ctx context.Context, s SettingsStore, dir string) (bool
 	if err != nil {
 		return false, err
 	}
-	abs, _ := resolveFile(dir)
+	abs, _ := core.ResolveFile(dir)
 	var kept []string
 	for _, f := range folders {
 		if f != abs && f != dir {
@@ -325,7 +330,7 @@ func className(path string) (string, error) {
 // pickle file as refused. Other files are not models.
 func classifyFile(path string) (LibraryEntry, bool) {
 	name := filepath.Base(path)
-	if ext := pickleExt(path); ext != "" {
+	if ext := core.PickleExt(path); ext != "" {
 		return LibraryEntry{Path: path, Name: name, Kind: KindUnknown, Format: "pickle",
 			Refused: fmt.Sprintf("a pickle file (%s) can run arbitrary code when loaded: convert it to .safetensors", ext)}, true
 	}
@@ -455,4 +460,12 @@ func hubName(path string) string {
 		return strings.ReplaceAll(strings.TrimPrefix(filepath.Base(repo), "models--"), "--", "/")
 	}
 	return filepath.Base(path)
+}
+
+// orEmpty keeps a nil list from being written as JSON null.
+func orEmpty(s []string) []string {
+	if s == nil {
+		return []string{}
+	}
+	return s
 }
