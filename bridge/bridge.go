@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"atelier/core"
+	"atelier/core/failure"
+	"atelier/core/request"
 )
 
 // ErrNoSuchJob is returned by Cancel for an id that is not running.
@@ -116,7 +118,7 @@ func (j *job) forward() {
 	}
 }
 
-func errorMessage(id string, e *core.JobError) core.Message {
+func errorMessage(id string, e *failure.JobError) core.Message {
 	return core.Message{Type: core.MsgError, ID: id, Code: e.Code, Message: e.Message, Detail: e.Detail, Field: e.Field}
 }
 
@@ -151,8 +153,8 @@ func (b *Bridge) noteFailureLocked() {
 	b.notBefore = time.Now().Add(backoffDelay(b.failures, b.cfg.BackoffMin, b.cfg.BackoffMax, rand.Int64N))
 }
 
-func closedError() *core.JobError {
-	return &core.JobError{Code: core.ErrCancelled, Message: "Atelier is closing, so the job was not run."}
+func closedError() *failure.JobError {
+	return &failure.JobError{Code: failure.ErrCancelled, Message: "Atelier is closing, so the job was not run."}
 }
 
 // Submit runs req as job id on the worker, starting the worker first if none runs.
@@ -161,14 +163,14 @@ func closedError() *core.JobError {
 // line), then closes; the caller must drain it. Cancelling ctx cancels the job.
 // An error means the job never started; it is a *core.JobError: an invalid request
 // or id, another job still running, a worker that failed to start, or ctx done.
-func (b *Bridge) Submit(ctx context.Context, id string, req core.Request) (<-chan core.Message, error) {
+func (b *Bridge) Submit(ctx context.Context, id string, req request.Request) (<-chan core.Message, error) {
 	if !core.ValidID(id) {
-		return nil, &core.JobError{Code: core.ErrInvalidRequest, Field: "id",
+		return nil, &failure.JobError{Code: failure.ErrInvalidRequest, Field: "id",
 			Message: fmt.Sprintf("The job id %q is not valid: it must be 1-%d letters, digits, _ . or -. This is a bug in Atelier; please report it.", id, core.MaxIDLen)}
 	}
 	if err := req.ValidateWire(); err != nil {
-		je := &core.JobError{Code: core.ErrInvalidRequest, Message: fmt.Sprintf("The request cannot be run (%v). Fix the field and submit it again.", err)}
-		if v, ok := core.AsValidation(err); ok && len(v.Fields) > 0 {
+		je := &failure.JobError{Code: failure.ErrInvalidRequest, Message: fmt.Sprintf("The request cannot be run (%v). Fix the field and submit it again.", err)}
+		if v, ok := request.AsValidation(err); ok && len(v.Fields) > 0 {
 			je.Field = v.Fields[0].Field
 		}
 		return nil, je
@@ -182,7 +184,7 @@ func (b *Bridge) Submit(ctx context.Context, id string, req core.Request) (<-cha
 	case b.job != nil:
 		running := b.job.id
 		b.mu.Unlock()
-		return nil, &core.JobError{Code: core.ErrUnsupported,
+		return nil, &failure.JobError{Code: failure.ErrUnsupported,
 			Message: fmt.Sprintf("The worker runs one job at a time and job %s is still running. Wait for it to end, or cancel it.", running)}
 	}
 	b.job = j
@@ -209,7 +211,7 @@ func (b *Bridge) Submit(ctx context.Context, id string, req core.Request) (<-cha
 		if j.cancelReq {
 			b.mu.Unlock()
 			release()
-			return nil, &core.JobError{Code: core.ErrCancelled, Message: "The job was cancelled before it started."}
+			return nil, &failure.JobError{Code: failure.ErrCancelled, Message: "The job was cancelled before it started."}
 		}
 		if b.w == w && !w.broken && !w.gone {
 			j.w = w
@@ -220,7 +222,7 @@ func (b *Bridge) Submit(ctx context.Context, id string, req core.Request) (<-cha
 		b.mu.Unlock()
 		if attempt == 3 {
 			release()
-			return nil, &core.JobError{Code: core.ErrWorkerCrashed,
+			return nil, &failure.JobError{Code: failure.ErrWorkerCrashed,
 				Message: "The worker stopped right after it started, three times. The detail below shows its last log lines; retry, and report it if it keeps happening.",
 				Detail:  strings.Join(b.StderrTail(), "\n")}
 		}
@@ -291,7 +293,7 @@ func (b *Bridge) cancelTimedOut(j *job, w *worker) {
 	if b.w == w {
 		b.w = nil
 	}
-	b.endLocked(j, errorMessage(j.id, &core.JobError{Code: core.ErrCancelled,
+	b.endLocked(j, errorMessage(j.id, &failure.JobError{Code: failure.ErrCancelled,
 		Message: fmt.Sprintf("The job was cancelled. The worker did not stop within %s, so Atelier stopped it; the next job starts a new worker.", b.cfg.CancelGrace)}))
 	b.mu.Unlock()
 	b.log(j.id).Warn("worker ignored cancel; killing it", "pid", w.pid(), "grace", b.cfg.CancelGrace)
@@ -328,7 +330,7 @@ func (b *Bridge) Ping(ctx context.Context) error {
 	case <-ch:
 		return nil
 	case <-w.exited:
-		return &core.JobError{Code: core.ErrWorkerCrashed, Message: "The worker stopped before it answered a ping; the next job starts a new one.",
+		return &failure.JobError{Code: failure.ErrWorkerCrashed, Message: "The worker stopped before it answered a ping; the next job starts a new one.",
 			Detail: strings.Join(w.tail.snapshot(), "\n")}
 	case <-ctx.Done():
 		return fmt.Errorf("ping the worker: no answer: %w", ctx.Err())
@@ -387,7 +389,7 @@ func (b *Bridge) Close() error {
 				j.cancelReq = true
 				close(j.cancelC)
 			} else {
-				b.endLocked(j, errorMessage(j.id, &core.JobError{Code: core.ErrCancelled,
+				b.endLocked(j, errorMessage(j.id, &failure.JobError{Code: failure.ErrCancelled,
 					Message: "Atelier closed while the job ran; run it again after the next start."}))
 			}
 		}
@@ -453,9 +455,9 @@ func (b *Bridge) ensure(ctx context.Context, cancel <-chan struct{}, id string) 
 	case <-st.done:
 		return st.w, st.err
 	case <-ctx.Done():
-		return nil, &core.JobError{Code: core.ErrCancelled, Message: "The job was cancelled while the worker was starting.", Detail: ctx.Err().Error()}
+		return nil, &failure.JobError{Code: failure.ErrCancelled, Message: "The job was cancelled while the worker was starting.", Detail: ctx.Err().Error()}
 	case <-cancel:
-		return nil, &core.JobError{Code: core.ErrCancelled, Message: "The job was cancelled before it started."}
+		return nil, &failure.JobError{Code: failure.ErrCancelled, Message: "The job was cancelled before it started."}
 	}
 }
 
@@ -483,7 +485,7 @@ func (b *Bridge) start(st *startAttempt, id string) {
 		w.broken = true
 		go w.stop()
 	case w.gone || w.broken:
-		st.err = &core.JobError{Code: core.ErrWorkerCrashed, Message: "The worker stopped right after it started. The detail below shows its last log lines; retry, and report it if it keeps happening.",
+		st.err = &failure.JobError{Code: failure.ErrWorkerCrashed, Message: "The worker stopped right after it started. The detail below shows its last log lines; retry, and report it if it keeps happening.",
 			Detail: strings.Join(w.tail.snapshot(), "\n")}
 		b.noteFailureLocked()
 	default:
@@ -518,7 +520,7 @@ func (b *Bridge) startWorker(id string, argv []string, workerDir string) (*worke
 	w, err := b.spawn(argv, workerDir, id)
 	if err != nil {
 		b.mu.Unlock()
-		return nil, core.Message{}, &core.JobError{Code: core.ErrInternal,
+		return nil, core.Message{}, &failure.JobError{Code: failure.ErrInternal,
 			Message: fmt.Sprintf("Atelier could not start the worker (%s). Check that %s names a working python, or run `make venv`.", argv[0], EnvPython),
 			Detail:  err.Error()}
 	}
@@ -533,7 +535,7 @@ func (b *Bridge) startWorker(id string, argv []string, workerDir string) (*worke
 		b.mu.Lock()
 		w.broken = true
 		b.mu.Unlock()
-		if herr.Code == core.ErrUnsupported {
+		if herr.Code == failure.ErrUnsupported {
 			w.stop() // it is healthy, only of another version: let it exit cleanly
 		} else {
 			w.kill()
@@ -554,7 +556,7 @@ func (b *Bridge) startWorker(id string, argv []string, workerDir string) (*worke
 }
 
 // handshake waits for hello under the stall deadline, which every loading line moves.
-func (b *Bridge) handshake(w *worker, lg *slog.Logger) (core.Message, *core.JobError) {
+func (b *Bridge) handshake(w *worker, lg *slog.Logger) (core.Message, *failure.JobError) {
 	stall := b.cfg.StallTimeout
 	timer := time.NewTimer(stall)
 	defer timer.Stop()
@@ -571,7 +573,7 @@ func (b *Bridge) handshake(w *worker, lg *slog.Logger) (core.Message, *core.JobE
 			}
 			return m, nil
 		case <-timer.C:
-			return core.Message{}, &core.JobError{Code: core.ErrInternal,
+			return core.Message{}, &failure.JobError{Code: failure.ErrInternal,
 				Message: fmt.Sprintf("The worker said nothing for %s while starting, so Atelier stopped it. The detail below shows its last log lines; retry, and if it hangs again, look there for what it was doing.", stall)}
 		case <-w.exited:
 			b.mu.Lock()
@@ -580,7 +582,7 @@ func (b *Bridge) handshake(w *worker, lg *slog.Logger) (core.Message, *core.JobE
 			if f != nil {
 				return core.Message{}, f
 			}
-			return core.Message{}, &core.JobError{Code: core.ErrWorkerCrashed,
+			return core.Message{}, &failure.JobError{Code: failure.ErrWorkerCrashed,
 				Message: fmt.Sprintf("The worker stopped while starting (%s). The detail below shows its last log lines; if they name a missing module, run `make venv` to repair the Python environment.", exitReason(w))}
 		case <-b.closing:
 			return core.Message{}, closedError()
@@ -588,8 +590,8 @@ func (b *Bridge) handshake(w *worker, lg *slog.Logger) (core.Message, *core.JobE
 	}
 }
 
-func versionError(workerProtocol int, workerVersion string) *core.JobError {
-	return &core.JobError{Code: core.ErrUnsupported,
+func versionError(workerProtocol int, workerVersion string) *failure.JobError {
+	return &failure.JobError{Code: failure.ErrUnsupported,
 		Message: fmt.Sprintf("The worker speaks protocol version %d, but this Atelier speaks version %d. They come from different versions of Atelier: update both from the same checkout and rebuild with `make run`.", workerProtocol, core.ProtocolVersion),
 		Detail:  fmt.Sprintf("worker_version %q", workerVersion)}
 }
@@ -675,7 +677,7 @@ func (b *Bridge) unreadable(w *worker, line []byte, cause error) {
 		return
 	}
 	w.broken = true
-	var je *core.JobError
+	var je *failure.JobError
 	if !w.ready {
 		// A worker of another protocol version may not even write our hello; say
 		// that rather than "unreadable".
@@ -688,7 +690,7 @@ func (b *Bridge) unreadable(w *worker, line []byte, cause error) {
 		}
 	}
 	if je == nil {
-		je = &core.JobError{Code: core.ErrInternal,
+		je = &failure.JobError{Code: failure.ErrInternal,
 			Message: "The worker sent an unreadable line, so Atelier stopped it; the next job starts a new worker. If this keeps happening, report it with the detail below.",
 			Detail:  fmt.Sprintf("%v\nline: %s", cause, quoteCut(line, 500))}
 	}
@@ -748,7 +750,7 @@ func (b *Bridge) workerExited(w *worker) {
 		if len(tail) == 0 {
 			detail = "(the worker wrote nothing to stderr)"
 		}
-		b.endLocked(j, errorMessage(j.id, &core.JobError{Code: core.ErrWorkerCrashed,
+		b.endLocked(j, errorMessage(j.id, &failure.JobError{Code: failure.ErrWorkerCrashed,
 			Message: fmt.Sprintf("The worker process stopped during the job (%s). Retry: the next job starts a new worker. If it keeps stopping, the detail below shows its last log lines.%s", reason, killedHint(w)),
 			Detail:  detail}))
 		lg.Error("worker crashed during a job", "pid", w.pid(), "exit", reason)

@@ -10,7 +10,7 @@ import (
 	"path/filepath"
 	"time"
 
-	"atelier/core"
+	"atelier/core/failure"
 )
 
 // DefaultPython and DefaultWorkerDir are set at build time by the Makefile
@@ -104,19 +104,19 @@ func (c Config) WorkerCommand() (argv []string, workerDir string, err error) {
 	python := firstNonEmpty(c.Python, os.Getenv(EnvPython), DefaultPython)
 	dir := firstNonEmpty(c.WorkerDir, os.Getenv(EnvWorkerDir), DefaultWorkerDir)
 	if python == "" || dir == "" {
-		return nil, "", &core.JobError{Code: core.ErrInternal,
+		return nil, "", &failure.JobError{Code: failure.ErrInternal,
 			Message: "Atelier does not know which Python runs its worker. Build and start it with `make run` " +
 				"(or run `make venv`, then set " + EnvPython + " to the venv's python and " + EnvWorkerDir +
 				" to the repository's python folder).",
 			Detail: fmt.Sprintf("%s=%q %s=%q", EnvPython, python, EnvWorkerDir, dir)}
 	}
 	if _, err := os.Stat(python); err != nil {
-		return nil, "", &core.JobError{Code: core.ErrInternal,
+		return nil, "", &failure.JobError{Code: failure.ErrInternal,
 			Message: fmt.Sprintf("The worker's Python %s cannot be used. Run `make venv` to create it, or set %s to a python that has the worker's requirements.", python, EnvPython),
 			Detail:  err.Error()}
 	}
 	if _, err := os.Stat(filepath.Join(dir, "atelier_worker")); err != nil {
-		return nil, "", &core.JobError{Code: core.ErrInternal,
+		return nil, "", &failure.JobError{Code: failure.ErrInternal,
 			Message: fmt.Sprintf("The worker's code is not in %s. Set %s to the python folder of the Atelier repository, or rebuild with `make run`.", dir, EnvWorkerDir),
 			Detail:  err.Error()}
 	}

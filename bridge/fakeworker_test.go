@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"atelier/core"
+	"atelier/core/failure"
+	"atelier/core/request"
 )
 
 // The fake worker is this test binary run again with fakeModeEnv naming a file whose
@@ -153,7 +155,7 @@ func fakeWorker(modeFile string) int {
 	f.send(core.Message{Type: core.MsgLoading, Message: "importing torch"})
 	hello := core.Message{Type: core.MsgHello, Protocol: core.ProtocolVersion, WorkerVersion: "0.0.0-fake",
 		Device: "cpu", Dtype: "float32", Devices: []core.Device{{Name: "fake cpu", Kind: "cpu"}},
-		Capabilities: &core.Capabilities{Schedulers: core.Schedulers, ControlNetTypes: []string{}, Features: []string{"txt2img"}},
+		Capabilities: &core.Capabilities{Schedulers: request.Schedulers, ControlNetTypes: []string{}, Features: []string{"txt2img"}},
 		Versions:     map[string]string{"python": "fake", "torch": "fake", "diffusers": "fake"}}
 	if f.o.mode == "badproto" {
 		hello.Protocol = f.o.protocol
@@ -169,7 +171,7 @@ func fakeWorker(modeFile string) int {
 		for sc.Scan() {
 			m, err := core.DecodeMessage(sc.Bytes())
 			if err != nil {
-				f.send(core.Message{Type: core.MsgError, Code: core.ErrInvalidRequest, Message: "cannot read line: " + err.Error()})
+				f.send(core.Message{Type: core.MsgError, Code: failure.ErrInvalidRequest, Message: "cannot read line: " + err.Error()})
 				continue
 			}
 			switch m.Type {
@@ -202,7 +204,7 @@ func fakeWorker(modeFile string) int {
 	return 0
 }
 
-func (f *fake) run(id string, req core.Request) {
+func (f *fake) run(id string, req request.Request) {
 	start := time.Now()
 	elapsed := func() float64 { return time.Since(start).Seconds() }
 	f.logf("[%s] generating %d steps", id, req.Steps)
@@ -216,7 +218,7 @@ func (f *fake) run(id string, req core.Request) {
 	for step := 1; step <= req.Steps; step++ {
 		time.Sleep(f.o.step)
 		if _, ok := f.canc.Load(id); ok {
-			f.send(core.Message{Type: core.MsgError, ID: id, Code: core.ErrCancelled, Message: "the job was cancelled"})
+			f.send(core.Message{Type: core.MsgError, ID: id, Code: failure.ErrCancelled, Message: "the job was cancelled"})
 			return
 		}
 		f.send(core.Message{Type: core.MsgProgress, ID: id, Stage: "denoising", Step: step, Total: req.Steps, ElapsedS: elapsed()})
@@ -245,7 +247,7 @@ func (f *fake) run(id string, req core.Request) {
 	for i := range batch {
 		p := filepath.Join(req.OutputDir, fmt.Sprintf("%s-%d.png", id, i))
 		if err := writePNG(p, req.Width, req.Height); err != nil {
-			f.send(core.Message{Type: core.MsgError, ID: id, Code: core.ErrInternal, Message: "cannot write the image", Detail: err.Error()})
+			f.send(core.Message{Type: core.MsgError, ID: id, Code: failure.ErrInternal, Message: "cannot write the image", Detail: err.Error()})
 			return
 		}
 		f.send(core.Message{Type: core.MsgProgress, ID: id, Stage: "saving", Step: i + 1, Total: batch, ElapsedS: elapsed()})

@@ -16,6 +16,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"atelier/core"
+	"atelier/core/failure"
 )
 
 // Fault injection with the fake worker. Each test meets one fault, checks the error the
@@ -60,7 +61,7 @@ func TestFakeCrashMidJob(t *testing.T) {
 	fb := newFakeBridge(t, "mode=crash")
 	final, msgs := runJob(t, fb.Bridge, "job-1", tinyRequest(t, 5))
 	require.Equal(t, core.MsgError, final.Type, "%v", types(msgs))
-	assert.Equal(t, core.ErrWorkerCrashed, final.Code)
+	assert.Equal(t, failure.ErrWorkerCrashed, final.Code)
 	assert.Contains(t, final.Message, "exit status 3")
 	assert.Contains(t, final.Message, "next job starts a new worker", "the message says what to do")
 	assert.Contains(t, final.Detail, "RuntimeError: fake worker crashed on purpose", "the detail holds the stderr tail")
@@ -86,7 +87,7 @@ func TestFakeUnreadableLineMidJob(t *testing.T) {
 			fb := newFakeBridge(t, "mode="+tt.mode)
 			final, msgs := runJob(t, fb.Bridge, "job-1", tinyRequest(t, 5))
 			require.Equal(t, core.MsgError, final.Type, "%v", types(msgs))
-			assert.Equal(t, core.ErrInternal, final.Code)
+			assert.Equal(t, failure.ErrInternal, final.Code)
 			assert.Contains(t, final.Message, "The worker sent an unreadable line")
 			assert.Contains(t, final.Message, "next job starts a new worker")
 			assert.Contains(t, final.Detail, tt.detail)
@@ -105,7 +106,7 @@ func TestFakeUnreadableLineAtStart(t *testing.T) {
 	fb := newFakeBridge(t, "mode=garbagestart")
 	_, err := fb.Submit(context.Background(), "job-1", tinyRequest(t, 2))
 	je := asJobError(t, err)
-	assert.Equal(t, core.ErrInternal, je.Code)
+	assert.Equal(t, failure.ErrInternal, je.Code)
 	assert.Contains(t, je.Detail, "Loading checkpoint shards")
 
 	fb.setMode("mode=healthy")
@@ -119,7 +120,7 @@ func TestFakeHangAtStart(t *testing.T) {
 	fb := newFakeBridge(t, "mode=hang", func(c *Config) { c.StallTimeout = 5 * time.Second })
 	_, err := fb.Submit(context.Background(), "job-1", tinyRequest(t, 2))
 	je := asJobError(t, err)
-	assert.Equal(t, core.ErrInternal, je.Code)
+	assert.Equal(t, failure.ErrInternal, je.Code)
 	assert.Contains(t, je.Message, "said nothing for 5s while starting")
 	assert.Contains(t, je.Detail, "fake: importing torch", "the detail holds the stderr tail")
 	_, ok := fb.Hello()
@@ -144,7 +145,7 @@ func TestFakeDiesAtStart(t *testing.T) {
 	fb := newFakeBridge(t, "mode=diestart")
 	_, err := fb.Submit(context.Background(), "job-1", tinyRequest(t, 2))
 	je := asJobError(t, err)
-	assert.Equal(t, core.ErrWorkerCrashed, je.Code)
+	assert.Equal(t, failure.ErrWorkerCrashed, je.Code)
 	assert.Contains(t, je.Message, "exit status 1")
 	assert.Contains(t, je.Message, "make venv")
 	assert.Contains(t, je.Detail, "ModuleNotFoundError: No module named 'torch'")
@@ -159,7 +160,7 @@ func TestFakeWrongProtocol(t *testing.T) {
 	fb := newFakeBridge(t, "mode=badproto protocol=2")
 	_, err := fb.Submit(context.Background(), "job-1", tinyRequest(t, 2))
 	je := asJobError(t, err)
-	assert.Equal(t, core.ErrUnsupported, je.Code)
+	assert.Equal(t, failure.ErrUnsupported, je.Code)
 	assert.Contains(t, je.Message, "protocol version 2")
 	assert.Contains(t, je.Message, "this Atelier speaks version 1")
 	assert.Contains(t, je.Message, "make run", "the message says what to do")
@@ -190,7 +191,7 @@ func TestFakeCancelByContext(t *testing.T) {
 	}
 	final := finalOf(t, "job-1", msgs)
 	assert.Equal(t, core.MsgError, final.Type)
-	assert.Equal(t, core.ErrCancelled, final.Code)
+	assert.Equal(t, failure.ErrCancelled, final.Code)
 	assert.Less(t, countType(msgs, core.MsgProgress), 150, "the job stopped early")
 
 	// The worker honoured the cancel, so it stays and runs the next job.
@@ -215,7 +216,7 @@ func TestFakeCancelByID(t *testing.T) {
 		}
 	}
 	final := finalOf(t, "job-1", msgs)
-	assert.Equal(t, core.ErrCancelled, final.Code)
+	assert.Equal(t, failure.ErrCancelled, final.Code)
 	assert.ErrorIs(t, fb.Cancel("job-1"), ErrNoSuchJob, "the job has ended")
 	assert.ErrorIs(t, fb.Cancel("nope"), ErrNoSuchJob)
 }
@@ -234,7 +235,7 @@ func TestFakeCancelGraceKillsStubbornWorker(t *testing.T) {
 		}
 	}
 	final := finalOf(t, "job-1", msgs)
-	assert.Equal(t, core.ErrCancelled, final.Code)
+	assert.Equal(t, failure.ErrCancelled, final.Code)
 	assert.Contains(t, final.Message, "did not stop within 500ms")
 	waitGone(t, pid, 30*time.Second)
 
@@ -264,7 +265,7 @@ func TestFakeOneJobAtATime(t *testing.T) {
 	require.NoError(t, err)
 	_, err = fb.Submit(context.Background(), "job-2", tinyRequest(t, 1))
 	je := asJobError(t, err)
-	assert.Equal(t, core.ErrUnsupported, je.Code)
+	assert.Equal(t, failure.ErrUnsupported, je.Code)
 	assert.Contains(t, je.Message, "job-1 is still running")
 	final := finalOf(t, "job-1", collect(t, ch, jobTimeout))
 	assert.Equal(t, core.MsgResult, final.Type)
@@ -279,7 +280,7 @@ func TestFakeInvalidRequestStartsNothing(t *testing.T) {
 	req.Seed = -1
 	_, err := fb.Submit(context.Background(), "job-1", req)
 	je := asJobError(t, err)
-	assert.Equal(t, core.ErrInvalidRequest, je.Code)
+	assert.Equal(t, failure.ErrInvalidRequest, je.Code)
 	assert.Equal(t, "seed", je.Field)
 
 	req = tinyRequest(t, 2)
@@ -288,7 +289,7 @@ func TestFakeInvalidRequestStartsNothing(t *testing.T) {
 	assert.Equal(t, "output_dir", je.Field)
 
 	je = asJobError(t, func() error { _, err := fb.Submit(context.Background(), "job 1", tinyRequest(t, 2)); return err }())
-	assert.Equal(t, core.ErrInvalidRequest, je.Code)
+	assert.Equal(t, failure.ErrInvalidRequest, je.Code)
 	assert.Equal(t, "id", je.Field)
 	assert.Zero(t, fb.started(), "no worker started for invalid requests")
 }
@@ -299,7 +300,7 @@ func TestFakeCancelWhileStartingKeepsTheStart(t *testing.T) {
 	defer cancel()
 	_, err := fb.Submit(ctx, "job-1", tinyRequest(t, 2))
 	je := asJobError(t, err)
-	assert.Equal(t, core.ErrCancelled, je.Code)
+	assert.Equal(t, failure.ErrCancelled, je.Code)
 
 	// The start went on without the cancelled job; the next job uses that worker.
 	req := tinyRequest(t, 2)
@@ -354,11 +355,11 @@ func TestFakeCloseMidJob(t *testing.T) {
 	require.NoError(t, fb.Close())
 	requireGone(t, pid)
 	final := finalOf(t, "job-1", append([]core.Message{m}, collect(t, ch, jobTimeout)...))
-	assert.Equal(t, core.ErrCancelled, final.Code)
+	assert.Equal(t, failure.ErrCancelled, final.Code)
 	assert.Contains(t, final.Message, "Atelier closed")
 
 	_, err = fb.Submit(context.Background(), "job-2", tinyRequest(t, 1))
-	assert.Equal(t, core.ErrCancelled, asJobError(t, err).Code, "a closed bridge runs nothing")
+	assert.Equal(t, failure.ErrCancelled, asJobError(t, err).Code, "a closed bridge runs nothing")
 	require.NoError(t, fb.Close(), "Close twice is fine")
 }
 
@@ -385,14 +386,14 @@ func TestFakeCloseWhileStarting(t *testing.T) {
 	require.NoError(t, fb.Close())
 	requireGone(t, pids[0])
 	je := asJobError(t, <-errc)
-	assert.Equal(t, core.ErrCancelled, je.Code)
+	assert.Equal(t, failure.ErrCancelled, je.Code)
 }
 
 func TestFakeBackoffResetsAfterSuccess(t *testing.T) {
 	fb := newFakeBridge(t, "mode=crash")
 	for i := range 2 {
 		final, _ := runJob(t, fb.Bridge, "crash-"+string(rune('a'+i)), tinyRequest(t, 5))
-		require.Equal(t, core.ErrWorkerCrashed, final.Code)
+		require.Equal(t, failure.ErrWorkerCrashed, final.Code)
 	}
 	fb.mu.Lock()
 	assert.Equal(t, 2, fb.failures)

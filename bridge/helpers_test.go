@@ -15,6 +15,8 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"atelier/core"
+	"atelier/core/failure"
+	"atelier/core/request"
 )
 
 // testLogger sends the bridge's logs to the test's output, and drops those that come
@@ -113,8 +115,8 @@ func (b *Bridge) started() int64 {
 	return b.seq
 }
 
-func tinyRequest(t *testing.T, steps int) core.Request {
-	return core.Request{Prompt: "a lighthouse", Model: core.TinyModel, Scheduler: "euler", Steps: steps, CFG: 5,
+func tinyRequest(t *testing.T, steps int) request.Request {
+	return request.Request{Prompt: "a lighthouse", Model: request.TinyModel, Scheduler: "euler", Steps: steps, CFG: 5,
 		Width: 64, Height: 64, Seed: 7, BatchSize: 1, OutputDir: t.TempDir(), PreviewEvery: 1}
 }
 
@@ -167,10 +169,10 @@ func countType(msgs []core.Message, typ string) int {
 	return n
 }
 
-func asJobError(t *testing.T, err error) *core.JobError {
+func asJobError(t *testing.T, err error) *failure.JobError {
 	t.Helper()
 	require.Error(t, err)
-	var je *core.JobError
+	var je *failure.JobError
 	require.True(t, errors.As(err, &je), "want a *core.JobError, got %T: %v", err, err)
 	require.True(t, je.Code.Valid(), "code %q", je.Code)
 	require.NotEmpty(t, je.Message)
@@ -178,7 +180,7 @@ func asJobError(t *testing.T, err error) *core.JobError {
 }
 
 // runJob submits a job and waits for its end.
-func runJob(t *testing.T, b *Bridge, id string, req core.Request) (core.Message, []core.Message) {
+func runJob(t *testing.T, b *Bridge, id string, req request.Request) (core.Message, []core.Message) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
@@ -189,7 +191,7 @@ func runJob(t *testing.T, b *Bridge, id string, req core.Request) (core.Message,
 }
 
 // requireResult checks that a job ended with a result whose images exist.
-func requireResult(t *testing.T, final core.Message, req core.Request) {
+func requireResult(t *testing.T, final core.Message, req request.Request) {
 	t.Helper()
 	require.Equal(t, core.MsgResult, final.Type, "final message: %+v", final)
 	require.Len(t, final.Images, max(req.BatchSize, 1))

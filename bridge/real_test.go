@@ -10,6 +10,8 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"atelier/core"
+	"atelier/core/failure"
+	"atelier/core/request"
 )
 
 // Tests against the real Python worker with the generated tiny model. The worker's
@@ -48,8 +50,8 @@ func newRealBridge(t *testing.T) *Bridge {
 	return b
 }
 
-func realRequest(t *testing.T, steps int) core.Request {
-	return core.Request{Prompt: "a lighthouse at dusk", NegativePrompt: "fog", Model: core.TinyModel, Scheduler: "euler",
+func realRequest(t *testing.T, steps int) request.Request {
+	return request.Request{Prompt: "a lighthouse at dusk", NegativePrompt: "fog", Model: request.TinyModel, Scheduler: "euler",
 		Steps: steps, CFG: 5, Width: 64, Height: 64, Seed: 7, BatchSize: 1, OutputDir: t.TempDir(), PreviewEvery: 1}
 }
 
@@ -102,7 +104,7 @@ func TestRealCancel(t *testing.T) {
 	}
 	final := finalOf(t, "real-cancel", msgs)
 	require.Equal(t, core.MsgError, final.Type, "%v", types(msgs))
-	assert.Equal(t, core.ErrCancelled, final.Code)
+	assert.Equal(t, failure.ErrCancelled, final.Code)
 
 	// The worker honoured the cancel and runs the next job.
 	pid := b.pid()
@@ -129,7 +131,7 @@ func TestRealKilledMidJob(t *testing.T) {
 	}
 	final := finalOf(t, "real-kill", msgs)
 	require.Equal(t, core.MsgError, final.Type, "%v", types(msgs))
-	assert.Equal(t, core.ErrWorkerCrashed, final.Code)
+	assert.Equal(t, failure.ErrWorkerCrashed, final.Code)
 	assert.Contains(t, final.Message, "killed")
 	assert.Contains(t, final.Message, "next job starts a new worker")
 	assert.NotContains(t, final.Detail, "wrote nothing to stderr", "the detail holds the worker's stderr lines")

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"atelier/core"
+	"atelier/core/failure"
 )
 
 const (
@@ -50,11 +51,11 @@ type worker struct {
 	exited     chan struct{} // closed after the exit was handled: output read, job ended
 
 	// Guarded by Bridge.mu.
-	ready   bool           // the handshake succeeded
-	broken  bool           // Atelier is stopping it: its later lines are ignored
-	gone    bool           // the exit was handled
-	failure *core.JobError // why Atelier stopped it, for the handshake's error
-	jobID   string         // the job it runs or last ran, for its log lines
+	ready   bool              // the handshake succeeded
+	broken  bool              // Atelier is stopping it: its later lines are ignored
+	gone    bool              // the exit was handled
+	failure *failure.JobError // why Atelier stopped it, for the handshake's error
+	jobID   string            // the job it runs or last ran, for its log lines
 }
 
 func (w *worker) pid() int {

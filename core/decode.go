@@ -5,9 +5,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"path/filepath"
+	"slices"
 	"strconv"
 	"unicode/utf8"
+
+	"atelier/core/failure"
+	"atelier/core/request"
 )
 
 // MaxLineBytes caps one protocol line, not counting its newline (docs/protocol.md).
@@ -75,32 +78,6 @@ func ValidID(id string) bool {
 		}
 	}
 	return true
-}
-
-// ValidateWire checks r as the worker receives it: every rule of Validate, plus a seed
-// already resolved (not -1, so that the seed is recorded) and an absolute output_dir
-// (the worker has no working directory the app could rely on).
-func (r *Request) ValidateWire() error {
-	var fields []*FieldError
-	if err := r.Validate(); err != nil {
-		v, ok := AsValidation(err)
-		if !ok {
-			return err
-		}
-		fields = append(fields, v.Fields...)
-	}
-	if r.Seed == -1 {
-		fields = append(fields, &FieldError{Field: "seed",
-			Message: fmt.Sprintf("must be resolved to a number between 0 and %d before the request is sent", MaxSeed)})
-	}
-	if r.OutputDir == "" || !filepath.IsAbs(r.OutputDir) {
-		fields = append(fields, &FieldError{Field: "output_dir",
-			Message: fmt.Sprintf("must be an absolute folder path, got %q", r.OutputDir)})
-	}
-	if len(fields) > 0 {
-		return &ValidationError{Fields: fields}
-	}
-	return nil
 }
 
 // DecodeMessage parses one protocol line strictly: a single UTF-8 JSON object of at
@@ -214,7 +191,7 @@ func DecodeMessage(line []byte) (Message, error) {
 	case MsgError:
 		// An error about a line the worker could not read has no id.
 		m.ID = f.str("id", false)
-		m.Code = ErrorCode(f.str("code", true))
+		m.Code = failure.ErrorCode(f.str("code", true))
 		m.Message = f.str("message", true)
 		m.Detail = f.str("detail", false)
 		m.Field = f.str("field", false)
@@ -230,8 +207,8 @@ func DecodeMessage(line []byte) (Message, error) {
 	return m, nil
 }
 
-func decodeRequest(f *fields) *Request {
-	r := &Request{
+func decodeRequest(f *fields) *request.Request {
+	r := &request.Request{
 		Prompt:         f.str("prompt", true),
 		NegativePrompt: f.str("negative_prompt", false),
 		Model:          f.str("model", true),
@@ -260,11 +237,11 @@ func decodeRequest(f *fields) *Request {
 		UpscaleOnly:    f.boolean("upscale_only"),
 	}
 	if f.raw("mask_blur", false) != nil {
-		r.MaskBlur = IntPtr(f.int("mask_blur", false))
+		r.MaskBlur = request.IntPtr(f.int("mask_blur", false))
 	}
 	if items, ok := f.array("loras", false); ok {
 		for _, lf := range items {
-			l := LoRA{Path: lf.str("path", true), Weight: 1}
+			l := request.LoRA{Path: lf.str("path", true), Weight: 1}
 			if lf.raw("weight", false) != nil {
 				l.Weight = lf.float("weight", false)
 			}
@@ -273,7 +250,7 @@ func decodeRequest(f *fields) *Request {
 	}
 	if items, ok := f.array("controlnets", false); ok {
 		for _, cf := range items {
-			c := DefaultControlNet()
+			c := request.DefaultControlNet()
 			c.Type = cf.str("type", true)
 			c.Model = cf.str("model", true)
 			c.Image = cf.str("image", true)
@@ -320,7 +297,7 @@ func checkMessage(m *Message) error {
 		}
 		if err := m.Request.ValidateWire(); err != nil {
 			pe := &ProtocolError{Type: m.Type, Reason: err.Error(), Err: err}
-			if v, ok := AsValidation(err); ok && len(v.Fields) > 0 {
+			if v, ok := request.AsValidation(err); ok && len(v.Fields) > 0 {
 				pe.Field = v.Fields[0].Field
 			}
 			return pe
@@ -332,7 +309,7 @@ func checkMessage(m *Message) error {
 		if m.Protocol <= 0 {
 			return bad("protocol", "must be a positive version number, got %d", m.Protocol)
 		}
-		if !contains(DeviceKinds, m.Device) {
+		if !slices.Contains(DeviceKinds, m.Device) {
 			return bad("device", "must be one of %v, got %q", DeviceKinds, m.Device)
 		}
 		for i, d := range m.Devices {
@@ -344,7 +321,7 @@ func checkMessage(m *Message) error {
 		if err := needID(); err != nil {
 			return err
 		}
-		if !contains(Stages, m.Stage) {
+		if !slices.Contains(Stages, m.Stage) {
 			return bad("stage", "must be one of %v, got %q", Stages, m.Stage)
 		}
 		if m.Total < 0 {
@@ -377,8 +354,8 @@ func checkMessage(m *Message) error {
 			switch {
 			case im.Path == "":
 				return bad(fmt.Sprintf("images[%d].path", i), "must not be empty")
-			case im.Seed < 0 || im.Seed > MaxSeed:
-				return bad(fmt.Sprintf("images[%d].seed", i), "must be between 0 and %d, got %d", MaxSeed, im.Seed)
+			case im.Seed < 0 || im.Seed > request.MaxSeed:
+				return bad(fmt.Sprintf("images[%d].seed", i), "must be between 0 and %d, got %d", request.MaxSeed, im.Seed)
 			case im.Width <= 0:
 				return bad(fmt.Sprintf("images[%d].width", i), "must be positive, got %d", im.Width)
 			case im.Height <= 0:
@@ -395,7 +372,7 @@ func checkMessage(m *Message) error {
 			}
 		}
 		if !m.Code.Valid() {
-			return bad("code", "%q is not one of %v", m.Code, ErrorCodes)
+			return bad("code", "%q is not one of %v", m.Code, failure.ErrorCodes)
 		}
 		if m.Message == "" {
 			return bad("message", "must say what happened")

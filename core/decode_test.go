@@ -8,6 +8,9 @@ import (
 	"strings"
 	"testing"
 
+	"atelier/core/failure"
+	"atelier/core/request"
+
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -87,11 +90,11 @@ func TestDecodeValid(t *testing.T) {
 		line string
 		want Message
 	}{
-		{"generate", `{"type":"generate","id":"job-1","request":` + validRequest + `}`, Message{Type: MsgGenerate, ID: "job-1", Request: &Request{
+		{"generate", `{"type":"generate","id":"job-1","request":` + validRequest + `}`, Message{Type: MsgGenerate, ID: "job-1", Request: &request.Request{
 			Prompt: "a lighthouse", NegativePrompt: "fog", Model: "tiny", Scheduler: "euler", Steps: 4, CFG: 5,
 			Width: 64, Height: 64, Seed: 7, BatchSize: 1, OutputDir: "/tmp/out", PreviewEvery: 1}}},
 		{"generate minimal", `{"type":"generate","id":"a","request":{"prompt":"p","model":"tiny","steps":1,"cfg":0,"width":64,"height":64,"seed":0,"output_dir":"/o"}}`,
-			Message{Type: MsgGenerate, ID: "a", Request: &Request{Prompt: "p", Model: "tiny", Steps: 1, Width: 64, Height: 64, OutputDir: "/o"}}},
+			Message{Type: MsgGenerate, ID: "a", Request: &request.Request{Prompt: "p", Model: "tiny", Steps: 1, Width: 64, Height: 64, OutputDir: "/o"}}},
 		{"cancel", `{"type":"cancel","id":"A.b_c-9"}`, Message{Type: MsgCancel, ID: "A.b_c-9"}},
 		{"ping", `{"type":"ping","id":"p1"}`, Message{Type: MsgPing, ID: "p1"}},
 		{"unload", `{"type":"unload"}`, Message{Type: MsgUnload}},
@@ -116,12 +119,12 @@ func TestDecodeValid(t *testing.T) {
 		{"result with sparse metrics", `{"type":"result","id":"j1","images":[{"path":"/a.png","seed":0,"width":64,"height":64}],"metrics":{"total_s":1,"peak_mem_bytes":null}}`,
 			Message{Type: MsgResult, ID: "j1", Images: []ImageResult{{Path: "/a.png", Width: 64, Height: 64}}, Metrics: &Metrics{TotalS: 1}}},
 		{"error", `{"type":"error","id":"j1","code":"invalid_request","message":"steps must be 1-150","detail":"","field":"steps"}`,
-			Message{Type: MsgError, ID: "j1", Code: ErrInvalidRequest, Message: "steps must be 1-150", Field: "steps"}},
+			Message{Type: MsgError, ID: "j1", Code: failure.ErrInvalidRequest, Message: "steps must be 1-150", Field: "steps"}},
 		{"error about an unreadable line has no id", `{"type":"error","code":"internal","message":"could not read the line","detail":"Traceback"}`,
-			Message{Type: MsgError, Code: ErrInternal, Message: "could not read the line", Detail: "Traceback"}},
-		{"error with an empty id", `{"type":"error","id":"","code":"internal","message":"m"}`, Message{Type: MsgError, Code: ErrInternal, Message: "m"}},
+			Message{Type: MsgError, Code: failure.ErrInternal, Message: "could not read the line", Detail: "Traceback"}},
+		{"error with an empty id", `{"type":"error","id":"","code":"internal","message":"m"}`, Message{Type: MsgError, Code: failure.ErrInternal, Message: "m"}},
 		{"null optional fields read as absent", `{"type":"error","id":"j1","code":"cancelled","message":"cancelled","detail":null,"field":null}`,
-			Message{Type: MsgError, ID: "j1", Code: ErrCancelled, Message: "cancelled"}},
+			Message{Type: MsgError, ID: "j1", Code: failure.ErrCancelled, Message: "cancelled"}},
 		{"pong", `{"type":"pong","id":"p1"}`, Message{Type: MsgPong, ID: "p1"}},
 		{"unknown fields are ignored", `{"type":"accepted","id":"j1","queue_position":3,"extra":{"a":[1,2]}}`, Message{Type: MsgAccepted, ID: "j1"}},
 		{"trailing newline", "{\"type\":\"unload\"}\n", Message{Type: MsgUnload}},
@@ -129,7 +132,7 @@ func TestDecodeValid(t *testing.T) {
 		{"spaces between tokens", ` { "type" : "ping" , "id" : "p" } `, Message{Type: MsgPing, ID: "p"}},
 		{"64-character id", `{"type":"ping","id":"` + strings.Repeat("x", 64) + `"}`, Message{Type: MsgPing, ID: strings.Repeat("x", 64)}},
 		{"non-ASCII prompt", `{"type":"generate","id":"a","request":{"prompt":"phare \u00e0 l'aube 灯台","model":"tiny","steps":1,"cfg":1.5,"width":64,"height":72,"seed":9007199254740991,"output_dir":"/o"}}`,
-			Message{Type: MsgGenerate, ID: "a", Request: &Request{Prompt: "phare à l'aube 灯台", Model: "tiny", Steps: 1, CFG: 1.5, Width: 64, Height: 72, Seed: MaxSeed, OutputDir: "/o"}}},
+			Message{Type: MsgGenerate, ID: "a", Request: &request.Request{Prompt: "phare à l'aube 灯台", Model: "tiny", Steps: 1, CFG: 1.5, Width: 64, Height: 72, Seed: request.MaxSeed, OutputDir: "/o"}}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -265,7 +268,7 @@ func TestDecodeInvalid(t *testing.T) {
 func TestDecodeGenerateKeepsFieldErrors(t *testing.T) {
 	_, err := DecodeMessage([]byte(`{"type":"generate","id":"j1","request":{"prompt":"","model":"tiny","steps":0,"cfg":5,"width":64,"height":64,"seed":1,"output_dir":"rel"}}`))
 	require.ErrorIs(t, err, ErrMalformed)
-	v, ok := AsValidation(err)
+	v, ok := request.AsValidation(err)
 	require.True(t, ok, "the request's field errors must be reachable: %v", err)
 	assert.NotNil(t, v.Field("prompt"))
 	assert.NotNil(t, v.Field("steps"))
@@ -279,7 +282,7 @@ func TestEncodeMessage(t *testing.T) {
 	assert.Equal(t, `{"type":"progress","id":"j1","stage":"denoising","step":0,"total":0,"elapsed_s":0}`, string(line),
 		"zero but required fields are written")
 
-	line, err = EncodeMessage(Message{Type: MsgError, Code: ErrInternal, Message: "could not read <line>"})
+	line, err = EncodeMessage(Message{Type: MsgError, Code: failure.ErrInternal, Message: "could not read <line>"})
 	require.NoError(t, err)
 	assert.Equal(t, `{"type":"error","id":"","code":"internal","message":"could not read <line>"}`, string(line))
 
@@ -293,7 +296,7 @@ func TestEncodeMessage(t *testing.T) {
 	require.NoError(t, err, "a hello with nil lists still encodes to a valid line: %s", line)
 	assert.Equal(t, 1, m.Protocol)
 
-	req := Request{Prompt: "p", Model: "tiny", Steps: 2, CFG: 0, Width: 64, Height: 64, Seed: 0, OutputDir: "/o"}
+	req := request.Request{Prompt: "p", Model: "tiny", Steps: 2, CFG: 0, Width: 64, Height: 64, Seed: 0, OutputDir: "/o"}
 	line, err = EncodeMessage(Message{Type: MsgGenerate, ID: "j1", Request: &req})
 	require.NoError(t, err)
 	assert.Contains(t, string(line), `"cfg":0`)
@@ -302,7 +305,7 @@ func TestEncodeMessage(t *testing.T) {
 }
 
 func TestEncodeRefusesInvalid(t *testing.T) {
-	good := Request{Prompt: "p", Model: "tiny", Steps: 2, CFG: 5, Width: 64, Height: 64, Seed: 3, OutputDir: "/o"}
+	good := request.Request{Prompt: "p", Model: "tiny", Steps: 2, CFG: 5, Width: 64, Height: 64, Seed: 3, OutputDir: "/o"}
 	withSeed := good
 	withSeed.Seed = -1
 	relative := good
@@ -330,7 +333,7 @@ func TestEncodeRefusesInvalid(t *testing.T) {
 		})
 	}
 	_, err := EncodeMessage(Message{Type: MsgGenerate, ID: "j1", Request: &withSeed})
-	v, ok := AsValidation(err)
+	v, ok := request.AsValidation(err)
 	require.True(t, ok)
 	assert.NotNil(t, v.Field("seed"))
 }
@@ -342,18 +345,6 @@ func TestValidID(t *testing.T) {
 	} {
 		assert.Equal(t, want, ValidID(id), "%q", id)
 	}
-}
-
-func TestValidateWire(t *testing.T) {
-	r := DefaultRequest()
-	r.Prompt = "p"
-	err := r.ValidateWire()
-	v, ok := AsValidation(err)
-	require.True(t, ok, "a default request has no seed or output folder yet: %v", err)
-	assert.NotNil(t, v.Field("seed"))
-	assert.NotNil(t, v.Field("output_dir"))
-	r.Seed, r.OutputDir = 42, filepath.Join(t.TempDir(), "out")
-	require.NoError(t, r.ValidateWire())
 }
 
 // FuzzDecodeMessage checks that no line makes DecodeMessage panic, that every rejection

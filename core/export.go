@@ -1,7 +1,6 @@
 package core
 
 import (
-	"atelier/core/media"
 	"context"
 	"encoding/json"
 	"errors"
@@ -9,6 +8,8 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+
+	"atelier/core/media"
 )
 
 // ExportedImage is the sidecar written next to each exported PNG: every

@@ -8,6 +8,8 @@ import (
 	"strings"
 	"time"
 	"unicode"
+
+	"atelier/core/request"
 )
 
 // GalleryQuery filters the gallery. Zero fields do not filter.
@@ -164,10 +166,10 @@ type ImageDetail struct {
 	ImageRecord
 	// Request is the exact settings that reproduce this image alone (its own
 	// seed, batch size 1).
-	Request   Request  `json:"request"`
-	JobUID    string   `json:"job_uid"`
-	Metrics   *Metrics `json:"metrics,omitempty"`
-	SessionID int64    `json:"session_id,omitempty"`
+	Request   request.Request `json:"request"`
+	JobUID    string          `json:"job_uid"`
+	Metrics   *Metrics        `json:"metrics,omitempty"`
+	SessionID int64           `json:"session_id,omitempty"`
 }
 
 // GetImage returns one image with its settings and its job's metrics.

@@ -13,13 +13,14 @@ import (
 
 	"atelier/core/internal/pngtest"
 	"atelier/core/media"
+	"atelier/core/request"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
 
 // addImage records a done job with one real PNG image and returns the image id.
-func addImage(t testing.TB, s *Store, dir string, req Request, starred bool) int64 {
+func addImage(t testing.TB, s *Store, dir string, req request.Request, starred bool) int64 {
 	t.Helper()
 	ctx := context.Background()
 	uid := newJobUID(time.Now())
@@ -39,8 +40,8 @@ func addImage(t testing.TB, s *Store, dir string, req Request, starred bool) int
 	return imgID
 }
 
-func galleryRequest(prompt, model string, seed int64) Request {
-	r := DefaultRequest()
+func galleryRequest(prompt, model string, seed int64) request.Request {
+	r := request.DefaultRequest()
 	r.Prompt, r.NegativePrompt, r.Model, r.Seed = prompt, "blurry, fog", model, seed
 	r.Steps, r.Width, r.Height, r.BatchSize = 4, 64, 64, 1
 	return r
@@ -65,7 +66,7 @@ func TestGallerySearchAndFilters(t *testing.T) {
 	require.NoError(t, err)
 	sessReq := galleryRequest("owl portrait", "tiny", 4)
 	sessReq.NegativePrompt = ""
-	ids, err := s.Enqueue(ctx, session, []Request{sessReq})
+	ids, err := s.Enqueue(ctx, session, []request.Request{sessReq})
 	require.NoError(t, err)
 	j, err := s.ClaimNext(ctx)
 	require.NoError(t, err)

@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"atelier/core/request"
 )
 
 // Benchmarks of the history and the queue on generated histories of 10,000
@@ -67,7 +69,7 @@ func benchHistory(b *testing.B, n int) *Store {
 		for k := range words {
 			words[k] = benchWords[rng.IntN(len(benchWords))]
 		}
-		req := DefaultRequest()
+		req := request.DefaultRequest()
 		req.Prompt = strings.Join(words, " ")
 		req.NegativePrompt = "blurry, lowres, " + benchWords[rng.IntN(len(benchWords))]
 		req.Model = models[rng.IntN(len(models))]
@@ -162,9 +164,9 @@ func BenchmarkHistory(b *testing.B) {
 func BenchmarkEnqueue1000(b *testing.B) {
 	s := benchHistory(b, 10_000)
 	ctx := context.Background()
-	reqs := make([]Request, 1000)
+	reqs := make([]request.Request, 1000)
 	for i := range reqs {
-		reqs[i] = DefaultRequest()
+		reqs[i] = request.DefaultRequest()
 		reqs[i].Prompt = fmt.Sprintf("queued job %d, a lighthouse at dusk", i)
 		reqs[i].Seed = int64(i)
 	}
@@ -192,9 +194,9 @@ func BenchmarkEnqueue1000(b *testing.B) {
 func BenchmarkClaimNext(b *testing.B) {
 	s := benchHistory(b, 10_000)
 	ctx := context.Background()
-	reqs := make([]Request, 5000)
+	reqs := make([]request.Request, 5000)
 	for i := range reqs {
-		reqs[i] = DefaultRequest()
+		reqs[i] = request.DefaultRequest()
 		reqs[i].Prompt = "queued"
 	}
 	if _, err := s.Enqueue(ctx, 0, reqs); err != nil {

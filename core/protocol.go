@@ -1,5 +1,11 @@
 package core
 
+import (
+	"atelier/core/failure"
+	"atelier/core/request"
+	"slices"
+)
+
 // ProtocolVersion is the worker protocol this build speaks (docs/protocol.md).
 const ProtocolVersion = 1
 
@@ -21,33 +27,6 @@ const (
 	MsgPong     = "pong"
 )
 
-// ErrorCode is the closed set of job error codes.
-type ErrorCode string
-
-const (
-	ErrInvalidRequest ErrorCode = "invalid_request"
-	ErrModelNotFound  ErrorCode = "model_not_found"
-	ErrUnsupported    ErrorCode = "unsupported"
-	ErrOutOfMemory    ErrorCode = "out_of_memory"
-	ErrCancelled      ErrorCode = "cancelled"
-	ErrWorkerCrashed  ErrorCode = "worker_crashed"
-	ErrInternal       ErrorCode = "internal"
-)
-
-// ErrorCodes lists every valid code, in documentation order.
-var ErrorCodes = []ErrorCode{ErrInvalidRequest, ErrModelNotFound, ErrUnsupported,
-	ErrOutOfMemory, ErrCancelled, ErrWorkerCrashed, ErrInternal}
-
-// Valid reports whether c is in the closed set.
-func (c ErrorCode) Valid() bool {
-	for _, k := range ErrorCodes {
-		if c == k {
-			return true
-		}
-	}
-	return false
-}
-
 // Device describes one compute device the worker found.
 type Device struct {
 	Name        string `json:"name"`
@@ -66,7 +45,7 @@ type Capabilities struct {
 
 // Has reports whether the worker lists feature (c may be nil).
 func (c *Capabilities) Has(feature string) bool {
-	return c != nil && contains(c.Features, feature)
+	return c != nil && slices.Contains(c.Features, feature)
 }
 
 // ImageResult is one written image.
@@ -99,7 +78,7 @@ type Message struct {
 	ID   string `json:"id,omitempty"`
 
 	// generate
-	Request *Request `json:"request,omitempty"`
+	Request *request.Request `json:"request,omitempty"`
 
 	// loading
 	Message string `json:"message,omitempty"`
@@ -127,7 +106,7 @@ type Message struct {
 	ControlImages []string `json:"control_images,omitempty"`
 
 	// error
-	Code   ErrorCode `json:"code,omitempty"`
-	Detail string    `json:"detail,omitempty"`
-	Field  string    `json:"field,omitempty"`
+	Code   failure.ErrorCode `json:"code,omitempty"`
+	Detail string            `json:"detail,omitempty"`
+	Field  string            `json:"field,omitempty"`
 }

@@ -8,6 +8,9 @@ import (
 	"fmt"
 	"strconv"
 	"time"
+
+	"atelier/core/failure"
+	"atelier/core/request"
 )
 
 // Queue settings, kept in the settings table so that every process sees them.
@@ -54,37 +57,11 @@ func (j *QueueJob) Finished() bool {
 	return false
 }
 
-// PrepareForQueue checks a request and fixes what a queued job must not leave
-// open: the model is checked on disk (so a typo fails now, not at 3 a.m.),
-// the batch size defaults to 1 and a random seed is drawn, so that the queue
-// shows, and the history keeps, the seed that will run.
-func PrepareForQueue(req Request) (Request, error) {
-	if err := req.Validate(); err != nil {
-		return req, err
-	}
-	model, err := req.checkModel()
-	if err != nil {
-		return req, err
-	}
-	req.Model = model
-	if err := req.ResolvePaths(); err != nil {
-		return req, err
-	}
-	if req.BatchSize == 0 {
-		req.BatchSize = 1
-	}
-	req.OutputDir = ""
-	if err := req.ResolveSeed(); err != nil {
-		return req, err
-	}
-	return req, nil
-}
-
 // Enqueue adds requests to the end of the queue, in order, in one
 // transaction: either every job is added or none. Each request must have
 // been through PrepareForQueue (or at least Validate). sessionID 0 means no
 // session.
-func (s *Store) Enqueue(ctx context.Context, sessionID int64, reqs []Request) ([]int64, error) {
+func (s *Store) Enqueue(ctx context.Context, sessionID int64, reqs []request.Request) ([]int64, error) {
 	for i := range reqs {
 		if err := reqs[i].Validate(); err != nil {
 			return nil, fmt.Errorf("enqueue job %d of %d: %w", i+1, len(reqs), err)
@@ -272,7 +249,7 @@ func (s *Store) CancelJob(ctx context.Context, id int64) (string, error) {
 	now := formatTime(time.Now())
 	res, err := s.db.ExecContext(ctx, `UPDATE jobs SET status = ?, finished_at = ?, error_code = ?,
 		error_message = 'cancelled before it ran' WHERE id = ? AND status IN (?, ?)`,
-		StatusCancelled, now, string(ErrCancelled), id, StatusPending, StatusInterrupted)
+		StatusCancelled, now, string(failure.ErrCancelled), id, StatusPending, StatusInterrupted)
 	if err != nil {
 		return "", fmt.Errorf("cancel job %d: %w", id, err)
 	}
@@ -316,7 +293,7 @@ func (s *Store) RetryJob(ctx context.Context, id int64) (int64, error) {
 	if j.Status == StatusInterrupted {
 		// The old row would otherwise run again too.
 		if _, err := tx.ExecContext(ctx, `UPDATE jobs SET status = ?, error_code = ? WHERE id = ? AND status = ?`,
-			StatusCancelled, string(ErrCancelled), id, StatusInterrupted); err != nil {
+			StatusCancelled, string(failure.ErrCancelled), id, StatusInterrupted); err != nil {
 			return 0, fmt.Errorf("retry job %d: %w", id, err)
 		}
 	}
@@ -348,7 +325,7 @@ func (s *Store) RetryJob(ctx context.Context, id int64) (int64, error) {
 }
 
 // UpdatePendingJob replaces the settings of a job that has not started yet.
-func (s *Store) UpdatePendingJob(ctx context.Context, id int64, req Request) error {
+func (s *Store) UpdatePendingJob(ctx context.Context, id int64, req request.Request) error {
 	if err := req.Validate(); err != nil {
 		return err
 	}
@@ -461,7 +438,7 @@ func (s *Store) ClearQueue(ctx context.Context, pendingToo bool) (int, error) {
 	if pendingToo {
 		if _, err := tx.ExecContext(ctx, `UPDATE jobs SET status = ?, finished_at = ?, error_code = ?,
 			error_message = 'cancelled before it ran' WHERE queued = 1 AND status IN (?, ?)`,
-			StatusCancelled, formatTime(time.Now()), string(ErrCancelled), StatusPending, StatusInterrupted); err != nil {
+			StatusCancelled, formatTime(time.Now()), string(failure.ErrCancelled), StatusPending, StatusInterrupted); err != nil {
 			return 0, fmt.Errorf("clear the queue: %w", err)
 		}
 	}

@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"time"
+
+	"atelier/core/request"
 )
 
 // Rate is a measured generation speed. Its unit is pixel-steps per second
@@ -18,7 +20,7 @@ type Rate struct {
 // Known reports whether the rate can estimate anything.
 func (r Rate) Known() bool { return r.PixelStepsPerS > 0 }
 
-func pixelSteps(req Request, steps int) float64 {
+func pixelSteps(req request.Request, steps int) float64 {
 	if req.UpscaleOnly {
 		return 0 // nothing is denoised
 	}
@@ -27,7 +29,7 @@ func pixelSteps(req Request, steps int) float64 {
 
 // hiresPixelSteps is the work of the hires pass: the iterations it runs
 // (steps × strength) at the enlarged size, for every image of the batch.
-func hiresPixelSteps(req Request) float64 {
+func hiresPixelSteps(req request.Request) float64 {
 	if req.HiresScale == 0 || req.UpscaleOnly {
 		return 0
 	}
@@ -38,13 +40,13 @@ func hiresPixelSteps(req Request) float64 {
 	}
 	strength := req.HiresStrength
 	if strength == 0 {
-		strength = DefaultHiresStrength
+		strength = request.DefaultHiresStrength
 	}
 	return float64(w) * float64(h) * float64(max(req.BatchSize, 1)) * float64(steps) * strength
 }
 
 // Estimate is how long req should take from start to end.
-func (r Rate) Estimate(req Request) (time.Duration, bool) {
+func (r Rate) Estimate(req request.Request) (time.Duration, bool) {
 	if !r.Known() {
 		return 0, false
 	}
@@ -96,7 +98,7 @@ func (l Live) StepsPerS() (float64, bool) {
 
 // Remaining estimates the time left of a running job: its remaining steps at
 // its own measured speed when it has one, the queue's rate otherwise.
-func (l Live) Remaining(req Request, r Rate) (time.Duration, bool) {
+func (l Live) Remaining(req request.Request, r Rate) (time.Duration, bool) {
 	left := max(req.Steps-l.Step, 0)
 	// The hires pass comes after denoising; its own steps are not followed, so
 	// all of it counts until the job ends.
@@ -175,7 +177,7 @@ func (s *Store) MeasuredRate(ctx context.Context, n int) (Rate, error) {
 			* COALESCE(NULLIF(json_extract(params, '$.hires_strength'), 0), ?))), 0),
 		COALESCE(SUM(denoise_s), 0), COALESCE(AVG(MAX(total_s - denoise_s, 0)), 0)
 		FROM (SELECT params, denoise_s, total_s FROM jobs
-			WHERE status = 'done' AND denoise_s > 0 ORDER BY id DESC LIMIT ?)`, DefaultHiresStrength, n).Scan(&r.Samples, &px, &den, &over)
+			WHERE status = 'done' AND denoise_s > 0 ORDER BY id DESC LIMIT ?)`, request.DefaultHiresStrength, n).Scan(&r.Samples, &px, &den, &over)
 	if err != nil {
 		return Rate{}, fmt.Errorf("measure the generation speed: %w", err)
 	}

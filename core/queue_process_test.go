@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"atelier/core/failure"
+
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -116,7 +118,7 @@ func TestKill9MidQueueJobRequeuesOnceThenFails(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, StatusFailed, j.Status)
 	assert.Equal(t, 2, j.Attempts)
-	assert.Equal(t, string(ErrWorkerCrashed), j.ErrorCode)
+	assert.Equal(t, string(failure.ErrWorkerCrashed), j.ErrorCode)
 	assert.Contains(t, j.ErrorMessage, "not run again")
 	assert.Equal(t, []string{"second"}, waitingOrder(t, s))
 	next, err := s.ClaimNext(ctx)

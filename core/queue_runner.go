@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"atelier/core/failure"
 	"atelier/core/paths"
 )
 
@@ -237,29 +238,16 @@ func (q *QueueRunner) runClaimed(ctx context.Context, job *QueueJob) error {
 	return err
 }
 
-// execute checks the job's model, sets its output folder and runs it.
+// execute checks the files the job names again, sets its output folder and runs it.
 func (q *QueueRunner) execute(ctx context.Context, job *QueueJob) (*JobOutcome, error) {
 	rec := context.WithoutCancel(ctx)
 	req := job.Request
-	model, err := req.checkModel()
-	if err != nil {
+	if err := req.PrepareQueued(); err != nil {
 		return nil, q.runner.fail(rec, job.ID, toJobError(ctx, err))
-	}
-	req.Model = model
-	if err := req.ResolvePaths(); err != nil {
-		return nil, q.runner.fail(rec, job.ID, toJobError(ctx, err))
-	}
-	if req.BatchSize == 0 {
-		req.BatchSize = 1
-	}
-	if req.Seed < 0 {
-		if err := req.ResolveSeed(); err != nil {
-			return nil, q.runner.fail(rec, job.ID, &JobError{Code: ErrInvalidRequest, Field: "seed", Message: err.Error()})
-		}
 	}
 	req.OutputDir = filepath.Join(q.runner.paths.Images, time.Now().Format("2006-01-02"))
 	if err := os.MkdirAll(req.OutputDir, 0o755); err != nil {
-		return nil, q.runner.fail(rec, job.ID, &JobError{Code: ErrInternal,
+		return nil, q.runner.fail(rec, job.ID, &failure.JobError{Code: failure.ErrInternal,
 			Message: fmt.Sprintf("create the image folder: %v (check its permissions, or set %s)", err, paths.HomeEnv)})
 	}
 	var last time.Time

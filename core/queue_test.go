@@ -8,13 +8,15 @@ import (
 	"testing"
 	"time"
 
+	"atelier/core/failure"
 	"atelier/core/paths"
+	"atelier/core/request"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
 
-func queueRequest(prompt string) Request {
+func queueRequest(prompt string) request.Request {
 	r := tinyRequest()
 	r.Prompt, r.Seed = prompt, 11
 	return r
@@ -22,7 +24,7 @@ func queueRequest(prompt string) Request {
 
 func enqueue(t *testing.T, s *Store, session int64, prompts ...string) []int64 {
 	t.Helper()
-	reqs := make([]Request, len(prompts))
+	reqs := make([]request.Request, len(prompts))
 	for i, p := range prompts {
 		reqs[i] = queueRequest(p)
 	}
@@ -80,7 +82,7 @@ func TestEnqueueAndClaimInOrder(t *testing.T) {
 
 	// Enqueue is all or nothing.
 	bad := queueRequest("")
-	_, err = s.Enqueue(ctx, 0, []Request{queueRequest("d"), bad})
+	_, err = s.Enqueue(ctx, 0, []request.Request{queueRequest("d"), bad})
 	require.Error(t, err)
 	assert.Equal(t, []string{"c"}, waitingOrder(t, s))
 
@@ -170,7 +172,7 @@ func TestEditCancelRetryClear(t *testing.T) {
 	assert.Equal(t, 1, hits)
 	bad := edited
 	bad.Steps = 0
-	_, isValidation := AsValidation(s.UpdatePendingJob(ctx, ids[0], bad))
+	_, isValidation := request.AsValidation(s.UpdatePendingJob(ctx, ids[0], bad))
 	assert.True(t, isValidation)
 
 	st, err := s.CancelJob(ctx, ids[1])
@@ -233,35 +235,20 @@ func TestPauseAndRetriesSettings(t *testing.T) {
 	assert.Error(t, s.SetQueueRetries(ctx, -1))
 }
 
-func TestPrepareForQueue(t *testing.T) {
-	r := queueRequest("x")
-	r.Seed, r.BatchSize = -1, 0
-	p, err := PrepareForQueue(r)
-	require.NoError(t, err)
-	assert.GreaterOrEqual(t, p.Seed, int64(0), "the queue shows the seed that will run")
-	assert.Equal(t, 1, p.BatchSize)
-	bad := r
-	bad.Model = "/no/such/model"
-	_, err = PrepareForQueue(bad)
-	var jerr *JobError
-	require.ErrorAs(t, err, &jerr)
-	assert.Equal(t, "model", jerr.Field)
-}
-
 // queueGen plays each job from a per-prompt script; the default is a result.
 type queueGen struct {
 	mu    sync.Mutex
 	runs  map[string]int // prompt → times submitted
-	plays map[string]func(n int, id string, req Request, out chan<- Message, cancel <-chan struct{})
+	plays map[string]func(n int, id string, req request.Request, out chan<- Message, cancel <-chan struct{})
 }
 
 func newQueueGen() *queueGen {
 	return &queueGen{runs: map[string]int{},
-		plays: map[string]func(int, string, Request, chan<- Message, <-chan struct{}){}}
+		plays: map[string]func(int, string, request.Request, chan<- Message, <-chan struct{}){}}
 }
 
 func (g *queueGen) scripted() *scriptedGen {
-	return &scriptedGen{play: func(id string, req Request, out chan<- Message, cancel <-chan struct{}) {
+	return &scriptedGen{play: func(id string, req request.Request, out chan<- Message, cancel <-chan struct{}) {
 		g.mu.Lock()
 		g.runs[req.Prompt]++
 		n := g.runs[req.Prompt]
@@ -285,8 +272,8 @@ func (g *queueGen) count(prompt string) int {
 	return g.runs[prompt]
 }
 
-func crash(_ int, id string, _ Request, out chan<- Message, _ <-chan struct{}) {
-	out <- Message{Type: MsgError, ID: id, Code: ErrWorkerCrashed, Message: "the worker died", Detail: "Killed"}
+func crash(_ int, id string, _ request.Request, out chan<- Message, _ <-chan struct{}) {
+	out <- Message{Type: MsgError, ID: id, Code: failure.ErrWorkerCrashed, Message: "the worker died", Detail: "Killed"}
 }
 
 func TestQueueRunnerRunsEveryJobOnce(t *testing.T) {
@@ -333,7 +320,7 @@ func TestQueueRunnerRunsEveryJobOnce(t *testing.T) {
 
 func TestQueueRunnerRequeuesAWorkerCrashOnceThenFails(t *testing.T) {
 	qg := newQueueGen()
-	qg.plays["flaky"] = func(n int, id string, req Request, out chan<- Message, c <-chan struct{}) {
+	qg.plays["flaky"] = func(n int, id string, req request.Request, out chan<- Message, c <-chan struct{}) {
 		if n == 1 {
 			crash(n, id, req, out, c)
 			return
@@ -366,7 +353,7 @@ func TestQueueRunnerRequeuesAWorkerCrashOnceThenFails(t *testing.T) {
 	deadly, err := s.GetQueueJob(ctx, ids[1])
 	require.NoError(t, err)
 	assert.Equal(t, StatusFailed, deadly.Status, "a job that crashes the worker twice must not loop")
-	assert.Equal(t, string(ErrWorkerCrashed), deadly.ErrorCode)
+	assert.Equal(t, string(failure.ErrWorkerCrashed), deadly.ErrorCode)
 	assert.Equal(t, "Killed", deadly.ErrorDetail)
 	assert.Equal(t, 2, qg.count("deadly"))
 	assert.Equal(t, 1, qg.count("after"))
@@ -381,11 +368,11 @@ func TestQueueRunnerRequeuesAWorkerCrashOnceThenFails(t *testing.T) {
 func TestQueueRunnerStopPutsTheJobBack(t *testing.T) {
 	qg := newQueueGen()
 	inJob := make(chan struct{})
-	qg.plays["long"] = func(n int, id string, req Request, out chan<- Message, cancel <-chan struct{}) {
+	qg.plays["long"] = func(n int, id string, req request.Request, out chan<- Message, cancel <-chan struct{}) {
 		if n == 1 {
 			close(inJob)
 			<-cancel
-			out <- Message{Type: MsgError, ID: id, Code: ErrCancelled, Message: "cancelled"}
+			out <- Message{Type: MsgError, ID: id, Code: failure.ErrCancelled, Message: "cancelled"}
 			return
 		}
 		out <- resultFor(id, req)
@@ -418,7 +405,7 @@ func TestQueueRunnerCancelsARunningJob(t *testing.T) {
 			ids := enqueue(t, s, 0, "long", "next")
 			q := NewQueueRunner(r)
 			q.Poll = 20 * time.Millisecond
-			qg.plays["long"] = func(_ int, id string, _ Request, out chan<- Message, cancel <-chan struct{}) {
+			qg.plays["long"] = func(_ int, id string, _ request.Request, out chan<- Message, cancel <-chan struct{}) {
 				if how == "in process" {
 					go q.Cancel(context.Background(), ids[0]) //nolint:errcheck // checked through the job's status
 				} else {
@@ -426,7 +413,7 @@ func TestQueueRunnerCancelsARunningJob(t *testing.T) {
 					go s.CancelJob(context.Background(), ids[0]) //nolint:errcheck // idem
 				}
 				<-cancel
-				out <- Message{Type: MsgError, ID: id, Code: ErrCancelled, Message: "cancelled"}
+				out <- Message{Type: MsgError, ID: id, Code: failure.ErrCancelled, Message: "cancelled"}
 			}
 			require.NoError(t, q.Run(context.Background(), true))
 			j, err := s.GetQueueJob(context.Background(), ids[0])
@@ -475,13 +462,13 @@ func TestQueueJobWithAMissingModelFails(t *testing.T) {
 	ctx := context.Background()
 	req := queueRequest("gone")
 	req.Model = "/no/such/model"
-	ids, err := s.Enqueue(ctx, 0, []Request{req})
+	ids, err := s.Enqueue(ctx, 0, []request.Request{req})
 	require.NoError(t, err)
 	require.NoError(t, NewQueueRunner(r).Run(ctx, true))
 	j, err := s.GetQueueJob(ctx, ids[0])
 	require.NoError(t, err)
 	assert.Equal(t, StatusFailed, j.Status)
-	assert.Equal(t, string(ErrModelNotFound), j.ErrorCode)
+	assert.Equal(t, string(failure.ErrModelNotFound), j.ErrorCode)
 	assert.Zero(t, qg.count("gone"))
 }
 
@@ -555,7 +542,7 @@ func TestMeasuredRate(t *testing.T) {
 	assert.InDelta(t, (64*64*4+128*128*4*0.5)/r.PixelStepsPerS+r.OverheadS, second.Seconds(), 1e-6)
 	assert.Greater(t, second, first, "the hires pass adds to the estimate")
 	up := queueRequest("z")
-	up.UpscaleOnly, up.InitImage, up.Upscaler = true, "/in.png", LanczosUpscaler
+	up.UpscaleOnly, up.InitImage, up.Upscaler = true, "/in.png", request.LanczosUpscaler
 	third, _ := r.Estimate(up)
 	assert.InDelta(t, r.OverheadS, third.Seconds(), 1e-6, "an upscale alone denoises nothing")
 }
@@ -566,9 +553,9 @@ type startFailGen struct {
 	broken atomic.Bool
 }
 
-func (g *startFailGen) Submit(ctx context.Context, id string, req Request) (<-chan Message, error) {
+func (g *startFailGen) Submit(ctx context.Context, id string, req request.Request) (<-chan Message, error) {
 	if g.broken.Load() {
-		return nil, &JobError{Code: ErrWorkerCrashed, Message: "the worker stopped right after it started", Detail: "ImportError: torch"}
+		return nil, &failure.JobError{Code: failure.ErrWorkerCrashed, Message: "the worker stopped right after it started", Detail: "ImportError: torch"}
 	}
 	return g.scriptedGen.Submit(ctx, id, req)
 }
@@ -588,7 +575,7 @@ func TestQueueWaitsWhileTheWorkerCannotStart(t *testing.T) {
 	// Headless (exit when idle): the run ends with the error, and no job is burnt.
 	err = NewQueueRunner(r).Run(ctx, true)
 	require.ErrorIs(t, err, ErrWorkerUnavailable)
-	var jerr *JobError
+	var jerr *failure.JobError
 	require.ErrorAs(t, err, &jerr, "the worker's error reaches the user")
 	assert.Equal(t, "ImportError: torch", jerr.Detail)
 	for _, id := range ids {
@@ -644,7 +631,7 @@ func TestQueueWaitsWhileTheWorkerCannotStart(t *testing.T) {
 func TestQueueJobsKeepsEveryWaitingJobAndTheNewestFinished(t *testing.T) {
 	s, _ := openTestStore(t)
 	ctx := context.Background()
-	reqs := make([]Request, QueueFinishedShown+20)
+	reqs := make([]request.Request, QueueFinishedShown+20)
 	for i := range reqs {
 		reqs[i] = queueRequest(fmt.Sprintf("job %d", i))
 	}

@@ -6,13 +6,14 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	mrand "math/rand/v2"
 	"os"
 	"path/filepath"
 	"strings"
 	"time"
 
+	"atelier/core/failure"
 	"atelier/core/paths"
+	"atelier/core/request"
 )
 
 // DefaultCancelGrace is how long Run waits, after asking the generator to
@@ -75,46 +76,31 @@ func (r *Runner) acquire(ctx context.Context) (release func(), err error) {
 // recorded, a failure is returned as a *JobError and recorded too; cancelling
 // ctx cancels the job, which is then recorded as cancelled. If the images were
 // made but recording them failed, Run returns the outcome and the error.
-func (r *Runner) Run(ctx context.Context, req Request, onEvent func(Message)) (*JobOutcome, error) {
+func (r *Runner) Run(ctx context.Context, req request.Request, onEvent func(Message)) (*JobOutcome, error) {
 	if onEvent == nil {
 		onEvent = func(Message) {}
 	}
 
-	// 1. Check the request and the model on disk.
-	if err := req.Validate(); err != nil {
-		return nil, err
-	}
-	model, err := req.checkModel()
-	if err != nil {
-		return nil, err
-	}
-	req.Model = model
-	if err := req.ResolvePaths(); err != nil {
-		return nil, err
-	}
-	if req.BatchSize == 0 {
-		req.BatchSize = 1
-	}
-
-	// 2. Fix the seed now, so that the history can reproduce the job.
-	if err := req.ResolveSeed(); err != nil {
+	// 1. Check the request and what it names on disk, and fix the seed now,
+	// so that the history can reproduce the job.
+	if err := req.Prepare(); err != nil {
 		return nil, err
 	}
 
-	// 3. Images go into one folder per (local) day.
+	// 2. Images go into one folder per (local) day.
 	now := time.Now()
 	req.OutputDir = filepath.Join(r.paths.Images, now.Format("2006-01-02"))
 	if err := os.MkdirAll(req.OutputDir, 0o755); err != nil {
 		return nil, fmt.Errorf("create the image folder: %w (check its permissions, or set %s)", err, paths.HomeEnv)
 	}
 
-	// 4. Only a request that can run gets a row, once the worker is free.
+	// 3. Only a request that can run gets a row, once the worker is free.
 	if ctx.Err() != nil {
-		return nil, &JobError{Code: ErrCancelled, Message: "the job was cancelled before it started"}
+		return nil, &failure.JobError{Code: failure.ErrCancelled, Message: "the job was cancelled before it started"}
 	}
 	release, err := r.acquire(ctx)
 	if err != nil {
-		return nil, &JobError{Code: ErrCancelled, Message: "the job was cancelled before it started"}
+		return nil, &failure.JobError{Code: failure.ErrCancelled, Message: "the job was cancelled before it started"}
 	}
 	defer release()
 	// From here on the outcome is recorded even when ctx is cancelled.
@@ -134,17 +120,17 @@ func (r *Runner) Run(ctx context.Context, req Request, onEvent func(Message)) (*
 // worker does not start) is not the job's fault: the job goes back to
 // pending and the error wraps ErrWorkerUnavailable, so that the queue waits
 // instead of failing every job in turn.
-func (r *Runner) execute(ctx context.Context, jobID int64, uid string, req Request, onEvent func(Message), queued bool) (*JobOutcome, error) {
+func (r *Runner) execute(ctx context.Context, jobID int64, uid string, req request.Request, onEvent func(Message), queued bool) (*JobOutcome, error) {
 	rec := context.WithoutCancel(ctx)
 
-	// 5. Generate.
+	// 4. Generate.
 	ch, err := r.gen.Submit(ctx, uid, req)
 	if err != nil {
 		if ctx.Err() != nil && errors.Is(context.Cause(ctx), ErrQueueStopped) && r.store.RequeueJob(rec, jobID) == nil {
-			return nil, &JobError{Code: ErrCancelled, Message: "the queue stopped; the job is pending again"}
+			return nil, &failure.JobError{Code: failure.ErrCancelled, Message: "the queue stopped; the job is pending again"}
 		}
 		jerr := toJobError(ctx, err)
-		if queued && ctx.Err() == nil && jerr.Code != ErrInvalidRequest && jerr.Code != ErrCancelled &&
+		if queued && ctx.Err() == nil && jerr.Code != failure.ErrInvalidRequest && jerr.Code != failure.ErrCancelled &&
 			r.store.RequeueJob(rec, jobID) == nil {
 			return nil, fmt.Errorf("%w: %w", ErrWorkerUnavailable, jerr)
 		}
@@ -152,7 +138,7 @@ func (r *Runner) execute(ctx context.Context, jobID int64, uid string, req Reque
 	}
 	final, cancelled := r.follow(ctx, uid, ch, onEvent)
 
-	// 6. Record the outcome.
+	// 5. Record the outcome.
 	switch {
 	case final != nil && final.Type == MsgResult:
 		out := &JobOutcome{JobID: jobID, UID: uid, Images: final.Images, Metrics: final.Metrics, ControlImages: final.ControlImages}
@@ -160,23 +146,23 @@ func (r *Runner) execute(ctx context.Context, jobID int64, uid string, req Reque
 			return out, fmt.Errorf("the images were made but not recorded in the history: %w", err)
 		}
 		return out, nil
-	case (final == nil || final.Code == ErrCancelled) && cancelled && errors.Is(context.Cause(ctx), ErrQueueStopped):
+	case (final == nil || final.Code == failure.ErrCancelled) && cancelled && errors.Is(context.Cause(ctx), ErrQueueStopped):
 		// The queue was stopped, not the job: it goes back to pending.
 		if err := r.store.RequeueJob(rec, jobID); err != nil {
-			return nil, r.fail(rec, jobID, &JobError{Code: ErrCancelled, Message: "the job was cancelled"})
+			return nil, r.fail(rec, jobID, &failure.JobError{Code: failure.ErrCancelled, Message: "the job was cancelled"})
 		}
-		return nil, &JobError{Code: ErrCancelled, Message: "the queue stopped; the job is pending again"}
+		return nil, &failure.JobError{Code: failure.ErrCancelled, Message: "the queue stopped; the job is pending again"}
 	case final != nil:
-		jerr := &JobError{Code: final.Code, Message: final.Message, Detail: final.Detail, Field: final.Field}
+		jerr := &failure.JobError{Code: final.Code, Message: final.Message, Detail: final.Detail, Field: final.Field}
 		if !jerr.Code.Valid() {
 			jerr.Detail = strings.TrimSpace(fmt.Sprintf("unknown error code %q\n%s", jerr.Code, jerr.Detail))
-			jerr.Code = ErrInternal
+			jerr.Code = failure.ErrInternal
 		}
 		return nil, r.fail(rec, jobID, jerr)
 	case cancelled:
-		return nil, r.fail(rec, jobID, &JobError{Code: ErrCancelled, Message: "the job was cancelled"})
+		return nil, r.fail(rec, jobID, &failure.JobError{Code: failure.ErrCancelled, Message: "the job was cancelled"})
 	default:
-		return nil, r.fail(rec, jobID, &JobError{Code: ErrWorkerCrashed,
+		return nil, r.fail(rec, jobID, &failure.JobError{Code: failure.ErrWorkerCrashed,
 			Message: "the worker stopped without finishing the job; run it again (the next job starts a new worker)"})
 	}
 }
@@ -219,7 +205,7 @@ func (r *Runner) follow(ctx context.Context, uid string, ch <-chan Message, onEv
 	}
 }
 
-func (r *Runner) fail(ctx context.Context, jobID int64, jerr *JobError) error {
+func (r *Runner) fail(ctx context.Context, jobID int64, jerr *failure.JobError) error {
 	if err := r.store.FailJob(ctx, jobID, jerr); err != nil {
 		return fmt.Errorf("%w (and recording it failed: %v)", jerr, err)
 	}
@@ -227,15 +213,15 @@ func (r *Runner) fail(ctx context.Context, jobID int64, jerr *JobError) error {
 }
 
 // toJobError keeps a generator's *JobError and wraps anything else.
-func toJobError(ctx context.Context, err error) *JobError {
-	var jerr *JobError
+func toJobError(ctx context.Context, err error) *failure.JobError {
+	var jerr *failure.JobError
 	if errors.As(err, &jerr) {
 		return jerr
 	}
 	if ctx.Err() != nil {
-		return &JobError{Code: ErrCancelled, Message: "the job was cancelled before it started", Detail: err.Error()}
+		return &failure.JobError{Code: failure.ErrCancelled, Message: "the job was cancelled before it started", Detail: err.Error()}
 	}
-	return &JobError{Code: ErrInternal, Message: "could not start the job: " + err.Error()}
+	return &failure.JobError{Code: failure.ErrInternal, Message: "could not start the job: " + err.Error()}
 }
 
 // newJobUID names a job for the protocol and the image files: sortable by
@@ -244,93 +230,4 @@ func newJobUID(now time.Time) string {
 	var b [4]byte
 	_, _ = rand.Read(b[:]) // crypto/rand.Read never fails
 	return now.UTC().Format("20060102-150405") + "-" + hex.EncodeToString(b[:])
-}
-
-// randomSeedLimit keeps random seeds below 2^32: such seeds can be typed into
-// other tools (many take 32-bit seeds), and seed+batch stays far from MaxSeed.
-const randomSeedLimit = 1 << 32
-
-// ResolveSeed replaces a seed of -1 with a random one, and checks that every
-// image of the batch (seed + i) has a valid seed.
-func (r *Request) ResolveSeed() error {
-	if r.Seed < 0 {
-		r.Seed = mrand.Int64N(randomSeedLimit)
-	}
-	batch := int64(max(r.BatchSize, 1))
-	if r.Seed+batch-1 > MaxSeed {
-		return &ValidationError{Fields: []*FieldError{{Field: "seed",
-			Message: fmt.Sprintf("seed + batch size - 1 must not exceed %d, got %d", MaxSeed, r.Seed+batch-1)}}}
-	}
-	return nil
-}
-
-// pickleExts are checkpoint formats that run arbitrary code when loaded.
-var pickleExts = []string{".ckpt", ".pt", ".pth", ".bin", ".pkl", ".pickle"}
-
-// checkModel is CheckModel for the request's model; an upscale-only request
-// loads no model, so its model (kept for the record) is not checked.
-func (r *Request) checkModel() (string, error) {
-	if r.UpscaleOnly {
-		return r.Model, nil
-	}
-	return CheckModel(r.Model)
-}
-
-// CheckModel checks that a model exists on disk and looks loadable, and
-// returns the form to send to the worker: "tiny", or an absolute path (the
-// worker runs in another folder). Its errors are *JobError naming the field
-// "model", with code model_not_found or unsupported.
-func CheckModel(model string) (string, error) {
-	model = strings.TrimSpace(model)
-	if model == TinyModel || model == TinySingleFile {
-		return model, nil
-	}
-	notFound := func(format string, args ...any) error {
-		return &JobError{Code: ErrModelNotFound, Field: "model", Message: fmt.Sprintf(format, args...)}
-	}
-	unsupported := func(format string, args ...any) error {
-		return &JobError{Code: ErrUnsupported, Field: "model", Message: fmt.Sprintf(format, args...)}
-	}
-	if model == "" {
-		return "", notFound("no model given: use %q or the path of a diffusers model folder", TinyModel)
-	}
-	path := model
-	if rest, ok := strings.CutPrefix(path, "~/"); ok {
-		if home, err := os.UserHomeDir(); err == nil {
-			path = filepath.Join(home, rest)
-		}
-	}
-	path, err := filepath.Abs(path)
-	if err != nil {
-		return "", notFound("model path %s: %v", model, err)
-	}
-	fi, err := os.Stat(path)
-	if err != nil {
-		if errors.Is(err, os.ErrNotExist) {
-			return "", notFound("model %s does not exist: use %q, or the path of a diffusers model folder "+
-				"(with model_index.json and unet/) or a .safetensors file", path, TinyModel)
-		}
-		return "", notFound("model %s cannot be read: %v", path, err)
-	}
-	if !fi.IsDir() {
-		ext := strings.ToLower(filepath.Ext(path))
-		for _, p := range pickleExts {
-			if ext == p {
-				return "", unsupported("model %s is a pickle checkpoint (%s), which can run arbitrary code when loaded, "+
-					"so Atelier never loads one: use the model's .safetensors file or diffusers folder instead", path, ext)
-			}
-		}
-		if ext != ".safetensors" {
-			return "", unsupported("model %s is neither a diffusers model folder nor a .safetensors file", path)
-		}
-		return path, nil
-	}
-	if _, err := os.Stat(filepath.Join(path, "model_index.json")); err != nil {
-		return "", notFound("model folder %s has no model_index.json, so it is not a diffusers model: "+
-			"choose the folder that holds model_index.json, or download the model again", path)
-	}
-	if fi, err := os.Stat(filepath.Join(path, "unet")); err != nil || !fi.IsDir() {
-		return "", notFound("model folder %s has no unet/ folder, so the download is incomplete: download the model again", path)
-	}
-	return path, nil
 }

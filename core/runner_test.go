@@ -9,7 +9,9 @@ import (
 	"testing"
 	"time"
 
+	"atelier/core/failure"
 	"atelier/core/paths"
+	"atelier/core/request"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -19,16 +21,16 @@ import (
 // the real path (bridge and worker) is tested end to end in cmd/atelier.
 type scriptedGen struct {
 	// play sends the job's messages; cancel is closed when Cancel is called.
-	play      func(id string, req Request, out chan<- Message, cancel <-chan struct{})
+	play      func(id string, req request.Request, out chan<- Message, cancel <-chan struct{})
 	submitErr error
 
 	mu        sync.Mutex
-	submitted []Request
+	submitted []request.Request
 	cancels   []string
 	cancel    chan struct{}
 }
 
-func (g *scriptedGen) Submit(ctx context.Context, id string, req Request) (<-chan Message, error) {
+func (g *scriptedGen) Submit(ctx context.Context, id string, req request.Request) (<-chan Message, error) {
 	g.mu.Lock()
 	g.submitted = append(g.submitted, req)
 	g.cancel = make(chan struct{})
@@ -56,7 +58,7 @@ func (g *scriptedGen) Cancel(id string) error {
 	return nil
 }
 
-func resultFor(id string, req Request) Message {
+func resultFor(id string, req request.Request) Message {
 	return Message{Type: MsgResult, ID: id,
 		Images:  []ImageResult{{Path: filepath.Join(req.OutputDir, id+"-0.png"), Seed: req.Seed, Width: req.Width, Height: req.Height}},
 		Metrics: &Metrics{TotalS: 0.5, Device: "cpu", Dtype: "float32"}}
@@ -71,8 +73,8 @@ func newTestRunner(t *testing.T, g *scriptedGen) (*Runner, *Store, paths.Paths) 
 	return NewRunner(s, g, paths), s, paths
 }
 
-func tinyRequest() Request {
-	r := DefaultRequest()
+func tinyRequest() request.Request {
+	r := request.DefaultRequest()
 	r.Prompt, r.Steps, r.Width, r.Height = "a lighthouse", 4, 64, 64
 	return r
 }
@@ -86,7 +88,7 @@ func onlyJob(t *testing.T, s *Store) JobRecord {
 }
 
 func TestRunRecordsAResult(t *testing.T) {
-	g := &scriptedGen{play: func(id string, req Request, out chan<- Message, _ <-chan struct{}) {
+	g := &scriptedGen{play: func(id string, req request.Request, out chan<- Message, _ <-chan struct{}) {
 		out <- Message{Type: MsgAccepted, ID: id}
 		out <- Message{Type: MsgProgress, ID: id, Stage: "denoising", Step: 1, Total: 4}
 		out <- resultFor(id, req)
@@ -126,19 +128,19 @@ func TestRunRefusesBadInputWithoutARow(t *testing.T) {
 
 	for _, tc := range []struct {
 		name  string
-		edit  func(*Request)
+		edit  func(*request.Request)
 		field string
 	}{
-		{"steps 0", func(r *Request) { r.Steps = 0 }, "steps"},
-		{"width 63", func(r *Request) { r.Width = 63 }, "width"},
-		{"empty prompt", func(r *Request) { r.Prompt = " " }, "prompt"},
-		{"missing model", func(r *Request) { r.Model = filepath.Join(modelDir, "nope") }, "model"},
-		{"no unet", func(r *Request) { r.Model = noUnet }, "model"},
-		{"pickle", func(r *Request) { r.Model = pickle }, "model"},
-		{"seed overflow", func(r *Request) { r.Seed, r.BatchSize = MaxSeed, 2 }, "seed"},
+		{"steps 0", func(r *request.Request) { r.Steps = 0 }, "steps"},
+		{"width 63", func(r *request.Request) { r.Width = 63 }, "width"},
+		{"empty prompt", func(r *request.Request) { r.Prompt = " " }, "prompt"},
+		{"missing model", func(r *request.Request) { r.Model = filepath.Join(modelDir, "nope") }, "model"},
+		{"no unet", func(r *request.Request) { r.Model = noUnet }, "model"},
+		{"pickle", func(r *request.Request) { r.Model = pickle }, "model"},
+		{"seed overflow", func(r *request.Request) { r.Seed, r.BatchSize = request.MaxSeed, 2 }, "seed"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			g := &scriptedGen{play: func(string, Request, chan<- Message, <-chan struct{}) { t.Error("must not generate") }}
+			g := &scriptedGen{play: func(string, request.Request, chan<- Message, <-chan struct{}) { t.Error("must not generate") }}
 			r, s, paths := newTestRunner(t, g)
 			req := tinyRequest()
 			tc.edit(&req)
@@ -156,88 +158,33 @@ func TestRunRefusesBadInputWithoutARow(t *testing.T) {
 
 // errorField is the field a runner error names, whichever type it is.
 func errorField(err error) string {
-	if v, ok := AsValidation(err); ok {
+	if v, ok := request.AsValidation(err); ok {
 		return v.Fields[0].Field
 	}
-	var jerr *JobError
+	var jerr *failure.JobError
 	if errors.As(err, &jerr) {
 		return jerr.Field
 	}
 	return ""
 }
 
-func TestCheckModel(t *testing.T) {
-	dir := t.TempDir()
-	full := filepath.Join(dir, "full")
-	require.NoError(t, os.MkdirAll(filepath.Join(full, "unet"), 0o755))
-	require.NoError(t, os.WriteFile(filepath.Join(full, "model_index.json"), []byte("{}"), 0o644))
-	noIndex := filepath.Join(dir, "no-index")
-	require.NoError(t, os.MkdirAll(filepath.Join(noIndex, "unet"), 0o755))
-	noUnet := filepath.Join(dir, "no-unet")
-	require.NoError(t, os.MkdirAll(noUnet, 0o755))
-	require.NoError(t, os.WriteFile(filepath.Join(noUnet, "model_index.json"), []byte("{}"), 0o644))
-	st := filepath.Join(dir, "model.safetensors")
-	require.NoError(t, os.WriteFile(st, nil, 0o644))
-	for _, name := range []string{"a.ckpt", "b.PT", "c.bin", "d.txt"} {
-		require.NoError(t, os.WriteFile(filepath.Join(dir, name), nil, 0o644))
-	}
-
-	for _, tc := range []struct {
-		model    string
-		code     ErrorCode // empty: accepted
-		contains string
-	}{
-		{"tiny", "", ""},
-		{full, "", ""},
-		{st, "", ""},
-		{filepath.Join(dir, "missing"), ErrModelNotFound, "does not exist"},
-		{noIndex, ErrModelNotFound, "model_index.json"},
-		{noUnet, ErrModelNotFound, "unet/"},
-		{filepath.Join(dir, "a.ckpt"), ErrUnsupported, "pickle"},
-		{filepath.Join(dir, "b.PT"), ErrUnsupported, "pickle"},
-		{filepath.Join(dir, "c.bin"), ErrUnsupported, "pickle"},
-		{filepath.Join(dir, "d.txt"), ErrUnsupported, ".safetensors"},
-	} {
-		t.Run(filepath.Base(tc.model), func(t *testing.T) {
-			got, err := CheckModel(tc.model)
-			if tc.code == "" {
-				require.NoError(t, err)
-				assert.Equal(t, tc.model, got)
-				return
-			}
-			var jerr *JobError
-			require.ErrorAs(t, err, &jerr)
-			assert.Equal(t, tc.code, jerr.Code)
-			assert.Equal(t, "model", jerr.Field)
-			assert.Contains(t, jerr.Message, tc.contains)
-		})
-	}
-
-	t.Run("relative path", func(t *testing.T) {
-		t.Chdir(dir)
-		got, err := CheckModel("full")
-		require.NoError(t, err)
-		assert.Equal(t, full, got, "the worker runs elsewhere, so it gets an absolute path")
-	})
-}
-
 func TestRunRecordsAWorkerError(t *testing.T) {
 	for _, tc := range []struct {
-		code   ErrorCode
+		code   failure.ErrorCode
 		status string
 	}{
-		{ErrOutOfMemory, StatusFailed},
-		{ErrCancelled, StatusCancelled},
+		{failure.ErrOutOfMemory, StatusFailed},
+		{failure.ErrCancelled, StatusCancelled},
 		{"made_up", StatusFailed},
 	} {
 		t.Run(string(tc.code), func(t *testing.T) {
-			g := &scriptedGen{play: func(id string, _ Request, out chan<- Message, _ <-chan struct{}) {
+			g := &scriptedGen{play: func(id string, _ request.Request, out chan<- Message, _ <-chan struct{}) {
 				out <- Message{Type: MsgAccepted, ID: id}
 				out <- Message{Type: MsgError, ID: id, Code: tc.code, Message: "it broke", Detail: "trace"}
 			}}
 			r, s, _ := newTestRunner(t, g)
 			_, err := r.Run(context.Background(), tinyRequest(), nil)
-			var jerr *JobError
+			var jerr *failure.JobError
 			require.ErrorAs(t, err, &jerr)
 			j := onlyJob(t, s)
 			assert.Equal(t, tc.status, j.Status)
@@ -245,7 +192,7 @@ func TestRunRecordsAWorkerError(t *testing.T) {
 			if tc.code.Valid() {
 				assert.Equal(t, tc.code, jerr.Code)
 			} else {
-				assert.Equal(t, ErrInternal, jerr.Code, "a code outside the closed set becomes internal")
+				assert.Equal(t, failure.ErrInternal, jerr.Code, "a code outside the closed set becomes internal")
 				assert.Contains(t, jerr.Detail, "made_up")
 			}
 			assert.Equal(t, string(jerr.Code), j.ErrorCode)
@@ -254,12 +201,12 @@ func TestRunRecordsAWorkerError(t *testing.T) {
 }
 
 func TestRunRecordsASubmitFailure(t *testing.T) {
-	g := &scriptedGen{submitErr: &JobError{Code: ErrWorkerCrashed, Message: "the worker did not start", Detail: "ImportError: torch"}}
+	g := &scriptedGen{submitErr: &failure.JobError{Code: failure.ErrWorkerCrashed, Message: "the worker did not start", Detail: "ImportError: torch"}}
 	r, s, _ := newTestRunner(t, g)
 	_, err := r.Run(context.Background(), tinyRequest(), nil)
-	var jerr *JobError
+	var jerr *failure.JobError
 	require.ErrorAs(t, err, &jerr)
-	assert.Equal(t, ErrWorkerCrashed, jerr.Code)
+	assert.Equal(t, failure.ErrWorkerCrashed, jerr.Code)
 	j := onlyJob(t, s)
 	assert.Equal(t, StatusFailed, j.Status)
 	assert.Equal(t, "ImportError: torch", j.ErrorDetail)
@@ -268,39 +215,39 @@ func TestRunRecordsASubmitFailure(t *testing.T) {
 	r, s, _ = newTestRunner(t, g)
 	_, err = r.Run(context.Background(), tinyRequest(), nil)
 	require.ErrorAs(t, err, &jerr)
-	assert.Equal(t, ErrInternal, jerr.Code)
+	assert.Equal(t, failure.ErrInternal, jerr.Code)
 	assert.Contains(t, jerr.Message, "pipe closed")
 	assert.Equal(t, StatusFailed, onlyJob(t, s).Status)
 }
 
 func TestRunStreamEndingWithoutResultIsACrash(t *testing.T) {
-	g := &scriptedGen{play: func(id string, _ Request, out chan<- Message, _ <-chan struct{}) {
+	g := &scriptedGen{play: func(id string, _ request.Request, out chan<- Message, _ <-chan struct{}) {
 		out <- Message{Type: MsgAccepted, ID: id}
 	}}
 	r, s, _ := newTestRunner(t, g)
 	_, err := r.Run(context.Background(), tinyRequest(), nil)
-	var jerr *JobError
+	var jerr *failure.JobError
 	require.ErrorAs(t, err, &jerr)
-	assert.Equal(t, ErrWorkerCrashed, jerr.Code)
+	assert.Equal(t, failure.ErrWorkerCrashed, jerr.Code)
 	assert.Equal(t, StatusFailed, onlyJob(t, s).Status)
 }
 
 func TestRunCancelledByContext(t *testing.T) {
 	started := make(chan struct{})
-	g := &scriptedGen{play: func(id string, _ Request, out chan<- Message, cancel <-chan struct{}) {
+	g := &scriptedGen{play: func(id string, _ request.Request, out chan<- Message, cancel <-chan struct{}) {
 		out <- Message{Type: MsgAccepted, ID: id}
 		close(started)
 		<-cancel // the worker sees the cancel at its next step
-		out <- Message{Type: MsgError, ID: id, Code: ErrCancelled, Message: "cancelled"}
+		out <- Message{Type: MsgError, ID: id, Code: failure.ErrCancelled, Message: "cancelled"}
 	}}
 	r, s, _ := newTestRunner(t, g)
 	ctx, cancel := context.WithCancel(context.Background())
 	go func() { <-started; cancel() }()
 
 	_, err := r.Run(ctx, tinyRequest(), nil)
-	var jerr *JobError
+	var jerr *failure.JobError
 	require.ErrorAs(t, err, &jerr)
-	assert.Equal(t, ErrCancelled, jerr.Code)
+	assert.Equal(t, failure.ErrCancelled, jerr.Code)
 	j := onlyJob(t, s)
 	assert.Equal(t, StatusCancelled, j.Status, "the outcome is recorded although ctx is done")
 	assert.Equal(t, []string{j.UID}, g.cancels)
@@ -309,7 +256,7 @@ func TestRunCancelledByContext(t *testing.T) {
 func TestRunCancelGivesUpOnASilentGenerator(t *testing.T) {
 	release := make(chan struct{})
 	defer close(release)
-	g := &scriptedGen{play: func(id string, _ Request, out chan<- Message, _ <-chan struct{}) {
+	g := &scriptedGen{play: func(id string, _ request.Request, out chan<- Message, _ <-chan struct{}) {
 		out <- Message{Type: MsgAccepted, ID: id}
 		<-release // ignores the cancel
 	}}
@@ -323,15 +270,15 @@ func TestRunCancelGivesUpOnASilentGenerator(t *testing.T) {
 			cancel()
 		}
 	})
-	var jerr *JobError
+	var jerr *failure.JobError
 	require.ErrorAs(t, err, &jerr)
-	assert.Equal(t, ErrCancelled, jerr.Code)
+	assert.Equal(t, failure.ErrCancelled, jerr.Code)
 	assert.Equal(t, StatusCancelled, onlyJob(t, s).Status)
 	assert.Len(t, g.cancels, 1)
 }
 
 func TestRunKeepsAResultThatBeatTheCancel(t *testing.T) {
-	g := &scriptedGen{play: func(id string, req Request, out chan<- Message, cancel <-chan struct{}) {
+	g := &scriptedGen{play: func(id string, req request.Request, out chan<- Message, cancel <-chan struct{}) {
 		out <- Message{Type: MsgAccepted, ID: id}
 		<-cancel
 		out <- resultFor(id, req) // the last step was already done
@@ -350,31 +297,15 @@ func TestRunKeepsAResultThatBeatTheCancel(t *testing.T) {
 }
 
 func TestRunAlreadyCancelledLeavesNoRow(t *testing.T) {
-	g := &scriptedGen{play: func(string, Request, chan<- Message, <-chan struct{}) { t.Error("must not generate") }}
+	g := &scriptedGen{play: func(string, request.Request, chan<- Message, <-chan struct{}) { t.Error("must not generate") }}
 	r, s, _ := newTestRunner(t, g)
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
 	_, err := r.Run(ctx, tinyRequest(), nil)
-	var jerr *JobError
+	var jerr *failure.JobError
 	require.ErrorAs(t, err, &jerr)
-	assert.Equal(t, ErrCancelled, jerr.Code)
+	assert.Equal(t, failure.ErrCancelled, jerr.Code)
 	jobs, err := s.ListJobs(context.Background(), 0)
 	require.NoError(t, err)
 	assert.Empty(t, jobs)
-}
-
-func TestResolveSeed(t *testing.T) {
-	r := Request{Seed: -1, BatchSize: 8}
-	require.NoError(t, r.ResolveSeed())
-	assert.GreaterOrEqual(t, r.Seed, int64(0))
-	assert.Less(t, r.Seed, int64(randomSeedLimit))
-
-	r = Request{Seed: 42}
-	require.NoError(t, r.ResolveSeed())
-	assert.Equal(t, int64(42), r.Seed, "a given seed is kept")
-
-	r = Request{Seed: MaxSeed, BatchSize: 1}
-	require.NoError(t, r.ResolveSeed())
-	r = Request{Seed: MaxSeed - 1, BatchSize: 3}
-	assert.Error(t, r.ResolveSeed())
 }

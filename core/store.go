@@ -12,6 +12,9 @@ import (
 	"strings"
 	"time"
 
+	"atelier/core/failure"
+	"atelier/core/request"
+
 	_ "github.com/mattn/go-sqlite3" // the "sqlite3" driver; build with -tags sqlite_fts5
 )
 
@@ -95,7 +98,7 @@ func (s *Store) Path() string { return s.path }
 
 // CreateJob records a job that starts running now in this process and
 // returns its row id.
-func (s *Store) CreateJob(ctx context.Context, uid string, req Request) (int64, error) {
+func (s *Store) CreateJob(ctx context.Context, uid string, req request.Request) (int64, error) {
 	params, err := json.Marshal(req)
 	if err != nil {
 		return 0, fmt.Errorf("create job %s: %w", uid, err)
@@ -128,7 +131,7 @@ func (s *Store) FinishJob(ctx context.Context, jobID int64, m *Metrics, images [
 		}
 		return fmt.Errorf("finish job %d: %w", jobID, err)
 	}
-	var req Request
+	var req request.Request
 	if err := json.Unmarshal([]byte(params), &req); err != nil {
 		return fmt.Errorf("finish job %d: stored params: %w", jobID, err)
 	}
@@ -165,12 +168,12 @@ func (s *Store) FinishJob(ctx context.Context, jobID int64, m *Metrics, images [
 
 // FailJob ends a running job as cancelled (code cancelled) or failed (any
 // other code), keeping the error for the history.
-func (s *Store) FailJob(ctx context.Context, jobID int64, e *JobError) error {
+func (s *Store) FailJob(ctx context.Context, jobID int64, e *failure.JobError) error {
 	if e == nil {
 		return fmt.Errorf("fail job %d: no error given", jobID)
 	}
 	status := StatusFailed
-	if e.Code == ErrCancelled {
+	if e.Code == failure.ErrCancelled {
 		status = StatusCancelled
 	}
 	retries := s.QueueRetries(ctx)
@@ -181,7 +184,7 @@ func (s *Store) FailJob(ctx context.Context, jobID int64, e *JobError) error {
 		status = CASE WHEN queued = 1 AND ? = ? AND attempts <= ? THEN ? ELSE ? END,
 		finished_at = ?, error_code = ?, error_message = ?, error_detail = ?, cancel_requested = 0
 		WHERE id = ? AND status IN (?, ?)`,
-		string(e.Code), string(ErrWorkerCrashed), retries, StatusInterrupted, status,
+		string(e.Code), string(failure.ErrWorkerCrashed), retries, StatusInterrupted, status,
 		formatTime(time.Now()), string(e.Code), e.Message, e.Detail, jobID, StatusRunning, StatusPending)
 	if err := requireOneRow(res, err); err != nil {
 		return fmt.Errorf("fail job %d: %w", jobID, err)
@@ -421,7 +424,7 @@ func (s *Store) markInterrupted(ctx context.Context) (int, error) {
 			finished_at = ?, cancel_requested = 0
 			WHERE id = ? AND status = ?`,
 			retries, StatusFailed, StatusInterrupted,
-			retries, string(ErrWorkerCrashed),
+			retries, string(failure.ErrWorkerCrashed),
 			retries, interruptedTwiceMessage, interruptedMessage,
 			now, id, StatusRunning); err != nil {
 			return 0, fmt.Errorf("mark job %d interrupted: %w", id, err)
@@ -479,20 +482,20 @@ func parseNullTime(s sql.NullString) (*time.Time, error) {
 const SettingLastRequest = "form.last_request"
 
 // LastRequest returns the form's last settings, if any were saved.
-func (s *Store) LastRequest(ctx context.Context) (Request, bool, error) {
+func (s *Store) LastRequest(ctx context.Context) (request.Request, bool, error) {
 	v, ok, err := s.GetSetting(ctx, SettingLastRequest)
 	if err != nil || !ok {
-		return Request{}, false, err
+		return request.Request{}, false, err
 	}
-	var r Request
+	var r request.Request
 	if err := json.Unmarshal([]byte(v), &r); err != nil {
-		return Request{}, false, nil // an unreadable old value is as good as none
+		return request.Request{}, false, nil // an unreadable old value is as good as none
 	}
 	return r, true, nil
 }
 
 // SetLastRequest saves the form's settings.
-func (s *Store) SetLastRequest(ctx context.Context, r Request) error {
+func (s *Store) SetLastRequest(ctx context.Context, r request.Request) error {
 	r.OutputDir = ""
 	b, err := json.Marshal(r)
 	if err != nil {

@@ -7,6 +7,9 @@ import (
 	"path/filepath"
 	"testing"
 
+	"atelier/core/failure"
+	"atelier/core/request"
+
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -20,8 +23,8 @@ func openTestStore(t *testing.T) (*Store, string) {
 	return s, path
 }
 
-func sampleRequest(prompt string) Request {
-	r := DefaultRequest()
+func sampleRequest(prompt string) request.Request {
+	r := request.DefaultRequest()
 	r.Prompt, r.NegativePrompt = prompt, "fog"
 	r.Steps, r.Width, r.Height, r.Seed, r.BatchSize = 4, 64, 64, 7, 2
 	r.OutputDir = "/tmp/out"
@@ -190,24 +193,24 @@ func TestJobLifecycle(t *testing.T) {
 	assert.NotContains(t, meta, `"batch_size":2`)
 
 	assert.Error(t, s.FinishJob(ctx, id, m, imgs), "a done job cannot be finished twice")
-	assert.Error(t, s.FailJob(ctx, id, &JobError{Code: ErrInternal, Message: "x"}), "a done job cannot fail")
+	assert.Error(t, s.FailJob(ctx, id, &failure.JobError{Code: failure.ErrInternal, Message: "x"}), "a done job cannot fail")
 }
 
 func TestFailJobStatus(t *testing.T) {
 	s, _ := openTestStore(t)
 	ctx := context.Background()
 	for _, tc := range []struct {
-		code ErrorCode
+		code failure.ErrorCode
 		want string
 	}{
-		{ErrCancelled, StatusCancelled},
-		{ErrWorkerCrashed, StatusFailed},
-		{ErrOutOfMemory, StatusFailed},
+		{failure.ErrCancelled, StatusCancelled},
+		{failure.ErrWorkerCrashed, StatusFailed},
+		{failure.ErrOutOfMemory, StatusFailed},
 	} {
 		t.Run(string(tc.code), func(t *testing.T) {
 			id, err := s.CreateJob(ctx, "fail-"+string(tc.code), sampleRequest("p"))
 			require.NoError(t, err)
-			require.NoError(t, s.FailJob(ctx, id, &JobError{Code: tc.code, Message: "what happened", Detail: "stderr tail"}))
+			require.NoError(t, s.FailJob(ctx, id, &failure.JobError{Code: tc.code, Message: "what happened", Detail: "stderr tail"}))
 			j, err := s.GetJob(ctx, id)
 			require.NoError(t, err)
 			assert.Equal(t, tc.want, j.Status)
@@ -218,7 +221,7 @@ func TestFailJobStatus(t *testing.T) {
 			assert.Error(t, s.FinishJob(ctx, id, nil, nil), "a failed job cannot turn done")
 		})
 	}
-	assert.ErrorIs(t, s.FailJob(ctx, 9999, &JobError{Code: ErrInternal}), ErrNotFound)
+	assert.ErrorIs(t, s.FailJob(ctx, 9999, &failure.JobError{Code: failure.ErrInternal}), ErrNotFound)
 	_, err := s.GetJob(ctx, 9999)
 	assert.ErrorIs(t, err, ErrNotFound)
 }
@@ -260,7 +263,7 @@ func TestListJobsAndRecentImages(t *testing.T) {
 		id, err := s.CreateJob(ctx, fmt.Sprintf("job-%d", i), req)
 		require.NoError(t, err)
 		if i%2 == 0 {
-			require.NoError(t, s.FailJob(ctx, id, &JobError{Code: ErrInternal, Message: "boom"}))
+			require.NoError(t, s.FailJob(ctx, id, &failure.JobError{Code: failure.ErrInternal, Message: "boom"}))
 			continue
 		}
 		require.NoError(t, s.FinishJob(ctx, id, &Metrics{TotalS: float64(i)}, []ImageResult{

@@ -2,8 +2,9 @@ package core
 
 import (
 	"context"
-	"fmt"
 	"time"
+
+	"atelier/core/request"
 )
 
 // Job statuses as stored in the jobs table.
@@ -19,41 +20,24 @@ const (
 // Generator runs one request on a worker and streams its messages; the channel
 // closes after the final result or error. The bridge implements it.
 type Generator interface {
-	Submit(ctx context.Context, id string, req Request) (<-chan Message, error)
+	Submit(ctx context.Context, id string, req request.Request) (<-chan Message, error)
 	Cancel(id string) error
-}
-
-// JobError is a job failure as the user sees it: a code from the closed set, a
-// message saying what happened and what to do, and technical detail.
-type JobError struct {
-	Code    ErrorCode
-	Message string
-	Detail  string
-	Field   string
-}
-
-func (e *JobError) Error() string {
-	s := fmt.Sprintf("%s: %s", e.Code, e.Message)
-	if e.Field != "" {
-		s = fmt.Sprintf("%s (field %s)", s, e.Field)
-	}
-	return s
 }
 
 // JobRecord is one row of the jobs table.
 type JobRecord struct {
-	ID           int64         `json:"id"`
-	UID          string        `json:"uid"`
-	Status       string        `json:"status"`
-	Request      Request       `json:"request"`
-	CreatedAt    time.Time     `json:"created_at"`
-	StartedAt    *time.Time    `json:"started_at,omitempty"`
-	FinishedAt   *time.Time    `json:"finished_at,omitempty"`
-	ErrorCode    string        `json:"error_code,omitempty"`
-	ErrorMessage string        `json:"error_message,omitempty"`
-	ErrorDetail  string        `json:"error_detail,omitempty"`
-	Metrics      *Metrics      `json:"metrics,omitempty"`
-	Images       []ImageRecord `json:"images,omitempty"`
+	ID           int64           `json:"id"`
+	UID          string          `json:"uid"`
+	Status       string          `json:"status"`
+	Request      request.Request `json:"request"`
+	CreatedAt    time.Time       `json:"created_at"`
+	StartedAt    *time.Time      `json:"started_at,omitempty"`
+	FinishedAt   *time.Time      `json:"finished_at,omitempty"`
+	ErrorCode    string          `json:"error_code,omitempty"`
+	ErrorMessage string          `json:"error_message,omitempty"`
+	ErrorDetail  string          `json:"error_detail,omitempty"`
+	Metrics      *Metrics        `json:"metrics,omitempty"`
+	Images       []ImageRecord   `json:"images,omitempty"`
 }
 
 // ImageRecord is one row of the images table.

@@ -18,6 +18,7 @@ import (
 
 	"atelier/core"
 	"atelier/core/media"
+	"atelier/core/request"
 )
 
 // detailView shows one image of the gallery at full size with every
@@ -246,7 +247,7 @@ var shownFields = map[string]bool{"prompt": true, "negative_prompt": true, "mode
 
 // extraRequestFields lists the request's other set fields by JSON name, in
 // name order, values as compact JSON.
-func extraRequestFields(r core.Request) [][2]string {
+func extraRequestFields(r request.Request) [][2]string {
 	b, err := json.Marshal(r)
 	if err != nil {
 		return nil

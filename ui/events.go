@@ -4,6 +4,7 @@ import (
 	"context"
 
 	"atelier/core"
+	"atelier/core/request"
 )
 
 // This file is the one place where ui reads the worker protocol: the views
@@ -61,12 +62,12 @@ func (e event) foldInto(l *core.Live) {
 // Runner runs one job, streaming the worker's messages to onMessage from its
 // own goroutine. Cancelling ctx cancels the job. core.Runner implements it.
 type Runner interface {
-	Run(ctx context.Context, req core.Request, onMessage func(core.Message)) (*core.JobOutcome, error)
+	Run(ctx context.Context, req request.Request, onMessage func(core.Message)) (*core.JobOutcome, error)
 }
 
 // generator is a Runner as the views see it: a stream of events.
 type generator interface {
-	Run(ctx context.Context, req core.Request, onEvent func(event)) (*core.JobOutcome, error)
+	Run(ctx context.Context, req request.Request, onEvent func(event)) (*core.JobOutcome, error)
 }
 
 // runnerEvents adapts a Runner to the views' events.
@@ -74,7 +75,7 @@ type runnerEvents struct{ r Runner }
 
 func eventsOf(r Runner) runnerEvents { return runnerEvents{r} }
 
-func (g runnerEvents) Run(ctx context.Context, req core.Request, onEvent func(event)) (*core.JobOutcome, error) {
+func (g runnerEvents) Run(ctx context.Context, req request.Request, onEvent func(event)) (*core.JobOutcome, error) {
 	return g.r.Run(ctx, req, func(m core.Message) { onEvent(eventOf(m)) })
 }
 

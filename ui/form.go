@@ -11,6 +11,7 @@ import (
 
 	"atelier/core"
 	"atelier/core/library"
+	"atelier/core/request"
 )
 
 const prefsKey = "atelier.form.v1"
@@ -87,7 +88,7 @@ func newForm(onSubmit func(), do func(func())) *form {
 }
 
 // set fills the widgets from a request.
-func (f *form) set(r core.Request) {
+func (f *form) set(r request.Request) {
 	f.prompts.set(r)
 	f.model.set(r)
 	f.sampling.setScheduler(r)
@@ -103,9 +104,9 @@ func (f *form) set(r core.Request) {
 
 // request reads the widgets into a request and validates it. Text that is not
 // a number is reported against its field like any other invalid value.
-func (f *form) request() (core.Request, *core.ValidationError) {
-	r := core.DefaultRequest()
-	var errs []*core.FieldError
+func (f *form) request() (request.Request, *request.ValidationError) {
+	r := request.DefaultRequest()
+	var errs []*request.FieldError
 	for _, s := range []formSection{f.prompts, f.model, f.sampling, f.steps, f.size, f.seed,
 		f.lora, f.controlNet, f.refiner, f.vae, f.img2img, f.upscale, f.hires, f.batch} {
 		s.read(&r, &errs)
@@ -113,9 +114,9 @@ func (f *form) request() (core.Request, *core.ValidationError) {
 	// Previews are cheap latent→RGB files; the UI coalesces them to the frame rate.
 	r.PreviewEvery = 1
 
-	parsed := &core.ValidationError{Fields: errs}
+	parsed := &request.ValidationError{Fields: errs}
 	if err := r.Validate(); err != nil {
-		if v, ok := core.AsValidation(err); ok {
+		if v, ok := request.AsValidation(err); ok {
 			// A field that failed to parse already has the clearer message.
 			for _, fe := range v.Fields {
 				if parsed.Field(fe.Field) == nil {
@@ -131,16 +132,16 @@ func (f *form) request() (core.Request, *core.ValidationError) {
 }
 
 // count is the number of jobs one Generate runs (the batch count).
-func (f *form) count() (int, *core.FieldError) { return f.batch.count() }
+func (f *form) count() (int, *request.FieldError) { return f.batch.count() }
 
 // showErrors puts each field error beside its field and returns the ones the
 // form has no place for, so the caller can show them in the status line.
-func (f *form) showErrors(v *core.ValidationError) []*core.FieldError {
+func (f *form) showErrors(v *request.ValidationError) []*request.FieldError {
 	f.clearErrors()
 	if v == nil {
 		return nil
 	}
-	var rest []*core.FieldError
+	var rest []*request.FieldError
 	for _, fe := range v.Fields {
 		if !f.showError(fe.Field, fe.Message) {
 			rest = append(rest, fe)
@@ -176,11 +177,11 @@ func (f *form) rememberModel(m string) {
 // savedForm is what the app remembers between runs: the last request and the
 // models used recently. The first run starts from the tiny demo model.
 type savedForm struct {
-	Request core.Request `json:"request"`
-	Models  []string     `json:"models"`
+	Request request.Request `json:"request"`
+	Models  []string        `json:"models"`
 }
 
-func (f *form) save(p fyne.Preferences, r core.Request) {
+func (f *form) save(p fyne.Preferences, r request.Request) {
 	f.rememberModel(r.Model)
 	r.PreviewEvery, r.OutputDir = 0, ""
 	if b, err := json.Marshal(savedForm{Request: r, Models: f.model.recent}); err == nil {
@@ -202,8 +203,8 @@ func (f *form) load(p fyne.Preferences) {
 // firstRunRequest is the form a newcomer sees: the tiny demo model, at a size
 // and step count that finish in seconds on a CPU, so pressing Generate right away
 // shows the whole path working.
-func firstRunRequest() core.Request {
-	r := core.DefaultRequest()
+func firstRunRequest() request.Request {
+	r := request.DefaultRequest()
 	r.Prompt = "a lighthouse on a cliff at dusk, volumetric light, detailed"
 	r.NegativePrompt = "blurry, lowres"
 	r.Width, r.Height = 512, 512

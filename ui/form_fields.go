@@ -8,14 +8,14 @@ import (
 	"strconv"
 	"strings"
 
+	"atelier/core/request"
+
 	"fyne.io/fyne/v2"
 	"fyne.io/fyne/v2/canvas"
 	"fyne.io/fyne/v2/container"
 	"fyne.io/fyne/v2/layout"
 	"fyne.io/fyne/v2/theme"
 	"fyne.io/fyne/v2/widget"
-
-	"atelier/core"
 )
 
 // Field names, as core.FieldError and core.JobError name them.
@@ -257,10 +257,10 @@ func (ff *formFields) browseButton(folder bool, titleText string, set func(strin
 
 // parsed reads the numbers of a section's entries, collecting an error for
 // each text that is not one.
-type parsed struct{ errs *[]*core.FieldError }
+type parsed struct{ errs *[]*request.FieldError }
 
 func (p parsed) bad(field, format string, args ...any) {
-	*p.errs = append(*p.errs, &core.FieldError{Field: field, Message: fmt.Sprintf(format, args...)})
+	*p.errs = append(*p.errs, &request.FieldError{Field: field, Message: fmt.Sprintf(format, args...)})
 }
 
 func (p parsed) float(field, text string) float64 {

@@ -5,16 +5,16 @@ import (
 	"testing"
 	"time"
 
+	"atelier/core/request"
+
 	"fyne.io/fyne/v2/test"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
-
-	"atelier/core"
 )
 
 func TestFirstRunUsesTinyModelAndSaysWhatItIs(t *testing.T) {
 	s := newTestStudio(t, &fakeGen{}, &memHistory{})
-	assert.Equal(t, core.TinyModel, s.form.model.entry.Text)
+	assert.Equal(t, request.TinyModel, s.form.model.entry.Text)
 	assert.Equal(t, tinyHint, s.form.model.hint.Text)
 	s.form.model.entry.SetText("/models/sdxl-base")
 	assert.Equal(t, folderHint, s.form.model.hint.Text)
@@ -36,7 +36,7 @@ func TestFormMapsToRequest(t *testing.T) {
 
 	req, verr := f.request()
 	require.Nil(t, verr)
-	assert.Equal(t, core.Request{
+	assert.Equal(t, request.Request{
 		Prompt: "a red fox in snow", NegativePrompt: "blurry", Model: "/models/sdxl",
 		Scheduler: "dpmpp_2m", Steps: 25, CFG: 6.5, Width: 1344, Height: 768, Seed: 1234,
 		BatchSize: 3, PreviewEvery: 1,
@@ -83,7 +83,7 @@ func TestRandomSeedButton(t *testing.T) {
 		seed, err := strconv.ParseInt(f.seed.seed.Text, 10, 64)
 		require.NoError(t, err, "the dice puts a number in the seed field")
 		assert.GreaterOrEqual(t, seed, int64(0))
-		assert.LessOrEqual(t, seed, core.MaxSeed)
+		assert.LessOrEqual(t, seed, request.MaxSeed)
 		seen[seed] = true
 		req, verr := f.request()
 		require.Nil(t, verr)
@@ -145,6 +145,6 @@ func TestFormRemembersTheLastJobsSettings(t *testing.T) {
 	assert.Equal(t, "remember me", again.form.prompts.prompt.Text)
 	assert.Equal(t, "12", again.form.steps.steps.Text)
 	assert.Equal(t, "/models/mine", again.form.model.entry.Text)
-	assert.Equal(t, []string{core.TinyModel, "/models/mine"}, again.form.model.recent,
+	assert.Equal(t, []string{request.TinyModel, "/models/mine"}, again.form.model.recent,
 		"the demo model stays one click away")
 }

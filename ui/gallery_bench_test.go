@@ -24,6 +24,7 @@ import (
 	"atelier/core"
 	"atelier/core/media"
 	"atelier/core/paths"
+	"atelier/core/request"
 )
 
 // procStatusKB reads a field of /proc/self/status (VmRSS, VmHWM) in kB.
@@ -67,7 +68,7 @@ func benchImages(b *testing.B, store *core.Store, dir string, n int) {
 	words := []string{"lighthouse", "fox", "castle", "owl", "forest", "harbor", "dusk", "snow", "neon", "portrait"}
 	const perJob = 8
 	for i := 0; i < n; i += perJob {
-		req := core.DefaultRequest()
+		req := request.DefaultRequest()
 		req.Prompt = fmt.Sprintf("a %s and a %s, study %d", words[i%len(words)], words[(i/7)%len(words)], i)
 		req.Width, req.Height, req.Steps, req.BatchSize, req.Seed = 256, 256, 20, perJob, int64(i)
 		id, err := store.CreateJob(ctx, fmt.Sprintf("bench-%06d", i), req)

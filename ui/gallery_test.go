@@ -16,13 +16,14 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"atelier/core"
+	"atelier/core/request"
 )
 
 // recordImage stores a done job with one real PNG and returns the image's record.
 func recordImage(t *testing.T, store *core.Store, dir, prompt, model string, seed int64) core.ImageRecord {
 	t.Helper()
 	ctx := context.Background()
-	req := core.DefaultRequest()
+	req := request.DefaultRequest()
 	req.Prompt, req.NegativePrompt, req.Model, req.Seed = prompt, "blurry", model, seed
 	req.Steps, req.Width, req.Height, req.BatchSize, req.CFG = 6, 64, 64, 1, 4.5
 	uid := fmt.Sprintf("job-%d-%d", seed, time.Now().UnixNano())
@@ -146,7 +147,7 @@ func TestGallerySearchDetailAndActions(t *testing.T) {
 	require.Nil(t, verr, "the form is ready to generate")
 	assert.Equal(t, lighthouse.Path, req.InitImage)
 	assert.Equal(t, [2]int{64, 64}, [2]int{req.Width, req.Height})
-	assert.Equal(t, core.DefaultStrength, req.Strength)
+	assert.Equal(t, request.DefaultStrength, req.Strength)
 	assert.Zero(t, req.HiresScale)
 	assert.Contains(t, s.status.text.Text, filepath.Base(lighthouse.Path)+" is the init image")
 

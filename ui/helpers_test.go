@@ -18,6 +18,7 @@ import (
 	"fyne.io/fyne/v2/widget"
 
 	"atelier/core"
+	"atelier/core/request"
 )
 
 // uiQueue stands in for the app's UI goroutine: the studio's goroutines
@@ -87,11 +88,11 @@ func (s testStudio) waitFor(t *testing.T, timeout time.Duration, what string, co
 // fakeGen is a generator whose job is a function; it counts the jobs it ran.
 type fakeGen struct {
 	calls atomic.Int32
-	last  atomic.Pointer[core.Request]
-	run   func(ctx context.Context, req core.Request, onEvent func(event)) (*core.JobOutcome, error)
+	last  atomic.Pointer[request.Request]
+	run   func(ctx context.Context, req request.Request, onEvent func(event)) (*core.JobOutcome, error)
 }
 
-func (g *fakeGen) Run(ctx context.Context, req core.Request, onEvent func(event)) (*core.JobOutcome, error) {
+func (g *fakeGen) Run(ctx context.Context, req request.Request, onEvent func(event)) (*core.JobOutcome, error) {
 	g.calls.Add(1)
 	g.last.Store(&req)
 	return g.run(ctx, req, onEvent)
@@ -142,7 +143,7 @@ func setForm(s testStudio, prompt string, steps, w, h int) {
 	f := s.form
 	f.prompts.prompt.SetText("")
 	test.Type(f.prompts.prompt, prompt)
-	f.model.entry.SetText(core.TinyModel)
+	f.model.entry.SetText(request.TinyModel)
 	f.steps.steps.SetText(strconv.Itoa(steps))
 	f.size.width.SetText(strconv.Itoa(w))
 	f.size.height.SetText(strconv.Itoa(h))

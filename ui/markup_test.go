@@ -13,6 +13,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"atelier/core"
+	"atelier/core/request"
 )
 
 // updateMarkup rewrites the golden files of the markup tests from what the
@@ -71,7 +72,7 @@ func TestQueueTabMarkup(t *testing.T) {
 	require.NoError(t, store.SetQueuePaused(ctx, true)) // nothing runs: the list stays as it is
 	req := firstRunRequest()
 	req.Seed = 100
-	reqs, err := core.ExpandBatchCount(req, 3)
+	reqs, err := request.ExpandBatchCount(req, 3)
 	require.NoError(t, err)
 	reqs[2].Prompt, reqs[2].BatchSize = "a red fox in the snow", 2
 	_, err = store.Enqueue(ctx, 0, reqs)
@@ -87,7 +88,7 @@ func TestGalleryTabMarkup(t *testing.T) {
 	dir := t.TempDir()
 	var recs []core.ImageRecord
 	for i, p := range []string{"a lighthouse at dusk", "a red fox in the snow", "an owl portrait"} {
-		recs = append(recs, recordImage(t, store, dir, p, core.TinyModel, int64(i+1)))
+		recs = append(recs, recordImage(t, store, dir, p, request.TinyModel, int64(i+1)))
 	}
 	s.x.tabs.SelectIndex(tabGallery)
 	g := s.x.gallery

@@ -11,7 +11,7 @@ import (
 
 	"github.com/disintegration/imaging"
 
-	"atelier/core"
+	"atelier/core/request"
 )
 
 // frameInterval caps UI updates from the event stream at about 60 a second:
@@ -73,7 +73,7 @@ func (t *throttle) run(done <-chan struct{}, beat time.Duration, fn func()) {
 // jobRun is one running job. The runner's goroutine writes the latest event
 // state under mu; the UI goroutine reads it when the throttle fires.
 type jobRun struct {
-	req    core.Request
+	req    request.Request
 	start  time.Time
 	cancel func()
 	done   chan struct{} // closed when Run has returned
@@ -96,7 +96,7 @@ type progressSnapshot struct {
 	Job, Jobs   int  // job Job of Jobs, with a batch count above 1
 }
 
-func newJobRun(req core.Request, cancel func()) *jobRun {
+func newJobRun(req request.Request, cancel func()) *jobRun {
 	return &jobRun{req: req, start: time.Now(), cancel: cancel, done: make(chan struct{}),
 		frames: newThrottle(frameInterval), snap: progressSnapshot{Refiner: req.Refiner != ""}}
 }

@@ -15,6 +15,7 @@ import (
 	"fyne.io/fyne/v2/widget"
 
 	"atelier/core"
+	"atelier/core/failure"
 )
 
 // queueView is the Queue tab: every queue job with its status, progress and
@@ -196,7 +197,7 @@ func (v *queueView) event(e queueEvent) {
 	case core.QueueStalled:
 		msg, detail := "The worker could not start, so the queue waits (the jobs stay queued) and tries again in a while. "+
 			"Run `atelier doctor` to check the worker.", ""
-		var jerr *core.JobError
+		var jerr *failure.JobError
 		if errors.As(e.err, &jerr) {
 			msg = sentence(jerr.Message) + ". " + msg
 			detail = jerr.Detail

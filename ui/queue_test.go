@@ -23,8 +23,10 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"atelier/core"
+	"atelier/core/failure"
 	"atelier/core/media"
 	"atelier/core/paths"
+	"atelier/core/request"
 )
 
 // servicesStudio is a studio with the queue and gallery tabs over a real
@@ -54,8 +56,8 @@ func studioOver(t *testing.T, store *core.Store, paths paths.Paths, gen generato
 	w.Resize(fyne.NewSize(1400, 900))
 	uq := &uiQueue{}
 	if gen == nil {
-		gen = &fakeGen{run: func(context.Context, core.Request, func(event)) (*core.JobOutcome, error) {
-			return nil, &core.JobError{Code: core.ErrInternal, Message: "no generator in this test"}
+		gen = &fakeGen{run: func(context.Context, request.Request, func(event)) (*core.JobOutcome, error) {
+			return nil, &failure.JobError{Code: failure.ErrInternal, Message: "no generator in this test"}
 		}}
 	}
 	s := newStudioWith(a, w, gen, store, uq.post, svc)
@@ -195,7 +197,7 @@ func TestQueueViewFillReorderCancelEdit(t *testing.T) {
 
 	// A worker that cannot start is explained, with its detail one click away.
 	s.OnQueueEvent(core.QueueEvent{Kind: core.QueueStalled, Err: fmt.Errorf("%w: %w", core.ErrWorkerUnavailable,
-		&core.JobError{Code: core.ErrWorkerCrashed, Message: "the worker stopped right after it started", Detail: "ImportError: torch"})})
+		&failure.JobError{Code: failure.ErrWorkerCrashed, Message: "the worker stopped right after it started", Detail: "ImportError: torch"})})
 	s.q.drain()
 	assert.Contains(t, s.status.text.Text, "stopped right after it started")
 	assert.Contains(t, s.status.text.Text, "jobs stay queued")
@@ -368,7 +370,7 @@ func TestQueueViewShowsProgressAndETAs(t *testing.T) {
 	s, store, _ := servicesStudio(t, nil, nil)
 	ctx := context.Background()
 	// One done job gives the measured speed: 64×64, 4 steps in 2 s of denoising.
-	done := core.DefaultRequest()
+	done := request.DefaultRequest()
 	done.Prompt, done.Steps, done.Width, done.Height, done.BatchSize = "measured", 4, 64, 64, 1
 	id, err := store.CreateJob(ctx, "measured", done)
 	require.NoError(t, err)
@@ -376,7 +378,7 @@ func TestQueueViewShowsProgressAndETAs(t *testing.T) {
 
 	req := done
 	req.Prompt, req.Steps, req.Seed = "queued", 10, 1
-	ids, err := store.Enqueue(ctx, 0, []core.Request{req, req})
+	ids, err := store.Enqueue(ctx, 0, []request.Request{req, req})
 	require.NoError(t, err)
 	job, err := store.ClaimNext(ctx) // as the runner does
 	require.NoError(t, err)
@@ -450,7 +452,7 @@ func TestEditQueuedJobInTheForm(t *testing.T) {
 	f.batch.batchSize.SetSelected("2")
 	test.Tap(x.lora.add)
 	require.Len(t, x.lora.rows, 1)
-	x.lora.rows[0].path.SetText(core.TinyLoRA)
+	x.lora.rows[0].path.SetText(request.TinyLoRA)
 	x.lora.rows[0].weight.SetText("0.5")
 	test.Tap(e.save)
 	s.q.drain()
@@ -463,7 +465,7 @@ func TestEditQueuedJobInTheForm(t *testing.T) {
 	assert.Equal(t, "dpmpp_2m", j.Request.Scheduler)
 	assert.Equal(t, "karras", j.Request.Schedule)
 	assert.Equal(t, 2, j.Request.BatchSize)
-	assert.Equal(t, []core.LoRA{{Path: core.TinyLoRA, Weight: 0.5}}, j.Request.LoRAs)
+	assert.Equal(t, []request.LoRA{{Path: request.TinyLoRA, Weight: 0.5}}, j.Request.LoRAs)
 	assert.Equal(t, int64(5), j.Request.Seed)
 
 	// A job that starts while it is being edited keeps its settings; the form keeps the changes.
@@ -487,11 +489,11 @@ func TestEditQueuedJobInTheForm(t *testing.T) {
 // queue job waits; the status line says for which job until its own starts.
 func TestGenerateSaysItWaitsForTheQueuedJob(t *testing.T) {
 	begin, end := make(chan struct{}), make(chan struct{})
-	gen := &fakeGen{run: func(ctx context.Context, req core.Request, onEvent func(event)) (*core.JobOutcome, error) {
+	gen := &fakeGen{run: func(ctx context.Context, req request.Request, onEvent func(event)) (*core.JobOutcome, error) {
 		<-begin // the queue's job holds the worker
 		onEvent(event{kind: evProgress, stage: "denoising", step: 1, total: req.Steps})
 		<-end
-		return nil, &core.JobError{Code: core.ErrCancelled, Message: "stopped by the test"}
+		return nil, &failure.JobError{Code: failure.ErrCancelled, Message: "stopped by the test"}
 	}}
 	s, store, _ := servicesStudio(t, gen, nil)
 	ctx := context.Background()

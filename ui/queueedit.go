@@ -11,6 +11,7 @@ import (
 	"fyne.io/fyne/v2/widget"
 
 	"atelier/core"
+	"atelier/core/request"
 )
 
 // queueEdit is the form's "editing a queued job" mode: Edit in the queue
@@ -19,9 +20,9 @@ import (
 // back to the job or discards the change. UI goroutine only.
 type queueEdit struct {
 	s        *Studio
-	id       int64        // the job being edited; 0 when not editing
-	prev     core.Request // the form before editing, put back afterwards
-	prevJobs string       // the batch count before editing
+	id       int64           // the job being edited; 0 when not editing
+	prev     request.Request // the form before editing, put back afterwards
+	prevJobs string          // the batch count before editing
 	bar      *fyne.Container
 	label    *widget.Label
 	save     *widget.Button
@@ -45,7 +46,7 @@ func newQueueEdit(s *Studio) *queueEdit {
 // pendingJobEditor is what the edit mode needs: to rewrite a job that has
 // not started.
 type pendingJobEditor interface {
-	UpdatePendingJob(ctx context.Context, id int64, req core.Request) error
+	UpdatePendingJob(ctx context.Context, id int64, req request.Request) error
 }
 
 func (e *queueEdit) store() pendingJobEditor { return e.s.x.svc.Store }
@@ -112,7 +113,7 @@ func (e *queueEdit) saveJob() {
 		return
 	}
 	req.PreviewEvery = 0
-	req, err := core.PrepareForQueue(req)
+	req, err := request.PrepareForQueue(req)
 	if err != nil {
 		s.showRefusal(err)
 		return

@@ -9,14 +9,14 @@ import (
 	"strings"
 	"testing"
 
+	"atelier/core/request"
+
 	"fyne.io/fyne/v2"
 	"fyne.io/fyne/v2/container"
 	"fyne.io/fyne/v2/test"
 	"fyne.io/fyne/v2/widget"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
-
-	"atelier/core"
 )
 
 // shotsDir, when set (make screenshot), keeps each section's picture.
@@ -36,19 +36,19 @@ func TestSectionScreenshots(t *testing.T) {
 	test.Tap(x.lora.add)
 	x.lora.rows[0].path.SetText("detail-tweaker.safetensors")
 	x.lora.rows[0].weight.SetText("0.8")
-	x.lora.rows[1].path.SetText(core.TinyLoRA)
+	x.lora.rows[1].path.SetText(request.TinyLoRA)
 	x.lora.rows[1].weight.SetText("-0.5")
 	test.Tap(x.controlNet.add)
 	x.controlNet.rows[0].kind.SetSelected("canny")
-	x.controlNet.rows[0].model.SetText(core.TinyControlNet)
+	x.controlNet.rows[0].model.SetText(request.TinyControlNet)
 	x.controlNet.rows[0].image.SetText("edges.png")
-	x.refiner.refiner.SetText(core.TinyRefiner)
+	x.refiner.refiner.SetText(request.TinyRefiner)
 	x.refiner.slider.SetValue(0.8)
-	x.vae.vae.SetText(core.TinyVAE)
+	x.vae.vae.SetText(request.TinyVAE)
 	x.img2img.initImage.SetText("photo.png")
 	x.img2img.strength.SetText("0.6")
 	x.img2img.mask.SetText("mask.png")
-	x.upscale.upscaler.SetText(core.LanczosUpscaler)
+	x.upscale.upscaler.SetText(request.LanczosUpscaler)
 	x.upscale.factor.SetText("2")
 	f.batch.batchSize.SetSelected("2")
 	x.batch.batchCount.SetText("4")

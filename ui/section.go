@@ -3,7 +3,7 @@ package ui
 import (
 	"fyne.io/fyne/v2"
 
-	"atelier/core"
+	"atelier/core/request"
 )
 
 // formSection is one group of the form's fields: it shows a request's
@@ -11,8 +11,8 @@ import (
 // reported against its field), and lays itself out. Each lives in a
 // section_*.go file of its own.
 type formSection interface {
-	set(r core.Request)
-	read(r *core.Request, errs *[]*core.FieldError)
+	set(r request.Request)
+	read(r *request.Request, errs *[]*request.FieldError)
 	content() fyne.CanvasObject
 }
 

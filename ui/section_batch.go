@@ -5,11 +5,11 @@ import (
 	"strconv"
 	"strings"
 
+	"atelier/core/request"
+
 	"fyne.io/fyne/v2"
 	"fyne.io/fyne/v2/container"
 	"fyne.io/fyne/v2/widget"
-
-	"atelier/core"
 )
 
 // batchSection is how many images one job makes (the batch size) and how
@@ -22,8 +22,8 @@ type batchSection struct {
 
 func newBatchSection(ff *formFields) *batchSection {
 	s := &batchSection{fields: ff}
-	sizes := make([]string, 0, core.MaxBatch)
-	for i := core.MinBatch; i <= core.MaxBatch; i++ {
+	sizes := make([]string, 0, request.MaxBatch)
+	for i := request.MinBatch; i <= request.MaxBatch; i++ {
 		sizes = append(sizes, strconv.Itoa(i))
 	}
 	s.batchSize = widget.NewSelect(sizes, func(string) { ff.clearError(fBatch) })
@@ -35,11 +35,11 @@ func newBatchSection(ff *formFields) *batchSection {
 func (s *batchSection) owns(field string) bool { return field == fBatch || field == fBatchCount }
 
 // setSize shows a request's batch size; the batch count is the form's own.
-func (s *batchSection) setSize(r core.Request) {
-	s.batchSize.SetSelected(strconv.Itoa(max(r.BatchSize, core.MinBatch)))
+func (s *batchSection) setSize(r request.Request) {
+	s.batchSize.SetSelected(strconv.Itoa(max(r.BatchSize, request.MinBatch)))
 }
 
-func (s *batchSection) set(core.Request) {
+func (s *batchSection) set(request.Request) {
 	if strings.TrimSpace(s.batchCount.Text) == "" {
 		s.batchCount.SetText("1")
 	}
@@ -47,7 +47,7 @@ func (s *batchSection) set(core.Request) {
 
 // read takes the batch size and checks the count (which is not part of a
 // request: Generate runs count jobs of it).
-func (s *batchSection) read(r *core.Request, errs *[]*core.FieldError) {
+func (s *batchSection) read(r *request.Request, errs *[]*request.FieldError) {
 	r.BatchSize, _ = strconv.Atoi(s.batchSize.Selected)
 	if _, fe := s.count(); fe != nil {
 		*errs = append(*errs, fe)
@@ -55,15 +55,15 @@ func (s *batchSection) read(r *core.Request, errs *[]*core.FieldError) {
 }
 
 // count is the number of jobs one Generate runs, or an error naming the field.
-func (s *batchSection) count() (int, *core.FieldError) {
+func (s *batchSection) count() (int, *request.FieldError) {
 	t := strings.TrimSpace(s.batchCount.Text)
 	if t == "" {
 		return 1, nil
 	}
 	n, err := strconv.Atoi(t)
-	if err != nil || n < core.MinBatchCount || n > core.MaxBatchCount {
-		return 1, &core.FieldError{Field: fBatchCount,
-			Message: fmt.Sprintf("must be a whole number from %d to %d, got %q", core.MinBatchCount, core.MaxBatchCount, t)}
+	if err != nil || n < request.MinBatchCount || n > request.MaxBatchCount {
+		return 1, &request.FieldError{Field: fBatchCount,
+			Message: fmt.Sprintf("must be a whole number from %d to %d, got %q", request.MinBatchCount, request.MaxBatchCount, t)}
 	}
 	return n, nil
 }

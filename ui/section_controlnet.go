@@ -13,6 +13,7 @@ import (
 
 	"atelier/core"
 	"atelier/core/library"
+	"atelier/core/request"
 )
 
 // controlNetSection is the list of ControlNet units, each a row of its own,
@@ -46,7 +47,7 @@ var cnFields = []string{"type", "model", "image", "scale", "start", "end", "cann
 func newControlNetSection(ff *formFields) *controlNetSection {
 	s := &controlNetSection{fields: ff, box: container.NewVBox()}
 	s.add = widget.NewButtonWithIcon("Add ControlNet", theme.ContentAddIcon(), func() {
-		s.addRow(core.DefaultControlNet())
+		s.addRow(request.DefaultControlNet())
 	})
 	s.imagesTitle = widget.NewLabel("")
 	s.imagesTitle.SizeName = theme.SizeNameCaptionText
@@ -61,14 +62,14 @@ func (s *controlNetSection) owns(field string) bool {
 }
 
 func (s *controlNetSection) options() []string {
-	return append([]string{core.TinyControlNet}, s.lib.Paths(library.KindControlNet)...)
+	return append([]string{request.TinyControlNet}, s.lib.Paths(library.KindControlNet)...)
 }
 
 func (s *controlNetSection) types() []string {
 	if s.caps != nil && len(s.caps.ControlNetTypes) > 0 {
 		return s.caps.ControlNetTypes
 	}
-	return core.ControlNetTypes
+	return request.ControlNetTypes
 }
 
 func (s *controlNetSection) setLibrary(lib *library.Library) {
@@ -86,7 +87,7 @@ func (s *controlNetSection) setCapabilities(c *core.Capabilities) {
 	}
 }
 
-func (s *controlNetSection) addRow(c core.ControlNet) *cnRow {
+func (s *controlNetSection) addRow(c request.ControlNet) *cnRow {
 	ff := s.fields
 	r := &cnRow{err: errLabel()}
 	clear := func(string) { r.err.Hide() }
@@ -169,14 +170,14 @@ func (s *controlNetSection) reindex() {
 	}
 	s.box.Objects = objs
 	s.box.Refresh()
-	if len(s.rows) >= core.MaxControlNets {
+	if len(s.rows) >= request.MaxControlNets {
 		s.add.Disable()
 	} else {
 		s.add.Enable()
 	}
 }
 
-func (s *controlNetSection) set(r core.Request) {
+func (s *controlNetSection) set(r request.Request) {
 	s.rows = nil
 	for _, c := range r.ControlNets {
 		s.addRow(c)
@@ -184,14 +185,14 @@ func (s *controlNetSection) set(r core.Request) {
 	s.reindex()
 }
 
-func (s *controlNetSection) read(r *core.Request, errs *[]*core.FieldError) {
+func (s *controlNetSection) read(r *request.Request, errs *[]*request.FieldError) {
 	p := parsed{errs}
 	for i, row := range s.rows {
 		n := func(f string) string { return fmt.Sprintf("controlnets[%d].%s", i, f) }
-		c := core.ControlNet{Type: row.kind.Selected, Model: strings.TrimSpace(row.model.Text),
+		c := request.ControlNet{Type: row.kind.Selected, Model: strings.TrimSpace(row.model.Text),
 			Image: strings.TrimSpace(row.image.Text),
 			Scale: p.float(n("scale"), row.scale.Text), Start: p.float(n("start"), row.start.Text),
-			End: p.float(n("end"), row.end.Text), CannyLow: core.DefaultCannyLow, CannyHigh: core.DefaultCannyHigh}
+			End: p.float(n("end"), row.end.Text), CannyLow: request.DefaultCannyLow, CannyHigh: request.DefaultCannyHigh}
 		if c.Type == "canny" {
 			c.CannyLow = p.integer(n("canny_low"), row.cannyLow.Text)
 			c.CannyHigh = p.integer(n("canny_high"), row.cannyHigh.Text)

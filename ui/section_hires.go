@@ -5,11 +5,11 @@ import (
 	"strconv"
 	"strings"
 
+	"atelier/core/request"
+
 	"fyne.io/fyne/v2"
 	"fyne.io/fyne/v2/container"
 	"fyne.io/fyne/v2/widget"
-
-	"atelier/core"
 )
 
 // hiresSection is the hires fix: the factor of a second, img2img pass over
@@ -30,7 +30,7 @@ func newHiresSection(ff *formFields, size *sizeSection) *hiresSection {
 	s.scale.OnChanged = func(string) { ff.clearError(fHires); s.updateHint() }
 	s.hint = widget.NewLabel("")
 	s.hint.Importance = widget.LowImportance
-	s.scale.SetPlaceHolder(fmt.Sprintf("off; %g–%g, e.g. %g", core.MinHires, core.MaxHires, core.DefaultHiresScale))
+	s.scale.SetPlaceHolder(fmt.Sprintf("off; %g–%g, e.g. %g", request.MinHires, request.MaxHires, request.DefaultHiresScale))
 	s.steps = ff.entry(fHiresSteps, false)
 	s.steps.SetPlaceHolder("the job's steps")
 	s.strength = ff.entry(fHiresStrength, false)
@@ -47,12 +47,12 @@ func (s *hiresSection) owns(field string) bool {
 // updateHint shows the size the hires pass will make, when the factor and
 // the size read as numbers.
 func (s *hiresSection) updateHint() {
-	r := core.Request{}
+	r := request.Request{}
 	var err1, err2, err3 error
 	r.HiresScale, err1 = strconv.ParseFloat(strings.TrimSpace(s.scale.Text), 64)
 	r.Width, err2 = strconv.Atoi(strings.TrimSpace(s.size.width.Text))
 	r.Height, err3 = strconv.Atoi(strings.TrimSpace(s.size.height.Text))
-	if err1 != nil || err2 != nil || err3 != nil || r.HiresScale < core.MinHires || r.HiresScale > core.MaxHires || r.Width <= 0 || r.Height <= 0 {
+	if err1 != nil || err2 != nil || err3 != nil || r.HiresScale < request.MinHires || r.HiresScale > request.MaxHires || r.Width <= 0 || r.Height <= 0 {
 		s.hint.SetText("")
 		return
 	}
@@ -60,7 +60,7 @@ func (s *hiresSection) updateHint() {
 	s.hint.SetText(fmt.Sprintf("%d × %d → %d × %d", r.Width, r.Height, w, h))
 }
 
-func (s *hiresSection) set(r core.Request) {
+func (s *hiresSection) set(r request.Request) {
 	s.scale.SetText("")
 	if r.HiresScale != 0 {
 		s.scale.SetText(formatFloat(r.HiresScale))
@@ -71,17 +71,17 @@ func (s *hiresSection) set(r core.Request) {
 	}
 	hs := r.HiresStrength
 	if hs == 0 {
-		hs = core.DefaultHiresStrength
+		hs = request.DefaultHiresStrength
 	}
 	s.strength.SetText(formatFloat(hs))
 }
 
-func (s *hiresSection) read(r *core.Request, errs *[]*core.FieldError) {
+func (s *hiresSection) read(r *request.Request, errs *[]*request.FieldError) {
 	p := parsed{errs}
 	if t := strings.TrimSpace(s.scale.Text); t != "" {
 		// 0 reads as "off" on the wire: a typed 0 is refused rather than dropped.
 		if r.HiresScale = p.float(fHires, t); r.HiresScale == 0 {
-			p.bad(fHires, "must be between %g and %g (leave it empty for no hires pass), got 0", core.MinHires, core.MaxHires)
+			p.bad(fHires, "must be between %g and %g (leave it empty for no hires pass), got 0", request.MinHires, request.MaxHires)
 		}
 		if t := strings.TrimSpace(s.steps.Text); t != "" {
 			r.HiresSteps = p.integer(fHiresSteps, t)

@@ -10,8 +10,8 @@ import (
 	"fyne.io/fyne/v2/theme"
 	"fyne.io/fyne/v2/widget"
 
-	"atelier/core"
 	"atelier/core/paths"
+	"atelier/core/request"
 )
 
 // img2imgSection is the init image and its denoising strength, and the
@@ -53,15 +53,15 @@ func (s *img2imgSection) owns(field string) bool {
 	return false
 }
 
-func (s *img2imgSection) set(r core.Request) {
+func (s *img2imgSection) set(r request.Request) {
 	s.initImage.SetText(r.InitImage)
 	st := r.Strength
 	if st == 0 {
-		st = core.DefaultStrength
+		st = request.DefaultStrength
 	}
 	s.strength.SetText(formatFloat(st))
 	s.mask.SetText(r.MaskImage)
-	blur := core.DefaultMaskBlur
+	blur := request.DefaultMaskBlur
 	if r.MaskBlur != nil {
 		blur = *r.MaskBlur
 	}
@@ -69,7 +69,7 @@ func (s *img2imgSection) set(r core.Request) {
 	s.maskPadding.SetText(strconv.Itoa(r.MaskPadding))
 }
 
-func (s *img2imgSection) read(r *core.Request, errs *[]*core.FieldError) {
+func (s *img2imgSection) read(r *request.Request, errs *[]*request.FieldError) {
 	p := parsed{errs}
 	if r.InitImage = strings.TrimSpace(s.initImage.Text); r.InitImage != "" {
 		r.Strength = p.float(fStrength, s.strength.Text)
@@ -78,7 +78,7 @@ func (s *img2imgSection) read(r *core.Request, errs *[]*core.FieldError) {
 		}
 	}
 	if r.MaskImage = strings.TrimSpace(s.mask.Text); r.MaskImage != "" {
-		r.MaskBlur = core.IntPtr(p.integer(fMaskBlur, s.maskBlur.Text))
+		r.MaskBlur = request.IntPtr(p.integer(fMaskBlur, s.maskBlur.Text))
 		if t := strings.TrimSpace(s.maskPadding.Text); t != "" {
 			r.MaskPadding = p.integer(fMaskPadding, t)
 		}

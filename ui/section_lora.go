@@ -9,8 +9,8 @@ import (
 	"fyne.io/fyne/v2/theme"
 	"fyne.io/fyne/v2/widget"
 
-	"atelier/core"
 	"atelier/core/library"
+	"atelier/core/request"
 )
 
 // loraSection is the list of LoRAs, each a row of its own.
@@ -37,7 +37,7 @@ var loraFields = []string{"path", "weight"}
 func newLoRASection(ff *formFields) *loraSection {
 	s := &loraSection{fields: ff, box: container.NewVBox()}
 	s.add = widget.NewButtonWithIcon("Add LoRA", theme.ContentAddIcon(), func() {
-		s.addRow(core.LoRA{Path: core.TinyLoRA, Weight: 1})
+		s.addRow(request.LoRA{Path: request.TinyLoRA, Weight: 1})
 	})
 	return s
 }
@@ -47,7 +47,7 @@ func (s *loraSection) owns(field string) bool {
 }
 
 func (s *loraSection) options() []string {
-	return append([]string{core.TinyLoRA}, s.lib.Paths(library.KindLoRA)...)
+	return append([]string{request.TinyLoRA}, s.lib.Paths(library.KindLoRA)...)
 }
 
 func (s *loraSection) setLibrary(lib *library.Library) {
@@ -57,7 +57,7 @@ func (s *loraSection) setLibrary(lib *library.Library) {
 	}
 }
 
-func (s *loraSection) addRow(l core.LoRA) *loraRow {
+func (s *loraSection) addRow(l request.LoRA) *loraRow {
 	ff := s.fields
 	r := &loraRow{}
 	r.path = widget.NewSelectEntry(nil)
@@ -65,7 +65,7 @@ func (s *loraSection) addRow(l core.LoRA) *loraRow {
 	r.path.SetPlaceHolder("tiny-lora or a LoRA .safetensors")
 	r.path.AlwaysShowValidationError = true
 	r.weight = newSubmitEntry(false, ff.onSubmit)
-	r.slider = widget.NewSlider(core.MinLoRAWeight, core.MaxLoRAWeight)
+	r.slider = widget.NewSlider(request.MinLoRAWeight, request.MaxLoRAWeight)
 	r.slider.Step = 0.05
 	r.err = errLabel()
 	r.remove = widget.NewButtonWithIcon("", theme.DeleteIcon(), func() { s.removeRow(r) })
@@ -111,14 +111,14 @@ func (s *loraSection) reindex() {
 	}
 	s.box.Objects = objs
 	s.box.Refresh()
-	if len(s.rows) >= core.MaxLoRAs {
+	if len(s.rows) >= request.MaxLoRAs {
 		s.add.Disable()
 	} else {
 		s.add.Enable()
 	}
 }
 
-func (s *loraSection) set(r core.Request) {
+func (s *loraSection) set(r request.Request) {
 	s.rows = nil
 	for _, l := range r.LoRAs {
 		s.addRow(l)
@@ -126,10 +126,10 @@ func (s *loraSection) set(r core.Request) {
 	s.reindex()
 }
 
-func (s *loraSection) read(r *core.Request, errs *[]*core.FieldError) {
+func (s *loraSection) read(r *request.Request, errs *[]*request.FieldError) {
 	p := parsed{errs}
 	for i, row := range s.rows {
-		r.LoRAs = append(r.LoRAs, core.LoRA{Path: strings.TrimSpace(row.path.Text),
+		r.LoRAs = append(r.LoRAs, request.LoRA{Path: strings.TrimSpace(row.path.Text),
 			Weight: p.float(fmt.Sprintf("loras[%d].weight", i), row.weight.Text)})
 	}
 }

@@ -10,8 +10,8 @@ import (
 	"fyne.io/fyne/v2/widget"
 	"github.com/sqweek/dialog"
 
-	"atelier/core"
 	"atelier/core/library"
+	"atelier/core/request"
 )
 
 const (
@@ -35,7 +35,7 @@ type modelSection struct {
 
 func newModelSection(ff *formFields, addLibraryFolder func(dir string)) *modelSection {
 	m := &modelSection{fields: ff}
-	m.entry = widget.NewSelectEntry([]string{core.TinyModel})
+	m.entry = widget.NewSelectEntry([]string{request.TinyModel})
 	m.entry.SetPlaceHolder("tiny, or a diffusers folder")
 	m.hint = widget.NewLabel("")
 	m.hint.SizeName = theme.SizeNameCaptionText
@@ -61,7 +61,7 @@ func newModelSection(ff *formFields, addLibraryFolder func(dir string)) *modelSe
 func (m *modelSection) updateHint() {
 	// The demo model is flagged in amber: its noise images must not be
 	// mistaken for a broken install.
-	if strings.TrimSpace(m.entry.Text) == core.TinyModel {
+	if strings.TrimSpace(m.entry.Text) == request.TinyModel {
 		m.hint.Importance = widget.WarningImportance
 		m.hint.SetText(tinyHint)
 	} else {
@@ -70,23 +70,23 @@ func (m *modelSection) updateHint() {
 	}
 }
 
-func (m *modelSection) set(r core.Request) {
+func (m *modelSection) set(r request.Request) {
 	m.entry.SetText(r.Model)
 	m.updateHint()
 }
 
-func (m *modelSection) read(r *core.Request, _ *[]*core.FieldError) {
+func (m *modelSection) read(r *request.Request, _ *[]*request.FieldError) {
 	r.Model = strings.TrimSpace(m.entry.Text)
 }
 
 // remember puts a model first among the recent ones, after the demo model.
 func (m *modelSection) remember(model string) {
-	list := []string{core.TinyModel}
-	if model != core.TinyModel {
+	list := []string{request.TinyModel}
+	if model != request.TinyModel {
 		list = append(list, model)
 	}
 	for _, old := range m.recent {
-		if old != model && old != core.TinyModel && len(list) < 8 {
+		if old != model && old != request.TinyModel && len(list) < 8 {
 			list = append(list, old)
 		}
 	}
@@ -101,7 +101,7 @@ func (m *modelSection) offer(lib *library.Library) {
 		return
 	}
 	models := append([]string(nil), m.recent...)
-	for _, p := range append([]string{core.TinyModel, core.TinySingleFile}, lib.Paths(library.KindCheckpoint)...) {
+	for _, p := range append([]string{request.TinyModel, request.TinySingleFile}, lib.Paths(library.KindCheckpoint)...) {
 		if !slices.Contains(models, p) {
 			models = append(models, p)
 		}

@@ -3,10 +3,10 @@ package ui
 import (
 	"strings"
 
+	"atelier/core/request"
+
 	"fyne.io/fyne/v2"
 	"fyne.io/fyne/v2/container"
-
-	"atelier/core"
 )
 
 // promptSection is the prompt and the negative prompt.
@@ -26,12 +26,12 @@ func newPromptSection(ff *formFields) *promptSection {
 	return p
 }
 
-func (p *promptSection) set(r core.Request) {
+func (p *promptSection) set(r request.Request) {
 	p.prompt.SetText(r.Prompt)
 	p.negative.SetText(r.NegativePrompt)
 }
 
-func (p *promptSection) read(r *core.Request, _ *[]*core.FieldError) {
+func (p *promptSection) read(r *request.Request, _ *[]*request.FieldError) {
 	r.Prompt = p.prompt.Text
 	r.NegativePrompt = strings.TrimSpace(p.negative.Text)
 }

@@ -7,8 +7,8 @@ import (
 	"fyne.io/fyne/v2/container"
 	"fyne.io/fyne/v2/widget"
 
-	"atelier/core"
 	"atelier/core/library"
+	"atelier/core/request"
 )
 
 // refinerSection is the SDXL refiner and the share of the steps it takes over.
@@ -32,19 +32,19 @@ func newRefinerSection(ff *formFields) *refinerSection {
 func (s *refinerSection) owns(field string) bool { return field == fRefiner || field == fRefinerSwitch }
 
 func (s *refinerSection) setLibrary(lib *library.Library) {
-	s.fields.setChoices(s.refiner, append([]string{core.TinyRefiner}, lib.Paths(library.KindRefiner)...))
+	s.fields.setChoices(s.refiner, append([]string{request.TinyRefiner}, lib.Paths(library.KindRefiner)...))
 }
 
-func (s *refinerSection) set(r core.Request) {
+func (s *refinerSection) set(r request.Request) {
 	s.refiner.SetText(r.Refiner)
 	sw := r.RefinerSwitch
 	if sw == 0 {
-		sw = core.DefaultRefinerSwitch
+		sw = request.DefaultRefinerSwitch
 	}
 	s.switchAt.SetText(formatFloat(sw))
 }
 
-func (s *refinerSection) read(r *core.Request, errs *[]*core.FieldError) {
+func (s *refinerSection) read(r *request.Request, errs *[]*request.FieldError) {
 	p := parsed{errs}
 	if r.Refiner = strings.TrimSpace(s.refiner.Text); r.Refiner != "" {
 		r.RefinerSwitch = p.float(fRefinerSwitch, s.switchAt.Text)

@@ -8,6 +8,7 @@ import (
 	"fyne.io/fyne/v2/widget"
 
 	"atelier/core"
+	"atelier/core/request"
 )
 
 // samplingSection is the sampler and its sigma schedule, offered as the
@@ -21,7 +22,7 @@ type samplingSection struct {
 
 func newSamplingSection(ff *formFields) *samplingSection {
 	s := &samplingSection{fields: ff}
-	s.scheduler = widget.NewSelect(schedulerLabels(core.Schedulers), func(string) {
+	s.scheduler = widget.NewSelect(schedulerLabels(request.Schedulers), func(string) {
 		ff.clearError(fScheduler)
 		s.updateSchedules()
 	})
@@ -34,7 +35,7 @@ func (s *samplingSection) owns(field string) bool { return field == fScheduler |
 // setCapabilities offers the schedulers and schedules of a worker's hello.
 func (s *samplingSection) setCapabilities(c *core.Capabilities) {
 	s.caps = c
-	scheds := core.Schedulers
+	scheds := request.Schedulers
 	if c != nil && len(c.Schedulers) > 0 {
 		scheds = c.Schedulers
 	}
@@ -47,13 +48,13 @@ func (s *samplingSection) setCapabilities(c *core.Capabilities) {
 
 // updateSchedules offers the schedules the chosen scheduler takes.
 func (s *samplingSection) updateSchedules() {
-	opts := []string{core.ScheduleNames[""]}
-	allowed := core.Schedules[1:]
+	opts := []string{request.ScheduleNames[""]}
+	allowed := request.Schedules[1:]
 	if s.caps != nil && s.caps.Schedules != nil {
 		allowed = s.caps.Schedules[schedulerID(s.scheduler.Selected)]
 	}
 	for _, sc := range allowed {
-		opts = append(opts, core.ScheduleNames[sc])
+		opts = append(opts, request.ScheduleNames[sc])
 	}
 	cur := s.schedule.Selected
 	s.schedule.SetOptions(opts)
@@ -64,16 +65,16 @@ func (s *samplingSection) updateSchedules() {
 }
 
 // setScheduler shows a request's scheduler; the schedule follows in set.
-func (s *samplingSection) setScheduler(r core.Request) {
+func (s *samplingSection) setScheduler(r request.Request) {
 	sched := r.Scheduler
 	if sched == "" {
-		sched = core.Schedulers[0]
+		sched = request.Schedulers[0]
 	}
 	s.scheduler.SetSelected(schedulerLabel(sched))
 }
 
-func (s *samplingSection) set(r core.Request) {
-	name := core.ScheduleNames[r.Schedule]
+func (s *samplingSection) set(r request.Request) {
+	name := request.ScheduleNames[r.Schedule]
 	if name == "" {
 		name = r.Schedule
 	}
@@ -81,7 +82,7 @@ func (s *samplingSection) set(r core.Request) {
 	s.schedule.SetSelected(name)
 }
 
-func (s *samplingSection) read(r *core.Request, _ *[]*core.FieldError) {
+func (s *samplingSection) read(r *request.Request, _ *[]*request.FieldError) {
 	r.Scheduler = schedulerID(s.scheduler.Selected)
 	r.Schedule = scheduleID(s.schedule.Selected)
 }
@@ -98,7 +99,7 @@ func (s *samplingSection) content() fyne.CanvasObject {
 // schedulerLabel is the name the sampler drop-down shows for a scheduler id:
 // A1111's ("DPM++ 2M"), or the id itself for one core does not name.
 func schedulerLabel(id string) string {
-	if n, ok := core.SamplerNames[id]; ok {
+	if n, ok := request.SamplerNames[id]; ok {
 		return n
 	}
 	return id
@@ -114,7 +115,7 @@ func schedulerLabels(ids []string) []string {
 
 // schedulerID is the request's scheduler id for a label of the drop-down.
 func schedulerID(label string) string {
-	for id, n := range core.SamplerNames {
+	for id, n := range request.SamplerNames {
 		if n == label {
 			return id
 		}
@@ -123,7 +124,7 @@ func schedulerID(label string) string {
 }
 
 func scheduleID(name string) string {
-	for id, n := range core.ScheduleNames {
+	for id, n := range request.ScheduleNames {
 		if n == name {
 			return id
 		}

@@ -5,11 +5,11 @@ import (
 	"strconv"
 	"strings"
 
+	"atelier/core/request"
+
 	"fyne.io/fyne/v2"
 	"fyne.io/fyne/v2/container"
 	"fyne.io/fyne/v2/widget"
-
-	"atelier/core"
 )
 
 // seedSection is the seed, with a random one a click away.
@@ -28,9 +28,9 @@ func newSeedSection(ff *formFields) *seedSection {
 	return s
 }
 
-func (s *seedSection) set(r core.Request) { s.seed.SetText(strconv.FormatInt(r.Seed, 10)) }
+func (s *seedSection) set(r request.Request) { s.seed.SetText(strconv.FormatInt(r.Seed, 10)) }
 
-func (s *seedSection) read(r *core.Request, errs *[]*core.FieldError) {
+func (s *seedSection) read(r *request.Request, errs *[]*request.FieldError) {
 	if strings.TrimSpace(s.seed.Text) == "" {
 		r.Seed = -1 // an empty seed means "any", as the placeholder says
 	} else {
@@ -45,4 +45,4 @@ func (s *seedSection) content() fyne.CanvasObject {
 		s.fields.errs[fSeed])
 }
 
-func randomSeed() int64 { return rand.Int64N(core.MaxSeed + 1) }
+func randomSeed() int64 { return rand.Int64N(request.MaxSeed + 1) }

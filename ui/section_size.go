@@ -9,7 +9,7 @@ import (
 	"fyne.io/fyne/v2/theme"
 	"fyne.io/fyne/v2/widget"
 
-	"atelier/core"
+	"atelier/core/request"
 )
 
 const customSize = "Custom"
@@ -104,12 +104,12 @@ func (s *sizeSection) matchPreset() {
 	s.fields.syncing = false
 }
 
-func (s *sizeSection) set(r core.Request) {
+func (s *sizeSection) set(r request.Request) {
 	s.width.SetText(strconv.Itoa(r.Width))
 	s.height.SetText(strconv.Itoa(r.Height))
 }
 
-func (s *sizeSection) read(r *core.Request, errs *[]*core.FieldError) {
+func (s *sizeSection) read(r *request.Request, errs *[]*request.FieldError) {
 	p := parsed{errs}
 	r.Width = int(p.integer64(fWidth, s.width.Text))
 	r.Height = int(p.integer64(fHeight, s.height.Text))
@@ -118,9 +118,9 @@ func (s *sizeSection) read(r *core.Request, errs *[]*core.FieldError) {
 // fit sets the size to a picture's, down to multiples of 8; a picture past
 // the largest size is scaled down whole, keeping its shape.
 func (s *sizeSection) fit(width, height int) {
-	scale := min(1, float64(core.MaxSize)/float64(max(width, height)))
+	scale := min(1, float64(request.MaxSize)/float64(max(width, height)))
 	fit := func(v int) int {
-		return max(int(float64(v)*scale)/core.SizeMultiple*core.SizeMultiple, core.MinSize)
+		return max(int(float64(v)*scale)/request.SizeMultiple*request.SizeMultiple, request.MinSize)
 	}
 	s.width.SetText(strconv.Itoa(fit(width)))
 	s.height.SetText(strconv.Itoa(fit(height)))

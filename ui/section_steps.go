@@ -4,11 +4,11 @@ import (
 	"strconv"
 	"strings"
 
+	"atelier/core/request"
+
 	"fyne.io/fyne/v2"
 	"fyne.io/fyne/v2/container"
 	"fyne.io/fyne/v2/widget"
-
-	"atelier/core"
 )
 
 // stepsSection is the number of steps and the CFG scale, each an entry with
@@ -23,21 +23,21 @@ type stepsSection struct {
 func newStepsSection(ff *formFields) *stepsSection {
 	s := &stepsSection{fields: ff}
 	s.steps = ff.entry(fSteps, false)
-	s.stepsSlider = widget.NewSlider(core.MinSteps, core.MaxSteps)
+	s.stepsSlider = widget.NewSlider(request.MinSteps, request.MaxSteps)
 	ff.linkSlider(fSteps, s.steps, s.stepsSlider, func(v float64) string { return strconv.Itoa(int(v)) })
 	s.cfg = ff.entry(fCFG, false)
-	s.cfgSlider = widget.NewSlider(core.MinCFG, core.MaxCFG)
+	s.cfgSlider = widget.NewSlider(request.MinCFG, request.MaxCFG)
 	s.cfgSlider.Step = 0.5
 	ff.linkSlider(fCFG, s.cfg, s.cfgSlider, formatFloat)
 	return s
 }
 
-func (s *stepsSection) set(r core.Request) {
+func (s *stepsSection) set(r request.Request) {
 	s.steps.SetText(strconv.Itoa(r.Steps))
 	s.cfg.SetText(formatFloat(r.CFG))
 }
 
-func (s *stepsSection) read(r *core.Request, errs *[]*core.FieldError) {
+func (s *stepsSection) read(r *request.Request, errs *[]*request.FieldError) {
 	p := parsed{errs}
 	r.Steps = int(p.integer64(fSteps, s.steps.Text))
 	if v, err := strconv.ParseFloat(strings.TrimSpace(s.cfg.Text), 64); err != nil {

@@ -7,8 +7,8 @@ import (
 	"fyne.io/fyne/v2/container"
 	"fyne.io/fyne/v2/widget"
 
-	"atelier/core"
 	"atelier/core/library"
+	"atelier/core/request"
 )
 
 // upscaleSection is the upscaler run on the finished image, and its factor.
@@ -28,19 +28,19 @@ func newUpscaleSection(ff *formFields) *upscaleSection {
 func (s *upscaleSection) owns(field string) bool { return field == fUpscaler || field == fUpscale }
 
 func (s *upscaleSection) setLibrary(lib *library.Library) {
-	s.fields.setChoices(s.upscaler, append([]string{core.LanczosUpscaler, core.TinyUpscaler}, lib.Paths(library.KindUpscaler)...))
+	s.fields.setChoices(s.upscaler, append([]string{request.LanczosUpscaler, request.TinyUpscaler}, lib.Paths(library.KindUpscaler)...))
 }
 
-func (s *upscaleSection) set(r core.Request) {
+func (s *upscaleSection) set(r request.Request) {
 	s.upscaler.SetText(r.Upscaler)
 	up := r.Upscale
 	if up == 0 {
-		up = core.DefaultUpscale
+		up = request.DefaultUpscale
 	}
 	s.factor.SetText(formatFloat(up))
 }
 
-func (s *upscaleSection) read(r *core.Request, errs *[]*core.FieldError) {
+func (s *upscaleSection) read(r *request.Request, errs *[]*request.FieldError) {
 	if r.Upscaler = strings.TrimSpace(s.upscaler.Text); r.Upscaler != "" {
 		r.Upscale = parsed{errs}.float(fUpscale, s.factor.Text)
 	}

@@ -9,6 +9,7 @@ import (
 
 	"atelier/core"
 	"atelier/core/library"
+	"atelier/core/request"
 )
 
 // vaeSection is the VAE that decodes the latents, and a note when the last
@@ -32,12 +33,12 @@ func newVAESection(ff *formFields) *vaeSection {
 func (s *vaeSection) owns(field string) bool { return field == fVAE }
 
 func (s *vaeSection) setLibrary(lib *library.Library) {
-	s.fields.setChoices(s.vae, append([]string{core.TinyVAE}, lib.Paths(library.KindVAE)...))
+	s.fields.setChoices(s.vae, append([]string{request.TinyVAE}, lib.Paths(library.KindVAE)...))
 }
 
-func (s *vaeSection) set(r core.Request) { s.vae.SetText(r.VAE) }
+func (s *vaeSection) set(r request.Request) { s.vae.SetText(r.VAE) }
 
-func (s *vaeSection) read(r *core.Request, _ *[]*core.FieldError) {
+func (s *vaeSection) read(r *request.Request, _ *[]*request.FieldError) {
 	r.VAE = strings.TrimSpace(s.vae.Text)
 }
 

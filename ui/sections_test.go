@@ -19,6 +19,7 @@ import (
 
 	"atelier/core"
 	"atelier/core/library"
+	"atelier/core/request"
 )
 
 func TestEverySectionCanBeFilled(t *testing.T) {
@@ -41,7 +42,7 @@ func TestEverySectionCanBeFilled(t *testing.T) {
 	require.Len(t, x.controlNet.rows, 1)
 	cn := x.controlNet.rows[0]
 	cn.kind.SetSelected("canny")
-	cn.model.SetText(core.TinyControlNet)
+	cn.model.SetText(request.TinyControlNet)
 	cn.image.SetText("/in/edges.png")
 	cn.scale.SetText("0.7")
 	cn.start.SetText("0.1")
@@ -49,15 +50,15 @@ func TestEverySectionCanBeFilled(t *testing.T) {
 	cn.cannyLow.SetText("50")
 	cn.cannyHigh.SetText("150")
 
-	x.refiner.refiner.SetText(core.TinyRefiner)
+	x.refiner.refiner.SetText(request.TinyRefiner)
 	x.refiner.slider.SetValue(0.7)
-	x.vae.vae.SetText(core.TinyVAE)
+	x.vae.vae.SetText(request.TinyVAE)
 	x.img2img.initImage.SetText("/in/photo.png")
 	x.img2img.strength.SetText("0.5")
 	x.img2img.mask.SetText("/in/mask.png")
 	x.img2img.maskBlur.SetText("0")
 	x.img2img.maskPadding.SetText("32")
-	x.upscale.upscaler.SetText(core.LanczosUpscaler)
+	x.upscale.upscaler.SetText(request.LanczosUpscaler)
 	x.upscale.factor.SetText("1.5")
 	f.batch.batchSize.SetSelected("2")
 	x.batch.batchCount.SetText("3")
@@ -66,19 +67,19 @@ func TestEverySectionCanBeFilled(t *testing.T) {
 	require.Nil(t, verr)
 	assert.Equal(t, "dpmpp_2m", req.Scheduler)
 	assert.Equal(t, "karras", req.Schedule)
-	assert.Equal(t, []core.LoRA{{Path: "/loras/detail.safetensors", Weight: -1.5}, {Path: core.TinyLoRA, Weight: 0.8}}, req.LoRAs)
-	assert.Equal(t, []core.ControlNet{{Type: "canny", Model: core.TinyControlNet, Image: "/in/edges.png", Scale: 0.7,
+	assert.Equal(t, []request.LoRA{{Path: "/loras/detail.safetensors", Weight: -1.5}, {Path: request.TinyLoRA, Weight: 0.8}}, req.LoRAs)
+	assert.Equal(t, []request.ControlNet{{Type: "canny", Model: request.TinyControlNet, Image: "/in/edges.png", Scale: 0.7,
 		Start: 0.1, End: 0.9, CannyLow: 50, CannyHigh: 150}}, req.ControlNets)
-	assert.Equal(t, core.TinyRefiner, req.Refiner)
+	assert.Equal(t, request.TinyRefiner, req.Refiner)
 	assert.Equal(t, 0.7, req.RefinerSwitch)
-	assert.Equal(t, core.TinyVAE, req.VAE)
+	assert.Equal(t, request.TinyVAE, req.VAE)
 	assert.Equal(t, "/in/photo.png", req.InitImage)
 	assert.Equal(t, 0.5, req.Strength)
 	assert.Equal(t, "/in/mask.png", req.MaskImage)
 	require.NotNil(t, req.MaskBlur)
 	assert.Equal(t, 0, *req.MaskBlur)
 	assert.Equal(t, 32, req.MaskPadding)
-	assert.Equal(t, core.LanczosUpscaler, req.Upscaler)
+	assert.Equal(t, request.LanczosUpscaler, req.Upscaler)
 	assert.Equal(t, 1.5, req.Upscale)
 	assert.Equal(t, 2, req.BatchSize)
 	n, fe := x.count()
@@ -86,7 +87,7 @@ func TestEverySectionCanBeFilled(t *testing.T) {
 	assert.Equal(t, 3, n)
 
 	// The form shows a request it was given, features and all.
-	f.set(core.DefaultRequest())
+	f.set(request.DefaultRequest())
 	assert.Empty(t, x.lora.rows)
 	f.set(req)
 	got, verr := f.request()
@@ -101,27 +102,27 @@ func TestInvalidSectionValuesAreShownBesideTheirField(t *testing.T) {
 		field string
 		want  string
 	}{
-		{"lora weight", func(x *form) { x.lora.addRow(core.LoRA{Path: core.TinyLoRA, Weight: 1}).weight.SetText("7") },
+		{"lora weight", func(x *form) { x.lora.addRow(request.LoRA{Path: request.TinyLoRA, Weight: 1}).weight.SetText("7") },
 			"loras[0].weight", "between -5 and 5"},
-		{"lora weight text", func(x *form) { x.lora.addRow(core.LoRA{Path: core.TinyLoRA, Weight: 1}).weight.SetText("lots") },
+		{"lora weight text", func(x *form) { x.lora.addRow(request.LoRA{Path: request.TinyLoRA, Weight: 1}).weight.SetText("lots") },
 			"loras[0].weight", "must be a number"},
 		{"lora pickle", func(x *form) {
-			x.lora.addRow(core.LoRA{Path: core.TinyLoRA, Weight: 1})
-			x.lora.addRow(core.LoRA{Path: "/old/style.ckpt", Weight: 1})
+			x.lora.addRow(request.LoRA{Path: request.TinyLoRA, Weight: 1})
+			x.lora.addRow(request.LoRA{Path: "/old/style.ckpt", Weight: 1})
 		}, "loras[1].path", "pickle"},
 		{"controlnet end", func(x *form) {
-			r := x.controlNet.addRow(core.DefaultControlNet())
+			r := x.controlNet.addRow(request.DefaultControlNet())
 			r.image.SetText("/c.png")
 			r.start.SetText("0.6")
 			r.end.SetText("0.4")
 		}, "controlnets[0].end", "after start"},
-		{"controlnet image", func(x *form) { x.controlNet.addRow(core.DefaultControlNet()) }, "controlnets[0].image", "control image"},
+		{"controlnet image", func(x *form) { x.controlNet.addRow(request.DefaultControlNet()) }, "controlnets[0].image", "control image"},
 		{"controlnet canny", func(x *form) {
-			r := x.controlNet.addRow(core.DefaultControlNet())
+			r := x.controlNet.addRow(request.DefaultControlNet())
 			r.image.SetText("/c.png")
 			r.cannyLow.SetText("300")
 		}, "controlnets[0].canny_low", "between 0 and 255"},
-		{"refiner switch", func(x *form) { x.refiner.refiner.SetText(core.TinyRefiner); x.refiner.switchAt.SetText("1") },
+		{"refiner switch", func(x *form) { x.refiner.refiner.SetText(request.TinyRefiner); x.refiner.switchAt.SetText("1") },
 			fRefinerSwitch, "above 0 and below 1"},
 		{"vae pickle", func(x *form) { x.vae.vae.SetText("/vae/x.pt") }, fVAE, "pickle"},
 		{"strength", func(x *form) { x.img2img.initImage.SetText("/i.png"); x.img2img.strength.SetText("1.5") }, fStrength, "at most 1"},
@@ -132,7 +133,7 @@ func TestInvalidSectionValuesAreShownBesideTheirField(t *testing.T) {
 			x.img2img.maskBlur.SetText("99")
 		},
 			fMaskBlur, "between 0 and 64"},
-		{"upscale", func(x *form) { x.upscale.upscaler.SetText(core.LanczosUpscaler); x.upscale.factor.SetText("9") }, fUpscale, "between 1 and 4"},
+		{"upscale", func(x *form) { x.upscale.upscaler.SetText(request.LanczosUpscaler); x.upscale.factor.SetText("9") }, fUpscale, "between 1 and 4"},
 		{"upscaler not a model", func(x *form) { x.upscale.upscaler.SetText("bicubic") }, fUpscaler, "lanczos"},
 		{"batch count", func(x *form) { x.batch.batchCount.SetText("0") }, fBatchCount, "from 1 to 100"},
 		{"hires scale", func(x *form) { x.hires.scale.SetText("0.5") }, fHires, "between 1 and 4"},
@@ -176,7 +177,7 @@ func TestHiresFixSectionFillsTheRequest(t *testing.T) {
 	assert.Equal(t, [3]float64{2, 12, 0.35}, [3]float64{req.HiresScale, float64(req.HiresSteps), req.HiresStrength})
 
 	// Shown back as given (a reloaded PNG, "use these settings"), and cleared by a request without one.
-	f.set(core.DefaultRequest())
+	f.set(request.DefaultRequest())
 	assert.Empty(t, x.hires.scale.Text)
 	assert.Empty(t, x.hires.hint.Text, "no pass, no hint")
 	f.set(req)
@@ -190,8 +191,8 @@ func TestRemovingARowRenumbersItsErrors(t *testing.T) {
 	s := newTestStudio(t, &fakeGen{}, &memHistory{})
 	setForm(s, "a lighthouse", 4, 64, 64)
 	x := s.form
-	first := x.lora.addRow(core.LoRA{Path: core.TinyLoRA, Weight: 1})
-	x.lora.addRow(core.LoRA{Path: core.TinyLoRA, Weight: 9})
+	first := x.lora.addRow(request.LoRA{Path: request.TinyLoRA, Weight: 1})
+	x.lora.addRow(request.LoRA{Path: request.TinyLoRA, Weight: 9})
 	test.Tap(first.remove)
 	require.Len(t, x.lora.rows, 1)
 	s.Generate()
@@ -212,9 +213,9 @@ func TestChoicesComeFromCapabilitiesAndLibrary(t *testing.T) {
 	assert.Equal(t, []string{"Automatic", "Karras"}, x.sampling.schedule.Options)
 	f.sampling.scheduler.SetSelected("DDIM")
 	assert.Equal(t, []string{"Automatic"}, x.sampling.schedule.Options, "ddim takes no sigma schedule")
-	f.set(core.DefaultRequest())
+	f.set(request.DefaultRequest())
 	assert.Equal(t, "Euler", f.sampling.scheduler.Selected, "a request's id shows as its name")
-	r := x.controlNet.addRow(core.DefaultControlNet())
+	r := x.controlNet.addRow(request.DefaultControlNet())
 	assert.Equal(t, []string{"canny", "depth"}, r.kind.Options)
 
 	x.setLibrary(&library.Library{Entries: []library.LibraryEntry{
@@ -230,12 +231,12 @@ func TestChoicesComeFromCapabilitiesAndLibrary(t *testing.T) {
 	f.rememberModel("/m/recent")
 	assert.Contains(t, x.fields.choices[f.model.entry], "/m/juggernaut.safetensors", "a recent model does not push the library out")
 	assert.Equal(t, "/m/recent", x.fields.choices[f.model.entry][1])
-	assert.Equal(t, []string{core.TinyLoRA, "/m/detail.safetensors"}, x.fields.choices[x.lora.addRow(core.LoRA{Weight: 1}).path],
+	assert.Equal(t, []string{request.TinyLoRA, "/m/detail.safetensors"}, x.fields.choices[x.lora.addRow(request.LoRA{Weight: 1}).path],
 		"refused files are not offered")
-	assert.Equal(t, []string{core.TinyControlNet, "/m/canny"}, x.fields.choices[r.model])
-	assert.Equal(t, []string{core.TinyVAE, "/m/vae-fix"}, x.fields.choices[x.vae.vae])
-	assert.Equal(t, []string{core.LanczosUpscaler, core.TinyUpscaler, "/m/4x.safetensors"}, x.fields.choices[x.upscale.upscaler])
-	assert.Equal(t, []string{core.TinyRefiner, "/m/refiner"}, x.fields.choices[x.refiner.refiner])
+	assert.Equal(t, []string{request.TinyControlNet, "/m/canny"}, x.fields.choices[r.model])
+	assert.Equal(t, []string{request.TinyVAE, "/m/vae-fix"}, x.fields.choices[x.vae.vae])
+	assert.Equal(t, []string{request.LanczosUpscaler, request.TinyUpscaler, "/m/4x.safetensors"}, x.fields.choices[x.upscale.upscaler])
+	assert.Equal(t, []string{request.TinyRefiner, "/m/refiner"}, x.fields.choices[x.refiner.refiner])
 }
 
 func TestPaintedMaskIsWrittenWithThePaintedPixels(t *testing.T) {
@@ -304,7 +305,7 @@ func TestResultShowsControlImagesAndVAEFallback(t *testing.T) {
 }
 
 func TestProgressNamesTheBaseAndRefinerStagesAndTheJob(t *testing.T) {
-	j := newJobRun(core.Request{Refiner: core.TinyRefiner}, func() {})
+	j := newJobRun(request.Request{Refiner: request.TinyRefiner}, func() {})
 	j.onEvent(event{kind: evJob, step: 2, total: 3})
 	j.onEvent(event{kind: evProgress, stage: "denoising", step: 3, total: 4})
 	p, _ := j.snapshot()
@@ -321,7 +322,7 @@ func TestBatchCountRunsJobsWithSteppedSeeds(t *testing.T) {
 	dir := t.TempDir()
 	var seeds []int64
 	var mu sync.Mutex
-	gen := &fakeGen{run: func(_ context.Context, req core.Request, _ func(event)) (*core.JobOutcome, error) {
+	gen := &fakeGen{run: func(_ context.Context, req request.Request, _ func(event)) (*core.JobOutcome, error) {
 		mu.Lock()
 		seeds = append(seeds, req.Seed)
 		mu.Unlock()
@@ -383,7 +384,7 @@ func TestAddingAModelFolderFillsTheChoices(t *testing.T) {
 	s.waitFor(t, 10*time.Second, "the library scan", func() bool {
 		return slices.Contains(x.lib.Paths(library.KindControlNet), filepath.Join(models, "canny"))
 	})
-	assert.Contains(t, x.fields.choices[x.controlNet.addRow(core.DefaultControlNet()).model], filepath.Join(models, "canny"))
+	assert.Contains(t, x.fields.choices[x.controlNet.addRow(request.DefaultControlNet()).model], filepath.Join(models, "canny"))
 	folders, err := library.LibraryFolders(context.Background(), &hist.memSettings)
 	require.NoError(t, err)
 	assert.Equal(t, []string{models}, folders, "the folder is kept in the settings")

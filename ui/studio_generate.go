@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"atelier/core"
+	"atelier/core/failure"
+	"atelier/core/request"
 )
 
 // Generate validates the form and, when it is valid, starts a job. Invalid
@@ -35,7 +37,7 @@ func (s *Studio) Generate() {
 
 // run starts count jobs of req (seeds following on), with the progress and
 // the result shown as for Generate.
-func (s *Studio) run(req core.Request, count int, label string) {
+func (s *Studio) run(req request.Request, count int, label string) {
 	ctx, cancel := context.WithCancel(context.Background())
 	j := newJobRun(req, cancel)
 	s.job = j
@@ -141,7 +143,7 @@ func (s *Studio) finish(j *jobRun, out *core.JobOutcome, err error) {
 	asked := j.cancelAsked
 	j.mu.Unlock()
 
-	var jerr *core.JobError
+	var jerr *failure.JobError
 	switch {
 	case out != nil && len(out.Images) > 0:
 		s.bar.SetValue(1)
@@ -176,7 +178,7 @@ func (s *Studio) finish(j *jobRun, out *core.JobOutcome, err error) {
 		s.barLabel.SetText("failed · " + elapsed)
 		s.status.set(statusError, msg, jerr.Detail)
 	default:
-		if v, ok := core.AsValidation(err); ok {
+		if v, ok := request.AsValidation(err); ok {
 			rest := s.form.showErrors(v)
 			msg := "Fix the marked fields, then generate again."
 			if len(rest) > 0 {
@@ -194,16 +196,16 @@ func (s *Studio) finish(j *jobRun, out *core.JobOutcome, err error) {
 }
 
 func isCancelled(err error, asked bool) bool {
-	var jerr *core.JobError
+	var jerr *failure.JobError
 	if errors.As(err, &jerr) {
-		return jerr.Code == core.ErrCancelled
+		return jerr.Code == failure.ErrCancelled
 	}
 	// A runner that only returns the context's error still means the user's cancel.
 	return asked && errors.Is(err, context.Canceled)
 }
 
 func detailOf(err error) string {
-	var jerr *core.JobError
+	var jerr *failure.JobError
 	if errors.As(err, &jerr) {
 		return jerr.Detail
 	}
@@ -247,11 +249,11 @@ func metricsText(m *core.Metrics) string {
 // runJobs runs count jobs one after another, job k at seed + k × batch size
 // (a random seed resolved once), and returns their images together. It stops
 // at the first failure, returning what was made before it.
-func runJobs(ctx context.Context, gen generator, req core.Request, count int, onEvent func(event)) (*core.JobOutcome, error) {
+func runJobs(ctx context.Context, gen generator, req request.Request, count int, onEvent func(event)) (*core.JobOutcome, error) {
 	if count <= 1 {
 		return gen.Run(ctx, req, onEvent)
 	}
-	reqs, err := core.ExpandBatchCount(req, count)
+	reqs, err := request.ExpandBatchCount(req, count)
 	if err != nil {
 		return nil, err
 	}
@@ -277,14 +279,14 @@ func runJobs(ctx context.Context, gen generator, req core.Request, count int, on
 // and factor of the form's Upscale section when one is chosen, else Lanczos
 // 2x. The job is recorded like any other, with src's settings, so the new
 // image sits in the history and reloads like its source.
-func (s *Studio) upscaleImage(path string, src core.Request) {
+func (s *Studio) upscaleImage(path string, src request.Request) {
 	if s.job != nil {
 		s.status.set(statusWarn, "A job is running: upscale when it has finished.", "")
 		return
 	}
 	req := src
 	if req.Model == "" {
-		req.Model = core.TinyModel // recorded only: an upscale loads no model
+		req.Model = request.TinyModel // recorded only: an upscale loads no model
 	}
 	if strings.TrimSpace(req.Prompt) == "" {
 		req.Prompt = "upscaled " + filepath.Base(path)
@@ -293,7 +295,7 @@ func (s *Studio) upscaleImage(path string, src core.Request) {
 	req.UpscaleOnly, req.InitImage = true, path
 	req.MaskImage, req.MaskBlur, req.MaskPadding, req.HiresScale, req.HiresSteps, req.HiresStrength = "", nil, 0, 0, 0, 0
 	req.Strength, req.LoRAs, req.ControlNets, req.Refiner, req.RefinerSwitch, req.VAE = 0, nil, nil, "", 0, ""
-	req.Upscaler, req.Upscale = core.LanczosUpscaler, core.DefaultUpscale
+	req.Upscaler, req.Upscale = request.LanczosUpscaler, request.DefaultUpscale
 	if u := strings.TrimSpace(s.form.upscale.upscaler.Text); u != "" {
 		req.Upscaler = u
 		if f, err := strconv.ParseFloat(strings.TrimSpace(s.form.upscale.factor.Text), 64); err == nil {

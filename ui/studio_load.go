@@ -12,8 +12,8 @@ import (
 
 	"fyne.io/fyne/v2"
 
-	"atelier/core"
 	"atelier/core/infotext"
+	"atelier/core/request"
 )
 
 // Dropped loads the settings of the first PNG dropped onto the window into the form.
@@ -53,7 +53,7 @@ func (s *Studio) dropInit(path string) {
 func (s *Studio) ImportPNG(path string) {
 	base, verr := s.form.request()
 	if verr != nil {
-		base = core.DefaultRequest()
+		base = request.DefaultRequest()
 	}
 	models := ""
 	if s.x != nil {
@@ -81,7 +81,7 @@ func (s *Studio) ImportPNG(path string) {
 }
 
 // useSettings fills the form with a request from the history and shows it.
-func (s *Studio) useSettings(r core.Request) {
+func (s *Studio) useSettings(r request.Request) {
 	r.OutputDir = ""
 	if r.BatchSize == 0 {
 		r.BatchSize = 1

@@ -7,13 +7,15 @@ import (
 	"time"
 
 	"atelier/core"
+	"atelier/core/failure"
+	"atelier/core/request"
 )
 
 // queueSubmitter is what "Add to queue" needs: a session of this sitting,
 // and the queue to add to.
 type queueSubmitter interface {
 	NewSession(ctx context.Context, name, source string) (int64, error)
-	Enqueue(ctx context.Context, sessionID int64, reqs []core.Request) ([]int64, error)
+	Enqueue(ctx context.Context, sessionID int64, reqs []request.Request) ([]int64, error)
 	QueuePaused(ctx context.Context) (bool, error)
 }
 
@@ -36,10 +38,10 @@ func (s *Studio) AddToQueue() {
 	s.saveLastRequest(req)
 	count, _ := s.form.count() // request() has checked it
 	req.PreviewEvery = 0
-	reqs, err := core.ExpandBatchCount(req, count)
+	reqs, err := request.ExpandBatchCount(req, count)
 	if err == nil {
 		for i := range reqs {
-			if reqs[i], err = core.PrepareForQueue(reqs[i]); err != nil {
+			if reqs[i], err = request.PrepareForQueue(reqs[i]); err != nil {
 				break
 			}
 		}
@@ -78,10 +80,10 @@ func (s *Studio) AddToQueue() {
 // showRefusal shows why a request was refused: beside the fields it names,
 // and in the status line.
 func (s *Studio) showRefusal(err error) {
-	if v, ok := core.AsValidation(err); ok {
+	if v, ok := request.AsValidation(err); ok {
 		s.form.showErrors(v)
 	}
-	var jerr *core.JobError
+	var jerr *failure.JobError
 	if errors.As(err, &jerr) && jerr.Field != "" {
 		s.form.showErrorText(jerr.Field, sentence(jerr.Message))
 	}

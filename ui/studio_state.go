@@ -4,9 +4,9 @@ import (
 	"context"
 	"encoding/json"
 
-	"fyne.io/fyne/v2"
+	"atelier/core/request"
 
-	"atelier/core"
+	"fyne.io/fyne/v2"
 )
 
 // stateStore keeps what the studio remembers between runs: the window
@@ -14,13 +14,13 @@ import (
 type stateStore interface {
 	GetSetting(ctx context.Context, key string) (string, bool, error)
 	SetSetting(ctx context.Context, key, value string) error
-	LastRequest(ctx context.Context) (core.Request, bool, error)
-	SetLastRequest(ctx context.Context, r core.Request) error
+	LastRequest(ctx context.Context) (request.Request, bool, error)
+	SetLastRequest(ctx context.Context, r request.Request) error
 }
 
 func (s *Studio) state() stateStore { return s.x.svc.Store }
 
-func (s *Studio) saveLastRequest(r core.Request) {
+func (s *Studio) saveLastRequest(r request.Request) {
 	if s.x == nil {
 		return
 	}

@@ -14,13 +14,15 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"atelier/core"
+	"atelier/core/failure"
+	"atelier/core/request"
 )
 
 // scriptedJob is a fake job: it sends progress and a preview for each step,
 // writes a result image and records it in hist, as the runner and store do.
-func scriptedJob(t *testing.T, hist *memHistory, dir string) func(context.Context, core.Request, func(event)) (*core.JobOutcome, error) {
+func scriptedJob(t *testing.T, hist *memHistory, dir string) func(context.Context, request.Request, func(event)) (*core.JobOutcome, error) {
 	preview := writePNG(t, dir, "preview.png", 8, 8, color.NRGBA{R: 200, A: 255})
-	return func(ctx context.Context, req core.Request, on func(event)) (*core.JobOutcome, error) {
+	return func(ctx context.Context, req request.Request, on func(event)) (*core.JobOutcome, error) {
 		on(event{kind: evProgress, stage: "encoding"})
 		for i := 1; i <= req.Steps; i++ {
 			on(event{kind: evProgress, stage: "denoising", step: i, total: req.Steps})
@@ -78,7 +80,7 @@ func TestGenerateShowsResultAndGrowsStrip(t *testing.T) {
 }
 
 func TestInvalidFormRunsNoJob(t *testing.T) {
-	gen := &fakeGen{run: func(context.Context, core.Request, func(event)) (*core.JobOutcome, error) {
+	gen := &fakeGen{run: func(context.Context, request.Request, func(event)) (*core.JobOutcome, error) {
 		t.Error("no job may run for an invalid form")
 		return nil, nil
 	}}
@@ -123,11 +125,11 @@ func TestCtrlEnterGenerates(t *testing.T) {
 
 func TestCancelEndsAsCancelled(t *testing.T) {
 	started := make(chan struct{})
-	gen := &fakeGen{run: func(ctx context.Context, req core.Request, on func(event)) (*core.JobOutcome, error) {
+	gen := &fakeGen{run: func(ctx context.Context, req request.Request, on func(event)) (*core.JobOutcome, error) {
 		on(event{kind: evProgress, stage: "denoising", step: 5, total: req.Steps})
 		close(started)
 		<-ctx.Done() // a job only ends early because it was cancelled
-		return nil, &core.JobError{Code: core.ErrCancelled, Message: "the job was cancelled"}
+		return nil, &failure.JobError{Code: failure.ErrCancelled, Message: "the job was cancelled"}
 	}}
 	s := newTestStudio(t, gen, &memHistory{})
 	setForm(s, "long", 60, 64, 64)
@@ -146,8 +148,8 @@ func TestCancelEndsAsCancelled(t *testing.T) {
 }
 
 func TestJobErrorShownBesideFieldWithDetail(t *testing.T) {
-	gen := &fakeGen{run: func(context.Context, core.Request, func(event)) (*core.JobOutcome, error) {
-		return nil, &core.JobError{Code: core.ErrModelNotFound, Field: "model",
+	gen := &fakeGen{run: func(context.Context, request.Request, func(event)) (*core.JobOutcome, error) {
+		return nil, &failure.JobError{Code: failure.ErrModelNotFound, Field: "model",
 			Message: "model /nope does not exist: use \"tiny\"", Detail: "stat /nope: no such file"}
 	}}
 	s := newTestStudio(t, gen, &memHistory{})
@@ -163,12 +165,12 @@ func TestJobErrorShownBesideFieldWithDetail(t *testing.T) {
 }
 
 func TestProgressIsCoalesced(t *testing.T) {
-	gen := &fakeGen{run: func(ctx context.Context, req core.Request, on func(event)) (*core.JobOutcome, error) {
+	gen := &fakeGen{run: func(ctx context.Context, req request.Request, on func(event)) (*core.JobOutcome, error) {
 		for i := 1; i <= 5000; i++ {
 			on(event{kind: evProgress, stage: "denoising", step: i, total: 5000})
 		}
 		time.Sleep(50 * time.Millisecond) // let the last frame through before the job ends
-		return nil, &core.JobError{Code: core.ErrInternal, Message: "stop"}
+		return nil, &failure.JobError{Code: failure.ErrInternal, Message: "stop"}
 	}}
 	// Count the UI updates that reach the UI goroutine.
 	var posts atomic.Int32
@@ -186,7 +188,7 @@ func TestProgressIsCoalesced(t *testing.T) {
 
 func TestImageMadeButNotRecordedIsStillShown(t *testing.T) {
 	dir := t.TempDir()
-	gen := &fakeGen{run: func(context.Context, core.Request, func(event)) (*core.JobOutcome, error) {
+	gen := &fakeGen{run: func(context.Context, request.Request, func(event)) (*core.JobOutcome, error) {
 		p := writePNG(t, dir, "made.png", 64, 64, color.White)
 		return &core.JobOutcome{Images: []core.ImageResult{{Path: p, Seed: 5, Width: 64, Height: 64}}},
 			errors.New("the images were made but not recorded in the history: disk full")

@@ -16,6 +16,7 @@ import (
 	"fyne.io/fyne/v2/widget"
 
 	"atelier/core"
+	"atelier/core/request"
 )
 
 // viewer is the large image with its caption and actions.
@@ -124,7 +125,7 @@ func (v *viewer) upscaleShown() {
 	if v.shown == nil {
 		return
 	}
-	src := core.DefaultRequest()
+	src := request.DefaultRequest()
 	src.Prompt, src.Model, src.Seed = v.shown.Prompt, v.shown.Model, v.shown.Seed
 	if h, ok := v.s.hist.(imageDetails); ok && v.shown.ID != 0 {
 		if d, err := h.GetImage(context.Background(), v.shown.ID); err == nil {
@@ -174,7 +175,7 @@ func (v *viewer) openFile() {
 }
 
 func modelName(m string) string {
-	if m == core.TinyModel {
+	if m == request.TinyModel {
 		return "tiny demo model"
 	}
 	return filepath.Base(filepath.Clean(m))

@@ -18,6 +18,7 @@ import (
 	"atelier/bridge"
 	"atelier/core"
 	"atelier/core/paths"
+	"atelier/core/request"
 )
 
 // These tests drive the studio through the real stack: core.Runner, a
@@ -126,7 +127,7 @@ func TestRealGenerateShowsImageAndGrowsHistory(t *testing.T) {
 	require.NoError(t, err)
 	require.Len(t, jobs, 1)
 	assert.Equal(t, recent[0].Path, jobs[0].Request.InitImage)
-	assert.Equal(t, core.DefaultStrength, jobs[0].Request.Strength)
+	assert.Equal(t, request.DefaultStrength, jobs[0].Request.Strength)
 
 	// "Upscale" enlarges the shown result: no model, the source's settings kept.
 	shown := s.view.shown
@@ -188,7 +189,7 @@ func TestRealModelNotFoundIsShownBesideModel(t *testing.T) {
 func TestRealCancelEndsCancelled(t *testing.T) {
 	s, store := realStudio(t)
 	// Long enough that it cannot finish between the first step and the cancel.
-	setForm(s, "a long job", core.MaxSteps, 256, 256)
+	setForm(s, "a long job", request.MaxSteps, 256, 256)
 	test.Tap(s.generate)
 	s.waitFor(t, jobDeadline, "denoising to start", func() bool {
 		if s.job == nil {

@@ -22,6 +22,7 @@ import (
 	"atelier/bridge"
 	"atelier/core"
 	"atelier/core/paths"
+	"atelier/core/request"
 )
 
 // fullStepTFLOP is the compute of one SDXL UNet call with classifier-free
@@ -120,8 +121,8 @@ Options:
 			continue
 		}
 		b, err := strconv.Atoi(s)
-		if err != nil || b < core.MinBatch || b > core.MaxBatch {
-			return bad("--batches: %q is not a batch size from %d to %d", s, core.MinBatch, core.MaxBatch)
+		if err != nil || b < request.MinBatch || b > request.MaxBatch {
+			return bad("--batches: %q is not a batch size from %d to %d", s, request.MinBatch, request.MaxBatch)
 		}
 		o.batches = append(o.batches, b)
 	}
@@ -431,7 +432,7 @@ type benchSession struct {
 func (s *benchSession) job(batch, previewEvery int) (*benchJob, error) {
 	s.seq++
 	id := fmt.Sprintf("bench-%d-%d", time.Now().UnixNano()%1e9, s.seq)
-	req := core.Request{Prompt: "a lighthouse at dusk, oil painting", NegativePrompt: "fog, blur", Model: s.model,
+	req := request.Request{Prompt: "a lighthouse at dusk, oil painting", NegativePrompt: "fog, blur", Model: s.model,
 		Scheduler: "euler", Steps: s.o.steps, CFG: s.o.cfg, Width: s.o.width, Height: s.o.height,
 		Seed: int64(1000 + s.seq), BatchSize: batch, OutputDir: s.outDir, PreviewEvery: previewEvery}
 	ctx, cancel := context.WithTimeout(context.Background(), s.timeout)

@@ -10,12 +10,13 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"atelier/core"
+	"atelier/core/request"
 )
 
 func TestGenerateDefaultsComeFromCore(t *testing.T) {
 	o, _, ok := parseGenerate([]string{"--prompt", "a lighthouse"}, io.Discard, io.Discard)
 	require.True(t, ok)
-	want := core.DefaultRequest()
+	want := request.DefaultRequest()
 	want.Prompt = "a lighthouse"
 	assert.Equal(t, want, o.req)
 	assert.False(t, o.json)
@@ -26,7 +27,7 @@ func TestGenerateFlagsSetTheRequest(t *testing.T) {
 		"--steps", "9", "--cfg", "2.5", "--width", "128", "--height", "192", "--seed", "42", "--batch", "3",
 		"--out", "copies", "--json"}, io.Discard, io.Discard)
 	require.True(t, ok)
-	assert.Equal(t, core.Request{Prompt: "p", NegativePrompt: "n", Model: "/m", Scheduler: "ddim", Steps: 9, CFG: 2.5,
+	assert.Equal(t, request.Request{Prompt: "p", NegativePrompt: "n", Model: "/m", Scheduler: "ddim", Steps: 9, CFG: 2.5,
 		Width: 128, Height: 192, Seed: 42, BatchSize: 3}, o.req)
 	assert.Equal(t, "copies", o.out)
 	assert.True(t, o.json)
@@ -35,9 +36,9 @@ func TestGenerateFlagsSetTheRequest(t *testing.T) {
 // Every field that validation can name must map to the flag that sets it, or
 // the user reads a field name they cannot type.
 func TestEveryValidatedFieldHasAFlag(t *testing.T) {
-	bad := core.Request{Scheduler: "nope", CFG: -1, Seed: -2, BatchSize: 99}
+	bad := request.Request{Scheduler: "nope", CFG: -1, Seed: -2, BatchSize: 99}
 	err := bad.Validate()
-	v, ok := core.AsValidation(err)
+	v, ok := request.AsValidation(err)
 	require.True(t, ok, err)
 	require.GreaterOrEqual(t, len(v.Fields), 8)
 	for _, f := range v.Fields {

@@ -18,6 +18,7 @@ import (
 
 	"atelier/bridge"
 	"atelier/core"
+	"atelier/core/failure"
 	"atelier/core/paths"
 )
 
@@ -162,7 +163,7 @@ func finishDoctor(w io.Writer, problems int) int {
 
 // jobErrorText is a *core.JobError's message with its detail, or err's text.
 func jobErrorText(err error) string {
-	var jerr *core.JobError
+	var jerr *failure.JobError
 	if errors.As(err, &jerr) {
 		if jerr.Detail != "" {
 			return jerr.Message + "\n" + indent(jerr.Detail, "    ")

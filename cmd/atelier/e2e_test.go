@@ -33,6 +33,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"atelier/core"
+	"atelier/core/failure"
 )
 
 var atelierBin string
@@ -361,7 +362,7 @@ func TestWorkerKilledMidJobIsReportedAndTheNextJobWorks(t *testing.T) {
 	code, _ := j.wait(t)
 	assert.Equal(t, exitFailure, code)
 	stderr := j.stderr.String()
-	assert.Contains(t, stderr, string(core.ErrWorkerCrashed))
+	assert.Contains(t, stderr, string(failure.ErrWorkerCrashed))
 	assert.Contains(t, stderr, "the worker's last lines on stderr:")
 	// The tail holds the worker's own log lines, not just our message.
 	tail := stderr[strings.Index(stderr, "the worker's last lines on stderr:"):]
@@ -370,7 +371,7 @@ func TestWorkerKilledMidJobIsReportedAndTheNextJobWorks(t *testing.T) {
 	jobs := h.history()
 	require.Len(t, jobs, 1)
 	assert.Equal(t, core.StatusFailed, jobs[0].Status)
-	assert.Equal(t, string(core.ErrWorkerCrashed), jobs[0].ErrorCode)
+	assert.Equal(t, string(failure.ErrWorkerCrashed), jobs[0].ErrorCode)
 
 	_, errOut, code := h.run(tinyArgs...)
 	assert.Equal(t, 0, code, "the next generate must succeed:\n%s", errOut)
@@ -409,7 +410,7 @@ func TestSignalsCancelTheJob(t *testing.T) {
 			var done doneLine
 			require.NoError(t, json.Unmarshal([]byte(rest[len(rest)-1]), &done))
 			require.NotNil(t, done.Error)
-			assert.Equal(t, core.ErrCancelled, done.Error.Code)
+			assert.Equal(t, failure.ErrCancelled, done.Error.Code)
 
 			jobs := h.history()
 			require.Len(t, jobs, 1)

@@ -26,6 +26,7 @@ import (
 
 	"atelier/core"
 	"atelier/core/library"
+	"atelier/core/request"
 )
 
 var (
@@ -178,7 +179,7 @@ func TestFeaturesEndToEnd(t *testing.T) {
 		params := pngText(t, r.paths[0])["parameters"]
 		assert.Contains(t, params, "<lora:tiny-lora:0.8>")
 		assert.Contains(t, params, "Lora hashes")
-		assert.Equal(t, []core.LoRA{{Path: core.TinyLoRA, Weight: 0.8}}, r.jobs[0].Request.LoRAs)
+		assert.Equal(t, []request.LoRA{{Path: request.TinyLoRA, Weight: 0.8}}, r.jobs[0].Request.LoRAs)
 	})
 
 	t.Run("controlnet, and a control image of another size is resized", func(t *testing.T) {
@@ -218,7 +219,7 @@ func TestFeaturesEndToEnd(t *testing.T) {
 		needFeature(t, "vae")
 		r := h.generateFeature(t, "--vae", "tiny-vae")
 		assert.Contains(t, pngText(t, r.paths[0])["parameters"], "VAE: tiny-vae")
-		assert.Equal(t, core.TinyVAE, r.jobs[0].Request.VAE)
+		assert.Equal(t, request.TinyVAE, r.jobs[0].Request.VAE)
 	})
 
 	t.Run("img2img", func(t *testing.T) {
@@ -374,7 +375,7 @@ func TestModelsCommandListsTheLibrary(t *testing.T) {
 	out, stderr, code := h.run("models")
 	require.Equal(t, 0, code, stderr)
 	assert.Contains(t, out, "models add-folder", "an empty library says how to add a folder")
-	assert.Contains(t, out, core.TinyLoRA, "the tiny parts are always listed")
+	assert.Contains(t, out, request.TinyLoRA, "the tiny parts are always listed")
 
 	out, stderr, code = h.run("models", "add-folder", lib)
 	require.Equal(t, 0, code, stderr)

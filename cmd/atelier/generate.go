@@ -12,11 +12,13 @@ import (
 	"strings"
 
 	"atelier/core"
+	"atelier/core/failure"
 	"atelier/core/media"
+	"atelier/core/request"
 )
 
 type generateOptions struct {
-	req      core.Request
+	req      request.Request
 	buildErr error // what is wrong with the request flags, told in flag names
 	count    int   // --batch-count: jobs run one after another
 	out      string
@@ -67,7 +69,7 @@ func cmdGenerate(args []string, stdout, stderr io.Writer) int {
 		if fi, err := os.Stat(o.out); err == nil && !fi.IsDir() {
 			msg := fmt.Sprintf("%s is a file, not a folder: give a folder for the copies", o.out)
 			fmt.Fprintf(stderr, "atelier generate: invalid --out: %s\n", msg)
-			emit(doneLine{Type: "done", Error: &jsonError{Code: core.ErrInvalidRequest, Message: msg, Field: "out"}})
+			emit(doneLine{Type: "done", Error: &jsonError{Code: failure.ErrInvalidRequest, Message: msg, Field: "out"}})
 			return exitUsage
 		}
 	}
@@ -75,7 +77,7 @@ func cmdGenerate(args []string, stdout, stderr io.Writer) int {
 	a, err := openApp(stderr)
 	if err != nil {
 		fmt.Fprintln(stderr, "atelier generate:", err)
-		emit(doneLine{Type: "done", Error: &jsonError{Code: core.ErrInternal, Message: err.Error()}})
+		emit(doneLine{Type: "done", Error: &jsonError{Code: failure.ErrInternal, Message: err.Error()}})
 		return exitFailure
 	}
 	defer a.close()
@@ -85,7 +87,7 @@ func cmdGenerate(args []string, stdout, stderr io.Writer) int {
 
 	// --batch-count N runs N jobs one after another; job k starts at seed +
 	// k × batch size, from one random seed resolved here.
-	reqs, err := core.ExpandBatchCount(o.req, o.count)
+	reqs, err := request.ExpandBatchCount(o.req, o.count)
 	if err != nil {
 		return reportFailure(ctx, err, nil, stdout, stderr, emit)
 	}
@@ -140,7 +142,7 @@ func cmdGenerate(args []string, stdout, stderr io.Writer) int {
 	if o.out != "" {
 		if copies, err = copyImages(paths, o.out); err != nil {
 			fmt.Fprintf(stderr, "atelier generate: the images are in the history, but copying them to %s failed: %v\n", o.out, err)
-			emit(doneLine{Type: "done", Error: &jsonError{Code: core.ErrInternal, Message: err.Error(), Field: "out"}})
+			emit(doneLine{Type: "done", Error: &jsonError{Code: failure.ErrInternal, Message: err.Error(), Field: "out"}})
 			return exitFailure
 		}
 	}
@@ -166,18 +168,18 @@ func cmdGenerate(args []string, stdout, stderr io.Writer) int {
 // reportFailure explains err on stderr (and as the final JSON line) and picks
 // the exit status.
 func reportFailure(ctx context.Context, err error, outcome *core.JobOutcome, stdout, stderr io.Writer, emit func(any)) int {
-	if v, ok := core.AsValidation(err); ok {
+	if v, ok := request.AsValidation(err); ok {
 		var msgs []string
 		for _, f := range v.Fields {
 			fmt.Fprintf(stderr, "atelier generate: %s\n", describeField(f.Field, f.Message))
 			msgs = append(msgs, f.Error())
 		}
 		fmt.Fprintln(stderr, "Nothing was generated or recorded. Run \"atelier generate --help\" for the limits.")
-		emit(doneLine{Type: "done", Error: &jsonError{Code: core.ErrInvalidRequest,
+		emit(doneLine{Type: "done", Error: &jsonError{Code: failure.ErrInvalidRequest,
 			Message: strings.Join(msgs, "; "), Field: v.Fields[0].Field}})
 		return exitUsage
 	}
-	var jerr *core.JobError
+	var jerr *failure.JobError
 	if !errors.As(err, &jerr) {
 		if outcome != nil {
 			for _, im := range outcome.Images {
@@ -185,12 +187,12 @@ func reportFailure(ctx context.Context, err error, outcome *core.JobOutcome, std
 			}
 		}
 		fmt.Fprintln(stderr, "atelier generate:", err)
-		emit(doneLine{Type: "done", Error: &jsonError{Code: core.ErrInternal, Message: err.Error()}})
+		emit(doneLine{Type: "done", Error: &jsonError{Code: failure.ErrInternal, Message: err.Error()}})
 		return exitFailure
 	}
 	emit(doneLine{Type: "done", Error: &jsonError{Code: jerr.Code, Message: jerr.Message, Detail: jerr.Detail, Field: jerr.Field}})
 	switch {
-	case jerr.Code == core.ErrCancelled && ctx.Err() != nil:
+	case jerr.Code == failure.ErrCancelled && ctx.Err() != nil:
 		fmt.Fprintln(stderr, "atelier generate: cancelled; the job is recorded as cancelled")
 		return exitCancelled
 	case jerr.Field != "":
@@ -200,7 +202,7 @@ func reportFailure(ctx context.Context, err error, outcome *core.JobOutcome, std
 	fmt.Fprintf(stderr, "atelier generate: the job failed: %s: %s\n", jerr.Code, jerr.Message)
 	if jerr.Detail != "" {
 		label := "detail"
-		if jerr.Code == core.ErrWorkerCrashed {
+		if jerr.Code == failure.ErrWorkerCrashed {
 			label = "the worker's last lines on stderr"
 		}
 		fmt.Fprintf(stderr, "%s:\n%s\n", label, indent(jerr.Detail, "  "))
@@ -232,10 +234,10 @@ type doneLine struct {
 }
 
 type jsonError struct {
-	Code    core.ErrorCode `json:"code"`
-	Message string         `json:"message"`
-	Detail  string         `json:"detail,omitempty"`
-	Field   string         `json:"field,omitempty"`
+	Code    failure.ErrorCode `json:"code"`
+	Message string            `json:"message"`
+	Detail  string            `json:"detail,omitempty"`
+	Field   string            `json:"field,omitempty"`
 }
 
 // jsonEmitter writes one JSON line per call when on, and nothing otherwise.

@@ -14,6 +14,7 @@ import (
 	"atelier/core"
 	"atelier/core/infotext"
 	"atelier/core/paths"
+	"atelier/core/request"
 )
 
 func cmdHistory(args []string, stdout, stderr io.Writer) int {
@@ -210,7 +211,7 @@ Options:
 	}
 	defer store.Close()
 	ctx := context.Background()
-	base := core.DefaultRequest()
+	base := request.DefaultRequest()
 	if last, ok, _ := store.LastRequest(ctx); ok {
 		base = last // what the PNG does not say stays as the form had it
 	}

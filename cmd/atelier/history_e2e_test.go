@@ -14,6 +14,7 @@ import (
 
 	"atelier/core"
 	"atelier/core/infotext"
+	"atelier/core/request"
 )
 
 func TestHistoryImportReadsAGeneratedPNG(t *testing.T) {
@@ -31,7 +32,7 @@ func TestHistoryImportReadsAGeneratedPNG(t *testing.T) {
 	r := got.Request
 	assert.Equal(t, "a lighthouse", r.Prompt)
 	assert.Equal(t, "fog, rain", r.NegativePrompt)
-	assert.Equal(t, core.TinyModel, r.Model)
+	assert.Equal(t, request.TinyModel, r.Model)
 	assert.Equal(t, 4, r.Steps)
 	assert.Equal(t, 6.5, r.CFG)
 	assert.Equal(t, int64(7), r.Seed)
@@ -63,7 +64,7 @@ func TestHistorySearchFindsImagesAsTheGalleryDoes(t *testing.T) {
 	s, err := core.OpenStore(filepath.Join(h.dir, "data", "atelier.db"))
 	require.NoError(t, err)
 	record := func(prompt, model string, seed int64) core.ImageRecord {
-		req := core.DefaultRequest()
+		req := request.DefaultRequest()
 		req.Prompt, req.Model, req.Seed, req.Steps, req.Width, req.Height = prompt, model, seed, 4, 64, 64
 		id, err := s.CreateJob(t.Context(), fmt.Sprintf("job-%d", seed), req)
 		require.NoError(t, err)

@@ -11,8 +11,8 @@ import (
 	"slices"
 	"text/tabwriter"
 
-	"atelier/core"
 	"atelier/core/library"
+	"atelier/core/request"
 )
 
 const modelsUsage = `Usage:
@@ -30,14 +30,14 @@ tiny-upscaler) and the lanczos upscaler are always available.
 
 // tinyEntries are the generated demo parts, always available.
 var tinyEntries = []library.LibraryEntry{
-	{Path: core.TinyModel, Name: core.TinyModel, Kind: library.KindCheckpoint, Format: "tiny"},
-	{Path: core.TinyRefiner, Name: core.TinyRefiner, Kind: library.KindRefiner, Format: "tiny"},
-	{Path: core.TinyLoRA, Name: core.TinyLoRA, Kind: library.KindLoRA, Format: "tiny"},
-	{Path: core.TinyControlNet, Name: core.TinyControlNet, Kind: library.KindControlNet, Format: "tiny"},
-	{Path: core.TinyVAE, Name: core.TinyVAE, Kind: library.KindVAE, Format: "tiny"},
-	{Path: core.LanczosUpscaler, Name: core.LanczosUpscaler, Kind: library.KindUpscaler, Format: "built-in"},
-	{Path: core.TinyUpscaler, Name: core.TinyUpscaler, Kind: library.KindUpscaler, Format: "tiny"},
-	{Path: core.TinySingleFile, Name: core.TinySingleFile, Kind: library.KindCheckpoint, Format: "tiny"},
+	{Path: request.TinyModel, Name: request.TinyModel, Kind: library.KindCheckpoint, Format: "tiny"},
+	{Path: request.TinyRefiner, Name: request.TinyRefiner, Kind: library.KindRefiner, Format: "tiny"},
+	{Path: request.TinyLoRA, Name: request.TinyLoRA, Kind: library.KindLoRA, Format: "tiny"},
+	{Path: request.TinyControlNet, Name: request.TinyControlNet, Kind: library.KindControlNet, Format: "tiny"},
+	{Path: request.TinyVAE, Name: request.TinyVAE, Kind: library.KindVAE, Format: "tiny"},
+	{Path: request.LanczosUpscaler, Name: request.LanczosUpscaler, Kind: library.KindUpscaler, Format: "built-in"},
+	{Path: request.TinyUpscaler, Name: request.TinyUpscaler, Kind: library.KindUpscaler, Format: "tiny"},
+	{Path: request.TinySingleFile, Name: request.TinySingleFile, Kind: library.KindCheckpoint, Format: "tiny"},
 }
 
 func cmdModels(args []string, stdout, stderr io.Writer) int {

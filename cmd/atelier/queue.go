@@ -17,7 +17,9 @@ import (
 	"time"
 
 	"atelier/core"
+	"atelier/core/failure"
 	"atelier/core/paths"
+	"atelier/core/request"
 )
 
 const queueUsage = `Usage: atelier queue COMMAND [options]
@@ -175,20 +177,20 @@ func queueSimple(sub string, args []string, stdout, stderr io.Writer, do func(co
 // fileJob is one line of a jobs file: a request (the generate JSON fields,
 // defaults for the rest) and how many jobs to make of it.
 type fileJob struct {
-	core.Request
+	request.Request
 	BatchCount int `json:"batch_count,omitempty"`
 }
 
 // readJobsFile reads one request per line; blank lines and lines starting
 // with # are skipped. Every line is checked before anything is queued, and
 // errors name their line.
-func readJobsFile(path string) ([]core.Request, error) {
+func readJobsFile(path string) ([]request.Request, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, err
 	}
 	defer f.Close()
-	var out []core.Request
+	var out []request.Request
 	var errs []error
 	sc := bufio.NewScanner(f)
 	sc.Buffer(make([]byte, 64*1024), 4<<20)
@@ -197,7 +199,7 @@ func readJobsFile(path string) ([]core.Request, error) {
 		if len(line) == 0 || line[0] == '#' {
 			continue
 		}
-		j := fileJob{Request: core.DefaultRequest(), BatchCount: 1}
+		j := fileJob{Request: request.DefaultRequest(), BatchCount: 1}
 		dec := json.NewDecoder(bytes.NewReader(line))
 		dec.DisallowUnknownFields()
 		if err := dec.Decode(&j); err != nil {
@@ -224,16 +226,16 @@ func readJobsFile(path string) ([]core.Request, error) {
 }
 
 // prepareJobs expands a batch count and checks every job as the queue needs.
-func prepareJobs(req core.Request, count int) ([]core.Request, error) {
+func prepareJobs(req request.Request, count int) ([]request.Request, error) {
 	if err := req.Validate(); err != nil {
 		return nil, err
 	}
-	reqs, err := core.ExpandBatchCount(req, count)
+	reqs, err := request.ExpandBatchCount(req, count)
 	if err != nil {
 		return nil, err
 	}
 	for i := range reqs {
-		if reqs[i], err = core.PrepareForQueue(reqs[i]); err != nil {
+		if reqs[i], err = request.PrepareForQueue(reqs[i]); err != nil {
 			return nil, err
 		}
 	}
@@ -242,14 +244,14 @@ func prepareJobs(req core.Request, count int) ([]core.Request, error) {
 
 // describeFileError tells a validation error in the file's JSON field names.
 func describeFileError(err error) string {
-	if v, ok := core.AsValidation(err); ok {
+	if v, ok := request.AsValidation(err); ok {
 		parts := make([]string, len(v.Fields))
 		for i, f := range v.Fields {
 			parts[i] = fmt.Sprintf("invalid %q: %s", f.Field, f.Message)
 		}
 		return strings.Join(parts, "; ")
 	}
-	var jerr *core.JobError
+	var jerr *failure.JobError
 	if errors.As(err, &jerr) && jerr.Field != "" {
 		return fmt.Sprintf("invalid %q: %s", jerr.Field, jerr.Message)
 	}
@@ -258,14 +260,14 @@ func describeFileError(err error) string {
 
 // describeRequestError tells a validation error field by field in flag names.
 func describeRequestError(err error) string {
-	if v, ok := core.AsValidation(err); ok {
+	if v, ok := request.AsValidation(err); ok {
 		parts := make([]string, len(v.Fields))
 		for i, f := range v.Fields {
 			parts[i] = describeField(f.Field, f.Message)
 		}
 		return strings.Join(parts, "; ")
 	}
-	var jerr *core.JobError
+	var jerr *failure.JobError
 	if errors.As(err, &jerr) && jerr.Field != "" {
 		return describeField(jerr.Field, jerr.Message)
 	}
@@ -297,7 +299,7 @@ Options:
 		fmt.Fprintf(stderr, "atelier queue add: unexpected argument %q: give the prompt with --prompt \"...\" (quoted)\n", fs.Arg(0))
 		return exitUsage
 	}
-	var reqs []core.Request
+	var reqs []request.Request
 	source, name := core.SessionCLI, *sessionName
 	if *file != "" {
 		given := false
@@ -637,7 +639,7 @@ Options:
 					line.Images = append(line.Images, im.Path)
 				}
 			}
-			var jerr *core.JobError
+			var jerr *failure.JobError
 			if errors.As(e.Err, &jerr) {
 				line.Error = &jsonError{Code: jerr.Code, Message: jerr.Message, Detail: jerr.Detail, Field: jerr.Field}
 			}
@@ -671,12 +673,12 @@ Options:
 	if err != nil {
 		if ctx.Err() != nil {
 			fmt.Fprintln(stderr, "atelier queue run: stopped; waiting jobs stay in the queue")
-			emit(queueRunLine{Type: "done", Counts: counts, Error: &jsonError{Code: core.ErrCancelled, Message: "stopped"}})
+			emit(queueRunLine{Type: "done", Counts: counts, Error: &jsonError{Code: failure.ErrCancelled, Message: "stopped"}})
 			return exitCancelled
 		}
 		fmt.Fprintln(stderr, "atelier queue run:", err)
-		line := queueRunLine{Type: "done", Counts: counts, Error: &jsonError{Code: core.ErrInternal, Message: err.Error()}}
-		var jerr *core.JobError
+		line := queueRunLine{Type: "done", Counts: counts, Error: &jsonError{Code: failure.ErrInternal, Message: err.Error()}}
+		var jerr *failure.JobError
 		if errors.As(err, &jerr) {
 			line.Error = &jsonError{Code: jerr.Code, Message: jerr.Message, Detail: jerr.Detail}
 			if jerr.Detail != "" {

@@ -22,6 +22,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"atelier/core"
+	"atelier/core/failure"
 )
 
 // queueAdd queues one tiny job and returns its id.
@@ -263,7 +264,7 @@ func TestQueueWorkerKilledMidJobRerunsOnceAndFailsTheSecondTime(t *testing.T) {
 			return e.Type == "job_finished" && e.JobID == id
 		})
 		require.NotNil(t, f.Error)
-		assert.Equal(t, string(core.ErrWorkerCrashed), f.Error.Code)
+		assert.Equal(t, string(failure.ErrWorkerCrashed), f.Error.Code)
 	}
 	killWorkerDuring(b, 1)
 	killWorkerDuring(c, 1)
@@ -277,7 +278,7 @@ func TestQueueWorkerKilledMidJobRerunsOnceAndFailsTheSecondTime(t *testing.T) {
 	assert.Equal(t, core.StatusDone, q[b].Status, "the job re-run after one crash completes")
 	assert.Equal(t, 2, q[b].Attempts)
 	assert.Equal(t, core.StatusFailed, q[c].Status, "a job that crashes the worker twice fails, so it cannot loop")
-	assert.Equal(t, string(core.ErrWorkerCrashed), q[c].ErrorCode)
+	assert.Equal(t, string(failure.ErrWorkerCrashed), q[c].ErrorCode)
 	assert.Equal(t, 2, q[c].Attempts)
 	assert.Equal(t, core.StatusDone, q[d].Status)
 	imgs := h.imagesOf()

@@ -9,8 +9,8 @@ import (
 	"strconv"
 	"strings"
 
-	"atelier/core"
 	"atelier/core/infotext"
+	"atelier/core/request"
 )
 
 // requestFlags are the flags that make up a core.Request, shared by every
@@ -18,7 +18,7 @@ import (
 // addRequestFlags, parse the flag set, then call build.
 type requestFlags struct {
 	fs  *flag.FlagSet
-	req core.Request
+	req request.Request
 
 	loras       loraList
 	controlnets controlNetList
@@ -34,40 +34,40 @@ type requestFlags struct {
 // addRequestFlags registers every request flag on fs, with the defaults of
 // core.DefaultRequest.
 func addRequestFlags(fs *flag.FlagSet) *requestFlags {
-	def := core.DefaultRequest()
+	def := request.DefaultRequest()
 	f := &requestFlags{fs: fs}
 	r := &f.req
 	fs.StringVar(&r.Prompt, "prompt", "", "what to draw (required)")
 	fs.StringVar(&r.NegativePrompt, "negative", "", "what to keep out of the image")
 	fs.StringVar(&r.Model, "model", def.Model, `"tiny" (a small random demo model; "tiny-single-file" is it as one file), a diffusers model folder or a single-file SDXL .safetensors checkpoint`)
-	fs.StringVar(&r.Scheduler, "scheduler", def.Scheduler, "sampler: "+strings.Join(core.Schedulers, ", "))
+	fs.StringVar(&r.Scheduler, "scheduler", def.Scheduler, "sampler: "+strings.Join(request.Schedulers, ", "))
 	fs.StringVar(&r.Schedule, "schedule", "", "sigma schedule: karras, exponential or beta (default: the sampler's own)")
-	fs.IntVar(&r.Steps, "steps", def.Steps, fmt.Sprintf("denoising steps, %d-%d", core.MinSteps, core.MaxSteps))
-	fs.Float64Var(&r.CFG, "cfg", def.CFG, fmt.Sprintf("guidance scale, %g-%g", core.MinCFG, core.MaxCFG))
-	fs.IntVar(&r.Width, "width", def.Width, fmt.Sprintf("width in pixels, a multiple of %d from %d to %d", core.SizeMultiple, core.MinSize, core.MaxSize))
+	fs.IntVar(&r.Steps, "steps", def.Steps, fmt.Sprintf("denoising steps, %d-%d", request.MinSteps, request.MaxSteps))
+	fs.Float64Var(&r.CFG, "cfg", def.CFG, fmt.Sprintf("guidance scale, %g-%g", request.MinCFG, request.MaxCFG))
+	fs.IntVar(&r.Width, "width", def.Width, fmt.Sprintf("width in pixels, a multiple of %d from %d to %d", request.SizeMultiple, request.MinSize, request.MaxSize))
 	fs.IntVar(&r.Height, "height", def.Height, "height in pixels, as --width")
 	fs.Int64Var(&r.Seed, "seed", def.Seed, "seed; -1 picks a random one (recorded in the history)")
-	fs.IntVar(&r.BatchSize, "batch-size", def.BatchSize, fmt.Sprintf("images in one job, %d-%d; image i uses seed+i", core.MinBatch, core.MaxBatch))
+	fs.IntVar(&r.BatchSize, "batch-size", def.BatchSize, fmt.Sprintf("images in one job, %d-%d; image i uses seed+i", request.MinBatch, request.MaxBatch))
 	fs.IntVar(&r.BatchSize, "batch", def.BatchSize, "same as --batch-size")
-	fs.IntVar(&f.batchCount, "batch-count", 1, fmt.Sprintf("jobs run one after another, %d-%d; job k uses seed + k × batch size", core.MinBatchCount, core.MaxBatchCount))
+	fs.IntVar(&f.batchCount, "batch-count", 1, fmt.Sprintf("jobs run one after another, %d-%d; job k uses seed + k × batch size", request.MinBatchCount, request.MaxBatchCount))
 
-	fs.Var(&f.loras, "lora", fmt.Sprintf("PATH[:WEIGHT]: apply a LoRA (.safetensors, or %q); weight %g to %g, default 1; repeatable", core.TinyLoRA, core.MinLoRAWeight, core.MaxLoRAWeight))
+	fs.Var(&f.loras, "lora", fmt.Sprintf("PATH[:WEIGHT]: apply a LoRA (.safetensors, or %q); weight %g to %g, default 1; repeatable", request.TinyLoRA, request.MinLoRAWeight, request.MaxLoRAWeight))
 	fs.Var(&f.controlnets, "controlnet", "type=T,model=M,image=I[,scale=1,start=0,end=1,low=100,high=200]: add a ControlNet unit; type is one of "+
-		strings.Join(core.ControlNetTypes, ", ")+fmt.Sprintf("; model is a folder or %q; low/high are the canny thresholds; repeatable", core.TinyControlNet))
-	fs.StringVar(&r.Refiner, "refiner", "", fmt.Sprintf("refiner model (folder, .safetensors or %q) run over the last steps", core.TinyRefiner))
-	fs.Float64Var(&f.refinerSwitch, "refiner-switch", core.DefaultRefinerSwitch, "fraction of the steps the base model runs before the refiner takes over, between 0 and 1")
-	fs.StringVar(&r.VAE, "vae", "", fmt.Sprintf("VAE replacing the model's own (folder, .safetensors or %q)", core.TinyVAE))
+		strings.Join(request.ControlNetTypes, ", ")+fmt.Sprintf("; model is a folder or %q; low/high are the canny thresholds; repeatable", request.TinyControlNet))
+	fs.StringVar(&r.Refiner, "refiner", "", fmt.Sprintf("refiner model (folder, .safetensors or %q) run over the last steps", request.TinyRefiner))
+	fs.Float64Var(&f.refinerSwitch, "refiner-switch", request.DefaultRefinerSwitch, "fraction of the steps the base model runs before the refiner takes over, between 0 and 1")
+	fs.StringVar(&r.VAE, "vae", "", fmt.Sprintf("VAE replacing the model's own (folder, .safetensors or %q)", request.TinyVAE))
 	fs.StringVar(&r.InitImage, "init-image", "", "image to start from (img2img)")
-	fs.Float64Var(&f.strength, "strength", core.DefaultStrength, "img2img: how much of the init image is redrawn, above 0 and at most 1")
+	fs.Float64Var(&f.strength, "strength", request.DefaultStrength, "img2img: how much of the init image is redrawn, above 0 and at most 1")
 	fs.StringVar(&r.MaskImage, "mask", "", "inpainting mask (white = redraw); needs --init-image")
-	fs.IntVar(&f.maskBlur, "mask-blur", core.DefaultMaskBlur, fmt.Sprintf("inpainting: blur of the mask edge in pixels, %d-%d", core.MinMaskBlur, core.MaxMaskBlur))
-	fs.IntVar(&r.MaskPadding, "mask-padding", 0, fmt.Sprintf("inpainting: pixels of context around the masked area, %d-%d (0 = the whole image)", core.MinMaskPadding, core.MaxMaskPadding))
-	fs.StringVar(&r.Upscaler, "upscaler", "", fmt.Sprintf("upscale the result: %q, an ESRGAN-family .safetensors model, or %q", core.LanczosUpscaler, core.TinyUpscaler))
-	fs.Float64Var(&f.upscale, "upscale", core.DefaultUpscale, fmt.Sprintf("upscale factor, %g-%g", core.MinUpscale, core.MaxUpscale))
-	fs.Float64Var(&r.HiresScale, "hires", 0, fmt.Sprintf("hires fix: enlarge the text-to-image result by this factor (%g-%g, Lanczos) and draw it again with img2img; 0 = off", core.MinHires, core.MaxHires))
+	fs.IntVar(&f.maskBlur, "mask-blur", request.DefaultMaskBlur, fmt.Sprintf("inpainting: blur of the mask edge in pixels, %d-%d", request.MinMaskBlur, request.MaxMaskBlur))
+	fs.IntVar(&r.MaskPadding, "mask-padding", 0, fmt.Sprintf("inpainting: pixels of context around the masked area, %d-%d (0 = the whole image)", request.MinMaskPadding, request.MaxMaskPadding))
+	fs.StringVar(&r.Upscaler, "upscaler", "", fmt.Sprintf("upscale the result: %q, an ESRGAN-family .safetensors model, or %q", request.LanczosUpscaler, request.TinyUpscaler))
+	fs.Float64Var(&f.upscale, "upscale", request.DefaultUpscale, fmt.Sprintf("upscale factor, %g-%g", request.MinUpscale, request.MaxUpscale))
+	fs.Float64Var(&r.HiresScale, "hires", 0, fmt.Sprintf("hires fix: enlarge the text-to-image result by this factor (%g-%g, Lanczos) and draw it again with img2img; 0 = off", request.MinHires, request.MaxHires))
 	fs.IntVar(&r.HiresSteps, "hires-steps", 0, "hires fix: steps of the second pass (0 = --steps)")
 	fs.BoolVar(&r.UpscaleOnly, "upscale-only", false, "enlarge --init-image with --upscaler by --upscale and generate nothing (no model loads); the prompt defaults to the picture's own")
-	fs.Float64Var(&f.hiresStrength, "hires-strength", core.DefaultHiresStrength, "hires fix: how much of the enlarged image is redrawn, above 0 and at most 1")
+	fs.Float64Var(&f.hiresStrength, "hires-strength", request.DefaultHiresStrength, "hires fix: how much of the enlarged image is redrawn, above 0 and at most 1")
 	return f
 }
 
@@ -85,10 +85,10 @@ func (f *requestFlags) given(name string) bool {
 // build returns the request the flags describe, validated. Its error names
 // the flags (and the request fields) that are wrong, and is reachable with
 // core.AsValidation.
-func (f *requestFlags) build() (core.Request, error) {
+func (f *requestFlags) build() (request.Request, error) {
 	r := f.req
-	r.LoRAs = append([]core.LoRA(nil), f.loras...)
-	r.ControlNets = append([]core.ControlNet(nil), f.controlnets...)
+	r.LoRAs = append([]request.LoRA(nil), f.loras...)
+	r.ControlNets = append([]request.ControlNet(nil), f.controlnets...)
 	// The feature options are sent only with their feature (or when typed,
 	// so that validation can say they need it).
 	if r.Refiner != "" || f.given("refiner-switch") {
@@ -98,7 +98,7 @@ func (f *requestFlags) build() (core.Request, error) {
 		r.Strength = f.strength
 	}
 	if r.MaskImage != "" || f.given("mask-blur") {
-		r.MaskBlur = core.IntPtr(f.maskBlur)
+		r.MaskBlur = request.IntPtr(f.maskBlur)
 	}
 	if r.Upscaler != "" || f.given("upscale") {
 		r.Upscale = f.upscale
@@ -113,10 +113,10 @@ func (f *requestFlags) build() (core.Request, error) {
 			r.Prompt = got.Request.Prompt
 		}
 	}
-	var errs []*core.FieldError
+	var errs []*request.FieldError
 	need := func(flagName, field, needs string) {
 		if f.given(flagName) && needs == "" {
-			errs = append(errs, &core.FieldError{Field: field, Message: fmt.Sprintf("has no effect without --%s", map[string]string{
+			errs = append(errs, &request.FieldError{Field: field, Message: fmt.Sprintf("has no effect without --%s", map[string]string{
 				"refiner_switch": "refiner", "strength": "init-image", "mask_blur": "mask", "mask_padding": "mask", "upscale": "upscaler",
 				"hires_steps": "hires", "hires_strength": "hires"}[field])})
 		}
@@ -134,13 +134,13 @@ func (f *requestFlags) build() (core.Request, error) {
 	need("hires-strength", "hires_strength", hires)
 	if r.InitImage != "" && f.strength == 0 {
 		// 0 would read as "the default" on the wire.
-		errs = append(errs, &core.FieldError{Field: "strength", Message: "must be above 0 and at most 1, got 0"})
+		errs = append(errs, &request.FieldError{Field: "strength", Message: "must be above 0 and at most 1, got 0"})
 	}
 	if r.HiresScale != 0 && f.hiresStrength == 0 {
-		errs = append(errs, &core.FieldError{Field: "hires_strength", Message: "must be above 0 and at most 1, got 0"})
+		errs = append(errs, &request.FieldError{Field: "hires_strength", Message: "must be above 0 and at most 1, got 0"})
 	}
 	if err := r.Validate(); err != nil {
-		v, ok := core.AsValidation(err)
+		v, ok := request.AsValidation(err)
 		if !ok {
 			return r, err
 		}
@@ -150,12 +150,12 @@ func (f *requestFlags) build() (core.Request, error) {
 			}
 		}
 	}
-	if f.batchCount < core.MinBatchCount || f.batchCount > core.MaxBatchCount {
-		errs = append(errs, &core.FieldError{Field: "batch_count",
-			Message: fmt.Sprintf("must be between %d and %d, got %d", core.MinBatchCount, core.MaxBatchCount, f.batchCount)})
+	if f.batchCount < request.MinBatchCount || f.batchCount > request.MaxBatchCount {
+		errs = append(errs, &request.FieldError{Field: "batch_count",
+			Message: fmt.Sprintf("must be between %d and %d, got %d", request.MinBatchCount, request.MaxBatchCount, f.batchCount)})
 	}
 	if len(errs) > 0 {
-		return r, &flagErrors{v: &core.ValidationError{Fields: errs}}
+		return r, &flagErrors{v: &request.ValidationError{Fields: errs}}
 	}
 	return r, nil
 }
@@ -164,7 +164,7 @@ func (f *requestFlags) build() (core.Request, error) {
 func (f *requestFlags) count() int { return f.batchCount }
 
 // flagErrors is a validation error told in flag names.
-type flagErrors struct{ v *core.ValidationError }
+type flagErrors struct{ v *request.ValidationError }
 
 func (e *flagErrors) Error() string {
 	lines := make([]string, len(e.v.Fields))
@@ -212,7 +212,7 @@ func flagName(field string) string {
 }
 
 // loraList is the repeatable --lora PATH[:WEIGHT].
-type loraList []core.LoRA
+type loraList []request.LoRA
 
 func (l *loraList) String() string {
 	if l == nil {
@@ -227,12 +227,12 @@ func (l *loraList) String() string {
 
 func (l *loraList) Set(s string) error {
 	s = strings.TrimSpace(s)
-	lo := core.LoRA{Path: s, Weight: 1}
+	lo := request.LoRA{Path: s, Weight: 1}
 	// The weight follows the last colon; a path may hold colons itself
 	// (C:\…), so a tail that is not a number belongs to the path.
 	if i := strings.LastIndex(s, ":"); i >= 0 {
 		if w, err := strconv.ParseFloat(strings.TrimSpace(s[i+1:]), 64); err == nil {
-			lo = core.LoRA{Path: strings.TrimSpace(s[:i]), Weight: w}
+			lo = request.LoRA{Path: strings.TrimSpace(s[:i]), Weight: w}
 		}
 	}
 	if lo.Path == "" {
@@ -243,7 +243,7 @@ func (l *loraList) Set(s string) error {
 }
 
 // controlNetList is the repeatable --controlnet key=value,….
-type controlNetList []core.ControlNet
+type controlNetList []request.ControlNet
 
 func (c *controlNetList) String() string {
 	if c == nil {
@@ -258,7 +258,7 @@ func (c *controlNetList) String() string {
 }
 
 func (c *controlNetList) Set(s string) error {
-	u := core.DefaultControlNet()
+	u := request.DefaultControlNet()
 	u.Type, u.Model = "", ""
 	for _, kv := range strings.Split(s, ",") {
 		k, v, ok := strings.Cut(kv, "=")
@@ -308,7 +308,7 @@ func (c *controlNetList) Set(s string) error {
 		u.Type = "canny"
 	}
 	if u.Model == "" {
-		return fmt.Errorf("model=M is required: a ControlNet folder, a .safetensors file or %q", core.TinyControlNet)
+		return fmt.Errorf("model=M is required: a ControlNet folder, a .safetensors file or %q", request.TinyControlNet)
 	}
 	if u.Image == "" {
 		return errors.New("image=PATH is required")
@@ -317,7 +317,7 @@ func (c *controlNetList) Set(s string) error {
 	return nil
 }
 
-func hasFieldError(errs []*core.FieldError, field string) bool {
+func hasFieldError(errs []*request.FieldError, field string) bool {
 	for _, e := range errs {
 		if e.Field == field {
 			return true

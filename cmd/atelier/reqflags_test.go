@@ -12,9 +12,10 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"atelier/core"
+	"atelier/core/request"
 )
 
-func buildFlags(t *testing.T, args ...string) (core.Request, *requestFlags, error) {
+func buildFlags(t *testing.T, args ...string) (request.Request, *requestFlags, error) {
 	t.Helper()
 	fs := flag.NewFlagSet("test", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
@@ -36,9 +37,9 @@ func TestRequestFlagsSetEveryFeature(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, "dpmpp_2m", r.Scheduler)
 	assert.Equal(t, "karras", r.Schedule)
-	assert.Equal(t, []core.LoRA{{Path: "tiny-lora", Weight: 0.8}, {Path: "/l/style.safetensors", Weight: -1.5},
+	assert.Equal(t, []request.LoRA{{Path: "tiny-lora", Weight: 0.8}, {Path: "/l/style.safetensors", Weight: -1.5},
 		{Path: "/l/plain.safetensors", Weight: 1}}, r.LoRAs)
-	assert.Equal(t, []core.ControlNet{
+	assert.Equal(t, []request.ControlNet{
 		{Type: "canny", Model: "tiny-controlnet", Image: "/c.png", Scale: 0.5, Start: 0.1, End: 0.9, CannyLow: 50, CannyHigh: 150},
 		{Type: "depth", Model: "/cn/depth", Image: "/d.png", Scale: 1, Start: 0, End: 1, CannyLow: 100, CannyHigh: 200},
 	}, r.ControlNets)
@@ -68,11 +69,11 @@ func TestRequestFlagsFillFeatureDefaultsOnlyWithTheirFeature(t *testing.T) {
 
 	r, _, err = buildFlags(t, "--refiner", "tiny-refiner", "--init-image", "/i.png", "--mask", "/m.png", "--upscaler", "lanczos")
 	require.NoError(t, err)
-	assert.Equal(t, core.DefaultRefinerSwitch, r.RefinerSwitch)
-	assert.Equal(t, core.DefaultStrength, r.Strength)
+	assert.Equal(t, request.DefaultRefinerSwitch, r.RefinerSwitch)
+	assert.Equal(t, request.DefaultStrength, r.Strength)
 	require.NotNil(t, r.MaskBlur)
-	assert.Equal(t, core.DefaultMaskBlur, *r.MaskBlur)
-	assert.Equal(t, core.DefaultUpscale, r.Upscale)
+	assert.Equal(t, request.DefaultMaskBlur, *r.MaskBlur)
+	assert.Equal(t, request.DefaultUpscale, r.Upscale)
 }
 
 func TestRequestFlagErrorsNameTheFlag(t *testing.T) {
@@ -110,7 +111,7 @@ func TestRequestFlagErrorsNameTheFlag(t *testing.T) {
 		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
 			_, _, err := buildFlags(t, tc.args...)
 			require.Error(t, err)
-			v, ok := core.AsValidation(err)
+			v, ok := request.AsValidation(err)
 			require.True(t, ok, "the error must unwrap to a validation error: %v", err)
 			assert.NotNil(t, v.Field(tc.field), "want %s in %v", tc.field, err)
 			for _, w := range tc.want {
@@ -173,5 +174,5 @@ func TestUpscaleOnlyTakesThePicturesPrompt(t *testing.T) {
 	require.NoError(t, err, "no --prompt needed to upscale")
 	assert.Equal(t, "upscaled photo.png", r.Prompt, "a picture without settings is named by its file")
 	assert.True(t, r.UpscaleOnly)
-	assert.Equal(t, core.DefaultUpscale, r.Upscale)
+	assert.Equal(t, request.DefaultUpscale, r.Upscale)
 }

@@ -7,8 +7,8 @@ import (
 	"path/filepath"
 	"strings"
 
-	"atelier/core"
 	"atelier/core/media"
+	"atelier/core/request"
 )
 
 // ErrNoSettings marks a PNG that carries no generation settings (test with errors.Is).
@@ -16,15 +16,15 @@ var ErrNoSettings = errors.New("no generation settings")
 
 // ImportedSettings are the settings read back from a PNG.
 type ImportedSettings struct {
-	Request core.Request `json:"request"`
-	Notes   []string     `json:"notes,omitempty"` // values that could not be used
-	Text    string       `json:"parameters"`      // the infotext as found
+	Request request.Request `json:"request"`
+	Notes   []string        `json:"notes,omitempty"` // values that could not be used
+	Text    string          `json:"parameters"`      // the infotext as found
 }
 
 // ImportPNG reads the generation settings a PNG carries in its `parameters`
 // text chunk (ours, and AUTOMATIC1111's infotext) onto base. Known model names
 // are resolved: "tiny", or a folder of that name under modelsDir.
-func ImportPNG(path string, base core.Request, modelsDir string) (*ImportedSettings, error) {
+func ImportPNG(path string, base request.Request, modelsDir string) (*ImportedSettings, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, err
@@ -44,8 +44,8 @@ func ImportPNG(path string, base core.Request, modelsDir string) (*ImportedSetti
 	notes := it.ApplyTo(&req)
 	if m, ok := it.Get("Model"); ok && m != "" {
 		switch {
-		case m == core.TinyModel:
-			req.Model = core.TinyModel
+		case m == request.TinyModel:
+			req.Model = request.TinyModel
 		case modelsDir != "" && dirExists(filepath.Join(modelsDir, m)):
 			req.Model = filepath.Join(modelsDir, m)
 		case m != filepath.Base(req.Model):

@@ -11,8 +11,8 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"atelier/core"
 	"atelier/core/internal/pngtest"
+	"atelier/core/request"
 )
 
 func TestImportPNG(t *testing.T) {
@@ -25,7 +25,7 @@ func TestImportPNG(t *testing.T) {
 	require.NoError(t, err)
 	p := filepath.Join(dir, "own.png")
 	pngtest.Write(t, p, 64, 64, color.White, pngtest.Text("parameters", strings.TrimSpace(string(own))))
-	base := core.DefaultRequest()
+	base := request.DefaultRequest()
 	base.Model = "/somewhere/else"
 	got, err := ImportPNG(p, base, models)
 	require.NoError(t, err)
@@ -34,7 +34,7 @@ func TestImportPNG(t *testing.T) {
 	assert.Equal(t, int64(7), got.Request.Seed)
 	assert.Equal(t, 64, got.Request.Width)
 	assert.Equal(t, "euler", got.Request.Scheduler)
-	assert.Equal(t, core.TinyModel, got.Request.Model)
+	assert.Equal(t, request.TinyModel, got.Request.Model)
 	assert.Empty(t, got.Notes)
 
 	// AUTOMATIC1111's infotext, in an iTXt chunk as some tools write it.

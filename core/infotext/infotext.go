@@ -10,7 +10,7 @@ import (
 	"strconv"
 	"strings"
 
-	"atelier/core"
+	"atelier/core/request"
 )
 
 // Infotext is AUTOMATIC1111's "parameters" text: the prompt, an optional
@@ -107,7 +107,7 @@ func quoteInfotext(v string) string {
 // samplerNames maps A1111 sampler names to the worker's scheduler names.
 var samplerNames = func() map[string]string {
 	m := map[string]string{}
-	for id, name := range core.SamplerNames {
+	for id, name := range request.SamplerNames {
 		m[name] = id
 	}
 	return m
@@ -120,12 +120,12 @@ var scheduleTypes = map[string]string{"Automatic": "", "Karras": "karras", "Expo
 var reLoraTag = regexp.MustCompile(`<lora:([^:>]+)(?::(-?[0-9.]+))?[^>]*>`)
 
 // tinyByName maps the names infotext gives the tiny demo parts to those parts.
-var tinyByName = map[string]string{core.TinyLoRA: core.TinyLoRA, core.TinyVAE: core.TinyVAE, core.TinyRefiner: core.TinyRefiner, core.TinyControlNet: core.TinyControlNet}
+var tinyByName = map[string]string{request.TinyLoRA: request.TinyLoRA, request.TinyVAE: request.TinyVAE, request.TinyRefiner: request.TinyRefiner, request.TinyControlNet: request.TinyControlNet}
 
 // ApplyTo copies the settings the infotext carries into req, leaving the rest
 // as they are. It returns a note for each value it could not use, so the user
 // learns what did not come back.
-func (it Infotext) ApplyTo(req *core.Request) []string {
+func (it Infotext) ApplyTo(req *request.Request) []string {
 	var notes []string
 	req.Prompt = it.Prompt
 	req.NegativePrompt = it.NegativePrompt
@@ -221,7 +221,7 @@ func (it Infotext) ApplyTo(req *core.Request) []string {
 	}
 	if v, ok := it.Get("Mask blur"); ok {
 		if n, err := strconv.Atoi(v); err == nil {
-			req.MaskBlur = core.IntPtr(n)
+			req.MaskBlur = request.IntPtr(n)
 		} else {
 			notes = append(notes, fmt.Sprintf("Mask blur %q is not a whole number", v))
 		}
@@ -234,11 +234,11 @@ func (it Infotext) ApplyTo(req *core.Request) []string {
 // applyParts maps the LoRAs, VAE, refiner, ControlNets and upscaler. Only the
 // tiny demo parts and Lanczos can be named back to something loadable: a file
 // name alone does not say where the file is, so the others become notes.
-func (it Infotext) applyParts(req *core.Request, float func(string, *float64) bool) []string {
+func (it Infotext) applyParts(req *request.Request, float func(string, *float64) bool) []string {
 	var notes []string
 	// LoRAs: Atelier writes "Loras"; A1111 keeps the tags in the prompt.
 	tags, _ := it.Get("Loras")
-	var loras []core.LoRA
+	var loras []request.LoRA
 	for _, src := range []string{tags, req.Prompt} {
 		for _, m := range reLoraTag.FindAllStringSubmatch(src, -1) {
 			w := 1.0
@@ -248,9 +248,9 @@ func (it Infotext) applyParts(req *core.Request, float func(string, *float64) bo
 				}
 			}
 			name := strings.TrimSpace(m[1])
-			if p, ok := tinyByName[name]; ok && p == core.TinyLoRA {
+			if p, ok := tinyByName[name]; ok && p == request.TinyLoRA {
 				if !hasLoRA(loras, p) {
-					loras = append(loras, core.LoRA{Path: p, Weight: w})
+					loras = append(loras, request.LoRA{Path: p, Weight: w})
 				}
 			} else {
 				notes = append(notes, fmt.Sprintf("LoRA %q (weight %g): choose its file in the LoRA section", name, w))
@@ -263,7 +263,7 @@ func (it Infotext) applyParts(req *core.Request, float func(string, *float64) bo
 	if loras != nil {
 		req.LoRAs = loras
 		req.Prompt = strings.TrimSpace(reLoraTag.ReplaceAllStringFunc(req.Prompt, func(tag string) string {
-			if m := reLoraTag.FindStringSubmatch(tag); m != nil && tinyByName[strings.TrimSpace(m[1])] == core.TinyLoRA {
+			if m := reLoraTag.FindStringSubmatch(tag); m != nil && tinyByName[strings.TrimSpace(m[1])] == request.TinyLoRA {
 				return ""
 			}
 			return tag
@@ -281,13 +281,13 @@ func (it Infotext) applyParts(req *core.Request, float func(string, *float64) bo
 		notes = append(notes, fmt.Sprintf("%s %q: choose its file in the %s section", key, v, section))
 		return false
 	}
-	part("VAE", core.TinyVAE, "VAE", &req.VAE)
-	if part("Refiner", core.TinyRefiner, "Refiner", &req.Refiner) {
+	part("VAE", request.TinyVAE, "VAE", &req.VAE)
+	if part("Refiner", request.TinyRefiner, "Refiner", &req.Refiner) {
 		float("Refiner switch at", &req.RefinerSwitch)
 	}
 	if v, ok := it.Get("Postprocess upscaler"); ok {
 		if strings.EqualFold(v, "Lanczos") {
-			req.Upscaler = core.LanczosUpscaler
+			req.Upscaler = request.LanczosUpscaler
 			float("Postprocess upscale by", &req.Upscale)
 		} else {
 			notes = append(notes, fmt.Sprintf("Postprocess upscaler %q: choose its file in the Upscale section", v))
@@ -306,7 +306,7 @@ func (it Infotext) applyParts(req *core.Request, float func(string, *float64) bo
 	return notes
 }
 
-func hasLoRA(list []core.LoRA, path string) bool {
+func hasLoRA(list []request.LoRA, path string) bool {
 	for _, l := range list {
 		if l.Path == path {
 			return true

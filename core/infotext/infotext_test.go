@@ -8,7 +8,7 @@ import (
 	"strings"
 	"testing"
 
-	"atelier/core"
+	"atelier/core/request"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -46,7 +46,7 @@ func TestInfotextGolden(t *testing.T) {
 func TestInfotextApplyTo(t *testing.T) {
 	raw, err := os.ReadFile("testdata/infotext/a1111_full.txt")
 	require.NoError(t, err)
-	req := core.DefaultRequest()
+	req := request.DefaultRequest()
 	notes := ParseInfotext(string(raw)).ApplyTo(&req)
 	assert.Empty(t, notes)
 	assert.Equal(t, "blurry, lowres, watermark", req.NegativePrompt)
@@ -60,7 +60,7 @@ func TestInfotextApplyTo(t *testing.T) {
 
 func TestInfotextApplyToReportsBadValues(t *testing.T) {
 	it := ParseInfotext("cat\nSteps: many, Sampler: Heun++, Size: big, Seed: x")
-	req := core.DefaultRequest()
+	req := request.DefaultRequest()
 	notes := it.ApplyTo(&req)
 	assert.Len(t, notes, 4)
 	assert.Equal(t, 30, req.Steps, "a bad value must leave the field as it was")
@@ -77,18 +77,18 @@ func TestInfotextQuotesSpecialValues(t *testing.T) {
 func TestInfotextApplyToFeatures(t *testing.T) {
 	raw, err := os.ReadFile("testdata/infotext/atelier_features.txt")
 	require.NoError(t, err)
-	req := core.DefaultRequest()
+	req := request.DefaultRequest()
 	notes := ParseInfotext(string(raw)).ApplyTo(&req)
 	assert.Equal(t, "dpmpp_2m", req.Scheduler)
 	assert.Equal(t, "karras", req.Schedule)
 	assert.Equal(t, 0.5, req.Strength)
 	require.NotNil(t, req.MaskBlur)
 	assert.Equal(t, 4, *req.MaskBlur)
-	assert.Equal(t, core.TinyVAE, req.VAE)
-	assert.Equal(t, []core.LoRA{{Path: core.TinyLoRA, Weight: 0.8}}, req.LoRAs)
-	assert.Equal(t, core.TinyRefiner, req.Refiner)
+	assert.Equal(t, request.TinyVAE, req.VAE)
+	assert.Equal(t, []request.LoRA{{Path: request.TinyLoRA, Weight: 0.8}}, req.LoRAs)
+	assert.Equal(t, request.TinyRefiner, req.Refiner)
 	assert.Equal(t, 0.8, req.RefinerSwitch)
-	assert.Equal(t, core.LanczosUpscaler, req.Upscaler)
+	assert.Equal(t, request.LanczosUpscaler, req.Upscaler)
 	assert.Equal(t, 2.0, req.Upscale)
 	require.Len(t, notes, 1, "%v", notes)
 	assert.Contains(t, notes[0], "ControlNet 0 (canny, tiny-controlnet) needs its control image")
@@ -97,11 +97,11 @@ func TestInfotextApplyToFeatures(t *testing.T) {
 func TestInfotextApplyToA1111LorasAndHires(t *testing.T) {
 	raw, err := os.ReadFile("testdata/infotext/a1111_lora_hires.txt")
 	require.NoError(t, err)
-	req := core.DefaultRequest()
+	req := request.DefaultRequest()
 	notes := ParseInfotext(string(raw)).ApplyTo(&req)
 	assert.Equal(t, "dpmpp_2m", req.Scheduler, "the old folded name DPM++ 2M Karras")
 	assert.Equal(t, "karras", req.Schedule)
-	assert.Equal(t, []core.LoRA{{Path: core.TinyLoRA, Weight: -1}}, req.LoRAs, "the tiny LoRA's tag comes back as a LoRA")
+	assert.Equal(t, []request.LoRA{{Path: request.TinyLoRA, Weight: -1}}, req.LoRAs, "the tiny LoRA's tag comes back as a LoRA")
 	assert.Equal(t, "portrait of a knight <lora:detail_tweaker:0.5> , oil painting", req.Prompt,
 		"an applied tag leaves the prompt; an unknown one stays")
 	assert.Empty(t, req.VAE)
@@ -118,35 +118,35 @@ func TestInfotextApplyToA1111LorasAndHires(t *testing.T) {
 }
 
 func TestInfotextApplyToOurHiresPass(t *testing.T) {
-	req := core.DefaultRequest()
+	req := request.DefaultRequest()
 	notes := ParseInfotext("a fox\nSteps: 20, Sampler: Euler, CFG scale: 5, Seed: 3, Size: 64x64, " +
 		"Denoising strength: 0.4, Hires upscale: 2, Hires steps: 8, Hires upscaler: Lanczos").ApplyTo(&req)
 	assert.Empty(t, notes)
 	assert.Equal(t, [3]float64{2, 8, 0.4}, [3]float64{req.HiresScale, float64(req.HiresSteps), req.HiresStrength})
 	assert.Zero(t, req.Strength)
 
-	req = core.DefaultRequest()
+	req = request.DefaultRequest()
 	notes = ParseInfotext("a fox\nSteps: 20, Size: 832x1216, Seed: 3, Denoising strength: 0.45, Hires resize: 1248x1824").ApplyTo(&req)
 	assert.Empty(t, notes)
 	assert.Equal(t, 1.5, req.HiresScale, "Hires resize to a size is the factor of that size")
 	assert.Equal(t, 0.45, req.HiresStrength)
 
-	req = core.DefaultRequest()
+	req = request.DefaultRequest()
 	ParseInfotext("a fox\nSteps: 20, Seed: 3, Denoising strength: 0.6").ApplyTo(&req)
 	assert.Equal(t, 0.6, req.Strength, "without a hires pass the strength is img2img's")
 	assert.Zero(t, req.HiresScale)
 }
 
 func TestInfotextApplyToEveryA1111Sampler(t *testing.T) {
-	for id, name := range core.SamplerNames {
-		req := core.DefaultRequest()
+	for id, name := range request.SamplerNames {
+		req := request.DefaultRequest()
 		notes := ParseInfotext("p\nSteps: 4, Sampler: " + name + ", Schedule type: Exponential, Seed: 1").ApplyTo(&req)
 		assert.Empty(t, notes, name)
 		assert.Equal(t, id, req.Scheduler, name)
 		assert.Equal(t, "exponential", req.Schedule, name)
 	}
-	assert.Len(t, core.SamplerNames, len(core.Schedulers))
-	for _, s := range core.Schedulers {
-		assert.Contains(t, core.SamplerNames, s)
+	assert.Len(t, request.SamplerNames, len(request.Schedulers))
+	for _, s := range request.Schedulers {
+		assert.Contains(t, request.SamplerNames, s)
 	}
 }

@@ -16,7 +16,7 @@ import (
 	"sort"
 	"strings"
 
-	"atelier/core"
+	"atelier/core/request"
 )
 
 // ModelKind is what a file or folder of the model library is.
@@ -105,7 +105,7 @@ func LibraryFolders(ctx context.Context, s SettingsStore) ([]string, error) {
 // AddLibraryFolder adds an existing folder (made absolute) to the list; adding
 // it twice keeps one. It returns the folder as stored.
 func AddLibraryFolder(ctx context.Context, s SettingsStore, dir string) (string, error) {
-	abs, err := core.ResolveFile(dir)
+	abs, err := request.ResolveFile(dir)
 	if err != nil {
 		return "", err
 	}
@@ -133,7 +133,7 @@ func RemoveLibraryFolder(ctx context.Context, s SettingsStore, dir string) (bool
 	if err != nil {
 		return false, err
 	}
-	abs, _ := core.ResolveFile(dir)
+	abs, _ := request.ResolveFile(dir)
 	var kept []string
 	for _, f := range folders {
 		if f != abs && f != dir {
@@ -330,7 +330,7 @@ func className(path string) (string, error) {
 // pickle file as refused. Other files are not models.
 func classifyFile(path string) (LibraryEntry, bool) {
 	name := filepath.Base(path)
-	if ext := core.PickleExt(path); ext != "" {
+	if ext := request.PickleExt(path); ext != "" {
 		return LibraryEntry{Path: path, Name: name, Kind: KindUnknown, Format: "pickle",
 			Refused: fmt.Sprintf("a pickle file (%s) can run arbitrary code when loaded: convert it to .safetensors", ext)}, true
 	}

@@ -9,7 +9,9 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"atelier/core"
+	"atelier/core/failure"
 	"atelier/core/infotext"
+	"atelier/core/request"
 	"atelier/core/spec"
 )
 
@@ -25,54 +27,54 @@ func TestCoreConstantsMatchSpec(t *testing.T) {
 		{"MaxLineBytes", core.MaxLineBytes, spec.MaxLineBytes},
 		{"MaxIDLen", core.MaxIDLen, spec.MaxIDLen},
 
-		{"MinSteps", core.MinSteps, spec.MinSteps},
-		{"MaxSteps", core.MaxSteps, spec.MaxSteps},
-		{"MinCFG", core.MinCFG, spec.MinCFG},
-		{"MaxCFG", core.MaxCFG, spec.MaxCFG},
-		{"MinSize", core.MinSize, spec.MinSize},
-		{"MaxSize", core.MaxSize, spec.MaxSize},
-		{"SizeMultiple", core.SizeMultiple, spec.SizeMultiple},
-		{"MinBatch", core.MinBatch, spec.MinBatch},
-		{"MaxBatch", core.MaxBatch, spec.MaxBatch},
-		{"MaxSeed", core.MaxSeed, spec.MaxSeed},
-		{"MinLoRAWeight", core.MinLoRAWeight, spec.MinLoRAWeight},
-		{"MaxLoRAWeight", core.MaxLoRAWeight, spec.MaxLoRAWeight},
-		{"MaxLoRAs", core.MaxLoRAs, spec.MaxLoRAs},
-		{"MaxControlNets", core.MaxControlNets, spec.MaxControlNets},
-		{"MinControlScale", core.MinControlScale, spec.MinControlScale},
-		{"MaxControlScale", core.MaxControlScale, spec.MaxControlScale},
-		{"MinCanny", core.MinCanny, spec.MinCanny},
-		{"MaxCanny", core.MaxCanny, spec.MaxCanny},
-		{"MinMaskBlur", core.MinMaskBlur, spec.MinMaskBlur},
-		{"MaxMaskBlur", core.MaxMaskBlur, spec.MaxMaskBlur},
-		{"MinMaskPadding", core.MinMaskPadding, spec.MinMaskPadding},
-		{"MaxMaskPadding", core.MaxMaskPadding, spec.MaxMaskPadding},
-		{"MinUpscale", core.MinUpscale, spec.MinUpscale},
-		{"MaxUpscale", core.MaxUpscale, spec.MaxUpscale},
-		{"MinHires", core.MinHires, spec.MinHires},
-		{"MaxHires", core.MaxHires, spec.MaxHires},
-		{"MinBatchCount", core.MinBatchCount, spec.MinBatchCount},
-		{"MaxBatchCount", core.MaxBatchCount, spec.MaxBatchCount},
+		{"MinSteps", request.MinSteps, spec.MinSteps},
+		{"MaxSteps", request.MaxSteps, spec.MaxSteps},
+		{"MinCFG", request.MinCFG, spec.MinCFG},
+		{"MaxCFG", request.MaxCFG, spec.MaxCFG},
+		{"MinSize", request.MinSize, spec.MinSize},
+		{"MaxSize", request.MaxSize, spec.MaxSize},
+		{"SizeMultiple", request.SizeMultiple, spec.SizeMultiple},
+		{"MinBatch", request.MinBatch, spec.MinBatch},
+		{"MaxBatch", request.MaxBatch, spec.MaxBatch},
+		{"MaxSeed", request.MaxSeed, spec.MaxSeed},
+		{"MinLoRAWeight", request.MinLoRAWeight, spec.MinLoRAWeight},
+		{"MaxLoRAWeight", request.MaxLoRAWeight, spec.MaxLoRAWeight},
+		{"MaxLoRAs", request.MaxLoRAs, spec.MaxLoRAs},
+		{"MaxControlNets", request.MaxControlNets, spec.MaxControlNets},
+		{"MinControlScale", request.MinControlScale, spec.MinControlScale},
+		{"MaxControlScale", request.MaxControlScale, spec.MaxControlScale},
+		{"MinCanny", request.MinCanny, spec.MinCanny},
+		{"MaxCanny", request.MaxCanny, spec.MaxCanny},
+		{"MinMaskBlur", request.MinMaskBlur, spec.MinMaskBlur},
+		{"MaxMaskBlur", request.MaxMaskBlur, spec.MaxMaskBlur},
+		{"MinMaskPadding", request.MinMaskPadding, spec.MinMaskPadding},
+		{"MaxMaskPadding", request.MaxMaskPadding, spec.MaxMaskPadding},
+		{"MinUpscale", request.MinUpscale, spec.MinUpscale},
+		{"MaxUpscale", request.MaxUpscale, spec.MaxUpscale},
+		{"MinHires", request.MinHires, spec.MinHires},
+		{"MaxHires", request.MaxHires, spec.MaxHires},
+		{"MinBatchCount", request.MinBatchCount, spec.MinBatchCount},
+		{"MaxBatchCount", request.MaxBatchCount, spec.MaxBatchCount},
 
-		{"DefaultControlScale", core.DefaultControlScale, spec.DefaultControlScale},
-		{"DefaultCannyLow", core.DefaultCannyLow, spec.DefaultCannyLow},
-		{"DefaultCannyHigh", core.DefaultCannyHigh, spec.DefaultCannyHigh},
-		{"DefaultRefinerSwitch", core.DefaultRefinerSwitch, spec.DefaultRefinerSwitch},
-		{"DefaultStrength", core.DefaultStrength, spec.DefaultStrength},
-		{"DefaultMaskBlur", core.DefaultMaskBlur, spec.DefaultMaskBlur},
-		{"DefaultUpscale", core.DefaultUpscale, spec.DefaultUpscale},
-		{"DefaultHiresScale", core.DefaultHiresScale, spec.DefaultHiresScale},
-		{"DefaultHiresStrength", core.DefaultHiresStrength, spec.DefaultHiresStrength},
-		{"DefaultRequest().Scheduler", core.DefaultRequest().Scheduler, spec.DefaultScheduler},
+		{"DefaultControlScale", request.DefaultControlScale, spec.DefaultControlScale},
+		{"DefaultCannyLow", request.DefaultCannyLow, spec.DefaultCannyLow},
+		{"DefaultCannyHigh", request.DefaultCannyHigh, spec.DefaultCannyHigh},
+		{"DefaultRefinerSwitch", request.DefaultRefinerSwitch, spec.DefaultRefinerSwitch},
+		{"DefaultStrength", request.DefaultStrength, spec.DefaultStrength},
+		{"DefaultMaskBlur", request.DefaultMaskBlur, spec.DefaultMaskBlur},
+		{"DefaultUpscale", request.DefaultUpscale, spec.DefaultUpscale},
+		{"DefaultHiresScale", request.DefaultHiresScale, spec.DefaultHiresScale},
+		{"DefaultHiresStrength", request.DefaultHiresStrength, spec.DefaultHiresStrength},
+		{"DefaultRequest().Scheduler", request.DefaultRequest().Scheduler, spec.DefaultScheduler},
 
-		{"TinyModel", core.TinyModel, spec.TinyModel},
-		{"TinyLoRA", core.TinyLoRA, spec.TinyLoRA},
-		{"TinyControlNet", core.TinyControlNet, spec.TinyControlNet},
-		{"TinyRefiner", core.TinyRefiner, spec.TinyRefiner},
-		{"TinyVAE", core.TinyVAE, spec.TinyVAE},
-		{"TinyUpscaler", core.TinyUpscaler, spec.TinyUpscaler},
-		{"TinySingleFile", core.TinySingleFile, spec.TinySingleFile},
-		{"LanczosUpscaler", core.LanczosUpscaler, spec.LanczosUpscaler},
+		{"TinyModel", request.TinyModel, spec.TinyModel},
+		{"TinyLoRA", request.TinyLoRA, spec.TinyLoRA},
+		{"TinyControlNet", request.TinyControlNet, spec.TinyControlNet},
+		{"TinyRefiner", request.TinyRefiner, spec.TinyRefiner},
+		{"TinyVAE", request.TinyVAE, spec.TinyVAE},
+		{"TinyUpscaler", request.TinyUpscaler, spec.TinyUpscaler},
+		{"TinySingleFile", request.TinySingleFile, spec.TinySingleFile},
+		{"LanczosUpscaler", request.LanczosUpscaler, spec.LanczosUpscaler},
 	} {
 		// Boxing keeps the kind: an int limit that became a float (or back) differs too.
 		assert.Equal(t, c.spec, c.core, "core.%s differs from docs/protocol/spec.json", c.name)
@@ -80,8 +82,8 @@ func TestCoreConstantsMatchSpec(t *testing.T) {
 }
 
 func TestCoreListsMatchSpec(t *testing.T) {
-	codes := make([]string, len(core.ErrorCodes))
-	for i, c := range core.ErrorCodes {
+	codes := make([]string, len(failure.ErrorCodes))
+	for i, c := range failure.ErrorCodes {
 		codes[i] = string(c)
 	}
 	specCodes := make([]string, len(spec.ErrorCodes))
@@ -96,11 +98,11 @@ func TestCoreListsMatchSpec(t *testing.T) {
 	assert.Equal(t, spec.DeviceKinds, core.DeviceKinds, "core.DeviceKinds")
 	// core lists dpmpp_2m and dpmpp_sde before ddim; the spec keeps the worker's and
 	// docs/protocol.md's order (the menu's once a worker said hello). Same names.
-	assert.ElementsMatch(t, spec.Schedulers, core.Schedulers, "core.Schedulers")
-	assert.Equal(t, spec.SamplerNames, core.SamplerNames, "core.SamplerNames")
-	assert.Equal(t, spec.Schedules, core.Schedules, "core.Schedules")
-	assert.Equal(t, spec.ScheduleNames, core.ScheduleNames, "core.ScheduleNames")
-	assert.Equal(t, spec.ControlNetTypes, core.ControlNetTypes, "core.ControlNetTypes")
+	assert.ElementsMatch(t, spec.Schedulers, request.Schedulers, "core.Schedulers")
+	assert.Equal(t, spec.SamplerNames, request.SamplerNames, "core.SamplerNames")
+	assert.Equal(t, spec.Schedules, request.Schedules, "core.Schedules")
+	assert.Equal(t, spec.ScheduleNames, request.ScheduleNames, "core.ScheduleNames")
+	assert.Equal(t, spec.ControlNetTypes, request.ControlNetTypes, "core.ControlNetTypes")
 }
 
 // TestCoreDecodeDefaultsMatchSpec: what core's decoder fills in for absent fields.
@@ -125,11 +127,11 @@ func TestCorePickleExtsMatchSpec(t *testing.T) {
 	others := []string{".safetensors", ".gguf", ".onnx", ".pt2", ".npz", ".h5", ".json", ".sft", ".joblib"}
 	for _, ext := range append(append([]string{}, spec.PickleExts...), others...) {
 		for _, e := range []string{ext, strings.ToUpper(ext)} {
-			r := core.DefaultRequest()
+			r := request.DefaultRequest()
 			r.Prompt, r.Model = "p", "/models/m"+e
 			err := r.Validate()
 			refused := false
-			if v, ok := core.AsValidation(err); ok {
+			if v, ok := request.AsValidation(err); ok {
 				if f := v.Field("model"); f != nil && strings.Contains(f.Message, "pickle") {
 					refused = true
 				}
@@ -154,7 +156,7 @@ func TestCoreInfotextReadsSpecKeys(t *testing.T) {
 		kv(spec.InfotextUnitWeight, "1"), kv(spec.InfotextUnitGuidanceStart, "0"), kv(spec.InfotextUnitGuidanceEnd, "1"),
 		kv(spec.InfotextUnitThresholdA, "100"), kv(spec.InfotextUnitThresholdB, "200")}, ", ")
 
-	req := core.DefaultRequest()
+	req := request.DefaultRequest()
 	notes := infotext.ParseInfotext(text(
 		kv(spec.InfotextDenoisingStrength, "0.6"), kv(spec.InfotextMaskBlur, "3"),
 		kv(spec.InfotextInpaintArea, spec.InfotextOnlyMasked), kv(spec.InfotextMaskedAreaPadding, "16"),
@@ -163,18 +165,18 @@ func TestCoreInfotextReadsSpecKeys(t *testing.T) {
 		kv(spec.InfotextRefiner, spec.TinyRefiner), kv(spec.InfotextRefinerSwitchAt, "0.7"),
 		kv(spec.InfotextPostprocessUpscaler, spec.InfotextLanczos), kv(spec.InfotextPostprocessUpscaleBy, "3"),
 	)).ApplyTo(&req)
-	want := core.DefaultRequest()
+	want := request.DefaultRequest()
 	want.Prompt, want.NegativePrompt, want.Steps, want.Scheduler, want.Schedule = "a lighthouse", "fog", 7, "dpmpp_2m", "karras"
 	want.CFG, want.Seed, want.Width, want.Height = 6.5, 42, 64, 128
-	want.Strength, want.MaskBlur, want.MaskPadding, want.VAE = 0.6, core.IntPtr(3), 16, spec.TinyVAE
-	want.LoRAs = []core.LoRA{{Path: spec.TinyLoRA, Weight: 0.8}}
+	want.Strength, want.MaskBlur, want.MaskPadding, want.VAE = 0.6, request.IntPtr(3), 16, spec.TinyVAE
+	want.LoRAs = []request.LoRA{{Path: spec.TinyLoRA, Weight: 0.8}}
 	want.Refiner, want.RefinerSwitch, want.Upscaler, want.Upscale = spec.TinyRefiner, 0.7, spec.LanczosUpscaler, 3
 	assert.Equal(t, want, req)
 	require.Len(t, notes, 1, "only the ControlNet's image cannot come back")
 	assert.Contains(t, notes[0], "ControlNet 0 (canny, "+spec.TinyControlNet+")")
 
 	for _, hires := range []string{kv(spec.InfotextHiresUpscale, "2"), kv(spec.InfotextHiresResize, "128x256")} {
-		req = core.DefaultRequest()
+		req = request.DefaultRequest()
 		notes = infotext.ParseInfotext(text(kv(spec.InfotextDenoisingStrength, "0.4"), hires,
 			kv(spec.InfotextHiresSteps, "12"), kv(spec.InfotextHiresUpscaler, spec.InfotextLanczos))).ApplyTo(&req)
 		assert.Empty(t, notes, hires)

@@ -1,4 +1,4 @@
-package core
+package request
 
 import (
 	"encoding/json"
@@ -6,6 +6,8 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+
+	"atelier/core/failure"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -167,36 +169,6 @@ func TestPickleRefusalNamesTheFile(t *testing.T) {
 	assert.Contains(t, fe.Message, "pickle")
 }
 
-func TestFeatureFieldsRoundTripOnTheWire(t *testing.T) {
-	r := featureBase()
-	r.Seed, r.OutputDir = 7, "/o"
-	r.Schedule = "karras"
-	r.LoRAs = []LoRA{{Path: TinyLoRA, Weight: -1.5}}
-	c := DefaultControlNet()
-	c.Image, c.Scale, c.CannyLow = "/c.png", 0, 0
-	r.ControlNets = []ControlNet{c}
-	r.Refiner, r.RefinerSwitch = TinyRefiner, 0.7
-	r.VAE = TinyVAE
-	r.InitImage, r.Strength, r.MaskImage, r.MaskBlur, r.MaskPadding = "/i.png", 0.5, "/m.png", IntPtr(0), 16
-	r.Upscaler, r.Upscale = LanczosUpscaler, 1.5
-	line, err := EncodeMessage(Message{Type: MsgGenerate, ID: "job-1", Request: &r})
-	require.NoError(t, err)
-	// Zero values that mean something must travel: scale 0, canny_low 0, mask_blur 0.
-	assert.Contains(t, string(line), `"scale":0`)
-	assert.Contains(t, string(line), `"canny_low":0`)
-	assert.Contains(t, string(line), `"mask_blur":0`)
-	m, err := DecodeMessage(line)
-	require.NoError(t, err)
-	assert.Equal(t, r, *m.Request)
-
-	// encoding/json (the history's copy of a request) keeps them too.
-	b, err := json.Marshal(r)
-	require.NoError(t, err)
-	var back Request
-	require.NoError(t, json.Unmarshal(b, &back))
-	assert.Equal(t, r, back)
-}
-
 func TestControlNetJSONFillsDefaults(t *testing.T) {
 	var c ControlNet
 	require.NoError(t, json.Unmarshal([]byte(`{"type":"depth","model":"tiny-controlnet","image":"/d.png"}`), &c))
@@ -205,26 +177,6 @@ func TestControlNetJSONFillsDefaults(t *testing.T) {
 	var l LoRA
 	require.NoError(t, json.Unmarshal([]byte(`{"path":"tiny-lora"}`), &l))
 	assert.Equal(t, 1.0, l.Weight)
-}
-
-func TestResultCarriesControlImagesAndVAEFallback(t *testing.T) {
-	m, err := DecodeMessage([]byte(`{"type":"result","id":"j","images":[{"path":"/o/j-0.png","seed":1,"width":64,"height":64}],` +
-		`"metrics":{"total_s":1,"vae_fallback":true,"batch_chunks":2},"control_images":["/o/j-control-0.png"]}`))
-	require.NoError(t, err)
-	assert.True(t, m.Metrics.VAEFallback)
-	assert.Equal(t, 2, m.Metrics.BatchChunks)
-	assert.Equal(t, []string{"/o/j-control-0.png"}, m.ControlImages)
-}
-
-func TestHelloCarriesSchedules(t *testing.T) {
-	m, err := DecodeMessage([]byte(`{"type":"hello","protocol":1,"worker_version":"0.1.0","device":"cpu","dtype":"float32",` +
-		`"devices":[],"capabilities":{"schedulers":["euler","ddim"],"controlnet_types":["canny"],"features":["lora"],` +
-		`"schedules":{"euler":["karras","beta"],"ddim":[]}},"versions":{}}`))
-	require.NoError(t, err)
-	require.NotNil(t, m.Capabilities)
-	assert.Equal(t, map[string][]string{"euler": {"karras", "beta"}, "ddim": {}}, m.Capabilities.Schedules)
-	assert.True(t, m.Capabilities.Has("lora"))
-	assert.False(t, m.Capabilities.Has("refiner"))
 }
 
 func TestResolvePathsMakesFilesAbsoluteAndNamesMissingOnes(t *testing.T) {
@@ -250,7 +202,7 @@ func TestResolvePathsMakesFilesAbsoluteAndNamesMissingOnes(t *testing.T) {
 	r.ControlNets = []ControlNet{DefaultControlNet()}
 	r.ControlNets[0].Image = "missing.png"
 	err := r.ResolvePaths()
-	var jerr *JobError
+	var jerr *failure.JobError
 	require.ErrorAs(t, err, &jerr)
 	assert.Equal(t, "controlnets[0].image", jerr.Field)
 	assert.Contains(t, jerr.Message, "missing.png")

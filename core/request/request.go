@@ -1,0 +1,187 @@
+// Package request is one generation job as the worker receives it: its
+// fields, limits and defaults, the validation that mirrors the form sections,
+// and Prepare, the one step that checks the disk.
+package request
+
+import (
+	"encoding/json"
+	"math"
+)
+
+// TinyModel names the generated demo model: noise images, for trying the app.
+const TinyModel = "tiny"
+
+// Limits of a request, shared by validation, the UI and the CLI help.
+const (
+	MinSteps, MaxSteps       = 1, 150
+	MinCFG, MaxCFG           = 0.0, 30.0
+	MinSize, MaxSize         = 64, 4096
+	SizeMultiple             = 8
+	MinBatch, MaxBatch       = 1, 8
+	MaxSeed            int64 = 1<<53 - 1
+
+	MinLoRAWeight, MaxLoRAWeight   = -5.0, 5.0
+	MaxLoRAs                       = 16
+	MaxControlNets                 = 4
+	MinControlScale                = 0.0
+	MaxControlScale                = 2.0
+	DefaultControlScale            = 1.0
+	MinCanny, MaxCanny             = 0, 255
+	DefaultCannyLow                = 100
+	DefaultCannyHigh               = 200
+	DefaultRefinerSwitch           = 0.8 // exclusive range 0..1
+	DefaultStrength                = 0.75
+	MinMaskBlur, MaxMaskBlur       = 0, 64
+	DefaultMaskBlur                = 4
+	MinMaskPadding, MaxMaskPadding = 0, 1024
+	MinUpscale, MaxUpscale         = 1.0, 4.0
+	DefaultUpscale                 = 2.0
+	MinHires, MaxHires             = 1.0, 4.0
+	DefaultHiresScale              = 1.5 // what the form offers when the pass is turned on
+	DefaultHiresStrength           = 0.5
+	MinBatchCount, MaxBatchCount   = 1, 100
+)
+
+// Names of the tiny generated demo parts, accepted wherever a path is.
+const (
+	TinyLoRA        = "tiny-lora"
+	TinyControlNet  = "tiny-controlnet"
+	TinyRefiner     = "tiny-refiner"
+	TinyVAE         = "tiny-vae"
+	LanczosUpscaler = "lanczos"
+	TinyUpscaler    = "tiny-upscaler"    // a 2x ESRGAN-family model
+	TinySingleFile  = "tiny-single-file" // the tiny model as one .safetensors checkpoint
+)
+
+// Schedulers are the samplers protocol v1 knows, in menu order; the worker's
+// hello lists what it really supports. SamplerNames gives A1111's names.
+var Schedulers = []string{"euler", "euler_a", "dpmpp_2m", "dpmpp_sde", "ddim", "heun", "dpm2", "dpm2_a", "lms", "unipc"}
+
+// SamplerNames maps a scheduler to AUTOMATIC1111's sampler name.
+var SamplerNames = map[string]string{
+	"dpmpp_2m": "DPM++ 2M", "dpmpp_sde": "DPM++ SDE", "ddim": "DDIM", "euler": "Euler",
+	"euler_a": "Euler a", "heun": "Heun", "dpm2": "DPM2", "dpm2_a": "DPM2 a", "lms": "LMS", "unipc": "UniPC",
+}
+
+// Schedules are the sigma schedules; "" is the scheduler's own default.
+var Schedules = []string{"", "karras", "exponential", "beta"}
+
+// ScheduleNames maps a schedule to A1111's "Schedule type" name.
+var ScheduleNames = map[string]string{"": "Automatic", "karras": "Karras", "exponential": "Exponential", "beta": "Beta"}
+
+// ControlNetTypes are the control kinds protocol v1 knows.
+var ControlNetTypes = []string{"canny", "depth", "pose", "lineart", "scribble", "tile", "softedge", "other"}
+
+// LoRA is one LoRA applied to the model.
+type LoRA struct {
+	Path   string  `json:"path"`
+	Weight float64 `json:"weight"`
+}
+
+// UnmarshalJSON reads a missing weight as 1, as the worker does.
+func (l *LoRA) UnmarshalJSON(b []byte) error {
+	type plain LoRA
+	p := plain{Weight: 1}
+	if err := json.Unmarshal(b, &p); err != nil {
+		return err
+	}
+	*l = LoRA(p)
+	return nil
+}
+
+// ControlNet is one ControlNet unit. Every number is always sent (zero is a
+// valid value of each); DefaultControlNet and UnmarshalJSON fill the defaults.
+type ControlNet struct {
+	Type      string  `json:"type"`
+	Model     string  `json:"model"`
+	Image     string  `json:"image"`
+	Scale     float64 `json:"scale"`
+	Start     float64 `json:"start"`
+	End       float64 `json:"end"`
+	CannyLow  int     `json:"canny_low"`
+	CannyHigh int     `json:"canny_high"`
+}
+
+// DefaultControlNet is a unit with every default filled in.
+func DefaultControlNet() ControlNet {
+	return ControlNet{Type: "canny", Model: TinyControlNet, Scale: DefaultControlScale, Start: 0, End: 1,
+		CannyLow: DefaultCannyLow, CannyHigh: DefaultCannyHigh}
+}
+
+// UnmarshalJSON fills the defaults of fields the JSON leaves out, so that a
+// unit without "scale" or "end" is not silently switched off.
+func (c *ControlNet) UnmarshalJSON(b []byte) error {
+	type plain ControlNet
+	p := plain(DefaultControlNet())
+	p.Type, p.Model = "", ""
+	if err := json.Unmarshal(b, &p); err != nil {
+		return err
+	}
+	*c = ControlNet(p)
+	return nil
+}
+
+// Request is one generation job, as sent to the worker (docs/protocol.md).
+type Request struct {
+	Prompt         string  `json:"prompt"`
+	NegativePrompt string  `json:"negative_prompt,omitempty"`
+	Model          string  `json:"model"`
+	Scheduler      string  `json:"scheduler,omitempty"`
+	Steps          int     `json:"steps"`
+	CFG            float64 `json:"cfg"`
+	Width          int     `json:"width"`
+	Height         int     `json:"height"`
+	Seed           int64   `json:"seed"`
+	BatchSize      int     `json:"batch_size,omitempty"`
+	OutputDir      string  `json:"output_dir,omitempty"`
+	PreviewEvery   int     `json:"preview_every,omitempty"`
+
+	// Sampling: the sigma schedule ("" = the scheduler's own).
+	Schedule string `json:"schedule,omitempty"`
+	// LoRAs applied to the base model, in order.
+	LoRAs []LoRA `json:"loras,omitempty"`
+	// ControlNets guiding the base model.
+	ControlNets []ControlNet `json:"controlnets,omitempty"`
+	// Refiner model and the fraction of steps the base runs (0 = DefaultRefinerSwitch).
+	Refiner       string  `json:"refiner,omitempty"`
+	RefinerSwitch float64 `json:"refiner_switch,omitempty"`
+	// VAE replacing the model's own.
+	VAE string `json:"vae,omitempty"`
+	// img2img: the starting image and how much of it is redrawn (0 = DefaultStrength).
+	InitImage string  `json:"init_image,omitempty"`
+	Strength  float64 `json:"strength,omitempty"`
+	// Inpainting: white pixels of the mask are redrawn. MaskBlur nil = DefaultMaskBlur.
+	MaskImage   string `json:"mask_image,omitempty"`
+	MaskBlur    *int   `json:"mask_blur,omitempty"`
+	MaskPadding int    `json:"mask_padding,omitempty"`
+	// Upscaling after generation (Upscale 0 = DefaultUpscale).
+	Upscaler string  `json:"upscaler,omitempty"`
+	Upscale  float64 `json:"upscale,omitempty"`
+	// Hires fix: the text-to-image result enlarged by HiresScale (0 = off) and
+	// redrawn by img2img with HiresSteps (0 = Steps) at HiresStrength
+	// (0 = DefaultHiresStrength).
+	HiresScale    float64 `json:"hires_scale,omitempty"`
+	HiresSteps    int     `json:"hires_steps,omitempty"`
+	HiresStrength float64 `json:"hires_strength,omitempty"`
+	// UpscaleOnly enlarges InitImage with Upscaler by Upscale (A1111's Extras):
+	// nothing is generated and no model loads.
+	UpscaleOnly bool `json:"upscale_only,omitempty"`
+}
+
+// HiresSize is the size of the hires pass: Width×Height scaled by HiresScale and
+// rounded to a multiple of SizeMultiple, as the worker makes it.
+func (r *Request) HiresSize() (int, int) {
+	one := func(v int) int {
+		return max(SizeMultiple, int(math.Round(float64(v)*r.HiresScale/SizeMultiple))*SizeMultiple)
+	}
+	return one(r.Width), one(r.Height)
+}
+
+// IntPtr returns a pointer to v, for optional int fields such as MaskBlur.
+func IntPtr(v int) *int { return &v }
+
+// DefaultRequest is what a new form or a bare CLI call starts from.
+func DefaultRequest() Request {
+	return Request{Model: TinyModel, Scheduler: "euler", Steps: 30, CFG: 5,
+		Width: 1024, Height: 1024, Seed: -1, BatchSize: 1}
+}
