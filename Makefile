@@ -73,8 +73,9 @@ run: deps bin/atelier
 ## test: every test (lint, Go, Python, fuzz smoke, real window under Xvfb)
 test: deps bin/atelier lint test-python test-go test-fuzz test-window
 
-## lint: go vet and gofmt
-lint: vet
+## lint: go vet, gofmt and ruff
+lint: vet venv
+	$(VENV)/bin/ruff check python
 	@out=$$(gofmt -l cmd core bridge ui); if [ -n "$$out" ]; then echo "gofmt: these files need formatting:"; echo "$$out"; exit 1; fi
 
 vet: go-deps
