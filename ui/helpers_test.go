@@ -85,6 +85,18 @@ func (s testStudio) waitFor(t *testing.T, timeout time.Duration, what string, co
 	}
 }
 
+// settle waits until the studio's background reads of a core.Store (the
+// history strip, the model library) are on screen, so that the store can
+// close and its folder go with no read in flight: a connection released
+// after Close would remove SQLite's -wal and -shm files under the folder's
+// cleanup.
+func (s testStudio) settle(t *testing.T) {
+	t.Helper()
+	s.waitFor(t, 20*time.Second, "the background reads of the store", func() bool {
+		return s.historyLoaded() && s.form.lib != nil
+	})
+}
+
 // fakeGen is a generator whose job is a function; it counts the jobs it ran.
 type fakeGen struct {
 	calls atomic.Int32

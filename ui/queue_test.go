@@ -62,7 +62,9 @@ func studioOver(t *testing.T, store *core.Store, paths paths.Paths, gen generato
 	}
 	s := newStudioWith(a, w, gen, store, uq.post, svc)
 	t.Cleanup(s.x.gallery.thumbs.close) // before the temporary folders go
-	return testStudio{s, uq}
+	ts := testStudio{s, uq}
+	t.Cleanup(func() { ts.settle(t) }) // before the store closes
+	return ts
 }
 
 // waitingPrompts is the queue's waiting jobs' prompts, in order.

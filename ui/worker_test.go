@@ -82,7 +82,9 @@ func realStudio(t *testing.T) (testStudio, *core.Store) {
 	require.NoError(t, err)
 	t.Cleanup(func() { store.Close() })
 	runner := core.NewRunner(store, br, paths)
-	return newTestStudio(t, eventsOf(runner), store), store
+	s := newTestStudio(t, eventsOf(runner), store)
+	t.Cleanup(func() { s.settle(t) }) // before the store closes
+	return s, store
 }
 
 func jobCount(t *testing.T, store *core.Store) int {
