@@ -97,7 +97,7 @@ test-python: venv
 
 ## test-fuzz: a short fuzzing run of the protocol decoder
 test-fuzz: deps
-	$(GO) test -tags $(GOTAGS) -run '^$$' -fuzz FuzzDecodeMessage -fuzztime 15s ./core
+	$(GO) test -tags $(GOTAGS) -run '^$$' -fuzz FuzzDecodeMessage -fuzztime 15s ./core/protocol
 
 ## test-window: the real window under Xvfb, generating one image
 test-window: deps bin/atelier

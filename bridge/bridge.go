@@ -12,8 +12,9 @@ import (
 	"sync/atomic"
 	"time"
 
-	"atelier/core"
 	"atelier/core/failure"
+	"atelier/core/jobs"
+	"atelier/core/protocol"
 	"atelier/core/request"
 )
 
@@ -21,7 +22,7 @@ import (
 var ErrNoSuchJob = errors.New("no such running job")
 
 // Bridge runs jobs on one worker process at a time, starting it on first use and
-// again after it failed. It implements core.Generator. Its methods are safe for
+// again after it failed. It implements jobs.Generator. Its methods are safe for
 // concurrent use.
 type Bridge struct {
 	cfg     Config
@@ -33,7 +34,7 @@ type Bridge struct {
 	starting  *startAttempt        // the start in progress, or nil
 	workers   map[*worker]struct{} // every process not yet reaped, for Close
 	job       *job                 // the job in flight (one at a time), or nil
-	hello     core.Message
+	hello     protocol.Message
 	helloOK   bool
 	tail      *ring // stderr of the latest worker
 	failures  int   // failures in a row, for the backoff
@@ -43,7 +44,7 @@ type Bridge struct {
 	closing   chan struct{}
 }
 
-var _ core.Generator = (*Bridge)(nil)
+var _ jobs.Generator = (*Bridge)(nil)
 
 // New returns a Bridge; the worker starts with the first Submit, Start or Ping.
 func New(cfg Config) *Bridge {
@@ -62,10 +63,10 @@ func (b *Bridge) log(id string) *slog.Logger { return b.cfg.Logger.With("id", id
 // reader of the channel never blocks the worker's stdout.
 type job struct {
 	id  string
-	out chan core.Message
+	out chan protocol.Message
 
 	qmu    sync.Mutex
-	queue  []core.Message
+	queue  []protocol.Message
 	qdone  bool
 	wake   chan struct{}
 	endedC chan struct{} // closed when the job has its final message
@@ -81,11 +82,11 @@ type job struct {
 }
 
 func newJob(id string) *job {
-	return &job{id: id, out: make(chan core.Message), wake: make(chan struct{}, 1),
+	return &job{id: id, out: make(chan protocol.Message), wake: make(chan struct{}, 1),
 		endedC: make(chan struct{}), cancelC: make(chan struct{})}
 }
 
-func (j *job) push(m core.Message, final bool) {
+func (j *job) push(m protocol.Message, final bool) {
 	j.qmu.Lock()
 	j.queue = append(j.queue, m)
 	j.qdone = j.qdone || final
@@ -118,12 +119,12 @@ func (j *job) forward() {
 	}
 }
 
-func errorMessage(id string, e *failure.JobError) core.Message {
-	return core.Message{Type: core.MsgError, ID: id, Code: e.Code, Message: e.Message, Detail: e.Detail, Field: e.Field}
+func errorMessage(id string, e *failure.JobError) protocol.Message {
+	return protocol.Message{Type: protocol.MsgError, ID: id, Code: e.Code, Message: e.Message, Detail: e.Detail, Field: e.Field}
 }
 
 // endLocked gives j its final message. The caller holds b.mu.
-func (b *Bridge) endLocked(j *job, final core.Message) {
+func (b *Bridge) endLocked(j *job, final protocol.Message) {
 	if j.ended {
 		return
 	}
@@ -161,12 +162,12 @@ func closedError() *failure.JobError {
 // The channel yields accepted, progress, preview and finally one result or error
 // (code worker_crashed when the worker died, internal when it sent an unreadable
 // line), then closes; the caller must drain it. Cancelling ctx cancels the job.
-// An error means the job never started; it is a *core.JobError: an invalid request
+// An error means the job never started; it is a *failure.JobError: an invalid request
 // or id, another job still running, a worker that failed to start, or ctx done.
-func (b *Bridge) Submit(ctx context.Context, id string, req request.Request) (<-chan core.Message, error) {
-	if !core.ValidID(id) {
+func (b *Bridge) Submit(ctx context.Context, id string, req request.Request) (<-chan protocol.Message, error) {
+	if !protocol.ValidID(id) {
 		return nil, &failure.JobError{Code: failure.ErrInvalidRequest, Field: "id",
-			Message: fmt.Sprintf("The job id %q is not valid: it must be 1-%d letters, digits, _ . or -. This is a bug in Atelier; please report it.", id, core.MaxIDLen)}
+			Message: fmt.Sprintf("The job id %q is not valid: it must be 1-%d letters, digits, _ . or -. This is a bug in Atelier; please report it.", id, protocol.MaxIDLen)}
 	}
 	if err := req.ValidateWire(); err != nil {
 		je := &failure.JobError{Code: failure.ErrInvalidRequest, Message: fmt.Sprintf("The request cannot be run (%v). Fix the field and submit it again.", err)}
@@ -238,7 +239,7 @@ func (b *Bridge) Submit(ctx context.Context, id string, req request.Request) (<-
 	}()
 	b.log(id).Info("job sent", "pid", w.pid(), "model", req.Model, "steps", req.Steps,
 		"size", fmt.Sprintf("%dx%d", req.Width, req.Height), "batch", req.BatchSize)
-	if err := w.send(core.Message{Type: core.MsgGenerate, ID: id, Request: &req}); err != nil {
+	if err := w.send(protocol.Message{Type: protocol.MsgGenerate, ID: id, Request: &req}); err != nil {
 		// The worker is gone or stuck. Its exit ends the job as worker_crashed.
 		b.log(id).Warn("could not send the job to the worker; stopping it", "pid", w.pid(), "err", err)
 		w.kill()
@@ -275,7 +276,7 @@ func (b *Bridge) Cancel(id string) error {
 	b.mu.Unlock()
 
 	b.log(id).Info("cancelling job", "pid", w.pid())
-	if err := w.send(core.Message{Type: core.MsgCancel, ID: id}); err != nil {
+	if err := w.send(protocol.Message{Type: protocol.MsgCancel, ID: id}); err != nil {
 		// A worker that cannot be written to is dead or stuck; the grace timer or its
 		// exit ends the job.
 		b.log(id).Warn("could not send cancel to the worker", "pid", w.pid(), "err", err)
@@ -301,7 +302,7 @@ func (b *Bridge) cancelTimedOut(j *job, w *worker) {
 }
 
 // Start starts the worker now, if none runs, and waits for its handshake: the UI can
-// warm it up while the user writes a prompt. An error is a *core.JobError.
+// warm it up while the user writes a prompt. An error is a *failure.JobError.
 func (b *Bridge) Start(ctx context.Context) error {
 	_, err := b.ensure(ctx, nil, "")
 	return err
@@ -323,7 +324,7 @@ func (b *Bridge) Ping(ctx context.Context) error {
 		delete(b.pings, id)
 		b.mu.Unlock()
 	}()
-	if err := w.send(core.Message{Type: core.MsgPing, ID: id}); err != nil {
+	if err := w.send(protocol.Message{Type: protocol.MsgPing, ID: id}); err != nil {
 		return fmt.Errorf("ping the worker: %w", err)
 	}
 	select {
@@ -346,12 +347,12 @@ func (b *Bridge) Unload() error {
 	if w == nil {
 		return nil
 	}
-	return w.send(core.Message{Type: core.MsgUnload})
+	return w.send(protocol.Message{Type: protocol.MsgUnload})
 }
 
 // Hello returns the handshake of the latest worker that started: its protocol,
 // devices, capabilities and versions. ok is false until one has started.
-func (b *Bridge) Hello() (hello core.Message, ok bool) {
+func (b *Bridge) Hello() (hello protocol.Message, ok bool) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.hello, b.helloOK
@@ -360,7 +361,7 @@ func (b *Bridge) Hello() (hello core.Message, ok bool) {
 // Capabilities returns what the latest worker said it can do (schedulers,
 // ControlNet types, features), or nil before a worker has started. Each
 // restart refreshes it.
-func (b *Bridge) Capabilities() *core.Capabilities {
+func (b *Bridge) Capabilities() *protocol.Capabilities {
 	h, ok := b.Hello()
 	if !ok {
 		return nil
@@ -466,7 +467,7 @@ func (b *Bridge) start(st *startAttempt, id string) {
 	argv, workerDir, err := b.cfg.WorkerCommand()
 	notSetUp := err != nil
 	var w *worker
-	var hello core.Message
+	var hello protocol.Message
 	if !notSetUp {
 		w, hello, err = b.startWorker(id, argv, workerDir)
 	}
@@ -497,7 +498,7 @@ func (b *Bridge) start(st *startAttempt, id string) {
 }
 
 // startWorker waits out the backoff, spawns a worker and waits for its hello.
-func (b *Bridge) startWorker(id string, argv []string, workerDir string) (*worker, core.Message, error) {
+func (b *Bridge) startWorker(id string, argv []string, workerDir string) (*worker, protocol.Message, error) {
 	lg := b.log(id)
 	b.mu.Lock()
 	wait := time.Until(b.notBefore)
@@ -509,18 +510,18 @@ func (b *Bridge) startWorker(id string, argv []string, workerDir string) (*worke
 		case <-t.C:
 		case <-b.closing:
 			t.Stop()
-			return nil, core.Message{}, closedError()
+			return nil, protocol.Message{}, closedError()
 		}
 	}
 	b.mu.Lock()
 	if b.closed {
 		b.mu.Unlock()
-		return nil, core.Message{}, closedError()
+		return nil, protocol.Message{}, closedError()
 	}
 	w, err := b.spawn(argv, workerDir, id)
 	if err != nil {
 		b.mu.Unlock()
-		return nil, core.Message{}, &failure.JobError{Code: failure.ErrInternal,
+		return nil, protocol.Message{}, &failure.JobError{Code: failure.ErrInternal,
 			Message: fmt.Sprintf("Atelier could not start the worker (%s). Check that %s names a working python, or run `make venv`.", argv[0], EnvPython),
 			Detail:  err.Error()}
 	}
@@ -548,7 +549,7 @@ func (b *Bridge) startWorker(id string, argv []string, workerDir string) (*worke
 			herr.Detail += "\n\nworker stderr:\n" + tail
 		}
 		lg.Warn("worker failed to start", "pid", w.pid(), "code", herr.Code, "err", herr.Message)
-		return nil, core.Message{}, herr
+		return nil, protocol.Message{}, herr
 	}
 	lg.Info("worker ready", "pid", w.pid(), "protocol", hello.Protocol, "worker_version", hello.WorkerVersion,
 		"device", hello.Device, "dtype", hello.Dtype)
@@ -556,49 +557,49 @@ func (b *Bridge) startWorker(id string, argv []string, workerDir string) (*worke
 }
 
 // handshake waits for hello under the stall deadline, which every loading line moves.
-func (b *Bridge) handshake(w *worker, lg *slog.Logger) (core.Message, *failure.JobError) {
+func (b *Bridge) handshake(w *worker, lg *slog.Logger) (protocol.Message, *failure.JobError) {
 	stall := b.cfg.StallTimeout
 	timer := time.NewTimer(stall)
 	defer timer.Stop()
 	for {
 		select {
 		case m := <-w.events:
-			if m.Type == core.MsgLoading {
+			if m.Type == protocol.MsgLoading {
 				lg.Info("worker loading", "pid", w.pid(), "message", m.Message)
 				timer.Reset(stall)
 				continue
 			}
-			if m.Protocol != core.ProtocolVersion {
-				return core.Message{}, versionError(m.Protocol, m.WorkerVersion)
+			if m.Protocol != protocol.ProtocolVersion {
+				return protocol.Message{}, versionError(m.Protocol, m.WorkerVersion)
 			}
 			return m, nil
 		case <-timer.C:
-			return core.Message{}, &failure.JobError{Code: failure.ErrInternal,
+			return protocol.Message{}, &failure.JobError{Code: failure.ErrInternal,
 				Message: fmt.Sprintf("The worker said nothing for %s while starting, so Atelier stopped it. The detail below shows its last log lines; retry, and if it hangs again, look there for what it was doing.", stall)}
 		case <-w.exited:
 			b.mu.Lock()
 			f := w.failure
 			b.mu.Unlock()
 			if f != nil {
-				return core.Message{}, f
+				return protocol.Message{}, f
 			}
-			return core.Message{}, &failure.JobError{Code: failure.ErrWorkerCrashed,
+			return protocol.Message{}, &failure.JobError{Code: failure.ErrWorkerCrashed,
 				Message: fmt.Sprintf("The worker stopped while starting (%s). The detail below shows its last log lines; if they name a missing module, run `make venv` to repair the Python environment.", exitReason(w))}
 		case <-b.closing:
-			return core.Message{}, closedError()
+			return protocol.Message{}, closedError()
 		}
 	}
 }
 
 func versionError(workerProtocol int, workerVersion string) *failure.JobError {
 	return &failure.JobError{Code: failure.ErrUnsupported,
-		Message: fmt.Sprintf("The worker speaks protocol version %d, but this Atelier speaks version %d. They come from different versions of Atelier: update both from the same checkout and rebuild with `make run`.", workerProtocol, core.ProtocolVersion),
+		Message: fmt.Sprintf("The worker speaks protocol version %d, but this Atelier speaks version %d. They come from different versions of Atelier: update both from the same checkout and rebuild with `make run`.", workerProtocol, protocol.ProtocolVersion),
 		Detail:  fmt.Sprintf("worker_version %q", workerVersion)}
 }
 
 // handleLine routes one line from the worker's stdout.
 func (b *Bridge) handleLine(w *worker, line []byte) {
-	m, err := core.DecodeMessage(line)
+	m, err := protocol.DecodeMessage(line)
 	if err != nil {
 		b.unreadable(w, line, err)
 		return
@@ -610,7 +611,7 @@ func (b *Bridge) handleLine(w *worker, line []byte) {
 	}
 	if !w.ready {
 		b.mu.Unlock()
-		if m.Type != core.MsgLoading && m.Type != core.MsgHello {
+		if m.Type != protocol.MsgLoading && m.Type != protocol.MsgHello {
 			b.unreadable(w, line, fmt.Errorf("a %q message came before hello", m.Type))
 			return
 		}
@@ -630,22 +631,22 @@ func (b *Bridge) handleLine(w *worker, line []byte) {
 
 // routeLocked hands a message of a ready worker to its job or ping; it returns an
 // error for a message the worker must never send. The caller holds b.mu.
-func (b *Bridge) routeLocked(w *worker, m core.Message) error {
+func (b *Bridge) routeLocked(w *worker, m protocol.Message) error {
 	j := b.jobOnLocked(w)
 	switch m.Type {
-	case core.MsgAccepted, core.MsgProgress, core.MsgPreview:
+	case protocol.MsgAccepted, protocol.MsgProgress, protocol.MsgPreview:
 		if j == nil || m.ID != j.id {
 			b.log(m.ID).Warn("dropping a message for a job that is not running", "type", m.Type, "pid", w.pid())
 			return nil
 		}
-		if m.Type == core.MsgAccepted {
+		if m.Type == protocol.MsgAccepted {
 			j.accepted = true
 		}
 		j.push(m, false)
-	case core.MsgResult, core.MsgError:
+	case protocol.MsgResult, protocol.MsgError:
 		// An error without an id is about a line the worker could not read; before
 		// accepted, that line can only be this job's generate.
-		if m.Type == core.MsgError && m.ID == "" && j != nil && !j.accepted {
+		if m.Type == protocol.MsgError && m.ID == "" && j != nil && !j.accepted {
 			m.ID = j.id
 		}
 		if j == nil || m.ID != j.id {
@@ -655,12 +656,12 @@ func (b *Bridge) routeLocked(w *worker, m core.Message) error {
 		// The worker did its part, so it is healthy: the next failure backs off from the start.
 		b.failures, b.notBefore = 0, time.Time{}
 		b.endLocked(j, m)
-	case core.MsgPong:
+	case protocol.MsgPong:
 		if ch, ok := b.pings[m.ID]; ok {
 			close(ch)
 			delete(b.pings, m.ID)
 		}
-	case core.MsgLoading, core.MsgHello:
+	case protocol.MsgLoading, protocol.MsgHello:
 		b.log(w.jobID).Debug("ignoring a late start-up message", "type", m.Type, "pid", w.pid())
 	default:
 		return fmt.Errorf("the worker sent %q, which only Atelier sends", m.Type)
@@ -685,7 +686,7 @@ func (b *Bridge) unreadable(w *worker, line []byte, cause error) {
 			Type     string `json:"type"`
 			Protocol int    `json:"protocol"`
 		}
-		if json.Unmarshal(line, &peek) == nil && peek.Type == core.MsgHello && peek.Protocol != core.ProtocolVersion {
+		if json.Unmarshal(line, &peek) == nil && peek.Type == protocol.MsgHello && peek.Protocol != protocol.ProtocolVersion {
 			je = versionError(peek.Protocol, "")
 		}
 	}

@@ -95,7 +95,7 @@ func (c Config) withDefaults() Config {
 }
 
 // WorkerCommand resolves the command line that starts the worker and the folder that
-// becomes its PYTHONPATH (empty with Command). An error is a *core.JobError that
+// becomes its PYTHONPATH (empty with Command). An error is a *failure.JobError that
 // tells the user how to set the worker up.
 func (c Config) WorkerCommand() (argv []string, workerDir string, err error) {
 	if len(c.Command) > 0 {

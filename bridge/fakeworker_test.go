@@ -15,8 +15,8 @@ import (
 	"testing"
 	"time"
 
-	"atelier/core"
 	"atelier/core/failure"
+	"atelier/core/protocol"
 	"atelier/core/request"
 )
 
@@ -103,8 +103,8 @@ func (f *fake) raw(line string) {
 	f.out.Flush()
 }
 
-func (f *fake) send(m core.Message) {
-	line, err := core.EncodeMessage(m)
+func (f *fake) send(m protocol.Message) {
+	line, err := protocol.EncodeMessage(m)
 	if err != nil {
 		f.logf("fake worker bug: %v", err)
 		os.Exit(70)
@@ -145,17 +145,17 @@ func fakeWorker(modeFile string) int {
 		return 1
 	case "slowstart":
 		for end := time.Now().Add(f.o.loadFor); time.Now().Before(end); {
-			f.send(core.Message{Type: core.MsgLoading, Message: "importing torch (slowly)"})
+			f.send(protocol.Message{Type: protocol.MsgLoading, Message: "importing torch (slowly)"})
 			time.Sleep(f.o.loadEvery)
 		}
 	case "garbagestart":
 		f.raw("Loading checkpoint shards: 100%")
 		time.Sleep(time.Hour)
 	}
-	f.send(core.Message{Type: core.MsgLoading, Message: "importing torch"})
-	hello := core.Message{Type: core.MsgHello, Protocol: core.ProtocolVersion, WorkerVersion: "0.0.0-fake",
-		Device: "cpu", Dtype: "float32", Devices: []core.Device{{Name: "fake cpu", Kind: "cpu"}},
-		Capabilities: &core.Capabilities{Schedulers: request.Schedulers, ControlNetTypes: []string{}, Features: []string{"txt2img"}},
+	f.send(protocol.Message{Type: protocol.MsgLoading, Message: "importing torch"})
+	hello := protocol.Message{Type: protocol.MsgHello, Protocol: protocol.ProtocolVersion, WorkerVersion: "0.0.0-fake",
+		Device: "cpu", Dtype: "float32", Devices: []protocol.Device{{Name: "fake cpu", Kind: "cpu"}},
+		Capabilities: &protocol.Capabilities{Schedulers: request.Schedulers, ControlNetTypes: []string{}, Features: []string{"txt2img"}},
 		Versions:     map[string]string{"python": "fake", "torch": "fake", "diffusers": "fake"}}
 	if f.o.mode == "badproto" {
 		hello.Protocol = f.o.protocol
@@ -163,23 +163,23 @@ func fakeWorker(modeFile string) int {
 	f.send(hello)
 
 	// Like the real worker, a separate reader takes cancel and ping while a job runs.
-	jobs := make(chan core.Message)
+	jobs := make(chan protocol.Message)
 	go func() {
 		defer close(jobs)
 		sc := bufio.NewScanner(os.Stdin)
-		sc.Buffer(make([]byte, 64<<10), core.MaxLineBytes+2)
+		sc.Buffer(make([]byte, 64<<10), protocol.MaxLineBytes+2)
 		for sc.Scan() {
-			m, err := core.DecodeMessage(sc.Bytes())
+			m, err := protocol.DecodeMessage(sc.Bytes())
 			if err != nil {
-				f.send(core.Message{Type: core.MsgError, Code: failure.ErrInvalidRequest, Message: "cannot read line: " + err.Error()})
+				f.send(protocol.Message{Type: protocol.MsgError, Code: failure.ErrInvalidRequest, Message: "cannot read line: " + err.Error()})
 				continue
 			}
 			switch m.Type {
-			case core.MsgCancel:
+			case protocol.MsgCancel:
 				f.logf("[%s] cancel", m.ID)
 				f.canc.Store(m.ID, true)
-			case core.MsgPing:
-				f.send(core.Message{Type: core.MsgPong, ID: m.ID})
+			case protocol.MsgPing:
+				f.send(protocol.Message{Type: protocol.MsgPong, ID: m.ID})
 			default:
 				jobs <- m
 			}
@@ -187,12 +187,12 @@ func fakeWorker(modeFile string) int {
 	}()
 	for m := range jobs {
 		switch m.Type {
-		case core.MsgGenerate:
+		case protocol.MsgGenerate:
 			if f.o.mode == "badproto" || f.o.mode == "deaf" {
 				continue
 			}
 			f.run(m.ID, *m.Request)
-		case core.MsgShutdown:
+		case protocol.MsgShutdown:
 			return 0
 		}
 	}
@@ -208,20 +208,20 @@ func (f *fake) run(id string, req request.Request) {
 	start := time.Now()
 	elapsed := func() float64 { return time.Since(start).Seconds() }
 	f.logf("[%s] generating %d steps", id, req.Steps)
-	f.send(core.Message{Type: core.MsgAccepted, ID: id})
-	f.send(core.Message{Type: core.MsgProgress, ID: id, Stage: "loading_model", ElapsedS: elapsed()})
+	f.send(protocol.Message{Type: protocol.MsgAccepted, ID: id})
+	f.send(protocol.Message{Type: protocol.MsgProgress, ID: id, Stage: "loading_model", ElapsedS: elapsed()})
 	if f.o.mode == "stubborn" {
-		f.send(core.Message{Type: core.MsgProgress, ID: id, Stage: "denoising", Step: 1, Total: req.Steps, ElapsedS: elapsed()})
+		f.send(protocol.Message{Type: protocol.MsgProgress, ID: id, Stage: "denoising", Step: 1, Total: req.Steps, ElapsedS: elapsed()})
 		f.logf("[%s] busy, not listening", id)
 		time.Sleep(time.Hour)
 	}
 	for step := 1; step <= req.Steps; step++ {
 		time.Sleep(f.o.step)
 		if _, ok := f.canc.Load(id); ok {
-			f.send(core.Message{Type: core.MsgError, ID: id, Code: failure.ErrCancelled, Message: "the job was cancelled"})
+			f.send(protocol.Message{Type: protocol.MsgError, ID: id, Code: failure.ErrCancelled, Message: "the job was cancelled"})
 			return
 		}
-		f.send(core.Message{Type: core.MsgProgress, ID: id, Stage: "denoising", Step: step, Total: req.Steps, ElapsedS: elapsed()})
+		f.send(protocol.Message{Type: protocol.MsgProgress, ID: id, Stage: "denoising", Step: step, Total: req.Steps, ElapsedS: elapsed()})
 		if step == 2 {
 			switch f.o.mode {
 			case "crash":
@@ -231,7 +231,7 @@ func (f *fake) run(id string, req request.Request) {
 			case "garbage":
 				f.raw("this is not json")
 			case "longline":
-				f.raw(`{"type":"loading","message":"` + strings.Repeat("x", core.MaxLineBytes) + `"}`)
+				f.raw(`{"type":"loading","message":"` + strings.Repeat("x", protocol.MaxLineBytes) + `"}`)
 			case "wrongdir":
 				f.raw(`{"type":"shutdown"}`)
 			}
@@ -239,22 +239,22 @@ func (f *fake) run(id string, req request.Request) {
 		if req.PreviewEvery > 0 && step%req.PreviewEvery == 0 {
 			p := filepath.Join(req.OutputDir, ".preview-"+id+".png")
 			writePNG(p, 8, 8)
-			f.send(core.Message{Type: core.MsgPreview, ID: id, Step: step, Path: p})
+			f.send(protocol.Message{Type: protocol.MsgPreview, ID: id, Step: step, Path: p})
 		}
 	}
 	batch := max(req.BatchSize, 1)
-	var images []core.ImageResult
+	var images []protocol.ImageResult
 	for i := range batch {
 		p := filepath.Join(req.OutputDir, fmt.Sprintf("%s-%d.png", id, i))
 		if err := writePNG(p, req.Width, req.Height); err != nil {
-			f.send(core.Message{Type: core.MsgError, ID: id, Code: failure.ErrInternal, Message: "cannot write the image", Detail: err.Error()})
+			f.send(protocol.Message{Type: protocol.MsgError, ID: id, Code: failure.ErrInternal, Message: "cannot write the image", Detail: err.Error()})
 			return
 		}
-		f.send(core.Message{Type: core.MsgProgress, ID: id, Stage: "saving", Step: i + 1, Total: batch, ElapsedS: elapsed()})
-		images = append(images, core.ImageResult{Path: p, Seed: req.Seed + int64(i), Width: req.Width, Height: req.Height})
+		f.send(protocol.Message{Type: protocol.MsgProgress, ID: id, Stage: "saving", Step: i + 1, Total: batch, ElapsedS: elapsed()})
+		images = append(images, protocol.ImageResult{Path: p, Seed: req.Seed + int64(i), Width: req.Width, Height: req.Height})
 	}
-	f.send(core.Message{Type: core.MsgResult, ID: id, Images: images,
-		Metrics: &core.Metrics{TotalS: elapsed(), Device: "cpu", Dtype: "float32"}})
+	f.send(protocol.Message{Type: protocol.MsgResult, ID: id, Images: images,
+		Metrics: &protocol.Metrics{TotalS: elapsed(), Device: "cpu", Dtype: "float32"}})
 }
 
 func writePNG(path string, w, h int) error {

@@ -15,8 +15,8 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"atelier/core"
 	"atelier/core/failure"
+	"atelier/core/protocol"
 )
 
 // Fault injection with the fake worker. Each test meets one fault, checks the error the
@@ -33,11 +33,11 @@ func TestFakeJobStreamsToResult(t *testing.T) {
 	req.BatchSize = 2
 	final, msgs := runJob(t, fb.Bridge, "job-1", req)
 	requireResult(t, final, req)
-	assert.Equal(t, core.MsgAccepted, msgs[0].Type, "accepted comes first: %v", types(msgs))
-	assert.Equal(t, 3, countType(msgs, core.MsgPreview))
+	assert.Equal(t, protocol.MsgAccepted, msgs[0].Type, "accepted comes first: %v", types(msgs))
+	assert.Equal(t, 3, countType(msgs, protocol.MsgPreview))
 	var steps []int
 	for _, m := range msgs {
-		if m.Type == core.MsgProgress && m.Stage == "denoising" {
+		if m.Type == protocol.MsgProgress && m.Stage == "denoising" {
 			steps = append(steps, m.Step)
 		}
 	}
@@ -45,7 +45,7 @@ func TestFakeJobStreamsToResult(t *testing.T) {
 
 	hello, ok := fb.Hello()
 	require.True(t, ok)
-	assert.Equal(t, core.ProtocolVersion, hello.Protocol)
+	assert.Equal(t, protocol.ProtocolVersion, hello.Protocol)
 	assert.Equal(t, "0.0.0-fake", hello.WorkerVersion)
 	assert.Contains(t, strings.Join(fb.StderrTail(), "\n"), "[job-1] generating 3 steps")
 
@@ -60,13 +60,13 @@ func TestFakeJobStreamsToResult(t *testing.T) {
 func TestFakeCrashMidJob(t *testing.T) {
 	fb := newFakeBridge(t, "mode=crash")
 	final, msgs := runJob(t, fb.Bridge, "job-1", tinyRequest(t, 5))
-	require.Equal(t, core.MsgError, final.Type, "%v", types(msgs))
+	require.Equal(t, protocol.MsgError, final.Type, "%v", types(msgs))
 	assert.Equal(t, failure.ErrWorkerCrashed, final.Code)
 	assert.Contains(t, final.Message, "exit status 3")
 	assert.Contains(t, final.Message, "next job starts a new worker", "the message says what to do")
 	assert.Contains(t, final.Detail, "RuntimeError: fake worker crashed on purpose", "the detail holds the stderr tail")
 	assert.Contains(t, final.Detail, "Traceback (most recent call last):")
-	assert.GreaterOrEqual(t, countType(msgs, core.MsgProgress), 2, "the job had progressed before the crash")
+	assert.GreaterOrEqual(t, countType(msgs, protocol.MsgProgress), 2, "the job had progressed before the crash")
 	assert.Contains(t, fb.StderrTail(), "RuntimeError: fake worker crashed on purpose")
 	assert.Zero(t, fb.pid(), "the dead worker is not reused")
 
@@ -86,7 +86,7 @@ func TestFakeUnreadableLineMidJob(t *testing.T) {
 		t.Run(tt.mode, func(t *testing.T) {
 			fb := newFakeBridge(t, "mode="+tt.mode)
 			final, msgs := runJob(t, fb.Bridge, "job-1", tinyRequest(t, 5))
-			require.Equal(t, core.MsgError, final.Type, "%v", types(msgs))
+			require.Equal(t, protocol.MsgError, final.Type, "%v", types(msgs))
 			assert.Equal(t, failure.ErrInternal, final.Code)
 			assert.Contains(t, final.Message, "The worker sent an unreadable line")
 			assert.Contains(t, final.Message, "next job starts a new worker")
@@ -173,7 +173,7 @@ func TestFakeWrongProtocol(t *testing.T) {
 	requireResult(t, final, req)
 	hello, ok := fb.Hello()
 	require.True(t, ok)
-	assert.Equal(t, core.ProtocolVersion, hello.Protocol)
+	assert.Equal(t, protocol.ProtocolVersion, hello.Protocol)
 }
 
 func TestFakeCancelByContext(t *testing.T) {
@@ -182,17 +182,17 @@ func TestFakeCancelByContext(t *testing.T) {
 	defer cancel()
 	ch, err := fb.Submit(ctx, "job-1", tinyRequest(t, 150))
 	require.NoError(t, err)
-	var msgs []core.Message
+	var msgs []protocol.Message
 	for m := range ch {
 		msgs = append(msgs, m)
-		if m.Type == core.MsgProgress && m.Stage == "denoising" {
+		if m.Type == protocol.MsgProgress && m.Stage == "denoising" {
 			cancel()
 		}
 	}
 	final := finalOf(t, "job-1", msgs)
-	assert.Equal(t, core.MsgError, final.Type)
+	assert.Equal(t, protocol.MsgError, final.Type)
 	assert.Equal(t, failure.ErrCancelled, final.Code)
-	assert.Less(t, countType(msgs, core.MsgProgress), 150, "the job stopped early")
+	assert.Less(t, countType(msgs, protocol.MsgProgress), 150, "the job stopped early")
 
 	// The worker honoured the cancel, so it stays and runs the next job.
 	pid := fb.pid()
@@ -207,10 +207,10 @@ func TestFakeCancelByID(t *testing.T) {
 	fb := newFakeBridge(t, "mode=healthy step=50ms")
 	ch, err := fb.Submit(context.Background(), "job-1", tinyRequest(t, 150))
 	require.NoError(t, err)
-	var msgs []core.Message
+	var msgs []protocol.Message
 	for m := range ch {
 		msgs = append(msgs, m)
-		if m.Type == core.MsgAccepted {
+		if m.Type == protocol.MsgAccepted {
 			require.NoError(t, fb.Cancel("job-1"))
 			require.NoError(t, fb.Cancel("job-1"), "a second cancel is harmless")
 		}
@@ -225,11 +225,11 @@ func TestFakeCancelGraceKillsStubbornWorker(t *testing.T) {
 	fb := newFakeBridge(t, "mode=stubborn", func(c *Config) { c.CancelGrace = 500 * time.Millisecond })
 	ch, err := fb.Submit(context.Background(), "job-1", tinyRequest(t, 5))
 	require.NoError(t, err)
-	var msgs []core.Message
+	var msgs []protocol.Message
 	pid := 0
 	for m := range ch {
 		msgs = append(msgs, m)
-		if m.Type == core.MsgProgress && m.Stage == "denoising" && pid == 0 {
+		if m.Type == protocol.MsgProgress && m.Stage == "denoising" && pid == 0 {
 			pid = fb.pid()
 			require.NoError(t, fb.Cancel("job-1"))
 		}
@@ -268,10 +268,10 @@ func TestFakeOneJobAtATime(t *testing.T) {
 	assert.Equal(t, failure.ErrUnsupported, je.Code)
 	assert.Contains(t, je.Message, "job-1 is still running")
 	final := finalOf(t, "job-1", collect(t, ch, jobTimeout))
-	assert.Equal(t, core.MsgResult, final.Type)
+	assert.Equal(t, protocol.MsgResult, final.Type)
 
 	final, _ = runJob(t, fb.Bridge, "job-2", tinyRequest(t, 1))
-	assert.Equal(t, core.MsgResult, final.Type, "the slot is free once the job ended")
+	assert.Equal(t, protocol.MsgResult, final.Type, "the slot is free once the job ended")
 }
 
 func TestFakeInvalidRequestStartsNothing(t *testing.T) {
@@ -318,7 +318,7 @@ func TestFakePing(t *testing.T) {
 	require.NoError(t, err)
 	require.NoError(t, fb.Ping(ctx), "the worker answers mid-job")
 	final := finalOf(t, "job-1", collect(t, ch, jobTimeout))
-	assert.Equal(t, core.MsgResult, final.Type)
+	assert.Equal(t, protocol.MsgResult, final.Type)
 	assert.EqualValues(t, 1, fb.started())
 }
 
@@ -350,11 +350,11 @@ func TestFakeCloseMidJob(t *testing.T) {
 	ch, err := fb.Submit(context.Background(), "job-1", tinyRequest(t, 150))
 	require.NoError(t, err)
 	m := <-ch
-	require.Equal(t, core.MsgAccepted, m.Type)
+	require.Equal(t, protocol.MsgAccepted, m.Type)
 	pid := fb.pid()
 	require.NoError(t, fb.Close())
 	requireGone(t, pid)
-	final := finalOf(t, "job-1", append([]core.Message{m}, collect(t, ch, jobTimeout)...))
+	final := finalOf(t, "job-1", append([]protocol.Message{m}, collect(t, ch, jobTimeout)...))
 	assert.Equal(t, failure.ErrCancelled, final.Code)
 	assert.Contains(t, final.Message, "Atelier closed")
 

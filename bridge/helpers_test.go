@@ -14,8 +14,8 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	"atelier/core"
 	"atelier/core/failure"
+	"atelier/core/protocol"
 	"atelier/core/request"
 )
 
@@ -121,9 +121,9 @@ func tinyRequest(t *testing.T, steps int) request.Request {
 }
 
 // collect reads a job's channel until it closes.
-func collect(t *testing.T, ch <-chan core.Message, timeout time.Duration) []core.Message {
+func collect(t *testing.T, ch <-chan protocol.Message, timeout time.Duration) []protocol.Message {
 	t.Helper()
-	var got []core.Message
+	var got []protocol.Message
 	deadline := time.After(timeout)
 	for {
 		select {
@@ -140,18 +140,18 @@ func collect(t *testing.T, ch <-chan core.Message, timeout time.Duration) []core
 }
 
 // finalOf checks the message sequence's shape and returns the final message.
-func finalOf(t *testing.T, id string, msgs []core.Message) core.Message {
+func finalOf(t *testing.T, id string, msgs []protocol.Message) protocol.Message {
 	t.Helper()
 	for i, m := range msgs {
 		require.Equal(t, id, m.ID, "message %d %+v", i, m)
 		last := i == len(msgs)-1
-		isFinal := m.Type == core.MsgResult || m.Type == core.MsgError
+		isFinal := m.Type == protocol.MsgResult || m.Type == protocol.MsgError
 		require.Equal(t, last, isFinal, "exactly one final message, at the end: %+v", msgs)
 	}
 	return msgs[len(msgs)-1]
 }
 
-func types(msgs []core.Message) []string {
+func types(msgs []protocol.Message) []string {
 	var out []string
 	for _, m := range msgs {
 		out = append(out, m.Type)
@@ -159,7 +159,7 @@ func types(msgs []core.Message) []string {
 	return out
 }
 
-func countType(msgs []core.Message, typ string) int {
+func countType(msgs []protocol.Message, typ string) int {
 	n := 0
 	for _, m := range msgs {
 		if m.Type == typ {
@@ -173,14 +173,14 @@ func asJobError(t *testing.T, err error) *failure.JobError {
 	t.Helper()
 	require.Error(t, err)
 	var je *failure.JobError
-	require.True(t, errors.As(err, &je), "want a *core.JobError, got %T: %v", err, err)
+	require.True(t, errors.As(err, &je), "want a *failure.JobError, got %T: %v", err, err)
 	require.True(t, je.Code.Valid(), "code %q", je.Code)
 	require.NotEmpty(t, je.Message)
 	return je
 }
 
 // runJob submits a job and waits for its end.
-func runJob(t *testing.T, b *Bridge, id string, req request.Request) (core.Message, []core.Message) {
+func runJob(t *testing.T, b *Bridge, id string, req request.Request) (protocol.Message, []protocol.Message) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
@@ -191,9 +191,9 @@ func runJob(t *testing.T, b *Bridge, id string, req request.Request) (core.Messa
 }
 
 // requireResult checks that a job ended with a result whose images exist.
-func requireResult(t *testing.T, final core.Message, req request.Request) {
+func requireResult(t *testing.T, final protocol.Message, req request.Request) {
 	t.Helper()
-	require.Equal(t, core.MsgResult, final.Type, "final message: %+v", final)
+	require.Equal(t, protocol.MsgResult, final.Type, "final message: %+v", final)
 	require.Len(t, final.Images, max(req.BatchSize, 1))
 	for _, im := range final.Images {
 		f, err := os.Open(im.Path)

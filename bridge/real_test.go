@@ -9,8 +9,8 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"atelier/core"
 	"atelier/core/failure"
+	"atelier/core/protocol"
 	"atelier/core/request"
 )
 
@@ -62,18 +62,18 @@ func TestRealGenerate(t *testing.T) {
 	require.NoError(t, b.Start(ctx))
 	hello, ok := b.Hello()
 	require.True(t, ok)
-	assert.Equal(t, core.ProtocolVersion, hello.Protocol)
-	assert.Contains(t, core.DeviceKinds, hello.Device)
+	assert.Equal(t, protocol.ProtocolVersion, hello.Protocol)
+	assert.Contains(t, protocol.DeviceKinds, hello.Device)
 	assert.NotEmpty(t, hello.Capabilities.Schedulers)
 	require.NoError(t, b.Ping(ctx))
 
 	req := realRequest(t, 3)
 	final, msgs := runJob(t, b, "real-1", req)
 	requireResult(t, final, req)
-	assert.Equal(t, core.MsgAccepted, msgs[0].Type)
+	assert.Equal(t, protocol.MsgAccepted, msgs[0].Type)
 	var denoise int
 	for _, m := range msgs {
-		if m.Type == core.MsgProgress && m.Stage == "denoising" {
+		if m.Type == protocol.MsgProgress && m.Stage == "denoising" {
 			denoise++
 			assert.Equal(t, 3, m.Total)
 		}
@@ -95,15 +95,15 @@ func TestRealCancel(t *testing.T) {
 	req.Width, req.Height = 256, 256
 	ch, err := b.Submit(jobCtx, "real-cancel", req)
 	require.NoError(t, err)
-	var msgs []core.Message
+	var msgs []protocol.Message
 	for m := range ch {
 		msgs = append(msgs, m)
-		if m.Type == core.MsgProgress && m.Stage == "denoising" {
+		if m.Type == protocol.MsgProgress && m.Stage == "denoising" {
 			cancelJob()
 		}
 	}
 	final := finalOf(t, "real-cancel", msgs)
-	require.Equal(t, core.MsgError, final.Type, "%v", types(msgs))
+	require.Equal(t, protocol.MsgError, final.Type, "%v", types(msgs))
 	assert.Equal(t, failure.ErrCancelled, final.Code)
 
 	// The worker honoured the cancel and runs the next job.
@@ -120,17 +120,17 @@ func TestRealKilledMidJob(t *testing.T) {
 	req.Width, req.Height = 256, 256
 	ch, err := b.Submit(context.Background(), "real-kill", req)
 	require.NoError(t, err)
-	var msgs []core.Message
+	var msgs []protocol.Message
 	pid := 0
 	for m := range ch {
 		msgs = append(msgs, m)
-		if m.Type == core.MsgProgress && m.Stage == "denoising" && pid == 0 {
+		if m.Type == protocol.MsgProgress && m.Stage == "denoising" && pid == 0 {
 			pid = b.pid()
 			killHard(t, pid)
 		}
 	}
 	final := finalOf(t, "real-kill", msgs)
-	require.Equal(t, core.MsgError, final.Type, "%v", types(msgs))
+	require.Equal(t, protocol.MsgError, final.Type, "%v", types(msgs))
 	assert.Equal(t, failure.ErrWorkerCrashed, final.Code)
 	assert.Contains(t, final.Message, "killed")
 	assert.Contains(t, final.Message, "next job starts a new worker")

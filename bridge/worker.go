@@ -13,8 +13,8 @@ import (
 	"syscall"
 	"time"
 
-	"atelier/core"
 	"atelier/core/failure"
+	"atelier/core/protocol"
 )
 
 const (
@@ -41,8 +41,8 @@ type worker struct {
 	stderr *os.File
 	tail   *ring
 
-	events chan core.Message // loading and hello, until the handshake ends
-	hsDone chan struct{}     // closed when the handshake ends, either way
+	events chan protocol.Message // loading and hello, until the handshake ends
+	hsDone chan struct{}         // closed when the handshake ends, either way
 
 	done       chan struct{} // closed by the reaper after cmd.Wait
 	waitErr    error         // set before done closes
@@ -112,7 +112,7 @@ func (b *Bridge) spawn(argv []string, workerDir, id string) (*worker, error) {
 	w := &worker{
 		seq: b.seq, cmd: cmd, stop: cancel,
 		stdin: inW, stdout: outR, stderr: errR, tail: newRing(stderrTailLines),
-		events: make(chan core.Message, 16), hsDone: make(chan struct{}),
+		events: make(chan protocol.Message, 16), hsDone: make(chan struct{}),
 		done: make(chan struct{}), stdoutDone: make(chan struct{}), stderrDone: make(chan struct{}),
 		exited: make(chan struct{}), jobID: id,
 	}
@@ -168,8 +168,8 @@ func (w *worker) kill() {
 }
 
 // send writes one message as one line.
-func (w *worker) send(m core.Message) error {
-	line, err := core.EncodeMessage(m)
+func (w *worker) send(m protocol.Message) error {
+	line, err := protocol.EncodeMessage(m)
 	if err != nil {
 		return err
 	}
@@ -208,10 +208,10 @@ func (w *worker) currentJob(b *Bridge) string {
 func (b *Bridge) readStdout(w *worker) {
 	r := bufio.NewReaderSize(w.stdout, 64<<10)
 	for {
-		line, tooLong, err := readLine(r, core.MaxLineBytes)
+		line, tooLong, err := readLine(r, protocol.MaxLineBytes)
 		switch {
 		case tooLong:
-			b.unreadable(w, line, fmt.Errorf("a line longer than the protocol's %d-byte limit", core.MaxLineBytes))
+			b.unreadable(w, line, fmt.Errorf("a line longer than the protocol's %d-byte limit", protocol.MaxLineBytes))
 		case len(line) > 0 || err == nil:
 			b.handleLine(w, line)
 		}

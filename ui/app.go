@@ -12,7 +12,7 @@ import (
 
 // Store is the history behind the queue and gallery tabs: what the views
 // ask of it together. Each view keeps only its own part (queueStore,
-// galleryStore …). core.Store implements it.
+// galleryStore …). store.Store implements it.
 type Store interface {
 	History
 	queueStore
@@ -22,7 +22,7 @@ type Store interface {
 	stateStore
 }
 
-// QueueRunner runs the queue in the background. core.QueueRunner implements it.
+// QueueRunner runs the queue in the background. jobs.QueueRunner implements it.
 type QueueRunner interface {
 	Wake()
 	Cancel(ctx context.Context, id int64) (string, error)
@@ -35,7 +35,7 @@ type Services struct {
 	Queue  QueueRunner // nil: jobs wait for another process (atelier queue run)
 	Thumbs *media.Thumbnailer
 	Paths  paths.Paths
-	// ExportImages copies images with their metadata: core.ExportImages over
+	// ExportImages copies images with their metadata: store.ExportImages over
 	// the store, in the app.
 	ExportImages func(ctx context.Context, ids []int64, dir string) ([]string, error)
 	// ChooseFolder asks for a folder with the native dialog; tests replace it.

@@ -16,16 +16,16 @@ import (
 	"fyne.io/fyne/v2/theme"
 	"fyne.io/fyne/v2/widget"
 
-	"atelier/core"
 	"atelier/core/media"
 	"atelier/core/request"
+	"atelier/core/store"
 )
 
 // detailView shows one image of the gallery at full size with every
 // parameter, and its actions.
 type detailView struct {
 	g      *galleryView
-	d      *core.ImageDetail
+	d      *store.ImageDetail
 	img    *canvas.Image
 	title  *widget.Label
 	params *fyne.Container // key/value rows
@@ -105,7 +105,7 @@ func (v *detailView) show(id int64) error {
 }
 
 // detailRows is every parameter of the image, in reading order.
-func detailRows(d *core.ImageDetail) [][2]string {
+func detailRows(d *store.ImageDetail) [][2]string {
 	r := d.Request
 	rows := [][2]string{
 		{"Prompt", r.Prompt},
@@ -186,7 +186,7 @@ func (v *detailView) toggleStar() {
 	}
 	v.d.Starred = on
 	v.showStar()
-	v.g.updateRecord(v.d.ID, func(r *core.ImageRecord) { r.Starred = on })
+	v.g.updateRecord(v.d.ID, func(r *store.ImageRecord) { r.Starred = on })
 }
 
 // askDelete asks before deleting: the row, the file and its thumbnail go.
@@ -226,7 +226,7 @@ func (v *detailView) deleteNow() {
 }
 
 // updateRecord changes a record held in the loaded pages and redraws its tile.
-func (g *galleryView) updateRecord(id int64, f func(*core.ImageRecord)) {
+func (g *galleryView) updateRecord(id int64, f func(*store.ImageRecord)) {
 	for _, recs := range g.pages {
 		for i := range recs {
 			if recs[i].ID == id {

@@ -3,8 +3,10 @@ package ui
 import (
 	"context"
 
-	"atelier/core"
+	"atelier/core/jobs"
+	"atelier/core/protocol"
 	"atelier/core/request"
+	"atelier/core/store"
 )
 
 // This file is the one place where ui reads the worker protocol: the views
@@ -35,16 +37,16 @@ type event struct {
 }
 
 // eventOf converts a worker message into the views' event.
-func eventOf(m core.Message) event {
+func eventOf(m protocol.Message) event {
 	e := event{stage: m.Stage, step: m.Step, total: m.Total, elapsed: m.ElapsedS}
 	switch m.Type {
-	case core.MsgLoading:
+	case protocol.MsgLoading:
 		e.kind, e.note = evLoading, m.Message
-	case core.MsgHello:
+	case protocol.MsgHello:
 		e.kind, e.device = evHello, m.Device
-	case core.MsgProgress:
+	case protocol.MsgProgress:
 		e.kind = evProgress
-	case core.MsgPreview:
+	case protocol.MsgPreview:
 		e.kind, e.preview = evPreview, m.Path
 	}
 	return e
@@ -52,22 +54,22 @@ func eventOf(m core.Message) event {
 
 // foldInto adds a progress event to a queue job's live progress (core's
 // ETA bookkeeping, which reads the message itself).
-func (e event) foldInto(l *core.Live) {
+func (e event) foldInto(l *jobs.Live) {
 	if e.kind != evProgress {
 		return
 	}
-	l.Update(core.Message{Type: core.MsgProgress, Stage: e.stage, Step: e.step, Total: e.total, ElapsedS: e.elapsed})
+	l.Update(protocol.Message{Type: protocol.MsgProgress, Stage: e.stage, Step: e.step, Total: e.total, ElapsedS: e.elapsed})
 }
 
 // Runner runs one job, streaming the worker's messages to onMessage from its
-// own goroutine. Cancelling ctx cancels the job. core.Runner implements it.
+// own goroutine. Cancelling ctx cancels the job. jobs.Runner implements it.
 type Runner interface {
-	Run(ctx context.Context, req request.Request, onMessage func(core.Message)) (*core.JobOutcome, error)
+	Run(ctx context.Context, req request.Request, onMessage func(protocol.Message)) (*jobs.JobOutcome, error)
 }
 
 // generator is a Runner as the views see it: a stream of events.
 type generator interface {
-	Run(ctx context.Context, req request.Request, onEvent func(event)) (*core.JobOutcome, error)
+	Run(ctx context.Context, req request.Request, onEvent func(event)) (*jobs.JobOutcome, error)
 }
 
 // runnerEvents adapts a Runner to the views' events.
@@ -75,12 +77,12 @@ type runnerEvents struct{ r Runner }
 
 func eventsOf(r Runner) runnerEvents { return runnerEvents{r} }
 
-func (g runnerEvents) Run(ctx context.Context, req request.Request, onEvent func(event)) (*core.JobOutcome, error) {
-	return g.r.Run(ctx, req, func(m core.Message) { onEvent(eventOf(m)) })
+func (g runnerEvents) Run(ctx context.Context, req request.Request, onEvent func(event)) (*jobs.JobOutcome, error) {
+	return g.r.Run(ctx, req, func(m protocol.Message) { onEvent(eventOf(m)) })
 }
 
 // Capabilities are those of the runner's worker, when the runner knows them.
-func (g runnerEvents) Capabilities() *core.Capabilities {
+func (g runnerEvents) Capabilities() *protocol.Capabilities {
 	if src, ok := g.r.(capabilitySource); ok {
 		return src.Capabilities()
 	}
@@ -89,13 +91,13 @@ func (g runnerEvents) Capabilities() *core.Capabilities {
 
 // queueEvent is what the queue runner reports, as the queue view takes it.
 type queueEvent struct {
-	kind   string // core.QueueStarted …
-	job    *core.QueueJob
-	ev     event // with core.QueueMessage
+	kind   string // jobs.QueueStarted …
+	job    *store.QueueJob
+	ev     event // with jobs.QueueMessage
 	err    error
-	paused bool // with core.QueueIdle
+	paused bool // with jobs.QueueIdle
 }
 
-func queueEventOf(e core.QueueEvent) queueEvent {
+func queueEventOf(e jobs.QueueEvent) queueEvent {
 	return queueEvent{kind: e.Kind, job: e.Job, ev: eventOf(e.Message), err: e.Err, paused: e.Paused}
 }

@@ -9,8 +9,9 @@ import (
 	"fyne.io/fyne/v2/widget"
 	"github.com/sqweek/dialog"
 
-	"atelier/core"
+	"atelier/core/jobs"
 	"atelier/core/library"
+	"atelier/core/protocol"
 	"atelier/core/request"
 )
 
@@ -227,7 +228,7 @@ func (f *form) setLibrary(lib *library.Library) {
 
 // setCapabilities builds the scheduler, schedule and ControlNet type choices
 // from the worker's hello, or from core's static lists before a worker started.
-func (f *form) setCapabilities(c *core.Capabilities) {
+func (f *form) setCapabilities(c *protocol.Capabilities) {
 	f.sampling.setCapabilities(c)
 	f.controlNet.setCapabilities(c)
 	f.sampling.updateSchedules()
@@ -235,7 +236,7 @@ func (f *form) setCapabilities(c *core.Capabilities) {
 
 // showResult shows what a finished job reports beyond its images: the
 // preprocessed control images and a VAE that fell back to float32.
-func (f *form) showResult(out *core.JobOutcome) {
+func (f *form) showResult(out *jobs.JobOutcome) {
 	if out == nil {
 		return
 	}

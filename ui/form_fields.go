@@ -18,7 +18,7 @@ import (
 	"fyne.io/fyne/v2/widget"
 )
 
-// Field names, as core.FieldError and core.JobError name them.
+// Field names, as request.FieldError and failure.JobError name them.
 const (
 	fPrompt    = "prompt"
 	fNegative  = "negative_prompt"

@@ -7,8 +7,9 @@ import (
 	"strings"
 	"time"
 
-	"atelier/core"
+	"atelier/core/jobs"
 	"atelier/core/library"
+	"atelier/core/protocol"
 )
 
 // otherAppsHome is the home folder searched for other apps' model folders on
@@ -16,9 +17,9 @@ import (
 var otherAppsHome = os.UserHomeDir
 
 // capabilitySource is a generator that knows the worker's capabilities from
-// its latest hello (core.Runner over the bridge); nil before a worker started.
+// its latest hello (jobs.Runner over the bridge); nil before a worker started.
 type capabilitySource interface {
-	Capabilities() *core.Capabilities
+	Capabilities() *protocol.Capabilities
 }
 
 // attach takes the choices from what the app has: the worker's capabilities
@@ -88,7 +89,7 @@ func (f *form) refreshCapabilities(gen generator) {
 
 // afterJob shows what the job reported beyond its images, and the choices of
 // the worker that ran it (a restarted worker may say something new).
-func (f *form) afterJob(gen generator, out *core.JobOutcome) {
+func (f *form) afterJob(gen generator, out *jobs.JobOutcome) {
 	f.showResult(out)
 	f.refreshCapabilities(gen)
 }

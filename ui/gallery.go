@@ -14,8 +14,8 @@ import (
 	"fyne.io/fyne/v2/theme"
 	"fyne.io/fyne/v2/widget"
 
-	"atelier/core"
 	"atelier/core/media"
+	"atelier/core/store"
 )
 
 const (
@@ -31,9 +31,9 @@ const (
 // view of one image. UI goroutine only, except the thumbnail loader.
 type galleryView struct {
 	s      *Studio
-	q      core.GalleryQuery
+	q      store.GalleryQuery
 	count  int
-	pages  map[int][]core.ImageRecord
+	pages  map[int][]store.ImageRecord
 	order  []int // pages by age, for dropping old ones
 	stale  bool  // the history changed since the last query
 	opened bool
@@ -58,7 +58,7 @@ type galleryView struct {
 }
 
 func newGalleryView(s *Studio) *galleryView {
-	g := &galleryView{s: s, pages: map[int][]core.ImageRecord{}, selected: map[int64]bool{},
+	g := &galleryView{s: s, pages: map[int][]store.ImageRecord{}, selected: map[int64]bool{},
 		tiles: map[string]*galleryTile{}, sessionIDs: map[string]int64{}}
 	th := s.x.svc.Thumbs
 	if th == nil {
@@ -124,13 +124,13 @@ func (g *galleryView) content() fyne.CanvasObject {
 
 // galleryStore is what the Gallery tab and its detail view ask of the history.
 type galleryStore interface {
-	SearchImages(ctx context.Context, q core.GalleryQuery, offset, limit int) ([]core.ImageRecord, error)
-	CountImages(ctx context.Context, q core.GalleryQuery) (int, error)
+	SearchImages(ctx context.Context, q store.GalleryQuery, offset, limit int) ([]store.ImageRecord, error)
+	CountImages(ctx context.Context, q store.GalleryQuery) (int, error)
 	GalleryModels(ctx context.Context) ([]string, error)
-	Sessions(ctx context.Context) ([]core.Session, error)
-	GetImage(ctx context.Context, id int64) (*core.ImageDetail, error)
+	Sessions(ctx context.Context) ([]store.Session, error)
+	GetImage(ctx context.Context, id int64) (*store.ImageDetail, error)
 	SetStarred(ctx context.Context, id int64, starred bool) error
-	DeleteImage(ctx context.Context, id int64) (*core.ImageRecord, error)
+	DeleteImage(ctx context.Context, id int64) (*store.ImageRecord, error)
 }
 
 func (g *galleryView) store() galleryStore { return g.s.x.svc.Store }
@@ -164,8 +164,8 @@ func (g *galleryView) loadChoices() {
 }
 
 // query reads the filters; a filter that does not parse is reported.
-func (g *galleryView) query() (core.GalleryQuery, string) {
-	q := core.GalleryQuery{Text: g.search.Text, Starred: g.starred.Checked}
+func (g *galleryView) query() (store.GalleryQuery, string) {
+	q := store.GalleryQuery{Text: g.search.Text, Starred: g.starred.Checked}
 	if m := g.model.Selected; m != "" && m != allModels {
 		q.Model = m
 	}
@@ -228,7 +228,7 @@ func (g *galleryView) run(toTop bool) {
 		return
 	}
 	g.q, g.count = q, n
-	g.pages, g.order = map[int][]core.ImageRecord{}, nil
+	g.pages, g.order = map[int][]store.ImageRecord{}, nil
 	g.tiles = map[string]*galleryTile{}
 	g.page(0)
 	switch {
@@ -244,7 +244,7 @@ func (g *galleryView) run(toTop bool) {
 }
 
 // page returns the records of page p, fetching it if needed.
-func (g *galleryView) page(p int) []core.ImageRecord {
+func (g *galleryView) page(p int) []store.ImageRecord {
 	if recs, ok := g.pages[p]; ok {
 		return recs
 	}
@@ -263,12 +263,12 @@ func (g *galleryView) page(p int) []core.ImageRecord {
 }
 
 // record returns the i-th image of the current query, if it still exists.
-func (g *galleryView) record(i int) (core.ImageRecord, bool) {
+func (g *galleryView) record(i int) (store.ImageRecord, bool) {
 	recs := g.page(i / galleryPage)
 	if k := i % galleryPage; k < len(recs) {
 		return recs[k], true
 	}
-	return core.ImageRecord{}, false
+	return store.ImageRecord{}, false
 }
 
 func (g *galleryView) bind(i int, t *galleryTile) {
@@ -278,7 +278,7 @@ func (g *galleryView) bind(i int, t *galleryTile) {
 		delete(g.tiles, t.rec.Path)
 	}
 	if !ok {
-		t.rec = core.ImageRecord{}
+		t.rec = store.ImageRecord{}
 		t.show(nil, false, false, false)
 		return
 	}
@@ -299,7 +299,7 @@ func (g *galleryView) thumbReady(path string) {
 }
 
 // tapped opens an image, or toggles it in select mode.
-func (g *galleryView) tapped(rec core.ImageRecord) {
+func (g *galleryView) tapped(rec store.ImageRecord) {
 	if rec.ID == 0 {
 		return
 	}
@@ -381,7 +381,7 @@ type galleryTile struct {
 	widget.BaseWidget
 	tileFace
 	g    *galleryView
-	rec  core.ImageRecord
+	rec  store.ImageRecord
 	idx  int // the grid item it shows
 	star *widget.Icon
 }

@@ -21,10 +21,11 @@ import (
 	"fyne.io/fyne/v2/theme"
 	"fyne.io/fyne/v2/widget"
 
-	"atelier/core"
 	"atelier/core/media"
 	"atelier/core/paths"
+	"atelier/core/protocol"
 	"atelier/core/request"
+	"atelier/core/store"
 )
 
 // procStatusKB reads a field of /proc/self/status (VmRSS, VmHWM) in kB.
@@ -46,7 +47,7 @@ func procStatusKB(field string) (float64, bool) {
 }
 
 // benchImages records n done jobs, each with a real 256×256 PNG on disk.
-func benchImages(b *testing.B, store *core.Store, dir string, n int) {
+func benchImages(b *testing.B, store *store.Store, dir string, n int) {
 	b.Helper()
 	ctx := context.Background()
 	// 64 distinct pictures, written under n names: real files to decode and
@@ -75,15 +76,15 @@ func benchImages(b *testing.B, store *core.Store, dir string, n int) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		var imgs []core.ImageResult
+		var imgs []protocol.ImageResult
 		for k := 0; k < perJob && i+k < n; k++ {
 			p := filepath.Join(dir, fmt.Sprintf("bench-%06d-%d.png", i, k))
 			if err := os.WriteFile(p, pics[(i+k)%len(pics)], 0o644); err != nil {
 				b.Fatal(err)
 			}
-			imgs = append(imgs, core.ImageResult{Path: p, Seed: int64(i + k), Width: 256, Height: 256})
+			imgs = append(imgs, protocol.ImageResult{Path: p, Seed: int64(i + k), Width: 256, Height: 256})
 		}
-		if err := store.FinishJob(ctx, id, &core.Metrics{TotalS: 3, DenoiseS: 2.5, ItS: 8}, imgs); err != nil {
+		if err := store.FinishJob(ctx, id, &protocol.Metrics{TotalS: 3, DenoiseS: 2.5, ItS: 8}, imgs); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -104,7 +105,7 @@ func BenchmarkGallery10k(b *testing.B) {
 	if err := paths.EnsureDirs(); err != nil {
 		b.Fatal(err)
 	}
-	store, err := core.OpenStore(paths.DB)
+	store, err := store.OpenStore(paths.DB)
 	if err != nil {
 		b.Fatal(err)
 	}

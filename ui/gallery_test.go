@@ -15,24 +15,25 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"atelier/core"
+	"atelier/core/protocol"
 	"atelier/core/request"
+	"atelier/core/store"
 )
 
 // recordImage stores a done job with one real PNG and returns the image's record.
-func recordImage(t *testing.T, store *core.Store, dir, prompt, model string, seed int64) core.ImageRecord {
+func recordImage(t *testing.T, st *store.Store, dir, prompt, model string, seed int64) store.ImageRecord {
 	t.Helper()
 	ctx := context.Background()
 	req := request.DefaultRequest()
 	req.Prompt, req.NegativePrompt, req.Model, req.Seed = prompt, "blurry", model, seed
 	req.Steps, req.Width, req.Height, req.BatchSize, req.CFG = 6, 64, 64, 1, 4.5
 	uid := fmt.Sprintf("job-%d-%d", seed, time.Now().UnixNano())
-	id, err := store.CreateJob(ctx, uid, req)
+	id, err := st.CreateJob(ctx, uid, req)
 	require.NoError(t, err)
 	p := writePNG(t, dir, uid+"-0.png", 64, 64, color.NRGBA{R: uint8(seed * 40), G: 100, B: 150, A: 255})
-	require.NoError(t, store.FinishJob(ctx, id, &core.Metrics{TotalS: 1.5, DenoiseS: 1, ItS: 6, Device: "cpu", Dtype: "float32"},
-		[]core.ImageResult{{Path: p, Seed: seed, Width: 64, Height: 64}}))
-	imgs, err := store.SearchImages(ctx, core.GalleryQuery{}, 0, 1)
+	require.NoError(t, st.FinishJob(ctx, id, &protocol.Metrics{TotalS: 1.5, DenoiseS: 1, ItS: 6, Device: "cpu", Dtype: "float32"},
+		[]protocol.ImageResult{{Path: p, Seed: seed, Width: 64, Height: 64}}))
+	imgs, err := st.SearchImages(ctx, store.GalleryQuery{}, 0, 1)
 	require.NoError(t, err)
 	require.Equal(t, p, imgs[0].Path)
 	return imgs[0]
@@ -48,13 +49,13 @@ func (s testStudio) tile(t *testing.T, path string) *galleryTile {
 }
 
 func TestGallerySearchDetailAndActions(t *testing.T) {
-	s, store, _ := servicesStudio(t, nil, nil)
+	s, st, _ := servicesStudio(t, nil, nil)
 	ctx := context.Background()
 	dir := t.TempDir()
-	lighthouse := recordImage(t, store, dir, "a lighthouse at dusk", "tiny", 1)
-	fox := recordImage(t, store, dir, "a red fox in the snow", "tiny", 2)
-	brittany := recordImage(t, store, dir, "lighthouses of Brittany", "/models/sdxl-base", 3)
-	owl := recordImage(t, store, dir, "an owl portrait", "tiny", 4)
+	lighthouse := recordImage(t, st, dir, "a lighthouse at dusk", "tiny", 1)
+	fox := recordImage(t, st, dir, "a red fox in the snow", "tiny", 2)
+	brittany := recordImage(t, st, dir, "lighthouses of Brittany", "/models/sdxl-base", 3)
+	owl := recordImage(t, st, dir, "an owl portrait", "tiny", 4)
 
 	s.x.tabs.SelectIndex(tabGallery)
 	g := s.x.gallery
@@ -62,7 +63,7 @@ func TestGallerySearchDetailAndActions(t *testing.T) {
 	// Every thumbnail made (none is still being written when its image is deleted
 	// below), and the owl's tile showing its own.
 	s.waitFor(t, time.Minute, "the thumbnails", func() bool {
-		for _, r := range []core.ImageRecord{lighthouse, fox, brittany, owl} {
+		for _, r := range []store.ImageRecord{lighthouse, fox, brittany, owl} {
 			if img, ok := g.thumbs.get(r.Path); !ok || img == nil {
 				return false
 			}
@@ -119,7 +120,7 @@ func TestGallerySearchDetailAndActions(t *testing.T) {
 	// Star it: the store and the filter see it.
 	test.Tap(d.star)
 	assert.Equal(t, "Unstar", d.star.Text)
-	det, err := store.GetImage(ctx, lighthouse.ID)
+	det, err := st.GetImage(ctx, lighthouse.ID)
 	require.NoError(t, err)
 	assert.True(t, det.Starred)
 
@@ -171,8 +172,8 @@ func TestGallerySearchDetailAndActions(t *testing.T) {
 	d.ask.Confirm()
 	assert.NoFileExists(t, brittany.Path, "the file goes")
 	assert.NoFileExists(t, thumb, "the thumbnail goes")
-	_, err = store.GetImage(ctx, brittany.ID)
-	assert.ErrorIs(t, err, core.ErrNotFound, "the row goes")
+	_, err = st.GetImage(ctx, brittany.ID)
+	assert.ErrorIs(t, err, store.ErrNotFound, "the row goes")
 	assert.False(t, !g.gridPane.Visible(), "back to the grid")
 	assert.Equal(t, "3 images", g.countLabel.Text)
 	assert.Contains(t, s.status.text.Text, "Deleted")
@@ -187,7 +188,7 @@ func TestGallerySearchDetailAndActions(t *testing.T) {
 	s.waitFor(t, time.Minute, "the export", func() bool { return strings.Contains(s.status.text.Text, "Exported") })
 	dir2, err := s.x.svc.ChooseFolder("")
 	require.NoError(t, err)
-	for _, rec := range []core.ImageRecord{fox, owl} {
+	for _, rec := range []store.ImageRecord{fox, owl} {
 		base := filepath.Base(rec.Path)
 		assert.FileExists(t, filepath.Join(dir2, base))
 		assert.FileExists(t, filepath.Join(dir2, strings.TrimSuffix(base, ".png")+".json"))
@@ -198,16 +199,16 @@ func TestGallerySearchDetailAndActions(t *testing.T) {
 
 	// A new image (a job finished) shows at once while the gallery is open.
 	g.selecting.SetChecked(false)
-	recordImage(t, store, dir, "a fresh harbor", "tiny", 5)
+	recordImage(t, st, dir, "a fresh harbor", "tiny", 5)
 	s.refreshHistory()
 	s.q.drain()
 	assert.Equal(t, "4 images", g.countLabel.Text)
-	s.tile(t, filepath.Join(dir, filepath.Base(mustNewest(t, store).Path)))
+	s.tile(t, filepath.Join(dir, filepath.Base(mustNewest(t, st).Path)))
 }
 
-func mustNewest(t *testing.T, store *core.Store) core.ImageRecord {
+func mustNewest(t *testing.T, st *store.Store) store.ImageRecord {
 	t.Helper()
-	imgs, err := store.SearchImages(context.Background(), core.GalleryQuery{}, 0, 1)
+	imgs, err := st.SearchImages(context.Background(), store.GalleryQuery{}, 0, 1)
 	require.NoError(t, err)
 	require.Len(t, imgs, 1)
 	return imgs[0]

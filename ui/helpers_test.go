@@ -17,8 +17,9 @@ import (
 	"fyne.io/fyne/v2/test"
 	"fyne.io/fyne/v2/widget"
 
-	"atelier/core"
+	"atelier/core/jobs"
 	"atelier/core/request"
+	"atelier/core/store"
 )
 
 // uiQueue stands in for the app's UI goroutine: the studio's goroutines
@@ -101,10 +102,10 @@ func (s testStudio) settle(t *testing.T) {
 type fakeGen struct {
 	calls atomic.Int32
 	last  atomic.Pointer[request.Request]
-	run   func(ctx context.Context, req request.Request, onEvent func(event)) (*core.JobOutcome, error)
+	run   func(ctx context.Context, req request.Request, onEvent func(event)) (*jobs.JobOutcome, error)
 }
 
-func (g *fakeGen) Run(ctx context.Context, req request.Request, onEvent func(event)) (*core.JobOutcome, error) {
+func (g *fakeGen) Run(ctx context.Context, req request.Request, onEvent func(event)) (*jobs.JobOutcome, error) {
 	g.calls.Add(1)
 	g.last.Store(&req)
 	return g.run(ctx, req, onEvent)
@@ -113,20 +114,20 @@ func (g *fakeGen) Run(ctx context.Context, req request.Request, onEvent func(eve
 // memHistory is a History over a slice, newest first.
 type memHistory struct {
 	mu   sync.Mutex
-	recs []core.ImageRecord
+	recs []store.ImageRecord
 }
 
-func (h *memHistory) RecentImages(_ context.Context, limit int) ([]core.ImageRecord, error) {
+func (h *memHistory) RecentImages(_ context.Context, limit int) ([]store.ImageRecord, error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	n := min(limit, len(h.recs))
-	return append([]core.ImageRecord(nil), h.recs[:n]...), nil
+	return append([]store.ImageRecord(nil), h.recs[:n]...), nil
 }
 
-func (h *memHistory) add(r core.ImageRecord) {
+func (h *memHistory) add(r store.ImageRecord) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	h.recs = append([]core.ImageRecord{r}, h.recs...)
+	h.recs = append([]store.ImageRecord{r}, h.recs...)
 }
 
 // writePNG writes a w×h image of one colour and returns its path.

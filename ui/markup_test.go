@@ -12,8 +12,8 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"atelier/core"
 	"atelier/core/request"
+	"atelier/core/store"
 )
 
 // updateMarkup rewrites the golden files of the markup tests from what the
@@ -22,14 +22,14 @@ var updateMarkup = flag.Bool("update-markup", false, "rewrite ui/testdata/*.xml 
 
 // markupStudio is the app's window as a user first sees it: the studio's
 // theme, a fixed window size, the queue and gallery tabs, the history loaded.
-func markupStudio(t *testing.T) (testStudio, *core.Store) {
+func markupStudio(t *testing.T) (testStudio, *store.Store) {
 	t.Helper()
-	s, store, _ := servicesStudio(t, nil, nil)
+	s, st, _ := servicesStudio(t, nil, nil)
 	s.app.Settings().SetTheme(newStudioTheme())
 	s.waitFor(t, 20*time.Second, "the history and the model library", func() bool {
 		return s.historyLoaded() && s.form.lib != nil
 	})
-	return s, store
+	return s, st
 }
 
 // assertMarkup compares the window with testdata/name. The markup names no
@@ -67,15 +67,15 @@ func TestStudioFormErrorsMarkup(t *testing.T) {
 }
 
 func TestQueueTabMarkup(t *testing.T) {
-	s, store := markupStudio(t)
+	s, st := markupStudio(t)
 	ctx := context.Background()
-	require.NoError(t, store.SetQueuePaused(ctx, true)) // nothing runs: the list stays as it is
+	require.NoError(t, st.SetQueuePaused(ctx, true)) // nothing runs: the list stays as it is
 	req := firstRunRequest()
 	req.Seed = 100
 	reqs, err := request.ExpandBatchCount(req, 3)
 	require.NoError(t, err)
 	reqs[2].Prompt, reqs[2].BatchSize = "a red fox in the snow", 2
-	_, err = store.Enqueue(ctx, 0, reqs)
+	_, err = st.Enqueue(ctx, 0, reqs)
 	require.NoError(t, err)
 	s.x.tabs.SelectIndex(tabQueue)
 	s.q.drain()
@@ -84,11 +84,11 @@ func TestQueueTabMarkup(t *testing.T) {
 }
 
 func TestGalleryTabMarkup(t *testing.T) {
-	s, store := markupStudio(t)
+	s, st := markupStudio(t)
 	dir := t.TempDir()
-	var recs []core.ImageRecord
+	var recs []store.ImageRecord
 	for i, p := range []string{"a lighthouse at dusk", "a red fox in the snow", "an owl portrait"} {
-		recs = append(recs, recordImage(t, store, dir, p, request.TinyModel, int64(i+1)))
+		recs = append(recs, recordImage(t, st, dir, p, request.TinyModel, int64(i+1)))
 	}
 	s.x.tabs.SelectIndex(tabGallery)
 	g := s.x.gallery

@@ -14,18 +14,19 @@ import (
 	"fyne.io/fyne/v2/theme"
 	"fyne.io/fyne/v2/widget"
 
-	"atelier/core"
 	"atelier/core/failure"
+	"atelier/core/jobs"
+	"atelier/core/store"
 )
 
 // queueView is the Queue tab: every queue job with its status, progress and
 // ETA, and the actions that apply to it. UI goroutine only.
 type queueView struct {
 	s      *Studio
-	jobs   []core.QueueJob
-	live   map[int64]core.Live // progress of the jobs running in this process
-	rate   core.Rate
-	eta    core.QueueETA
+	jobs   []store.QueueJob
+	live   map[int64]jobs.Live // progress of the jobs running in this process
+	rate   store.Rate
+	eta    jobs.QueueETA
 	paused bool
 	counts map[string]int // every queue job by status (the list shows the newest finished only)
 
@@ -44,7 +45,7 @@ type queueView struct {
 }
 
 func newQueueView(s *Studio) *queueView {
-	v := &queueView{s: s, live: map[int64]core.Live{}, rows: map[int64]*queueRow{}}
+	v := &queueView{s: s, live: map[int64]jobs.Live{}, rows: map[int64]*queueRow{}}
 	v.pause = widget.NewButtonWithIcon("Pause", theme.MediaPauseIcon(), v.togglePause)
 	v.clear = widget.NewButtonWithIcon("Clear finished", theme.ContentClearIcon(), func() { v.clearQueue(false) })
 	v.clearAll = widget.NewButtonWithIcon("Cancel all waiting", theme.CancelIcon(), func() {
@@ -77,16 +78,16 @@ func (v *queueView) content() fyne.CanvasObject {
 
 // queueStore is what the Queue tab reads and changes of the queue.
 type queueStore interface {
-	QueueJobs(ctx context.Context) ([]core.QueueJob, error)
+	QueueJobs(ctx context.Context) ([]store.QueueJob, error)
 	QueueCounts(ctx context.Context) (map[string]int, error)
 	QueuePaused(ctx context.Context) (bool, error)
 	SetQueuePaused(ctx context.Context, paused bool) error
-	MeasuredRate(ctx context.Context, n int) (core.Rate, error)
-	MoveJob(ctx context.Context, id int64, m core.Move) error
+	MeasuredRate(ctx context.Context, n int) (store.Rate, error)
+	MoveJob(ctx context.Context, id int64, m store.Move) error
 	CancelJob(ctx context.Context, id int64) (string, error)
 	RetryJob(ctx context.Context, id int64) (int64, error)
 	ClearQueue(ctx context.Context, pendingToo bool) (int, error)
-	Sessions(ctx context.Context) ([]core.Session, error)
+	Sessions(ctx context.Context) ([]store.Session, error)
 }
 
 func (v *queueView) store() queueStore { return v.s.x.svc.Store }
@@ -110,7 +111,7 @@ func (v *queueView) refresh() {
 		v.rate = r
 	}
 	for id := range v.live {
-		if j := v.job(id); j == nil || j.Status != core.StatusRunning {
+		if j := v.job(id); j == nil || j.Status != store.StatusRunning {
 			delete(v.live, id)
 		}
 	}
@@ -128,7 +129,7 @@ func (v *queueView) refresh() {
 	}
 }
 
-func (v *queueView) job(id int64) *core.QueueJob {
+func (v *queueView) job(id int64) *store.QueueJob {
 	for i := range v.jobs {
 		if v.jobs[i].ID == id {
 			return &v.jobs[i]
@@ -139,10 +140,10 @@ func (v *queueView) job(id int64) *core.QueueJob {
 
 // recompute updates the ETAs and the summary line.
 func (v *queueView) recompute() {
-	v.eta = core.EstimateQueue(v.jobs, v.rate, v.live)
+	v.eta = jobs.EstimateQueue(v.jobs, v.rate, v.live)
 	c := v.counts
-	waiting, running := c[core.StatusPending]+c[core.StatusInterrupted], c[core.StatusRunning]
-	done, failed := c[core.StatusDone], c[core.StatusFailed]
+	waiting, running := c[store.StatusPending]+c[store.StatusInterrupted], c[store.StatusRunning]
+	done, failed := c[store.StatusDone], c[store.StatusFailed]
 	parts := []string{fmt.Sprintf("%d waiting", waiting), fmt.Sprintf("%d running", running), fmt.Sprintf("%d done", done)}
 	if failed > 0 {
 		parts = append(parts, fmt.Sprintf("%d failed", failed))
@@ -166,13 +167,13 @@ func (v *queueView) recompute() {
 // event follows the queue runner.
 func (v *queueView) event(e queueEvent) {
 	switch e.kind {
-	case core.QueueStarted:
-		v.live[e.job.ID] = core.NewLive()
+	case jobs.QueueStarted:
+		v.live[e.job.ID] = jobs.NewLive()
 		v.refresh()
-	case core.QueueMessage:
+	case jobs.QueueMessage:
 		l, ok := v.live[e.job.ID]
 		if !ok {
-			l = core.NewLive()
+			l = jobs.NewLive()
 		}
 		e.ev.foldInto(&l)
 		v.live[e.job.ID] = l
@@ -187,14 +188,14 @@ func (v *queueView) event(e queueEvent) {
 				r.show(j)
 			}
 		}
-	case core.QueueFinished:
+	case jobs.QueueFinished:
 		delete(v.live, e.job.ID)
 		v.refresh()
-	case core.QueueIdle:
+	case jobs.QueueIdle:
 		if v.paused != e.paused {
 			v.refresh()
 		}
-	case core.QueueStalled:
+	case jobs.QueueStalled:
 		msg, detail := "The worker could not start, so the queue waits (the jobs stay queued) and tries again in a while. "+
 			"Run `atelier doctor` to check the worker.", ""
 		var jerr *failure.JobError
@@ -214,7 +215,7 @@ func (v *queueView) report(err error) {
 	v.refresh()
 }
 
-func (v *queueView) move(id int64, m core.Move) {
+func (v *queueView) move(id int64, m store.Move) {
 	v.report(v.store().MoveJob(context.Background(), id, m))
 }
 
@@ -254,7 +255,7 @@ func (v *queueView) clearQueue(all bool) {
 }
 
 // sessionRows is the sessions table: a header and one row per session.
-func sessionRows(list []core.Session) [][]string {
+func sessionRows(list []store.Session) [][]string {
 	rows := [][]string{{"Session", "Started", "Jobs", "Done", "Failed", "Waiting", "Images", "Total time", "Mean it/s"}}
 	for _, x := range list {
 		rows = append(rows, []string{

@@ -4,12 +4,12 @@ import (
 	"fmt"
 	"strings"
 
+	"atelier/core/store"
+
 	"fyne.io/fyne/v2"
 	"fyne.io/fyne/v2/container"
 	"fyne.io/fyne/v2/theme"
 	"fyne.io/fyne/v2/widget"
-
-	"atelier/core"
 )
 
 // queueRow is one job in the list.
@@ -40,9 +40,9 @@ func newQueueRow(v *queueView) *queueRow {
 		b.Importance = widget.LowImportance
 		return b
 	}
-	r.up = icon(theme.MoveUpIcon(), "up", func() { v.move(r.id, core.MoveUp) })
-	r.down = icon(theme.MoveDownIcon(), "down", func() { v.move(r.id, core.MoveDown) })
-	r.top = icon(theme.UploadIcon(), "top", func() { v.move(r.id, core.MoveTop) })
+	r.up = icon(theme.MoveUpIcon(), "up", func() { v.move(r.id, store.MoveUp) })
+	r.down = icon(theme.MoveDownIcon(), "down", func() { v.move(r.id, store.MoveDown) })
+	r.top = icon(theme.UploadIcon(), "top", func() { v.move(r.id, store.MoveTop) })
 	r.edit = icon(theme.DocumentCreateIcon(), "edit", func() { v.s.x.edit.open(r.id) })
 	r.cancel = icon(theme.CancelIcon(), "cancel", func() { v.cancelJob(r.id) })
 	r.retry = icon(theme.ViewRefreshIcon(), "retry", func() { v.retry(r.id) })
@@ -65,23 +65,23 @@ func (r *queueRow) CreateRenderer() fyne.WidgetRenderer {
 }
 
 var statusLabels = map[string]string{
-	core.StatusPending: "pending", core.StatusRunning: "running", core.StatusDone: "done",
-	core.StatusFailed: "failed", core.StatusCancelled: "cancelled", core.StatusInterrupted: "interrupted",
+	store.StatusPending: "pending", store.StatusRunning: "running", store.StatusDone: "done",
+	store.StatusFailed: "failed", store.StatusCancelled: "cancelled", store.StatusInterrupted: "interrupted",
 }
 
-func (r *queueRow) show(j *core.QueueJob) {
+func (r *queueRow) show(j *store.QueueJob) {
 	r.id = j.ID
 	r.v.rows[j.ID] = r
 	req := j.Request
 	st := statusLabels[j.Status]
 	switch j.Status {
-	case core.StatusDone:
+	case store.StatusDone:
 		r.status.Importance = widget.SuccessImportance
-	case core.StatusFailed:
+	case store.StatusFailed:
 		r.status.Importance = widget.DangerImportance
-	case core.StatusInterrupted, core.StatusCancelled:
+	case store.StatusInterrupted, store.StatusCancelled:
 		r.status.Importance = widget.WarningImportance
-	case core.StatusRunning:
+	case store.StatusRunning:
 		r.status.Importance = widget.HighImportance
 	default:
 		r.status.Importance = widget.MediumImportance
@@ -96,16 +96,16 @@ func (r *queueRow) show(j *core.QueueJob) {
 		info += fmt.Sprintf(" · batch %d", req.BatchSize)
 	}
 	switch {
-	case j.Status == core.StatusInterrupted:
+	case j.Status == store.StatusInterrupted:
 		info = "stopped mid-job; runs again · " + info
-	case j.ErrorMessage != "" && (j.Status == core.StatusFailed):
+	case j.ErrorMessage != "" && (j.Status == store.StatusFailed):
 		info = j.ErrorCode + ": " + j.ErrorMessage
 	}
 	r.info.SetText(info)
 
 	frac, etaText := 0.0, ""
 	switch j.Status {
-	case core.StatusRunning:
+	case store.StatusRunning:
 		if j.Total > 0 {
 			frac = float64(j.Step) / float64(j.Total)
 		}
@@ -114,12 +114,12 @@ func (r *queueRow) show(j *core.QueueJob) {
 		} else {
 			etaText = fmt.Sprintf("%d/%d", j.Step, j.Total)
 		}
-	case core.StatusDone:
+	case store.StatusDone:
 		frac = 1
 		if m := j.Metrics; m != nil {
 			etaText = fmt.Sprintf("%.1f s · %.2f it/s", m.TotalS, m.ItS)
 		}
-	case core.StatusPending, core.StatusInterrupted:
+	case store.StatusPending, store.StatusInterrupted:
 		if d, ok := r.v.eta.Job[j.ID]; ok {
 			etaText = "≈ " + formatETA(d)
 		}
@@ -131,9 +131,9 @@ func (r *queueRow) show(j *core.QueueJob) {
 	setEnabled(r.up, waiting)
 	setEnabled(r.down, waiting)
 	setEnabled(r.top, waiting)
-	setEnabled(r.edit, j.Status == core.StatusPending)
-	setEnabled(r.cancel, waiting || (j.Status == core.StatusRunning && !j.CancelRequested))
-	setEnabled(r.retry, j.Status == core.StatusFailed || j.Status == core.StatusCancelled)
+	setEnabled(r.edit, j.Status == store.StatusPending)
+	setEnabled(r.cancel, waiting || (j.Status == store.StatusRunning && !j.CancelRequested))
+	setEnabled(r.retry, j.Status == store.StatusFailed || j.Status == store.StatusCancelled)
 }
 
 func setEnabled(b *widget.Button, on bool) {

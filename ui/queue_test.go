@@ -22,32 +22,34 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"atelier/core"
 	"atelier/core/failure"
+	"atelier/core/jobs"
 	"atelier/core/media"
 	"atelier/core/paths"
+	"atelier/core/protocol"
 	"atelier/core/request"
+	"atelier/core/store"
 )
 
 // servicesStudio is a studio with the queue and gallery tabs over a real
 // store in a temporary home; gen runs the Generate button's jobs.
-func servicesStudio(t *testing.T, gen generator, q QueueRunner) (testStudio, *core.Store, paths.Paths) {
+func servicesStudio(t *testing.T, gen generator, q QueueRunner) (testStudio, *store.Store, paths.Paths) {
 	t.Helper()
 	paths := paths.PathsUnder(t.TempDir())
 	require.NoError(t, paths.EnsureDirs())
-	store, err := core.OpenStore(paths.DB)
+	st, err := store.OpenStore(paths.DB)
 	require.NoError(t, err)
-	t.Cleanup(func() { store.Close() })
-	return studioOver(t, store, paths, gen, q), store, paths
+	t.Cleanup(func() { st.Close() })
+	return studioOver(t, st, paths, gen, q), st, paths
 }
 
-func studioOver(t *testing.T, store *core.Store, paths paths.Paths, gen generator, q QueueRunner) testStudio {
+func studioOver(t *testing.T, st *store.Store, paths paths.Paths, gen generator, q QueueRunner) testStudio {
 	t.Helper()
 	exportDir := filepath.Join(t.TempDir(), "export")
-	svc := &Services{Store: store, Queue: q, Paths: paths,
+	svc := &Services{Store: st, Queue: q, Paths: paths,
 		Thumbs: media.NewThumbnailer(paths.Cache, galleryThumbPx),
 		ExportImages: func(ctx context.Context, ids []int64, dir string) ([]string, error) {
-			return core.ExportImages(ctx, store, ids, dir)
+			return store.ExportImages(ctx, st, ids, dir)
 		},
 		ChooseFolder: func(string) (string, error) { return exportDir, nil },
 	}
@@ -56,11 +58,11 @@ func studioOver(t *testing.T, store *core.Store, paths paths.Paths, gen generato
 	w.Resize(fyne.NewSize(1400, 900))
 	uq := &uiQueue{}
 	if gen == nil {
-		gen = &fakeGen{run: func(context.Context, request.Request, func(event)) (*core.JobOutcome, error) {
+		gen = &fakeGen{run: func(context.Context, request.Request, func(event)) (*jobs.JobOutcome, error) {
 			return nil, &failure.JobError{Code: failure.ErrInternal, Message: "no generator in this test"}
 		}}
 	}
-	s := newStudioWith(a, w, gen, store, uq.post, svc)
+	s := newStudioWith(a, w, gen, st, uq.post, svc)
 	t.Cleanup(s.x.gallery.thumbs.close) // before the temporary folders go
 	ts := testStudio{s, uq}
 	t.Cleanup(func() { ts.settle(t) }) // before the store closes
@@ -68,9 +70,9 @@ func studioOver(t *testing.T, store *core.Store, paths paths.Paths, gen generato
 }
 
 // waitingPrompts is the queue's waiting jobs' prompts, in order.
-func waitingPrompts(t *testing.T, store *core.Store) []string {
+func waitingPrompts(t *testing.T, st *store.Store) []string {
 	t.Helper()
-	jobs, err := store.QueueJobs(context.Background())
+	jobs, err := st.QueueJobs(context.Background())
 	require.NoError(t, err)
 	var out []string
 	for _, j := range jobs {
@@ -92,9 +94,9 @@ func (s testStudio) row(t *testing.T, id int64) *queueRow {
 }
 
 func TestQueueViewFillReorderCancelEdit(t *testing.T) {
-	s, store, _ := servicesStudio(t, nil, nil)
+	s, st, _ := servicesStudio(t, nil, nil)
 	ctx := context.Background()
-	require.NoError(t, store.SetQueuePaused(ctx, true)) // nothing runs: this test is about the list
+	require.NoError(t, st.SetQueuePaused(ctx, true)) // nothing runs: this test is about the list
 
 	// Fill the queue from the form: a batch count of 4 makes 4 jobs.
 	setForm(s, "a lighthouse", 4, 64, 64)
@@ -104,13 +106,13 @@ func TestQueueViewFillReorderCancelEdit(t *testing.T) {
 	s.q.drain()
 	assert.Contains(t, s.status.text.Text, "Queued 4 jobs")
 	assert.Contains(t, s.status.text.Text, "paused")
-	jobs, err := store.QueueJobs(ctx)
+	queued, err := st.QueueJobs(ctx)
 	require.NoError(t, err)
-	require.Len(t, jobs, 4)
+	require.Len(t, queued, 4)
 	ids := make([]int64, 4)
-	for i, j := range jobs {
+	for i, j := range queued {
 		ids[i] = j.ID
-		assert.Equal(t, core.StatusPending, j.Status)
+		assert.Equal(t, store.StatusPending, j.Status)
 		assert.Equal(t, int64(100+i), j.Request.Seed, "job k starts at seed + k")
 		assert.NotZero(t, j.SessionID, "the jobs belong to this sitting's session")
 	}
@@ -118,7 +120,7 @@ func TestQueueViewFillReorderCancelEdit(t *testing.T) {
 	s.form.steps.steps.SetText("0")
 	test.Tap(s.x.addQueue)
 	assert.NotEmpty(t, s.form.fieldError(fSteps))
-	assert.Len(t, waitingPrompts(t, store), 4)
+	assert.Len(t, waitingPrompts(t, st), 4)
 	s.form.steps.steps.SetText("4")
 
 	// The queue tab shows them, with the summary.
@@ -140,20 +142,20 @@ func TestQueueViewFillReorderCancelEdit(t *testing.T) {
 		assert.False(t, e.bar.Visible(), "saving ends the edit")
 		s.x.tabs.SelectIndex(tabQueue)
 	}
-	assert.Equal(t, []string{"a", "b", "c", "d"}, waitingPrompts(t, store))
+	assert.Equal(t, []string{"a", "b", "c", "d"}, waitingPrompts(t, st))
 
 	// Reorder with the row buttons.
 	test.Tap(s.row(t, ids[3]).top)
-	assert.Equal(t, []string{"d", "a", "b", "c"}, waitingPrompts(t, store))
+	assert.Equal(t, []string{"d", "a", "b", "c"}, waitingPrompts(t, st))
 	test.Tap(s.row(t, ids[0]).down)
-	assert.Equal(t, []string{"d", "b", "a", "c"}, waitingPrompts(t, store))
+	assert.Equal(t, []string{"d", "b", "a", "c"}, waitingPrompts(t, st))
 	test.Tap(s.row(t, ids[2]).up)
-	assert.Equal(t, []string{"d", "b", "c", "a"}, waitingPrompts(t, store))
+	assert.Equal(t, []string{"d", "b", "c", "a"}, waitingPrompts(t, st))
 	var shown []string
 	for _, j := range v.jobs {
 		shown = append(shown, j.Request.Prompt)
 	}
-	assert.Equal(t, waitingPrompts(t, store), shown, "the list follows the store's order")
+	assert.Equal(t, waitingPrompts(t, st), shown, "the list follows the store's order")
 
 	// Cancel one: it leaves the waiting jobs and can be retried.
 	test.Tap(s.row(t, ids[1]).cancel)
@@ -161,7 +163,7 @@ func TestQueueViewFillReorderCancelEdit(t *testing.T) {
 	assert.Contains(t, r.status.Text, "cancelled")
 	assert.False(t, r.retry.Disabled())
 	assert.True(t, r.up.Disabled(), "a finished job does not move")
-	assert.NotContains(t, waitingPrompts(t, store), "b")
+	assert.NotContains(t, waitingPrompts(t, st), "b")
 	assert.Contains(t, v.summary.Text, "3 waiting")
 
 	// Edit checks the values as the form does and stays in edit mode on an error.
@@ -174,7 +176,7 @@ func TestQueueViewFillReorderCancelEdit(t *testing.T) {
 	s.form.seed.seed.SetText("77")
 	test.Tap(e.save)
 	assert.False(t, e.bar.Visible())
-	j, err := store.GetQueueJob(ctx, ids[2])
+	j, err := st.GetQueueJob(ctx, ids[2])
 	require.NoError(t, err)
 	assert.Equal(t, 3, j.Request.Steps)
 	assert.Equal(t, int64(77), j.Request.Seed)
@@ -182,11 +184,11 @@ func TestQueueViewFillReorderCancelEdit(t *testing.T) {
 
 	// Retry the cancelled job: a new pending one at the end.
 	test.Tap(s.row(t, ids[1]).retry)
-	assert.Equal(t, []string{"d", "c", "a", "b"}, waitingPrompts(t, store))
+	assert.Equal(t, []string{"d", "c", "a", "b"}, waitingPrompts(t, st))
 
 	// Resume, then clear the finished (cancelled) job from the list.
 	test.Tap(v.pause)
-	paused, err := store.QueuePaused(ctx)
+	paused, err := st.QueuePaused(ctx)
 	require.NoError(t, err)
 	assert.False(t, paused)
 	assert.Equal(t, "Pause", v.pause.Text)
@@ -194,11 +196,11 @@ func TestQueueViewFillReorderCancelEdit(t *testing.T) {
 	s.q.drain()
 	assert.Len(t, v.jobs, 4)
 	for _, j := range v.jobs {
-		assert.NotEqual(t, core.StatusCancelled, j.Status)
+		assert.NotEqual(t, store.StatusCancelled, j.Status)
 	}
 
 	// A worker that cannot start is explained, with its detail one click away.
-	s.OnQueueEvent(core.QueueEvent{Kind: core.QueueStalled, Err: fmt.Errorf("%w: %w", core.ErrWorkerUnavailable,
+	s.OnQueueEvent(jobs.QueueEvent{Kind: jobs.QueueStalled, Err: fmt.Errorf("%w: %w", jobs.ErrWorkerUnavailable,
 		&failure.JobError{Code: failure.ErrWorkerCrashed, Message: "the worker stopped right after it started", Detail: "ImportError: torch"})})
 	s.q.drain()
 	assert.Contains(t, s.status.text.Text, "stopped right after it started")
@@ -223,12 +225,12 @@ func TestQueueRunsInTheBackgroundWithTheRealWorker(t *testing.T) {
 	br := sharedBridge(t)
 	paths := paths.PathsUnder(t.TempDir())
 	require.NoError(t, paths.EnsureDirs())
-	store, err := core.OpenStore(paths.DB)
+	st, err := store.OpenStore(paths.DB)
 	require.NoError(t, err)
-	t.Cleanup(func() { store.Close() })
-	runner := core.NewRunner(store, br, paths)
-	q := core.NewQueueRunner(runner)
-	s := studioOver(t, store, paths, eventsOf(runner), q)
+	t.Cleanup(func() { st.Close() })
+	runner := jobs.NewRunner(st, br, paths)
+	q := jobs.NewQueueRunner(runner)
+	s := studioOver(t, st, paths, eventsOf(runner), q)
 	q.OnEvent = s.OnQueueEvent
 
 	ctx, stop := context.WithCancel(context.Background())
@@ -247,7 +249,7 @@ func TestQueueRunsInTheBackgroundWithTheRealWorker(t *testing.T) {
 	s.waitFor(t, jobDeadline, "both queue jobs done", func() bool {
 		n := 0
 		for _, j := range v.jobs {
-			if j.Status == core.StatusDone {
+			if j.Status == store.StatusDone {
 				n++
 			}
 		}
@@ -266,10 +268,10 @@ func TestQueueRunsInTheBackgroundWithTheRealWorker(t *testing.T) {
 	s.x.tabs.SelectIndex(tabGallery)
 	s.q.drain()
 	assert.Equal(t, "2 images", s.x.gallery.countLabel.Text)
-	rate, err := store.MeasuredRate(context.Background(), 10)
+	rate, err := st.MeasuredRate(context.Background(), 10)
 	require.NoError(t, err)
 	assert.True(t, rate.Known())
-	require.NoError(t, store.SetQueuePaused(context.Background(), true))
+	require.NoError(t, st.SetQueuePaused(context.Background(), true))
 	s.x.tabs.SelectIndex(tabStudio)
 	test.Tap(s.x.addQueue)
 	s.x.tabs.SelectIndex(tabQueue)
@@ -346,18 +348,18 @@ func TestDroppingAPNGLoadsItsSettings(t *testing.T) {
 func TestWindowLayoutAndFormAreRemembered(t *testing.T) {
 	paths := paths.PathsUnder(t.TempDir())
 	require.NoError(t, paths.EnsureDirs())
-	store, err := core.OpenStore(paths.DB)
+	st, err := store.OpenStore(paths.DB)
 	require.NoError(t, err)
-	defer store.Close()
+	defer st.Close()
 
-	s := studioOver(t, store, paths, nil, nil)
+	s := studioOver(t, st, paths, nil, nil)
 	setForm(s, "remember this prompt", 9, 128, 64)
 	s.x.split.SetOffset(0.4)
 	s.x.tabs.SelectIndex(tabGallery)
 	s.win.Resize(fyne.NewSize(1111, 777))
 	s.saveState() // what closing the window does
 
-	again := studioOver(t, store, paths, nil, nil)
+	again := studioOver(t, st, paths, nil, nil)
 	assert.Equal(t, "remember this prompt", again.form.prompts.prompt.Text)
 	assert.Equal(t, "9", again.form.steps.steps.Text)
 	assert.Equal(t, "128", again.form.size.width.Text)
@@ -369,28 +371,28 @@ func TestWindowLayoutAndFormAreRemembered(t *testing.T) {
 func storageURI(path string) fyne.URI { return storage.NewFileURI(path) }
 
 func TestQueueViewShowsProgressAndETAs(t *testing.T) {
-	s, store, _ := servicesStudio(t, nil, nil)
+	s, st, _ := servicesStudio(t, nil, nil)
 	ctx := context.Background()
 	// One done job gives the measured speed: 64×64, 4 steps in 2 s of denoising.
 	done := request.DefaultRequest()
 	done.Prompt, done.Steps, done.Width, done.Height, done.BatchSize = "measured", 4, 64, 64, 1
-	id, err := store.CreateJob(ctx, "measured", done)
+	id, err := st.CreateJob(ctx, "measured", done)
 	require.NoError(t, err)
-	require.NoError(t, store.FinishJob(ctx, id, &core.Metrics{TotalS: 3, DenoiseS: 2, ItS: 2}, nil))
+	require.NoError(t, st.FinishJob(ctx, id, &protocol.Metrics{TotalS: 3, DenoiseS: 2, ItS: 2}, nil))
 
 	req := done
 	req.Prompt, req.Steps, req.Seed = "queued", 10, 1
-	ids, err := store.Enqueue(ctx, 0, []request.Request{req, req})
+	ids, err := st.Enqueue(ctx, 0, []request.Request{req, req})
 	require.NoError(t, err)
-	job, err := store.ClaimNext(ctx) // as the runner does
+	job, err := st.ClaimNext(ctx) // as the runner does
 	require.NoError(t, err)
 	require.Equal(t, ids[0], job.ID)
 
 	s.x.tabs.SelectIndex(tabQueue)
-	s.OnQueueEvent(core.QueueEvent{Kind: core.QueueStarted, Job: job})
+	s.OnQueueEvent(jobs.QueueEvent{Kind: jobs.QueueStarted, Job: job})
 	for step := 0; step <= 5; step++ {
 		// Denoising from 1 s on, at 5 steps per second.
-		s.OnQueueEvent(core.QueueEvent{Kind: core.QueueMessage, Job: job, Message: core.Message{Type: core.MsgProgress,
+		s.OnQueueEvent(jobs.QueueEvent{Kind: jobs.QueueMessage, Job: job, Message: protocol.Message{Type: protocol.MsgProgress,
 			ID: job.UID, Stage: "denoising", Step: step, Total: 10, ElapsedS: 1 + float64(step)/5}})
 	}
 	s.q.drain()
@@ -411,14 +413,14 @@ func TestQueueViewShowsProgressAndETAs(t *testing.T) {
 // features the queue list never showed (sampler, schedule, LoRA, images per
 // job) change too, Discard leaves the job alone, and the user's draft comes back.
 func TestEditQueuedJobInTheForm(t *testing.T) {
-	s, store, _ := servicesStudio(t, nil, nil)
+	s, st, _ := servicesStudio(t, nil, nil)
 	ctx := context.Background()
-	require.NoError(t, store.SetQueuePaused(ctx, true))
+	require.NoError(t, st.SetQueuePaused(ctx, true))
 	setForm(s, "a queued harbour", 4, 64, 64)
 	s.form.seed.seed.SetText("5")
 	test.Tap(s.x.addQueue)
 	s.q.drain()
-	jobs, err := store.QueueJobs(ctx)
+	jobs, err := st.QueueJobs(ctx)
 	require.NoError(t, err)
 	require.Len(t, jobs, 1)
 	id := jobs[0].ID
@@ -442,7 +444,7 @@ func TestEditQueuedJobInTheForm(t *testing.T) {
 	test.Tap(e.discard)
 	assert.False(t, e.bar.Visible())
 	assert.Equal(t, "my unfinished draft", s.form.prompts.prompt.Text)
-	assert.Equal(t, []string{"a queued harbour"}, waitingPrompts(t, store))
+	assert.Equal(t, []string{"a queued harbour"}, waitingPrompts(t, st))
 
 	// Save: every feature of the form reaches the job.
 	s.x.tabs.SelectIndex(tabQueue)
@@ -461,7 +463,7 @@ func TestEditQueuedJobInTheForm(t *testing.T) {
 	assert.False(t, e.bar.Visible())
 	assert.Contains(t, s.status.text.Text, fmt.Sprintf("Saved queued job #%d", id))
 	assert.Equal(t, "my unfinished draft", s.form.prompts.prompt.Text, "the draft comes back after saving")
-	j, err := store.GetQueueJob(ctx, id)
+	j, err := st.GetQueueJob(ctx, id)
 	require.NoError(t, err)
 	assert.Equal(t, "an edited harbour", j.Request.Prompt)
 	assert.Equal(t, "dpmpp_2m", j.Request.Scheduler)
@@ -474,7 +476,7 @@ func TestEditQueuedJobInTheForm(t *testing.T) {
 	s.x.tabs.SelectIndex(tabQueue)
 	test.Tap(s.row(t, id).edit)
 	f.prompts.prompt.SetText("too late")
-	claimed, err := store.ClaimNext(ctx)
+	claimed, err := st.ClaimNext(ctx)
 	require.NoError(t, err)
 	require.Equal(t, id, claimed.ID)
 	test.Tap(e.save)
@@ -482,7 +484,7 @@ func TestEditQueuedJobInTheForm(t *testing.T) {
 	assert.Contains(t, s.status.text.Text, fmt.Sprintf("Job #%d started before it was saved", id))
 	assert.Equal(t, "too late", f.prompts.prompt.Text, "the form keeps the changes")
 	assert.False(t, e.bar.Visible())
-	j, err = store.GetQueueJob(ctx, id)
+	j, err = st.GetQueueJob(ctx, id)
 	require.NoError(t, err)
 	assert.Equal(t, "an edited harbour", j.Request.Prompt)
 }
@@ -491,36 +493,36 @@ func TestEditQueuedJobInTheForm(t *testing.T) {
 // queue job waits; the status line says for which job until its own starts.
 func TestGenerateSaysItWaitsForTheQueuedJob(t *testing.T) {
 	begin, end := make(chan struct{}), make(chan struct{})
-	gen := &fakeGen{run: func(ctx context.Context, req request.Request, onEvent func(event)) (*core.JobOutcome, error) {
+	gen := &fakeGen{run: func(ctx context.Context, req request.Request, onEvent func(event)) (*jobs.JobOutcome, error) {
 		<-begin // the queue's job holds the worker
 		onEvent(event{kind: evProgress, stage: "denoising", step: 1, total: req.Steps})
 		<-end
 		return nil, &failure.JobError{Code: failure.ErrCancelled, Message: "stopped by the test"}
 	}}
-	s, store, _ := servicesStudio(t, gen, nil)
+	s, st, _ := servicesStudio(t, gen, nil)
 	ctx := context.Background()
-	require.NoError(t, store.SetQueuePaused(ctx, true)) // the test plays the queue runner
+	require.NoError(t, st.SetQueuePaused(ctx, true)) // the test plays the queue runner
 	setForm(s, "a lighthouse", 4, 64, 64)
 	s.form.batch.batchCount.SetText("2")
 	test.Tap(s.x.addQueue)
 	s.form.batch.batchCount.SetText("1")
-	claim := func() *core.QueueJob {
-		j, err := store.ClaimNext(ctx)
+	claim := func() *store.QueueJob {
+		j, err := st.ClaimNext(ctx)
 		require.NoError(t, err)
 		require.NotNil(t, j)
 		return j
 	}
 	first := claim()
-	s.OnQueueEvent(core.QueueEvent{Kind: core.QueueStarted, Job: first})
+	s.OnQueueEvent(jobs.QueueEvent{Kind: jobs.QueueStarted, Job: first})
 	s.q.drain()
 	test.Tap(s.generate)
 	s.q.drain()
 	assert.Equal(t, fmt.Sprintf("Waiting for the queued job #%d to finish (one worker)…", first.ID), s.status.text.Text)
 
 	// The next queue job took the worker first: the line follows it.
-	s.OnQueueEvent(core.QueueEvent{Kind: core.QueueFinished, Job: first})
+	s.OnQueueEvent(jobs.QueueEvent{Kind: jobs.QueueFinished, Job: first})
 	second := claim()
-	s.OnQueueEvent(core.QueueEvent{Kind: core.QueueStarted, Job: second})
+	s.OnQueueEvent(jobs.QueueEvent{Kind: jobs.QueueStarted, Job: second})
 	s.q.drain()
 	assert.Equal(t, fmt.Sprintf("Waiting for the queued job #%d to finish (one worker)…", second.ID), s.status.text.Text)
 
@@ -530,7 +532,7 @@ func TestGenerateSaysItWaitsForTheQueuedJob(t *testing.T) {
 	s.waitFor(t, 20*time.Second, "the job to end", func() bool { return s.job == nil })
 
 	// Without a queue job running, Generate says nothing of waiting.
-	s.OnQueueEvent(core.QueueEvent{Kind: core.QueueFinished, Job: second})
+	s.OnQueueEvent(jobs.QueueEvent{Kind: jobs.QueueFinished, Job: second})
 	s.q.drain()
 	begin, end = make(chan struct{}), make(chan struct{})
 	test.Tap(s.generate)

@@ -10,8 +10,8 @@ import (
 	"fyne.io/fyne/v2/theme"
 	"fyne.io/fyne/v2/widget"
 
-	"atelier/core"
 	"atelier/core/request"
+	"atelier/core/store"
 )
 
 // queueEdit is the form's "editing a queued job" mode: Edit in the queue
@@ -57,7 +57,7 @@ func (e *queueEdit) editing() bool { return e.id != 0 }
 // open loads pending job id into the form and brings the form to the front.
 func (e *queueEdit) open(id int64) {
 	j := e.s.x.queue.job(id)
-	if j == nil || j.Status != core.StatusPending {
+	if j == nil || j.Status != store.StatusPending {
 		return
 	}
 	f := e.s.form
@@ -120,7 +120,7 @@ func (e *queueEdit) saveJob() {
 	}
 	err = e.store().UpdatePendingJob(context.Background(), id, req)
 	switch {
-	case errors.Is(err, core.ErrNotPending):
+	case errors.Is(err, store.ErrNotPending):
 		// The form keeps the changes, so they can still be queued or generated.
 		e.close(false)
 		s.status.set(statusWarn, fmt.Sprintf("Job #%d started before it was saved, so it runs with its old settings. "+

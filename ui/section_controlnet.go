@@ -11,8 +11,9 @@ import (
 	"fyne.io/fyne/v2/theme"
 	"fyne.io/fyne/v2/widget"
 
-	"atelier/core"
+	"atelier/core/jobs"
 	"atelier/core/library"
+	"atelier/core/protocol"
 	"atelier/core/request"
 )
 
@@ -26,7 +27,7 @@ type controlNetSection struct {
 	images      *fyne.Container
 	imagesTitle *widget.Label
 	lib         *library.Library
-	caps        *core.Capabilities
+	caps        *protocol.Capabilities
 }
 
 // cnRow is one ControlNet unit.
@@ -80,7 +81,7 @@ func (s *controlNetSection) setLibrary(lib *library.Library) {
 }
 
 // setCapabilities offers the unit types of a worker's hello.
-func (s *controlNetSection) setCapabilities(c *core.Capabilities) {
+func (s *controlNetSection) setCapabilities(c *protocol.Capabilities) {
 	s.caps = c
 	for _, r := range s.rows {
 		r.kind.SetOptions(s.types())
@@ -202,7 +203,7 @@ func (s *controlNetSection) read(r *request.Request, errs *[]*request.FieldError
 }
 
 // showResult shows the preprocessed control images a finished job reports.
-func (s *controlNetSection) showResult(out *core.JobOutcome) {
+func (s *controlNetSection) showResult(out *jobs.JobOutcome) {
 	objs := make([]fyne.CanvasObject, 0, len(out.ControlImages))
 	for _, p := range out.ControlImages {
 		img := canvas.NewImageFromFile(p)

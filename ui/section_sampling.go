@@ -7,7 +7,7 @@ import (
 	"fyne.io/fyne/v2/container"
 	"fyne.io/fyne/v2/widget"
 
-	"atelier/core"
+	"atelier/core/protocol"
 	"atelier/core/request"
 )
 
@@ -17,7 +17,7 @@ type samplingSection struct {
 	fields    *formFields
 	scheduler *widget.Select
 	schedule  *widget.Select
-	caps      *core.Capabilities
+	caps      *protocol.Capabilities
 }
 
 func newSamplingSection(ff *formFields) *samplingSection {
@@ -33,7 +33,7 @@ func newSamplingSection(ff *formFields) *samplingSection {
 func (s *samplingSection) owns(field string) bool { return field == fScheduler || field == fSchedule }
 
 // setCapabilities offers the schedulers and schedules of a worker's hello.
-func (s *samplingSection) setCapabilities(c *core.Capabilities) {
+func (s *samplingSection) setCapabilities(c *protocol.Capabilities) {
 	s.caps = c
 	scheds := request.Schedulers
 	if c != nil && len(c.Schedulers) > 0 {

@@ -7,7 +7,7 @@ import (
 	"fyne.io/fyne/v2/container"
 	"fyne.io/fyne/v2/widget"
 
-	"atelier/core"
+	"atelier/core/jobs"
 	"atelier/core/library"
 	"atelier/core/request"
 )
@@ -43,7 +43,7 @@ func (s *vaeSection) read(r *request.Request, _ *[]*request.FieldError) {
 }
 
 // showResult says so when a finished job's VAE fell back to float32.
-func (s *vaeSection) showResult(out *core.JobOutcome) {
+func (s *vaeSection) showResult(out *jobs.JobOutcome) {
 	if out.Metrics != nil && out.Metrics.VAEFallback {
 		s.note.SetText("The VAE gave NaNs at half precision and was rerun in float32 (slower). An fp16-fixed VAE avoids this.")
 		s.note.Show()

@@ -17,8 +17,9 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"atelier/core"
+	"atelier/core/jobs"
 	"atelier/core/library"
+	"atelier/core/protocol"
 	"atelier/core/request"
 )
 
@@ -206,7 +207,7 @@ func TestChoicesComeFromCapabilitiesAndLibrary(t *testing.T) {
 	assert.Equal(t, []string{"Euler", "Euler a", "DPM++ 2M", "DPM++ SDE", "DDIM", "Heun", "DPM2", "DPM2 a", "LMS", "UniPC"},
 		f.sampling.scheduler.Options, "before a worker starts, core's list, by A1111's names")
 
-	x.setCapabilities(&core.Capabilities{Schedulers: []string{"euler", "ddim"}, ControlNetTypes: []string{"canny", "depth"},
+	x.setCapabilities(&protocol.Capabilities{Schedulers: []string{"euler", "ddim"}, ControlNetTypes: []string{"canny", "depth"},
 		Schedules: map[string][]string{"euler": {"karras"}, "ddim": {}}})
 	assert.Equal(t, []string{"Euler", "DDIM"}, f.sampling.scheduler.Options)
 	f.sampling.scheduler.SetSelected("Euler")
@@ -292,12 +293,12 @@ func TestResultShowsControlImagesAndVAEFallback(t *testing.T) {
 	x := s.form
 	dir := t.TempDir()
 	ctl := writePNG(t, dir, "job-control-0.png", 64, 64, color.White)
-	x.showResult(&core.JobOutcome{ControlImages: []string{ctl}, Metrics: &core.Metrics{VAEFallback: true}})
+	x.showResult(&jobs.JobOutcome{ControlImages: []string{ctl}, Metrics: &protocol.Metrics{VAEFallback: true}})
 	assert.Len(t, x.controlNet.images.Objects, 1)
 	assert.True(t, x.controlNet.imagesTitle.Visible())
 	assert.True(t, x.vae.note.Visible())
 	assert.Contains(t, x.vae.note.Text, "float32")
-	x.showResult(&core.JobOutcome{Metrics: &core.Metrics{}})
+	x.showResult(&jobs.JobOutcome{Metrics: &protocol.Metrics{}})
 	assert.Empty(t, x.controlNet.images.Objects)
 	assert.False(t, x.vae.note.Visible())
 	_, err := os.Stat(ctl)
@@ -322,16 +323,16 @@ func TestBatchCountRunsJobsWithSteppedSeeds(t *testing.T) {
 	dir := t.TempDir()
 	var seeds []int64
 	var mu sync.Mutex
-	gen := &fakeGen{run: func(_ context.Context, req request.Request, _ func(event)) (*core.JobOutcome, error) {
+	gen := &fakeGen{run: func(_ context.Context, req request.Request, _ func(event)) (*jobs.JobOutcome, error) {
 		mu.Lock()
 		seeds = append(seeds, req.Seed)
 		mu.Unlock()
-		var out core.JobOutcome
+		var out jobs.JobOutcome
 		for i := 0; i < req.BatchSize; i++ {
 			p := writePNG(t, dir, fmt.Sprintf("img-%d.png", req.Seed+int64(i)), 8, 8, color.White)
-			out.Images = append(out.Images, core.ImageResult{Path: p, Seed: req.Seed + int64(i), Width: 8, Height: 8})
+			out.Images = append(out.Images, protocol.ImageResult{Path: p, Seed: req.Seed + int64(i), Width: 8, Height: 8})
 		}
-		out.Metrics = &core.Metrics{VAEFallback: true}
+		out.Metrics = &protocol.Metrics{VAEFallback: true}
 		return &out, nil
 	}}
 	s := newTestStudio(t, gen, &memHistory{})
@@ -366,7 +367,7 @@ func (s *memSettings) SetSetting(_ context.Context, k, v string) error {
 	return nil
 }
 
-// historyWithSettings is a History that also keeps settings, as core.Store does.
+// historyWithSettings is a History that also keeps settings, as store.Store does.
 type historyWithSettings struct {
 	memHistory
 	memSettings

@@ -6,14 +6,14 @@ import (
 	"os"
 	"sync"
 
+	"atelier/core/store"
+
 	"fyne.io/fyne/v2"
 	"fyne.io/fyne/v2/canvas"
 	"fyne.io/fyne/v2/container"
 	"fyne.io/fyne/v2/theme"
 	"fyne.io/fyne/v2/widget"
 	"github.com/disintegration/imaging"
-
-	"atelier/core"
 )
 
 const (
@@ -28,17 +28,17 @@ const (
 // pool reused across refreshes, so a refresh after each job rebuilds nothing
 // and thumbnails already decoded stay on screen. UI goroutine only.
 type recentStrip struct {
-	items    []core.ImageRecord
+	items    []store.ImageRecord
 	tiles    []*thumbTile
 	row      *fyne.Container
 	scroll   *container.Scroll
 	empty    *widget.Label
 	selected string // path of the highlighted tile
-	onTap    func(core.ImageRecord)
+	onTap    func(store.ImageRecord)
 	thumbs   *thumbCache
 }
 
-func newRecentStrip(thumbs *thumbCache, onTap func(core.ImageRecord)) *recentStrip {
+func newRecentStrip(thumbs *thumbCache, onTap func(store.ImageRecord)) *recentStrip {
 	s := &recentStrip{thumbs: thumbs, onTap: onTap, row: container.NewHBox()}
 	s.scroll = container.NewHScroll(s.row)
 	s.empty = widget.NewLabel("Your images will collect here.")
@@ -54,7 +54,7 @@ func (s *recentStrip) content() fyne.CanvasObject {
 }
 
 // set shows records, newest first, and returns the paths with no thumbnail yet.
-func (s *recentStrip) set(items []core.ImageRecord) []string {
+func (s *recentStrip) set(items []store.ImageRecord) []string {
 	if len(items) > stripLimit {
 		items = items[:stripLimit]
 	}

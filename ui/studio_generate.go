@@ -9,9 +9,11 @@ import (
 	"strings"
 	"time"
 
-	"atelier/core"
 	"atelier/core/failure"
+	"atelier/core/jobs"
+	"atelier/core/protocol"
 	"atelier/core/request"
+	"atelier/core/store"
 )
 
 // Generate validates the form and, when it is valid, starts a job. Invalid
@@ -129,7 +131,7 @@ func (s *Studio) showProgress(j *jobRun) {
 }
 
 // finish shows how a job ended and refreshes the history.
-func (s *Studio) finish(j *jobRun, out *core.JobOutcome, err error) {
+func (s *Studio) finish(j *jobRun, out *jobs.JobOutcome, err error) {
 	if s.job != j {
 		return
 	}
@@ -148,7 +150,7 @@ func (s *Studio) finish(j *jobRun, out *core.JobOutcome, err error) {
 	case out != nil && len(out.Images) > 0:
 		s.bar.SetValue(1)
 		img := out.Images[0]
-		rec := core.ImageRecord{Path: img.Path, Seed: img.Seed, Width: img.Width, Height: img.Height,
+		rec := store.ImageRecord{Path: img.Path, Seed: img.Seed, Width: img.Width, Height: img.Height,
 			Prompt: j.req.Prompt, Model: j.req.Model}
 		s.view.showRecord(rec, metricsText(out.Metrics))
 		s.barLabel.SetText(fmt.Sprintf("done — %d/%d · %s", j.req.Steps, j.req.Steps, elapsed))
@@ -219,7 +221,7 @@ func cancelText(p progressSnapshot, elapsed string) string {
 	return "cancelled · " + elapsed
 }
 
-func metricsText(m *core.Metrics) string {
+func metricsText(m *protocol.Metrics) string {
 	if m == nil {
 		return ""
 	}
@@ -249,7 +251,7 @@ func metricsText(m *core.Metrics) string {
 // runJobs runs count jobs one after another, job k at seed + k × batch size
 // (a random seed resolved once), and returns their images together. It stops
 // at the first failure, returning what was made before it.
-func runJobs(ctx context.Context, gen generator, req request.Request, count int, onEvent func(event)) (*core.JobOutcome, error) {
+func runJobs(ctx context.Context, gen generator, req request.Request, count int, onEvent func(event)) (*jobs.JobOutcome, error) {
 	if count <= 1 {
 		return gen.Run(ctx, req, onEvent)
 	}
@@ -257,13 +259,13 @@ func runJobs(ctx context.Context, gen generator, req request.Request, count int,
 	if err != nil {
 		return nil, err
 	}
-	var merged *core.JobOutcome
+	var merged *jobs.JobOutcome
 	for k, r := range reqs {
 		onEvent(event{kind: evJob, step: k + 1, total: len(reqs)})
 		out, err := gen.Run(ctx, r, onEvent)
 		if out != nil {
 			if merged == nil {
-				merged = &core.JobOutcome{}
+				merged = &jobs.JobOutcome{}
 			}
 			merged.JobID, merged.UID, merged.Metrics, merged.ControlImages = out.JobID, out.UID, out.Metrics, out.ControlImages
 			merged.Images = append(merged.Images, out.Images...)

@@ -4,12 +4,12 @@ import (
 	"context"
 	"time"
 
-	"atelier/core"
+	"atelier/core/store"
 )
 
-// History lists the newest images. core.Store implements it.
+// History lists the newest images. store.Store implements it.
 type History interface {
-	RecentImages(ctx context.Context, limit int) ([]core.ImageRecord, error)
+	RecentImages(ctx context.Context, limit int) ([]store.ImageRecord, error)
 }
 
 // refreshHistory reloads the strip in the background and then loads any
@@ -58,7 +58,7 @@ func (s *Studio) loadThumbs(paths []string) {
 }
 
 // showRecord shows an image from the history in the viewer.
-func (s *Studio) showRecord(rec core.ImageRecord) {
+func (s *Studio) showRecord(rec store.ImageRecord) {
 	s.view.showRecord(rec, "")
 	s.strip.selectPath(rec.Path)
 }

@@ -6,9 +6,10 @@ import (
 	"fmt"
 	"time"
 
-	"atelier/core"
 	"atelier/core/failure"
+	"atelier/core/jobs"
 	"atelier/core/request"
+	"atelier/core/store"
 )
 
 // queueSubmitter is what "Add to queue" needs: a session of this sitting,
@@ -53,7 +54,7 @@ func (s *Studio) AddToQueue() {
 	var st queueSubmitter = s.x.svc.Store
 	ctx := context.Background()
 	if s.x.session == 0 {
-		if s.x.session, err = st.NewSession(ctx, "", core.SessionUI); err != nil {
+		if s.x.session, err = st.NewSession(ctx, "", store.SessionUI); err != nil {
 			s.status.set(statusError, "Could not start a session: "+err.Error(), "")
 			return
 		}
@@ -92,17 +93,17 @@ func (s *Studio) showRefusal(err error) {
 
 // OnQueueEvent shows what the queue runner reports; it may be called from any
 // goroutine.
-func (s *Studio) OnQueueEvent(qe core.QueueEvent) {
+func (s *Studio) OnQueueEvent(qe jobs.QueueEvent) {
 	e := queueEventOf(qe)
 	s.do(func() {
 		if s.x == nil {
 			return
 		}
 		s.x.queue.event(e)
-		if e.kind == core.QueueStarted {
+		if e.kind == jobs.QueueStarted {
 			s.showQueueWait()
 		}
-		if e.kind == core.QueueFinished && e.job != nil && e.job.Status == core.StatusDone {
+		if e.kind == jobs.QueueFinished && e.job != nil && e.job.Status == store.StatusDone {
 			s.refreshHistory()
 		}
 	})

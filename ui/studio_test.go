@@ -13,32 +13,34 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"atelier/core"
 	"atelier/core/failure"
+	"atelier/core/jobs"
+	"atelier/core/protocol"
 	"atelier/core/request"
+	"atelier/core/store"
 )
 
 // scriptedJob is a fake job: it sends progress and a preview for each step,
 // writes a result image and records it in hist, as the runner and store do.
-func scriptedJob(t *testing.T, hist *memHistory, dir string) func(context.Context, request.Request, func(event)) (*core.JobOutcome, error) {
+func scriptedJob(t *testing.T, hist *memHistory, dir string) func(context.Context, request.Request, func(event)) (*jobs.JobOutcome, error) {
 	preview := writePNG(t, dir, "preview.png", 8, 8, color.NRGBA{R: 200, A: 255})
-	return func(ctx context.Context, req request.Request, on func(event)) (*core.JobOutcome, error) {
+	return func(ctx context.Context, req request.Request, on func(event)) (*jobs.JobOutcome, error) {
 		on(event{kind: evProgress, stage: "encoding"})
 		for i := 1; i <= req.Steps; i++ {
 			on(event{kind: evProgress, stage: "denoising", step: i, total: req.Steps})
 			on(event{kind: evPreview, step: i, preview: preview})
 		}
 		path := writePNG(t, dir, "result.png", req.Width, req.Height, color.NRGBA{G: 200, A: 255})
-		img := core.ImageResult{Path: path, Seed: 77, Width: req.Width, Height: req.Height}
-		hist.add(core.ImageRecord{Path: path, Seed: 77, Width: req.Width, Height: req.Height, Prompt: req.Prompt, Model: req.Model})
-		return &core.JobOutcome{JobID: 1, Images: []core.ImageResult{img}, Metrics: &core.Metrics{TotalS: 0.5, Device: "cpu"}}, nil
+		img := protocol.ImageResult{Path: path, Seed: 77, Width: req.Width, Height: req.Height}
+		hist.add(store.ImageRecord{Path: path, Seed: 77, Width: req.Width, Height: req.Height, Prompt: req.Prompt, Model: req.Model})
+		return &jobs.JobOutcome{JobID: 1, Images: []protocol.ImageResult{img}, Metrics: &protocol.Metrics{TotalS: 0.5, Device: "cpu"}}, nil
 	}
 }
 
 func TestGenerateShowsResultAndGrowsStrip(t *testing.T) {
 	hist := &memHistory{}
 	old := writePNG(t, t.TempDir(), "old.png", 16, 16, color.NRGBA{B: 200, A: 255})
-	hist.add(core.ImageRecord{Path: old, Seed: 1, Width: 16, Height: 16, Prompt: "older"})
+	hist.add(store.ImageRecord{Path: old, Seed: 1, Width: 16, Height: 16, Prompt: "older"})
 	gen := &fakeGen{run: scriptedJob(t, hist, t.TempDir())}
 	s := newTestStudio(t, gen, hist)
 	s.waitFor(t, 20*time.Second, "the history to load", func() bool { return s.strip.len() == 1 })
@@ -80,7 +82,7 @@ func TestGenerateShowsResultAndGrowsStrip(t *testing.T) {
 }
 
 func TestInvalidFormRunsNoJob(t *testing.T) {
-	gen := &fakeGen{run: func(context.Context, request.Request, func(event)) (*core.JobOutcome, error) {
+	gen := &fakeGen{run: func(context.Context, request.Request, func(event)) (*jobs.JobOutcome, error) {
 		t.Error("no job may run for an invalid form")
 		return nil, nil
 	}}
@@ -125,7 +127,7 @@ func TestCtrlEnterGenerates(t *testing.T) {
 
 func TestCancelEndsAsCancelled(t *testing.T) {
 	started := make(chan struct{})
-	gen := &fakeGen{run: func(ctx context.Context, req request.Request, on func(event)) (*core.JobOutcome, error) {
+	gen := &fakeGen{run: func(ctx context.Context, req request.Request, on func(event)) (*jobs.JobOutcome, error) {
 		on(event{kind: evProgress, stage: "denoising", step: 5, total: req.Steps})
 		close(started)
 		<-ctx.Done() // a job only ends early because it was cancelled
@@ -148,7 +150,7 @@ func TestCancelEndsAsCancelled(t *testing.T) {
 }
 
 func TestJobErrorShownBesideFieldWithDetail(t *testing.T) {
-	gen := &fakeGen{run: func(context.Context, request.Request, func(event)) (*core.JobOutcome, error) {
+	gen := &fakeGen{run: func(context.Context, request.Request, func(event)) (*jobs.JobOutcome, error) {
 		return nil, &failure.JobError{Code: failure.ErrModelNotFound, Field: "model",
 			Message: "model /nope does not exist: use \"tiny\"", Detail: "stat /nope: no such file"}
 	}}
@@ -165,7 +167,7 @@ func TestJobErrorShownBesideFieldWithDetail(t *testing.T) {
 }
 
 func TestProgressIsCoalesced(t *testing.T) {
-	gen := &fakeGen{run: func(ctx context.Context, req request.Request, on func(event)) (*core.JobOutcome, error) {
+	gen := &fakeGen{run: func(ctx context.Context, req request.Request, on func(event)) (*jobs.JobOutcome, error) {
 		for i := 1; i <= 5000; i++ {
 			on(event{kind: evProgress, stage: "denoising", step: i, total: 5000})
 		}
@@ -188,9 +190,9 @@ func TestProgressIsCoalesced(t *testing.T) {
 
 func TestImageMadeButNotRecordedIsStillShown(t *testing.T) {
 	dir := t.TempDir()
-	gen := &fakeGen{run: func(context.Context, request.Request, func(event)) (*core.JobOutcome, error) {
+	gen := &fakeGen{run: func(context.Context, request.Request, func(event)) (*jobs.JobOutcome, error) {
 		p := writePNG(t, dir, "made.png", 64, 64, color.White)
-		return &core.JobOutcome{Images: []core.ImageResult{{Path: p, Seed: 5, Width: 64, Height: 64}}},
+		return &jobs.JobOutcome{Images: []protocol.ImageResult{{Path: p, Seed: 5, Width: 64, Height: 64}}},
 			errors.New("the images were made but not recorded in the history: disk full")
 	}}
 	s := newTestStudio(t, gen, &memHistory{})

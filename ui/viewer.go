@@ -15,8 +15,8 @@ import (
 	"fyne.io/fyne/v2/theme"
 	"fyne.io/fyne/v2/widget"
 
-	"atelier/core"
 	"atelier/core/request"
+	"atelier/core/store"
 )
 
 // viewer is the large image with its caption and actions.
@@ -31,7 +31,7 @@ type viewer struct {
 	toInit      *widget.Button
 	upscale     *widget.Button
 	open        *widget.Button
-	shown       *core.ImageRecord
+	shown       *store.ImageRecord
 }
 
 func newViewer(s *Studio) *viewer {
@@ -85,7 +85,7 @@ func (v *viewer) showPreview(img image.Image, p progressSnapshot) {
 }
 
 // showRecord shows a finished image; extra is appended to its caption.
-func (v *viewer) showRecord(rec core.ImageRecord, extra string) {
+func (v *viewer) showRecord(rec store.ImageRecord, extra string) {
 	r := rec
 	v.shown = &r
 	v.img.Image, v.img.File = nil, rec.Path
@@ -115,9 +115,9 @@ func (v *viewer) actions() []*widget.Button {
 }
 
 // imageDetails is a history that also knows an image's whole request
-// (core.Store); the strip's History alone knows only its prompt and seed.
+// (store.Store); the strip's History alone knows only its prompt and seed.
 type imageDetails interface {
-	GetImage(ctx context.Context, id int64) (*core.ImageDetail, error)
+	GetImage(ctx context.Context, id int64) (*store.ImageDetail, error)
 }
 
 // upscaleShown enlarges the shown image, with the settings the history has of it.

@@ -16,9 +16,10 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"atelier/bridge"
-	"atelier/core"
+	"atelier/core/jobs"
 	"atelier/core/paths"
 	"atelier/core/request"
+	"atelier/core/store"
 )
 
 // These tests drive the studio through the real stack: core.Runner, a
@@ -73,29 +74,29 @@ func TestMain(m *testing.M) {
 }
 
 // realStudio is a studio over a real runner and store in a temporary home.
-func realStudio(t *testing.T) (testStudio, *core.Store) {
+func realStudio(t *testing.T) (testStudio, *store.Store) {
 	t.Helper()
 	br := sharedBridge(t)
 	paths := paths.PathsUnder(t.TempDir())
 	require.NoError(t, paths.EnsureDirs())
-	store, err := core.OpenStore(paths.DB)
+	st, err := store.OpenStore(paths.DB)
 	require.NoError(t, err)
-	t.Cleanup(func() { store.Close() })
-	runner := core.NewRunner(store, br, paths)
-	s := newTestStudio(t, eventsOf(runner), store)
+	t.Cleanup(func() { st.Close() })
+	runner := jobs.NewRunner(st, br, paths)
+	s := newTestStudio(t, eventsOf(runner), st)
 	t.Cleanup(func() { s.settle(t) }) // before the store closes
-	return s, store
+	return s, st
 }
 
-func jobCount(t *testing.T, store *core.Store) int {
+func jobCount(t *testing.T, st *store.Store) int {
 	t.Helper()
-	jobs, err := store.ListJobs(context.Background(), 100)
+	jobs, err := st.ListJobs(context.Background(), 100)
 	require.NoError(t, err)
 	return len(jobs)
 }
 
 func TestRealGenerateShowsImageAndGrowsHistory(t *testing.T) {
-	s, store := realStudio(t)
+	s, st := realStudio(t)
 	s.waitFor(t, 10*time.Second, "the first history load", func() bool { return s.historyLoaded() })
 	before := s.strip.len()
 
@@ -105,7 +106,7 @@ func TestRealGenerateShowsImageAndGrowsHistory(t *testing.T) {
 	s.waitFor(t, jobDeadline, "the job to finish", func() bool { return s.job == nil })
 
 	require.Equal(t, statusDone, s.status.kind, "status: %s", s.status.text.Text)
-	recent, err := store.RecentImages(context.Background(), 1)
+	recent, err := st.RecentImages(context.Background(), 1)
 	require.NoError(t, err)
 	require.Len(t, recent, 1, "the runner recorded the image")
 	assert.Equal(t, recent[0].Path, s.view.img.File, "the viewer shows the file the job wrote")
@@ -125,7 +126,7 @@ func TestRealGenerateShowsImageAndGrowsHistory(t *testing.T) {
 	test.Tap(s.generate)
 	s.waitFor(t, jobDeadline, "the img2img job to finish", func() bool { return s.job == nil })
 	require.Equal(t, statusDone, s.status.kind, "status: %s", s.status.text.Text)
-	jobs, err := store.ListJobs(context.Background(), 1)
+	jobs, err := st.ListJobs(context.Background(), 1)
 	require.NoError(t, err)
 	require.Len(t, jobs, 1)
 	assert.Equal(t, recent[0].Path, jobs[0].Request.InitImage)
@@ -138,12 +139,12 @@ func TestRealGenerateShowsImageAndGrowsHistory(t *testing.T) {
 	test.Tap(s.view.upscale)
 	s.waitFor(t, jobDeadline, "the upscale to finish", func() bool { return s.job == nil })
 	require.Equal(t, statusDone, s.status.kind, "status: %s", s.status.text.Text)
-	up, err := store.RecentImages(context.Background(), 1)
+	up, err := st.RecentImages(context.Background(), 1)
 	require.NoError(t, err)
 	require.Len(t, up, 1)
 	assert.Equal(t, [2]int{2 * shown.Width, 2 * shown.Height}, [2]int{up[0].Width, up[0].Height})
 	assert.Equal(t, up[0].Path, s.view.img.File, "the viewer shows the enlarged image")
-	jobs, err = store.ListJobs(context.Background(), 1)
+	jobs, err = st.ListJobs(context.Background(), 1)
 	require.NoError(t, err)
 	assert.True(t, jobs[0].Request.UpscaleOnly)
 	assert.Equal(t, shown.Path, jobs[0].Request.InitImage)
@@ -161,7 +162,7 @@ func TestRealInvalidFormRunsNoJob(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			s, store := realStudio(t)
+			s, st := realStudio(t)
 			setForm(s, "valid", 2, 64, 64)
 			c.edit(s.form)
 			test.Tap(s.generate)
@@ -171,13 +172,13 @@ func TestRealInvalidFormRunsNoJob(t *testing.T) {
 			assert.Nil(t, s.job, "no job is running")
 			assert.False(t, s.generate.Disabled())
 			assert.Equal(t, statusError, s.status.kind)
-			assert.Equal(t, 0, jobCount(t, store), "no job was recorded")
+			assert.Equal(t, 0, jobCount(t, st), "no job was recorded")
 		})
 	}
 }
 
 func TestRealModelNotFoundIsShownBesideModel(t *testing.T) {
-	s, store := realStudio(t)
+	s, st := realStudio(t)
 	setForm(s, "valid", 2, 64, 64)
 	s.form.model.entry.SetText(t.TempDir() + "/no-such-model")
 	test.Tap(s.generate)
@@ -185,11 +186,11 @@ func TestRealModelNotFoundIsShownBesideModel(t *testing.T) {
 
 	assert.Contains(t, s.form.fieldError(fModel), "does not exist")
 	assert.Contains(t, s.status.text.Text, "does not exist")
-	assert.Equal(t, 0, jobCount(t, store), "a missing model is refused before a job is recorded")
+	assert.Equal(t, 0, jobCount(t, st), "a missing model is refused before a job is recorded")
 }
 
 func TestRealCancelEndsCancelled(t *testing.T) {
-	s, store := realStudio(t)
+	s, st := realStudio(t)
 	// Long enough that it cannot finish between the first step and the cancel.
 	setForm(s, "a long job", request.MaxSteps, 256, 256)
 	test.Tap(s.generate)
@@ -206,9 +207,9 @@ func TestRealCancelEndsCancelled(t *testing.T) {
 	assert.Equal(t, statusWarn, s.status.kind, "status: %s", s.status.text.Text)
 	assert.Contains(t, s.status.text.Text, "Cancelled")
 	assert.Contains(t, s.barLabel.Text, "cancelled at")
-	jobs, err := store.ListJobs(context.Background(), 10)
+	jobs, err := st.ListJobs(context.Background(), 10)
 	require.NoError(t, err)
 	require.Len(t, jobs, 1)
-	assert.Equal(t, core.StatusCancelled, jobs[0].Status)
+	assert.Equal(t, store.StatusCancelled, jobs[0].Status)
 	assert.False(t, s.generate.Disabled(), "a new job can start")
 }

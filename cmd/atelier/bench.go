@@ -20,8 +20,8 @@ import (
 	"time"
 
 	"atelier/bridge"
-	"atelier/core"
 	"atelier/core/paths"
+	"atelier/core/protocol"
 	"atelier/core/request"
 )
 
@@ -407,12 +407,12 @@ func (t *tailBuffer) String() string { return string(t.b) }
 // benchJob is what one job through the bridge measured.
 type benchJob struct {
 	wall     float64
-	metrics  *core.Metrics
+	metrics  *protocol.Metrics
 	encodeS  float64
 	decodeS  float64
 	saveS    float64
 	previews int
-	images   []core.ImageResult
+	images   []protocol.ImageResult
 	pngOK    bool
 	// Seconds from Submit until the first message of each kind (loading, accepted) and
 	// until each stage began, by the worker's clock from accepted: where a first image's
@@ -443,7 +443,7 @@ func (s *benchSession) job(batch, previewEvery int) (*benchJob, error) {
 		return nil, err
 	}
 	j := &benchJob{marks: map[string]float64{}}
-	var final core.Message
+	var final protocol.Message
 	decStart := map[int]float64{}
 	saveStart := map[int]float64{}
 	var encStart, denStart, saveEnd float64
@@ -451,21 +451,21 @@ func (s *benchSession) job(batch, previewEvery int) (*benchJob, error) {
 	for m := range ch {
 		now := time.Since(t0).Seconds()
 		switch m.Type {
-		case core.MsgLoading:
+		case protocol.MsgLoading:
 			if _, ok := j.marks["worker_loading"]; !ok {
 				j.marks["worker_loading"] = round4(now)
 			}
-		case core.MsgAccepted:
+		case protocol.MsgAccepted:
 			acceptedAt = now
 			j.marks["accepted"] = round4(now)
 		}
-		if m.Type == core.MsgProgress {
+		if m.Type == protocol.MsgProgress {
 			if _, ok := j.marks[m.Stage]; !ok {
 				j.marks[m.Stage] = round4(acceptedAt + m.ElapsedS)
 			}
 		}
 		switch m.Type {
-		case core.MsgProgress:
+		case protocol.MsgProgress:
 			switch m.Stage {
 			case "encoding":
 				encStart = m.ElapsedS
@@ -482,14 +482,14 @@ func (s *benchSession) job(batch, previewEvery int) (*benchJob, error) {
 					saveStart[m.Step] = m.ElapsedS
 				}
 			}
-		case core.MsgPreview:
+		case protocol.MsgPreview:
 			j.previews++
-		case core.MsgResult, core.MsgError:
+		case protocol.MsgResult, protocol.MsgError:
 			final = m
 		}
 	}
 	j.wall = time.Since(t0).Seconds()
-	if final.Type != core.MsgResult {
+	if final.Type != protocol.MsgResult {
 		return nil, fmt.Errorf("job %s ended with %s: %s %s", id, final.Code, final.Message, firstLine(final.Detail))
 	}
 	j.metrics = final.Metrics
@@ -647,7 +647,7 @@ func benchOne(o *benchOptions, v benchVariant, model string, base bridge.Config,
 }
 
 // checkPNG reports whether every image is a PNG on disk with a parameters text chunk.
-func checkPNG(images []core.ImageResult) bool {
+func checkPNG(images []protocol.ImageResult) bool {
 	if len(images) == 0 {
 		return false
 	}

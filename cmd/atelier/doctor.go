@@ -17,9 +17,10 @@ import (
 	"time"
 
 	"atelier/bridge"
-	"atelier/core"
 	"atelier/core/failure"
 	"atelier/core/paths"
+	"atelier/core/protocol"
+	"atelier/core/store"
 )
 
 // doctorVersions are the libraries doctor reports, in this order.
@@ -56,7 +57,7 @@ Exit status: 0 all good, 1 a problem (the worker cannot start, or the history ca
 	fmt.Fprintf(stdout, "Atelier %s\n\nFolders\n  data:    %s\n  cache:   %s\n  history: %s\n", version, paths.Data, paths.Cache, paths.DB)
 	if err := paths.EnsureDirs(); err != nil {
 		problem(err.Error(), "make the folder writable, or set ATELIER_HOME to a writable folder")
-	} else if store, err := core.OpenStore(paths.DB); err != nil {
+	} else if store, err := store.OpenStore(paths.DB); err != nil {
 		problem(err.Error(), "move the file away (Atelier then starts a new history), or set ATELIER_HOME elsewhere")
 	} else {
 		jobs, err := store.ListJobs(context.Background(), 0)
@@ -161,7 +162,7 @@ func finishDoctor(w io.Writer, problems int) int {
 	return exitOK
 }
 
-// jobErrorText is a *core.JobError's message with its detail, or err's text.
+// jobErrorText is a *failure.JobError's message with its detail, or err's text.
 func jobErrorText(err error) string {
 	var jerr *failure.JobError
 	if errors.As(err, &jerr) {
@@ -209,6 +210,6 @@ func cmdVersion(args []string, stdout, stderr io.Writer) int {
 		}
 	}
 	fmt.Fprintf(stdout, "atelier %s (%s, %s, %s/%s)\nworker protocol %d, history schema %d\n",
-		version, commit, runtime.Version(), runtime.GOOS, runtime.GOARCH, core.ProtocolVersion, core.SchemaVersion())
+		version, commit, runtime.Version(), runtime.GOOS, runtime.GOARCH, protocol.ProtocolVersion, store.SchemaVersion())
 	return exitOK
 }

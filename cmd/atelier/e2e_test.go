@@ -32,8 +32,9 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"atelier/core"
 	"atelier/core/failure"
+	"atelier/core/protocol"
+	"atelier/core/store"
 )
 
 var atelierBin string
@@ -118,11 +119,11 @@ func (h *home) run(args ...string) (string, string, int) {
 	return stdout.String(), stderr.String(), code
 }
 
-func (h *home) history() []core.JobRecord {
+func (h *home) history() []store.JobRecord {
 	h.t.Helper()
 	out, errOut, code := h.run("history", "--json", "--limit", "0")
 	require.Equal(h.t, 0, code, errOut)
-	var jobs []core.JobRecord
+	var jobs []store.JobRecord
 	require.NoError(h.t, json.Unmarshal([]byte(out), &jobs), out)
 	return jobs
 }
@@ -162,7 +163,7 @@ func TestGenerateWritesAPNGAndRecordsTheJob(t *testing.T) {
 	jobs := h.history()
 	require.Len(t, jobs, 1)
 	j := jobs[0]
-	assert.Equal(t, core.StatusDone, j.Status)
+	assert.Equal(t, store.StatusDone, j.Status)
 	assert.Equal(t, "a lighthouse", j.Request.Prompt)
 	assert.Equal(t, int64(7), j.Request.Seed)
 	assert.Equal(t, 4, j.Request.Steps)
@@ -256,15 +257,15 @@ func TestJSONOutputIsWellFormedJSONLines(t *testing.T) {
 		types = append(types, typ)
 		last = obj
 	}
-	assert.Contains(t, types, core.MsgAccepted)
-	assert.Contains(t, types, core.MsgProgress)
-	assert.Contains(t, types, core.MsgResult)
+	assert.Contains(t, types, protocol.MsgAccepted)
+	assert.Contains(t, types, protocol.MsgProgress)
+	assert.Contains(t, types, protocol.MsgResult)
 	assert.Equal(t, "done", types[len(types)-1], "the last line is the done line")
 	assert.Equal(t, true, last["ok"])
 	uid, _ := last["uid"].(string)
 	require.NotEmpty(t, uid)
 	for i, line := range lines[:len(lines)-1] {
-		var m core.Message
+		var m protocol.Message
 		require.NoError(t, json.Unmarshal([]byte(line), &m))
 		assert.Equal(t, uid, m.ID, "line %d belongs to another job", i+1)
 	}
@@ -320,9 +321,9 @@ func startLongJob(t *testing.T, h *home) *liveJob {
 		select {
 		case line, ok := <-j.lines:
 			require.True(t, ok, "the CLI ended before denoising; stderr:\n%s", j.stderr)
-			var m core.Message
+			var m protocol.Message
 			require.NoError(t, json.Unmarshal([]byte(line), &m), line)
-			if m.Type == core.MsgProgress && m.Stage == "denoising" && m.Step >= 1 {
+			if m.Type == protocol.MsgProgress && m.Stage == "denoising" && m.Step >= 1 {
 				workers := workerPIDs(cmd.Process.Pid)
 				require.Len(t, workers, 1, "the CLI must have one atelier_worker process")
 				j.worker = workers[0]
@@ -370,7 +371,7 @@ func TestWorkerKilledMidJobIsReportedAndTheNextJobWorks(t *testing.T) {
 
 	jobs := h.history()
 	require.Len(t, jobs, 1)
-	assert.Equal(t, core.StatusFailed, jobs[0].Status)
+	assert.Equal(t, store.StatusFailed, jobs[0].Status)
 	assert.Equal(t, string(failure.ErrWorkerCrashed), jobs[0].ErrorCode)
 
 	_, errOut, code := h.run(tinyArgs...)
@@ -394,7 +395,7 @@ func TestCLIKilledMidJobLeavesNoWorker(t *testing.T) {
 	// The job of the dead CLI shows as interrupted at the next start.
 	jobs := h.history()
 	require.Len(t, jobs, 1)
-	assert.Equal(t, core.StatusInterrupted, jobs[0].Status)
+	assert.Equal(t, store.StatusInterrupted, jobs[0].Status)
 }
 
 func TestSignalsCancelTheJob(t *testing.T) {
@@ -414,7 +415,7 @@ func TestSignalsCancelTheJob(t *testing.T) {
 
 			jobs := h.history()
 			require.Len(t, jobs, 1)
-			assert.Equal(t, core.StatusCancelled, jobs[0].Status)
+			assert.Equal(t, store.StatusCancelled, jobs[0].Status)
 			assert.False(t, processRuns(j.worker), "the worker must be stopped when the CLI exits")
 		})
 	}

@@ -24,9 +24,9 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"atelier/core"
 	"atelier/core/library"
 	"atelier/core/request"
+	"atelier/core/store"
 )
 
 var (
@@ -128,7 +128,7 @@ type featureRun struct {
 	paths  []string
 	stderr string
 	done   doneLine
-	jobs   []core.JobRecord // the new history rows, newest first
+	jobs   []store.JobRecord // the new history rows, newest first
 }
 
 func (h *home) generateFeature(t *testing.T, args ...string) featureRun {

@@ -11,9 +11,10 @@ import (
 	"path/filepath"
 	"strings"
 
-	"atelier/core"
 	"atelier/core/failure"
+	"atelier/core/jobs"
 	"atelier/core/media"
+	"atelier/core/protocol"
 	"atelier/core/request"
 )
 
@@ -91,16 +92,16 @@ func cmdGenerate(args []string, stdout, stderr io.Writer) int {
 	if err != nil {
 		return reportFailure(ctx, err, nil, stdout, stderr, emit)
 	}
-	var all []core.ImageResult
+	var all []protocol.ImageResult
 	var jobIDs []int64
-	var last *core.JobOutcome
+	var last *jobs.JobOutcome
 	for k, req := range reqs {
 		if len(reqs) > 1 {
 			fmt.Fprintf(stderr, "job %d of %d (seed %d)\n", k+1, len(reqs), req.Seed)
 		}
 		prog := newProgress(stderr)
 		prog.refiner = req.Refiner != ""
-		outcome, err := a.runner.Run(ctx, req, func(m core.Message) {
+		outcome, err := a.runner.Run(ctx, req, func(m protocol.Message) {
 			prog.event(m)
 			if o.json {
 				emit(m)
@@ -167,7 +168,7 @@ func cmdGenerate(args []string, stdout, stderr io.Writer) int {
 
 // reportFailure explains err on stderr (and as the final JSON line) and picks
 // the exit status.
-func reportFailure(ctx context.Context, err error, outcome *core.JobOutcome, stdout, stderr io.Writer, emit func(any)) int {
+func reportFailure(ctx context.Context, err error, outcome *jobs.JobOutcome, stdout, stderr io.Writer, emit func(any)) int {
 	if v, ok := request.AsValidation(err); ok {
 		var msgs []string
 		for _, f := range v.Fields {
@@ -220,14 +221,14 @@ func indent(s, prefix string) string {
 
 // doneLine is the last line of --json output, whatever happened.
 type doneLine struct {
-	Type    string             `json:"type"`
-	OK      bool               `json:"ok"`
-	JobID   int64              `json:"job_id,omitempty"`
-	JobIDs  []int64            `json:"job_ids,omitempty"` // with --batch-count N > 1: every job, in order
-	UID     string             `json:"uid,omitempty"`
-	Images  []core.ImageResult `json:"images,omitempty"`
-	Copies  []string           `json:"copies,omitempty"`
-	Metrics *core.Metrics      `json:"metrics,omitempty"`
+	Type    string                 `json:"type"`
+	OK      bool                   `json:"ok"`
+	JobID   int64                  `json:"job_id,omitempty"`
+	JobIDs  []int64                `json:"job_ids,omitempty"` // with --batch-count N > 1: every job, in order
+	UID     string                 `json:"uid,omitempty"`
+	Images  []protocol.ImageResult `json:"images,omitempty"`
+	Copies  []string               `json:"copies,omitempty"`
+	Metrics *protocol.Metrics      `json:"metrics,omitempty"`
 	// ControlImages are the preprocessed ControlNet images of the last job.
 	ControlImages []string   `json:"control_images,omitempty"`
 	Error         *jsonError `json:"error,omitempty"`
@@ -250,8 +251,8 @@ func jsonEmitter(w io.Writer, on bool) func(any) {
 	return func(v any) {
 		var b []byte
 		var err error
-		if m, ok := v.(core.Message); ok {
-			b, err = core.EncodeMessage(m)
+		if m, ok := v.(protocol.Message); ok {
+			b, err = protocol.EncodeMessage(m)
 		}
 		if b == nil || err != nil {
 			if b, err = json.Marshal(v); err != nil {

@@ -5,8 +5,9 @@ package main
 import (
 	"context"
 
-	"atelier/core"
+	"atelier/core/jobs"
 	"atelier/core/media"
+	"atelier/core/store"
 	"atelier/ui"
 )
 
@@ -16,14 +17,14 @@ import (
 func runStudio(a *app) {
 	ctx, stop := context.WithCancel(context.Background())
 	defer stop()
-	q := core.NewQueueRunner(a.runner)
+	q := jobs.NewQueueRunner(a.runner)
 	svc := &ui.Services{
 		Store:  a.store,
 		Queue:  q,
 		Thumbs: media.NewThumbnailer(a.paths.Cache, ui.ThumbPixels),
 		Paths:  a.paths,
 		ExportImages: func(ctx context.Context, ids []int64, dir string) ([]string, error) {
-			return core.ExportImages(ctx, a.store, ids, dir)
+			return store.ExportImages(ctx, a.store, ids, dir)
 		},
 	}
 	done := make(chan struct{})

@@ -11,10 +11,10 @@ import (
 	"strings"
 	"text/tabwriter"
 
-	"atelier/core"
 	"atelier/core/infotext"
 	"atelier/core/paths"
 	"atelier/core/request"
+	"atelier/core/store"
 )
 
 func cmdHistory(args []string, stdout, stderr io.Writer) int {
@@ -42,7 +42,7 @@ func cmdHistory(args []string, stdout, stderr io.Writer) int {
 	}
 
 	paths := paths.DefaultPaths()
-	store, err := core.OpenStore(paths.DB)
+	store, err := store.OpenStore(paths.DB)
 	if err != nil {
 		fmt.Fprintln(stderr, "atelier history:", err)
 		return exitFailure
@@ -109,7 +109,7 @@ Options:
 		fmt.Fprintln(stderr, "atelier history search: --limit must be 0 or more")
 		return exitUsage
 	}
-	q := core.GalleryQuery{Text: strings.Join(words, " "), Model: *model, Starred: *starred}
+	q := store.GalleryQuery{Text: strings.Join(words, " "), Model: *model, Starred: *starred}
 	if q.Empty() {
 		fmt.Fprintln(stderr, "atelier history search: give words to look for, --model or --starred")
 		return exitUsage
@@ -161,9 +161,9 @@ func printJSON(stdout, stderr io.Writer, name string, v any) int {
 	return exitOK
 }
 
-func orEmptyImages(v []core.ImageRecord) []core.ImageRecord {
+func orEmptyImages(v []store.ImageRecord) []store.ImageRecord {
 	if v == nil {
-		return []core.ImageRecord{}
+		return []store.ImageRecord{}
 	}
 	return v
 }
@@ -204,7 +204,7 @@ Options:
 		return exitUsage
 	}
 	paths := paths.DefaultPaths()
-	store, err := core.OpenStore(paths.DB)
+	store, err := store.OpenStore(paths.DB)
 	if err != nil {
 		fmt.Fprintln(stderr, "atelier history import:", err)
 		return exitFailure

@@ -12,9 +12,10 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"atelier/core"
 	"atelier/core/infotext"
+	"atelier/core/protocol"
 	"atelier/core/request"
+	"atelier/core/store"
 )
 
 func TestHistoryImportReadsAGeneratedPNG(t *testing.T) {
@@ -41,7 +42,7 @@ func TestHistoryImportReadsAGeneratedPNG(t *testing.T) {
 	assert.Empty(t, got.Notes)
 
 	// The settings are kept as the form's last ones, for the next window.
-	s, err := core.OpenStore(filepath.Join(h.dir, "data", "atelier.db"))
+	s, err := store.OpenStore(filepath.Join(h.dir, "data", "atelier.db"))
 	require.NoError(t, err)
 	defer s.Close()
 	last, ok, err := s.LastRequest(t.Context())
@@ -61,17 +62,17 @@ func TestHistoryImportReadsAGeneratedPNG(t *testing.T) {
 
 func TestHistorySearchFindsImagesAsTheGalleryDoes(t *testing.T) {
 	h := newHome(t)
-	s, err := core.OpenStore(filepath.Join(h.dir, "data", "atelier.db"))
+	s, err := store.OpenStore(filepath.Join(h.dir, "data", "atelier.db"))
 	require.NoError(t, err)
-	record := func(prompt, model string, seed int64) core.ImageRecord {
+	record := func(prompt, model string, seed int64) store.ImageRecord {
 		req := request.DefaultRequest()
 		req.Prompt, req.Model, req.Seed, req.Steps, req.Width, req.Height = prompt, model, seed, 4, 64, 64
 		id, err := s.CreateJob(t.Context(), fmt.Sprintf("job-%d", seed), req)
 		require.NoError(t, err)
 		p := writeTestPNG(t, filepath.Join(h.dir, fmt.Sprintf("img-%d.png", seed)), 64, 64, false)
-		require.NoError(t, s.FinishJob(t.Context(), id, &core.Metrics{TotalS: 1, DenoiseS: 1, ItS: 4},
-			[]core.ImageResult{{Path: p, Seed: seed, Width: 64, Height: 64}}))
-		imgs, err := s.SearchImages(t.Context(), core.GalleryQuery{}, 0, 1)
+		require.NoError(t, s.FinishJob(t.Context(), id, &protocol.Metrics{TotalS: 1, DenoiseS: 1, ItS: 4},
+			[]protocol.ImageResult{{Path: p, Seed: seed, Width: 64, Height: 64}}))
+		imgs, err := s.SearchImages(t.Context(), store.GalleryQuery{}, 0, 1)
 		require.NoError(t, err)
 		return imgs[0]
 	}
@@ -83,9 +84,9 @@ func TestHistorySearchFindsImagesAsTheGalleryDoes(t *testing.T) {
 
 	out, stderr, code := h.run("history", "search", "--json", "lightho")
 	require.Equal(t, 0, code, stderr)
-	var got []core.ImageRecord
+	var got []store.ImageRecord
 	require.NoError(t, json.Unmarshal([]byte(out), &got), out)
-	paths := func(imgs []core.ImageRecord) []string {
+	paths := func(imgs []store.ImageRecord) []string {
 		var p []string
 		for _, im := range imgs {
 			p = append(p, im.Path)

@@ -15,8 +15,9 @@ import (
 	"syscall"
 
 	"atelier/bridge"
-	"atelier/core"
+	"atelier/core/jobs"
 	"atelier/core/paths"
+	"atelier/core/store"
 )
 
 // Exit statuses shared by every subcommand.
@@ -86,9 +87,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 // app is what every job-running command wires together.
 type app struct {
 	paths  paths.Paths
-	store  *core.Store
+	store  *store.Store
 	bridge *bridge.Bridge
-	runner *core.Runner
+	runner *jobs.Runner
 }
 
 func openApp(stderr io.Writer) (*app, error) {
@@ -96,12 +97,12 @@ func openApp(stderr io.Writer) (*app, error) {
 	if err := paths.EnsureDirs(); err != nil {
 		return nil, err
 	}
-	store, err := core.OpenStore(paths.DB)
+	store, err := store.OpenStore(paths.DB)
 	if err != nil {
 		return nil, err
 	}
 	br := bridge.New(bridgeConfig(paths, stderr))
-	return &app{paths: paths, store: store, bridge: br, runner: core.NewRunner(store, br, paths)}, nil
+	return &app{paths: paths, store: store, bridge: br, runner: jobs.NewRunner(store, br, paths)}, nil
 }
 
 func (a *app) close() {

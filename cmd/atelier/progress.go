@@ -6,7 +6,7 @@ import (
 	"os"
 	"strings"
 
-	"atelier/core"
+	"atelier/core/protocol"
 )
 
 // progress shows a job's stages on stderr: a bar redrawn in place on a
@@ -49,19 +49,19 @@ var stageLabels = map[string]string{
 	"saving":              "saving",
 }
 
-func (p *progress) event(m core.Message) {
+func (p *progress) event(m protocol.Message) {
 	switch m.Type {
-	case core.MsgLoading:
+	case protocol.MsgLoading:
 		if !p.loaded || p.tty {
 			p.line(fmt.Sprintf("starting the worker: %s", m.Message))
 		}
 		p.loaded = true
-	case core.MsgProgress:
+	case protocol.MsgProgress:
 		p.progress(m)
 	}
 }
 
-func (p *progress) progress(m core.Message) {
+func (p *progress) progress(m protocol.Message) {
 	label := stageLabels[m.Stage]
 	if label == "" {
 		label = m.Stage
@@ -93,7 +93,7 @@ func (p *progress) progress(m core.Message) {
 
 const barWidth = 30
 
-func (p *progress) bar(label string, m core.Message) {
+func (p *progress) bar(label string, m protocol.Message) {
 	s := fmt.Sprintf("%-19s", label)
 	if m.Total > 0 {
 		filled := min(barWidth, m.Step*barWidth/m.Total)

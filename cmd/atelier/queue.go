@@ -16,10 +16,11 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"atelier/core"
 	"atelier/core/failure"
+	"atelier/core/jobs"
 	"atelier/core/paths"
 	"atelier/core/request"
+	"atelier/core/store"
 )
 
 const queueUsage = `Usage: atelier queue COMMAND [options]
@@ -57,7 +58,7 @@ func cmdQueue(args []string, stdout, stderr io.Writer) int {
 	case "run":
 		return queueRun(rest, stdout, stderr)
 	case "pause", "resume":
-		return queueSimple(sub, rest, stdout, stderr, func(ctx context.Context, s *core.Store, _ []int64) error {
+		return queueSimple(sub, rest, stdout, stderr, func(ctx context.Context, s *store.Store, _ []int64) error {
 			if err := s.SetQueuePaused(ctx, sub == "pause"); err != nil {
 				return err
 			}
@@ -69,14 +70,14 @@ func cmdQueue(args []string, stdout, stderr io.Writer) int {
 			return nil
 		})
 	case "cancel":
-		return queueSimple(sub, rest, stdout, stderr, func(ctx context.Context, s *core.Store, ids []int64) error {
+		return queueSimple(sub, rest, stdout, stderr, func(ctx context.Context, s *store.Store, ids []int64) error {
 			var errs []error
 			for _, id := range ids {
 				st, err := s.CancelJob(ctx, id)
 				switch {
 				case err != nil:
 					errs = append(errs, err)
-				case st == core.StatusRunning:
+				case st == store.StatusRunning:
 					fmt.Fprintf(stdout, "job %d: cancel requested; it stops within a step\n", id)
 				default:
 					fmt.Fprintf(stdout, "job %d: cancelled\n", id)
@@ -85,7 +86,7 @@ func cmdQueue(args []string, stdout, stderr io.Writer) int {
 			return errors.Join(errs...)
 		})
 	case "retry":
-		return queueSimple(sub, rest, stdout, stderr, func(ctx context.Context, s *core.Store, ids []int64) error {
+		return queueSimple(sub, rest, stdout, stderr, func(ctx context.Context, s *store.Store, ids []int64) error {
 			var errs []error
 			for _, id := range ids {
 				nid, err := s.RetryJob(ctx, id)
@@ -112,13 +113,13 @@ func cmdQueue(args []string, stdout, stderr io.Writer) int {
 	}
 }
 
-func openStore(stderr io.Writer, name string) (*core.Store, paths.Paths, bool) {
+func openStore(stderr io.Writer, name string) (*store.Store, paths.Paths, bool) {
 	paths := paths.DefaultPaths()
 	if err := paths.EnsureDirs(); err != nil {
 		fmt.Fprintf(stderr, "atelier %s: %v\n", name, err)
 		return nil, paths, false
 	}
-	s, err := core.OpenStore(paths.DB)
+	s, err := store.OpenStore(paths.DB)
 	if err != nil {
 		fmt.Fprintf(stderr, "atelier %s: %v\n", name, err)
 		return nil, paths, false
@@ -128,7 +129,7 @@ func openStore(stderr io.Writer, name string) (*core.Store, paths.Paths, bool) {
 
 // queueSimple runs a subcommand that takes job ids (or nothing, for pause
 // and resume) and no options.
-func queueSimple(sub string, args []string, stdout, stderr io.Writer, do func(context.Context, *core.Store, []int64) error) int {
+func queueSimple(sub string, args []string, stdout, stderr io.Writer, do func(context.Context, *store.Store, []int64) error) int {
 	name := "queue " + sub
 	wantIDs := sub == "cancel" || sub == "retry"
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
@@ -166,7 +167,7 @@ func queueSimple(sub string, args []string, stdout, stderr io.Writer, do func(co
 	defer s.Close()
 	if err := do(context.Background(), s, ids); err != nil {
 		fmt.Fprintf(stderr, "atelier %s: %v\n", name, err)
-		if errors.Is(err, core.ErrNotFound) {
+		if errors.Is(err, store.ErrNotFound) {
 			return exitUsage
 		}
 		return exitFailure
@@ -300,7 +301,7 @@ Options:
 		return exitUsage
 	}
 	var reqs []request.Request
-	source, name := core.SessionCLI, *sessionName
+	source, name := store.SessionCLI, *sessionName
 	if *file != "" {
 		given := false
 		fs.Visit(func(f *flag.Flag) {
@@ -317,7 +318,7 @@ Options:
 			fmt.Fprintf(stderr, "atelier queue add: %s: %v\nNothing was queued.\n", *file, err)
 			return exitUsage
 		}
-		source = core.SessionFile
+		source = store.SessionFile
 		if name == "" {
 			name = filepath.Base(*file)
 		}
@@ -364,7 +365,7 @@ Options:
 
 // queueView is a job of "queue list --json".
 type queueView struct {
-	core.QueueJob
+	store.QueueJob
 	ETAS *float64 `json:"eta_s,omitempty"`
 }
 
@@ -384,21 +385,21 @@ func queueList(args []string, stdout, stderr io.Writer) int {
 	}
 	defer s.Close()
 	ctx := context.Background()
-	jobs, err := s.QueueJobs(ctx)
+	queued, err := s.QueueJobs(ctx)
 	if err != nil {
 		fmt.Fprintln(stderr, "atelier queue list:", err)
 		return exitFailure
 	}
 	paused, _ := s.QueuePaused(ctx)
 	rate, _ := s.MeasuredRate(ctx, 20)
-	eta := core.EstimateQueue(jobs, rate, nil)
+	eta := jobs.EstimateQueue(queued, rate, nil)
 	if *asJSON {
 		out := struct {
 			Jobs   []queueView `json:"jobs"`
 			Paused bool        `json:"paused"`
 			ETAS   *float64    `json:"eta_s,omitempty"`
 		}{Jobs: []queueView{}, Paused: paused}
-		for _, j := range jobs {
+		for _, j := range queued {
 			v := queueView{QueueJob: j}
 			if d, ok := eta.Job[j.ID]; ok {
 				sec := d.Seconds()
@@ -412,24 +413,24 @@ func queueList(args []string, stdout, stderr io.Writer) int {
 		}
 		return printJSON(stdout, stderr, "queue list", out)
 	}
-	if len(jobs) == 0 {
+	if len(queued) == 0 {
 		fmt.Fprintln(stderr, "The queue is empty. Add jobs with: atelier queue add --prompt \"a lighthouse\" --batch-count 4")
 		return exitOK
 	}
 	tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "ID\tSTATUS\tPROGRESS\tETA\tMODEL\tSTEPS\tSIZE\tSEED\tPROMPT")
-	for _, j := range jobs {
+	for _, j := range queued {
 		r := j.Request
 		status := j.Status
 		if j.CancelRequested {
 			status += " (cancelling)"
-		} else if j.ErrorCode != "" && j.Status != core.StatusCancelled {
+		} else if j.ErrorCode != "" && j.Status != store.StatusCancelled {
 			status += " (" + j.ErrorCode + ")"
 		}
 		progress := "-"
-		if j.Status == core.StatusRunning && j.Total > 0 {
+		if j.Status == store.StatusRunning && j.Total > 0 {
 			progress = fmt.Sprintf("%d/%d", j.Step, j.Total)
-		} else if j.Status == core.StatusDone {
+		} else if j.Status == store.StatusDone {
 			progress = "100%"
 		}
 		etaS := "-"
@@ -442,8 +443,8 @@ func queueList(args []string, stdout, stderr io.Writer) int {
 	tw.Flush() //nolint:errcheck // nothing to do if stdout is gone
 	counts, _ := s.QueueCounts(ctx)
 	summary := fmt.Sprintf("%d waiting, %d running, %d done, %d failed",
-		counts[core.StatusPending]+counts[core.StatusInterrupted], counts[core.StatusRunning],
-		counts[core.StatusDone], counts[core.StatusFailed])
+		counts[store.StatusPending]+counts[store.StatusInterrupted], counts[store.StatusRunning],
+		counts[store.StatusDone], counts[store.StatusFailed])
 	if len(eta.Job) > 0 {
 		if eta.Known {
 			summary += " · queue ETA " + formatDuration(eta.Total)
@@ -609,10 +610,10 @@ Options:
 	emit := jsonEmitter(stdout, *asJSON)
 	var prog *progress
 	failed, done := 0, 0
-	q := core.NewQueueRunner(a.runner)
-	q.OnEvent = func(e core.QueueEvent) {
+	q := jobs.NewQueueRunner(a.runner)
+	q.OnEvent = func(e jobs.QueueEvent) {
 		switch e.Kind {
-		case core.QueueStarted:
+		case jobs.QueueStarted:
 			j := e.Job
 			emit(queueRunLine{Type: "job_started", JobID: j.ID, UID: j.UID, Attempts: j.Attempts})
 			note := ""
@@ -620,15 +621,15 @@ Options:
 				note = fmt.Sprintf(", run %d", j.Attempts)
 			}
 			counts, _ := a.store.QueueCounts(context.WithoutCancel(ctx))
-			left := counts[core.StatusPending] + counts[core.StatusInterrupted]
+			left := counts[store.StatusPending] + counts[store.StatusInterrupted]
 			fmt.Fprintf(stderr, "job %d (seed %d%s, %d more waiting): %s\n", j.ID, j.Request.Seed, note, left, shorten(j.Request.Prompt, 60))
 			prog = newProgress(stderr)
-		case core.QueueMessage:
+		case jobs.QueueMessage:
 			if prog != nil {
 				prog.event(e.Message)
 			}
 			emit(e.Message)
-		case core.QueueFinished:
+		case jobs.QueueFinished:
 			if prog != nil {
 				prog.finish()
 			}
@@ -645,18 +646,18 @@ Options:
 			}
 			emit(line)
 			switch j.Status {
-			case core.StatusDone:
+			case store.StatusDone:
 				done++
 				msg := fmt.Sprintf("job %d done", j.ID)
 				if m := e.Outcome; m != nil && m.Metrics != nil {
 					msg += fmt.Sprintf(" in %.1fs (%.2f it/s)", m.Metrics.TotalS, m.Metrics.ItS)
 				}
 				fmt.Fprintln(stderr, msg)
-			case core.StatusInterrupted:
+			case store.StatusInterrupted:
 				fmt.Fprintf(stderr, "job %d: the worker crashed (%s); it runs once more\n", j.ID, j.ErrorMessage)
-			case core.StatusPending:
+			case store.StatusPending:
 				fmt.Fprintf(stderr, "job %d: stopped; it is pending again\n", j.ID)
-			case core.StatusCancelled:
+			case store.StatusCancelled:
 				fmt.Fprintf(stderr, "job %d cancelled\n", j.ID)
 			default:
 				failed++
@@ -685,7 +686,7 @@ Options:
 				fmt.Fprintf(stderr, "the worker's last lines on stderr:\n%s\n", indent(jerr.Detail, "  "))
 			}
 		}
-		if errors.Is(err, core.ErrWorkerUnavailable) {
+		if errors.Is(err, jobs.ErrWorkerUnavailable) {
 			fmt.Fprintln(stderr, "The jobs stay queued. Run \"atelier doctor\" to check the worker, then \"atelier queue run\" again.")
 		}
 		emit(line)

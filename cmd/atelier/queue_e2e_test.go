@@ -21,8 +21,9 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"atelier/core"
 	"atelier/core/failure"
+	"atelier/core/protocol"
+	"atelier/core/store"
 )
 
 // queueAdd queues one tiny job and returns its id.
@@ -39,19 +40,19 @@ func (h *home) queueAdd(prompt string, steps int) int64 {
 
 type queueListing struct {
 	Jobs []struct {
-		core.QueueJob
+		store.QueueJob
 		ETAS *float64 `json:"eta_s"`
 	} `json:"jobs"`
 	Paused bool `json:"paused"`
 }
 
-func (h *home) queue() map[int64]core.QueueJob {
+func (h *home) queue() map[int64]store.QueueJob {
 	h.t.Helper()
 	out, errOut, code := h.run("queue", "list", "--json")
 	require.Equal(h.t, 0, code, errOut)
 	var l queueListing
 	require.NoError(h.t, json.Unmarshal([]byte(out), &l), out)
-	m := map[int64]core.QueueJob{}
+	m := map[int64]store.QueueJob{}
 	for _, j := range l.Jobs {
 		m[j.ID] = j.QueueJob
 	}
@@ -129,7 +130,7 @@ func (r *runningQueue) until(t *testing.T, what string, match func(runEvent) boo
 func (r *runningQueue) denoising(t *testing.T, uid string) {
 	t.Helper()
 	r.until(t, "denoising of "+uid, func(e runEvent) bool {
-		return e.Type == core.MsgProgress && e.ID == uid && e.Stage == "denoising" && e.Step >= 1
+		return e.Type == protocol.MsgProgress && e.ID == uid && e.Stage == "denoising" && e.Step >= 1
 	})
 }
 
@@ -164,7 +165,7 @@ func started(evs []runEvent) []int64 {
 
 func (h *home) checkIntegrity() {
 	h.t.Helper()
-	s, err := core.OpenStore(filepath.Join(h.dir, "data", "atelier.db"))
+	s, err := store.OpenStore(filepath.Join(h.dir, "data", "atelier.db"))
 	require.NoError(h.t, err)
 	defer s.Close()
 	v, err := s.IntegrityCheck(context.Background())
@@ -192,7 +193,7 @@ func TestQueueRunKilledMidJobResumesExactlyOnce(t *testing.T) {
 
 	run := startQueueRun(t, h)
 	run.until(t, "job a done", func(e runEvent) bool {
-		return e.Type == "job_finished" && e.JobID == a && e.Status == core.StatusDone
+		return e.Type == "job_finished" && e.JobID == a && e.Status == store.StatusDone
 	})
 	sb := run.until(t, "job b started", func(e runEvent) bool { return e.Type == "job_started" && e.JobID == b })
 	run.denoising(t, sb.UID)
@@ -209,11 +210,11 @@ func TestQueueRunKilledMidJobResumesExactlyOnce(t *testing.T) {
 
 	// The next start marks the job interrupted; the rest waits.
 	q := h.queue()
-	assert.Equal(t, core.StatusDone, q[a].Status)
-	assert.Equal(t, core.StatusInterrupted, q[b].Status)
+	assert.Equal(t, store.StatusDone, q[a].Status)
+	assert.Equal(t, store.StatusInterrupted, q[b].Status)
 	assert.Equal(t, 1, q[b].Attempts)
-	assert.Equal(t, core.StatusPending, q[c].Status)
-	assert.Equal(t, core.StatusPending, q[d].Status)
+	assert.Equal(t, store.StatusPending, q[c].Status)
+	assert.Equal(t, store.StatusPending, q[d].Status)
 	h.checkIntegrity()
 
 	run = startQueueRun(t, h)
@@ -223,7 +224,7 @@ func TestQueueRunKilledMidJobResumesExactlyOnce(t *testing.T) {
 
 	q = h.queue()
 	for _, id := range []int64{a, b, c, d} {
-		assert.Equal(t, core.StatusDone, q[id].Status, "job %d", id)
+		assert.Equal(t, store.StatusDone, q[id].Status, "job %d", id)
 	}
 	assert.Equal(t, 2, q[b].Attempts, "the interrupted job ran exactly once more")
 	assert.Equal(t, 1, q[c].Attempts)
@@ -274,13 +275,13 @@ func TestQueueWorkerKilledMidJobRerunsOnceAndFailsTheSecondTime(t *testing.T) {
 	assert.Equal(t, []int64{d}, started(evs), "after the failure the queue goes on")
 
 	q := h.queue()
-	assert.Equal(t, core.StatusDone, q[a].Status)
-	assert.Equal(t, core.StatusDone, q[b].Status, "the job re-run after one crash completes")
+	assert.Equal(t, store.StatusDone, q[a].Status)
+	assert.Equal(t, store.StatusDone, q[b].Status, "the job re-run after one crash completes")
 	assert.Equal(t, 2, q[b].Attempts)
-	assert.Equal(t, core.StatusFailed, q[c].Status, "a job that crashes the worker twice fails, so it cannot loop")
+	assert.Equal(t, store.StatusFailed, q[c].Status, "a job that crashes the worker twice fails, so it cannot loop")
 	assert.Equal(t, string(failure.ErrWorkerCrashed), q[c].ErrorCode)
 	assert.Equal(t, 2, q[c].Attempts)
-	assert.Equal(t, core.StatusDone, q[d].Status)
+	assert.Equal(t, store.StatusDone, q[d].Status)
 	imgs := h.imagesOf()
 	assert.Equal(t, map[int64]int{a: 1, b: 1, c: 0, d: 1}, imgs)
 	h.checkIntegrity()
@@ -335,7 +336,7 @@ func TestQueueCLI(t *testing.T) {
 	assert.Contains(t, errBuf.String(), "stay queued")
 	for _, id := range append(ids, fileIDs...) {
 		j := h.queue()[id]
-		assert.Equal(t, core.StatusPending, j.Status, "job %d", id)
+		assert.Equal(t, store.StatusPending, j.Status, "job %d", id)
 		assert.Zero(t, j.Attempts, "job %d", id)
 	}
 
@@ -369,16 +370,16 @@ func TestQueueCLI(t *testing.T) {
 	_, _, code = h.run("queue", "clear", "--all")
 	require.Equal(t, 0, code)
 	for _, j := range h.queue() {
-		assert.NotEqual(t, core.StatusPending, j.Status)
+		assert.NotEqual(t, store.StatusPending, j.Status)
 	}
 
 	out, _, code = h.run("queue", "sessions", "--json")
 	require.Equal(t, 0, code)
-	var sessions []core.Session
+	var sessions []store.Session
 	require.NoError(t, json.Unmarshal([]byte(out), &sessions))
 	require.Len(t, sessions, 2)
 	assert.Equal(t, "jobs.jsonl", sessions[0].Name)
-	assert.Equal(t, core.SessionFile, sessions[0].Source)
+	assert.Equal(t, store.SessionFile, sessions[0].Source)
 	assert.Equal(t, "evening", sessions[1].Name)
 	assert.Equal(t, 4, sessions[1].Jobs, "three jobs and the retry")
 

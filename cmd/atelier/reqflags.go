@@ -13,7 +13,7 @@ import (
 	"atelier/core/request"
 )
 
-// requestFlags are the flags that make up a core.Request, shared by every
+// requestFlags are the flags that make up a request.Request, shared by every
 // subcommand that builds one ("generate", "queue add"). Register them with
 // addRequestFlags, parse the flag set, then call build.
 type requestFlags struct {
@@ -32,7 +32,7 @@ type requestFlags struct {
 }
 
 // addRequestFlags registers every request flag on fs, with the defaults of
-// core.DefaultRequest.
+// request.DefaultRequest.
 func addRequestFlags(fs *flag.FlagSet) *requestFlags {
 	def := request.DefaultRequest()
 	f := &requestFlags{fs: fs}
@@ -84,7 +84,7 @@ func (f *requestFlags) given(name string) bool {
 
 // build returns the request the flags describe, validated. Its error names
 // the flags (and the request fields) that are wrong, and is reachable with
-// core.AsValidation.
+// request.AsValidation.
 func (f *requestFlags) build() (request.Request, error) {
 	r := f.req
 	r.LoRAs = append([]request.LoRA(nil), f.loras...)

@@ -185,3 +185,30 @@ func DefaultRequest() Request {
 	return Request{Model: TinyModel, Scheduler: "euler", Steps: 30, CFG: 5,
 		Width: 1024, Height: 1024, Seed: -1, BatchSize: 1}
 }
+
+// PixelSteps is the denoising work of steps steps of the request, in
+// pixel-steps (width × height × batch × steps), the unit of a measured speed.
+func (r *Request) PixelSteps(steps int) float64 {
+	if r.UpscaleOnly {
+		return 0 // nothing is denoised
+	}
+	return float64(r.Width) * float64(r.Height) * float64(max(r.BatchSize, 1)) * float64(steps)
+}
+
+// HiresPixelSteps is the work of the hires pass: the iterations it runs
+// (steps × strength) at the enlarged size, for every image of the batch.
+func (r *Request) HiresPixelSteps() float64 {
+	if r.HiresScale == 0 || r.UpscaleOnly {
+		return 0
+	}
+	w, h := r.HiresSize()
+	steps := r.HiresSteps
+	if steps == 0 {
+		steps = r.Steps
+	}
+	strength := r.HiresStrength
+	if strength == 0 {
+		strength = DefaultHiresStrength
+	}
+	return float64(w) * float64(h) * float64(max(r.BatchSize, 1)) * float64(steps) * strength
+}

@@ -8,9 +8,9 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"atelier/core"
 	"atelier/core/failure"
 	"atelier/core/infotext"
+	"atelier/core/protocol"
 	"atelier/core/request"
 	"atelier/core/spec"
 )
@@ -23,9 +23,9 @@ func TestCoreConstantsMatchSpec(t *testing.T) {
 		name       string
 		core, spec any
 	}{
-		{"ProtocolVersion", core.ProtocolVersion, spec.ProtocolVersion},
-		{"MaxLineBytes", core.MaxLineBytes, spec.MaxLineBytes},
-		{"MaxIDLen", core.MaxIDLen, spec.MaxIDLen},
+		{"ProtocolVersion", protocol.ProtocolVersion, spec.ProtocolVersion},
+		{"MaxLineBytes", protocol.MaxLineBytes, spec.MaxLineBytes},
+		{"MaxIDLen", protocol.MaxIDLen, spec.MaxIDLen},
 
 		{"MinSteps", request.MinSteps, spec.MinSteps},
 		{"MaxSteps", request.MaxSteps, spec.MaxSteps},
@@ -91,11 +91,11 @@ func TestCoreListsMatchSpec(t *testing.T) {
 		specCodes[i] = string(c)
 	}
 	assert.Equal(t, specCodes, codes, "core.ErrorCodes")
-	assert.Equal(t, spec.GoToWorker, []string{core.MsgGenerate, core.MsgCancel, core.MsgPing, core.MsgUnload, core.MsgShutdown}, "core.Msg* (Go to worker)")
-	assert.Equal(t, spec.WorkerToGo, []string{core.MsgLoading, core.MsgHello, core.MsgAccepted, core.MsgProgress,
-		core.MsgPreview, core.MsgResult, core.MsgError, core.MsgPong}, "core.Msg* (worker to Go)")
-	assert.Equal(t, spec.Stages, core.Stages, "core.Stages")
-	assert.Equal(t, spec.DeviceKinds, core.DeviceKinds, "core.DeviceKinds")
+	assert.Equal(t, spec.GoToWorker, []string{protocol.MsgGenerate, protocol.MsgCancel, protocol.MsgPing, protocol.MsgUnload, protocol.MsgShutdown}, "core.Msg* (Go to worker)")
+	assert.Equal(t, spec.WorkerToGo, []string{protocol.MsgLoading, protocol.MsgHello, protocol.MsgAccepted, protocol.MsgProgress,
+		protocol.MsgPreview, protocol.MsgResult, protocol.MsgError, protocol.MsgPong}, "core.Msg* (worker to Go)")
+	assert.Equal(t, spec.Stages, protocol.Stages, "core.Stages")
+	assert.Equal(t, spec.DeviceKinds, protocol.DeviceKinds, "core.DeviceKinds")
 	// core lists dpmpp_2m and dpmpp_sde before ddim; the spec keeps the worker's and
 	// docs/protocol.md's order (the menu's once a worker said hello). Same names.
 	assert.ElementsMatch(t, spec.Schedulers, request.Schedulers, "core.Schedulers")
@@ -110,7 +110,7 @@ func TestCoreDecodeDefaultsMatchSpec(t *testing.T) {
 	line := `{"type":"generate","id":"a","request":{"prompt":"p","model":"tiny","steps":4,"cfg":5,` +
 		`"width":64,"height":64,"seed":1,"output_dir":"/tmp/out","loras":[{"path":"tiny-lora"}],` +
 		`"controlnets":[{"type":"canny","model":"tiny-controlnet","image":"/tmp/e.png"}]}}`
-	m, err := core.DecodeMessage([]byte(line))
+	m, err := protocol.DecodeMessage([]byte(line))
 	require.NoError(t, err)
 	l, c := m.Request.LoRAs[0], m.Request.ControlNets[0]
 	assert.Equal(t, spec.DefaultLoRAWeight, l.Weight, "an absent LoRA weight")

@@ -1,8 +1,12 @@
-package core
+// Package store is the SQLite history: jobs and their images, the queue,
+// sessions, settings and the gallery's search, and their export.
+package store
 
 import (
 	"context"
+	"crypto/rand"
 	"database/sql"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -13,6 +17,7 @@ import (
 	"time"
 
 	"atelier/core/failure"
+	"atelier/core/protocol"
 	"atelier/core/request"
 
 	_ "github.com/mattn/go-sqlite3" // the "sqlite3" driver; build with -tags sqlite_fts5
@@ -51,7 +56,7 @@ func OpenStore(path string) (*Store, error) {
 		db.Close()
 		return nil, fmt.Errorf("open history %s: %w", path, err)
 	}
-	if _, err := s.markInterrupted(ctx); err != nil {
+	if _, err := s.MarkInterrupted(ctx); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("open history %s: %w", path, err)
 	}
@@ -117,7 +122,7 @@ func (s *Store) CreateJob(ctx context.Context, uid string, req request.Request) 
 
 // FinishJob marks a running job done and records its metrics and images, all
 // in one transaction: the history never shows a done job without its images.
-func (s *Store) FinishJob(ctx context.Context, jobID int64, m *Metrics, images []ImageResult) error {
+func (s *Store) FinishJob(ctx context.Context, jobID int64, m *protocol.Metrics, images []protocol.ImageResult) error {
 	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
 		return fmt.Errorf("finish job %d: %w", jobID, err)
@@ -136,7 +141,7 @@ func (s *Store) FinishJob(ctx context.Context, jobID int64, m *Metrics, images [
 		return fmt.Errorf("finish job %d: stored params: %w", jobID, err)
 	}
 	if m == nil {
-		m = &Metrics{}
+		m = &protocol.Metrics{}
 	}
 	now := formatTime(time.Now())
 	res, err := tx.ExecContext(ctx, `UPDATE jobs SET status = ?, finished_at = ?,
@@ -357,7 +362,7 @@ func scanJob(rows *sql.Rows, extra ...any) (JobRecord, error) {
 	}
 	j.ErrorCode, j.ErrorMessage, j.ErrorDetail = code.String, msg.String, detail.String
 	if total.Valid {
-		j.Metrics = &Metrics{TotalS: total.Float64, LoadS: load.Float64, DenoiseS: denoise.Float64,
+		j.Metrics = &protocol.Metrics{TotalS: total.Float64, LoadS: load.Float64, DenoiseS: denoise.Float64,
 			ItS: its.Float64, Device: device.String, Dtype: dtype.String, PeakMemBytes: peak.Int64}
 	}
 	return j, nil
@@ -385,10 +390,10 @@ func (s *Store) SetSetting(ctx context.Context, key, value string) error {
 	return nil
 }
 
-// markInterrupted ends the running jobs whose process is gone: they can never
+// MarkInterrupted ends the running jobs whose process is gone: they can never
 // finish, and leaving them "running" would show a job that is not. A job of a
 // live process is left alone, whichever process that is.
-func (s *Store) markInterrupted(ctx context.Context) (int, error) {
+func (s *Store) MarkInterrupted(ctx context.Context) (int, error) {
 	rows, err := s.db.QueryContext(ctx, `SELECT id, COALESCE(owner_pid, 0), COALESCE(owner_start, 0)
 		FROM jobs WHERE status = ?`, StatusRunning)
 	if err != nil {
@@ -502,4 +507,12 @@ func (s *Store) SetLastRequest(ctx context.Context, r request.Request) error {
 		return err
 	}
 	return s.SetSetting(ctx, SettingLastRequest, string(b))
+}
+
+// NewJobUID names a job for the protocol and the image files: sortable by
+// time, unique by its random tail, and within the protocol's id alphabet.
+func NewJobUID(now time.Time) string {
+	var b [4]byte
+	_, _ = rand.Read(b[:]) // crypto/rand.Read never fails
+	return now.UTC().Format("20060102-150405") + "-" + hex.EncodeToString(b[:])
 }

@@ -1,9 +1,7 @@
-package core
+package jobs
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"os"
@@ -13,7 +11,9 @@ import (
 
 	"atelier/core/failure"
 	"atelier/core/paths"
+	"atelier/core/protocol"
 	"atelier/core/request"
+	"atelier/core/store"
 )
 
 // DefaultCancelGrace is how long Run waits, after asking the generator to
@@ -26,7 +26,7 @@ const DefaultCancelGrace = 45 * time.Second
 // the job, drives the generator and records the outcome. The CLI and the UI
 // both go through it, so a job is bookkept the same way whoever starts it.
 type Runner struct {
-	store *Store
+	store *store.Store
 	gen   Generator
 	paths paths.Paths
 
@@ -39,23 +39,23 @@ type Runner struct {
 	slot chan struct{}
 }
 
-// NewRunner returns a Runner that records into store and generates with gen,
-// writing images below paths.Images.
-func NewRunner(store *Store, gen Generator, paths paths.Paths) *Runner {
-	return &Runner{store: store, gen: gen, paths: paths, CancelGrace: DefaultCancelGrace, slot: make(chan struct{}, 1)}
+// NewRunner returns a Runner that records into history and generates with
+// gen, writing images below dirs.Images.
+func NewRunner(history *store.Store, gen Generator, dirs paths.Paths) *Runner {
+	return &Runner{store: history, gen: gen, paths: dirs, CancelGrace: DefaultCancelGrace, slot: make(chan struct{}, 1)}
 }
 
 // Capabilities returns the worker's capabilities from its latest hello when
 // the generator knows them (the bridge does), or nil before a worker started.
-func (r *Runner) Capabilities() *Capabilities {
-	if c, ok := r.gen.(interface{ Capabilities() *Capabilities }); ok {
+func (r *Runner) Capabilities() *protocol.Capabilities {
+	if c, ok := r.gen.(interface{ Capabilities() *protocol.Capabilities }); ok {
 		return c.Capabilities()
 	}
 	return nil
 }
 
 // Store is the history the runner records into.
-func (r *Runner) Store() *Store { return r.store }
+func (r *Runner) Store() *store.Store { return r.store }
 
 // acquire waits for the generator to be free; the caller calls release.
 func (r *Runner) acquire(ctx context.Context) (release func(), err error) {
@@ -76,9 +76,9 @@ func (r *Runner) acquire(ctx context.Context) (release func(), err error) {
 // recorded, a failure is returned as a *JobError and recorded too; cancelling
 // ctx cancels the job, which is then recorded as cancelled. If the images were
 // made but recording them failed, Run returns the outcome and the error.
-func (r *Runner) Run(ctx context.Context, req request.Request, onEvent func(Message)) (*JobOutcome, error) {
+func (r *Runner) Run(ctx context.Context, req request.Request, onEvent func(protocol.Message)) (*JobOutcome, error) {
 	if onEvent == nil {
-		onEvent = func(Message) {}
+		onEvent = func(protocol.Message) {}
 	}
 
 	// 1. Check the request and what it names on disk, and fix the seed now,
@@ -105,7 +105,7 @@ func (r *Runner) Run(ctx context.Context, req request.Request, onEvent func(Mess
 	defer release()
 	// From here on the outcome is recorded even when ctx is cancelled.
 	rec := context.WithoutCancel(ctx)
-	uid := newJobUID(now)
+	uid := store.NewJobUID(now)
 	jobID, err := r.store.CreateJob(rec, uid, req)
 	if err != nil {
 		return nil, err
@@ -120,7 +120,7 @@ func (r *Runner) Run(ctx context.Context, req request.Request, onEvent func(Mess
 // worker does not start) is not the job's fault: the job goes back to
 // pending and the error wraps ErrWorkerUnavailable, so that the queue waits
 // instead of failing every job in turn.
-func (r *Runner) execute(ctx context.Context, jobID int64, uid string, req request.Request, onEvent func(Message), queued bool) (*JobOutcome, error) {
+func (r *Runner) execute(ctx context.Context, jobID int64, uid string, req request.Request, onEvent func(protocol.Message), queued bool) (*JobOutcome, error) {
 	rec := context.WithoutCancel(ctx)
 
 	// 4. Generate.
@@ -140,7 +140,7 @@ func (r *Runner) execute(ctx context.Context, jobID int64, uid string, req reque
 
 	// 5. Record the outcome.
 	switch {
-	case final != nil && final.Type == MsgResult:
+	case final != nil && final.Type == protocol.MsgResult:
 		out := &JobOutcome{JobID: jobID, UID: uid, Images: final.Images, Metrics: final.Metrics, ControlImages: final.ControlImages}
 		if err := r.store.FinishJob(rec, jobID, final.Metrics, final.Images); err != nil {
 			return out, fmt.Errorf("the images were made but not recorded in the history: %w", err)
@@ -169,7 +169,7 @@ func (r *Runner) execute(ctx context.Context, jobID int64, uid string, req reque
 
 // follow forwards messages until the job's result or error. It returns that
 // message, or nil if the stream ended without one, and whether ctx cancelled.
-func (r *Runner) follow(ctx context.Context, uid string, ch <-chan Message, onEvent func(Message)) (*Message, bool) {
+func (r *Runner) follow(ctx context.Context, uid string, ch <-chan protocol.Message, onEvent func(protocol.Message)) (*protocol.Message, bool) {
 	// The generator closes ch after the final message; draining whatever is
 	// left keeps it from blocking if it sends more, or if we give up waiting.
 	defer func() {
@@ -188,7 +188,7 @@ func (r *Runner) follow(ctx context.Context, uid string, ch <-chan Message, onEv
 				return nil, cancelled
 			}
 			onEvent(m)
-			if (m.Type == MsgResult || m.Type == MsgError) && (m.ID == uid || m.ID == "") {
+			if (m.Type == protocol.MsgResult || m.Type == protocol.MsgError) && (m.ID == uid || m.ID == "") {
 				return &m, cancelled
 			}
 		case <-done:
@@ -222,12 +222,4 @@ func toJobError(ctx context.Context, err error) *failure.JobError {
 		return &failure.JobError{Code: failure.ErrCancelled, Message: "the job was cancelled before it started", Detail: err.Error()}
 	}
 	return &failure.JobError{Code: failure.ErrInternal, Message: "could not start the job: " + err.Error()}
-}
-
-// newJobUID names a job for the protocol and the image files: sortable by
-// time, unique by its random tail, and within the protocol's id alphabet.
-func newJobUID(now time.Time) string {
-	var b [4]byte
-	_, _ = rand.Read(b[:]) // crypto/rand.Read never fails
-	return now.UTC().Format("20060102-150405") + "-" + hex.EncodeToString(b[:])
 }

@@ -1,6 +1,6 @@
 //go:build unix
 
-package core
+package jobs
 
 import (
 	"bufio"
@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"atelier/core/failure"
+	"atelier/core/store"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -29,7 +30,7 @@ func TestQueueHelperProcess(t *testing.T) {
 	if os.Getenv(queueHelperEnv) == "" {
 		t.Skip("helper process for the queue crash tests")
 	}
-	s, err := OpenStore(os.Getenv(queueHelperEnv + "_DB"))
+	s, err := store.OpenStore(os.Getenv(queueHelperEnv + "_DB"))
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(3)
@@ -82,7 +83,7 @@ func claimAndKill(t *testing.T, db string) int64 {
 
 func TestKill9MidQueueJobRequeuesOnceThenFails(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "queue.db")
-	s, err := OpenStore(path)
+	s, err := store.OpenStore(path)
 	require.NoError(t, err)
 	ctx := context.Background()
 	ids := enqueue(t, s, 0, "first", "second")
@@ -92,14 +93,14 @@ func TestKill9MidQueueJobRequeuesOnceThenFails(t *testing.T) {
 	// and first in line again; "second" waits untouched.
 	got := claimAndKill(t, path)
 	require.Equal(t, ids[0], got)
-	s, err = OpenStore(path)
+	s, err = store.OpenStore(path)
 	require.NoError(t, err)
 	integrity, err := s.IntegrityCheck(ctx)
 	require.NoError(t, err)
 	assert.Equal(t, "ok", integrity)
 	j, err := s.GetQueueJob(ctx, ids[0])
 	require.NoError(t, err)
-	assert.Equal(t, StatusInterrupted, j.Status)
+	assert.Equal(t, store.StatusInterrupted, j.Status)
 	assert.Equal(t, 1, j.Attempts)
 	assert.Equal(t, []string{"first", "second"}, waitingOrder(t, s))
 	require.NoError(t, s.Close())
@@ -108,7 +109,7 @@ func TestKill9MidQueueJobRequeuesOnceThenFails(t *testing.T) {
 	// and the queue goes on with "second".
 	got = claimAndKill(t, path)
 	require.Equal(t, ids[0], got, "the interrupted job runs again, first")
-	s, err = OpenStore(path)
+	s, err = store.OpenStore(path)
 	require.NoError(t, err)
 	defer s.Close()
 	integrity, err = s.IntegrityCheck(ctx)
@@ -116,7 +117,7 @@ func TestKill9MidQueueJobRequeuesOnceThenFails(t *testing.T) {
 	assert.Equal(t, "ok", integrity)
 	j, err = s.GetQueueJob(ctx, ids[0])
 	require.NoError(t, err)
-	assert.Equal(t, StatusFailed, j.Status)
+	assert.Equal(t, store.StatusFailed, j.Status)
 	assert.Equal(t, 2, j.Attempts)
 	assert.Equal(t, string(failure.ErrWorkerCrashed), j.ErrorCode)
 	assert.Contains(t, j.ErrorMessage, "not run again")
@@ -138,7 +139,7 @@ func TestQueueRunnerTakesOverAJobOfAProcessThatDied(t *testing.T) {
 	require.NoError(t, NewQueueRunner(r).Run(context.Background(), true))
 	j, err := s.GetQueueJob(context.Background(), ids[0])
 	require.NoError(t, err)
-	assert.Equal(t, StatusDone, j.Status, "the running process notices the dead one without a restart")
+	assert.Equal(t, store.StatusDone, j.Status, "the running process notices the dead one without a restart")
 	assert.Equal(t, 2, j.Attempts)
 	assert.Equal(t, 1, qg.count("orphaned"))
 	assert.Equal(t, 1, qg.count("next"))

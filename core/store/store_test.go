@@ -1,4 +1,4 @@
-package core
+package store
 
 import (
 	"context"
@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"atelier/core/failure"
+	"atelier/core/protocol"
 	"atelier/core/request"
 
 	"github.com/stretchr/testify/assert"
@@ -172,8 +173,8 @@ func TestJobLifecycle(t *testing.T) {
 	assert.Nil(t, j.FinishedAt)
 	assert.Nil(t, j.Metrics)
 
-	m := &Metrics{TotalS: 1.5, LoadS: 0.5, DenoiseS: 0.9, ItS: 4.4, Device: "cpu", Dtype: "float32", PeakMemBytes: 1234}
-	imgs := []ImageResult{{Path: "/img/a.png", Seed: 7, Width: 64, Height: 64}, {Path: "/img/b.png", Seed: 8, Width: 64, Height: 64}}
+	m := &protocol.Metrics{TotalS: 1.5, LoadS: 0.5, DenoiseS: 0.9, ItS: 4.4, Device: "cpu", Dtype: "float32", PeakMemBytes: 1234}
+	imgs := []protocol.ImageResult{{Path: "/img/a.png", Seed: 7, Width: 64, Height: 64}, {Path: "/img/b.png", Seed: 8, Width: 64, Height: 64}}
 	require.NoError(t, s.FinishJob(ctx, id, m, imgs))
 
 	j, err = s.GetJobByUID(ctx, "job-life")
@@ -234,8 +235,8 @@ func TestFinishJobIsAtomic(t *testing.T) {
 
 	// The second image breaks a table constraint after the job row and the
 	// first image were written inside the transaction.
-	m := &Metrics{TotalS: 2}
-	bad := []ImageResult{{Path: "/img/ok.png", Seed: 1, Width: 64, Height: 64}, {Path: "/img/bad.png", Seed: 2, Width: 0, Height: 64}}
+	m := &protocol.Metrics{TotalS: 2}
+	bad := []protocol.ImageResult{{Path: "/img/ok.png", Seed: 1, Width: 64, Height: 64}, {Path: "/img/bad.png", Seed: 2, Width: 0, Height: 64}}
 	require.Error(t, s.FinishJob(ctx, id, m, bad))
 
 	j, err := s.GetJob(ctx, id)
@@ -266,7 +267,7 @@ func TestListJobsAndRecentImages(t *testing.T) {
 			require.NoError(t, s.FailJob(ctx, id, &failure.JobError{Code: failure.ErrInternal, Message: "boom"}))
 			continue
 		}
-		require.NoError(t, s.FinishJob(ctx, id, &Metrics{TotalS: float64(i)}, []ImageResult{
+		require.NoError(t, s.FinishJob(ctx, id, &protocol.Metrics{TotalS: float64(i)}, []protocol.ImageResult{
 			{Path: fmt.Sprintf("/img/%d-a.png", i), Seed: int64(i), Width: 64, Height: 64},
 			{Path: fmt.Sprintf("/img/%d-b.png", i), Seed: int64(i + 1), Width: 64, Height: 64},
 		}))

@@ -1,4 +1,4 @@
-package core
+package store
 
 import (
 	"context"
@@ -9,6 +9,7 @@ import (
 	"time"
 	"unicode"
 
+	"atelier/core/protocol"
 	"atelier/core/request"
 )
 
@@ -166,10 +167,10 @@ type ImageDetail struct {
 	ImageRecord
 	// Request is the exact settings that reproduce this image alone (its own
 	// seed, batch size 1).
-	Request   request.Request `json:"request"`
-	JobUID    string          `json:"job_uid"`
-	Metrics   *Metrics        `json:"metrics,omitempty"`
-	SessionID int64           `json:"session_id,omitempty"`
+	Request   request.Request   `json:"request"`
+	JobUID    string            `json:"job_uid"`
+	Metrics   *protocol.Metrics `json:"metrics,omitempty"`
+	SessionID int64             `json:"session_id,omitempty"`
 }
 
 // GetImage returns one image with its settings and its job's metrics.
@@ -196,7 +197,7 @@ func (s *Store) GetImage(ctx context.Context, id int64) (*ImageDetail, error) {
 		return nil, fmt.Errorf("get image %d: stored metadata: %w", id, err)
 	}
 	if total.Valid {
-		d.Metrics = &Metrics{TotalS: total.Float64, LoadS: load.Float64, DenoiseS: denoise.Float64, ItS: its.Float64,
+		d.Metrics = &protocol.Metrics{TotalS: total.Float64, LoadS: load.Float64, DenoiseS: denoise.Float64, ItS: its.Float64,
 			Device: device.String, Dtype: dtype.String, PeakMemBytes: peak.Int64}
 	}
 	return d, nil

@@ -1,4 +1,4 @@
-package core
+package protocol
 
 import (
 	"encoding/json"
@@ -17,7 +17,7 @@ import (
 
 // vectorDir holds the protocol test vectors shared with the Python worker's pytest suite,
 // next to the protocol spec.
-const vectorDir = "../docs/protocol/vectors"
+const vectorDir = "../../docs/protocol/vectors"
 
 // vectorFiles lists one vector folder ("valid" or "invalid"). docs/protocol.md names the
 // files *.json and the worker's suite *.jsonl; both are one raw protocol line.

@@ -1,4 +1,4 @@
-package core
+package store
 
 import (
 	"context"
@@ -91,7 +91,7 @@ func (s *Store) Enqueue(ctx context.Context, sessionID int64, reqs []request.Req
 	created := formatTime(now)
 	// One random uid for the batch, numbered: thousands of jobs queued in
 	// the same second cannot collide.
-	batchUID := newJobUID(now)
+	batchUID := NewJobUID(now)
 	ids := make([]int64, 0, len(reqs))
 	for i, req := range reqs {
 		params, err := json.Marshal(req)
@@ -312,7 +312,7 @@ func (s *Store) RetryJob(ctx context.Context, id int64) (int64, error) {
 	now := time.Now()
 	res, err := tx.ExecContext(ctx, `INSERT INTO jobs
 		(uid, status, created_at, params, prompt, negative_prompt, model, queued, position, session_id)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`, newJobUID(now), StatusPending, formatTime(now), string(params),
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`, NewJobUID(now), StatusPending, formatTime(now), string(params),
 		req.Prompt, req.NegativePrompt, req.Model, queuedShown, pos, session)
 	if err != nil {
 		return 0, fmt.Errorf("retry job %d: %w", id, err)

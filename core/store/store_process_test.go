@@ -1,6 +1,6 @@
 //go:build unix
 
-package core
+package store
 
 import (
 	"bufio"
@@ -13,6 +13,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"atelier/core/protocol"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -49,7 +51,7 @@ func TestStoreHelperProcess(t *testing.T) {
 				fmt.Fprintln(os.Stderr, err)
 				os.Exit(3)
 			}
-			if err := s.FinishJob(ctx, id, &Metrics{TotalS: 1}, []ImageResult{
+			if err := s.FinishJob(ctx, id, &protocol.Metrics{TotalS: 1}, []protocol.ImageResult{
 				{Path: uid + "-a.png", Seed: 1, Width: 64, Height: 64},
 				{Path: uid + "-b.png", Seed: 2, Width: 64, Height: 64},
 			}); err != nil {
@@ -179,7 +181,7 @@ func TestOpenMarksJobsOfDeadProcessesInterrupted(t *testing.T) {
 	}
 
 	// The live job can still finish normally.
-	require.NoError(t, s.FinishJob(ctx, liveID, &Metrics{TotalS: 1}, nil))
+	require.NoError(t, s.FinishJob(ctx, liveID, &protocol.Metrics{TotalS: 1}, nil))
 }
 
 func TestProcessAlive(t *testing.T) {

@@ -1,4 +1,4 @@
-package core
+package jobs
 
 import (
 	"context"
@@ -11,7 +11,9 @@ import (
 
 	"atelier/core/failure"
 	"atelier/core/paths"
+	"atelier/core/protocol"
 	"atelier/core/request"
+	"atelier/core/store"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -21,7 +23,7 @@ import (
 // the real path (bridge and worker) is tested end to end in cmd/atelier.
 type scriptedGen struct {
 	// play sends the job's messages; cancel is closed when Cancel is called.
-	play      func(id string, req request.Request, out chan<- Message, cancel <-chan struct{})
+	play      func(id string, req request.Request, out chan<- protocol.Message, cancel <-chan struct{})
 	submitErr error
 
 	mu        sync.Mutex
@@ -30,7 +32,7 @@ type scriptedGen struct {
 	cancel    chan struct{}
 }
 
-func (g *scriptedGen) Submit(ctx context.Context, id string, req request.Request) (<-chan Message, error) {
+func (g *scriptedGen) Submit(ctx context.Context, id string, req request.Request) (<-chan protocol.Message, error) {
 	g.mu.Lock()
 	g.submitted = append(g.submitted, req)
 	g.cancel = make(chan struct{})
@@ -39,7 +41,7 @@ func (g *scriptedGen) Submit(ctx context.Context, id string, req request.Request
 	if g.submitErr != nil {
 		return nil, g.submitErr
 	}
-	out := make(chan Message)
+	out := make(chan protocol.Message)
 	go func() {
 		defer close(out)
 		g.play(id, req, out, cancel)
@@ -58,16 +60,16 @@ func (g *scriptedGen) Cancel(id string) error {
 	return nil
 }
 
-func resultFor(id string, req request.Request) Message {
-	return Message{Type: MsgResult, ID: id,
-		Images:  []ImageResult{{Path: filepath.Join(req.OutputDir, id+"-0.png"), Seed: req.Seed, Width: req.Width, Height: req.Height}},
-		Metrics: &Metrics{TotalS: 0.5, Device: "cpu", Dtype: "float32"}}
+func resultFor(id string, req request.Request) protocol.Message {
+	return protocol.Message{Type: protocol.MsgResult, ID: id,
+		Images:  []protocol.ImageResult{{Path: filepath.Join(req.OutputDir, id+"-0.png"), Seed: req.Seed, Width: req.Width, Height: req.Height}},
+		Metrics: &protocol.Metrics{TotalS: 0.5, Device: "cpu", Dtype: "float32"}}
 }
 
-func newTestRunner(t *testing.T, g *scriptedGen) (*Runner, *Store, paths.Paths) {
+func newTestRunner(t *testing.T, g *scriptedGen) (*Runner, *store.Store, paths.Paths) {
 	t.Helper()
 	paths := paths.PathsUnder(t.TempDir())
-	s, err := OpenStore(paths.DB)
+	s, err := store.OpenStore(paths.DB)
 	require.NoError(t, err)
 	t.Cleanup(func() { s.Close() })
 	return NewRunner(s, g, paths), s, paths
@@ -79,7 +81,7 @@ func tinyRequest() request.Request {
 	return r
 }
 
-func onlyJob(t *testing.T, s *Store) JobRecord {
+func onlyJob(t *testing.T, s *store.Store) store.JobRecord {
 	t.Helper()
 	jobs, err := s.ListJobs(context.Background(), 0)
 	require.NoError(t, err)
@@ -88,9 +90,9 @@ func onlyJob(t *testing.T, s *Store) JobRecord {
 }
 
 func TestRunRecordsAResult(t *testing.T) {
-	g := &scriptedGen{play: func(id string, req request.Request, out chan<- Message, _ <-chan struct{}) {
-		out <- Message{Type: MsgAccepted, ID: id}
-		out <- Message{Type: MsgProgress, ID: id, Stage: "denoising", Step: 1, Total: 4}
+	g := &scriptedGen{play: func(id string, req request.Request, out chan<- protocol.Message, _ <-chan struct{}) {
+		out <- protocol.Message{Type: protocol.MsgAccepted, ID: id}
+		out <- protocol.Message{Type: protocol.MsgProgress, ID: id, Stage: "denoising", Step: 1, Total: 4}
 		out <- resultFor(id, req)
 	}}
 	r, s, paths := newTestRunner(t, g)
@@ -98,9 +100,9 @@ func TestRunRecordsAResult(t *testing.T) {
 	var events []string
 	req := tinyRequest()
 	req.Seed = -1
-	out, err := r.Run(context.Background(), req, func(m Message) { events = append(events, m.Type) })
+	out, err := r.Run(context.Background(), req, func(m protocol.Message) { events = append(events, m.Type) })
 	require.NoError(t, err)
-	assert.Equal(t, []string{MsgAccepted, MsgProgress, MsgResult}, events)
+	assert.Equal(t, []string{protocol.MsgAccepted, protocol.MsgProgress, protocol.MsgResult}, events)
 
 	sent := g.submitted[0]
 	assert.GreaterOrEqual(t, sent.Seed, int64(0), "seed -1 must be resolved before sending")
@@ -108,14 +110,14 @@ func TestRunRecordsAResult(t *testing.T) {
 	assert.DirExists(t, sent.OutputDir)
 
 	j := onlyJob(t, s)
-	assert.Equal(t, StatusDone, j.Status)
+	assert.Equal(t, store.StatusDone, j.Status)
 	assert.Equal(t, out.UID, j.UID)
 	assert.Equal(t, out.JobID, j.ID)
 	assert.Equal(t, sent.Seed, j.Request.Seed, "the history records the resolved seed")
 	require.Len(t, j.Images, 1)
 	assert.Equal(t, out.Images[0].Path, j.Images[0].Path)
 	assert.Equal(t, "cpu", j.Metrics.Device)
-	assert.True(t, ValidID(out.UID), out.UID)
+	assert.True(t, protocol.ValidID(out.UID), out.UID)
 }
 
 func TestRunRefusesBadInputWithoutARow(t *testing.T) {
@@ -140,7 +142,7 @@ func TestRunRefusesBadInputWithoutARow(t *testing.T) {
 		{"seed overflow", func(r *request.Request) { r.Seed, r.BatchSize = request.MaxSeed, 2 }, "seed"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			g := &scriptedGen{play: func(string, request.Request, chan<- Message, <-chan struct{}) { t.Error("must not generate") }}
+			g := &scriptedGen{play: func(string, request.Request, chan<- protocol.Message, <-chan struct{}) { t.Error("must not generate") }}
 			r, s, paths := newTestRunner(t, g)
 			req := tinyRequest()
 			tc.edit(&req)
@@ -173,14 +175,14 @@ func TestRunRecordsAWorkerError(t *testing.T) {
 		code   failure.ErrorCode
 		status string
 	}{
-		{failure.ErrOutOfMemory, StatusFailed},
-		{failure.ErrCancelled, StatusCancelled},
-		{"made_up", StatusFailed},
+		{failure.ErrOutOfMemory, store.StatusFailed},
+		{failure.ErrCancelled, store.StatusCancelled},
+		{"made_up", store.StatusFailed},
 	} {
 		t.Run(string(tc.code), func(t *testing.T) {
-			g := &scriptedGen{play: func(id string, _ request.Request, out chan<- Message, _ <-chan struct{}) {
-				out <- Message{Type: MsgAccepted, ID: id}
-				out <- Message{Type: MsgError, ID: id, Code: tc.code, Message: "it broke", Detail: "trace"}
+			g := &scriptedGen{play: func(id string, _ request.Request, out chan<- protocol.Message, _ <-chan struct{}) {
+				out <- protocol.Message{Type: protocol.MsgAccepted, ID: id}
+				out <- protocol.Message{Type: protocol.MsgError, ID: id, Code: tc.code, Message: "it broke", Detail: "trace"}
 			}}
 			r, s, _ := newTestRunner(t, g)
 			_, err := r.Run(context.Background(), tinyRequest(), nil)
@@ -208,7 +210,7 @@ func TestRunRecordsASubmitFailure(t *testing.T) {
 	require.ErrorAs(t, err, &jerr)
 	assert.Equal(t, failure.ErrWorkerCrashed, jerr.Code)
 	j := onlyJob(t, s)
-	assert.Equal(t, StatusFailed, j.Status)
+	assert.Equal(t, store.StatusFailed, j.Status)
 	assert.Equal(t, "ImportError: torch", j.ErrorDetail)
 
 	g = &scriptedGen{submitErr: errors.New("pipe closed")}
@@ -217,28 +219,28 @@ func TestRunRecordsASubmitFailure(t *testing.T) {
 	require.ErrorAs(t, err, &jerr)
 	assert.Equal(t, failure.ErrInternal, jerr.Code)
 	assert.Contains(t, jerr.Message, "pipe closed")
-	assert.Equal(t, StatusFailed, onlyJob(t, s).Status)
+	assert.Equal(t, store.StatusFailed, onlyJob(t, s).Status)
 }
 
 func TestRunStreamEndingWithoutResultIsACrash(t *testing.T) {
-	g := &scriptedGen{play: func(id string, _ request.Request, out chan<- Message, _ <-chan struct{}) {
-		out <- Message{Type: MsgAccepted, ID: id}
+	g := &scriptedGen{play: func(id string, _ request.Request, out chan<- protocol.Message, _ <-chan struct{}) {
+		out <- protocol.Message{Type: protocol.MsgAccepted, ID: id}
 	}}
 	r, s, _ := newTestRunner(t, g)
 	_, err := r.Run(context.Background(), tinyRequest(), nil)
 	var jerr *failure.JobError
 	require.ErrorAs(t, err, &jerr)
 	assert.Equal(t, failure.ErrWorkerCrashed, jerr.Code)
-	assert.Equal(t, StatusFailed, onlyJob(t, s).Status)
+	assert.Equal(t, store.StatusFailed, onlyJob(t, s).Status)
 }
 
 func TestRunCancelledByContext(t *testing.T) {
 	started := make(chan struct{})
-	g := &scriptedGen{play: func(id string, _ request.Request, out chan<- Message, cancel <-chan struct{}) {
-		out <- Message{Type: MsgAccepted, ID: id}
+	g := &scriptedGen{play: func(id string, _ request.Request, out chan<- protocol.Message, cancel <-chan struct{}) {
+		out <- protocol.Message{Type: protocol.MsgAccepted, ID: id}
 		close(started)
 		<-cancel // the worker sees the cancel at its next step
-		out <- Message{Type: MsgError, ID: id, Code: failure.ErrCancelled, Message: "cancelled"}
+		out <- protocol.Message{Type: protocol.MsgError, ID: id, Code: failure.ErrCancelled, Message: "cancelled"}
 	}}
 	r, s, _ := newTestRunner(t, g)
 	ctx, cancel := context.WithCancel(context.Background())
@@ -249,15 +251,15 @@ func TestRunCancelledByContext(t *testing.T) {
 	require.ErrorAs(t, err, &jerr)
 	assert.Equal(t, failure.ErrCancelled, jerr.Code)
 	j := onlyJob(t, s)
-	assert.Equal(t, StatusCancelled, j.Status, "the outcome is recorded although ctx is done")
+	assert.Equal(t, store.StatusCancelled, j.Status, "the outcome is recorded although ctx is done")
 	assert.Equal(t, []string{j.UID}, g.cancels)
 }
 
 func TestRunCancelGivesUpOnASilentGenerator(t *testing.T) {
 	release := make(chan struct{})
 	defer close(release)
-	g := &scriptedGen{play: func(id string, _ request.Request, out chan<- Message, _ <-chan struct{}) {
-		out <- Message{Type: MsgAccepted, ID: id}
+	g := &scriptedGen{play: func(id string, _ request.Request, out chan<- protocol.Message, _ <-chan struct{}) {
+		out <- protocol.Message{Type: protocol.MsgAccepted, ID: id}
 		<-release // ignores the cancel
 	}}
 	r, s, _ := newTestRunner(t, g)
@@ -265,39 +267,39 @@ func TestRunCancelGivesUpOnASilentGenerator(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 
-	_, err := r.Run(ctx, tinyRequest(), func(m Message) {
-		if m.Type == MsgAccepted {
+	_, err := r.Run(ctx, tinyRequest(), func(m protocol.Message) {
+		if m.Type == protocol.MsgAccepted {
 			cancel()
 		}
 	})
 	var jerr *failure.JobError
 	require.ErrorAs(t, err, &jerr)
 	assert.Equal(t, failure.ErrCancelled, jerr.Code)
-	assert.Equal(t, StatusCancelled, onlyJob(t, s).Status)
+	assert.Equal(t, store.StatusCancelled, onlyJob(t, s).Status)
 	assert.Len(t, g.cancels, 1)
 }
 
 func TestRunKeepsAResultThatBeatTheCancel(t *testing.T) {
-	g := &scriptedGen{play: func(id string, req request.Request, out chan<- Message, cancel <-chan struct{}) {
-		out <- Message{Type: MsgAccepted, ID: id}
+	g := &scriptedGen{play: func(id string, req request.Request, out chan<- protocol.Message, cancel <-chan struct{}) {
+		out <- protocol.Message{Type: protocol.MsgAccepted, ID: id}
 		<-cancel
 		out <- resultFor(id, req) // the last step was already done
 	}}
 	r, s, _ := newTestRunner(t, g)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	out, err := r.Run(ctx, tinyRequest(), func(m Message) {
-		if m.Type == MsgAccepted {
+	out, err := r.Run(ctx, tinyRequest(), func(m protocol.Message) {
+		if m.Type == protocol.MsgAccepted {
 			cancel()
 		}
 	})
 	require.NoError(t, err)
 	require.Len(t, out.Images, 1)
-	assert.Equal(t, StatusDone, onlyJob(t, s).Status)
+	assert.Equal(t, store.StatusDone, onlyJob(t, s).Status)
 }
 
 func TestRunAlreadyCancelledLeavesNoRow(t *testing.T) {
-	g := &scriptedGen{play: func(string, request.Request, chan<- Message, <-chan struct{}) { t.Error("must not generate") }}
+	g := &scriptedGen{play: func(string, request.Request, chan<- protocol.Message, <-chan struct{}) { t.Error("must not generate") }}
 	r, s, _ := newTestRunner(t, g)
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()

@@ -1,4 +1,4 @@
-package core
+package store
 
 import (
 	"context"
@@ -13,6 +13,7 @@ import (
 
 	"atelier/core/internal/pngtest"
 	"atelier/core/media"
+	"atelier/core/protocol"
 	"atelier/core/request"
 
 	"github.com/stretchr/testify/assert"
@@ -23,15 +24,15 @@ import (
 func addImage(t testing.TB, s *Store, dir string, req request.Request, starred bool) int64 {
 	t.Helper()
 	ctx := context.Background()
-	uid := newJobUID(time.Now())
+	uid := NewJobUID(time.Now())
 	id, err := s.CreateJob(ctx, uid, req)
 	require.NoError(t, err)
 	path := filepath.Join(dir, uid+"-0.png")
 	pngtest.Write(t, path, req.Width, req.Height, color.NRGBA{R: uint8(req.Seed), G: 80, B: 160, A: 255},
 		pngtest.Text("parameters", fmt.Sprintf("%s\nSteps: %d, Sampler: Euler, CFG scale: %g, Seed: %d, Size: %dx%d, Model: %s",
 			req.Prompt, req.Steps, req.CFG, req.Seed, req.Width, req.Height, req.Model)))
-	require.NoError(t, s.FinishJob(ctx, id, &Metrics{TotalS: 2, DenoiseS: 1.5, ItS: 3, Device: "cpu", Dtype: "float32"},
-		[]ImageResult{{Path: path, Seed: req.Seed, Width: req.Width, Height: req.Height}}))
+	require.NoError(t, s.FinishJob(ctx, id, &protocol.Metrics{TotalS: 2, DenoiseS: 1.5, ItS: 3, Device: "cpu", Dtype: "float32"},
+		[]protocol.ImageResult{{Path: path, Seed: req.Seed, Width: req.Width, Height: req.Height}}))
 	var imgID int64
 	require.NoError(t, s.db.QueryRow(`SELECT id FROM images WHERE job_id = ?`, id).Scan(&imgID))
 	if starred {
@@ -73,7 +74,7 @@ func TestGallerySearchAndFilters(t *testing.T) {
 	require.Equal(t, ids[0], j.ID)
 	owlPath := filepath.Join(dir, "owl.png")
 	pngtest.Write(t, owlPath, 64, 64, color.White)
-	require.NoError(t, s.FinishJob(ctx, j.ID, &Metrics{TotalS: 1}, []ImageResult{{Path: owlPath, Seed: 4, Width: 64, Height: 64}}))
+	require.NoError(t, s.FinishJob(ctx, j.ID, &protocol.Metrics{TotalS: 1}, []protocol.ImageResult{{Path: owlPath, Seed: 4, Width: 64, Height: 64}}))
 
 	search := func(q GalleryQuery) []string {
 		t.Helper()

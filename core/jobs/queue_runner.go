@@ -1,4 +1,4 @@
-package core
+package jobs
 
 import (
 	"context"
@@ -11,6 +11,8 @@ import (
 
 	"atelier/core/failure"
 	"atelier/core/paths"
+	"atelier/core/protocol"
+	"atelier/core/store"
 )
 
 // ErrQueueStopped is the cause with which a queue runner's context ends a job
@@ -35,8 +37,8 @@ const (
 // QueueEvent is what a QueueRunner reports while it works.
 type QueueEvent struct {
 	Kind    string
-	Job     *QueueJob
-	Message Message
+	Job     *store.QueueJob
+	Message protocol.Message
 	Outcome *JobOutcome
 	Err     error
 	Paused  bool // with QueueIdle
@@ -47,7 +49,7 @@ type QueueEvent struct {
 // serve one database: claiming a job is atomic.
 type QueueRunner struct {
 	runner *Runner
-	store  *Store
+	store  *store.Store
 
 	// OnEvent, if set, receives every event, on the runner's goroutine.
 	OnEvent func(QueueEvent)
@@ -94,7 +96,7 @@ func (q *QueueRunner) Running() int64 {
 // the database within Poll).
 func (q *QueueRunner) Cancel(ctx context.Context, id int64) (string, error) {
 	st, err := q.store.CancelJob(ctx, id)
-	if err == nil && st == StatusRunning {
+	if err == nil && st == store.StatusRunning {
 		q.mu.Lock()
 		if q.running == id && q.cancel != nil {
 			q.cancel(context.Canceled)
@@ -125,7 +127,7 @@ func (q *QueueRunner) Run(ctx context.Context, exitWhenIdle bool) error {
 		// A job of another process that died meanwhile (a killed
 		// `atelier queue run`) comes back to the queue here, not only at
 		// the next start.
-		if _, err := q.store.markInterrupted(ctx); err != nil && ctx.Err() == nil {
+		if _, err := q.store.MarkInterrupted(ctx); err != nil && ctx.Err() == nil {
 			return err
 		}
 		paused, err := q.store.QueuePaused(ctx)
@@ -191,7 +193,7 @@ func (q *QueueRunner) runNext(ctx context.Context) (bool, error) {
 	return true, nil
 }
 
-func (q *QueueRunner) runClaimed(ctx context.Context, job *QueueJob) error {
+func (q *QueueRunner) runClaimed(ctx context.Context, job *store.QueueJob) error {
 	rec := context.WithoutCancel(ctx)
 	// The job's own context: the queue stopping ends it with ErrQueueStopped
 	// (back to pending), a cancel with context.Canceled (cancelled).
@@ -239,7 +241,7 @@ func (q *QueueRunner) runClaimed(ctx context.Context, job *QueueJob) error {
 }
 
 // execute checks the files the job names again, sets its output folder and runs it.
-func (q *QueueRunner) execute(ctx context.Context, job *QueueJob) (*JobOutcome, error) {
+func (q *QueueRunner) execute(ctx context.Context, job *store.QueueJob) (*JobOutcome, error) {
 	rec := context.WithoutCancel(ctx)
 	req := job.Request
 	if err := req.PrepareQueued(); err != nil {
@@ -251,8 +253,8 @@ func (q *QueueRunner) execute(ctx context.Context, job *QueueJob) (*JobOutcome, 
 			Message: fmt.Sprintf("create the image folder: %v (check its permissions, or set %s)", err, paths.HomeEnv)})
 	}
 	var last time.Time
-	onEvent := func(m Message) {
-		if m.Type == MsgProgress && m.Stage == "denoising" && (time.Since(last) >= q.ProgressEvery || m.Step == m.Total) {
+	onEvent := func(m protocol.Message) {
+		if m.Type == protocol.MsgProgress && m.Stage == "denoising" && (time.Since(last) >= q.ProgressEvery || m.Step == m.Total) {
 			last = time.Now()
 			_ = q.store.SetJobProgress(rec, job.ID, m.Step, m.Total) // progress is a hint; losing one is harmless
 		}

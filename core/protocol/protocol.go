@@ -1,9 +1,12 @@
-package core
+// Package protocol is the worker protocol of docs/protocol.md: its messages and
+// the strict codec that reads and writes them as JSON lines.
+package protocol
 
 import (
+	"slices"
+
 	"atelier/core/failure"
 	"atelier/core/request"
-	"slices"
 )
 
 // ProtocolVersion is the worker protocol this build speaks (docs/protocol.md).

@@ -1,4 +1,4 @@
-package core
+package store
 
 import (
 	"context"
@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"atelier/core/protocol"
 	"atelier/core/request"
 )
 
@@ -207,7 +208,7 @@ func BenchmarkClaimNext(b *testing.B) {
 		if err != nil || j == nil {
 			b.Fatal("nothing to claim", err)
 		}
-		if err := s.FinishJob(ctx, j.ID, &Metrics{TotalS: 1}, nil); err != nil {
+		if err := s.FinishJob(ctx, j.ID, &protocol.Metrics{TotalS: 1}, nil); err != nil {
 			b.Fatal(err)
 		}
 	}

@@ -1,0 +1,48 @@
+package store
+
+import (
+	"time"
+
+	"atelier/core/protocol"
+	"atelier/core/request"
+)
+
+// Job statuses as stored in the jobs table.
+const (
+	StatusPending     = "pending"
+	StatusRunning     = "running"
+	StatusDone        = "done"
+	StatusFailed      = "failed"
+	StatusCancelled   = "cancelled"
+	StatusInterrupted = "interrupted"
+)
+
+// JobRecord is one row of the jobs table.
+type JobRecord struct {
+	ID           int64             `json:"id"`
+	UID          string            `json:"uid"`
+	Status       string            `json:"status"`
+	Request      request.Request   `json:"request"`
+	CreatedAt    time.Time         `json:"created_at"`
+	StartedAt    *time.Time        `json:"started_at,omitempty"`
+	FinishedAt   *time.Time        `json:"finished_at,omitempty"`
+	ErrorCode    string            `json:"error_code,omitempty"`
+	ErrorMessage string            `json:"error_message,omitempty"`
+	ErrorDetail  string            `json:"error_detail,omitempty"`
+	Metrics      *protocol.Metrics `json:"metrics,omitempty"`
+	Images       []ImageRecord     `json:"images,omitempty"`
+}
+
+// ImageRecord is one row of the images table.
+type ImageRecord struct {
+	ID        int64     `json:"id"`
+	JobID     int64     `json:"job_id"`
+	Path      string    `json:"path"`
+	Seed      int64     `json:"seed"`
+	Width     int       `json:"width"`
+	Height    int       `json:"height"`
+	Prompt    string    `json:"prompt"`
+	Model     string    `json:"model"`
+	Starred   bool      `json:"starred"`
+	CreatedAt time.Time `json:"created_at"`
+}
