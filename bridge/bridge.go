@@ -170,7 +170,7 @@ func (b *Bridge) Submit(ctx context.Context, id string, req request.Request) (<-
 			Message: fmt.Sprintf("The job id %q is not valid: it must be 1-%d letters, digits, _ . or -. This is a bug in Atelier; please report it.", id, protocol.MaxIDLen)}
 	}
 	if err := req.ValidateWire(); err != nil {
-		je := &failure.JobError{Code: failure.ErrInvalidRequest, Message: fmt.Sprintf("The request cannot be run (%v). Fix the field and submit it again.", err)}
+		je := &failure.JobError{Op: "check the request", Err: err, Code: failure.ErrInvalidRequest, Message: fmt.Sprintf("The request cannot be run (%v). Fix the field and submit it again.", err)}
 		if v, ok := request.AsValidation(err); ok && len(v.Fields) > 0 {
 			je.Field = v.Fields[0].Field
 		}
@@ -456,7 +456,8 @@ func (b *Bridge) ensure(ctx context.Context, cancel <-chan struct{}, id string) 
 	case <-st.done:
 		return st.w, st.err
 	case <-ctx.Done():
-		return nil, &failure.JobError{Code: failure.ErrCancelled, Message: "The job was cancelled while the worker was starting.", Detail: ctx.Err().Error()}
+		return nil, &failure.JobError{Op: "start the worker", Err: ctx.Err(), Code: failure.ErrCancelled,
+			Message: "The job was cancelled while the worker was starting.", Detail: ctx.Err().Error()}
 	case <-cancel:
 		return nil, &failure.JobError{Code: failure.ErrCancelled, Message: "The job was cancelled before it started."}
 	}
@@ -521,7 +522,7 @@ func (b *Bridge) startWorker(id string, argv []string, workerDir string) (*worke
 	w, err := b.spawn(argv, workerDir, id)
 	if err != nil {
 		b.mu.Unlock()
-		return nil, protocol.Message{}, &failure.JobError{Code: failure.ErrInternal,
+		return nil, protocol.Message{}, &failure.JobError{Op: "start the worker", Err: err, Code: failure.ErrInternal,
 			Message: fmt.Sprintf("Atelier could not start the worker (%s). Check that %s names a working python, or run `make venv`.", argv[0], EnvPython),
 			Detail:  err.Error()}
 	}
@@ -691,7 +692,7 @@ func (b *Bridge) unreadable(w *worker, line []byte, cause error) {
 		}
 	}
 	if je == nil {
-		je = &failure.JobError{Code: failure.ErrInternal,
+		je = &failure.JobError{Op: "read the worker's line", Err: cause, Code: failure.ErrInternal,
 			Message: "The worker sent an unreadable line, so Atelier stopped it; the next job starts a new worker. If this keeps happening, report it with the detail below.",
 			Detail:  fmt.Sprintf("%v\nline: %s", cause, quoteCut(line, 500))}
 	}

@@ -111,12 +111,12 @@ func (c Config) WorkerCommand() (argv []string, workerDir string, err error) {
 			Detail: fmt.Sprintf("%s=%q %s=%q", EnvPython, python, EnvWorkerDir, dir)}
 	}
 	if _, err := os.Stat(python); err != nil {
-		return nil, "", &failure.JobError{Code: failure.ErrInternal,
+		return nil, "", &failure.JobError{Op: "find the worker's python", Err: err, Code: failure.ErrInternal,
 			Message: fmt.Sprintf("The worker's Python %s cannot be used. Run `make venv` to create it, or set %s to a python that has the worker's requirements.", python, EnvPython),
 			Detail:  err.Error()}
 	}
 	if _, err := os.Stat(filepath.Join(dir, "atelier_worker")); err != nil {
-		return nil, "", &failure.JobError{Code: failure.ErrInternal,
+		return nil, "", &failure.JobError{Op: "find the worker's code", Err: err, Code: failure.ErrInternal,
 			Message: fmt.Sprintf("The worker's code is not in %s. Set %s to the python folder of the Atelier repository, or rebuild with `make run`.", dir, EnvWorkerDir),
 			Detail:  err.Error()}
 	}

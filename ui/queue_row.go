@@ -91,7 +91,7 @@ func (r *queueRow) show(j *store.QueueJob) {
 	}
 	r.status.SetText(fmt.Sprintf("#%d %s", j.ID, st))
 	r.title.SetText(strings.Join(strings.Fields(req.Prompt), " "))
-	info := fmt.Sprintf("%s · %d steps · %d × %d · seed %d", modelName(req.Model), req.Steps, req.Width, req.Height, req.Seed)
+	info := fmt.Sprintf("%s · %d steps · %d × %d · seed %d", modelLabel(req.Model), req.Steps, req.Width, req.Height, req.Seed)
 	if req.BatchSize > 1 {
 		info += fmt.Sprintf(" · batch %d", req.BatchSize)
 	}

@@ -99,7 +99,7 @@ func (v *viewer) showRecord(rec store.ImageRecord, extra string) {
 	v.title.SetText(title)
 	parts := []string{fmt.Sprintf("seed %d", rec.Seed), fmt.Sprintf("%d × %d", rec.Width, rec.Height)}
 	if rec.Model != "" {
-		parts = append(parts, modelName(rec.Model))
+		parts = append(parts, modelLabel(rec.Model))
 	}
 	if extra != "" {
 		parts = append(parts, extra)
@@ -174,9 +174,11 @@ func (v *viewer) openFile() {
 	}
 }
 
-func modelName(m string) string {
+// modelLabel is how the views name a model: the demo model by what it is,
+// any other by the name its images' parameters give it.
+func modelLabel(m string) string {
 	if m == request.TinyModel {
 		return "tiny demo model"
 	}
-	return filepath.Base(filepath.Clean(m))
+	return request.ModelName(m)
 }

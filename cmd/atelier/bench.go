@@ -3,7 +3,6 @@ package main
 import (
 	"bytes"
 	"context"
-	"encoding/binary"
 	"encoding/json"
 	"flag"
 	"fmt"
@@ -20,6 +19,7 @@ import (
 	"time"
 
 	"atelier/bridge"
+	"atelier/core/media"
 	"atelier/core/paths"
 	"atelier/core/protocol"
 	"atelier/core/request"
@@ -652,23 +652,13 @@ func checkPNG(images []protocol.ImageResult) bool {
 		return false
 	}
 	for _, im := range images {
-		b, err := os.ReadFile(im.Path)
-		if err != nil || !bytes.HasPrefix(b, []byte("\x89PNG\r\n\x1a\n")) {
+		f, err := os.Open(im.Path)
+		if err != nil {
 			return false
 		}
-		found := false
-		for r := b[8:]; len(r) >= 12; {
-			n := binary.BigEndian.Uint32(r[:4])
-			if int(n) > len(r)-12 {
-				return false
-			}
-			typ, data := string(r[4:8]), r[8:8+n]
-			r = r[12+n:]
-			if (typ == "tEXt" || typ == "iTXt") && bytes.HasPrefix(data, []byte("parameters\x00")) {
-				found = true
-			}
-		}
-		if !found {
+		chunks, err := media.ReadPNGText(f)
+		f.Close()
+		if _, ok := chunks["parameters"]; err != nil || !ok {
 			return false
 		}
 	}

@@ -11,6 +11,7 @@ import (
 	"os/signal"
 	"runtime"
 	"runtime/debug"
+	"slices"
 	"sort"
 	"strings"
 	"syscall"
@@ -113,7 +114,7 @@ Exit status: 0 all good, 1 a problem (the worker cannot start, or the history ca
 	}
 	var extra []string
 	for name := range hello.Versions {
-		if !contains(doctorVersions, name) {
+		if !slices.Contains(doctorVersions, name) {
 			extra = append(extra, name)
 		}
 	}
@@ -172,15 +173,6 @@ func jobErrorText(err error) string {
 		return jerr.Message
 	}
 	return err.Error()
-}
-
-func contains(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }
 
 func cmdVersion(args []string, stdout, stderr io.Writer) int {

@@ -17,6 +17,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -65,19 +66,10 @@ func needFeature(t *testing.T, features ...string) {
 	t.Helper()
 	have := workerFeatures(t)
 	for _, f := range features {
-		if !containsStr(have, f) {
+		if !slices.Contains(have, f) {
 			t.Skipf("the worker's hello does not list feature %q (it lists %v): this test runs once the worker supports it", f, have)
 		}
 	}
-}
-
-func containsStr(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }
 
 // writeTestPNG writes a w×h image: black with a white square in the middle

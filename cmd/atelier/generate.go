@@ -272,7 +272,7 @@ func copyImages(paths []string, dir string) ([]string, error) {
 	var out []string
 	for _, src := range paths {
 		dst := filepath.Join(dir, filepath.Base(src))
-		if err := copyFile(src, dst); err != nil {
+		if err := media.CopyFileAtomic(src, dst); err != nil {
 			return out, err
 		}
 		abs, err := filepath.Abs(dst)
@@ -282,16 +282,4 @@ func copyImages(paths []string, dir string) ([]string, error) {
 		out = append(out, abs)
 	}
 	return out, nil
-}
-
-func copyFile(src, dst string) error {
-	in, err := os.Open(src)
-	if err != nil {
-		return err
-	}
-	defer in.Close()
-	return media.WriteFileAtomic(dst, func(w io.Writer) error {
-		_, err := io.Copy(w, in)
-		return err
-	})
 }

@@ -74,7 +74,7 @@ func cmdHistory(args []string, stdout, stderr io.Writer) int {
 			status += " (" + j.ErrorCode + ")"
 		}
 		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%d\t%dx%d\t%d\t%s\t%s\t%d\t%s\n",
-			j.ID, j.CreatedAt.Local().Format("2006-01-02 15:04"), status, shorten(modelName(r.Model), 24),
+			j.ID, j.CreatedAt.Local().Format("2006-01-02 15:04"), status, shorten(request.ModelName(r.Model), 24),
 			r.Steps, r.Width, r.Height, r.Seed, timeS, its, len(j.Images), shorten(r.Prompt, 50))
 	}
 	if err := tw.Flush(); err != nil {
@@ -143,7 +143,7 @@ Options:
 			star = "*"
 		}
 		fmt.Fprintf(tw, "%d\t%d\t%s\t%s\t%dx%d\t%d\t%s\t%s\t%s\n", im.ID, im.JobID,
-			im.CreatedAt.Local().Format("2006-01-02 15:04"), shorten(modelName(im.Model), 24), im.Width, im.Height,
+			im.CreatedAt.Local().Format("2006-01-02 15:04"), shorten(request.ModelName(im.Model), 24), im.Width, im.Height,
 			im.Seed, star, shorten(im.Prompt, 40), im.Path)
 	}
 	tw.Flush()
@@ -245,15 +245,6 @@ Options:
 	tw.Flush() //nolint:errcheck // nothing to do if stdout is gone
 	fmt.Fprintln(stderr, "Saved as the form's settings: the studio opens with them.")
 	return exitOK
-}
-
-// modelName shows a model folder by its last path element, as the infotext does.
-func modelName(m string) string {
-	m = strings.TrimRight(m, "/")
-	if i := strings.LastIndexByte(m, '/'); i >= 0 {
-		return m[i+1:]
-	}
-	return m
 }
 
 func shorten(s string, n int) string {

@@ -438,7 +438,7 @@ func queueList(args []string, stdout, stderr io.Writer) int {
 			etaS = formatDuration(d)
 		}
 		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%d\t%dx%d\t%d\t%s\n", j.ID, status, progress, etaS,
-			shorten(modelName(r.Model), 20), r.Steps, r.Width, r.Height, r.Seed, shorten(r.Prompt, 40))
+			shorten(request.ModelName(r.Model), 20), r.Steps, r.Width, r.Height, r.Seed, shorten(r.Prompt, 40))
 	}
 	tw.Flush() //nolint:errcheck // nothing to do if stdout is gone
 	counts, _ := s.QueueCounts(ctx)

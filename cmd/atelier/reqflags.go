@@ -144,11 +144,13 @@ func (f *requestFlags) build() (request.Request, error) {
 		if !ok {
 			return r, err
 		}
+		parsed := &request.ValidationError{Fields: errs}
 		for _, fe := range v.Fields {
-			if !hasFieldError(errs, fe.Field) {
-				errs = append(errs, fe)
+			if parsed.Field(fe.Field) == nil {
+				parsed.Fields = append(parsed.Fields, fe)
 			}
 		}
+		errs = parsed.Fields
 	}
 	if f.batchCount < request.MinBatchCount || f.batchCount > request.MaxBatchCount {
 		errs = append(errs, &request.FieldError{Field: "batch_count",
@@ -315,13 +317,4 @@ func (c *controlNetList) Set(s string) error {
 	}
 	*c = append(*c, u)
 	return nil
-}
-
-func hasFieldError(errs []*request.FieldError, field string) bool {
-	for _, e := range errs {
-		if e.Field == field {
-			return true
-		}
-	}
-	return false
 }

@@ -5,30 +5,27 @@ package failure
 
 import (
 	"fmt"
-	"slices"
+
+	"atelier/core/spec"
 )
 
-// ErrorCode is the closed set of job error codes.
-type ErrorCode string
+// ErrorCode is the closed set of job error codes, as the protocol spec lists
+// them (spec.ErrorCode).
+type ErrorCode = spec.ErrorCode
 
+// The error codes, in documentation order.
 const (
-	ErrInvalidRequest ErrorCode = "invalid_request"
-	ErrModelNotFound  ErrorCode = "model_not_found"
-	ErrUnsupported    ErrorCode = "unsupported"
-	ErrOutOfMemory    ErrorCode = "out_of_memory"
-	ErrCancelled      ErrorCode = "cancelled"
-	ErrWorkerCrashed  ErrorCode = "worker_crashed"
-	ErrInternal       ErrorCode = "internal"
+	ErrInvalidRequest = spec.ErrInvalidRequest
+	ErrModelNotFound  = spec.ErrModelNotFound
+	ErrUnsupported    = spec.ErrUnsupported
+	ErrOutOfMemory    = spec.ErrOutOfMemory
+	ErrCancelled      = spec.ErrCancelled
+	ErrWorkerCrashed  = spec.ErrWorkerCrashed
+	ErrInternal       = spec.ErrInternal
 )
 
 // ErrorCodes lists every valid code, in documentation order.
-var ErrorCodes = []ErrorCode{ErrInvalidRequest, ErrModelNotFound, ErrUnsupported,
-	ErrOutOfMemory, ErrCancelled, ErrWorkerCrashed, ErrInternal}
-
-// Valid reports whether c is in the closed set.
-func (c ErrorCode) Valid() bool {
-	return slices.Contains(ErrorCodes, c)
-}
+var ErrorCodes = spec.ErrorCodes
 
 // JobError is a job failure as the user sees it: a code from the closed set, a
 // message saying what happened and what to do, and technical detail. Op and

@@ -48,7 +48,7 @@ func ImportPNG(path string, base request.Request, modelsDir string) (*ImportedSe
 			req.Model = request.TinyModel
 		case modelsDir != "" && dirExists(filepath.Join(modelsDir, m)):
 			req.Model = filepath.Join(modelsDir, m)
-		case m != filepath.Base(req.Model):
+		case m != request.ModelName(req.Model):
 			notes = append(notes, fmt.Sprintf("model %q is not in the models folder; keeping %s", m, req.Model))
 		}
 	}

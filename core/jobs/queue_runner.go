@@ -249,7 +249,7 @@ func (q *QueueRunner) execute(ctx context.Context, job *store.QueueJob) (*JobOut
 	}
 	req.OutputDir = filepath.Join(q.runner.paths.Images, time.Now().Format("2006-01-02"))
 	if err := os.MkdirAll(req.OutputDir, 0o755); err != nil {
-		return nil, q.runner.fail(rec, job.ID, &failure.JobError{Code: failure.ErrInternal,
+		return nil, q.runner.fail(rec, job.ID, &failure.JobError{Op: "create the image folder", Err: err, Code: failure.ErrInternal,
 			Message: fmt.Sprintf("create the image folder: %v (check its permissions, or set %s)", err, paths.HomeEnv)})
 	}
 	var last time.Time

@@ -219,7 +219,8 @@ func toJobError(ctx context.Context, err error) *failure.JobError {
 		return jerr
 	}
 	if ctx.Err() != nil {
-		return &failure.JobError{Code: failure.ErrCancelled, Message: "the job was cancelled before it started", Detail: err.Error()}
+		return &failure.JobError{Op: "start the job", Err: err, Code: failure.ErrCancelled,
+			Message: "the job was cancelled before it started", Detail: err.Error()}
 	}
-	return &failure.JobError{Code: failure.ErrInternal, Message: "could not start the job: " + err.Error()}
+	return &failure.JobError{Op: "start the job", Err: err, Code: failure.ErrInternal, Message: "could not start the job: " + err.Error()}
 }

@@ -248,26 +248,6 @@ func ScanLibrary(folders []string) *Library {
 	return lib
 }
 
-// ClassifyModel tells what one file or folder is.
-func ClassifyModel(path string) (LibraryEntry, error) {
-	fi, err := os.Stat(path)
-	if err != nil {
-		return LibraryEntry{}, err
-	}
-	if fi.IsDir() {
-		if e, ok := classifyDir(path); ok {
-			return e, nil
-		}
-		return LibraryEntry{Path: path, Name: filepath.Base(path), Kind: KindUnknown, Format: "folder",
-			Refused: "no model_index.json or config.json: not a diffusers model folder"}, nil
-	}
-	if e, ok := classifyFile(path); ok {
-		return e, nil
-	}
-	return LibraryEntry{Path: path, Name: filepath.Base(path), Kind: KindUnknown, Format: "file",
-		Refused: "not a .safetensors file"}, nil
-}
-
 // classifyDir recognises a diffusers folder by its _class_name.
 func classifyDir(path string) (LibraryEntry, bool) {
 	e := LibraryEntry{Path: path, Name: hubName(path), Format: "diffusers"}

@@ -11,20 +11,20 @@ import (
 
 	"atelier/core/failure"
 	"atelier/core/request"
+	"atelier/core/spec"
 )
 
 // MaxLineBytes caps one protocol line, not counting its newline (docs/protocol.md).
-const MaxLineBytes = 1 << 20
+const MaxLineBytes = spec.MaxLineBytes
 
 // MaxIDLen is the longest request id the protocol allows.
-const MaxIDLen = 64
+const MaxIDLen = spec.MaxIDLen
 
 // Stages are the values of a progress message's stage, in the order a job meets them.
-var Stages = []string{"loading_model", "creating_tiny_model", "preprocessing", "encoding", "denoising", "refining",
-	"decoding", "hires", "upscaling", "saving"}
+var Stages = spec.Stages
 
 // DeviceKinds are the values of hello's device.
-var DeviceKinds = []string{"cuda", "mps", "cpu"}
+var DeviceKinds = spec.DeviceKinds
 
 // ErrMalformed marks every line that DecodeMessage rejects and every message that
 // EncodeMessage refuses to write. Test with errors.Is.
@@ -241,7 +241,7 @@ func decodeRequest(f *fields) *request.Request {
 	}
 	if items, ok := f.array("loras", false); ok {
 		for _, lf := range items {
-			l := request.LoRA{Path: lf.str("path", true), Weight: 1}
+			l := request.LoRA{Path: lf.str("path", true), Weight: spec.DefaultLoRAWeight}
 			if lf.raw("weight", false) != nil {
 				l.Weight = lf.float("weight", false)
 			}

@@ -7,27 +7,28 @@ import (
 
 	"atelier/core/failure"
 	"atelier/core/request"
+	"atelier/core/spec"
 )
 
 // ProtocolVersion is the worker protocol this build speaks (docs/protocol.md).
-const ProtocolVersion = 1
+const ProtocolVersion = spec.ProtocolVersion
 
 // Message types, both directions.
 const (
-	MsgGenerate = "generate"
-	MsgCancel   = "cancel"
-	MsgPing     = "ping"
-	MsgUnload   = "unload"
-	MsgShutdown = "shutdown"
+	MsgGenerate = spec.MsgGenerate
+	MsgCancel   = spec.MsgCancel
+	MsgPing     = spec.MsgPing
+	MsgUnload   = spec.MsgUnload
+	MsgShutdown = spec.MsgShutdown
 
-	MsgLoading  = "loading"
-	MsgHello    = "hello"
-	MsgAccepted = "accepted"
-	MsgProgress = "progress"
-	MsgPreview  = "preview"
-	MsgResult   = "result"
-	MsgError    = "error"
-	MsgPong     = "pong"
+	MsgLoading  = spec.MsgLoading
+	MsgHello    = spec.MsgHello
+	MsgAccepted = spec.MsgAccepted
+	MsgProgress = spec.MsgProgress
+	MsgPreview  = spec.MsgPreview
+	MsgResult   = spec.MsgResult
+	MsgError    = spec.MsgError
+	MsgPong     = spec.MsgPong
 )
 
 // Device describes one compute device the worker found.

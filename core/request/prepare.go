@@ -49,7 +49,7 @@ func (r *Request) PrepareQueued() error {
 	}
 	if r.Seed < 0 {
 		if err := r.ResolveSeed(); err != nil {
-			return &failure.JobError{Code: failure.ErrInvalidRequest, Field: "seed", Message: err.Error()}
+			return &failure.JobError{Op: "draw the seed", Code: failure.ErrInvalidRequest, Field: "seed", Message: err.Error()}
 		}
 	}
 	return nil
@@ -170,7 +170,7 @@ func (r *Request) ResolvePaths() error {
 			if errors.Is(err, os.ErrNotExist) {
 				err = fmt.Errorf("%s does not exist", abs)
 			}
-			firstErr = &failure.JobError{Code: failure.ErrInvalidRequest, Field: field, Message: err.Error()}
+			firstErr = &failure.JobError{Op: "resolve " + field, Err: err, Code: failure.ErrInvalidRequest, Field: field, Message: err.Error()}
 			return
 		}
 		*p = abs

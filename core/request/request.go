@@ -6,71 +6,77 @@ package request
 import (
 	"encoding/json"
 	"math"
+	"strings"
+
+	"atelier/core/spec"
 )
 
-// TinyModel names the generated demo model: noise images, for trying the app.
-const TinyModel = "tiny"
+// Limits, defaults and names of a request come from the protocol spec
+// (docs/protocol/spec.json), which the worker's constants are generated from
+// too; the rules between fields are written in validate.go.
 
 // Limits of a request, shared by validation, the UI and the CLI help.
 const (
-	MinSteps, MaxSteps       = 1, 150
-	MinCFG, MaxCFG           = 0.0, 30.0
-	MinSize, MaxSize         = 64, 4096
-	SizeMultiple             = 8
-	MinBatch, MaxBatch       = 1, 8
-	MaxSeed            int64 = 1<<53 - 1
-
-	MinLoRAWeight, MaxLoRAWeight   = -5.0, 5.0
-	MaxLoRAs                       = 16
-	MaxControlNets                 = 4
-	MinControlScale                = 0.0
-	MaxControlScale                = 2.0
-	DefaultControlScale            = 1.0
-	MinCanny, MaxCanny             = 0, 255
-	DefaultCannyLow                = 100
-	DefaultCannyHigh               = 200
-	DefaultRefinerSwitch           = 0.8 // exclusive range 0..1
-	DefaultStrength                = 0.75
-	MinMaskBlur, MaxMaskBlur       = 0, 64
-	DefaultMaskBlur                = 4
-	MinMaskPadding, MaxMaskPadding = 0, 1024
-	MinUpscale, MaxUpscale         = 1.0, 4.0
-	DefaultUpscale                 = 2.0
-	MinHires, MaxHires             = 1.0, 4.0
-	DefaultHiresScale              = 1.5 // what the form offers when the pass is turned on
-	DefaultHiresStrength           = 0.5
-	MinBatchCount, MaxBatchCount   = 1, 100
+	MinSteps, MaxSteps             = spec.MinSteps, spec.MaxSteps
+	MinCFG, MaxCFG                 = spec.MinCFG, spec.MaxCFG
+	MinSize, MaxSize               = spec.MinSize, spec.MaxSize
+	SizeMultiple                   = spec.SizeMultiple
+	MinBatch, MaxBatch             = spec.MinBatch, spec.MaxBatch
+	MaxSeed                        = spec.MaxSeed
+	MinLoRAWeight, MaxLoRAWeight   = spec.MinLoRAWeight, spec.MaxLoRAWeight
+	MaxLoRAs                       = spec.MaxLoRAs
+	MaxControlNets                 = spec.MaxControlNets
+	MinControlScale                = spec.MinControlScale
+	MaxControlScale                = spec.MaxControlScale
+	MinCanny, MaxCanny             = spec.MinCanny, spec.MaxCanny
+	MinMaskBlur, MaxMaskBlur       = spec.MinMaskBlur, spec.MaxMaskBlur
+	MinMaskPadding, MaxMaskPadding = spec.MinMaskPadding, spec.MaxMaskPadding
+	MinUpscale, MaxUpscale         = spec.MinUpscale, spec.MaxUpscale
+	MinHires, MaxHires             = spec.MinHires, spec.MaxHires
+	MinBatchCount, MaxBatchCount   = spec.MinBatchCount, spec.MaxBatchCount
 )
 
-// Names of the tiny generated demo parts, accepted wherever a path is.
+// What an absent field means, and what the form offers.
 const (
-	TinyLoRA        = "tiny-lora"
-	TinyControlNet  = "tiny-controlnet"
-	TinyRefiner     = "tiny-refiner"
-	TinyVAE         = "tiny-vae"
-	LanczosUpscaler = "lanczos"
-	TinyUpscaler    = "tiny-upscaler"    // a 2x ESRGAN-family model
-	TinySingleFile  = "tiny-single-file" // the tiny model as one .safetensors checkpoint
+	DefaultControlScale  = spec.DefaultControlScale
+	DefaultCannyLow      = spec.DefaultCannyLow
+	DefaultCannyHigh     = spec.DefaultCannyHigh
+	DefaultRefinerSwitch = spec.DefaultRefinerSwitch // exclusive range 0..1
+	DefaultStrength      = spec.DefaultStrength
+	DefaultMaskBlur      = spec.DefaultMaskBlur
+	DefaultUpscale       = spec.DefaultUpscale
+	DefaultHiresScale    = spec.DefaultHiresScale // what the form offers when the pass is turned on
+	DefaultHiresStrength = spec.DefaultHiresStrength
 )
 
-// Schedulers are the samplers protocol v1 knows, in menu order; the worker's
+// Names accepted wherever a path is: the tiny generated demo parts ("tiny" is
+// the demo model: noise images, for trying the app) and the built-in upscaler.
+const (
+	TinyModel       = spec.TinyModel
+	TinyLoRA        = spec.TinyLoRA
+	TinyControlNet  = spec.TinyControlNet
+	TinyRefiner     = spec.TinyRefiner
+	TinyVAE         = spec.TinyVAE
+	LanczosUpscaler = spec.LanczosUpscaler
+	TinyUpscaler    = spec.TinyUpscaler   // a 2x ESRGAN-family model
+	TinySingleFile  = spec.TinySingleFile // the tiny model as one .safetensors checkpoint
+)
+
+// Schedulers are the samplers the protocol knows, in menu order; the worker's
 // hello lists what it really supports. SamplerNames gives A1111's names.
-var Schedulers = []string{"euler", "euler_a", "dpmpp_2m", "dpmpp_sde", "ddim", "heun", "dpm2", "dpm2_a", "lms", "unipc"}
+var Schedulers = spec.Schedulers
 
 // SamplerNames maps a scheduler to AUTOMATIC1111's sampler name.
-var SamplerNames = map[string]string{
-	"dpmpp_2m": "DPM++ 2M", "dpmpp_sde": "DPM++ SDE", "ddim": "DDIM", "euler": "Euler",
-	"euler_a": "Euler a", "heun": "Heun", "dpm2": "DPM2", "dpm2_a": "DPM2 a", "lms": "LMS", "unipc": "UniPC",
-}
+var SamplerNames = spec.SamplerNames
 
 // Schedules are the sigma schedules; "" is the scheduler's own default.
-var Schedules = []string{"", "karras", "exponential", "beta"}
+var Schedules = spec.Schedules
 
 // ScheduleNames maps a schedule to A1111's "Schedule type" name.
-var ScheduleNames = map[string]string{"": "Automatic", "karras": "Karras", "exponential": "Exponential", "beta": "Beta"}
+var ScheduleNames = spec.ScheduleNames
 
-// ControlNetTypes are the control kinds protocol v1 knows.
-var ControlNetTypes = []string{"canny", "depth", "pose", "lineart", "scribble", "tile", "softedge", "other"}
+// ControlNetTypes are the control kinds the protocol knows.
+var ControlNetTypes = spec.ControlNetTypes
 
 // LoRA is one LoRA applied to the model.
 type LoRA struct {
@@ -81,7 +87,7 @@ type LoRA struct {
 // UnmarshalJSON reads a missing weight as 1, as the worker does.
 func (l *LoRA) UnmarshalJSON(b []byte) error {
 	type plain LoRA
-	p := plain{Weight: 1}
+	p := plain{Weight: spec.DefaultLoRAWeight}
 	if err := json.Unmarshal(b, &p); err != nil {
 		return err
 	}
@@ -104,7 +110,7 @@ type ControlNet struct {
 
 // DefaultControlNet is a unit with every default filled in.
 func DefaultControlNet() ControlNet {
-	return ControlNet{Type: "canny", Model: TinyControlNet, Scale: DefaultControlScale, Start: 0, End: 1,
+	return ControlNet{Type: "canny", Model: TinyControlNet, Scale: DefaultControlScale, Start: spec.DefaultControlStart, End: spec.DefaultControlEnd,
 		CannyLow: DefaultCannyLow, CannyHigh: DefaultCannyHigh}
 }
 
@@ -182,8 +188,8 @@ func IntPtr(v int) *int { return &v }
 
 // DefaultRequest is what a new form or a bare CLI call starts from.
 func DefaultRequest() Request {
-	return Request{Model: TinyModel, Scheduler: "euler", Steps: 30, CFG: 5,
-		Width: 1024, Height: 1024, Seed: -1, BatchSize: 1}
+	return Request{Model: TinyModel, Scheduler: spec.DefaultScheduler, Steps: 30, CFG: 5,
+		Width: 1024, Height: 1024, Seed: -1, BatchSize: spec.DefaultBatchSize}
 }
 
 // PixelSteps is the denoising work of steps steps of the request, in
@@ -211,4 +217,14 @@ func (r *Request) HiresPixelSteps() float64 {
 		strength = DefaultHiresStrength
 	}
 	return float64(w) * float64(h) * float64(max(r.BatchSize, 1)) * float64(steps) * strength
+}
+
+// ModelName is the name a model goes by in its images' parameters text and in
+// listings: the last element of its path ("tiny" for the demo model).
+func ModelName(model string) string {
+	model = strings.TrimRight(model, "/")
+	if i := strings.LastIndexByte(model, '/'); i >= 0 {
+		return model[i+1:]
+	}
+	return model
 }

@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+
+	"atelier/core/spec"
 )
 
 // FieldError is a validation failure that names the offending field.
@@ -276,7 +278,7 @@ func (r *Request) validateUpscaleOnly(errs *fieldErrors) {
 func badFloat(v float64) bool { return math.IsNaN(v) || math.IsInf(v, 0) }
 
 // pickleExts are checkpoint formats that run arbitrary code when loaded.
-var pickleExts = []string{".ckpt", ".pt", ".pth", ".bin", ".pkl", ".pickle"}
+var pickleExts = spec.PickleExts
 
 // PickleExt returns the pickle extension of path, or "".
 func PickleExt(path string) string {
