@@ -128,9 +128,9 @@ var DeviceKinds = []string{"cuda", "mps", "cpu"}
 var Schedulers = []string{
 	"euler",
 	"euler_a",
-	"ddim",
 	"dpmpp_2m",
 	"dpmpp_sde",
+	"ddim",
 	"heun",
 	"dpm2",
 	"dpm2_a",
@@ -142,9 +142,9 @@ var Schedulers = []string{
 var SamplerNames = map[string]string{
 	"euler":     "Euler",
 	"euler_a":   "Euler a",
-	"ddim":      "DDIM",
 	"dpmpp_2m":  "DPM++ 2M",
 	"dpmpp_sde": "DPM++ SDE",
+	"ddim":      "DDIM",
 	"heun":      "Heun",
 	"dpm2":      "DPM2",
 	"dpm2_a":    "DPM2 a",
@@ -156,9 +156,9 @@ var SamplerNames = map[string]string{
 var SchedulerClasses = map[string]string{
 	"euler":     "EulerDiscreteScheduler",
 	"euler_a":   "EulerAncestralDiscreteScheduler",
-	"ddim":      "DDIMScheduler",
 	"dpmpp_2m":  "DPMSolverMultistepScheduler",
 	"dpmpp_sde": "DPMSolverSinglestepScheduler",
+	"ddim":      "DDIMScheduler",
 	"heun":      "HeunDiscreteScheduler",
 	"dpm2":      "KDPM2DiscreteScheduler",
 	"dpm2_a":    "KDPM2AncestralDiscreteScheduler",

@@ -91,16 +91,16 @@ DEVICE_KINDS = ("cuda", "mps", "cpu")
 
 # The request's scheduler names, in menu order.
 SCHEDULERS = (
-    "euler", "euler_a", "ddim", "dpmpp_2m", "dpmpp_sde", "heun", "dpm2", "dpm2_a", "lms",
+    "euler", "euler_a", "dpmpp_2m", "dpmpp_sde", "ddim", "heun", "dpm2", "dpm2_a", "lms",
     "unipc",
 )
 # A scheduler's AUTOMATIC1111 sampler name.
 SAMPLER_NAMES = MappingProxyType({
     "euler": "Euler",
     "euler_a": "Euler a",
-    "ddim": "DDIM",
     "dpmpp_2m": "DPM++ 2M",
     "dpmpp_sde": "DPM++ SDE",
+    "ddim": "DDIM",
     "heun": "Heun",
     "dpm2": "DPM2",
     "dpm2_a": "DPM2 a",
@@ -111,9 +111,9 @@ SAMPLER_NAMES = MappingProxyType({
 SCHEDULER_CLASSES = MappingProxyType({
     "euler": "EulerDiscreteScheduler",
     "euler_a": "EulerAncestralDiscreteScheduler",
-    "ddim": "DDIMScheduler",
     "dpmpp_2m": "DPMSolverMultistepScheduler",
     "dpmpp_sde": "DPMSolverSinglestepScheduler",
+    "ddim": "DDIMScheduler",
     "heun": "HeunDiscreteScheduler",
     "dpm2": "KDPM2DiscreteScheduler",
     "dpm2_a": "KDPM2AncestralDiscreteScheduler",
