@@ -41,10 +41,8 @@ func cmdHistory(args []string, stdout, stderr io.Writer) int {
 		return exitUsage
 	}
 
-	paths := paths.DefaultPaths()
-	store, err := store.OpenStore(paths.DB)
-	if err != nil {
-		fmt.Fprintln(stderr, "atelier history:", err)
+	store, paths, ok := openStoreToRead(stderr, "history")
+	if !ok {
 		return exitFailure
 	}
 	defer store.Close()
@@ -114,7 +112,7 @@ Options:
 		fmt.Fprintln(stderr, "atelier history search: give words to look for, --model or --starred")
 		return exitUsage
 	}
-	store, paths, ok := openStore(stderr, "history search")
+	store, paths, ok := openStoreToRead(stderr, "history search")
 	if !ok {
 		return exitFailure
 	}

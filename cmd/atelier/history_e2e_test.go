@@ -3,16 +3,24 @@
 package main
 
 import (
+	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
+	"io/fs"
+	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"atelier/core/infotext"
+	"atelier/core/paths"
 	"atelier/core/protocol"
 	"atelier/core/request"
 	"atelier/core/store"
@@ -112,4 +120,122 @@ func TestHistorySearchFindsImagesAsTheGalleryDoes(t *testing.T) {
 	_, stderr, code = h.run("history", "search")
 	assert.Equal(t, exitUsage, code)
 	assert.Contains(t, stderr, "give words")
+}
+
+// readOnlyHome is a home whose files only another user can change, so that
+// making them read-only binds the CLI even when the tests run as root (root
+// ignores file modes): the CLI then runs as nobody.
+type readOnlyHome struct {
+	*home
+	cred *syscall.Credential // nil: the CLI runs as this user
+}
+
+func newReadOnlyHome(t *testing.T) *readOnlyHome {
+	dir, err := os.MkdirTemp("", "atelier-ro-")
+	require.NoError(t, err)
+	t.Cleanup(func() {
+		filepath.WalkDir(dir, func(p string, _ fs.DirEntry, _ error) error { //nolint:errcheck // best effort before RemoveAll
+			os.Chmod(p, 0o755)
+			return nil
+		})
+		os.RemoveAll(dir)
+	})
+	h := &readOnlyHome{home: &home{t: t, dir: dir}}
+	if os.Geteuid() == 0 {
+		h.cred = &syscall.Credential{Uid: 65534, Gid: 65534}
+		// nobody must reach the binary and the home.
+		require.NoError(t, os.Chmod(filepath.Dir(atelierBin), 0o755))
+		require.NoError(t, os.Chmod(dir, 0o755))
+	}
+	return h
+}
+
+// freeze hands the home to the CLI's user and takes away every write
+// permission.
+func (h *readOnlyHome) freeze() {
+	h.t.Helper()
+	require.NoError(h.t, filepath.WalkDir(h.dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if h.cred != nil {
+			if err := os.Lchown(p, int(h.cred.Uid), int(h.cred.Gid)); err != nil {
+				return err
+			}
+		}
+		mode := os.FileMode(0o444)
+		if d.IsDir() {
+			mode = 0o555
+		}
+		return os.Chmod(p, mode)
+	}))
+}
+
+func (h *readOnlyHome) run(args ...string) (string, string, int) {
+	h.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	var stdout, stderr bytes.Buffer
+	cmd := h.command(ctx, args...)
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if h.cred != nil {
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: h.cred}
+	}
+	err := cmd.Run()
+	code := 0
+	if exit, ok := err.(*exec.ExitError); ok {
+		code = exit.ExitCode()
+	} else if err != nil {
+		h.t.Skipf("cannot run the CLI as uid %d, which a read-only home needs when the tests run as root: %v", h.cred.Uid, err)
+	}
+	return stdout.String(), stderr.String(), code
+}
+
+func TestAReadOnlyHomeWithAHistoryIsReadAndNamedAsReadOnly(t *testing.T) {
+	h := newReadOnlyHome(t)
+	p := paths.PathsUnder(h.dir)
+	require.NoError(t, p.EnsureDirs())
+	db := p.DB
+	s, err := store.OpenStore(db)
+	require.NoError(t, err)
+	req := request.DefaultRequest()
+	req.Prompt, req.Steps, req.Width, req.Height, req.Seed = "a lighthouse at dusk", 4, 64, 64, 1
+	id, err := s.CreateJob(t.Context(), "job-1", req)
+	require.NoError(t, err)
+	png := writeTestPNG(t, filepath.Join(p.Images, "1.png"), 64, 64, false)
+	require.NoError(t, s.FinishJob(t.Context(), id, &protocol.Metrics{TotalS: 1, DenoiseS: 1, ItS: 4},
+		[]protocol.ImageResult{{Path: png, Seed: 1, Width: 64, Height: 64}}))
+	req.Prompt = "a red fox"
+	_, err = s.Enqueue(t.Context(), 0, []request.Request{req})
+	require.NoError(t, err)
+	require.NoError(t, s.Close())
+	h.freeze()
+	before := readFile(t, db)
+
+	out, stderr, code := h.run("history", "--json")
+	require.Equal(t, 0, code, stderr)
+	var jobs []store.JobRecord
+	require.NoError(t, json.Unmarshal([]byte(out), &jobs), out)
+	require.Len(t, jobs, 2)
+	assert.Contains(t, stderr, "cannot be written")
+
+	out, stderr, code = h.run("history", "search", "--json", "lighthouse")
+	require.Equal(t, 0, code, stderr)
+	var found []store.ImageRecord
+	require.NoError(t, json.Unmarshal([]byte(out), &found), out)
+	require.Len(t, found, 1)
+	assert.Equal(t, png, found[0].Path)
+
+	out, stderr, code = h.run("queue", "list")
+	require.Equal(t, 0, code, stderr)
+	assert.Contains(t, out, "a red fox")
+
+	for _, args := range [][]string{{"queue", "add", "--prompt", "an owl"}, {"history", "import", png}} {
+		_, stderr, code = h.run(args...)
+		assert.Equal(t, exitFailure, code, "%v: %s", args, stderr)
+		assert.Contains(t, stderr, "the folder "+filepath.Join(h.dir, "data")+" is read-only", args)
+		assert.Contains(t, stderr, "ATELIER_HOME", args)
+		assert.NotContains(t, stderr, "damaged", "%v: the advice to move the history away is wrong here", args)
+	}
+	assert.Equal(t, before, readFile(t, db), "reading a read-only history changes nothing")
 }

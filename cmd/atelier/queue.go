@@ -127,6 +127,29 @@ func openStore(stderr io.Writer, name string) (*store.Store, paths.Paths, bool) 
 	return s, paths, true
 }
 
+// openStoreToRead opens the history for a command that only reads it. When
+// the history cannot be written (a read-only folder) it is opened read-only,
+// with a note, instead of failing.
+func openStoreToRead(stderr io.Writer, name string) (*store.Store, paths.Paths, bool) {
+	paths := paths.DefaultPaths()
+	dirsErr := paths.EnsureDirs()
+	s, err := store.OpenStore(paths.DB)
+	if errors.Is(err, store.ErrReadOnly) {
+		if ro, roErr := store.OpenReadOnly(paths.DB); roErr == nil {
+			fmt.Fprintf(stderr, "note: %s cannot be written, so it is shown as it was last written\n", paths.DB)
+			return ro, paths, true
+		}
+	}
+	if err == nil {
+		return s, paths, true // a folder that could not be made is no matter for reading
+	}
+	if dirsErr != nil {
+		err = dirsErr // it says which folder, and came first
+	}
+	fmt.Fprintf(stderr, "atelier %s: %v\n", name, err)
+	return nil, paths, false
+}
+
 // queueSimple runs a subcommand that takes job ids (or nothing, for pause
 // and resume) and no options.
 func queueSimple(sub string, args []string, stdout, stderr io.Writer, do func(context.Context, *store.Store, []int64) error) int {
@@ -379,7 +402,7 @@ func queueList(args []string, stdout, stderr io.Writer) int {
 	if code, ok := parseFlags(fs, args, stdout, stderr); !ok {
 		return code
 	}
-	s, _, ok := openStore(stderr, "queue list")
+	s, _, ok := openStoreToRead(stderr, "queue list")
 	if !ok {
 		return exitFailure
 	}

@@ -37,8 +37,29 @@ type Store struct {
 }
 
 // OpenStore opens (creating if needed) the history at path, brings its schema
-// up to date, and marks jobs whose process has died as interrupted.
+// up to date, and marks jobs whose process has died as interrupted. When the
+// open fails because the folder or the file cannot be written, the error is a
+// *ReadOnlyError (errors.Is(err, ErrReadOnly)); OpenReadOnly can still read it.
 func OpenStore(path string) (*Store, error) {
+	s, err := openStore(path)
+	if err != nil {
+		// SQLite's own words for this ("unable to open database file",
+		// "attempt to write a readonly database") do not name the folder.
+		if ro := readOnlyCause(path, probeWrite); ro != nil {
+			return nil, fmt.Errorf("open history %s: %w", path, ro)
+		}
+		return nil, err
+	}
+	// SQLite opens a file it may not write read-only without a word, and the
+	// first write would fail far from here.
+	if fileReadOnly(path, probeWrite) != nil {
+		s.Close()
+		return nil, fmt.Errorf("open history %s: %w", path, readOnlyCause(path, probeWrite))
+	}
+	return s, nil
+}
+
+func openStore(path string) (*Store, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return nil, fmt.Errorf("open history %s: %w", path, err)
 	}
