@@ -283,9 +283,9 @@ func TestJSONOutputIsWellFormedJSONLines(t *testing.T) {
 	assert.Equal(t, "steps", done.Error.Field)
 }
 
-// liveJob starts a long generate with --json and returns once the worker is
-// denoising, with the CLI's process, the worker's pid and the CLI's stdout
-// lines still to come.
+// liveJob starts a long generate with --json, in a process group of its own as a
+// shell starts a foreground job, and returns once the worker is denoising, with the
+// CLI's process, the worker's pid and the CLI's stdout lines still to come.
 type liveJob struct {
 	cmd    *exec.Cmd
 	stderr *bytes.Buffer
@@ -301,6 +301,7 @@ func startLongJob(t *testing.T, h *home) *liveJob {
 	require.NoError(t, err)
 	j := &liveJob{cmd: cmd, stderr: &bytes.Buffer{}, lines: make(chan string, 1024)}
 	cmd.Stderr = j.stderr
+	inOwnGroup(cmd)
 	require.NoError(t, cmd.Start())
 	t.Cleanup(func() {
 		// Only this test's own CLI, by pid, if it still runs.

@@ -75,7 +75,8 @@ type runEvent struct {
 	} `json:"error"`
 }
 
-// runningQueue is a running "atelier queue run --json".
+// runningQueue is a running "atelier queue run --json", in a process group of its
+// own as a shell starts a foreground job.
 type runningQueue struct {
 	cmd    *exec.Cmd
 	stderr *bytes.Buffer
@@ -89,6 +90,7 @@ func startQueueRun(t *testing.T, h *home) *runningQueue {
 	require.NoError(t, err)
 	r := &runningQueue{cmd: cmd, stderr: &bytes.Buffer{}, events: make(chan runEvent, 4096)}
 	cmd.Stderr = r.stderr
+	inOwnGroup(cmd)
 	require.NoError(t, cmd.Start())
 	t.Cleanup(func() {
 		if cmd.ProcessState == nil {
