@@ -389,3 +389,31 @@ func TestQueueCLI(t *testing.T) {
 	require.Equal(t, 0, code)
 	assert.Equal(t, "2\n", out)
 }
+
+func TestAControlCharacterInAPromptIsRefusedNamingTheField(t *testing.T) {
+	h := newHome(t)
+	jobs := filepath.Join(t.TempDir(), "jobs.jsonl")
+	require.NoError(t, os.WriteFile(jobs, []byte(`{"prompt": "fine", "steps": 2, "width": 64, "height": 64}
+{"prompt": "a light\u0000house", "steps": 2, "width": 64, "height": 64}
+`), 0o644))
+	_, stderr, code := h.run("queue", "add", "--file", jobs)
+	assert.Equal(t, exitUsage, code, stderr)
+	assert.Contains(t, stderr, "line 2")
+	assert.Contains(t, stderr, "prompt")
+	assert.Contains(t, stderr, "U+0000")
+	assert.Empty(t, h.queue(), "a bad file queues nothing")
+
+	_, stderr, code = h.run("queue", "add", "--prompt", "a lighthouse", "--negative", "fog\x1b[31m")
+	assert.Equal(t, exitUsage, code, stderr)
+	assert.Contains(t, stderr, "--negative")
+	assert.Contains(t, stderr, "control characters other than newline and tab")
+	assert.Empty(t, h.queue())
+
+	stdout, stderr, code := h.run("generate", "--prompt", "a\x01b", "--steps", "4", "--width", "64", "--height", "64")
+	assert.Equal(t, exitUsage, code, stderr)
+	assert.Contains(t, stderr, "--prompt")
+	assert.Contains(t, stderr, "U+0001 at character 2")
+	assert.Empty(t, stdout)
+	assert.Empty(t, h.history(), "refused input leaves no job row")
+	assert.Empty(t, h.images())
+}

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"unicode"
 
 	"atelier/core/spec"
 )
@@ -68,6 +69,7 @@ func (r *Request) Validate() error {
 	r.validateUpscale(&errs)
 	r.validateHires(&errs)
 	r.validateUpscaleOnly(&errs)
+	r.validateText(&errs)
 	if len(errs) > 0 {
 		return &ValidationError{Fields: errs}
 	}
@@ -273,6 +275,44 @@ func (r *Request) validateUpscaleOnly(errs *fieldErrors) {
 	} else if r.UpscaleOnly && r.Upscaler == "" {
 		errs.add("upscale_only", "needs an upscaler: %q or an upscaler model", LanczosUpscaler)
 	}
+}
+
+// validateText refuses control characters, which the PNG's tEXt chunk may not
+// carry (a NUL ends its text): the prompts may hold newlines and tabs, the
+// names of files (which the PNG's settings name too) nothing of the kind.
+func (r *Request) validateText(errs *fieldErrors) {
+	for _, f := range []struct{ name, v string }{{"prompt", r.Prompt}, {"negative_prompt", r.NegativePrompt}} {
+		if c, at, ok := controlChar(f.v, true); ok {
+			errs.add(f.name, "must not hold control characters other than newline and tab: U+%04X at character %d", c, at)
+		}
+	}
+	paths := []struct{ name, v string }{{"model", r.Model}, {"refiner", r.Refiner}, {"vae", r.VAE},
+		{"init_image", r.InitImage}, {"mask_image", r.MaskImage}, {"upscaler", r.Upscaler}}
+	for i, l := range r.LoRAs {
+		paths = append(paths, struct{ name, v string }{fmt.Sprintf("loras[%d].path", i), l.Path})
+	}
+	for i, c := range r.ControlNets {
+		paths = append(paths, struct{ name, v string }{fmt.Sprintf("controlnets[%d].model", i), c.Model},
+			struct{ name, v string }{fmt.Sprintf("controlnets[%d].image", i), c.Image})
+	}
+	for _, f := range paths {
+		if c, at, ok := controlChar(f.v, false); ok {
+			errs.add(f.name, "must not hold control characters: U+%04X at character %d", c, at)
+		}
+	}
+}
+
+// controlChar finds the first control character of s (newline and tab
+// allowed when text is true) and its position, counted in characters from 1.
+func controlChar(s string, text bool) (rune, int, bool) {
+	at := 0
+	for _, c := range s {
+		at++
+		if unicode.IsControl(c) && !(text && (c == '\n' || c == '\t')) {
+			return c, at, true
+		}
+	}
+	return 0, 0, false
 }
 
 func badFloat(v float64) bool { return math.IsNaN(v) || math.IsInf(v, 0) }

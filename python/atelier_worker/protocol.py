@@ -15,6 +15,7 @@ import json
 import math
 import re
 import typing
+import unicodedata
 from collections.abc import Callable
 from typing import Any, ClassVar, Union
 
@@ -293,6 +294,16 @@ def _nonblank(v: str, path: str) -> None:
         raise ProtocolError("must not be empty", path)
 
 
+def _no_controls(v: str, path: str, text: bool) -> None:
+    # A PNG's tEXt chunk may not carry control characters (a NUL ends its text): the
+    # prompts may hold newlines and tabs, file names nothing of the kind.
+    for at, c in enumerate(v, 1):
+        if unicodedata.category(c) == "Cc" and not (text and c in "\n\t"):
+            allowed = " other than newline and tab" if text else ""
+            raise ProtocolError(f"must not hold control characters{allowed}: U+{ord(c):04X} at "
+                                f"character {at}", path)
+
+
 def _range(v: float, lo: float | None, hi: float | None, path: str) -> None:
     if isinstance(v, float) and not math.isfinite(v):
         raise ProtocolError(f"must be a finite number, got {_kind(v)}", path)
@@ -354,6 +365,15 @@ def check_request(r: Request) -> Request:
     field; fills in what an empty value means."""
     _nonblank(r.prompt, "prompt")
     _nonblank(r.model, "model")
+    _no_controls(r.prompt, "prompt", text=True)
+    _no_controls(r.negative_prompt, "negative_prompt", text=True)
+    for key in ("model", "refiner", "vae", "init_image", "mask_image", "upscaler"):
+        _no_controls(getattr(r, key), key, text=False)
+    for i, lora in enumerate(r.loras):
+        _no_controls(lora.path, f"loras[{i}].path", text=False)
+    for i, cn in enumerate(r.controlnets):
+        _no_controls(cn.model, f"controlnets[{i}].model", text=False)
+        _no_controls(cn.image, f"controlnets[{i}].image", text=False)
     r.scheduler = r.scheduler or spec.DEFAULT_SCHEDULER
     _one_of(r.scheduler, spec.SCHEDULERS, "scheduler")
     _range(r.steps, spec.MIN_STEPS, spec.MAX_STEPS, "steps")

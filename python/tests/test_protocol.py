@@ -92,3 +92,29 @@ def test_encode_writes_subclasses_of_str_and_float_as_their_base():
     assert progress["elapsed_s"] == 1.5
     line = encode(protocol.Loading(message=Version("importing torch")))
     assert json.loads(line) == {"type": "loading", "message": "importing torch"}
+
+
+@pytest.mark.parametrize("change, field, found", [
+    ({"prompt": "a\u0085b"}, "prompt", "U+0085 at character 2"),
+    ({"prompt": "a\x7f"}, "prompt", "U+007F"),
+    ({"negative_prompt": "é\x1b[31m"}, "negative_prompt", "U+001B at character 2"),
+    ({"model": "/models/a\tb"}, "model", "U+0009"),
+    ({"vae": "v\x02ae.safetensors"}, "vae", "U+0002"),
+    ({"init_image": "in\x00.png", "strength": 0.5}, "init_image", "U+0000 at character 3"),
+    ({"controlnets": [{"type": "canny", "model": "tiny-controlnet", "image": "e\x01.png"}]},
+     "controlnets[0].image", "U+0001"),
+])
+def test_control_characters_are_refused_naming_the_field(change, field, found):
+    r = {"prompt": "p", "model": "tiny", "steps": 4, "cfg": 5, "width": 64, "height": 64,
+         "seed": 7, "output_dir": "/o", **change}
+    with pytest.raises(ProtocolError) as e:
+        protocol.decode_request(r)
+    assert e.value.field == field
+    assert "control characters" in e.value.reason and found in e.value.reason
+
+
+def test_prompts_keep_newlines_tabs_and_unicode():
+    r = protocol.decode_request({"prompt": "un phare,\n\tété ☀", "negative_prompt": "fog\nrain",
+                                 "model": "tiny", "steps": 4, "cfg": 5, "width": 64,
+                                 "height": 64, "seed": 7, "output_dir": "/o"})
+    assert r.prompt == "un phare,\n\tété ☀"
