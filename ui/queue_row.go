@@ -121,7 +121,7 @@ func (r *queueRow) show(j *store.QueueJob) {
 		}
 	case store.StatusPending, store.StatusInterrupted:
 		if d, ok := r.v.eta.Job[j.ID]; ok {
-			etaText = "≈ " + formatETA(d)
+			etaText = "about " + formatETA(d)
 		}
 	}
 	r.bar.SetValue(frac)

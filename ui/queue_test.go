@@ -402,7 +402,7 @@ func TestQueueViewShowsProgressAndETAs(t *testing.T) {
 	// 5 steps left at 5 steps/s, plus half the measured 1 s outside denoising.
 	assert.Equal(t, "5/10 · 2 s left", r.eta.Text)
 	// The waiting job: 10 steps at the running job's 5 steps/s, plus 1 s.
-	assert.Equal(t, "≈ 3 s", s.row(t, ids[1]).eta.Text)
+	assert.Equal(t, "about 3 s", s.row(t, ids[1]).eta.Text)
 	assert.Contains(t, s.x.queue.summary.Text, "1 waiting · 1 running")
 	assert.Contains(t, s.x.queue.summary.Text, "queue ETA 5 s") // 1.5 s + 3 s
 	assert.True(t, r.edit.Disabled(), "a running job is not edited")

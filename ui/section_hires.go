@@ -21,7 +21,7 @@ type hiresSection struct {
 	steps          *submitEntry
 	strength       *submitEntry
 	strengthSlider *widget.Slider
-	hint           *widget.Label // "1024 × 1024 → 1536 × 1536"
+	hint           *widget.Label // "1024 × 1024 to 1536 × 1536"
 }
 
 func newHiresSection(ff *formFields, size *sizeSection) *hiresSection {
@@ -57,7 +57,7 @@ func (s *hiresSection) updateHint() {
 		return
 	}
 	w, h := r.HiresSize()
-	s.hint.SetText(fmt.Sprintf("%d × %d → %d × %d", r.Width, r.Height, w, h))
+	s.hint.SetText(fmt.Sprintf("%d × %d to %d × %d", r.Width, r.Height, w, h))
 }
 
 func (s *hiresSection) set(r request.Request) {

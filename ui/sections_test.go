@@ -167,9 +167,9 @@ func TestHiresFixSectionFillsTheRequest(t *testing.T) {
 	assert.Zero(t, req.HiresStrength)
 
 	x.hires.scale.SetText("2")
-	assert.Equal(t, "64 × 64 → 128 × 128", x.hires.hint.Text, "the hint shows the size the pass makes")
+	assert.Equal(t, "64 × 64 to 128 × 128", x.hires.hint.Text, "the hint shows the size the pass makes")
 	f.size.width.SetText("96")
-	assert.Equal(t, "96 × 64 → 192 × 128", x.hires.hint.Text, "and follows the size")
+	assert.Equal(t, "96 × 64 to 192 × 128", x.hires.hint.Text, "and follows the size")
 	f.size.width.SetText("64")
 	x.hires.steps.SetText("12")
 	x.hires.strengthSlider.SetValue(0.35) // the slider writes the entry
