@@ -1,6 +1,7 @@
 package ui
 
 import (
+	"strings"
 	"unicode"
 	"unicode/utf8"
 
@@ -38,13 +39,22 @@ func newStatusLine(win fyne.Window) *statusLine {
 	st.details = widget.NewButton("Details", st.showDetail)
 	st.details.Importance = widget.LowImportance
 	st.details.Hide()
-	st.box = container.NewBorder(nil, nil, container.NewVBox(st.icon), nil,
-		container.NewVBox(st.text, container.NewHBox(st.details, layout.NewSpacer())))
+	st.box = container.NewBorder(nil, nil, container.NewVBox(st.icon), container.NewVBox(st.details), st.text)
 	st.box.Hide()
 	return st
 }
 
-func (st *statusLine) content() fyne.CanvasObject { return st.box }
+// statusLines is how many lines of status the area shows before it scrolls.
+const statusLines = 2
+
+// content is the status in an area of fixed height: a message that grows or
+// appears must not move the buttons above it under the user's pointer.
+func (st *statusLine) content() fyne.CanvasObject {
+	probe := widget.NewLabel(strings.Repeat("\n", statusLines-1))
+	area := container.NewVScroll(st.box)
+	area.SetMinSize(fyne.NewSize(0, probe.MinSize().Height))
+	return area
+}
 
 func (st *statusLine) set(kind statusKind, text, detail string) {
 	st.kind, st.detail = kind, detail

@@ -1,7 +1,10 @@
 package ui
 
 import (
+	"image/color"
+
 	"fyne.io/fyne/v2"
+	"fyne.io/fyne/v2/canvas"
 	"fyne.io/fyne/v2/container"
 	"fyne.io/fyne/v2/theme"
 	"fyne.io/fyne/v2/widget"
@@ -86,7 +89,7 @@ func (s *Studio) layout() fyne.CanvasObject {
 		actions.Add(qa)
 	}
 	actions.Objects = append(actions.Objects,
-		container.NewStack(s.bar, s.barBusy),
+		s.progressSlot(),
 		s.barLabel,
 		s.status.content(),
 	)
@@ -105,6 +108,14 @@ func (s *Studio) layout() fyne.CanvasObject {
 		return s.withTabs(split)
 	}
 	return split
+}
+
+// progressSlot holds the progress bars in a space that stays when both are
+// hidden, so the buttons above do not jump when a run starts or ends.
+func (s *Studio) progressSlot() fyne.CanvasObject {
+	space := canvas.NewRectangle(color.Transparent)
+	space.SetMinSize(s.bar.MinSize().Max(s.barBusy.MinSize()))
+	return container.NewStack(space, s.bar, s.barBusy)
 }
 
 // do runs f on the UI goroutine; goroutines of ours reach widgets only through it.
