@@ -62,10 +62,9 @@ const (
 	TinySingleFile  = spec.TinySingleFile // the tiny model as one .safetensors checkpoint
 )
 
-// Schedulers are the samplers the protocol knows, in the form's menu order
-// (the spec's set; a test checks that they match). The worker's hello lists
-// what it really supports. SamplerNames gives A1111's names.
-var Schedulers = []string{"euler", "euler_a", "dpmpp_2m", "dpmpp_sde", "ddim", "heun", "dpm2", "dpm2_a", "lms", "unipc"}
+// Schedulers are the samplers the protocol knows, in menu order; the worker's
+// hello lists what it really supports. SamplerNames gives A1111's names.
+var Schedulers = spec.Schedulers
 
 // SamplerNames maps a scheduler to AUTOMATIC1111's sampler name.
 var SamplerNames = spec.SamplerNames

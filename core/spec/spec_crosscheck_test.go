@@ -98,7 +98,7 @@ func TestCoreListsMatchSpec(t *testing.T) {
 	assert.Equal(t, spec.DeviceKinds, protocol.DeviceKinds, "core.DeviceKinds")
 	// core lists dpmpp_2m and dpmpp_sde before ddim; the spec keeps the worker's and
 	// docs/protocol.md's order (the menu's once a worker said hello). Same names.
-	assert.ElementsMatch(t, spec.Schedulers, request.Schedulers, "core.Schedulers")
+	assert.Equal(t, spec.Schedulers, request.Schedulers, "request.Schedulers (the menu order)")
 	assert.Equal(t, spec.SamplerNames, request.SamplerNames, "core.SamplerNames")
 	assert.Equal(t, spec.Schedules, request.Schedules, "core.Schedules")
 	assert.Equal(t, spec.ScheduleNames, request.ScheduleNames, "core.ScheduleNames")
