@@ -5,8 +5,10 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"fmt"
+	"hash/crc32"
 	"io/fs"
 	"os"
 	"os/exec"
@@ -238,4 +240,72 @@ func TestAReadOnlyHomeWithAHistoryIsReadAndNamedAsReadOnly(t *testing.T) {
 		assert.NotContains(t, stderr, "damaged", "%v: the advice to move the history away is wrong here", args)
 	}
 	assert.Equal(t, before, readFile(t, db), "reading a read-only history changes nothing")
+}
+
+// writeParametersPNG writes a small PNG whose "parameters" text chunk is text.
+func writeParametersPNG(t *testing.T, path, text string) string {
+	t.Helper()
+	b := readFile(t, writeTestPNG(t, path, 64, 64, false))
+	data := []byte("parameters\x00" + text)
+	chunk := binary.BigEndian.AppendUint32(nil, uint32(len(data)))
+	chunk = append(append(chunk, "tEXt"...), data...)
+	chunk = binary.BigEndian.AppendUint32(chunk, crc32.ChecksumIEEE(append([]byte("tEXt"), data...)))
+	const ihdrEnd = 8 + 8 + 13 + 4
+	out := append(append(append([]byte{}, b[:ihdrEnd]...), chunk...), b[ihdrEnd:]...)
+	require.NoError(t, os.WriteFile(path, out, 0o644))
+	return path
+}
+
+func TestHistoryImportUsesOnlyWhatTheFormAccepts(t *testing.T) {
+	h := newHome(t)
+	dir := t.TempDir()
+	bad := writeParametersPNG(t, filepath.Join(dir, "bad.png"), "a lighthouse\n"+
+		"Steps: 500, Sampler: Euler, CFG scale: nan, Seed: 18446744073709551615, Size: 5000x5000, Model: tiny")
+	out, stderr, code := h.run("history", "import", bad, "--json")
+	require.Equal(t, 0, code, stderr)
+	assert.NotContains(t, stderr, "unsupported value")
+	for _, want := range []string{"note: steps must be between 1 and 150, got 500; keeping 30",
+		"note: cfg must be between 0 and 30, got NaN; keeping 5",
+		"note: Seed 18446744073709551615 is out of range; keeping a random seed",
+		"note: width must be a multiple of 8", "note: height must be a multiple of 8"} {
+		assert.Contains(t, stderr, want)
+	}
+	var got infotext.ImportedSettings
+	require.NoError(t, json.Unmarshal([]byte(out), &got), out)
+	def := request.DefaultRequest()
+	assert.Equal(t, [5]float64{float64(def.Steps), def.CFG, float64(def.Seed), float64(def.Width), float64(def.Height)},
+		[5]float64{float64(got.Request.Steps), got.Request.CFG, float64(got.Request.Seed), float64(got.Request.Width), float64(got.Request.Height)})
+	assert.Len(t, got.Notes, 5)
+
+	last := func() request.Request {
+		s, err := store.OpenStore(filepath.Join(h.dir, "data", "atelier.db"))
+		require.NoError(t, err)
+		defer s.Close()
+		r, ok, err := s.LastRequest(t.Context())
+		require.NoError(t, err)
+		require.True(t, ok)
+		return r
+	}
+	saved := last()
+	assert.NoError(t, saved.Validate(), "the form's saved settings are ones it accepts")
+
+	// What a picture does not say comes back as the default, not as the
+	// previous import left it.
+	hires := writeParametersPNG(t, filepath.Join(dir, "hires.png"), "a fox\n"+
+		"Steps: 6, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 7, Seed: 3, Size: 64x64, Model: tiny, "+
+		"Denoising strength: 0.4, Hires upscale: 2, Hires upscaler: Lanczos")
+	_, stderr, code = h.run("history", "import", hires)
+	require.Equal(t, 0, code, stderr)
+	assert.Equal(t, 2.0, last().HiresScale)
+	plain := writeParametersPNG(t, filepath.Join(dir, "plain.png"), "an owl\nSteps: 4, Seed: 5, Size: 64x64, Model: tiny")
+	_, stderr, code = h.run("history", "import", plain)
+	require.Equal(t, 0, code, stderr)
+	assert.NotContains(t, stderr, "note:", "nothing was dropped")
+	r := last()
+	assert.Equal(t, "an owl", r.Prompt)
+	assert.Zero(t, r.HiresScale)
+	assert.Zero(t, r.HiresStrength)
+	assert.Equal(t, def.Scheduler, r.Scheduler)
+	assert.Empty(t, r.Schedule)
+	assert.Equal(t, def.CFG, r.CFG)
 }

@@ -22,8 +22,13 @@ type ImportedSettings struct {
 }
 
 // ImportPNG reads the generation settings a PNG carries in its `parameters`
-// text chunk (ours, and AUTOMATIC1111's infotext) onto base. Known model names
-// are resolved: "tiny", or a folder of that name under modelsDir.
+// text chunk (ours, and AUTOMATIC1111's infotext). They are the picture's
+// whole settings: what the text does not say is the default, not what base
+// (the form) had, except the form's own choices that no picture records (the
+// model, when the text names none that is here; the batch size, previews and
+// output folder). Known model names are resolved: "tiny", or a folder of that
+// name under modelsDir. Values the form's validation refuses are not used, and
+// each gets a note.
 func ImportPNG(path string, base request.Request, modelsDir string) (*ImportedSettings, error) {
 	f, err := os.Open(path)
 	if err != nil {
@@ -40,17 +45,18 @@ func ImportPNG(path string, base request.Request, modelsDir string) (*ImportedSe
 			"only PNGs from Atelier, AUTOMATIC1111 and compatible tools carry them", path, ErrNoSettings)
 	}
 	it := ParseInfotext(text)
-	req := base
+	req := request.DefaultRequest()
+	req.Model, req.BatchSize, req.PreviewEvery, req.OutputDir = base.Model, base.BatchSize, base.PreviewEvery, base.OutputDir
 	notes := it.ApplyTo(&req)
-	if m, ok := it.Get("Model"); ok && m != "" {
-		switch {
-		case m == request.TinyModel:
-			req.Model = request.TinyModel
-		case modelsDir != "" && dirExists(filepath.Join(modelsDir, m)):
-			req.Model = filepath.Join(modelsDir, m)
-		case m != request.ModelName(req.Model):
-			notes = append(notes, fmt.Sprintf("model %q is not in the models folder; keeping %s", m, req.Model))
-		}
+	switch m, _ := it.Get("Model"); {
+	case m == "":
+		notes = append(notes, fmt.Sprintf("the picture names no model; keeping %s", req.Model))
+	case m == request.TinyModel:
+		req.Model = request.TinyModel
+	case modelsDir != "" && dirExists(filepath.Join(modelsDir, m)):
+		req.Model = filepath.Join(modelsDir, m)
+	case m != request.ModelName(req.Model):
+		notes = append(notes, fmt.Sprintf("model %q is not in the models folder; keeping %s", m, req.Model))
 	}
 	return &ImportedSettings{Request: req, Notes: notes, Text: text}, nil
 }

@@ -75,3 +75,81 @@ func TestImportPNG(t *testing.T) {
 	_, err = ImportPNG(p, base, models)
 	assert.ErrorContains(t, err, "no generation settings")
 }
+
+func TestImportPNGKeepsOnlyWhatTheFormAccepts(t *testing.T) {
+	dir := t.TempDir()
+	p := filepath.Join(dir, "bad.png")
+	pngtest.Write(t, p, 64, 64, color.White, pngtest.Text("parameters", "a lighthouse\n"+
+		"Steps: 500, Sampler: Euler, CFG scale: nan, Seed: 18446744073709551615, Size: 5000x63, "+
+		"Denoising strength: 1.5, Model: tiny, Loras: \"<lora:tiny-lora:9>\""))
+	got, err := ImportPNG(p, request.DefaultRequest(), "")
+	require.NoError(t, err)
+	r := got.Request
+	def := request.DefaultRequest()
+	assert.Equal(t, "a lighthouse", r.Prompt)
+	assert.Equal(t, def.Steps, r.Steps)
+	assert.Equal(t, def.CFG, r.CFG)
+	assert.Equal(t, def.Seed, r.Seed)
+	assert.Equal(t, [2]int{def.Width, def.Height}, [2]int{r.Width, r.Height})
+	assert.Zero(t, r.Strength)
+	assert.Empty(t, r.LoRAs)
+	assert.NoError(t, r.Validate(), "an import is always a request the form accepts")
+	_, err = json.Marshal(got)
+	assert.NoError(t, err, "no NaN survives to be saved")
+
+	joined := strings.Join(got.Notes, "\n")
+	for _, want := range []string{
+		"steps must be between 1 and 150, got 500; keeping 30",
+		"cfg must be between 0 and 30, got NaN; keeping 5",
+		"Seed 18446744073709551615 is out of range; keeping a random seed",
+		"width must be a multiple of 8 between 64 and 4096, got 5000; keeping 1024",
+		"height must be a multiple of 8 between 64 and 4096, got 63; keeping 1024",
+		"strength must be above 0 and at most 1, got 1.5; keeping 0",
+		"loras[0].weight must be between -5 and 5, got 9; keeping none",
+	} {
+		assert.Contains(t, joined, want)
+	}
+	assert.Len(t, got.Notes, 7, joined)
+}
+
+func TestImportPNGTakesDefaultsForWhatThePictureDoesNotSay(t *testing.T) {
+	dir := t.TempDir()
+	p := filepath.Join(dir, "plain.png")
+	pngtest.Write(t, p, 64, 64, color.White, pngtest.Text("parameters", "a fox\nSteps: 4, Seed: 1, Size: 64x64, Model: tiny"))
+	// The form as an earlier import with every feature left it.
+	base := request.DefaultRequest()
+	base.Model, base.BatchSize, base.PreviewEvery = "/models/sdxl", 4, 2
+	base.Steps, base.CFG, base.Scheduler, base.Schedule, base.NegativePrompt = 50, 9, "dpmpp_2m", "karras", "fog"
+	base.HiresScale, base.HiresSteps, base.HiresStrength = 2, 10, 0.3
+	base.LoRAs, base.VAE, base.Refiner, base.RefinerSwitch = []request.LoRA{{Path: request.TinyLoRA, Weight: 1}}, request.TinyVAE, request.TinyRefiner, 0.7
+	base.InitImage, base.Strength, base.MaskImage, base.MaskBlur = "in.png", 0.5, "mask.png", request.IntPtr(8)
+	base.Upscaler, base.Upscale = request.LanczosUpscaler, 3
+
+	got, err := ImportPNG(p, base, "")
+	require.NoError(t, err)
+	want := request.DefaultRequest()
+	want.Prompt, want.Steps, want.Seed, want.Width, want.Height = "a fox", 4, 1, 64, 64
+	want.BatchSize, want.PreviewEvery = 4, 2 // the form's own choices
+	assert.Equal(t, want, got.Request)
+	assert.Empty(t, got.Notes)
+
+	p = filepath.Join(dir, "nomodel.png")
+	pngtest.Write(t, p, 64, 64, color.White, pngtest.Text("parameters", "a fox\nSteps: 4, Seed: 1, Size: 64x64"))
+	got, err = ImportPNG(p, base, "")
+	require.NoError(t, err)
+	assert.Equal(t, "/models/sdxl", got.Request.Model)
+	assert.Equal(t, []string{"the picture names no model; keeping /models/sdxl"}, got.Notes)
+}
+
+func TestImportPNGDropsControlCharactersFromThePrompts(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "ctl.png")
+	pngtest.Write(t, p, 64, 64, color.White, pngtest.IText("parameters",
+		"a light\x01house\n\tat dusk\nNegative prompt: fog\x1b[0m\nSteps: 4, Seed: 1, Size: 64x64, Model: tiny", false))
+	got, err := ImportPNG(p, request.DefaultRequest(), "")
+	require.NoError(t, err)
+	assert.Equal(t, "a lighthouse\nat dusk", got.Request.Prompt)
+	assert.Equal(t, "fog[0m", got.Request.NegativePrompt)
+	assert.NoError(t, got.Request.Validate())
+	assert.Len(t, got.Notes, 2, "%v", got.Notes)
+	assert.Contains(t, got.Notes[0], "prompt: 1 control character(s) removed")
+}

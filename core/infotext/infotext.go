@@ -4,11 +4,14 @@ package infotext
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"math"
+	"reflect"
 	"regexp"
 	"strconv"
 	"strings"
+	"unicode"
 
 	"atelier/core/request"
 )
@@ -123,18 +126,34 @@ var reLoraTag = regexp.MustCompile(`<lora:([^:>]+)(?::(-?[0-9.]+))?[^>]*>`)
 var tinyByName = map[string]string{request.TinyLoRA: request.TinyLoRA, request.TinyVAE: request.TinyVAE, request.TinyRefiner: request.TinyRefiner, request.TinyControlNet: request.TinyControlNet}
 
 // ApplyTo copies the settings the infotext carries into req, leaving the rest
-// as they are. It returns a note for each value it could not use, so the user
-// learns what did not come back.
+// as they are. Each value the form's validation refuses is put back as it was,
+// so that an import never brings in what the form would not accept. It returns
+// a note for each value it could not use, so the user learns what did not
+// come back.
 func (it Infotext) ApplyTo(req *request.Request) []string {
+	before := *req // ApplyTo replaces slices and pointers, never writes through them
+	notes := it.apply(req)
+	return append(notes, keepValid(req, before)...)
+}
+
+func (it Infotext) apply(req *request.Request) []string {
 	var notes []string
-	req.Prompt = it.Prompt
-	req.NegativePrompt = it.NegativePrompt
+	for _, f := range []struct {
+		name string
+		src  string
+		dst  *string
+	}{{"prompt", it.Prompt, &req.Prompt}, {"negative prompt", it.NegativePrompt, &req.NegativePrompt}} {
+		var n int
+		if *f.dst, n = withoutControls(f.src); n > 0 {
+			notes = append(notes, fmt.Sprintf("%s: %d control character(s) removed (a prompt keeps only newlines and tabs)", f.name, n))
+		}
+	}
 	atoi := func(key string, dst *int) {
 		if v, ok := it.Get(key); ok {
 			if n, err := strconv.Atoi(v); err == nil {
 				*dst = n
 			} else {
-				notes = append(notes, fmt.Sprintf("%s %q is not a whole number", key, v))
+				notes = append(notes, intNote(key, v, err))
 			}
 		}
 	}
@@ -150,7 +169,7 @@ func (it Infotext) ApplyTo(req *request.Request) []string {
 		if n, err := strconv.ParseInt(v, 10, 64); err == nil {
 			req.Seed = n
 		} else {
-			notes = append(notes, fmt.Sprintf("Seed %q is not a whole number", v))
+			notes = append(notes, intNote("Seed", v, err)+"; keeping "+shown("seed", reflect.ValueOf(req.Seed)))
 		}
 	}
 	if v, ok := it.Get("Size"); ok {
@@ -223,7 +242,7 @@ func (it Infotext) ApplyTo(req *request.Request) []string {
 		if n, err := strconv.Atoi(v); err == nil {
 			req.MaskBlur = request.IntPtr(n)
 		} else {
-			notes = append(notes, fmt.Sprintf("Mask blur %q is not a whole number", v))
+			notes = append(notes, intNote("Mask blur", v, err))
 		}
 	}
 	atoi("Masked area padding", &req.MaskPadding)
@@ -313,6 +332,98 @@ func hasLoRA(list []request.LoRA, path string) bool {
 		}
 	}
 	return false
+}
+
+// intNote says why v is not a usable whole number.
+func intNote(key, v string, err error) string {
+	if errors.Is(err, strconv.ErrRange) {
+		return fmt.Sprintf("%s %s is out of range", key, v)
+	}
+	return fmt.Sprintf("%s %q is not a whole number", key, v)
+}
+
+// withoutControls drops the control characters a prompt may not hold (all but
+// newline and tab), as request validation refuses them, and counts them.
+func withoutControls(s string) (string, int) {
+	n := 0
+	out := strings.Map(func(c rune) rune {
+		if unicode.IsControl(c) && c != '\n' && c != '\t' {
+			n++
+			return -1
+		}
+		return c
+	}, s)
+	return out, n
+}
+
+// keepValid validates req as the form does and puts back, from before, each
+// field whose new value it refuses, with a note. A refused field that the
+// import did not change is not the import's doing and is left alone, and so
+// are the prompts (they are the picture's, whatever they hold).
+func keepValid(req *request.Request, before request.Request) []string {
+	var notes []string
+	for range 3 { // a value put back can settle a rule between fields; three rounds are more than any needs
+		v, ok := request.AsValidation(req.Validate())
+		if !ok {
+			break
+		}
+		changed := false
+		for _, fe := range v.Fields {
+			name := fe.Field
+			if i := strings.IndexAny(name, "[."); i >= 0 {
+				name = name[:i] // loras[1].weight: the list goes back whole
+			}
+			if name == "prompt" || name == "negative_prompt" {
+				continue
+			}
+			cur, old := requestField(req, name), requestField(&before, name)
+			if !cur.IsValid() || reflect.DeepEqual(cur.Interface(), old.Interface()) {
+				continue
+			}
+			cur.Set(old)
+			changed = true
+			notes = append(notes, fmt.Sprintf("%s %s; keeping %s", fe.Field, fe.Message, shown(name, old)))
+		}
+		if !changed {
+			break
+		}
+	}
+	return notes
+}
+
+// requestField is the field of r whose JSON name is name, or the zero Value.
+func requestField(r *request.Request, name string) reflect.Value {
+	v := reflect.ValueOf(r).Elem()
+	for i := range v.NumField() {
+		if tag, _, _ := strings.Cut(v.Type().Field(i).Tag.Get("json"), ","); tag == name {
+			return v.Field(i)
+		}
+	}
+	return reflect.Value{}
+}
+
+// shown is a kept value as a note says it.
+func shown(name string, v reflect.Value) string {
+	switch {
+	case name == "seed" && v.Int() == -1:
+		return "a random seed"
+	case v.Kind() == reflect.Pointer:
+		if v.IsNil() {
+			return "the default"
+		}
+		return fmt.Sprint(v.Elem().Interface())
+	case v.Kind() == reflect.Slice:
+		if v.Len() == 0 {
+			return "none"
+		}
+		return "the ones before"
+	case v.Kind() == reflect.String:
+		if v.String() == "" {
+			return "none"
+		}
+		return strconv.Quote(v.String())
+	}
+	return fmt.Sprint(v.Interface())
 }
 
 // parseSize reads A1111's "WIDTHxHEIGHT".
