@@ -268,7 +268,7 @@ class NoSyncPreviewer:
         self._busy.set()
         dev = latents.device
         if self._m is None:
-            from .accel import _LATENT_RGB, _LATENT_RGB_BIAS
+            from .engine.preview import _LATENT_RGB, _LATENT_RGB_BIAS
 
             self._m = (torch.tensor(_LATENT_RGB, dtype=torch.float32).to(dev),
                        torch.tensor(_LATENT_RGB_BIAS, dtype=torch.float32).to(dev))
@@ -311,7 +311,8 @@ def preview_experiment(a, torch, unet, compiled, dtype):
     line per step, and no previews / the worker's Previewer / the no-sync one, every 5 steps."""
     from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
 
-    from . import accel, tiny
+    from . import png, tiny
+    from .engine import preview
 
     sched_cfg = dict(tiny._SDXL_SCHEDULER)
     import tempfile
@@ -340,7 +341,7 @@ def preview_experiment(a, torch, unet, compiled, dtype):
 
         tmp = path + ".tmp"
         with open(tmp, "wb") as f:
-            f.write(accel.encode_png(np.asarray(im)))
+            f.write(png.encode_png(np.asarray(im)))
         os.replace(tmp, path)
 
     h = a.size
@@ -364,11 +365,11 @@ def preview_experiment(a, torch, unet, compiled, dtype):
         path = os.path.join(out_dir, f"{variant}.png")
         written = [0]
         if variant == "worker":
-            previewer = accel.Previewer(lambda im: write_png(im, path))
+            previewer = preview.Previewer(lambda im: write_png(im, path))
         elif variant == "nosync":
             previewer = NoSyncPreviewer(lambda im: write_png(im, path))
         if previewer is not None:
-            tap = accel.X0Tap(pipe.scheduler)
+            tap = preview.X0Tap(pipe.scheduler)
         t0 = time.perf_counter()
 
         def cb(_p, i, _t, kw):
@@ -518,7 +519,8 @@ def stage_aoti_load(a):
         t_first, y = first_call(lambda: compiled(*flat(inp)), a.device)
         record("first_call_done", s=t_first)
         record("aoti_load", load_package_s=round(t_load, 3), load_constants_s=round(t_const, 3),
-               first_call_s=t_first, n_constants=len(fqns), n_folded=len(folded), missing=missing[:10], n_missing=len(missing),
+               first_call_s=t_first, n_constants=len(fqns), n_folded=len(folded), missing=missing[:10],
+               n_missing=len(missing),
                since_weights_s=round(time.perf_counter() - t_start, 3))
         ref = call(unet, inp)
         record("aoti_vs_eager_other_weights", rel_err=rel_err(y, ref))
