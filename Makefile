@@ -23,6 +23,8 @@ export ATELIER_PYTHON := $(PYTHON)
 export ATELIER_WORKER_DIR := $(WORKER_DIR)
 
 GO_SOURCES := $(shell find cmd core bridge ui -name '*.go' 2>/dev/null) go.mod go.sum
+# Pinned here rather than in go.mod: a lint tool, not a dependency of the app.
+STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 # Stamps record set-up steps that are done, so an up-to-date tree rebuilds nothing.
 STAMPS    := bin/.stamps
 
@@ -73,8 +75,9 @@ run: deps bin/atelier
 ## test: every test (lint, Go, Python, fuzz smoke, real window under Xvfb)
 test: deps bin/atelier lint test-python test-go test-fuzz test-window
 
-## lint: go vet, gofmt and ruff
+## lint: go vet, staticcheck, gofmt and ruff
 lint: vet venv
+	$(GO) run $(STATICCHECK) -tags $(GOTAGS) ./...
 	$(VENV)/bin/ruff check python
 	@out=$$(gofmt -l cmd core bridge ui); if [ -n "$$out" ]; then echo "gofmt: these files need formatting:"; echo "$$out"; exit 1; fi
 

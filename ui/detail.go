@@ -119,9 +119,7 @@ func detailRows(d *store.ImageDetail) [][2]string {
 	}
 	// Every other setting the request carries, by its JSON name, so that new
 	// request fields show up here without a change.
-	for _, kv := range extraRequestFields(r) {
-		rows = append(rows, kv)
-	}
+	rows = append(rows, extraRequestFields(r)...)
 	rows = append(rows, [2]string{"Created", d.CreatedAt.Local().Format("2006-01-02 15:04:05")})
 	if m := d.Metrics; m != nil {
 		rows = append(rows, [2]string{"Time", fmt.Sprintf("%.1f s (load %.1f s, denoise %.1f s)", m.TotalS, m.LoadS, m.DenoiseS)})

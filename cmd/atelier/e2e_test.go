@@ -48,6 +48,8 @@ func TestMain(m *testing.M) {
 	atelierBin = filepath.Join(dir, "atelier")
 	gobin, err := exec.LookPath("go")
 	if err != nil {
+		// go test built this binary, so the root it was built under has the go command.
+		//lint:ignore SA1019 only a fallback for a PATH without go
 		gobin = filepath.Join(runtime.GOROOT(), "bin", "go")
 	}
 	build := exec.Command(gobin, "build", "-tags", "sqlite_fts5", "-o", atelierBin, ".")
