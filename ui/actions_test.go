@@ -71,3 +71,37 @@ func TestActionAreaDoesNotMove(t *testing.T) {
 	assert.Equal(t, gen, absPos(s.generate))
 	assert.Equal(t, add, absPos(s.x.addQueue))
 }
+
+// The wheel scrolls the form wherever the pointer is over it, fields
+// included; a prompt longer than its box scrolls its own text first.
+func TestWheelOverFieldsScrollsTheForm(t *testing.T) {
+	s := newTestStudio(t, &fakeGen{}, &memHistory{})
+	s.q.drain()
+	c := s.win.Canvas()
+	center := func(o fyne.CanvasObject) fyne.Position {
+		return absPos(o).Add(fyne.NewPos(o.Size().Width/2, o.Size().Height/2))
+	}
+	for name, field := range map[string]fyne.CanvasObject{
+		"prompt":          s.form.prompts.prompt,
+		"model drop-down": s.form.model.entry,
+		"steps":           s.form.steps.steps,
+		"negative prompt": s.form.prompts.negative,
+	} {
+		s.formScroll.ScrollToTop()
+		test.Scroll(c, center(field), 0, -30)
+		assert.Positive(t, s.formScroll.Offset.Y, "the wheel over the %s scrolls the form", name)
+	}
+
+	s.formScroll.ScrollToTop()
+	s.form.prompts.prompt.SetText(strings.Repeat("a line of the prompt\n", 40))
+	relayout(c.Content())
+	router := s.formRouter
+	wheel := &fyne.ScrollEvent{Scrolled: fyne.NewDelta(0, -30)}
+	wheel.AbsolutePosition = center(s.form.prompts.prompt)
+	router.Scrolled(wheel)
+	assert.Zero(t, s.formScroll.Offset.Y, "a long prompt scrolls its text first")
+	for range 100 {
+		router.Scrolled(wheel)
+	}
+	assert.Positive(t, s.formScroll.Offset.Y, "and the form once the text is at its end")
+}

@@ -41,9 +41,38 @@ func confirm(w fyne.Window, title, message string, yes func()) *confirmDialog {
 	msg := widget.NewLabel(message)
 	msg.Wrapping = fyne.TextWrapWord
 	body := container.NewBorder(heading(title), container.NewHBox(layout.NewSpacer(), d.no, d.yes), nil, nil, msg)
-	d.pop = widget.NewModalPopUp(container.NewPadded(container.NewGridWrap(fyne.NewSize(420, 130), body)), w.Canvas())
+	d.pop = newModal(container.NewPadded(container.NewGridWrap(fyne.NewSize(420, 130), body)), w.Canvas())
 	d.pop.Show()
 	return d
+}
+
+// modals are each window's modal pop-ups, newest last, so that Esc can
+// close the one on top. UI goroutine only.
+var modals = map[fyne.Canvas][]*widget.PopUp{}
+
+// newModal is widget.NewModalPopUp for a pop-up that Esc closes.
+func newModal(content fyne.CanvasObject, c fyne.Canvas) *widget.PopUp {
+	pop := widget.NewModalPopUp(content, c)
+	open := modals[c][:0]
+	for _, p := range modals[c] {
+		if p.Visible() {
+			open = append(open, p)
+		}
+	}
+	modals[c] = append(open, pop)
+	return pop
+}
+
+// closeTopModal hides the newest modal pop-up shown on c; it reports false
+// when none is shown.
+func closeTopModal(c fyne.Canvas) bool {
+	for i := len(modals[c]) - 1; i >= 0; i-- {
+		if p := modals[c][i]; p.Visible() {
+			p.Hide()
+			return true
+		}
+	}
+	return false
 }
 
 // chooseFolderNative is the native folder dialog.

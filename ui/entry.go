@@ -12,6 +12,28 @@ import (
 type submitEntry struct {
 	widget.Entry
 	onSubmit func()
+	onEscape func()
+	rend     fyne.WidgetRenderer // kept so the wheel router can find the text's scroller
+}
+
+// CreateRenderer implements fyne.Widget.
+func (e *submitEntry) CreateRenderer() fyne.WidgetRenderer {
+	e.rend = e.Entry.CreateRenderer()
+	return e.rend
+}
+
+// textScroll is the scroller of the entry's text, or nil before the entry is
+// drawn or when it has none.
+func (e *submitEntry) textScroll() fyne.CanvasObject {
+	if e.rend == nil {
+		return nil
+	}
+	for _, o := range e.rend.Objects() {
+		if _, ok := o.(fyne.Scrollable); ok && o.Visible() {
+			return o
+		}
+	}
+	return nil
 }
 
 func newSubmitEntry(multiLine bool, onSubmit func()) *submitEntry {
@@ -25,6 +47,20 @@ func newSubmitEntry(multiLine bool, onSubmit func()) *submitEntry {
 	e.AlwaysShowValidationError = true
 	e.ExtendBaseWidget(e)
 	return e
+}
+
+// AcceptsTab implements fyne.Tabbable: Tab moves on to the next field and
+// Shift+Tab back, in the prompts too (a tab character means nothing to the model).
+func (e *submitEntry) AcceptsTab() bool { return false }
+
+// TypedKey implements fyne.Focusable: Esc is the window's (cancel the run),
+// since a focused widget gets keys instead of the canvas.
+func (e *submitEntry) TypedKey(k *fyne.KeyEvent) {
+	if k.Name == fyne.KeyEscape && e.onEscape != nil {
+		e.onEscape()
+		return
+	}
+	e.Entry.TypedKey(k)
 }
 
 // TypedShortcut implements fyne.Shortcutable.

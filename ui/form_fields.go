@@ -101,6 +101,7 @@ type formFields struct {
 	choices map[*widget.SelectEntry][]string
 
 	onSubmit func()
+	onEscape func() // the studio's Esc; nil until it sets it
 	do       func(func())
 	// reveal opens the part of the form that holds a field (the form sets it).
 	reveal func(field string)
@@ -197,9 +198,21 @@ func (ff *formFields) linkSliderTo(clear func(), e *submitEntry, s *widget.Slide
 	}
 }
 
+// submitEntry is an entry of the form that submits on Ctrl+Enter and passes
+// Esc to the studio.
+func (ff *formFields) submitEntry(multiLine bool) *submitEntry {
+	e := newSubmitEntry(multiLine, ff.onSubmit)
+	e.onEscape = func() {
+		if ff.onEscape != nil {
+			ff.onEscape()
+		}
+	}
+	return e
+}
+
 // entry is a named entry of the form: submitting, its error cleared on edit.
 func (ff *formFields) entry(field string, multiLine bool) *submitEntry {
-	e := newSubmitEntry(multiLine, ff.onSubmit)
+	e := ff.submitEntry(multiLine)
 	e.OnChanged = func(string) { ff.clearError(field) }
 	ff.entries[field] = &e.Entry
 	return e

@@ -290,7 +290,7 @@ func (v *queueView) showSessions() {
 	scroll.SetMinSize(fyne.NewSize(900, 360))
 	var pop *widget.PopUp
 	closeBtn := widget.NewButton("Close", func() { pop.Hide() })
-	pop = widget.NewModalPopUp(container.NewBorder(heading("Sessions"),
+	pop = newModal(container.NewBorder(heading("Sessions"),
 		container.NewHBox(layout.NewSpacer(), closeBtn), nil, nil, scroll), v.s.win.Canvas())
 	v.sessionsPop, v.sessionsGrid = pop, grid
 	pop.Show()

@@ -110,7 +110,7 @@ func (s *controlNetSection) addRow(c request.ControlNet) *cnRow {
 	r.image.SetPlaceHolder("control image (resized to the output size)")
 	r.image.OnChanged = clear
 	num := func() *submitEntry {
-		e := newSubmitEntry(false, ff.onSubmit)
+		e := ff.submitEntry(false)
 		e.OnChanged = clear
 		return e
 	}

@@ -64,7 +64,7 @@ func (s *loraSection) addRow(l request.LoRA) *loraRow {
 	ff.setChoices(r.path, s.options())
 	r.path.SetPlaceHolder("tiny-lora or a LoRA .safetensors")
 	r.path.AlwaysShowValidationError = true
-	r.weight = newSubmitEntry(false, ff.onSubmit)
+	r.weight = ff.submitEntry(false)
 	r.slider = widget.NewSlider(request.MinLoRAWeight, request.MaxLoRAWeight)
 	r.slider.Step = 0.05
 	r.err = errLabel()

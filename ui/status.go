@@ -90,7 +90,7 @@ func (st *statusLine) showDetail() {
 	scroll.SetMinSize(fyne.NewSize(640, 320))
 	var pop *widget.PopUp
 	closeBtn := widget.NewButton("Close", func() { pop.Hide() })
-	pop = widget.NewModalPopUp(container.NewBorder(heading("Details"),
+	pop = newModal(container.NewBorder(heading("Details"),
 		container.NewHBox(layout.NewSpacer(), closeBtn), nil, nil, scroll), st.win.Canvas())
 	pop.Show()
 }

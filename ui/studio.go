@@ -24,6 +24,8 @@ type Studio struct {
 	post func(func())
 
 	form        *form
+	formScroll  *container.Scroll
+	formRouter  *wheelRouter // takes the wheel over the form, fields included
 	generate    *widget.Button
 	cancel      *widget.Button
 	bar         *widget.ProgressBar
@@ -63,6 +65,12 @@ func newStudioWith(a fyne.App, w fyne.Window, gen generator, hist History, post 
 	s.view = newViewer(s)
 	s.strip = newRecentStrip(s.thumbs, s.showRecord)
 
+	s.form.fields.onEscape = s.Escape
+	w.Canvas().SetOnTypedKey(func(k *fyne.KeyEvent) {
+		if k.Name == fyne.KeyEscape {
+			s.Escape()
+		}
+	})
 	for _, sc := range submitShortcuts {
 		w.Canvas().AddShortcut(sc, func(fyne.Shortcut) { s.Generate() })
 	}
@@ -93,8 +101,10 @@ func (s *Studio) layout() fyne.CanvasObject {
 		s.barLabel,
 		s.status.content(),
 	)
+	s.formScroll = container.NewVScroll(container.NewPadded(s.form.content()))
+	s.formRouter = newWheelRouter(s.formScroll, s.form.prompts.prompt, s.form.prompts.negative)
 	left := container.NewBorder(s.editBar(), container.NewPadded(actions), nil, nil,
-		container.NewVScroll(container.NewPadded(s.form.content())))
+		s.formRouter.overForm())
 
 	stripTitle := heading("Recent")
 	bottom := container.NewVBox(widget.NewSeparator(),
@@ -116,6 +126,13 @@ func (s *Studio) progressSlot() fyne.CanvasObject {
 	space := canvas.NewRectangle(color.Transparent)
 	space.SetMinSize(s.bar.MinSize().Max(s.barBusy.MinSize()))
 	return container.NewStack(space, s.bar, s.barBusy)
+}
+
+// Escape closes the topmost dialog, or else cancels the running job.
+func (s *Studio) Escape() {
+	if !closeTopModal(s.win.Canvas()) {
+		s.Cancel()
+	}
 }
 
 // do runs f on the UI goroutine; goroutines of ours reach widgets only through it.
