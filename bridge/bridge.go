@@ -34,7 +34,7 @@ type Bridge struct {
 	starting  *startAttempt        // the start in progress, or nil
 	workers   map[*worker]struct{} // every process not yet reaped, for Close
 	job       *job                 // the job in flight (one at a time), or nil
-	hello     protocol.Message
+	hello     protocol.Hello
 	helloOK   bool
 	tail      *ring // stderr of the latest worker
 	failures  int   // failures in a row, for the backoff
@@ -120,7 +120,7 @@ func (j *job) forward() {
 }
 
 func errorMessage(id string, e *failure.JobError) protocol.Message {
-	return protocol.Message{Type: protocol.MsgError, ID: id, Code: e.Code, Message: e.Message, Detail: e.Detail, Field: e.Field}
+	return protocol.Error{ID: id, Code: e.Code, Message: e.Message, Detail: e.Detail, Field: e.Field}
 }
 
 // endLocked gives j its final message. The caller holds b.mu.
@@ -135,10 +135,18 @@ func (b *Bridge) endLocked(j *job, final protocol.Message) {
 	if j.grace != nil {
 		j.grace.Stop()
 	}
-	final.ID = j.id
+	var code failure.ErrorCode
+	switch f := final.(type) {
+	case protocol.Result:
+		f.ID = j.id
+		final = f
+	case protocol.Error:
+		f.ID = j.id
+		final, code = f, f.Code
+	}
 	j.push(final, true)
 	close(j.endedC)
-	b.log(j.id).Info("job ended", "type", final.Type, "code", final.Code)
+	b.log(j.id).Info("job ended", "type", final.Type(), "code", code)
 }
 
 // jobOnLocked returns the unfinished job that runs on w, or nil.
@@ -239,7 +247,7 @@ func (b *Bridge) Submit(ctx context.Context, id string, req request.Request) (<-
 	}()
 	b.log(id).Info("job sent", "pid", w.pid(), "model", req.Model, "steps", req.Steps,
 		"size", fmt.Sprintf("%dx%d", req.Width, req.Height), "batch", req.BatchSize)
-	if err := w.send(protocol.Message{Type: protocol.MsgGenerate, ID: id, Request: &req}); err != nil {
+	if err := w.send(protocol.Generate{ID: id, Request: &req}); err != nil {
 		// The worker is gone or stuck. Its exit ends the job as worker_crashed.
 		b.log(id).Warn("could not send the job to the worker; stopping it", "pid", w.pid(), "err", err)
 		w.kill()
@@ -276,7 +284,7 @@ func (b *Bridge) Cancel(id string) error {
 	b.mu.Unlock()
 
 	b.log(id).Info("cancelling job", "pid", w.pid())
-	if err := w.send(protocol.Message{Type: protocol.MsgCancel, ID: id}); err != nil {
+	if err := w.send(protocol.Cancel{ID: id}); err != nil {
 		// A worker that cannot be written to is dead or stuck; the grace timer or its
 		// exit ends the job.
 		b.log(id).Warn("could not send cancel to the worker", "pid", w.pid(), "err", err)
@@ -324,7 +332,7 @@ func (b *Bridge) Ping(ctx context.Context) error {
 		delete(b.pings, id)
 		b.mu.Unlock()
 	}()
-	if err := w.send(protocol.Message{Type: protocol.MsgPing, ID: id}); err != nil {
+	if err := w.send(protocol.Ping{ID: id}); err != nil {
 		return fmt.Errorf("ping the worker: %w", err)
 	}
 	select {
@@ -347,12 +355,12 @@ func (b *Bridge) Unload() error {
 	if w == nil {
 		return nil
 	}
-	return w.send(protocol.Message{Type: protocol.MsgUnload})
+	return w.send(protocol.Unload{})
 }
 
 // Hello returns the handshake of the latest worker that started: its protocol,
 // devices, capabilities and versions. ok is false until one has started.
-func (b *Bridge) Hello() (hello protocol.Message, ok bool) {
+func (b *Bridge) Hello() (hello protocol.Hello, ok bool) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.hello, b.helloOK
@@ -468,7 +476,7 @@ func (b *Bridge) start(st *startAttempt, id string) {
 	argv, workerDir, err := b.cfg.WorkerCommand()
 	notSetUp := err != nil
 	var w *worker
-	var hello protocol.Message
+	var hello protocol.Hello
 	if !notSetUp {
 		w, hello, err = b.startWorker(id, argv, workerDir)
 	}
@@ -499,7 +507,7 @@ func (b *Bridge) start(st *startAttempt, id string) {
 }
 
 // startWorker waits out the backoff, spawns a worker and waits for its hello.
-func (b *Bridge) startWorker(id string, argv []string, workerDir string) (*worker, protocol.Message, error) {
+func (b *Bridge) startWorker(id string, argv []string, workerDir string) (*worker, protocol.Hello, error) {
 	lg := b.log(id)
 	b.mu.Lock()
 	wait := time.Until(b.notBefore)
@@ -511,18 +519,18 @@ func (b *Bridge) startWorker(id string, argv []string, workerDir string) (*worke
 		case <-t.C:
 		case <-b.closing:
 			t.Stop()
-			return nil, protocol.Message{}, closedError()
+			return nil, protocol.Hello{}, closedError()
 		}
 	}
 	b.mu.Lock()
 	if b.closed {
 		b.mu.Unlock()
-		return nil, protocol.Message{}, closedError()
+		return nil, protocol.Hello{}, closedError()
 	}
 	w, err := b.spawn(argv, workerDir, id)
 	if err != nil {
 		b.mu.Unlock()
-		return nil, protocol.Message{}, &failure.JobError{Op: "start the worker", Err: err, Code: failure.ErrInternal,
+		return nil, protocol.Hello{}, &failure.JobError{Op: "start the worker", Err: err, Code: failure.ErrInternal,
 			Message: fmt.Sprintf("Atelier could not start the worker (%s). Check that %s names a working python, or run `make venv`.", argv[0], EnvPython),
 			Detail:  err.Error()}
 	}
@@ -550,7 +558,7 @@ func (b *Bridge) startWorker(id string, argv []string, workerDir string) (*worke
 			herr.Detail += "\n\nworker stderr:\n" + tail
 		}
 		lg.Warn("worker failed to start", "pid", w.pid(), "code", herr.Code, "err", herr.Message)
-		return nil, protocol.Message{}, herr
+		return nil, protocol.Hello{}, herr
 	}
 	lg.Info("worker ready", "pid", w.pid(), "protocol", hello.Protocol, "worker_version", hello.WorkerVersion,
 		"device", hello.Device, "dtype", hello.Dtype)
@@ -558,36 +566,37 @@ func (b *Bridge) startWorker(id string, argv []string, workerDir string) (*worke
 }
 
 // handshake waits for hello under the stall deadline, which every loading line moves.
-func (b *Bridge) handshake(w *worker, lg *slog.Logger) (protocol.Message, *failure.JobError) {
+func (b *Bridge) handshake(w *worker, lg *slog.Logger) (protocol.Hello, *failure.JobError) {
 	stall := b.cfg.StallTimeout
 	timer := time.NewTimer(stall)
 	defer timer.Stop()
 	for {
 		select {
-		case m := <-w.events:
-			if m.Type == protocol.MsgLoading {
-				lg.Info("worker loading", "pid", w.pid(), "message", m.Message)
+		case ev := <-w.events:
+			m, isHello := ev.(protocol.Hello)
+			if !isHello {
+				lg.Info("worker loading", "pid", w.pid(), "message", ev.(protocol.Loading).Message)
 				timer.Reset(stall)
 				continue
 			}
 			if m.Protocol != protocol.ProtocolVersion {
-				return protocol.Message{}, versionError(m.Protocol, m.WorkerVersion)
+				return protocol.Hello{}, versionError(m.Protocol, m.WorkerVersion)
 			}
 			return m, nil
 		case <-timer.C:
-			return protocol.Message{}, &failure.JobError{Code: failure.ErrInternal,
+			return protocol.Hello{}, &failure.JobError{Code: failure.ErrInternal,
 				Message: fmt.Sprintf("The worker said nothing for %s while starting, so Atelier stopped it. The detail below shows its last log lines; retry, and if it hangs again, look there for what it was doing.", stall)}
 		case <-w.exited:
 			b.mu.Lock()
 			f := w.failure
 			b.mu.Unlock()
 			if f != nil {
-				return protocol.Message{}, f
+				return protocol.Hello{}, f
 			}
-			return protocol.Message{}, &failure.JobError{Code: failure.ErrWorkerCrashed,
+			return protocol.Hello{}, &failure.JobError{Code: failure.ErrWorkerCrashed,
 				Message: fmt.Sprintf("The worker stopped while starting (%s). The detail below shows its last log lines; if they name a missing module, run `make venv` to repair the Python environment.", exitReason(w))}
 		case <-b.closing:
-			return protocol.Message{}, closedError()
+			return protocol.Hello{}, closedError()
 		}
 	}
 }
@@ -600,7 +609,7 @@ func versionError(workerProtocol int, workerVersion string) *failure.JobError {
 
 // handleLine routes one line from the worker's stdout.
 func (b *Bridge) handleLine(w *worker, line []byte) {
-	m, err := protocol.DecodeMessage(line)
+	m, err := protocol.Decode(line)
 	if err != nil {
 		b.unreadable(w, line, err)
 		return
@@ -612,8 +621,10 @@ func (b *Bridge) handleLine(w *worker, line []byte) {
 	}
 	if !w.ready {
 		b.mu.Unlock()
-		if m.Type != protocol.MsgLoading && m.Type != protocol.MsgHello {
-			b.unreadable(w, line, fmt.Errorf("a %q message came before hello", m.Type))
+		switch m.(type) {
+		case protocol.Loading, protocol.Hello:
+		default:
+			b.unreadable(w, line, fmt.Errorf("a %q message came before hello", m.Type()))
 			return
 		}
 		select {
@@ -634,38 +645,46 @@ func (b *Bridge) handleLine(w *worker, line []byte) {
 // error for a message the worker must never send. The caller holds b.mu.
 func (b *Bridge) routeLocked(w *worker, m protocol.Message) error {
 	j := b.jobOnLocked(w)
-	switch m.Type {
-	case protocol.MsgAccepted, protocol.MsgProgress, protocol.MsgPreview:
-		if j == nil || m.ID != j.id {
-			b.log(m.ID).Warn("dropping a message for a job that is not running", "type", m.Type, "pid", w.pid())
+	switch msg := m.(type) {
+	case protocol.Accepted, protocol.Progress, protocol.Preview:
+		id := protocol.IDOf(m)
+		if j == nil || id != j.id {
+			b.log(id).Warn("dropping a message for a job that is not running", "type", m.Type(), "pid", w.pid())
 			return nil
 		}
-		if m.Type == protocol.MsgAccepted {
+		if _, ok := m.(protocol.Accepted); ok {
 			j.accepted = true
 		}
 		j.push(m, false)
-	case protocol.MsgResult, protocol.MsgError:
-		// An error without an id is about a line the worker could not read; before
-		// accepted, that line can only be this job's generate.
-		if m.Type == protocol.MsgError && m.ID == "" && j != nil && !j.accepted {
-			m.ID = j.id
+	case protocol.Result, protocol.Error:
+		id := protocol.IDOf(m)
+		var code failure.ErrorCode
+		var text string
+		if e, ok := msg.(protocol.Error); ok {
+			// An error without an id is about a line the worker could not read;
+			// before accepted, that line can only be this job's generate.
+			if e.ID == "" && j != nil && !j.accepted {
+				e.ID = j.id
+				id, m = e.ID, e
+			}
+			code, text = e.Code, e.Message
 		}
-		if j == nil || m.ID != j.id {
-			b.log(m.ID).Warn("dropping a final message for a job that is not running", "type", m.Type, "code", m.Code, "message", m.Message, "pid", w.pid())
+		if j == nil || id != j.id {
+			b.log(id).Warn("dropping a final message for a job that is not running", "type", m.Type(), "code", code, "message", text, "pid", w.pid())
 			return nil
 		}
 		// The worker did its part, so it is healthy: the next failure backs off from the start.
 		b.failures, b.notBefore = 0, time.Time{}
 		b.endLocked(j, m)
-	case protocol.MsgPong:
-		if ch, ok := b.pings[m.ID]; ok {
+	case protocol.Pong:
+		if ch, ok := b.pings[msg.ID]; ok {
 			close(ch)
-			delete(b.pings, m.ID)
+			delete(b.pings, msg.ID)
 		}
-	case protocol.MsgLoading, protocol.MsgHello:
-		b.log(w.jobID).Debug("ignoring a late start-up message", "type", m.Type, "pid", w.pid())
+	case protocol.Loading, protocol.Hello:
+		b.log(w.jobID).Debug("ignoring a late start-up message", "type", m.Type(), "pid", w.pid())
 	default:
-		return fmt.Errorf("the worker sent %q, which only Atelier sends", m.Type)
+		return fmt.Errorf("the worker sent %q, which only Atelier sends", m.Type())
 	}
 	return nil
 }

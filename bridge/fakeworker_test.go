@@ -104,7 +104,7 @@ func (f *fake) raw(line string) {
 }
 
 func (f *fake) send(m protocol.Message) {
-	line, err := protocol.EncodeMessage(m)
+	line, err := protocol.Encode(m)
 	if err != nil {
 		f.logf("fake worker bug: %v", err)
 		os.Exit(70)
@@ -145,15 +145,15 @@ func fakeWorker(modeFile string) int {
 		return 1
 	case "slowstart":
 		for end := time.Now().Add(f.o.loadFor); time.Now().Before(end); {
-			f.send(protocol.Message{Type: protocol.MsgLoading, Message: "importing torch (slowly)"})
+			f.send(protocol.Loading{Message: "importing torch (slowly)"})
 			time.Sleep(f.o.loadEvery)
 		}
 	case "garbagestart":
 		f.raw("Loading checkpoint shards: 100%")
 		time.Sleep(time.Hour)
 	}
-	f.send(protocol.Message{Type: protocol.MsgLoading, Message: "importing torch"})
-	hello := protocol.Message{Type: protocol.MsgHello, Protocol: protocol.ProtocolVersion, WorkerVersion: "0.0.0-fake",
+	f.send(protocol.Loading{Message: "importing torch"})
+	hello := protocol.Hello{Protocol: protocol.ProtocolVersion, WorkerVersion: "0.0.0-fake",
 		Device: "cpu", Dtype: "float32", Devices: []protocol.Device{{Name: "fake cpu", Kind: "cpu"}},
 		Capabilities: &protocol.Capabilities{Schedulers: request.Schedulers, ControlNetTypes: []string{}, Features: []string{"txt2img"}},
 		Versions:     map[string]string{"python": "fake", "torch": "fake", "diffusers": "fake"}}
@@ -169,30 +169,30 @@ func fakeWorker(modeFile string) int {
 		sc := bufio.NewScanner(os.Stdin)
 		sc.Buffer(make([]byte, 64<<10), protocol.MaxLineBytes+2)
 		for sc.Scan() {
-			m, err := protocol.DecodeMessage(sc.Bytes())
+			m, err := protocol.Decode(sc.Bytes())
 			if err != nil {
-				f.send(protocol.Message{Type: protocol.MsgError, Code: failure.ErrInvalidRequest, Message: "cannot read line: " + err.Error()})
+				f.send(protocol.Error{Code: failure.ErrInvalidRequest, Message: "cannot read line: " + err.Error()})
 				continue
 			}
-			switch m.Type {
-			case protocol.MsgCancel:
+			switch m := m.(type) {
+			case protocol.Cancel:
 				f.logf("[%s] cancel", m.ID)
 				f.canc.Store(m.ID, true)
-			case protocol.MsgPing:
-				f.send(protocol.Message{Type: protocol.MsgPong, ID: m.ID})
+			case protocol.Ping:
+				f.send(protocol.Pong{ID: m.ID})
 			default:
 				jobs <- m
 			}
 		}
 	}()
 	for m := range jobs {
-		switch m.Type {
-		case protocol.MsgGenerate:
+		switch m := m.(type) {
+		case protocol.Generate:
 			if f.o.mode == "badproto" || f.o.mode == "deaf" {
 				continue
 			}
 			f.run(m.ID, *m.Request)
-		case protocol.MsgShutdown:
+		case protocol.Shutdown:
 			return 0
 		}
 	}
@@ -208,20 +208,20 @@ func (f *fake) run(id string, req request.Request) {
 	start := time.Now()
 	elapsed := func() float64 { return time.Since(start).Seconds() }
 	f.logf("[%s] generating %d steps", id, req.Steps)
-	f.send(protocol.Message{Type: protocol.MsgAccepted, ID: id})
-	f.send(protocol.Message{Type: protocol.MsgProgress, ID: id, Stage: "loading_model", ElapsedS: elapsed()})
+	f.send(protocol.Accepted{ID: id})
+	f.send(protocol.Progress{ID: id, Stage: "loading_model", ElapsedS: elapsed()})
 	if f.o.mode == "stubborn" {
-		f.send(protocol.Message{Type: protocol.MsgProgress, ID: id, Stage: "denoising", Step: 1, Total: req.Steps, ElapsedS: elapsed()})
+		f.send(protocol.Progress{ID: id, Stage: "denoising", Step: 1, Total: req.Steps, ElapsedS: elapsed()})
 		f.logf("[%s] busy, not listening", id)
 		time.Sleep(time.Hour)
 	}
 	for step := 1; step <= req.Steps; step++ {
 		time.Sleep(f.o.step)
 		if _, ok := f.canc.Load(id); ok {
-			f.send(protocol.Message{Type: protocol.MsgError, ID: id, Code: failure.ErrCancelled, Message: "the job was cancelled"})
+			f.send(protocol.Error{ID: id, Code: failure.ErrCancelled, Message: "the job was cancelled"})
 			return
 		}
-		f.send(protocol.Message{Type: protocol.MsgProgress, ID: id, Stage: "denoising", Step: step, Total: req.Steps, ElapsedS: elapsed()})
+		f.send(protocol.Progress{ID: id, Stage: "denoising", Step: step, Total: req.Steps, ElapsedS: elapsed()})
 		if step == 2 {
 			switch f.o.mode {
 			case "crash":
@@ -239,7 +239,7 @@ func (f *fake) run(id string, req request.Request) {
 		if req.PreviewEvery > 0 && step%req.PreviewEvery == 0 {
 			p := filepath.Join(req.OutputDir, ".preview-"+id+".png")
 			writePNG(p, 8, 8)
-			f.send(protocol.Message{Type: protocol.MsgPreview, ID: id, Step: step, Path: p})
+			f.send(protocol.Preview{ID: id, Step: step, Path: p})
 		}
 	}
 	batch := max(req.BatchSize, 1)
@@ -247,13 +247,13 @@ func (f *fake) run(id string, req request.Request) {
 	for i := range batch {
 		p := filepath.Join(req.OutputDir, fmt.Sprintf("%s-%d.png", id, i))
 		if err := writePNG(p, req.Width, req.Height); err != nil {
-			f.send(protocol.Message{Type: protocol.MsgError, ID: id, Code: failure.ErrInternal, Message: "cannot write the image", Detail: err.Error()})
+			f.send(protocol.Error{ID: id, Code: failure.ErrInternal, Message: "cannot write the image", Detail: err.Error()})
 			return
 		}
-		f.send(protocol.Message{Type: protocol.MsgProgress, ID: id, Stage: "saving", Step: i + 1, Total: batch, ElapsedS: elapsed()})
+		f.send(protocol.Progress{ID: id, Stage: "saving", Step: i + 1, Total: batch, ElapsedS: elapsed()})
 		images = append(images, protocol.ImageResult{Path: p, Seed: req.Seed + int64(i), Width: req.Width, Height: req.Height})
 	}
-	f.send(protocol.Message{Type: protocol.MsgResult, ID: id, Images: images,
+	f.send(protocol.Result{ID: id, Images: images,
 		Metrics: &protocol.Metrics{TotalS: elapsed(), Device: "cpu", Dtype: "float32"}})
 }
 

@@ -182,8 +182,9 @@ func TestFakeCancelByContext(t *testing.T) {
 	defer cancel()
 	ch, err := fb.Submit(ctx, "job-1", tinyRequest(t, 150))
 	require.NoError(t, err)
-	var msgs []protocol.Message
-	for m := range ch {
+	var msgs []seen
+	for msg := range ch {
+		m := seenOf(msg)
 		msgs = append(msgs, m)
 		if m.Type == protocol.MsgProgress && m.Stage == "denoising" {
 			cancel()
@@ -207,8 +208,9 @@ func TestFakeCancelByID(t *testing.T) {
 	fb := newFakeBridge(t, "mode=healthy step=50ms")
 	ch, err := fb.Submit(context.Background(), "job-1", tinyRequest(t, 150))
 	require.NoError(t, err)
-	var msgs []protocol.Message
-	for m := range ch {
+	var msgs []seen
+	for msg := range ch {
+		m := seenOf(msg)
 		msgs = append(msgs, m)
 		if m.Type == protocol.MsgAccepted {
 			require.NoError(t, fb.Cancel("job-1"))
@@ -225,9 +227,10 @@ func TestFakeCancelGraceKillsStubbornWorker(t *testing.T) {
 	fb := newFakeBridge(t, "mode=stubborn", func(c *Config) { c.CancelGrace = 500 * time.Millisecond })
 	ch, err := fb.Submit(context.Background(), "job-1", tinyRequest(t, 5))
 	require.NoError(t, err)
-	var msgs []protocol.Message
+	var msgs []seen
 	pid := 0
-	for m := range ch {
+	for msg := range ch {
+		m := seenOf(msg)
 		msgs = append(msgs, m)
 		if m.Type == protocol.MsgProgress && m.Stage == "denoising" && pid == 0 {
 			pid = fb.pid()
@@ -349,12 +352,12 @@ func TestFakeCloseMidJob(t *testing.T) {
 	fb := newFakeBridge(t, "mode=healthy step=50ms")
 	ch, err := fb.Submit(context.Background(), "job-1", tinyRequest(t, 150))
 	require.NoError(t, err)
-	m := <-ch
+	m := seenOf(<-ch)
 	require.Equal(t, protocol.MsgAccepted, m.Type)
 	pid := fb.pid()
 	require.NoError(t, fb.Close())
 	requireGone(t, pid)
-	final := finalOf(t, "job-1", append([]protocol.Message{m}, collect(t, ch, jobTimeout)...))
+	final := finalOf(t, "job-1", append([]seen{m}, collect(t, ch, jobTimeout)...))
 	assert.Equal(t, failure.ErrCancelled, final.Code)
 	assert.Contains(t, final.Message, "Atelier closed")
 

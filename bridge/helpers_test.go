@@ -120,10 +120,38 @@ func tinyRequest(t *testing.T, steps int) request.Request {
 		Width: 64, Height: 64, Seed: 7, BatchSize: 1, OutputDir: t.TempDir(), PreviewEvery: 1}
 }
 
+// seen is a message as the tests look at it: its type and the fields the
+// tests check, whichever message type carries them.
+type seen struct {
+	Type, ID, Stage, Path  string
+	Step, Total            int
+	Code                   failure.ErrorCode
+	Message, Detail, Field string
+	Images                 []protocol.ImageResult
+	Metrics                *protocol.Metrics
+}
+
+func seenOf(m protocol.Message) seen {
+	v := seen{Type: m.Type(), ID: protocol.IDOf(m)}
+	switch m := m.(type) {
+	case protocol.Progress:
+		v.Stage, v.Step, v.Total = m.Stage, m.Step, m.Total
+	case protocol.Preview:
+		v.Step, v.Path = m.Step, m.Path
+	case protocol.Result:
+		v.Images, v.Metrics = m.Images, m.Metrics
+	case protocol.Error:
+		v.Code, v.Message, v.Detail, v.Field = m.Code, m.Message, m.Detail, m.Field
+	case protocol.Loading:
+		v.Message = m.Message
+	}
+	return v
+}
+
 // collect reads a job's channel until it closes.
-func collect(t *testing.T, ch <-chan protocol.Message, timeout time.Duration) []protocol.Message {
+func collect(t *testing.T, ch <-chan protocol.Message, timeout time.Duration) []seen {
 	t.Helper()
-	var got []protocol.Message
+	var got []seen
 	deadline := time.After(timeout)
 	for {
 		select {
@@ -132,7 +160,7 @@ func collect(t *testing.T, ch <-chan protocol.Message, timeout time.Duration) []
 				require.NotEmpty(t, got, "the channel closed without a final message")
 				return got
 			}
-			got = append(got, m)
+			got = append(got, seenOf(m))
 		case <-deadline:
 			t.Fatalf("the job did not end within %s; messages so far: %+v", timeout, got)
 		}
@@ -140,7 +168,7 @@ func collect(t *testing.T, ch <-chan protocol.Message, timeout time.Duration) []
 }
 
 // finalOf checks the message sequence's shape and returns the final message.
-func finalOf(t *testing.T, id string, msgs []protocol.Message) protocol.Message {
+func finalOf(t *testing.T, id string, msgs []seen) seen {
 	t.Helper()
 	for i, m := range msgs {
 		require.Equal(t, id, m.ID, "message %d %+v", i, m)
@@ -151,7 +179,7 @@ func finalOf(t *testing.T, id string, msgs []protocol.Message) protocol.Message 
 	return msgs[len(msgs)-1]
 }
 
-func types(msgs []protocol.Message) []string {
+func types(msgs []seen) []string {
 	var out []string
 	for _, m := range msgs {
 		out = append(out, m.Type)
@@ -159,7 +187,7 @@ func types(msgs []protocol.Message) []string {
 	return out
 }
 
-func countType(msgs []protocol.Message, typ string) int {
+func countType(msgs []seen, typ string) int {
 	n := 0
 	for _, m := range msgs {
 		if m.Type == typ {
@@ -180,7 +208,7 @@ func asJobError(t *testing.T, err error) *failure.JobError {
 }
 
 // runJob submits a job and waits for its end.
-func runJob(t *testing.T, b *Bridge, id string, req request.Request) (protocol.Message, []protocol.Message) {
+func runJob(t *testing.T, b *Bridge, id string, req request.Request) (seen, []seen) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
@@ -191,7 +219,7 @@ func runJob(t *testing.T, b *Bridge, id string, req request.Request) (protocol.M
 }
 
 // requireResult checks that a job ended with a result whose images exist.
-func requireResult(t *testing.T, final protocol.Message, req request.Request) {
+func requireResult(t *testing.T, final seen, req request.Request) {
 	t.Helper()
 	require.Equal(t, protocol.MsgResult, final.Type, "final message: %+v", final)
 	require.Len(t, final.Images, max(req.BatchSize, 1))

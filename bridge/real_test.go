@@ -95,8 +95,9 @@ func TestRealCancel(t *testing.T) {
 	req.Width, req.Height = 256, 256
 	ch, err := b.Submit(jobCtx, "real-cancel", req)
 	require.NoError(t, err)
-	var msgs []protocol.Message
-	for m := range ch {
+	var msgs []seen
+	for msg := range ch {
+		m := seenOf(msg)
 		msgs = append(msgs, m)
 		if m.Type == protocol.MsgProgress && m.Stage == "denoising" {
 			cancelJob()
@@ -120,9 +121,10 @@ func TestRealKilledMidJob(t *testing.T) {
 	req.Width, req.Height = 256, 256
 	ch, err := b.Submit(context.Background(), "real-kill", req)
 	require.NoError(t, err)
-	var msgs []protocol.Message
+	var msgs []seen
 	pid := 0
-	for m := range ch {
+	for msg := range ch {
+		m := seenOf(msg)
 		msgs = append(msgs, m)
 		if m.Type == protocol.MsgProgress && m.Stage == "denoising" && pid == 0 {
 			pid = b.pid()

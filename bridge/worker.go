@@ -169,7 +169,7 @@ func (w *worker) kill() {
 
 // send writes one message as one line.
 func (w *worker) send(m protocol.Message) error {
-	line, err := protocol.EncodeMessage(m)
+	line, err := protocol.Encode(m)
 	if err != nil {
 		return err
 	}

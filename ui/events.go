@@ -38,18 +38,17 @@ type event struct {
 
 // eventOf converts a worker message into the views' event.
 func eventOf(m protocol.Message) event {
-	e := event{stage: m.Stage, step: m.Step, total: m.Total, elapsed: m.ElapsedS}
-	switch m.Type {
-	case protocol.MsgLoading:
-		e.kind, e.note = evLoading, m.Message
-	case protocol.MsgHello:
-		e.kind, e.device = evHello, m.Device
-	case protocol.MsgProgress:
-		e.kind = evProgress
-	case protocol.MsgPreview:
-		e.kind, e.preview = evPreview, m.Path
+	switch m := m.(type) {
+	case protocol.Loading:
+		return event{kind: evLoading, note: m.Message}
+	case protocol.Hello:
+		return event{kind: evHello, device: m.Device}
+	case protocol.Progress:
+		return event{kind: evProgress, stage: m.Stage, step: m.Step, total: m.Total, elapsed: m.ElapsedS}
+	case protocol.Preview:
+		return event{kind: evPreview, step: m.Step, preview: m.Path}
 	}
-	return e
+	return event{}
 }
 
 // foldInto adds a progress event to a queue job's live progress (core's
@@ -58,7 +57,7 @@ func (e event) foldInto(l *jobs.Live) {
 	if e.kind != evProgress {
 		return
 	}
-	l.Update(protocol.Message{Type: protocol.MsgProgress, Stage: e.stage, Step: e.step, Total: e.total, ElapsedS: e.elapsed})
+	l.Update(protocol.Progress{Stage: e.stage, Step: e.step, Total: e.total, ElapsedS: e.elapsed})
 }
 
 // Runner runs one job, streaming the worker's messages to onMessage from its

@@ -392,8 +392,7 @@ func TestQueueViewShowsProgressAndETAs(t *testing.T) {
 	s.OnQueueEvent(jobs.QueueEvent{Kind: jobs.QueueStarted, Job: job})
 	for step := 0; step <= 5; step++ {
 		// Denoising from 1 s on, at 5 steps per second.
-		s.OnQueueEvent(jobs.QueueEvent{Kind: jobs.QueueMessage, Job: job, Message: protocol.Message{Type: protocol.MsgProgress,
-			ID: job.UID, Stage: "denoising", Step: step, Total: 10, ElapsedS: 1 + float64(step)/5}})
+		s.OnQueueEvent(jobs.QueueEvent{Kind: jobs.QueueMessage, Job: job, Message: protocol.Progress{ID: job.UID, Stage: "denoising", Step: step, Total: 10, ElapsedS: 1 + float64(step)/5}})
 	}
 	s.q.drain()
 	r := s.row(t, ids[0])

@@ -443,29 +443,29 @@ func (s *benchSession) job(batch, previewEvery int) (*benchJob, error) {
 		return nil, err
 	}
 	j := &benchJob{marks: map[string]float64{}}
-	var final protocol.Message
+	var final protocol.Message // a Result or an Error
 	decStart := map[int]float64{}
 	saveStart := map[int]float64{}
 	var encStart, denStart, saveEnd float64
 	var acceptedAt float64
-	for m := range ch {
+	for msg := range ch {
 		now := time.Since(t0).Seconds()
-		switch m.Type {
-		case protocol.MsgLoading:
+		switch msg.(type) {
+		case protocol.Loading:
 			if _, ok := j.marks["worker_loading"]; !ok {
 				j.marks["worker_loading"] = round4(now)
 			}
-		case protocol.MsgAccepted:
+		case protocol.Accepted:
 			acceptedAt = now
 			j.marks["accepted"] = round4(now)
 		}
-		if m.Type == protocol.MsgProgress {
+		if m, ok := msg.(protocol.Progress); ok {
 			if _, ok := j.marks[m.Stage]; !ok {
 				j.marks[m.Stage] = round4(acceptedAt + m.ElapsedS)
 			}
 		}
-		switch m.Type {
-		case protocol.MsgProgress:
+		switch m := msg.(type) {
+		case protocol.Progress:
 			switch m.Stage {
 			case "encoding":
 				encStart = m.ElapsedS
@@ -482,18 +482,20 @@ func (s *benchSession) job(batch, previewEvery int) (*benchJob, error) {
 					saveStart[m.Step] = m.ElapsedS
 				}
 			}
-		case protocol.MsgPreview:
+		case protocol.Preview:
 			j.previews++
-		case protocol.MsgResult, protocol.MsgError:
+		case protocol.Result, protocol.Error:
 			final = m
 		}
 	}
 	j.wall = time.Since(t0).Seconds()
-	if final.Type != protocol.MsgResult {
-		return nil, fmt.Errorf("job %s ended with %s: %s %s", id, final.Code, final.Message, firstLine(final.Detail))
+	res, ok := final.(protocol.Result)
+	if !ok {
+		werr, _ := final.(protocol.Error)
+		return nil, fmt.Errorf("job %s ended with %s: %s %s", id, werr.Code, werr.Message, firstLine(werr.Detail))
 	}
-	j.metrics = final.Metrics
-	j.images = final.Images
+	j.metrics = res.Metrics
+	j.images = res.Images
 	j.marks["result"] = round4(j.wall)
 	j.pngOK = checkPNG(j.images)
 	j.encodeS = denStart - encStart

@@ -50,11 +50,11 @@ func TestPlainProgressStaysShort(t *testing.T) {
 	var buf bytes.Buffer
 	p := newProgress(&buf)
 	require.False(t, p.tty, "a buffer is not a terminal")
-	p.event(protocol.Message{Type: protocol.MsgProgress, Stage: "encoding"})
+	p.event(protocol.Progress{Stage: "encoding"})
 	for i := 0; i <= 150; i++ {
-		p.event(protocol.Message{Type: protocol.MsgProgress, Stage: "denoising", Step: i, Total: 150})
+		p.event(protocol.Progress{Stage: "denoising", Step: i, Total: 150})
 	}
-	p.event(protocol.Message{Type: protocol.MsgProgress, Stage: "decoding"})
+	p.event(protocol.Progress{Stage: "decoding"})
 	lines := strings.Split(strings.TrimSpace(buf.String()), "\n")
 	assert.LessOrEqual(t, len(lines), 13, buf.String())
 	assert.Contains(t, buf.String(), "denoising 150/150")
@@ -65,7 +65,7 @@ func TestPlainProgressStaysShort(t *testing.T) {
 func TestTerminalProgressRedrawsOneLine(t *testing.T) {
 	var buf bytes.Buffer
 	p := &progress{w: &buf, tty: true}
-	p.event(protocol.Message{Type: protocol.MsgProgress, Stage: "denoising", Step: 15, Total: 30, ElapsedS: 2})
+	p.event(protocol.Progress{Stage: "denoising", Step: 15, Total: 30, ElapsedS: 2})
 	p.finish()
 	out := buf.String()
 	assert.Contains(t, out, "\r\033[K")

@@ -267,9 +267,9 @@ func TestJSONOutputIsWellFormedJSONLines(t *testing.T) {
 	uid, _ := last["uid"].(string)
 	require.NotEmpty(t, uid)
 	for i, line := range lines[:len(lines)-1] {
-		var m protocol.Message
-		require.NoError(t, json.Unmarshal([]byte(line), &m))
-		assert.Equal(t, uid, m.ID, "line %d belongs to another job", i+1)
+		m, err := protocol.Decode([]byte(line))
+		require.NoError(t, err)
+		assert.Equal(t, uid, protocol.IDOf(m), "line %d belongs to another job", i+1)
 	}
 	images, _ := last["images"].([]any)
 	require.Len(t, images, 1)
@@ -324,9 +324,9 @@ func startLongJob(t *testing.T, h *home) *liveJob {
 		select {
 		case line, ok := <-j.lines:
 			require.True(t, ok, "the CLI ended before denoising; stderr:\n%s", j.stderr)
-			var m protocol.Message
-			require.NoError(t, json.Unmarshal([]byte(line), &m), line)
-			if m.Type == protocol.MsgProgress && m.Stage == "denoising" && m.Step >= 1 {
+			m, err := protocol.Decode([]byte(line))
+			require.NoError(t, err, line)
+			if p, ok := m.(protocol.Progress); ok && p.Stage == "denoising" && p.Step >= 1 {
 				workers := workerPIDs(cmd.Process.Pid)
 				require.Len(t, workers, 1, "the CLI must have one atelier_worker process")
 				j.worker = workers[0]

@@ -252,7 +252,7 @@ func jsonEmitter(w io.Writer, on bool) func(any) {
 		var b []byte
 		var err error
 		if m, ok := v.(protocol.Message); ok {
-			b, err = protocol.EncodeMessage(m)
+			b, err = protocol.Encode(m)
 		}
 		if b == nil || err != nil {
 			if b, err = json.Marshal(v); err != nil {

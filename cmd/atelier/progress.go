@@ -50,18 +50,18 @@ var stageLabels = map[string]string{
 }
 
 func (p *progress) event(m protocol.Message) {
-	switch m.Type {
-	case protocol.MsgLoading:
+	switch m := m.(type) {
+	case protocol.Loading:
 		if !p.loaded || p.tty {
 			p.line(fmt.Sprintf("starting the worker: %s", m.Message))
 		}
 		p.loaded = true
-	case protocol.MsgProgress:
+	case protocol.Progress:
 		p.progress(m)
 	}
 }
 
-func (p *progress) progress(m protocol.Message) {
+func (p *progress) progress(m protocol.Progress) {
 	label := stageLabels[m.Stage]
 	if label == "" {
 		label = m.Stage
@@ -93,7 +93,7 @@ func (p *progress) progress(m protocol.Message) {
 
 const barWidth = 30
 
-func (p *progress) bar(label string, m protocol.Message) {
+func (p *progress) bar(label string, m protocol.Progress) {
 	s := fmt.Sprintf("%-19s", label)
 	if m.Total > 0 {
 		filled := min(barWidth, m.Step*barWidth/m.Total)

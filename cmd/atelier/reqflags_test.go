@@ -151,12 +151,12 @@ func TestProgressShowsTheBaseAndRefinerStages(t *testing.T) {
 	p := newProgress(&buf)
 	p.refiner = true
 	for i := 0; i <= 3; i++ {
-		p.event(protocol.Message{Type: protocol.MsgProgress, Stage: "denoising", Step: i, Total: 3})
+		p.event(protocol.Progress{Stage: "denoising", Step: i, Total: 3})
 	}
 	for i := 0; i <= 1; i++ {
-		p.event(protocol.Message{Type: protocol.MsgProgress, Stage: "refining", Step: i, Total: 1})
+		p.event(protocol.Progress{Stage: "refining", Step: i, Total: 1})
 	}
-	p.event(protocol.Message{Type: protocol.MsgProgress, Stage: "upscaling", Step: 0, Total: 1})
+	p.event(protocol.Progress{Stage: "upscaling", Step: 0, Total: 1})
 	out := buf.String()
 	assert.Contains(t, out, "denoising (base) 3/3")
 	assert.Contains(t, out, "refining (refiner) 1/1")

@@ -5,6 +5,7 @@ import (
 
 	"atelier/core/protocol"
 	"atelier/core/request"
+	"atelier/core/spec"
 	"atelier/core/store"
 )
 
@@ -20,12 +21,13 @@ type Live struct {
 func NewLive() Live { return Live{DenoiseStarted: -1} }
 
 // Update folds one worker message into the progress.
-func (l *Live) Update(m protocol.Message) {
-	if m.Type != protocol.MsgProgress {
+func (l *Live) Update(msg protocol.Message) {
+	m, ok := msg.(protocol.Progress)
+	if !ok {
 		return
 	}
 	l.Stage, l.Elapsed = m.Stage, m.ElapsedS
-	if m.Stage == "denoising" {
+	if m.Stage == spec.StageDenoising {
 		if l.DenoiseStarted < 0 {
 			l.DenoiseStarted = m.ElapsedS
 			if m.Step > 0 {

@@ -12,6 +12,7 @@ import (
 	"atelier/core/failure"
 	"atelier/core/paths"
 	"atelier/core/protocol"
+	"atelier/core/spec"
 	"atelier/core/store"
 )
 
@@ -254,9 +255,9 @@ func (q *QueueRunner) execute(ctx context.Context, job *store.QueueJob) (*JobOut
 	}
 	var last time.Time
 	onEvent := func(m protocol.Message) {
-		if m.Type == protocol.MsgProgress && m.Stage == "denoising" && (time.Since(last) >= q.ProgressEvery || m.Step == m.Total) {
+		if p, ok := m.(protocol.Progress); ok && p.Stage == spec.StageDenoising && (time.Since(last) >= q.ProgressEvery || p.Step == p.Total) {
 			last = time.Now()
-			_ = q.store.SetJobProgress(rec, job.ID, m.Step, m.Total) // progress is a hint; losing one is harmless
+			_ = q.store.SetJobProgress(rec, job.ID, p.Step, p.Total) // progress is a hint; losing one is harmless
 		}
 		q.emit(QueueEvent{Kind: QueueMessage, Job: job, Message: m})
 	}

@@ -30,9 +30,9 @@ func (g *queueGen) scripted() *scriptedGen {
 		n := g.runs[req.Prompt]
 		play := g.plays[req.Prompt]
 		g.mu.Unlock()
-		out <- protocol.Message{Type: protocol.MsgAccepted, ID: id}
+		out <- protocol.Accepted{ID: id}
 		for step := 1; step <= req.Steps; step++ {
-			out <- protocol.Message{Type: protocol.MsgProgress, ID: id, Stage: "denoising", Step: step, Total: req.Steps, ElapsedS: float64(step) * 0.1}
+			out <- protocol.Progress{ID: id, Stage: "denoising", Step: step, Total: req.Steps, ElapsedS: float64(step) * 0.1}
 		}
 		if play != nil {
 			play(n, id, req, out, cancel)
@@ -49,7 +49,7 @@ func (g *queueGen) count(prompt string) int {
 }
 
 func crash(_ int, id string, _ request.Request, out chan<- protocol.Message, _ <-chan struct{}) {
-	out <- protocol.Message{Type: protocol.MsgError, ID: id, Code: failure.ErrWorkerCrashed, Message: "the worker died", Detail: "Killed"}
+	out <- protocol.Error{ID: id, Code: failure.ErrWorkerCrashed, Message: "the worker died", Detail: "Killed"}
 }
 
 func TestQueueRunnerRunsEveryJobOnce(t *testing.T) {
@@ -148,7 +148,7 @@ func TestQueueRunnerStopPutsTheJobBack(t *testing.T) {
 		if n == 1 {
 			close(inJob)
 			<-cancel
-			out <- protocol.Message{Type: protocol.MsgError, ID: id, Code: failure.ErrCancelled, Message: "cancelled"}
+			out <- protocol.Error{ID: id, Code: failure.ErrCancelled, Message: "cancelled"}
 			return
 		}
 		out <- resultFor(id, req)
@@ -189,7 +189,7 @@ func TestQueueRunnerCancelsARunningJob(t *testing.T) {
 					go s.CancelJob(context.Background(), ids[0]) //nolint:errcheck // idem
 				}
 				<-cancel
-				out <- protocol.Message{Type: protocol.MsgError, ID: id, Code: failure.ErrCancelled, Message: "cancelled"}
+				out <- protocol.Error{ID: id, Code: failure.ErrCancelled, Message: "cancelled"}
 			}
 			require.NoError(t, q.Run(context.Background(), true))
 			j, err := s.GetQueueJob(context.Background(), ids[0])
@@ -268,7 +268,7 @@ func TestEstimateQueue(t *testing.T) {
 	l := NewLive()
 	for step := 0; step <= 10; step++ {
 		// 5 steps per second, measured from the first denoising step at 2 s.
-		l.Update(protocol.Message{Type: protocol.MsgProgress, Stage: "denoising", Step: step, Total: 20, ElapsedS: 2 + float64(step)/5})
+		l.Update(protocol.Progress{Stage: "denoising", Step: step, Total: 20, ElapsedS: 2 + float64(step)/5})
 	}
 	sps, ok := l.StepsPerS()
 	require.True(t, ok)
@@ -364,8 +364,8 @@ func TestQueueWaitsWhileTheWorkerCannotStart(t *testing.T) {
 func TestRemainingCountsTheHiresPass(t *testing.T) {
 	req := queueRequest("x") // 64x64, 4 steps
 	live := NewLive()
-	live.Update(protocol.Message{Type: protocol.MsgProgress, Stage: "denoising", Step: 0, Total: 4, ElapsedS: 1})
-	live.Update(protocol.Message{Type: protocol.MsgProgress, Stage: "denoising", Step: 2, Total: 4, ElapsedS: 2}) // 2 steps/s
+	live.Update(protocol.Progress{Stage: "denoising", Step: 0, Total: 4, ElapsedS: 1})
+	live.Update(protocol.Progress{Stage: "denoising", Step: 2, Total: 4, ElapsedS: 2}) // 2 steps/s
 	plain, ok := live.Remaining(req, store.Rate{})
 	require.True(t, ok)
 	assert.InDelta(t, 1.0, plain.Seconds(), 1e-9, "2 steps left at 2 steps/s")

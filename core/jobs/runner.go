@@ -137,23 +137,25 @@ func (r *Runner) execute(ctx context.Context, jobID int64, uid string, req reque
 		return nil, r.fail(rec, jobID, jerr)
 	}
 	final, cancelled := r.follow(ctx, uid, ch, onEvent)
+	res, isResult := final.(protocol.Result)
+	werr, isError := final.(protocol.Error)
 
 	// 5. Record the outcome.
 	switch {
-	case final != nil && final.Type == protocol.MsgResult:
-		out := &JobOutcome{JobID: jobID, UID: uid, Images: final.Images, Metrics: final.Metrics, ControlImages: final.ControlImages}
-		if err := r.store.FinishJob(rec, jobID, final.Metrics, final.Images); err != nil {
+	case isResult:
+		out := &JobOutcome{JobID: jobID, UID: uid, Images: res.Images, Metrics: res.Metrics, ControlImages: res.ControlImages}
+		if err := r.store.FinishJob(rec, jobID, res.Metrics, res.Images); err != nil {
 			return out, fmt.Errorf("the images were made but not recorded in the history: %w", err)
 		}
 		return out, nil
-	case (final == nil || final.Code == failure.ErrCancelled) && cancelled && errors.Is(context.Cause(ctx), ErrQueueStopped):
+	case (final == nil || werr.Code == failure.ErrCancelled) && cancelled && errors.Is(context.Cause(ctx), ErrQueueStopped):
 		// The queue was stopped, not the job: it goes back to pending.
 		if err := r.store.RequeueJob(rec, jobID); err != nil {
 			return nil, r.fail(rec, jobID, &failure.JobError{Code: failure.ErrCancelled, Message: "the job was cancelled"})
 		}
 		return nil, &failure.JobError{Code: failure.ErrCancelled, Message: "the queue stopped; the job is pending again"}
-	case final != nil:
-		jerr := &failure.JobError{Code: final.Code, Message: final.Message, Detail: final.Detail, Field: final.Field}
+	case isError:
+		jerr := &failure.JobError{Code: werr.Code, Message: werr.Message, Detail: werr.Detail, Field: werr.Field}
 		if !jerr.Code.Valid() {
 			jerr.Detail = strings.TrimSpace(fmt.Sprintf("unknown error code %q\n%s", jerr.Code, jerr.Detail))
 			jerr.Code = failure.ErrInternal
@@ -169,7 +171,7 @@ func (r *Runner) execute(ctx context.Context, jobID int64, uid string, req reque
 
 // follow forwards messages until the job's result or error. It returns that
 // message, or nil if the stream ended without one, and whether ctx cancelled.
-func (r *Runner) follow(ctx context.Context, uid string, ch <-chan protocol.Message, onEvent func(protocol.Message)) (*protocol.Message, bool) {
+func (r *Runner) follow(ctx context.Context, uid string, ch <-chan protocol.Message, onEvent func(protocol.Message)) (protocol.Message, bool) {
 	// The generator closes ch after the final message; draining whatever is
 	// left keeps it from blocking if it sends more, or if we give up waiting.
 	defer func() {
@@ -188,8 +190,11 @@ func (r *Runner) follow(ctx context.Context, uid string, ch <-chan protocol.Mess
 				return nil, cancelled
 			}
 			onEvent(m)
-			if (m.Type == protocol.MsgResult || m.Type == protocol.MsgError) && (m.ID == uid || m.ID == "") {
-				return &m, cancelled
+			switch m.(type) {
+			case protocol.Result, protocol.Error:
+				if id := protocol.IDOf(m); id == uid || id == "" {
+					return m, cancelled
+				}
 			}
 		case <-done:
 			done, cancelled = nil, true

@@ -61,7 +61,7 @@ func (g *scriptedGen) Cancel(id string) error {
 }
 
 func resultFor(id string, req request.Request) protocol.Message {
-	return protocol.Message{Type: protocol.MsgResult, ID: id,
+	return protocol.Result{ID: id,
 		Images:  []protocol.ImageResult{{Path: filepath.Join(req.OutputDir, id+"-0.png"), Seed: req.Seed, Width: req.Width, Height: req.Height}},
 		Metrics: &protocol.Metrics{TotalS: 0.5, Device: "cpu", Dtype: "float32"}}
 }
@@ -91,8 +91,8 @@ func onlyJob(t *testing.T, s *store.Store) store.JobRecord {
 
 func TestRunRecordsAResult(t *testing.T) {
 	g := &scriptedGen{play: func(id string, req request.Request, out chan<- protocol.Message, _ <-chan struct{}) {
-		out <- protocol.Message{Type: protocol.MsgAccepted, ID: id}
-		out <- protocol.Message{Type: protocol.MsgProgress, ID: id, Stage: "denoising", Step: 1, Total: 4}
+		out <- protocol.Accepted{ID: id}
+		out <- protocol.Progress{ID: id, Stage: "denoising", Step: 1, Total: 4}
 		out <- resultFor(id, req)
 	}}
 	r, s, paths := newTestRunner(t, g)
@@ -100,7 +100,7 @@ func TestRunRecordsAResult(t *testing.T) {
 	var events []string
 	req := tinyRequest()
 	req.Seed = -1
-	out, err := r.Run(context.Background(), req, func(m protocol.Message) { events = append(events, m.Type) })
+	out, err := r.Run(context.Background(), req, func(m protocol.Message) { events = append(events, m.Type()) })
 	require.NoError(t, err)
 	assert.Equal(t, []string{protocol.MsgAccepted, protocol.MsgProgress, protocol.MsgResult}, events)
 
@@ -181,8 +181,8 @@ func TestRunRecordsAWorkerError(t *testing.T) {
 	} {
 		t.Run(string(tc.code), func(t *testing.T) {
 			g := &scriptedGen{play: func(id string, _ request.Request, out chan<- protocol.Message, _ <-chan struct{}) {
-				out <- protocol.Message{Type: protocol.MsgAccepted, ID: id}
-				out <- protocol.Message{Type: protocol.MsgError, ID: id, Code: tc.code, Message: "it broke", Detail: "trace"}
+				out <- protocol.Accepted{ID: id}
+				out <- protocol.Error{ID: id, Code: tc.code, Message: "it broke", Detail: "trace"}
 			}}
 			r, s, _ := newTestRunner(t, g)
 			_, err := r.Run(context.Background(), tinyRequest(), nil)
@@ -224,7 +224,7 @@ func TestRunRecordsASubmitFailure(t *testing.T) {
 
 func TestRunStreamEndingWithoutResultIsACrash(t *testing.T) {
 	g := &scriptedGen{play: func(id string, _ request.Request, out chan<- protocol.Message, _ <-chan struct{}) {
-		out <- protocol.Message{Type: protocol.MsgAccepted, ID: id}
+		out <- protocol.Accepted{ID: id}
 	}}
 	r, s, _ := newTestRunner(t, g)
 	_, err := r.Run(context.Background(), tinyRequest(), nil)
@@ -237,10 +237,10 @@ func TestRunStreamEndingWithoutResultIsACrash(t *testing.T) {
 func TestRunCancelledByContext(t *testing.T) {
 	started := make(chan struct{})
 	g := &scriptedGen{play: func(id string, _ request.Request, out chan<- protocol.Message, cancel <-chan struct{}) {
-		out <- protocol.Message{Type: protocol.MsgAccepted, ID: id}
+		out <- protocol.Accepted{ID: id}
 		close(started)
 		<-cancel // the worker sees the cancel at its next step
-		out <- protocol.Message{Type: protocol.MsgError, ID: id, Code: failure.ErrCancelled, Message: "cancelled"}
+		out <- protocol.Error{ID: id, Code: failure.ErrCancelled, Message: "cancelled"}
 	}}
 	r, s, _ := newTestRunner(t, g)
 	ctx, cancel := context.WithCancel(context.Background())
@@ -259,7 +259,7 @@ func TestRunCancelGivesUpOnASilentGenerator(t *testing.T) {
 	release := make(chan struct{})
 	defer close(release)
 	g := &scriptedGen{play: func(id string, _ request.Request, out chan<- protocol.Message, _ <-chan struct{}) {
-		out <- protocol.Message{Type: protocol.MsgAccepted, ID: id}
+		out <- protocol.Accepted{ID: id}
 		<-release // ignores the cancel
 	}}
 	r, s, _ := newTestRunner(t, g)
@@ -268,7 +268,7 @@ func TestRunCancelGivesUpOnASilentGenerator(t *testing.T) {
 	defer cancel()
 
 	_, err := r.Run(ctx, tinyRequest(), func(m protocol.Message) {
-		if m.Type == protocol.MsgAccepted {
+		if m.Type() == protocol.MsgAccepted {
 			cancel()
 		}
 	})
@@ -281,7 +281,7 @@ func TestRunCancelGivesUpOnASilentGenerator(t *testing.T) {
 
 func TestRunKeepsAResultThatBeatTheCancel(t *testing.T) {
 	g := &scriptedGen{play: func(id string, req request.Request, out chan<- protocol.Message, cancel <-chan struct{}) {
-		out <- protocol.Message{Type: protocol.MsgAccepted, ID: id}
+		out <- protocol.Accepted{ID: id}
 		<-cancel
 		out <- resultFor(id, req) // the last step was already done
 	}}
@@ -289,7 +289,7 @@ func TestRunKeepsAResultThatBeatTheCancel(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	out, err := r.Run(ctx, tinyRequest(), func(m protocol.Message) {
-		if m.Type == protocol.MsgAccepted {
+		if m.Type() == protocol.MsgAccepted {
 			cancel()
 		}
 	})

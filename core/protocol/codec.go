@@ -26,8 +26,8 @@ var Stages = spec.Stages
 // DeviceKinds are the values of hello's device.
 var DeviceKinds = spec.DeviceKinds
 
-// ErrMalformed marks every line that DecodeMessage rejects and every message that
-// EncodeMessage refuses to write. Test with errors.Is.
+// ErrMalformed marks every line that Decode rejects and every message that
+// Encode refuses to write. Test with errors.Is.
 var ErrMalformed = errors.New("malformed protocol message")
 
 // ProtocolError says why a line or message breaks docs/protocol.md. Field names the
@@ -80,60 +80,73 @@ func ValidID(id string) bool {
 	return true
 }
 
-// DecodeMessage parses one protocol line strictly: a single UTF-8 JSON object of at
-// most MaxLineBytes (one trailing newline allowed), a known type, every field its type
+// Decode parses one protocol line strictly: a single UTF-8 JSON object of at most
+// MaxLineBytes (one trailing newline allowed), a known type, every field its type
 // requires with the right JSON type and in range. Field names match exactly (unlike
 // encoding/json's case-insensitive matching); unknown fields are ignored so that a newer
-// peer can add some. Every error wraps ErrMalformed, and a generate request's field
-// errors are also reachable with AsValidation.
-func DecodeMessage(line []byte) (Message, error) {
+// peer can add some. The message is a value of its own type (Progress, Result …).
+// Every error wraps ErrMalformed, and a generate request's field errors are also
+// reachable with request.AsValidation.
+func Decode(line []byte) (Message, error) {
 	line = bytes.TrimSuffix(line, []byte("\n"))
 	line = bytes.TrimSuffix(line, []byte("\r"))
 	if len(line) > MaxLineBytes {
-		return Message{}, perr("", "", "line of %d bytes is longer than the %d-byte limit", len(line), MaxLineBytes)
+		return nil, perr("", "", "line of %d bytes is longer than the %d-byte limit", len(line), MaxLineBytes)
 	}
 	if !utf8.Valid(line) {
-		return Message{}, perr("", "", "line is not valid UTF-8")
+		return nil, perr("", "", "line is not valid UTF-8")
 	}
 	// A raw newline inside would mean two lines were glued together by the caller.
 	if bytes.ContainsAny(line, "\r\n") {
-		return Message{}, perr("", "", "line contains a line break")
+		return nil, perr("", "", "line contains a line break")
 	}
 	var top map[string]json.RawMessage
 	if err := json.Unmarshal(line, &top); err != nil {
-		return Message{}, perr("", "", "not a JSON object: %v", err)
+		return nil, perr("", "", "not a JSON object: %v", err)
 	}
 	if top == nil {
-		return Message{}, perr("", "", "not a JSON object: null")
+		return nil, perr("", "", "not a JSON object: null")
 	}
 	f := &fields{m: top, st: &decodeState{}}
 	typ := f.str("type", true)
 	if f.st.err != nil {
-		return Message{}, f.st.err
+		return nil, f.st.err
 	}
 	f.st.typ = typ
-	m := Message{Type: typ}
+	var m Message
 	switch typ {
 	case MsgGenerate:
-		m.ID = f.str("id", true)
+		g := Generate{ID: f.str("id", true)}
 		if rf := f.object("request", true); rf != nil {
 			rf.path = "" // request fields go by their bare names, as in the worker's error.field
-			m.Request = decodeRequest(rf)
+			g.Request = decodeRequest(rf)
 		}
-	case MsgCancel, MsgPing, MsgAccepted, MsgPong:
-		m.ID = f.str("id", true)
-	case MsgUnload, MsgShutdown:
+		m = g
+	case MsgCancel:
+		m = Cancel{ID: f.str("id", true)}
+	case MsgPing:
+		m = Ping{ID: f.str("id", true)}
+	case MsgAccepted:
+		m = Accepted{ID: f.str("id", true)}
+	case MsgPong:
+		m = Pong{ID: f.str("id", true)}
+	case MsgUnload:
+		m = Unload{}
+	case MsgShutdown:
+		m = Shutdown{}
 	case MsgLoading:
-		m.Message = f.str("message", true)
+		m = Loading{Message: f.str("message", true)}
 	case MsgHello:
-		m.Protocol = f.int("protocol", true)
-		m.WorkerVersion = f.str("worker_version", true)
-		m.Device = f.str("device", true)
-		m.Dtype = f.str("dtype", true)
+		h := Hello{
+			Protocol:      f.int("protocol", true),
+			WorkerVersion: f.str("worker_version", true),
+			Device:        f.str("device", true),
+			Dtype:         f.str("dtype", true),
+		}
 		if items, ok := f.array("devices", true); ok {
-			m.Devices = make([]Device, 0, len(items))
+			h.Devices = make([]Device, 0, len(items))
 			for _, df := range items {
-				m.Devices = append(m.Devices, Device{
+				h.Devices = append(h.Devices, Device{
 					Name:        df.str("name", true),
 					Kind:        df.str("kind", true),
 					MemoryBytes: df.int64("memory_bytes", false),
@@ -141,30 +154,31 @@ func DecodeMessage(line []byte) (Message, error) {
 			}
 		}
 		if cf := f.object("capabilities", true); cf != nil {
-			m.Capabilities = &Capabilities{
+			h.Capabilities = &Capabilities{
 				Schedulers:      cf.strings("schedulers", false),
 				ControlNetTypes: cf.strings("controlnet_types", false),
 				Features:        cf.strings("features", false),
 				Schedules:       cf.stringLists("schedules"),
 			}
 		}
-		m.Versions = f.stringMap("versions", true)
+		h.Versions = f.stringMap("versions", true)
+		m = h
 	case MsgProgress:
-		m.ID = f.str("id", true)
-		m.Stage = f.str("stage", true)
-		m.Step = f.int("step", true)
-		m.Total = f.int("total", true)
-		m.ElapsedS = f.float("elapsed_s", true)
+		m = Progress{
+			ID:       f.str("id", true),
+			Stage:    f.str("stage", true),
+			Step:     f.int("step", true),
+			Total:    f.int("total", true),
+			ElapsedS: f.float("elapsed_s", true),
+		}
 	case MsgPreview:
-		m.ID = f.str("id", true)
-		m.Step = f.int("step", true)
-		m.Path = f.str("path", true)
+		m = Preview{ID: f.str("id", true), Step: f.int("step", true), Path: f.str("path", true)}
 	case MsgResult:
-		m.ID = f.str("id", true)
+		r := Result{ID: f.str("id", true)}
 		if items, ok := f.array("images", true); ok {
-			m.Images = make([]ImageResult, 0, len(items))
+			r.Images = make([]ImageResult, 0, len(items))
 			for _, imf := range items {
-				m.Images = append(m.Images, ImageResult{
+				r.Images = append(r.Images, ImageResult{
 					Path:   imf.str("path", true),
 					Seed:   imf.int64("seed", true),
 					Width:  imf.int("width", true),
@@ -175,7 +189,7 @@ func DecodeMessage(line []byte) (Message, error) {
 		if mf := f.object("metrics", true); mf != nil {
 			// Measurements a worker cannot take (peak memory on some devices) may be
 			// missing; they read as zero.
-			m.Metrics = &Metrics{
+			r.Metrics = &Metrics{
 				TotalS:       mf.float("total_s", false),
 				LoadS:        mf.float("load_s", false),
 				DenoiseS:     mf.float("denoise_s", false),
@@ -187,22 +201,25 @@ func DecodeMessage(line []byte) (Message, error) {
 				BatchChunks:  mf.int("batch_chunks", false),
 			}
 		}
-		m.ControlImages = f.strings("control_images", false)
+		r.ControlImages = f.strings("control_images", false)
+		m = r
 	case MsgError:
-		// An error about a line the worker could not read has no id.
-		m.ID = f.str("id", false)
-		m.Code = failure.ErrorCode(f.str("code", true))
-		m.Message = f.str("message", true)
-		m.Detail = f.str("detail", false)
-		m.Field = f.str("field", false)
+		m = Error{
+			// An error about a line the worker could not read has no id.
+			ID:      f.str("id", false),
+			Code:    failure.ErrorCode(f.str("code", true)),
+			Message: f.str("message", true),
+			Detail:  f.str("detail", false),
+			Field:   f.str("field", false),
+		}
 	default:
-		return Message{}, perr(typ, "type", "unknown message type")
+		return nil, perr(typ, "type", "unknown message type")
 	}
 	if f.st.err != nil {
-		return Message{}, f.st.err
+		return nil, f.st.err
 	}
-	if err := checkMessage(&m); err != nil {
-		return Message{}, err
+	if err := check(m); err != nil {
+		return nil, err
 	}
 	return m, nil
 }
@@ -275,37 +292,44 @@ func decodeRequest(f *fields) *request.Request {
 	return r
 }
 
-// checkMessage holds the rules about values, shared by decoding and encoding, so that
+// check holds the rules about values, shared by decoding and encoding, so that
 // the bridge can never send a line that the worker would have to reject.
-func checkMessage(m *Message) error {
+func check(m Message) error {
+	typ := m.Type()
 	bad := func(field, format string, args ...any) error {
-		return perr(m.Type, field, format, args...)
+		return perr(typ, field, format, args...)
 	}
-	needID := func() error {
-		if !ValidID(m.ID) {
-			return bad("id", "must be 1-%d characters of A-Z a-z 0-9 _ . -, got %q", MaxIDLen, m.ID)
+	needID := func(id string) error {
+		if !ValidID(id) {
+			return bad("id", "must be 1-%d characters of A-Z a-z 0-9 _ . -, got %q", MaxIDLen, id)
 		}
 		return nil
 	}
-	switch m.Type {
-	case MsgGenerate:
-		if err := needID(); err != nil {
+	switch m := m.(type) {
+	case Generate:
+		if err := needID(m.ID); err != nil {
 			return err
 		}
 		if m.Request == nil {
 			return bad("request", "is required")
 		}
 		if err := m.Request.ValidateWire(); err != nil {
-			pe := &ProtocolError{Type: m.Type, Reason: err.Error(), Err: err}
+			pe := &ProtocolError{Type: typ, Reason: err.Error(), Err: err}
 			if v, ok := request.AsValidation(err); ok && len(v.Fields) > 0 {
 				pe.Field = v.Fields[0].Field
 			}
 			return pe
 		}
-	case MsgCancel, MsgPing, MsgAccepted, MsgPong:
-		return needID()
-	case MsgUnload, MsgShutdown, MsgLoading:
-	case MsgHello:
+	case Cancel:
+		return needID(m.ID)
+	case Ping:
+		return needID(m.ID)
+	case Accepted:
+		return needID(m.ID)
+	case Pong:
+		return needID(m.ID)
+	case Unload, Shutdown, Loading:
+	case Hello:
 		if m.Protocol <= 0 {
 			return bad("protocol", "must be a positive version number, got %d", m.Protocol)
 		}
@@ -317,8 +341,8 @@ func checkMessage(m *Message) error {
 				return bad(fmt.Sprintf("devices[%d].memory_bytes", i), "must not be negative, got %d", d.MemoryBytes)
 			}
 		}
-	case MsgProgress:
-		if err := needID(); err != nil {
+	case Progress:
+		if err := needID(m.ID); err != nil {
 			return err
 		}
 		if !slices.Contains(Stages, m.Stage) {
@@ -333,8 +357,8 @@ func checkMessage(m *Message) error {
 		if m.ElapsedS < 0 {
 			return bad("elapsed_s", "must not be negative, got %g", m.ElapsedS)
 		}
-	case MsgPreview:
-		if err := needID(); err != nil {
+	case Preview:
+		if err := needID(m.ID); err != nil {
 			return err
 		}
 		if m.Step < 0 {
@@ -343,8 +367,8 @@ func checkMessage(m *Message) error {
 		if m.Path == "" {
 			return bad("path", "must not be empty")
 		}
-	case MsgResult:
-		if err := needID(); err != nil {
+	case Result:
+		if err := needID(m.ID); err != nil {
 			return err
 		}
 		if len(m.Images) == 0 {
@@ -365,9 +389,9 @@ func checkMessage(m *Message) error {
 		if m.Metrics == nil {
 			return bad("metrics", "is required")
 		}
-	case MsgError:
+	case Error:
 		if m.ID != "" {
-			if err := needID(); err != nil {
+			if err := needID(m.ID); err != nil {
 				return err
 			}
 		}
@@ -383,25 +407,35 @@ func checkMessage(m *Message) error {
 	return nil
 }
 
-// EncodeMessage writes m as one protocol line, without its newline. It writes exactly
-// the fields of m's type (always the required ones, even when zero, so that a step 0
-// progress survives) and refuses a message that DecodeMessage would reject.
-func EncodeMessage(m Message) ([]byte, error) {
-	if err := checkMessage(&m); err != nil {
+// Encode writes m as one protocol line, without its newline. It writes exactly the
+// fields of m's type (always the required ones, even when zero, so that a step 0
+// progress survives) and refuses a message that Decode would reject.
+func Encode(m Message) ([]byte, error) {
+	if m == nil {
+		return nil, perr("", "type", "no message")
+	}
+	if err := check(m); err != nil {
 		return nil, err
 	}
+	typ := m.Type()
 	e := &encoder{}
-	e.field("type", m.Type)
-	switch m.Type {
-	case MsgGenerate:
+	e.field("type", typ)
+	switch m := m.(type) {
+	case Generate:
 		e.field("id", m.ID)
 		e.field("request", m.Request)
-	case MsgCancel, MsgPing, MsgAccepted, MsgPong:
+	case Cancel:
 		e.field("id", m.ID)
-	case MsgUnload, MsgShutdown:
-	case MsgLoading:
+	case Ping:
+		e.field("id", m.ID)
+	case Accepted:
+		e.field("id", m.ID)
+	case Pong:
+		e.field("id", m.ID)
+	case Unload, Shutdown:
+	case Loading:
 		e.field("message", m.Message)
-	case MsgHello:
+	case Hello:
 		e.field("protocol", m.Protocol)
 		e.field("worker_version", m.WorkerVersion)
 		e.field("device", m.Device)
@@ -417,24 +451,24 @@ func EncodeMessage(m Message) ([]byte, error) {
 			versions = map[string]string{}
 		}
 		e.field("versions", versions)
-	case MsgProgress:
+	case Progress:
 		e.field("id", m.ID)
 		e.field("stage", m.Stage)
 		e.field("step", m.Step)
 		e.field("total", m.Total)
 		e.field("elapsed_s", m.ElapsedS)
-	case MsgPreview:
+	case Preview:
 		e.field("id", m.ID)
 		e.field("step", m.Step)
 		e.field("path", m.Path)
-	case MsgResult:
+	case Result:
 		e.field("id", m.ID)
 		e.field("images", m.Images)
 		e.field("metrics", m.Metrics)
 		if len(m.ControlImages) > 0 {
 			e.field("control_images", m.ControlImages)
 		}
-	case MsgError:
+	case Error:
 		e.field("id", m.ID)
 		e.field("code", string(m.Code))
 		e.field("message", m.Message)
@@ -446,11 +480,11 @@ func EncodeMessage(m Message) ([]byte, error) {
 		}
 	}
 	if e.err != nil {
-		return nil, perr(m.Type, "", "%v", e.err)
+		return nil, perr(typ, "", "%v", e.err)
 	}
 	e.buf.WriteByte('}')
 	if e.buf.Len() > MaxLineBytes {
-		return nil, perr(m.Type, "", "encoded line of %d bytes is longer than the %d-byte limit", e.buf.Len(), MaxLineBytes)
+		return nil, perr(typ, "", "encoded line of %d bytes is longer than the %d-byte limit", e.buf.Len(), MaxLineBytes)
 	}
 	return e.buf.Bytes(), nil
 }

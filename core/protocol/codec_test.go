@@ -45,7 +45,7 @@ func TestVectors(t *testing.T) {
 			t.Run(kind+"/"+filepath.Base(path), func(t *testing.T) {
 				line, err := os.ReadFile(path)
 				require.NoError(t, err)
-				m, err := DecodeMessage(line)
+				m, err := Decode(line)
 				if kind == "invalid" {
 					require.Error(t, err, "decoded an invalid vector as %+v", m)
 					assert.ErrorIs(t, err, ErrMalformed)
@@ -68,12 +68,12 @@ func TestVectors(t *testing.T) {
 // same message, and that encoding is stable.
 func assertRoundTrip(t testing.TB, m Message) {
 	t.Helper()
-	line, err := EncodeMessage(m)
+	line, err := Encode(m)
 	require.NoError(t, err, "a decoded message must re-encode: %+v", m)
-	back, err := DecodeMessage(line)
+	back, err := Decode(line)
 	require.NoError(t, err, "re-encoded line must decode: %s", line)
 	require.Equal(t, m, back, "line %s", line)
-	again, err := EncodeMessage(back)
+	again, err := Encode(back)
 	require.NoError(t, err)
 	require.Equal(t, string(line), string(again))
 }
@@ -90,53 +90,53 @@ func TestDecodeValid(t *testing.T) {
 		line string
 		want Message
 	}{
-		{"generate", `{"type":"generate","id":"job-1","request":` + validRequest + `}`, Message{Type: MsgGenerate, ID: "job-1", Request: &request.Request{
+		{"generate", `{"type":"generate","id":"job-1","request":` + validRequest + `}`, Generate{ID: "job-1", Request: &request.Request{
 			Prompt: "a lighthouse", NegativePrompt: "fog", Model: "tiny", Scheduler: "euler", Steps: 4, CFG: 5,
 			Width: 64, Height: 64, Seed: 7, BatchSize: 1, OutputDir: "/tmp/out", PreviewEvery: 1}}},
 		{"generate minimal", `{"type":"generate","id":"a","request":{"prompt":"p","model":"tiny","steps":1,"cfg":0,"width":64,"height":64,"seed":0,"output_dir":"/o"}}`,
-			Message{Type: MsgGenerate, ID: "a", Request: &request.Request{Prompt: "p", Model: "tiny", Steps: 1, Width: 64, Height: 64, OutputDir: "/o"}}},
-		{"cancel", `{"type":"cancel","id":"A.b_c-9"}`, Message{Type: MsgCancel, ID: "A.b_c-9"}},
-		{"ping", `{"type":"ping","id":"p1"}`, Message{Type: MsgPing, ID: "p1"}},
-		{"unload", `{"type":"unload"}`, Message{Type: MsgUnload}},
-		{"shutdown", `{"type":"shutdown"}`, Message{Type: MsgShutdown}},
-		{"loading", `{"type":"loading","message":"importing torch"}`, Message{Type: MsgLoading, Message: "importing torch"}},
-		{"hello", helloLine, Message{Type: MsgHello, Protocol: 1, WorkerVersion: "0.1.0", Device: "cpu", Dtype: "float32",
+			Generate{ID: "a", Request: &request.Request{Prompt: "p", Model: "tiny", Steps: 1, Width: 64, Height: 64, OutputDir: "/o"}}},
+		{"cancel", `{"type":"cancel","id":"A.b_c-9"}`, Cancel{ID: "A.b_c-9"}},
+		{"ping", `{"type":"ping","id":"p1"}`, Ping{ID: "p1"}},
+		{"unload", `{"type":"unload"}`, Unload{}},
+		{"shutdown", `{"type":"shutdown"}`, Shutdown{}},
+		{"loading", `{"type":"loading","message":"importing torch"}`, Loading{Message: "importing torch"}},
+		{"hello", helloLine, Hello{Protocol: 1, WorkerVersion: "0.1.0", Device: "cpu", Dtype: "float32",
 			Devices:      []Device{{Name: "CPU", Kind: "cpu"}},
 			Capabilities: &Capabilities{Schedulers: []string{"euler"}, ControlNetTypes: []string{}, Features: []string{"preview"}},
 			Versions:     map[string]string{"python": "3.12", "torch": "2.5", "diffusers": "0.31"}}},
-		{"hello from a newer protocol still decodes", strings.Replace(helloLine, `"protocol":1`, `"protocol":2`, 1), Message{Type: MsgHello, Protocol: 2,
+		{"hello from a newer protocol still decodes", strings.Replace(helloLine, `"protocol":1`, `"protocol":2`, 1), Hello{Protocol: 2,
 			WorkerVersion: "0.1.0", Device: "cpu", Dtype: "float32", Devices: []Device{{Name: "CPU", Kind: "cpu"}},
 			Capabilities: &Capabilities{Schedulers: []string{"euler"}, ControlNetTypes: []string{}, Features: []string{"preview"}},
 			Versions:     map[string]string{"python": "3.12", "torch": "2.5", "diffusers": "0.31"}}},
-		{"accepted", `{"type":"accepted","id":"j1"}`, Message{Type: MsgAccepted, ID: "j1"}},
+		{"accepted", `{"type":"accepted","id":"j1"}`, Accepted{ID: "j1"}},
 		{"progress at step 0", `{"type":"progress","id":"j1","stage":"loading_model","step":0,"total":0,"elapsed_s":0}`,
-			Message{Type: MsgProgress, ID: "j1", Stage: "loading_model"}},
+			Progress{ID: "j1", Stage: "loading_model"}},
 		{"progress", `{"type":"progress","id":"j1","stage":"denoising","step":2,"total":4,"elapsed_s":0.25}`,
-			Message{Type: MsgProgress, ID: "j1", Stage: "denoising", Step: 2, Total: 4, ElapsedS: 0.25}},
-		{"preview", `{"type":"preview","id":"j1","step":1,"path":"/tmp/out/preview.png"}`, Message{Type: MsgPreview, ID: "j1", Step: 1, Path: "/tmp/out/preview.png"}},
-		{"result", resultLine, Message{Type: MsgResult, ID: "j1", Images: []ImageResult{{Path: "/tmp/out/a.png", Seed: 7, Width: 64, Height: 64}},
+			Progress{ID: "j1", Stage: "denoising", Step: 2, Total: 4, ElapsedS: 0.25}},
+		{"preview", `{"type":"preview","id":"j1","step":1,"path":"/tmp/out/preview.png"}`, Preview{ID: "j1", Step: 1, Path: "/tmp/out/preview.png"}},
+		{"result", resultLine, Result{ID: "j1", Images: []ImageResult{{Path: "/tmp/out/a.png", Seed: 7, Width: 64, Height: 64}},
 			Metrics: &Metrics{TotalS: 1.5, LoadS: 0.5, DenoiseS: 0.9, ItS: 4.4, Device: "cpu", Dtype: "float32"}}},
 		{"result with sparse metrics", `{"type":"result","id":"j1","images":[{"path":"/a.png","seed":0,"width":64,"height":64}],"metrics":{"total_s":1,"peak_mem_bytes":null}}`,
-			Message{Type: MsgResult, ID: "j1", Images: []ImageResult{{Path: "/a.png", Width: 64, Height: 64}}, Metrics: &Metrics{TotalS: 1}}},
+			Result{ID: "j1", Images: []ImageResult{{Path: "/a.png", Width: 64, Height: 64}}, Metrics: &Metrics{TotalS: 1}}},
 		{"error", `{"type":"error","id":"j1","code":"invalid_request","message":"steps must be 1-150","detail":"","field":"steps"}`,
-			Message{Type: MsgError, ID: "j1", Code: failure.ErrInvalidRequest, Message: "steps must be 1-150", Field: "steps"}},
+			Error{ID: "j1", Code: failure.ErrInvalidRequest, Message: "steps must be 1-150", Field: "steps"}},
 		{"error about an unreadable line has no id", `{"type":"error","code":"internal","message":"could not read the line","detail":"Traceback"}`,
-			Message{Type: MsgError, Code: failure.ErrInternal, Message: "could not read the line", Detail: "Traceback"}},
-		{"error with an empty id", `{"type":"error","id":"","code":"internal","message":"m"}`, Message{Type: MsgError, Code: failure.ErrInternal, Message: "m"}},
+			Error{Code: failure.ErrInternal, Message: "could not read the line", Detail: "Traceback"}},
+		{"error with an empty id", `{"type":"error","id":"","code":"internal","message":"m"}`, Error{Code: failure.ErrInternal, Message: "m"}},
 		{"null optional fields read as absent", `{"type":"error","id":"j1","code":"cancelled","message":"cancelled","detail":null,"field":null}`,
-			Message{Type: MsgError, ID: "j1", Code: failure.ErrCancelled, Message: "cancelled"}},
-		{"pong", `{"type":"pong","id":"p1"}`, Message{Type: MsgPong, ID: "p1"}},
-		{"unknown fields are ignored", `{"type":"accepted","id":"j1","queue_position":3,"extra":{"a":[1,2]}}`, Message{Type: MsgAccepted, ID: "j1"}},
-		{"trailing newline", "{\"type\":\"unload\"}\n", Message{Type: MsgUnload}},
-		{"trailing CRLF", "{\"type\":\"unload\"}\r\n", Message{Type: MsgUnload}},
-		{"spaces between tokens", ` { "type" : "ping" , "id" : "p" } `, Message{Type: MsgPing, ID: "p"}},
-		{"64-character id", `{"type":"ping","id":"` + strings.Repeat("x", 64) + `"}`, Message{Type: MsgPing, ID: strings.Repeat("x", 64)}},
+			Error{ID: "j1", Code: failure.ErrCancelled, Message: "cancelled"}},
+		{"pong", `{"type":"pong","id":"p1"}`, Pong{ID: "p1"}},
+		{"unknown fields are ignored", `{"type":"accepted","id":"j1","queue_position":3,"extra":{"a":[1,2]}}`, Accepted{ID: "j1"}},
+		{"trailing newline", "{\"type\":\"unload\"}\n", Unload{}},
+		{"trailing CRLF", "{\"type\":\"unload\"}\r\n", Unload{}},
+		{"spaces between tokens", ` { "type" : "ping" , "id" : "p" } `, Ping{ID: "p"}},
+		{"64-character id", `{"type":"ping","id":"` + strings.Repeat("x", 64) + `"}`, Ping{ID: strings.Repeat("x", 64)}},
 		{"non-ASCII prompt", `{"type":"generate","id":"a","request":{"prompt":"phare \u00e0 l'aube 灯台","model":"tiny","steps":1,"cfg":1.5,"width":64,"height":72,"seed":9007199254740991,"output_dir":"/o"}}`,
-			Message{Type: MsgGenerate, ID: "a", Request: &request.Request{Prompt: "phare à l'aube 灯台", Model: "tiny", Steps: 1, CFG: 1.5, Width: 64, Height: 72, Seed: request.MaxSeed, OutputDir: "/o"}}},
+			Generate{ID: "a", Request: &request.Request{Prompt: "phare à l'aube 灯台", Model: "tiny", Steps: 1, CFG: 1.5, Width: 64, Height: 72, Seed: request.MaxSeed, OutputDir: "/o"}}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got, err := DecodeMessage([]byte(tt.line))
+			got, err := Decode([]byte(tt.line))
 			require.NoError(t, err)
 			assert.Equal(t, tt.want, got)
 			assertRoundTrip(t, got)
@@ -149,11 +149,11 @@ func TestDecodeLineLimit(t *testing.T) {
 		const head, tail = `{"type":"unload","pad":"`, `"}`
 		return []byte(head + strings.Repeat("x", n-len(head)-len(tail)) + tail)
 	}
-	_, err := DecodeMessage(pad(MaxLineBytes))
+	_, err := Decode(pad(MaxLineBytes))
 	require.NoError(t, err, "a line of exactly the limit is allowed")
-	_, err = DecodeMessage(append(pad(MaxLineBytes), '\n'))
+	_, err = Decode(append(pad(MaxLineBytes), '\n'))
 	require.NoError(t, err, "the newline does not count")
-	_, err = DecodeMessage(pad(MaxLineBytes + 1))
+	_, err = Decode(pad(MaxLineBytes + 1))
 	require.ErrorIs(t, err, ErrMalformed)
 	assert.Contains(t, err.Error(), "longer than")
 }
@@ -253,20 +253,20 @@ func TestDecodeInvalid(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			m, err := DecodeMessage([]byte(tt.line))
+			m, err := Decode([]byte(tt.line))
 			require.Error(t, err, "decoded as %+v from %s", m, tt.line)
 			assert.ErrorIs(t, err, ErrMalformed)
 			var pe *ProtocolError
 			require.ErrorAs(t, err, &pe)
 			assert.Equal(t, tt.field, pe.Field, "error %q names the wrong field", err)
 			assert.NotEmpty(t, pe.Reason)
-			assert.Equal(t, Message{}, m)
+			assert.Nil(t, m)
 		})
 	}
 }
 
 func TestDecodeGenerateKeepsFieldErrors(t *testing.T) {
-	_, err := DecodeMessage([]byte(`{"type":"generate","id":"j1","request":{"prompt":"","model":"tiny","steps":0,"cfg":5,"width":64,"height":64,"seed":1,"output_dir":"rel"}}`))
+	_, err := Decode([]byte(`{"type":"generate","id":"j1","request":{"prompt":"","model":"tiny","steps":0,"cfg":5,"width":64,"height":64,"seed":1,"output_dir":"rel"}}`))
 	require.ErrorIs(t, err, ErrMalformed)
 	v, ok := request.AsValidation(err)
 	require.True(t, ok, "the request's field errors must be reachable: %v", err)
@@ -277,27 +277,28 @@ func TestDecodeGenerateKeepsFieldErrors(t *testing.T) {
 }
 
 func TestEncodeMessage(t *testing.T) {
-	line, err := EncodeMessage(Message{Type: MsgProgress, ID: "j1", Stage: "denoising"})
+	line, err := Encode(Progress{ID: "j1", Stage: "denoising"})
 	require.NoError(t, err)
 	assert.Equal(t, `{"type":"progress","id":"j1","stage":"denoising","step":0,"total":0,"elapsed_s":0}`, string(line),
 		"zero but required fields are written")
 
-	line, err = EncodeMessage(Message{Type: MsgError, Code: failure.ErrInternal, Message: "could not read <line>"})
+	line, err = Encode(Error{Code: failure.ErrInternal, Message: "could not read <line>"})
 	require.NoError(t, err)
 	assert.Equal(t, `{"type":"error","id":"","code":"internal","message":"could not read <line>"}`, string(line))
 
-	line, err = EncodeMessage(Message{Type: MsgCancel, ID: "j1", Stage: "ignored", Images: []ImageResult{{Path: "/x"}}})
+	// A cancel has no other field to write: its type holds only the id.
+	line, err = Encode(Cancel{ID: "j1"})
 	require.NoError(t, err)
 	assert.Equal(t, `{"type":"cancel","id":"j1"}`, string(line), "only the type's own fields are written")
 
-	line, err = EncodeMessage(Message{Type: MsgHello, Protocol: 1, Device: "cpu"})
+	line, err = Encode(Hello{Protocol: 1, Device: "cpu"})
 	require.NoError(t, err)
-	m, err := DecodeMessage(line)
+	m, err := Decode(line)
 	require.NoError(t, err, "a hello with nil lists still encodes to a valid line: %s", line)
-	assert.Equal(t, 1, m.Protocol)
+	assert.Equal(t, 1, m.(Hello).Protocol)
 
 	req := request.Request{Prompt: "p", Model: "tiny", Steps: 2, CFG: 0, Width: 64, Height: 64, Seed: 0, OutputDir: "/o"}
-	line, err = EncodeMessage(Message{Type: MsgGenerate, ID: "j1", Request: &req})
+	line, err = Encode(Generate{ID: "j1", Request: &req})
 	require.NoError(t, err)
 	assert.Contains(t, string(line), `"cfg":0`)
 	assert.Contains(t, string(line), `"seed":0`)
@@ -314,25 +315,25 @@ func TestEncodeRefusesInvalid(t *testing.T) {
 		name string
 		m    Message
 	}{
-		{"unknown type", Message{Type: "reboot"}},
-		{"empty type", Message{}},
-		{"generate without request", Message{Type: MsgGenerate, ID: "j1"}},
-		{"generate with unresolved seed", Message{Type: MsgGenerate, ID: "j1", Request: &withSeed}},
-		{"generate with relative output_dir", Message{Type: MsgGenerate, ID: "j1", Request: &relative}},
-		{"cancel with bad id", Message{Type: MsgCancel, ID: "a/b"}},
-		{"error with unknown code", Message{Type: MsgError, ID: "j1", Code: "oops", Message: "m"}},
-		{"hello protocol 0", Message{Type: MsgHello, Device: "cpu"}},
-		{"result without images", Message{Type: MsgResult, ID: "j1", Metrics: &Metrics{}}},
-		{"loading too long", Message{Type: MsgLoading, Message: strings.Repeat("x", MaxLineBytes)}},
+		// An unknown type cannot be built any more: every Message is one of the protocol's.
+		{"no message", nil},
+		{"generate without request", Generate{ID: "j1"}},
+		{"generate with unresolved seed", Generate{ID: "j1", Request: &withSeed}},
+		{"generate with relative output_dir", Generate{ID: "j1", Request: &relative}},
+		{"cancel with bad id", Cancel{ID: "a/b"}},
+		{"error with unknown code", Error{ID: "j1", Code: "oops", Message: "m"}},
+		{"hello protocol 0", Hello{Device: "cpu"}},
+		{"result without images", Result{ID: "j1", Metrics: &Metrics{}}},
+		{"loading too long", Loading{Message: strings.Repeat("x", MaxLineBytes)}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			line, err := EncodeMessage(tt.m)
+			line, err := Encode(tt.m)
 			require.Error(t, err, "encoded %s", line)
 			assert.ErrorIs(t, err, ErrMalformed)
 		})
 	}
-	_, err := EncodeMessage(Message{Type: MsgGenerate, ID: "j1", Request: &withSeed})
+	_, err := Encode(Generate{ID: "j1", Request: &withSeed})
 	v, ok := request.AsValidation(err)
 	require.True(t, ok)
 	assert.NotNil(t, v.Field("seed"))
@@ -347,7 +348,7 @@ func TestValidID(t *testing.T) {
 	}
 }
 
-// FuzzDecodeMessage checks that no line makes DecodeMessage panic, that every rejection
+// FuzzDecodeMessage checks that no line makes Decode panic, that every rejection
 // wraps ErrMalformed, and that whatever decodes re-encodes to a line that decodes to an
 // equal message.
 func FuzzDecodeMessage(f *testing.F) {
@@ -366,7 +367,7 @@ func FuzzDecodeMessage(f *testing.F) {
 		f.Add([]byte(s))
 	}
 	f.Fuzz(func(t *testing.T, line []byte) {
-		m, err := DecodeMessage(line)
+		m, err := Decode(line)
 		if err != nil {
 			if !errors.Is(err, ErrMalformed) {
 				t.Fatalf("rejection does not wrap ErrMalformed: %v", err)

@@ -22,15 +22,16 @@ func TestFeatureFieldsRoundTripOnTheWire(t *testing.T) {
 	r.VAE = request.TinyVAE
 	r.InitImage, r.Strength, r.MaskImage, r.MaskBlur, r.MaskPadding = "/i.png", 0.5, "/m.png", request.IntPtr(0), 16
 	r.Upscaler, r.Upscale = request.LanczosUpscaler, 1.5
-	line, err := EncodeMessage(Message{Type: MsgGenerate, ID: "job-1", Request: &r})
+	line, err := Encode(Generate{ID: "job-1", Request: &r})
 	require.NoError(t, err)
 	// Zero values that mean something must travel: scale 0, canny_low 0, mask_blur 0.
 	assert.Contains(t, string(line), `"scale":0`)
 	assert.Contains(t, string(line), `"canny_low":0`)
 	assert.Contains(t, string(line), `"mask_blur":0`)
-	m, err := DecodeMessage(line)
+	m, err := Decode(line)
 	require.NoError(t, err)
-	assert.Equal(t, r, *m.Request)
+	require.IsType(t, Generate{}, m)
+	assert.Equal(t, r, *m.(Generate).Request)
 
 	// encoding/json (the history's copy of a request) keeps them too.
 	b, err := json.Marshal(r)
@@ -41,23 +42,27 @@ func TestFeatureFieldsRoundTripOnTheWire(t *testing.T) {
 }
 
 func TestResultCarriesControlImagesAndVAEFallback(t *testing.T) {
-	m, err := DecodeMessage([]byte(`{"type":"result","id":"j","images":[{"path":"/o/j-0.png","seed":1,"width":64,"height":64}],` +
+	m, err := Decode([]byte(`{"type":"result","id":"j","images":[{"path":"/o/j-0.png","seed":1,"width":64,"height":64}],` +
 		`"metrics":{"total_s":1,"vae_fallback":true,"batch_chunks":2},"control_images":["/o/j-control-0.png"]}`))
 	require.NoError(t, err)
-	assert.True(t, m.Metrics.VAEFallback)
-	assert.Equal(t, 2, m.Metrics.BatchChunks)
-	assert.Equal(t, []string{"/o/j-control-0.png"}, m.ControlImages)
+	require.IsType(t, Result{}, m)
+	res := m.(Result)
+	assert.True(t, res.Metrics.VAEFallback)
+	assert.Equal(t, 2, res.Metrics.BatchChunks)
+	assert.Equal(t, []string{"/o/j-control-0.png"}, res.ControlImages)
 }
 
 func TestHelloCarriesSchedules(t *testing.T) {
-	m, err := DecodeMessage([]byte(`{"type":"hello","protocol":1,"worker_version":"0.1.0","device":"cpu","dtype":"float32",` +
+	m, err := Decode([]byte(`{"type":"hello","protocol":1,"worker_version":"0.1.0","device":"cpu","dtype":"float32",` +
 		`"devices":[],"capabilities":{"schedulers":["euler","ddim"],"controlnet_types":["canny"],"features":["lora"],` +
 		`"schedules":{"euler":["karras","beta"],"ddim":[]}},"versions":{}}`))
 	require.NoError(t, err)
-	require.NotNil(t, m.Capabilities)
-	assert.Equal(t, map[string][]string{"euler": {"karras", "beta"}, "ddim": {}}, m.Capabilities.Schedules)
-	assert.True(t, m.Capabilities.Has("lora"))
-	assert.False(t, m.Capabilities.Has("refiner"))
+	require.IsType(t, Hello{}, m)
+	caps := m.(Hello).Capabilities
+	require.NotNil(t, caps)
+	assert.Equal(t, map[string][]string{"euler": {"karras", "beta"}, "ddim": {}}, caps.Schedules)
+	assert.True(t, caps.Has("lora"))
+	assert.False(t, caps.Has("refiner"))
 }
 
 // featureBase is a valid request that the cases below change one thing of.

@@ -76,41 +76,138 @@ type Metrics struct {
 	BatchChunks int `json:"batch_chunks,omitempty"`
 }
 
-// Message is one protocol line. Only the fields of its Type are set.
-type Message struct {
-	Type string `json:"type"`
-	ID   string `json:"id,omitempty"`
+// Message is one protocol line: a value of one of the message types below,
+// told apart by a type switch. Type is the wire name of its "type" field.
+type Message interface {
+	Type() string
+	isMessage()
+}
 
-	// generate
-	Request *request.Request `json:"request,omitempty"`
+// Generate asks the worker to run a job. Request has been through
+// request.ValidateWire: its seed is resolved and its output folder absolute.
+type Generate struct {
+	ID      string
+	Request *request.Request
+}
 
-	// loading
-	Message string `json:"message,omitempty"`
+// Cancel asks the worker to stop a job at its next step.
+type Cancel struct{ ID string }
 
-	// hello
-	Protocol      int               `json:"protocol,omitempty"`
-	WorkerVersion string            `json:"worker_version,omitempty"`
-	Device        string            `json:"device,omitempty"`
-	Dtype         string            `json:"dtype,omitempty"`
-	Devices       []Device          `json:"devices,omitempty"`
-	Capabilities  *Capabilities     `json:"capabilities,omitempty"`
-	Versions      map[string]string `json:"versions,omitempty"`
+// Ping asks for a Pong with the same id.
+type Ping struct{ ID string }
 
-	// progress / preview
-	Stage    string  `json:"stage,omitempty"`
-	Step     int     `json:"step,omitempty"`
-	Total    int     `json:"total,omitempty"`
-	ElapsedS float64 `json:"elapsed_s,omitempty"`
-	Path     string  `json:"path,omitempty"`
+// Unload asks the worker to free its models.
+type Unload struct{}
 
-	// result
-	Images  []ImageResult `json:"images,omitempty"`
-	Metrics *Metrics      `json:"metrics,omitempty"`
+// Shutdown asks the worker to exit.
+type Shutdown struct{}
+
+// Loading says what a starting worker is doing, before its Hello.
+type Loading struct{ Message string }
+
+// Hello is the worker's first word: its protocol, device and capabilities.
+type Hello struct {
+	Protocol      int
+	WorkerVersion string
+	Device        string
+	Dtype         string
+	Devices       []Device
+	Capabilities  *Capabilities
+	Versions      map[string]string
+}
+
+// Accepted says the worker took a job.
+type Accepted struct{ ID string }
+
+// Progress says how far a job is: at Step of Total in Stage.
+type Progress struct {
+	ID       string
+	Stage    string
+	Step     int
+	Total    int
+	ElapsedS float64
+}
+
+// Preview is a preview image of a job at Step.
+type Preview struct {
+	ID   string
+	Step int
+	Path string
+}
+
+// Result ends a job that made its images.
+type Result struct {
+	ID      string
+	Images  []ImageResult
+	Metrics *Metrics
 	// ControlImages are the preprocessed ControlNet images (canny edges, depth …).
-	ControlImages []string `json:"control_images,omitempty"`
+	ControlImages []string
+}
 
-	// error
-	Code   failure.ErrorCode `json:"code,omitempty"`
-	Detail string            `json:"detail,omitempty"`
-	Field  string            `json:"field,omitempty"`
+// Error ends a job that failed, or reports a line the worker could not read
+// (then ID is empty).
+type Error struct {
+	ID      string
+	Code    failure.ErrorCode
+	Message string
+	Detail  string
+	Field   string
+}
+
+// Pong answers a Ping.
+type Pong struct{ ID string }
+
+func (Generate) Type() string { return MsgGenerate }
+func (Cancel) Type() string   { return MsgCancel }
+func (Ping) Type() string     { return MsgPing }
+func (Unload) Type() string   { return MsgUnload }
+func (Shutdown) Type() string { return MsgShutdown }
+func (Loading) Type() string  { return MsgLoading }
+func (Hello) Type() string    { return MsgHello }
+func (Accepted) Type() string { return MsgAccepted }
+func (Progress) Type() string { return MsgProgress }
+func (Preview) Type() string  { return MsgPreview }
+func (Result) Type() string   { return MsgResult }
+func (Error) Type() string    { return MsgError }
+func (Pong) Type() string     { return MsgPong }
+
+func (Generate) isMessage() {}
+func (Cancel) isMessage()   {}
+func (Ping) isMessage()     {}
+func (Unload) isMessage()   {}
+func (Shutdown) isMessage() {}
+func (Loading) isMessage()  {}
+func (Hello) isMessage()    {}
+func (Accepted) isMessage() {}
+func (Progress) isMessage() {}
+func (Preview) isMessage()  {}
+func (Result) isMessage()   {}
+func (Error) isMessage()    {}
+func (Pong) isMessage()     {}
+
+// IDOf is the job or ping id a message carries, or "" for the messages
+// without one (unload, shutdown, loading, hello, and an error about an
+// unreadable line).
+func IDOf(m Message) string {
+	switch m := m.(type) {
+	case Generate:
+		return m.ID
+	case Cancel:
+		return m.ID
+	case Ping:
+		return m.ID
+	case Accepted:
+		return m.ID
+	case Progress:
+		return m.ID
+	case Preview:
+		return m.ID
+	case Result:
+		return m.ID
+	case Error:
+		return m.ID
+	case Pong:
+		return m.ID
+	}
+	return ""
 }

@@ -110,9 +110,10 @@ func TestCoreDecodeDefaultsMatchSpec(t *testing.T) {
 	line := `{"type":"generate","id":"a","request":{"prompt":"p","model":"tiny","steps":4,"cfg":5,` +
 		`"width":64,"height":64,"seed":1,"output_dir":"/tmp/out","loras":[{"path":"tiny-lora"}],` +
 		`"controlnets":[{"type":"canny","model":"tiny-controlnet","image":"/tmp/e.png"}]}}`
-	m, err := protocol.DecodeMessage([]byte(line))
+	m, err := protocol.Decode([]byte(line))
 	require.NoError(t, err)
-	l, c := m.Request.LoRAs[0], m.Request.ControlNets[0]
+	req := m.(protocol.Generate).Request
+	l, c := req.LoRAs[0], req.ControlNets[0]
 	assert.Equal(t, spec.DefaultLoRAWeight, l.Weight, "an absent LoRA weight")
 	assert.Equal(t, spec.DefaultControlScale, c.Scale, "an absent ControlNet scale")
 	assert.Equal(t, spec.DefaultControlStart, c.Start, "an absent ControlNet start")
