@@ -250,14 +250,14 @@ func cmdBench(args []string, stdout, stderr io.Writer) int {
 	if !ok {
 		return code
 	}
-	paths := paths.DefaultPaths()
-	if err := paths.EnsureDirs(); err != nil {
+	dirs := paths.DefaultPaths()
+	if err := dirs.EnsureDirs(); err != nil {
 		fmt.Fprintln(stderr, "atelier bench:", err)
 		return exitFailure
 	}
 	cache := os.Getenv("ATELIER_CACHE_DIR")
 	if cache == "" {
-		cache = paths.Cache
+		cache = dirs.Cache
 	}
 	cfg := bridge.Config{CacheDir: cache, Logger: newLogger(stderr)}
 	argv, workerDir, err := cfg.WorkerCommand()

@@ -54,11 +54,11 @@ Exit status: 0 all good, 1 a problem (the worker cannot start, or the history ca
 	note := func(what string) { fmt.Fprintf(stdout, "  note: %s\n", what) }
 
 	// 1. Folders and history.
-	paths := paths.DefaultPaths()
-	fmt.Fprintf(stdout, "Atelier %s\n\nFolders\n  data:    %s\n  cache:   %s\n  history: %s\n", version, paths.Data, paths.Cache, paths.DB)
-	if err := paths.EnsureDirs(); err != nil {
+	dirs := paths.DefaultPaths()
+	fmt.Fprintf(stdout, "Atelier %s\n\nFolders\n  data:    %s\n  cache:   %s\n  history: %s\n", version, dirs.Data, dirs.Cache, dirs.DB)
+	if err := dirs.EnsureDirs(); err != nil {
 		problem(err.Error(), "make the folder writable, or set ATELIER_HOME to a writable folder")
-	} else if store, err := store.OpenStore(paths.DB); err != nil {
+	} else if store, err := store.OpenStore(dirs.DB); err != nil {
 		problem(err.Error(), "move the file away (Atelier then starts a new history), or set ATELIER_HOME elsewhere")
 	} else {
 		jobs, err := store.ListJobs(context.Background(), 0)
@@ -71,7 +71,7 @@ Exit status: 0 all good, 1 a problem (the worker cannot start, or the history ca
 	}
 
 	// 2. The interpreter and the worker's code.
-	cfg := bridgeConfig(paths, stderr)
+	cfg := bridgeConfig(dirs, stderr)
 	fmt.Fprintln(stdout, "\nWorker")
 	argv, dir, err := cfg.WorkerCommand()
 	if err != nil {

@@ -41,7 +41,7 @@ func cmdHistory(args []string, stdout, stderr io.Writer) int {
 		return exitUsage
 	}
 
-	store, paths, ok := openStoreToRead(stderr, "history")
+	store, dirs, ok := openStoreToRead(stderr, "history")
 	if !ok {
 		return exitFailure
 	}
@@ -56,7 +56,7 @@ func cmdHistory(args []string, stdout, stderr io.Writer) int {
 		return printJSON(stdout, stderr, "history", jobs)
 	}
 	if len(jobs) == 0 {
-		fmt.Fprintf(stderr, "No jobs yet in %s. Try: atelier generate --prompt \"a lighthouse\" --steps 4 --width 256 --height 256\n", paths.DB)
+		fmt.Fprintf(stderr, "No jobs yet in %s. Try: atelier generate --prompt \"a lighthouse\" --steps 4 --width 256 --height 256\n", dirs.DB)
 		return exitOK
 	}
 	tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
@@ -112,7 +112,7 @@ Options:
 		fmt.Fprintln(stderr, "atelier history search: give words to look for, --model or --starred")
 		return exitUsage
 	}
-	store, paths, ok := openStoreToRead(stderr, "history search")
+	store, dirs, ok := openStoreToRead(stderr, "history search")
 	if !ok {
 		return exitFailure
 	}
@@ -130,7 +130,7 @@ Options:
 		return printJSON(stdout, stderr, "history search", orEmptyImages(found))
 	}
 	if len(found) == 0 {
-		fmt.Fprintf(stderr, "No image in %s matches.\n", paths.DB)
+		fmt.Fprintf(stderr, "No image in %s matches.\n", dirs.DB)
 		return exitOK
 	}
 	tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
@@ -201,19 +201,19 @@ Options:
 		fmt.Fprintln(stderr, "atelier history import: give one PNG file")
 		return exitUsage
 	}
-	paths := paths.DefaultPaths()
-	store, err := store.OpenStore(paths.DB)
+	dirs := paths.DefaultPaths()
+	history, err := store.OpenStore(dirs.DB)
 	if err != nil {
 		fmt.Fprintln(stderr, "atelier history import:", err)
 		return exitFailure
 	}
-	defer store.Close()
+	defer history.Close()
 	ctx := context.Background()
 	base := request.DefaultRequest()
-	if last, ok, _ := store.LastRequest(ctx); ok {
+	if last, ok, _ := history.LastRequest(ctx); ok {
 		base = last // what the PNG does not say stays as the form had it
 	}
-	got, err := infotext.ImportPNG(file, base, paths.Models)
+	got, err := infotext.ImportPNG(file, base, dirs.Models)
 	if err != nil {
 		fmt.Fprintln(stderr, "atelier history import:", err)
 		if os.IsNotExist(err) {
@@ -221,7 +221,7 @@ Options:
 		}
 		return exitFailure
 	}
-	if err := store.SetLastRequest(ctx, got.Request); err != nil {
+	if err := history.SetLastRequest(ctx, got.Request); err != nil {
 		fmt.Fprintln(stderr, "atelier history import:", err)
 		return exitFailure
 	}

@@ -93,16 +93,16 @@ type app struct {
 }
 
 func openApp(stderr io.Writer) (*app, error) {
-	paths := paths.DefaultPaths()
-	if err := paths.EnsureDirs(); err != nil {
+	dirs := paths.DefaultPaths()
+	if err := dirs.EnsureDirs(); err != nil {
 		return nil, err
 	}
-	store, err := store.OpenStore(paths.DB)
+	history, err := store.OpenStore(dirs.DB)
 	if err != nil {
 		return nil, err
 	}
-	br := bridge.New(bridgeConfig(paths, stderr))
-	return &app{paths: paths, store: store, bridge: br, runner: jobs.NewRunner(store, br, paths)}, nil
+	br := bridge.New(bridgeConfig(dirs, stderr))
+	return &app{paths: dirs, store: history, bridge: br, runner: jobs.NewRunner(history, br, dirs)}, nil
 }
 
 func (a *app) close() {
@@ -110,12 +110,12 @@ func (a *app) close() {
 	a.store.Close()
 }
 
-func bridgeConfig(paths paths.Paths, stderr io.Writer) bridge.Config {
+func bridgeConfig(dirs paths.Paths, stderr io.Writer) bridge.Config {
 	// The worker's own ATELIER_CACHE_DIR wins, so that tests and scripts can
 	// share one generated tiny model between homes.
 	cache := os.Getenv("ATELIER_CACHE_DIR")
 	if cache == "" {
-		cache = paths.Cache
+		cache = dirs.Cache
 	}
 	return bridge.Config{CacheDir: cache, Logger: newLogger(stderr)}
 }

@@ -114,40 +114,40 @@ func cmdQueue(args []string, stdout, stderr io.Writer) int {
 }
 
 func openStore(stderr io.Writer, name string) (*store.Store, paths.Paths, bool) {
-	paths := paths.DefaultPaths()
-	if err := paths.EnsureDirs(); err != nil {
+	dirs := paths.DefaultPaths()
+	if err := dirs.EnsureDirs(); err != nil {
 		fmt.Fprintf(stderr, "atelier %s: %v\n", name, err)
-		return nil, paths, false
+		return nil, dirs, false
 	}
-	s, err := store.OpenStore(paths.DB)
+	s, err := store.OpenStore(dirs.DB)
 	if err != nil {
 		fmt.Fprintf(stderr, "atelier %s: %v\n", name, err)
-		return nil, paths, false
+		return nil, dirs, false
 	}
-	return s, paths, true
+	return s, dirs, true
 }
 
 // openStoreToRead opens the history for a command that only reads it. When
 // the history cannot be written (a read-only folder) it is opened read-only,
 // with a note, instead of failing.
 func openStoreToRead(stderr io.Writer, name string) (*store.Store, paths.Paths, bool) {
-	paths := paths.DefaultPaths()
-	dirsErr := paths.EnsureDirs()
-	s, err := store.OpenStore(paths.DB)
+	dirs := paths.DefaultPaths()
+	dirsErr := dirs.EnsureDirs()
+	s, err := store.OpenStore(dirs.DB)
 	if errors.Is(err, store.ErrReadOnly) {
-		if ro, roErr := store.OpenReadOnly(paths.DB); roErr == nil {
-			fmt.Fprintf(stderr, "note: %s cannot be written, so it is shown as it was last written\n", paths.DB)
-			return ro, paths, true
+		if ro, roErr := store.OpenReadOnly(dirs.DB); roErr == nil {
+			fmt.Fprintf(stderr, "note: %s cannot be written, so it is shown as it was last written\n", dirs.DB)
+			return ro, dirs, true
 		}
 	}
 	if err == nil {
-		return s, paths, true // a folder that could not be made is no matter for reading
+		return s, dirs, true // a folder that could not be made is no matter for reading
 	}
 	if dirsErr != nil {
 		err = dirsErr // it says which folder, and came first
 	}
 	fmt.Fprintf(stderr, "atelier %s: %v\n", name, err)
-	return nil, paths, false
+	return nil, dirs, false
 }
 
 // queueSimple runs a subcommand that takes job ids (or nothing, for pause
