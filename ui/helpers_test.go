@@ -86,7 +86,7 @@ func (s testStudio) waitFor(t *testing.T, timeout time.Duration, what string, co
 	}
 }
 
-// settle waits until the studio's background reads of a core.Store (the
+// settle waits until the studio's background reads of a store.Store (the
 // history strip, the model library) are on screen, so that the store can
 // close and its folder go with no read in flight: a connection released
 // after Close would remove SQLite's -wal and -shm files under the folder's

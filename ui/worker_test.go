@@ -23,7 +23,7 @@ import (
 )
 
 // These tests drive the studio through the real stack: core.Runner, a
-// core.Store in a temporary SQLite file, the bridge and the Python worker with
+// store.Store in a temporary SQLite file, the bridge and the Python worker with
 // the tiny model. They need ATELIER_PYTHON and ATELIER_WORKER_DIR (make test
 // sets them).
 

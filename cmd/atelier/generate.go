@@ -242,7 +242,7 @@ type jsonError struct {
 }
 
 // jsonEmitter writes one JSON line per call when on, and nothing otherwise.
-// Protocol messages keep their wire form (EncodeMessage writes the fields a
+// Protocol messages keep their wire form (protocol.Encode writes the fields a
 // zero value would lose, such as step 0).
 func jsonEmitter(w io.Writer, on bool) func(any) {
 	if !on {
