@@ -101,6 +101,7 @@ func (f *form) set(r request.Request) {
 		s.set(r)
 	}
 	f.clearErrors()
+	f.updateHeaders()
 }
 
 // request reads the widgets into a request and validates it. Text that is not
@@ -254,6 +255,8 @@ func (f *form) content() fyne.CanvasObject {
 	f.accordion = widget.NewAccordion(items...)
 	f.accordion.MultiOpen = true
 	f.accordion.Open(0)
+	f.fields.onEdit = f.updateHeaders
+	f.updateHeaders()
 	return container.NewVBox(
 		f.prompts.content(),
 		widget.NewSeparator(),

@@ -102,6 +102,8 @@ type formFields struct {
 
 	onSubmit func()
 	onEscape func() // the studio's Esc; nil until it sets it
+	// onEdit follows edits of the fields that the section headers sum up.
+	onEdit func()
 	do       func(func())
 	// reveal opens the part of the form that holds a field (the form sets it).
 	reveal func(field string)
@@ -109,6 +111,13 @@ type formFields struct {
 	// they run off the UI goroutine. Tests replace them.
 	chooseFile   func(title string, exts ...string) (string, error)
 	chooseFolder func(title string) (string, error)
+}
+
+// edited tells the form that a value changed.
+func (ff *formFields) edited() {
+	if ff.onEdit != nil {
+		ff.onEdit()
+	}
 }
 
 // errorLabel gives a field its red label (hidden until an error comes).
@@ -213,7 +222,7 @@ func (ff *formFields) submitEntry(multiLine bool) *submitEntry {
 // entry is a named entry of the form: submitting, its error cleared on edit.
 func (ff *formFields) entry(field string, multiLine bool) *submitEntry {
 	e := ff.submitEntry(multiLine)
-	e.OnChanged = func(string) { ff.clearError(field) }
+	e.OnChanged = func(string) { ff.clearError(field); ff.edited() }
 	ff.entries[field] = &e.Entry
 	return e
 }
@@ -223,7 +232,7 @@ func (ff *formFields) pathEntry(field, placeholder string) *widget.Entry {
 	e := widget.NewEntry()
 	e.SetPlaceHolder(placeholder)
 	e.AlwaysShowValidationError = true
-	e.OnChanged = func(string) { ff.clearError(field) }
+	e.OnChanged = func(string) { ff.clearError(field); ff.edited() }
 	ff.entries[field] = e
 	return e
 }
@@ -233,7 +242,7 @@ func (ff *formFields) modelChoice(field, placeholder string) *widget.SelectEntry
 	e := widget.NewSelectEntry(nil)
 	e.SetPlaceHolder(placeholder)
 	e.AlwaysShowValidationError = true
-	e.OnChanged = func(string) { ff.clearError(field) }
+	e.OnChanged = func(string) { ff.clearError(field); ff.edited() }
 	ff.entries[field] = &e.Entry
 	return e
 }

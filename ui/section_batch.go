@@ -26,7 +26,7 @@ func newBatchSection(ff *formFields) *batchSection {
 	for i := request.MinBatch; i <= request.MaxBatch; i++ {
 		sizes = append(sizes, strconv.Itoa(i))
 	}
-	s.batchSize = widget.NewSelect(sizes, func(string) { ff.clearError(fBatch) })
+	s.batchSize = widget.NewSelect(sizes, func(string) { ff.clearError(fBatch); ff.edited() })
 	s.batchCount = ff.entry(fBatchCount, false)
 	s.batchCount.SetPlaceHolder("1")
 	return s

@@ -91,7 +91,7 @@ func (s *controlNetSection) setCapabilities(c *protocol.Capabilities) {
 func (s *controlNetSection) addRow(c request.ControlNet) *cnRow {
 	ff := s.fields
 	r := &cnRow{err: errLabel()}
-	clear := func(string) { r.err.Hide() }
+	clear := func(string) { r.err.Hide(); ff.edited() }
 	r.kind = widget.NewSelect(s.types(), func(k string) {
 		r.err.Hide()
 		if r.canny != nil {
@@ -176,6 +176,7 @@ func (s *controlNetSection) reindex() {
 	} else {
 		s.add.Enable()
 	}
+	s.fields.edited()
 }
 
 func (s *controlNetSection) set(r request.Request) {

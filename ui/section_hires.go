@@ -27,7 +27,7 @@ type hiresSection struct {
 func newHiresSection(ff *formFields, size *sizeSection) *hiresSection {
 	s := &hiresSection{fields: ff, size: size}
 	s.scale = ff.entry(fHires, false)
-	s.scale.OnChanged = func(string) { ff.clearError(fHires); s.updateHint() }
+	s.scale.OnChanged = func(string) { ff.clearError(fHires); s.updateHint(); ff.edited() }
 	s.hint = widget.NewLabel("")
 	s.hint.Importance = widget.LowImportance
 	s.scale.SetPlaceHolder(fmt.Sprintf("off; %g–%g, e.g. %g", request.MinHires, request.MaxHires, request.DefaultHiresScale))

@@ -70,7 +70,7 @@ func (s *loraSection) addRow(l request.LoRA) *loraRow {
 	r.err = errLabel()
 	r.remove = widget.NewButtonWithIcon("", theme.DeleteIcon(), func() { s.removeRow(r) })
 	browse := ff.browseButton(false, "Choose a LoRA (.safetensors)", func(p string) { r.path.SetText(p) }, "safetensors")
-	r.path.OnChanged = func(string) { r.err.Hide() }
+	r.path.OnChanged = func(string) { r.err.Hide(); ff.edited() }
 	ff.linkSliderLabel(r.err, r.weight, r.slider, formatHundredths)
 	r.path.SetText(l.Path)
 	r.weight.SetText(formatFloat(l.Weight))
@@ -116,6 +116,7 @@ func (s *loraSection) reindex() {
 	} else {
 		s.add.Enable()
 	}
+	s.fields.edited()
 }
 
 func (s *loraSection) set(r request.Request) {

@@ -58,6 +58,7 @@ func newSizeSection(ff *formFields) *sizeSection {
 		e.OnChanged = func(string) {
 			ff.clearError(name)
 			s.matchPreset()
+			ff.edited()
 			if s.onChange != nil {
 				s.onChange()
 			}
