@@ -104,7 +104,7 @@ type formFields struct {
 	onEscape func() // the studio's Esc; nil until it sets it
 	// onEdit follows edits of the fields that the section headers sum up.
 	onEdit func()
-	do       func(func())
+	do     func(func())
 	// reveal opens the part of the form that holds a field (the form sets it).
 	reveal func(field string)
 	// chooseFile and chooseFolder ask with the native dialogs; they block, so
