@@ -9,6 +9,7 @@
 //   - jobs: Runner, QueueRunner and the queue's time estimates
 //   - library: the models on disk and the folders they are found in
 //   - media: PNG text chunks, thumbnails, atomic writes
+//   - safetensors: a .safetensors file's tensor names, read from its header alone
 //   - infotext: AUTOMATIC1111's parameters text, and importing it from a PNG
 //   - paths: the folders Atelier reads and writes
 package core

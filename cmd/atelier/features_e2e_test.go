@@ -15,6 +15,7 @@ import (
 	"image/color"
 	"image/png"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -421,4 +422,59 @@ func TestModelsCommandPointsAtOtherAppsModelFolders(t *testing.T) {
 	out = run("models")
 	assert.Contains(t, out, "detail")
 	assert.NotContains(t, out, "Model folders of other apps", "nothing left to suggest")
+}
+
+// TestDamagedInputFilesAreRefusedBeforeTheWorkerStarts runs without a Python:
+// had the worker been needed to find the fault, the CLI would say that it
+// cannot start one (exit 1) instead of naming the input (exit 2).
+func TestDamagedInputFilesAreRefusedBeforeTheWorkerStarts(t *testing.T) {
+	in := t.TempDir()
+	initImg := writeTestPNG(t, filepath.Join(in, "init.png"), 64, 64, false)
+	smallMask := writeTestPNG(t, filepath.Join(in, "small-mask.png"), 32, 32, true)
+	whole := readFile(t, writeTestPNG(t, filepath.Join(in, "whole.png"), 64, 64, false))
+	cut := filepath.Join(in, "cut.png")
+	require.NoError(t, os.WriteFile(cut, whole[:len(whole)/2], 0o644))
+	notPNG := filepath.Join(in, "notes.png")
+	require.NoError(t, os.WriteFile(notPNG, []byte("these are notes, not a picture"), 0o644))
+	notST := filepath.Join(in, "download.safetensors")
+	require.NoError(t, os.WriteFile(notST, []byte("<html>rate limited</html>"), 0o644))
+	vaeNotLoRA := writeTestSafetensors(t, filepath.Join(in, "not-a-lora.safetensors"),
+		"encoder.conv_in.weight", "decoder.conv_out.weight")
+
+	for _, tc := range []struct {
+		name string
+		args []string
+		want []string // in stderr
+	}{
+		{"a model file that is no safetensors", []string{"--model", notST}, []string{"--model", "is not a safetensors file"}},
+		{"a LoRA file that is no safetensors", []string{"--lora", notST}, []string{"--lora", "loras[0].path", "is not a safetensors file"}},
+		{"a file with no LoRA weights", []string{"--lora", "tiny-lora", "--lora", vaeNotLoRA}, []string{"--lora", "loras[1].path", "holds no LoRA weights"}},
+		{"a VAE file that is no safetensors", []string{"--vae", notST}, []string{"--vae", "is not a safetensors file"}},
+		{"an upscaler that is no safetensors", []string{"--upscaler", notST}, []string{"--upscaler", "is not a safetensors file"}},
+		{"a truncated init image", []string{"--init-image", cut}, []string{"--init-image", "cut.png", "damaged or cut short"}},
+		{"an init image that is no image", []string{"--init-image", notPNG}, []string{"--init-image", "notes.png", "not an image"}},
+		{"a mask of another size", []string{"--init-image", initImg, "--mask", smallMask}, []string{"--mask", "32x32", "64x64"}},
+		{"a truncated control image", []string{"--controlnet", "type=canny,model=tiny-controlnet,image=" + cut},
+			[]string{"--controlnet", "controlnets[0].image", "damaged or cut short"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := newHome(t)
+			for _, cmd := range [][]string{append([]string{}, tinyArgs...), {"queue", "add", "--prompt", "a lighthouse", "--steps", "4", "--width", "64", "--height", "64"}} {
+				cmd := h.command(context.Background(), append(cmd, tc.args...)...)
+				cmd.Env = append(cmd.Env, "ATELIER_PYTHON="+filepath.Join(t.TempDir(), "no-python"), "ATELIER_WORKER_DIR="+t.TempDir())
+				var stdout, stderr bytes.Buffer
+				cmd.Stdout, cmd.Stderr = &stdout, &stderr
+				err := cmd.Run()
+				var exit *exec.ExitError
+				require.ErrorAs(t, err, &exit, "stderr:\n%s", stderr.String())
+				assert.Equal(t, exitUsage, exit.ExitCode(), "%v: stderr:\n%s", cmd.Args[1], stderr.String())
+				for _, w := range tc.want {
+					assert.Contains(t, stderr.String(), w, cmd.Args[1])
+				}
+				assert.Empty(t, stdout.String())
+			}
+			assert.Empty(t, h.history(), "refused input leaves no job row")
+			assert.Empty(t, h.images())
+		})
+	}
 }

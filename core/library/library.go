@@ -4,11 +4,9 @@ package library
 
 import (
 	"context"
-	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -17,6 +15,7 @@ import (
 	"strings"
 
 	"atelier/core/request"
+	"atelier/core/safetensors"
 )
 
 // ModelKind is what a file or folder of the model library is.
@@ -318,7 +317,7 @@ func classifyFile(path string) (LibraryEntry, bool) {
 		return LibraryEntry{}, false
 	}
 	e := LibraryEntry{Path: path, Name: strings.TrimSuffix(name, filepath.Ext(name)), Format: "safetensors"}
-	keys, err := SafetensorsKeys(path)
+	keys, err := safetensors.Keys(path)
 	if err != nil {
 		e.Kind, e.Refused = KindUnknown, err.Error()
 		return e, true
@@ -333,46 +332,6 @@ func classifyFile(path string) (LibraryEntry, bool) {
 		}
 	}
 	return e, true
-}
-
-// maxHeaderBytes bounds a safetensors header (real ones are well under 10 MB).
-const maxHeaderBytes = 100 << 20
-
-// SafetensorsKeys reads the tensor names of a .safetensors file from its
-// header: an 8-byte little-endian length, then that much JSON. No tensor data
-// is read.
-func SafetensorsKeys(path string) ([]string, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	var n uint64
-	if err := binary.Read(f, binary.LittleEndian, &n); err != nil {
-		return nil, fmt.Errorf("not a safetensors file: too short for a header (%v)", err)
-	}
-	if n < 2 || n > maxHeaderBytes {
-		return nil, fmt.Errorf("not a safetensors file: header length %d is out of range", n)
-	}
-	if fi, err := f.Stat(); err == nil && int64(n)+8 > fi.Size() {
-		return nil, fmt.Errorf("not a safetensors file: header length %d beyond the file's %d bytes", n, fi.Size())
-	}
-	buf := make([]byte, n)
-	if _, err := io.ReadFull(f, buf); err != nil {
-		return nil, fmt.Errorf("not a safetensors file: %v", err)
-	}
-	var header map[string]json.RawMessage
-	if err := json.Unmarshal(buf, &header); err != nil {
-		return nil, fmt.Errorf("not a safetensors file: the header is not a JSON object (%v)", err)
-	}
-	keys := make([]string, 0, len(header))
-	for k := range header {
-		if k != "__metadata__" {
-			keys = append(keys, k)
-		}
-	}
-	sort.Strings(keys)
-	return keys, nil
 }
 
 // ClassifyTensorNames tells a model's kind from its tensor names, and says why.
@@ -402,8 +361,7 @@ func ClassifyTensorNames(keys []string) (ModelKind, string) {
 		}
 		return len(keys) > 0
 	}
-	if s := has("lora_A", "lora_B", "lora_down", "lora_up", "lora_unet_", "lora_te", ".lora.", "_lora.", "lora.down",
-		"lora.up", "lokr_", "hada_w"); s != "" {
+	if s := safetensors.LoRAMark(keys); s != "" {
 		return KindLoRA, "tensor names with " + s
 	}
 	if s := has("control_model.", "controlnet_cond_embedding", "controlnet_down_blocks", "controlnet_mid_block"); s != "" {

@@ -2,32 +2,21 @@ package library
 
 import (
 	"context"
-	"encoding/binary"
-	"encoding/json"
 	"os"
 	"path/filepath"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"atelier/core/internal/sttest"
 )
 
 // writeSafetensors writes a real safetensors file: the header names each
 // tensor (4 float32 zeros each), then the data.
 func writeSafetensors(t *testing.T, path string, keys ...string) {
 	t.Helper()
-	header := map[string]any{"__metadata__": map[string]string{"format": "pt"}}
-	for i, k := range keys {
-		header[k] = map[string]any{"dtype": "F32", "shape": []int{4}, "data_offsets": []int{i * 16, (i + 1) * 16}}
-	}
-	h, err := json.Marshal(header)
-	require.NoError(t, err)
-	var buf []byte
-	buf = binary.LittleEndian.AppendUint64(buf, uint64(len(h)))
-	buf = append(buf, h...)
-	buf = append(buf, make([]byte, 16*len(keys))...)
-	require.NoError(t, os.MkdirAll(filepath.Dir(path), 0o755))
-	require.NoError(t, os.WriteFile(path, buf, 0o644))
+	sttest.Write(t, path, keys...)
 }
 
 func writeJSON(t *testing.T, path, content string) {
@@ -110,18 +99,6 @@ func TestScanLibraryClassifiesFoldersAndFiles(t *testing.T) {
 	assert.Contains(t, byName["old.ckpt"].Refused, "pickle")
 	assert.Equal(t, []string{filepath.Join(root, "loras", "detail.safetensors")}, lib.Paths(KindLoRA))
 	assert.Len(t, lib.Of(KindCheckpoint), 2, "refused checkpoints are not offered")
-}
-
-func TestSafetensorsKeysRejectsNonSafetensors(t *testing.T) {
-	dir := t.TempDir()
-	p := filepath.Join(dir, "x.safetensors")
-	require.NoError(t, os.WriteFile(p, append(binary.LittleEndian.AppendUint64(nil, 1<<40), '{'), 0o644))
-	_, err := SafetensorsKeys(p)
-	assert.ErrorContains(t, err, "not a safetensors file")
-	writeSafetensors(t, p, "a", "b")
-	keys, err := SafetensorsKeys(p)
-	require.NoError(t, err)
-	assert.Equal(t, []string{"a", "b"}, keys)
 }
 
 type memSettings map[string]string

@@ -55,7 +55,8 @@ func (r *Request) PrepareQueued() error {
 	return nil
 }
 
-// prepareFiles checks the model, resolves the paths and defaults the batch size.
+// prepareFiles checks the model, resolves the paths, checks what the files
+// hold and defaults the batch size.
 func (r *Request) prepareFiles() error {
 	model, err := r.checkModel()
 	if err != nil {
@@ -63,6 +64,9 @@ func (r *Request) prepareFiles() error {
 	}
 	r.Model = model
 	if err := r.ResolvePaths(); err != nil {
+		return err
+	}
+	if err := r.checkContents(); err != nil {
 		return err
 	}
 	if r.BatchSize == 0 {
