@@ -67,6 +67,7 @@ type benchOptions struct {
 	variants     []benchVariant
 	baseline     bool
 	restart      bool
+	switchModel  bool
 	jsonPath     string
 	timeout      time.Duration
 }
@@ -89,6 +90,7 @@ func parseBench(args []string, stdout, stderr io.Writer) (*benchOptions, int, bo
 		`; or NAME:VAR=VALUE+VAR=VALUE for settings of your own`)
 	fs.BoolVar(&o.baseline, "baseline", true, "time plain diffusers too, as the baseline")
 	fs.BoolVar(&o.restart, "restart", true, "restart each variant's worker to time the first image with a warm compile cache")
+	fs.BoolVar(&o.switchModel, "switch", true, "time the first image after a switch to another model of the same architecture (the model's files linked into a second folder)")
 	fs.StringVar(&o.jsonPath, "json", "", "also write the JSON report to this file")
 	fs.DurationVar(&o.timeout, "job-timeout", 15*time.Minute, "give up on one job after this long")
 	fs.Usage = func() {
@@ -204,6 +206,7 @@ type benchResult struct {
 	Error             string                `json:"error,omitempty"`
 	FirstImageColdS   float64               `json:"first_image_cold_s"`
 	FirstImageWarmS   float64               `json:"first_image_warm_cache_s,omitempty"`
+	FirstImageSwitchS float64               `json:"first_image_after_switch_s,omitempty"`
 	E2E               benchStats            `json:"e2e"`
 	RatioToBaseline   float64               `json:"speedup_vs_baseline,omitempty"`
 	WorkerTotal       benchStats            `json:"worker_total"`
@@ -224,6 +227,7 @@ type benchResult struct {
 	PNGOK             bool                  `json:"png_ok"`
 	FirstImageMarks   map[string]float64    `json:"first_image_cold_marks,omitempty"`
 	FirstWarmMarks    map[string]float64    `json:"first_image_warm_marks,omitempty"`
+	FirstSwitchMarks  map[string]float64    `json:"first_image_after_switch_marks,omitempty"`
 	WarmRestartLog    []string              `json:"warm_restart_worker_log,omitempty"`
 }
 
@@ -430,9 +434,13 @@ type benchSession struct {
 }
 
 func (s *benchSession) job(batch, previewEvery int) (*benchJob, error) {
+	return s.jobOn(s.model, batch, previewEvery)
+}
+
+func (s *benchSession) jobOn(model string, batch, previewEvery int) (*benchJob, error) {
 	s.seq++
 	id := fmt.Sprintf("bench-%d-%d", time.Now().UnixNano()%1e9, s.seq)
-	req := request.Request{Prompt: "a lighthouse at dusk, oil painting", NegativePrompt: "fog, blur", Model: s.model,
+	req := request.Request{Prompt: "a lighthouse at dusk, oil painting", NegativePrompt: "fog, blur", Model: model,
 		Scheduler: "euler", Steps: s.o.steps, CFG: s.o.cfg, Width: s.o.width, Height: s.o.height,
 		Seed: int64(1000 + s.seq), BatchSize: batch, OutputDir: s.outDir, PreviewEvery: previewEvery}
 	ctx, cancel := context.WithTimeout(context.Background(), s.timeout)
@@ -633,6 +641,24 @@ func benchOne(o *benchOptions, v benchVariant, model string, base bridge.Config,
 		res.Batches[strconv.Itoa(b)] = benchBatch{MedianS: med, ImagesPerSec: round4(float64(b) / med)}
 	}
 
+	if o.switchModel {
+		// Another checkpoint of the same architecture, as a user switches models: the
+		// worker keys models by folder, so a folder of links to the same files is loaded
+		// afresh. The weights are the same, which changes no timing.
+		other := filepath.Join(tmp, "switch-model")
+		if err := linkModel(model, other); err != nil {
+			logf("  no model switch timed: %v", err)
+		} else {
+			j, err := s.jobOn(other, 1, 0)
+			if err != nil {
+				return fail(err)
+			}
+			res.FirstImageSwitchS = round4(j.wall)
+			res.FirstSwitchMarks = j.marks
+			logf("  first image after a model switch %.2fs", j.wall)
+		}
+	}
+
 	if o.restart {
 		s.br.Close()
 		s.br = bridge.New(cfg)
@@ -646,6 +672,27 @@ func benchOne(o *benchOptions, v benchVariant, model string, base bridge.Config,
 		logf("  first image after a restart (warm compile cache) %.2fs", j.wall)
 	}
 	return res
+}
+
+// linkModel makes dst a folder of symbolic links to the entries of the model folder src.
+func linkModel(src, dst string) error {
+	abs, err := filepath.Abs(src)
+	if err != nil {
+		return err
+	}
+	entries, err := os.ReadDir(abs)
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(dst, 0o755); err != nil {
+		return err
+	}
+	for _, e := range entries {
+		if err := os.Symlink(filepath.Join(abs, e.Name()), filepath.Join(dst, e.Name())); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // checkPNG reports whether every image is a PNG on disk with a parameters text chunk.
@@ -671,7 +718,7 @@ func printBenchTable(w io.Writer, rep *benchReport, base benchStats, baseStep, b
 	fmt.Fprintf(w, "atelier bench: %s, %dx%d, %d steps, cfg %g; %d warm-up + %d counted runs\n",
 		filepath.Base(rep.Model), rep.Width, rep.Height, rep.Steps, rep.CFG, rep.Warmup, rep.Runs)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "variant\tmedian s\tp90 s\tspeedup\tstep ms\tTFLOP/s\tVAE s\tPNG s\tpeak GiB\tfirst cold s\tfirst warm s\tIPC %\tprogress %\tpreview %\timg/s b1\tb2\tb4\t")
+	fmt.Fprintln(tw, "variant\tmedian s\tp90 s\tspeedup\tstep ms\tTFLOP/s\tVAE s\tPNG s\tpeak GiB\tfirst cold s\tfirst warm s\tafter switch s\tIPC %\tprogress %\tpreview %\timg/s b1\tb2\tb4\t")
 	tflops := func(stepS float64) string {
 		if rep.TFLOPPerStep == 0 || stepS == 0 {
 			return "-"
@@ -686,7 +733,7 @@ func printBenchTable(w io.Writer, rep *benchReport, base benchStats, baseStep, b
 	}
 	gib := func(b int64) string { return fmt.Sprintf("%.1f", float64(b)/(1<<30)) }
 	if base.N > 0 {
-		fmt.Fprintf(tw, "diffusers (baseline)\t%.3f\t%.3f\t1.00\t%.1f\t%s\t%.3f\t-\t%s\t-\t-\t-\t-\t-\t%s\t%s\t%s\t\n",
+		fmt.Fprintf(tw, "diffusers (baseline)\t%.3f\t%.3f\t1.00\t%.1f\t%s\t%.3f\t-\t%s\t-\t-\t-\t-\t-\t-\t%s\t%s\t%s\t\n",
 			base.MedianS, base.P90S, baseStep*1000, tflops(baseStep), baseDecode, gib(basePeak),
 			ips(baseBatches, "1"), ips(baseBatches, "2"), ips(baseBatches, "4"))
 	}
@@ -703,13 +750,17 @@ func printBenchTable(w io.Writer, rep *benchReport, base benchStats, baseStep, b
 		if r.FirstImageWarmS > 0 {
 			warm = fmt.Sprintf("%.1f", r.FirstImageWarmS)
 		}
+		switched := "-"
+		if r.FirstImageSwitchS > 0 {
+			switched = fmt.Sprintf("%.1f", r.FirstImageSwitchS)
+		}
 		prev := "-"
 		if r.PreviewE2E != nil {
 			prev = fmt.Sprintf("%.1f", r.PreviewCostPct)
 		}
-		fmt.Fprintf(tw, "%s\t%.3f\t%.3f\t%s\t%.1f\t%s\t%.3f\t%.3f\t%s\t%.1f\t%s\t%.2f\t%.2f\t%s\t%s\t%s\t%s\t\n",
+		fmt.Fprintf(tw, "%s\t%.3f\t%.3f\t%s\t%.1f\t%s\t%.3f\t%.3f\t%s\t%.1f\t%s\t%s\t%.2f\t%.2f\t%s\t%s\t%s\t%s\t\n",
 			r.Name, r.E2E.MedianS, r.E2E.P90S, speed, r.StepMS, tflops(r.StepMS/1000), r.DecodeS, r.SaveS,
-			gib(r.PeakMemBytes), r.FirstImageColdS, warm, r.BridgeOverheadPct, r.ProgressCostPct, prev,
+			gib(r.PeakMemBytes), r.FirstImageColdS, warm, switched, r.BridgeOverheadPct, r.ProgressCostPct, prev,
 			ips(r.Batches, "1"), ips(r.Batches, "2"), ips(r.Batches, "4"))
 	}
 	tw.Flush()

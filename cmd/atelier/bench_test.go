@@ -80,6 +80,8 @@ func TestBenchOnTheTinyModel(t *testing.T) {
 	assert.Greater(t, v.RatioToBaseline, 0.0)
 	assert.Greater(t, v.FirstImageColdS, 0.0)
 	assert.Greater(t, v.FirstImageWarmS, 0.0)
+	assert.Greater(t, v.FirstImageSwitchS, 0.0)
+	assert.Contains(t, v.FirstSwitchMarks, "loading_model", "the switch loads the other folder")
 	assert.Greater(t, v.DenoiseS, 0.0)
 	assert.Greater(t, v.DecodeS, 0.0)
 	assert.GreaterOrEqual(t, v.BridgeOverheadS, 0.0)
