@@ -32,8 +32,14 @@ func (p *promptSection) set(r request.Request) {
 }
 
 func (p *promptSection) read(r *request.Request, _ *[]*request.FieldError) {
-	r.Prompt = p.prompt.Text
-	r.NegativePrompt = strings.TrimSpace(p.negative.Text)
+	r.Prompt = plainNewlines(p.prompt.Text)
+	r.NegativePrompt = strings.TrimSpace(plainNewlines(p.negative.Text))
+}
+
+// plainNewlines turns the line ends of text pasted from another system (CRLF, CR)
+// into newlines: a request refuses carriage returns, which the PNG's text may not hold.
+func plainNewlines(s string) string {
+	return strings.ReplaceAll(strings.ReplaceAll(s, "\r\n", "\n"), "\r", "\n")
 }
 
 func (p *promptSection) content() fyne.CanvasObject {
