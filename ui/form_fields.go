@@ -104,7 +104,9 @@ type formFields struct {
 	onEscape func() // the studio's Esc; nil until it sets it
 	// onEdit follows edits of the fields that the section headers sum up.
 	onEdit func()
-	do     func(func())
+	// onMarksGone runs when an edit clears the last marked field.
+	onMarksGone func()
+	do          func(func())
 	// reveal opens the part of the form that holds a field (the form sets it).
 	reveal func(field string)
 	// chooseFile and chooseFolder ask with the native dialogs; they block, so
@@ -158,6 +160,20 @@ func (ff *formFields) clearError(field string) {
 	if e, ok := ff.entries[field]; ok {
 		e.SetValidationError(nil)
 	}
+	if ff.onMarksGone != nil && len(ff.marked()) == 0 {
+		ff.onMarksGone()
+	}
+}
+
+// marked is the names of the fields that show an error.
+func (ff *formFields) marked() []string {
+	var names []string
+	for name, l := range ff.errs {
+		if l.Visible() {
+			names = append(names, name)
+		}
+	}
+	return names
 }
 
 func (ff *formFields) clearErrors() {

@@ -109,7 +109,7 @@ func (e *queueEdit) saveJob() {
 		if len(rest) > 0 {
 			msg = verr.Error()
 		}
-		s.status.set(statusError, msg, "")
+		s.showMarked(msg, len(rest) == 0)
 		return
 	}
 	req.PreviewEvery = 0

@@ -31,6 +31,15 @@ type statusLine struct {
 	details *widget.Button
 	detail  string
 	box     *fyne.Container
+	// pointsAtMarks: the status only says to fix the marked fields, so it
+	// goes when they are fixed.
+	pointsAtMarks bool
+}
+
+// hide takes the status away.
+func (st *statusLine) hide() {
+	st.pointsAtMarks = false
+	st.box.Hide()
 }
 
 func newStatusLine(win fyne.Window) *statusLine {
@@ -58,6 +67,7 @@ func (st *statusLine) content() fyne.CanvasObject {
 
 func (st *statusLine) set(kind statusKind, text, detail string) {
 	st.kind, st.detail = kind, detail
+	st.pointsAtMarks = false
 	switch kind {
 	case statusDone:
 		st.icon.SetResource(theme.NewSuccessThemedResource(theme.ConfirmIcon()))

@@ -66,6 +66,7 @@ func newStudioWith(a fyne.App, w fyne.Window, gen generator, hist History, post 
 	s.strip = newRecentStrip(s.thumbs, s.showRecord)
 
 	s.form.fields.onEscape = s.Escape
+	s.form.fields.onMarksGone = s.marksGone
 	w.Canvas().SetOnTypedKey(func(k *fyne.KeyEvent) {
 		if k.Name == fyne.KeyEscape {
 			s.Escape()

@@ -28,7 +28,7 @@ func (s *Studio) Generate() {
 		if len(rest) > 0 {
 			msg = verr.Error()
 		}
-		s.status.set(statusError, msg, "")
+		s.showMarked(msg, len(rest) == 0)
 		return
 	}
 	s.form.save(s.app.Preferences(), req)
@@ -179,6 +179,7 @@ func (s *Studio) finish(j *jobRun, out *jobs.JobOutcome, err error) {
 		}
 		s.barLabel.SetText("failed · " + elapsed)
 		s.status.set(statusError, msg, jerr.Detail)
+		s.scrollToFirstMark()
 	default:
 		if v, ok := request.AsValidation(err); ok {
 			rest := s.form.showErrors(v)
@@ -187,7 +188,7 @@ func (s *Studio) finish(j *jobRun, out *jobs.JobOutcome, err error) {
 				msg = v.Error()
 			}
 			s.barLabel.SetText("not started")
-			s.status.set(statusError, msg, "")
+			s.showMarked(msg, len(rest) == 0)
 			break
 		}
 		s.barLabel.SetText("failed · " + elapsed)

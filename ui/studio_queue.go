@@ -32,7 +32,7 @@ func (s *Studio) AddToQueue() {
 		if len(rest) > 0 {
 			msg = verr.Error()
 		}
-		s.status.set(statusError, msg, "")
+		s.showMarked(msg, len(rest) == 0)
 		return
 	}
 	s.form.save(s.app.Preferences(), req)
@@ -89,6 +89,7 @@ func (s *Studio) showRefusal(err error) {
 		s.form.showErrorText(jerr.Field, sentence(jerr.Message))
 	}
 	s.status.set(statusError, sentence(err.Error()), "")
+	s.scrollToFirstMark()
 }
 
 // OnQueueEvent shows what the queue runner reports; it may be called from any
