@@ -155,6 +155,10 @@ func (s *Studio) finish(j *jobRun, out *jobs.JobOutcome, err error) {
 		s.view.showRecord(rec, metricsText(out.Metrics))
 		s.barLabel.SetText(fmt.Sprintf("done — %d/%d · %s", j.req.Steps, j.req.Steps, elapsed))
 		msg := fmt.Sprintf("Saved to the history · seed %d", img.Seed)
+		if j.req.UpscaleOnly { // no steps ran: the form's step count means nothing here
+			s.barLabel.SetText(fmt.Sprintf("done — upscaled to %d × %d · %s", img.Width, img.Height, elapsed))
+			msg = fmt.Sprintf("Upscaled to %d × %d · saved to the history", img.Width, img.Height)
+		}
 		if len(out.Images) > 1 {
 			msg = fmt.Sprintf("%d images done · seeds %d–%d", len(out.Images),
 				img.Seed, out.Images[len(out.Images)-1].Seed)

@@ -203,3 +203,21 @@ func TestImageMadeButNotRecordedIsStillShown(t *testing.T) {
 	assert.Equal(t, statusError, s.status.kind)
 	assert.Contains(t, s.status.text.Text, "disk full")
 }
+
+// An upscale runs no denoising steps: it does not end as "done — 150/150".
+func TestUpscaleOnlyDoesNotReportSteps(t *testing.T) {
+	hist := &memHistory{}
+	src := writePNG(t, t.TempDir(), "src.png", 32, 32, color.NRGBA{B: 200, A: 255})
+	gen := &fakeGen{run: func(ctx context.Context, req request.Request, on func(event)) (*jobs.JobOutcome, error) {
+		path := writePNG(t, t.TempDir(), "up.png", 64, 64, color.NRGBA{G: 200, A: 255})
+		hist.add(store.ImageRecord{Path: path, Seed: req.Seed, Width: 64, Height: 64, Prompt: req.Prompt, Model: req.Model})
+		return &jobs.JobOutcome{JobID: 1, Images: []protocol.ImageResult{{Path: path, Seed: req.Seed, Width: 64, Height: 64}}}, nil
+	}}
+	s := newTestStudio(t, gen, hist)
+	s.upscaleImage(src, request.Request{Prompt: "a square", Steps: 150, Width: 32, Height: 32, Seed: 5})
+	s.waitFor(t, 10*time.Second, "the upscale to finish", func() bool { return s.job == nil })
+	require.True(t, gen.last.Load().UpscaleOnly)
+	assert.NotContains(t, s.barLabel.Text, "150")
+	assert.Contains(t, s.barLabel.Text, "upscaled to 64 × 64")
+	assert.Contains(t, s.status.text.Text, "Upscaled to 64 × 64")
+}
