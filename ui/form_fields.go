@@ -279,12 +279,12 @@ func (ff *formFields) browse(choose func() (string, error), set func(string)) {
 	}()
 }
 
-func (ff *formFields) browseButton(folder bool, titleText string, set func(string), exts ...string) *widget.Button {
+func (ff *formFields) browseButton(folder bool, titleText string, set func(string), exts ...string) *tipButton {
 	icon := theme.FileIcon()
 	if folder {
 		icon = theme.FolderOpenIcon()
 	}
-	return widget.NewButtonWithIcon("", icon, func() {
+	return newTipButton(icon, titleText, func() {
 		if folder {
 			ff.browse(func() (string, error) { return ff.chooseFolder(titleText) }, set)
 		} else {

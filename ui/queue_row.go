@@ -22,9 +22,9 @@ type queueRow struct {
 	info              *widget.Label
 	bar               *widget.ProgressBar
 	eta               *widget.Label
-	up, down, top     *widget.Button
-	edit, cancel, use *widget.Button
-	retry             *widget.Button
+	up, down, top     *tipButton
+	edit, cancel, use *tipButton
+	retry             *tipButton
 }
 
 func newQueueRow(v *queueView) *queueRow {
@@ -35,18 +35,18 @@ func newQueueRow(v *queueView) *queueRow {
 	r.info.Importance = widget.LowImportance
 	r.eta.Truncation = fyne.TextTruncateEllipsis
 	r.status.TextStyle = fyne.TextStyle{Bold: true}
-	icon := func(res fyne.Resource, tip string, f func()) *widget.Button {
-		b := widget.NewButtonWithIcon("", res, f)
+	icon := func(res fyne.Resource, tip string, f func()) *tipButton {
+		b := newTipButton(res, tip, f)
 		b.Importance = widget.LowImportance
 		return b
 	}
-	r.up = icon(theme.MoveUpIcon(), "up", func() { v.move(r.id, store.MoveUp) })
-	r.down = icon(theme.MoveDownIcon(), "down", func() { v.move(r.id, store.MoveDown) })
-	r.top = icon(theme.UploadIcon(), "top", func() { v.move(r.id, store.MoveTop) })
-	r.edit = icon(theme.DocumentCreateIcon(), "edit", func() { v.s.x.edit.open(r.id) })
-	r.cancel = icon(theme.CancelIcon(), "cancel", func() { v.cancelJob(r.id) })
-	r.retry = icon(theme.ViewRefreshIcon(), "retry", func() { v.retry(r.id) })
-	r.use = icon(theme.ContentRedoIcon(), "use settings", func() {
+	r.up = icon(theme.MoveUpIcon(), "Move up", func() { v.move(r.id, store.MoveUp) })
+	r.down = icon(theme.MoveDownIcon(), "Move down", func() { v.move(r.id, store.MoveDown) })
+	r.top = icon(theme.UploadIcon(), "Move to the top", func() { v.move(r.id, store.MoveTop) })
+	r.edit = icon(theme.DocumentCreateIcon(), "Edit in the form", func() { v.s.x.edit.open(r.id) })
+	r.cancel = icon(theme.CancelIcon(), "Cancel this job", func() { v.cancelJob(r.id) })
+	r.retry = icon(theme.ViewRefreshIcon(), "Run it again", func() { v.retry(r.id) })
+	r.use = icon(theme.ContentRedoIcon(), "Use its settings in the form", func() {
 		if j := v.job(r.id); j != nil {
 			v.s.useSettings(j.Request)
 		}
@@ -136,7 +136,7 @@ func (r *queueRow) show(j *store.QueueJob) {
 	setEnabled(r.retry, j.Status == store.StatusFailed || j.Status == store.StatusCancelled)
 }
 
-func setEnabled(b *widget.Button, on bool) {
+func setEnabled(b fyne.Disableable, on bool) {
 	if on {
 		b.Enable()
 	} else {

@@ -38,7 +38,7 @@ type cnRow struct {
 	scale, start, end   *submitEntry
 	cannyLow, cannyHigh *submitEntry
 	canny               *fyne.Container
-	remove              *widget.Button
+	remove              *tipButton
 	err                 *widget.Label
 	box                 fyne.CanvasObject
 }
@@ -115,7 +115,7 @@ func (s *controlNetSection) addRow(c request.ControlNet) *cnRow {
 		return e
 	}
 	r.scale, r.start, r.end, r.cannyLow, r.cannyHigh = num(), num(), num(), num(), num()
-	r.remove = widget.NewButtonWithIcon("", theme.DeleteIcon(), func() { s.removeRow(r) })
+	r.remove = newTipButton(theme.DeleteIcon(), "Remove this ControlNet", func() { s.removeRow(r) })
 	browseModel := ff.browseButton(true, "Choose a ControlNet folder", func(p string) { r.model.SetText(p) })
 	browseImage := ff.browseButton(false, "Choose a control image", func(p string) { r.image.SetText(p) }, "png", "jpg", "jpeg", "webp")
 	r.canny = container.NewGridWithColumns(2,

@@ -27,7 +27,7 @@ type loraRow struct {
 	path   *widget.SelectEntry
 	weight *submitEntry
 	slider *widget.Slider
-	remove *widget.Button
+	remove *tipButton
 	err    *widget.Label
 	box    fyne.CanvasObject
 }
@@ -68,7 +68,7 @@ func (s *loraSection) addRow(l request.LoRA) *loraRow {
 	r.slider = widget.NewSlider(request.MinLoRAWeight, request.MaxLoRAWeight)
 	r.slider.Step = 0.05
 	r.err = errLabel()
-	r.remove = widget.NewButtonWithIcon("", theme.DeleteIcon(), func() { s.removeRow(r) })
+	r.remove = newTipButton(theme.DeleteIcon(), "Remove this LoRA", func() { s.removeRow(r) })
 	browse := ff.browseButton(false, "Choose a LoRA (.safetensors)", func(p string) { r.path.SetText(p) }, "safetensors")
 	r.path.OnChanged = func(string) { r.err.Hide(); ff.edited() }
 	ff.linkSliderLabel(r.err, r.weight, r.slider, formatHundredths)

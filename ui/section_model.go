@@ -25,10 +25,10 @@ type modelSection struct {
 	fields *formFields
 	entry  *widget.SelectEntry
 	hint   *widget.Label
-	browse *widget.Button
+	browse *tipButton
 	// file chooses a single-file .safetensors checkpoint; addFolder adds a
 	// folder to the model library.
-	file, addFolder *widget.Button
+	file, addFolder *tipButton
 	// recent remembers recently used model paths for the drop-down.
 	recent []string
 }
@@ -42,7 +42,7 @@ func newModelSection(ff *formFields, addLibraryFolder func(dir string)) *modelSe
 	m.hint.Wrapping = fyne.TextWrapWord
 	m.entry.OnChanged = func(string) { ff.clearError(fModel); m.updateHint() }
 	ff.entries[fModel] = &m.entry.Entry
-	m.browse = widget.NewButtonWithIcon("", theme.FolderOpenIcon(), func() {
+	m.browse = newTipButton(theme.FolderOpenIcon(), "Choose a diffusers model folder", func() {
 		// The native picker blocks its caller, so it runs off the UI goroutine.
 		go func() {
 			dir, err := dialog.Directory().Title("Choose a diffusers model folder").Browse()
@@ -52,7 +52,7 @@ func newModelSection(ff *formFields, addLibraryFolder func(dir string)) *modelSe
 		}()
 	})
 	m.file = ff.browseButton(false, "Choose an SDXL checkpoint (.safetensors)", m.entry.SetText, "safetensors")
-	m.addFolder = widget.NewButtonWithIcon("", theme.StorageIcon(), func() {
+	m.addFolder = newTipButton(theme.StorageIcon(), "Add a folder of models to the library", func() {
 		ff.browse(func() (string, error) { return ff.chooseFolder("Add a folder of models to the library") }, addLibraryFolder)
 	})
 	return m

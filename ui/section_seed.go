@@ -14,16 +14,17 @@ import (
 
 // seedSection is the seed, with a random one a click away.
 type seedSection struct {
-	fields        *formFields
-	seed          *submitEntry
-	dice, anySeed *widget.Button
+	fields  *formFields
+	seed    *submitEntry
+	dice    *tipButton
+	anySeed *widget.Button
 }
 
 func newSeedSection(ff *formFields) *seedSection {
 	s := &seedSection{fields: ff}
 	s.seed = ff.entry(fSeed, false)
 	s.seed.SetPlaceHolder("-1 = random")
-	s.dice = widget.NewButtonWithIcon("", diceIcon, func() { s.seed.SetText(strconv.FormatInt(randomSeed(), 10)) })
+	s.dice = newTipButton(diceIcon, "A new random seed", func() { s.seed.SetText(strconv.FormatInt(randomSeed(), 10)) })
 	s.anySeed = widget.NewButton("Any", func() { s.seed.SetText("-1") })
 	return s
 }

@@ -38,7 +38,7 @@ type sizeSection struct {
 	fields        *formFields
 	preset        *widget.Select
 	width, height *submitEntry
-	swap          *widget.Button
+	swap          *tipButton
 	// onChange follows a typed size (the hires fix shows what it makes of it).
 	onChange func()
 }
@@ -64,7 +64,7 @@ func newSizeSection(ff *formFields) *sizeSection {
 			}
 		}
 	}
-	s.swap = widget.NewButtonWithIcon("", swapIcon, func() {
+	s.swap = newTipButton(swapIcon, "Swap width and height", func() {
 		w, h := s.width.Text, s.height.Text
 		s.width.SetText(h)
 		s.height.SetText(w)

@@ -78,7 +78,7 @@ func newStudioWith(a fyne.App, w fyne.Window, gen generator, hist History, post 
 	if svc != nil {
 		s.setupExtras(svc)
 	}
-	w.SetContent(s.layout())
+	w.SetContent(withTips(w.Canvas(), s.layout()))
 	s.restoreState()
 	// Closing the window mid-job cancels the job, so the worker is free at exit.
 	w.SetOnClosed(func() {
