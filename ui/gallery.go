@@ -2,6 +2,7 @@ package ui
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"image"
 	"strconv"
@@ -46,6 +47,7 @@ type galleryView struct {
 	session    *widget.Select
 	sessionIDs map[string]int64
 	countLabel *widget.Label
+	notice     *widget.Label // over the grid: why it is empty
 	selecting  *widget.Check
 	export     *widget.Button
 	selected   map[int64]bool
@@ -85,6 +87,13 @@ func newGalleryView(s *Studio) *galleryView {
 	g.session = widget.NewSelect([]string{allSessions}, func(string) { g.apply() })
 	g.session.SetSelected(allSessions)
 	g.countLabel = widget.NewLabel("")
+	g.notice = widget.NewLabel("")
+	g.notice.Alignment = fyne.TextAlignCenter
+	g.notice.Wrapping = fyne.TextWrapWord
+	g.notice.Hide()
+	for _, e := range []*widget.Entry{g.seed, g.from, g.to} {
+		e.AlwaysShowValidationError = true // marked while the pointer is elsewhere
+	}
 	g.selecting = widget.NewCheck("Select", func(on bool) {
 		if !on {
 			g.selected = map[int64]bool{}
@@ -116,7 +125,8 @@ func (g *galleryView) content() fyne.CanvasObject {
 		g.starred, narrow(g.session, 200))
 	bar := container.NewBorder(nil, nil, nil, container.NewHBox(g.countLabel, g.selecting, g.export), g.search)
 	top := container.NewVBox(container.NewPadded(bar), container.NewPadded(filters), widget.NewSeparator())
-	g.gridPane = container.NewBorder(top, nil, nil, nil, g.grid)
+	g.gridPane = container.NewBorder(top, nil, nil, nil,
+		container.NewStack(g.grid, container.NewCenter(container.NewGridWrap(fyne.NewSize(520, 80), g.notice))))
 	d := g.detail.content()
 	d.Hide()
 	return container.NewStack(g.gridPane, d)
@@ -163,8 +173,9 @@ func (g *galleryView) loadChoices() {
 	}
 }
 
-// query reads the filters; a filter that does not parse is reported.
-func (g *galleryView) query() (store.GalleryQuery, string) {
+// query reads the filters; a filter that does not parse is reported, with
+// its entry.
+func (g *galleryView) query() (store.GalleryQuery, string, *widget.Entry) {
 	q := store.GalleryQuery{Text: g.search.Text, Starred: g.starred.Checked}
 	if m := g.model.Selected; m != "" && m != allModels {
 		q.Model = m
@@ -175,7 +186,7 @@ func (g *galleryView) query() (store.GalleryQuery, string) {
 	if t := strings.TrimSpace(g.seed.Text); t != "" {
 		n, err := strconv.ParseInt(t, 10, 64)
 		if err != nil {
-			return q, "the seed must be a whole number"
+			return q, fmt.Sprintf("The seed must be a whole number, got %q", t), g.seed
 		}
 		q.Seed = &n
 	}
@@ -186,7 +197,7 @@ func (g *galleryView) query() (store.GalleryQuery, string) {
 		}
 		d, err := time.ParseInLocation("2006-01-02", t, time.Local)
 		if err != nil {
-			return time.Time{}, name + " must be a date like 2025-01-31"
+			return time.Time{}, fmt.Sprintf("%q must be a real date like 2025-01-31, got %q", name, t)
 		}
 		if next {
 			d = d.AddDate(0, 0, 1) // "to" includes its whole day
@@ -194,13 +205,29 @@ func (g *galleryView) query() (store.GalleryQuery, string) {
 		return d, ""
 	}
 	var msg string
-	if q.From, msg = day(g.from, "from", false); msg != "" {
-		return q, msg
+	if q.From, msg = day(g.from, "From", false); msg != "" {
+		return q, msg, g.from
 	}
-	if q.To, msg = day(g.to, "to", true); msg != "" {
-		return q, msg
+	if q.To, msg = day(g.to, "To", true); msg != "" {
+		return q, msg, g.to
 	}
-	return q, ""
+	return q, "", nil
+}
+
+// filtered says whether q narrows the gallery at all.
+func filtered(q store.GalleryQuery) bool {
+	return strings.TrimSpace(q.Text) != "" || q.Model != "" || q.Seed != nil || !q.From.IsZero() ||
+		!q.To.IsZero() || q.Starred || q.SessionID != 0
+}
+
+// showNotice says over the grid why it is empty; "" hides it.
+func (g *galleryView) showNotice(msg string, importance widget.Importance) {
+	g.notice.Importance = importance
+	g.notice.SetText(msg)
+	g.notice.Show()
+	if msg == "" {
+		g.notice.Hide()
+	}
 }
 
 // reload runs the same query again (new images came in), keeping the
@@ -214,11 +241,24 @@ func (g *galleryView) run(toTop bool) {
 	if g.grid == nil || !g.opened {
 		return
 	}
-	q, bad := g.query()
+	q, bad, field := g.query()
+	for _, e := range []*widget.Entry{g.seed, g.from, g.to} {
+		if e != field {
+			e.SetValidationError(nil)
+		}
+	}
 	if bad != "" {
+		// Nothing matches a filter that means nothing: the grid empties
+		// rather than keep showing what the filter was meant to narrow.
+		field.SetValidationError(errors.New(bad))
 		g.countLabel.SetText(bad)
 		g.countLabel.Importance = widget.DangerImportance
 		g.countLabel.Refresh()
+		g.count = 0
+		g.pages, g.order = map[int][]store.ImageRecord{}, nil
+		g.tiles = map[string]*galleryTile{}
+		g.grid.Refresh()
+		g.showNotice(bad, widget.DangerImportance)
 		return
 	}
 	g.countLabel.Importance = widget.MediumImportance
@@ -236,6 +276,14 @@ func (g *galleryView) run(toTop bool) {
 		g.countLabel.SetText("1 image")
 	default:
 		g.countLabel.SetText(fmt.Sprintf("%d images", n))
+	}
+	switch {
+	case n > 0:
+		g.showNotice("", widget.MediumImportance)
+	case filtered(q):
+		g.showNotice("No images match the search and filters. Clear them to see every image.", widget.MediumImportance)
+	default:
+		g.showNotice("No images yet: the images you generate in the Studio tab collect here.", widget.MediumImportance)
 	}
 	g.grid.Refresh()
 	if toTop {

@@ -213,3 +213,35 @@ func mustNewest(t *testing.T, st *store.Store) store.ImageRecord {
 	require.Len(t, imgs, 1)
 	return imgs[0]
 }
+
+// A filter that does not parse empties the grid and says so over it, in a
+// sentence; an impossible date is refused; no match is said, not left blank.
+func TestGalleryFilterProblemsAreSaidOverTheGrid(t *testing.T) {
+	s, st, _ := servicesStudio(t, nil, nil)
+	dir := t.TempDir()
+	recordImage(t, st, dir, "a lighthouse at dusk", "tiny", 1)
+	recordImage(t, st, dir, "a red fox in the snow", "tiny", 2)
+	s.x.tabs.SelectIndex(tabGallery)
+	g := s.x.gallery
+	assert.Equal(t, "2 images", g.countLabel.Text)
+	assert.False(t, g.notice.Visible())
+
+	g.seed.SetText("12a")
+	assert.Zero(t, g.count, "the grid does not stay unfiltered")
+	assert.True(t, g.notice.Visible())
+	assert.Equal(t, `The seed must be a whole number, got "12a"`, g.notice.Text)
+	g.seed.SetText("")
+	assert.Equal(t, 2, g.count)
+	assert.False(t, g.notice.Visible())
+
+	g.from.SetText("2026-13-45")
+	assert.Zero(t, g.count)
+	assert.Contains(t, g.notice.Text, "real date")
+	assert.Contains(t, g.notice.Text, "2026-13-45")
+	g.from.SetText("")
+
+	test.Type(g.search, "zebra")
+	assert.Equal(t, "0 images", g.countLabel.Text)
+	assert.True(t, g.notice.Visible())
+	assert.Contains(t, g.notice.Text, "No images match")
+}
