@@ -541,3 +541,26 @@ func TestGenerateSaysItWaitsForTheQueuedJob(t *testing.T) {
 	close(end)
 	s.waitFor(t, 20*time.Second, "the second job to end", func() bool { return s.job == nil })
 }
+
+// The viewer follows the queue's results: a finished queue job's image
+// replaces a cancelled job's preview, without a click in Recent.
+func TestViewerFollowsQueueResults(t *testing.T) {
+	s, st, _ := servicesStudio(t, nil, nil)
+	dir := t.TempDir()
+	older := recordImage(t, st, dir, "an older image", "tiny", 1)
+	s.refreshHistory()
+	s.waitFor(t, 20*time.Second, "the history", func() bool { return s.view.shown != nil })
+	require.Equal(t, older.Path, s.view.shown.Path)
+
+	// A cancelled job left its last preview in the viewer.
+	s.view.img.File, s.view.img.Image = "", image.NewNRGBA(image.Rect(0, 0, 8, 8))
+	s.view.title.SetText("Preview")
+
+	newer := recordImage(t, st, dir, "a queued lighthouse", "tiny", 2)
+	job := &store.QueueJob{JobRecord: store.JobRecord{ID: 7, Status: store.StatusDone}}
+	s.OnQueueEvent(jobs.QueueEvent{Kind: jobs.QueueFinished, Job: job})
+	s.waitFor(t, 20*time.Second, "the viewer to show the queue's image", func() bool {
+		return s.view.shown != nil && s.view.shown.Path == newer.Path && s.view.img.File == newer.Path
+	})
+	assert.Equal(t, "a queued lighthouse", s.view.title.Text)
+}

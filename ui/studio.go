@@ -40,7 +40,10 @@ type Studio struct {
 	job         *jobRun // non-nil while a job runs; UI goroutine only
 	waitingFor  int64   // the queue job that the Generate job waits for, or 0
 	selectAfter string  // path to select once the history shows it
-	x           *extras // the queue and gallery tabs; nil without Services
+	// followNewest: a queue job has made an image, and the viewer shows the
+	// newest image once the history has it (not a stale preview or an older pick).
+	followNewest bool
+	x            *extras // the queue and gallery tabs; nil without Services
 }
 
 func newStudioWith(a fyne.App, w fyne.Window, gen generator, hist History, post func(func()), svc *Services) *Studio {

@@ -39,8 +39,12 @@ func (s *Studio) refreshHistory() {
 				s.selectAfter = ""
 			}
 			missing := s.strip.set(recs)
-			if s.view.shown == nil && len(recs) > 0 && s.job == nil {
-				s.showRecord(recs[0]) // reopen on the newest image rather than a blank canvas
+			follow := s.followNewest
+			s.followNewest = false
+			// Reopen on the newest image rather than a blank canvas, and follow
+			// the queue's results; a running Generate job shows its own.
+			if (s.view.shown == nil || follow) && len(recs) > 0 && s.job == nil {
+				s.showRecord(recs[0])
 			}
 			if len(missing) > 0 {
 				go s.loadThumbs(missing)

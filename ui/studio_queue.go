@@ -105,6 +105,7 @@ func (s *Studio) OnQueueEvent(qe jobs.QueueEvent) {
 			s.showQueueWait()
 		}
 		if e.kind == jobs.QueueFinished && e.job != nil && e.job.Status == store.StatusDone {
+			s.followNewest = true
 			s.refreshHistory()
 		}
 	})
