@@ -168,7 +168,7 @@ func closedError() *failure.JobError {
 
 // Submit runs req as job id on the worker, starting the worker first if none runs.
 // The channel yields accepted, progress, preview and finally one result or error
-// (code worker_crashed when the worker died, internal when it sent an unreadable
+// (code worker_crashed when the worker died or stopped responding, internal when it sent an unreadable
 // line), then closes; the caller must drain it. Cancelling ctx cancels the job.
 // An error means the job never started; it is a *failure.JobError: an invalid request
 // or id, another job still running, a worker that failed to start, or ctx done.
@@ -225,6 +225,9 @@ func (b *Bridge) Submit(ctx context.Context, id string, req request.Request) (<-
 		if b.w == w && !w.broken && !w.gone {
 			j.w = w
 			w.jobID = id
+			if w.beats {
+				go b.watchSilence(j, w)
+			}
 			b.mu.Unlock()
 			break
 		}
@@ -290,6 +293,69 @@ func (b *Bridge) Cancel(id string) error {
 		b.log(id).Warn("could not send cancel to the worker", "pid", w.pid(), "err", err)
 	}
 	return nil
+}
+
+// silenceTicks is how many ticks the heartbeat deadline is counted in.
+const silenceTicks = 10
+
+// watchSilence kills j's worker and ends j as worker_crashed once the worker has said
+// nothing for HeartbeatTimeout. A worker that announced heartbeats sends one every few
+// seconds from a thread of its own, however long a step takes, so silence means it is
+// frozen: stopped, deadlocked, or swapped out. The silence is counted in ticks of the
+// bridge's own clock, so that time the bridge itself was stopped (Ctrl-Z of the CLI,
+// while its worker runs on in its own process group) is not charged to the worker.
+// It is between HeartbeatTimeout and a tenth more.
+func (b *Bridge) watchSilence(j *job, w *worker) {
+	t := time.NewTicker(b.cfg.HeartbeatTimeout / silenceTicks)
+	defer t.Stop()
+	last, quiet := w.heard.Load(), 0
+	for {
+		select {
+		case <-j.endedC:
+			return
+		case <-w.done: // its exit ends the job
+			return
+		case <-t.C:
+		}
+		if n := w.heard.Load(); n != last {
+			last, quiet = n, 0
+			continue
+		}
+		if quiet++; quiet > silenceTicks {
+			b.silenced(j, w, last)
+			return
+		}
+	}
+}
+
+// silenced ends job j, whose worker w has read no line since heard, and kills w. SIGKILL
+// ends a stopped process too. The job ends first, so that it ends even if the process
+// does not die at once (a process in uninterruptible sleep dies only when it wakes).
+func (b *Bridge) silenced(j *job, w *worker, heard int64) {
+	b.mu.Lock()
+	if j.ended || w.broken || w.gone || w.heard.Load() != heard {
+		b.mu.Unlock()
+		return
+	}
+	w.broken = true
+	if b.w == w {
+		b.w = nil
+	}
+	b.noteFailureLocked()
+	timeout := b.cfg.HeartbeatTimeout
+	tail := w.tail.snapshot()
+	detail := strings.Join(tail, "\n")
+	if len(tail) == 0 {
+		detail = "(the worker wrote nothing to stderr)"
+	}
+	b.endLocked(j, errorMessage(j.id, &failure.JobError{Code: failure.ErrWorkerCrashed,
+		Message: fmt.Sprintf("The worker stopped responding: Atelier heard nothing from it for %s during the job (no progress and no heartbeat), so it stopped the worker. "+
+			"The worker may have been paused (kill -STOP, a debugger), or the machine may be out of memory and swapping. "+
+			"Retry: the next job starts a new worker. If it keeps happening, the detail below shows its last log lines.", timeout),
+		Detail: detail}))
+	b.mu.Unlock()
+	b.log(j.id).Error("worker stopped responding; killing it", "pid", w.pid(), "silent_for", timeout)
+	w.kill()
 }
 
 func (b *Bridge) cancelTimedOut(j *job, w *worker) {
@@ -500,6 +566,7 @@ func (b *Bridge) start(st *startAttempt, id string) {
 		b.noteFailureLocked()
 	default:
 		w.ready = true
+		w.beats = hello.Capabilities.Has(protocol.FeatureHeartbeat)
 		b.w = w
 		b.hello, b.helloOK = hello, true
 		st.w = w
@@ -681,6 +748,8 @@ func (b *Bridge) routeLocked(w *worker, m protocol.Message) error {
 			close(ch)
 			delete(b.pings, msg.ID)
 		}
+	case protocol.Heartbeat:
+		// Its line moved w.heard, which is all the silence watch needs.
 	case protocol.Loading, protocol.Hello:
 		b.log(w.jobID).Debug("ignoring a late start-up message", "type", m.Type(), "pid", w.pid())
 	default:

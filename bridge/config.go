@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"atelier/core/failure"
+	"atelier/core/spec"
 )
 
 // DefaultPython and DefaultWorkerDir are set at build time by the Makefile
@@ -35,6 +36,8 @@ const (
 	DefaultExitGrace    = 5 * time.Second
 	DefaultBackoffMin   = 500 * time.Millisecond
 	DefaultBackoffMax   = 30 * time.Second
+	// DefaultHeartbeatTimeout is the spec's heartbeat deadline (docs/protocol.md).
+	DefaultHeartbeatTimeout = spec.HeartbeatDeadlineS * time.Second
 )
 
 // Config says how to run the worker. The zero value works in a binary built by the
@@ -62,6 +65,11 @@ type Config struct {
 	// killed. The worker stops at the next denoising step, so this covers one step
 	// (or a model load, which cannot be interrupted). Default 30s.
 	CancelGrace time.Duration
+	// HeartbeatTimeout is how long a worker that announced heartbeats may say nothing
+	// while a job is in flight before it counts as frozen: it is killed and the job
+	// ends as worker_crashed. A worker without the heartbeat feature gets no such
+	// deadline. Default DefaultHeartbeatTimeout (30s).
+	HeartbeatTimeout time.Duration
 	// ExitGrace is how long Close waits for the worker to exit after closing its stdin
 	// before killing it. Default 5s.
 	ExitGrace time.Duration
@@ -82,6 +90,7 @@ func (c Config) withDefaults() Config {
 	}
 	def(&c.StallTimeout, DefaultStallTimeout)
 	def(&c.CancelGrace, DefaultCancelGrace)
+	def(&c.HeartbeatTimeout, DefaultHeartbeatTimeout)
 	def(&c.ExitGrace, DefaultExitGrace)
 	def(&c.BackoffMin, DefaultBackoffMin)
 	def(&c.BackoffMax, DefaultBackoffMax)

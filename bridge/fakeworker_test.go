@@ -58,8 +58,10 @@ func fakeParent(modeFile string) int {
 }
 
 type fakeOpts struct {
-	mode      string        // healthy, crash, garbage, longline, wrongdir, garbagestart, stubborn, hang, diestart, badproto, slowstart, deaf
+	mode      string        // healthy, crash, garbage, longline, wrongdir, garbagestart, stubborn, hang, diestart, badproto, slowstart, deaf, freeze
 	step      time.Duration // time per denoising step
+	beat      time.Duration // the heartbeat interval while a job runs
+	noBeat    bool          // nobeat=1: an older worker, without the heartbeat feature
 	loadFor   time.Duration // slowstart: how long it keeps printing loading
 	loadEvery time.Duration // slowstart: the gap between loading lines
 	protocol  int           // badproto: the version in hello
@@ -67,7 +69,7 @@ type fakeOpts struct {
 }
 
 func parseFakeOpts(text string) fakeOpts {
-	o := fakeOpts{mode: "healthy", step: 5 * time.Millisecond, loadEvery: 100 * time.Millisecond, protocol: 2}
+	o := fakeOpts{mode: "healthy", step: 5 * time.Millisecond, beat: 20 * time.Millisecond, loadEvery: 100 * time.Millisecond, protocol: 2}
 	for _, kv := range strings.Fields(text) {
 		k, v, _ := strings.Cut(kv, "=")
 		d, _ := time.ParseDuration(v)
@@ -76,6 +78,10 @@ func parseFakeOpts(text string) fakeOpts {
 			o.mode = v
 		case "step":
 			o.step = d
+		case "beat":
+			o.beat = d
+		case "nobeat":
+			o.noBeat = v == "1"
 		case "load":
 			o.loadFor = d
 		case "every":
@@ -155,10 +161,13 @@ func fakeWorker(modeFile string) int {
 	f.send(protocol.Loading{Message: "importing torch"})
 	hello := protocol.Hello{Protocol: protocol.ProtocolVersion, WorkerVersion: "0.0.0-fake",
 		Device: "cpu", Dtype: "float32", Devices: []protocol.Device{{Name: "fake cpu", Kind: "cpu"}},
-		Capabilities: &protocol.Capabilities{Schedulers: request.Schedulers, ControlNetTypes: []string{}, Features: []string{"txt2img"}},
+		Capabilities: &protocol.Capabilities{Schedulers: request.Schedulers, ControlNetTypes: []string{}, Features: []string{"txt2img", protocol.FeatureHeartbeat}},
 		Versions:     map[string]string{"python": "fake", "torch": "fake", "diffusers": "fake"}}
 	if f.o.mode == "badproto" {
 		hello.Protocol = f.o.protocol
+	}
+	if f.o.noBeat {
+		hello.Capabilities.Features = []string{"txt2img"}
 	}
 	f.send(hello)
 
@@ -204,7 +213,39 @@ func fakeWorker(modeFile string) int {
 	return 0
 }
 
+// beatWhileRunning sends heartbeats for job id until the returned function is called,
+// as the real worker's heartbeat thread does, whatever the job loop is doing.
+func (f *fake) beatWhileRunning(id string) (stop func()) {
+	if f.o.noBeat {
+		return func() {}
+	}
+	done := make(chan struct{})
+	stopped := make(chan struct{})
+	go func() {
+		defer close(stopped)
+		t := time.NewTicker(f.o.beat)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-t.C:
+				f.send(protocol.Heartbeat{ID: id})
+			}
+		}
+	}()
+	return func() { close(done); <-stopped }
+}
+
 func (f *fake) run(id string, req request.Request) {
+	stopBeat := f.beatWhileRunning(id)
+	final := f.work(id, req)
+	stopBeat()
+	f.send(final)
+}
+
+// work runs one job and returns its final message.
+func (f *fake) work(id string, req request.Request) protocol.Message {
 	start := time.Now()
 	elapsed := func() float64 { return time.Since(start).Seconds() }
 	f.logf("[%s] generating %d steps", id, req.Steps)
@@ -218,8 +259,7 @@ func (f *fake) run(id string, req request.Request) {
 	for step := 1; step <= req.Steps; step++ {
 		time.Sleep(f.o.step)
 		if _, ok := f.canc.Load(id); ok {
-			f.send(protocol.Error{ID: id, Code: failure.ErrCancelled, Message: "the job was cancelled"})
-			return
+			return protocol.Error{ID: id, Code: failure.ErrCancelled, Message: "the job was cancelled"}
 		}
 		f.send(protocol.Progress{ID: id, Stage: "denoising", Step: step, Total: req.Steps, ElapsedS: elapsed()})
 		if step == 2 {
@@ -234,6 +274,10 @@ func (f *fake) run(id string, req request.Request) {
 				f.raw(`{"type":"loading","message":"` + strings.Repeat("x", protocol.MaxLineBytes) + `"}`)
 			case "wrongdir":
 				f.raw(`{"type":"shutdown"}`)
+			case "freeze":
+				// As kill -STOP does: every thread stops, the heartbeat's too.
+				f.logf("[%s] stopping myself", id)
+				_ = syscall.Kill(os.Getpid(), syscall.SIGSTOP)
 			}
 		}
 		if req.PreviewEvery > 0 && step%req.PreviewEvery == 0 {
@@ -247,14 +291,13 @@ func (f *fake) run(id string, req request.Request) {
 	for i := range batch {
 		p := filepath.Join(req.OutputDir, fmt.Sprintf("%s-%d.png", id, i))
 		if err := writePNG(p, req.Width, req.Height); err != nil {
-			f.send(protocol.Error{ID: id, Code: failure.ErrInternal, Message: "cannot write the image", Detail: err.Error()})
-			return
+			return protocol.Error{ID: id, Code: failure.ErrInternal, Message: "cannot write the image", Detail: err.Error()}
 		}
 		f.send(protocol.Progress{ID: id, Stage: "saving", Step: i + 1, Total: batch, ElapsedS: elapsed()})
 		images = append(images, protocol.ImageResult{Path: p, Seed: req.Seed + int64(i), Width: req.Width, Height: req.Height})
 	}
-	f.send(protocol.Result{ID: id, Images: images,
-		Metrics: &protocol.Metrics{TotalS: elapsed(), Device: "cpu", Dtype: "float32"}})
+	return protocol.Result{ID: id, Images: images,
+		Metrics: &protocol.Metrics{TotalS: elapsed(), Device: "cpu", Dtype: "float32"}}
 }
 
 func writePNG(path string, w, h int) error {

@@ -518,3 +518,45 @@ func TestWorkerCommand(t *testing.T) {
 	assert.Zero(t, b.failures, "a missing set-up is reported at once, without backoff")
 	b.mu.Unlock()
 }
+
+func TestFakeFrozenWorkerIsKilledAndTheNextJobStartsANewOne(t *testing.T) {
+	fb := newFakeBridge(t, "mode=freeze", func(c *Config) { c.HeartbeatTimeout = time.Second })
+	ch, err := fb.Submit(context.Background(), "job-1", tinyRequest(t, 5))
+	require.NoError(t, err)
+	pid := fb.pid()
+	// The bound only catches a hang; the deadline is a second.
+	msgs := collect(t, ch, jobTimeout)
+	final := finalOf(t, "job-1", msgs)
+	require.Equal(t, protocol.MsgError, final.Type, "%v", types(msgs))
+	assert.Equal(t, failure.ErrWorkerCrashed, final.Code)
+	assert.Contains(t, final.Message, "stopped responding")
+	assert.Contains(t, final.Message, "heard nothing from it for 1s")
+	assert.Contains(t, final.Message, "next job starts a new worker", "the message says what to do")
+	assert.Contains(t, final.Detail, "stopping myself", "the detail holds the stderr tail")
+	assert.GreaterOrEqual(t, countType(msgs, protocol.MsgProgress), 2, "the job had progressed before it froze")
+	waitGone(t, pid, jobTimeout)
+
+	fb.setMode("mode=healthy")
+	req := tinyRequest(t, 2)
+	final, _ = runJob(t, fb.Bridge, "job-2", req)
+	requireResult(t, final, req)
+	assert.EqualValues(t, 2, fb.started(), "a new worker ran the next job")
+}
+
+func TestFakeStepLongerThanTheDeadlineLivesOnHeartbeats(t *testing.T) {
+	// Two steps of 2s each, no progress in between: only the beats say the worker lives.
+	fb := newFakeBridge(t, "mode=healthy step=2s beat=20ms", func(c *Config) { c.HeartbeatTimeout = time.Second })
+	req := tinyRequest(t, 2)
+	final, _ := runJob(t, fb.Bridge, "job-1", req)
+	requireResult(t, final, req)
+	assert.EqualValues(t, 1, fb.started())
+}
+
+func TestFakeWorkerWithoutHeartbeatsGetsNoDeadline(t *testing.T) {
+	// An older worker, whose hello does not list heartbeat: a silent step is no freeze.
+	fb := newFakeBridge(t, "mode=healthy step=2s nobeat=1", func(c *Config) { c.HeartbeatTimeout = 300 * time.Millisecond })
+	req := tinyRequest(t, 2)
+	final, _ := runJob(t, fb.Bridge, "job-1", req)
+	requireResult(t, final, req)
+	assert.EqualValues(t, 1, fb.started())
+}

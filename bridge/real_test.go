@@ -3,6 +3,7 @@ package bridge
 import (
 	"context"
 	"os"
+	"syscall"
 	"testing"
 	"time"
 
@@ -33,13 +34,17 @@ func runTests(m *testing.M) int {
 	return m.Run()
 }
 
-func newRealBridge(t *testing.T) *Bridge {
+func newRealBridge(t *testing.T, edit ...func(*Config)) *Bridge {
 	t.Helper()
 	python, dir := os.Getenv(EnvPython), os.Getenv(EnvWorkerDir)
 	if python == "" || dir == "" {
 		t.Fatalf("the real-worker tests need %s and %s: run them with `make test` (or `make test-go`), which sets both to the venv's python and the repository's python folder", EnvPython, EnvWorkerDir)
 	}
-	b := New(Config{Python: python, WorkerDir: dir, CacheDir: realCacheDir, Logger: testLogger(t)})
+	cfg := Config{Python: python, WorkerDir: dir, CacheDir: realCacheDir, Logger: testLogger(t)}
+	for _, e := range edit {
+		e(&cfg)
+	}
+	b := New(cfg)
 	t.Cleanup(func() {
 		pids := b.allPIDs()
 		require.NoError(t, b.Close())
@@ -156,4 +161,41 @@ func TestRealCloseLeavesNoProcess(t *testing.T) {
 	require.NoError(t, b.Close())
 	requireGone(t, pid)
 	assert.Empty(t, childrenOf(t, os.Getpid()), "no worker process remains after Close")
+}
+
+// TestRealStoppedWorkerIsKilled stops the real worker mid-job with SIGSTOP, as a user's
+// kill -STOP would, then runs a job whose one step outlasts the heartbeat deadline on a
+// new worker: its heartbeats keep it alive.
+func TestRealStoppedWorkerIsKilled(t *testing.T) {
+	const deadline = 5 * time.Second
+	b := newRealBridge(t, func(c *Config) {
+		c.HeartbeatTimeout = deadline
+		// Beats 50 times a deadline; every step waits 8s after its progress.
+		c.Env = append(c.Env, "ATELIER_HEARTBEAT_INTERVAL_S=0.1", "ATELIER_TEST_STEP_DELAY_S=8")
+	})
+	ch, err := b.Submit(context.Background(), "real-stop", realRequest(t, 150))
+	require.NoError(t, err)
+	var msgs []seen
+	pid := 0
+	for msg := range ch {
+		m := seenOf(msg)
+		msgs = append(msgs, m)
+		if m.Type == protocol.MsgProgress && m.Stage == "denoising" && pid == 0 {
+			pid = b.pid()
+			require.NotZero(t, pid)
+			require.NoError(t, syscall.Kill(pid, syscall.SIGSTOP))
+		}
+	}
+	final := finalOf(t, "real-stop", msgs)
+	require.Equal(t, protocol.MsgError, final.Type, "%v", types(msgs))
+	assert.Equal(t, failure.ErrWorkerCrashed, final.Code)
+	assert.Contains(t, final.Message, "stopped responding")
+	assert.Contains(t, final.Message, "next job starts a new worker")
+	waitGone(t, pid, realTimeout)
+	assert.Empty(t, childrenOf(t, os.Getpid()), "no worker process remains")
+
+	next := realRequest(t, 1)
+	final, _ = runJob(t, b, "real-after-stop", next)
+	requireResult(t, final, next)
+	assert.NotEqual(t, pid, b.pid(), "a new worker ran it")
 }

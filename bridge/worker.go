@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -49,9 +50,11 @@ type worker struct {
 	stdoutDone chan struct{}
 	stderrDone chan struct{}
 	exited     chan struct{} // closed after the exit was handled: output read, job ended
+	heard      atomic.Int64  // lines read from stdout: the silence watch sees it move
 
 	// Guarded by Bridge.mu.
 	ready   bool              // the handshake succeeded
+	beats   bool              // its hello lists the heartbeat feature
 	broken  bool              // Atelier is stopping it: its later lines are ignored
 	gone    bool              // the exit was handled
 	failure *failure.JobError // why Atelier stopped it, for the handshake's error
@@ -209,6 +212,9 @@ func (b *Bridge) readStdout(w *worker) {
 	r := bufio.NewReaderSize(w.stdout, 64<<10)
 	for {
 		line, tooLong, err := readLine(r, protocol.MaxLineBytes)
+		if len(line) > 0 {
+			w.heard.Add(1)
+		}
 		switch {
 		case tooLong:
 			b.unreadable(w, line, fmt.Errorf("a line longer than the protocol's %d-byte limit", protocol.MaxLineBytes))

@@ -130,6 +130,8 @@ func Decode(line []byte) (Message, error) {
 		m = Accepted{ID: f.str("id", true)}
 	case MsgPong:
 		m = Pong{ID: f.str("id", true)}
+	case MsgHeartbeat:
+		m = Heartbeat{ID: f.str("id", true)}
 	case MsgUnload:
 		m = Unload{}
 	case MsgShutdown:
@@ -328,6 +330,8 @@ func check(m Message) error {
 		return needID(m.ID)
 	case Pong:
 		return needID(m.ID)
+	case Heartbeat:
+		return needID(m.ID)
 	case Unload, Shutdown, Loading:
 	case Hello:
 		if m.Protocol <= 0 {
@@ -431,6 +435,8 @@ func Encode(m Message) ([]byte, error) {
 	case Accepted:
 		e.field("id", m.ID)
 	case Pong:
+		e.field("id", m.ID)
+	case Heartbeat:
 		e.field("id", m.ID)
 	case Unload, Shutdown:
 	case Loading:

@@ -5,6 +5,7 @@ import (
 	"testing"
 
 	"atelier/core/request"
+	"atelier/core/spec"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -63,6 +64,15 @@ func TestHelloCarriesSchedules(t *testing.T) {
 	assert.Equal(t, map[string][]string{"euler": {"karras", "beta"}, "ddim": {}}, caps.Schedules)
 	assert.True(t, caps.Has("lora"))
 	assert.False(t, caps.Has("refiner"))
+}
+
+func TestHeartbeatIsASpecFeature(t *testing.T) {
+	assert.Contains(t, spec.Features, FeatureHeartbeat)
+	line, err := Encode(Heartbeat{ID: "job-1"})
+	require.NoError(t, err)
+	assert.JSONEq(t, `{"type":"heartbeat","id":"job-1"}`, string(line))
+	_, err = Encode(Heartbeat{})
+	assert.ErrorIs(t, err, ErrMalformed, "a heartbeat names the job it beats for")
 }
 
 // featureBase is a valid request that the cases below change one thing of.

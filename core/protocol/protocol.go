@@ -21,15 +21,20 @@ const (
 	MsgUnload   = spec.MsgUnload
 	MsgShutdown = spec.MsgShutdown
 
-	MsgLoading  = spec.MsgLoading
-	MsgHello    = spec.MsgHello
-	MsgAccepted = spec.MsgAccepted
-	MsgProgress = spec.MsgProgress
-	MsgPreview  = spec.MsgPreview
-	MsgResult   = spec.MsgResult
-	MsgError    = spec.MsgError
-	MsgPong     = spec.MsgPong
+	MsgLoading   = spec.MsgLoading
+	MsgHello     = spec.MsgHello
+	MsgAccepted  = spec.MsgAccepted
+	MsgProgress  = spec.MsgProgress
+	MsgPreview   = spec.MsgPreview
+	MsgResult    = spec.MsgResult
+	MsgError     = spec.MsgError
+	MsgPong      = spec.MsgPong
+	MsgHeartbeat = spec.MsgHeartbeat
 )
+
+// FeatureHeartbeat in hello's features says the worker sends Heartbeat while a job
+// runs; only then does the bridge apply its silence deadline.
+const FeatureHeartbeat = "heartbeat"
 
 // Device describes one compute device the worker found.
 type Device struct {
@@ -157,33 +162,39 @@ type Error struct {
 // Pong answers a Ping.
 type Pong struct{ ID string }
 
-func (Generate) Type() string { return MsgGenerate }
-func (Cancel) Type() string   { return MsgCancel }
-func (Ping) Type() string     { return MsgPing }
-func (Unload) Type() string   { return MsgUnload }
-func (Shutdown) Type() string { return MsgShutdown }
-func (Loading) Type() string  { return MsgLoading }
-func (Hello) Type() string    { return MsgHello }
-func (Accepted) Type() string { return MsgAccepted }
-func (Progress) Type() string { return MsgProgress }
-func (Preview) Type() string  { return MsgPreview }
-func (Result) Type() string   { return MsgResult }
-func (Error) Type() string    { return MsgError }
-func (Pong) Type() string     { return MsgPong }
+// Heartbeat says the worker is alive while it works on job ID; it comes every
+// spec.HeartbeatIntervalS seconds from a thread of its own, however long a step takes.
+type Heartbeat struct{ ID string }
 
-func (Generate) isMessage() {}
-func (Cancel) isMessage()   {}
-func (Ping) isMessage()     {}
-func (Unload) isMessage()   {}
-func (Shutdown) isMessage() {}
-func (Loading) isMessage()  {}
-func (Hello) isMessage()    {}
-func (Accepted) isMessage() {}
-func (Progress) isMessage() {}
-func (Preview) isMessage()  {}
-func (Result) isMessage()   {}
-func (Error) isMessage()    {}
-func (Pong) isMessage()     {}
+func (Generate) Type() string  { return MsgGenerate }
+func (Cancel) Type() string    { return MsgCancel }
+func (Ping) Type() string      { return MsgPing }
+func (Unload) Type() string    { return MsgUnload }
+func (Shutdown) Type() string  { return MsgShutdown }
+func (Loading) Type() string   { return MsgLoading }
+func (Hello) Type() string     { return MsgHello }
+func (Accepted) Type() string  { return MsgAccepted }
+func (Progress) Type() string  { return MsgProgress }
+func (Preview) Type() string   { return MsgPreview }
+func (Result) Type() string    { return MsgResult }
+func (Error) Type() string     { return MsgError }
+func (Pong) Type() string      { return MsgPong }
+func (Heartbeat) Type() string { return MsgHeartbeat }
+
+func (Generate) isMessage()  {}
+func (Cancel) isMessage()    {}
+func (Ping) isMessage()      {}
+func (Unload) isMessage()    {}
+func (Shutdown) isMessage()  {}
+func (Loading) isMessage()   {}
+func (Hello) isMessage()     {}
+func (Accepted) isMessage()  {}
+func (Progress) isMessage()  {}
+func (Preview) isMessage()   {}
+func (Result) isMessage()    {}
+func (Error) isMessage()     {}
+func (Pong) isMessage()      {}
+func (Heartbeat) isMessage() {}
 
 // IDOf is the job or ping id a message carries, or "" for the messages
 // without one (unload, shutdown, loading, hello, and an error about an
@@ -207,6 +218,8 @@ func IDOf(m Message) string {
 	case Error:
 		return m.ID
 	case Pong:
+		return m.ID
+	case Heartbeat:
 		return m.ID
 	}
 	return ""

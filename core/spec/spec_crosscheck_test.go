@@ -93,7 +93,7 @@ func TestCoreListsMatchSpec(t *testing.T) {
 	assert.Equal(t, specCodes, codes, "core.ErrorCodes")
 	assert.Equal(t, spec.GoToWorker, []string{protocol.MsgGenerate, protocol.MsgCancel, protocol.MsgPing, protocol.MsgUnload, protocol.MsgShutdown}, "core.Msg* (Go to worker)")
 	assert.Equal(t, spec.WorkerToGo, []string{protocol.MsgLoading, protocol.MsgHello, protocol.MsgAccepted, protocol.MsgProgress,
-		protocol.MsgPreview, protocol.MsgResult, protocol.MsgError, protocol.MsgPong}, "core.Msg* (worker to Go)")
+		protocol.MsgPreview, protocol.MsgResult, protocol.MsgError, protocol.MsgPong, protocol.MsgHeartbeat}, "core.Msg* (worker to Go)")
 	assert.Equal(t, spec.Stages, protocol.Stages, "core.Stages")
 	assert.Equal(t, spec.DeviceKinds, protocol.DeviceKinds, "core.DeviceKinds")
 	// core lists dpmpp_2m and dpmpp_sde before ddim; the spec keeps the worker's and

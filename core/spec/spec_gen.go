@@ -29,14 +29,15 @@ var GoToWorker = []string{"generate", "cancel", "ping", "unload", "shutdown"}
 
 // Message types that the worker sends Go.
 const (
-	MsgLoading  = "loading"
-	MsgHello    = "hello"
-	MsgAccepted = "accepted"
-	MsgProgress = "progress"
-	MsgPreview  = "preview"
-	MsgResult   = "result"
-	MsgError    = "error"
-	MsgPong     = "pong"
+	MsgLoading   = "loading"
+	MsgHello     = "hello"
+	MsgAccepted  = "accepted"
+	MsgProgress  = "progress"
+	MsgPreview   = "preview"
+	MsgResult    = "result"
+	MsgError     = "error"
+	MsgPong      = "pong"
+	MsgHeartbeat = "heartbeat"
 )
 
 // WorkerToGo lists the message types that the worker sends Go.
@@ -49,6 +50,7 @@ var WorkerToGo = []string{
 	"result",
 	"error",
 	"pong",
+	"heartbeat",
 }
 
 // Error codes, the closed set of an error message's code.
@@ -65,7 +67,7 @@ const (
 	// ErrCancelled: the job was cancelled.
 	ErrCancelled ErrorCode = "cancelled"
 	// ErrWorkerCrashed: set by the bridge, never sent by the worker: the process died
-	// mid-job.
+	// mid-job, or stopped responding (no line within the heartbeat deadline) and was killed.
 	ErrWorkerCrashed ErrorCode = "worker_crashed"
 	// ErrInternal: anything else; detail has the traceback.
 	ErrInternal ErrorCode = "internal"
@@ -198,7 +200,9 @@ var ControlNetTypes = []string{
 
 // Features are what hello's capabilities.features may list.
 //
-// upscale_model is listed only where model upscalers can load (spandrel is installed).
+// upscale_model is listed only where model upscalers can load (spandrel is installed);
+// heartbeat says the worker sends heartbeat lines while a job runs, so the bridge may
+// apply the heartbeat deadline.
 var Features = []string{
 	"txt2img",
 	"img2img",
@@ -214,8 +218,18 @@ var Features = []string{
 	"upscale",
 	"hires",
 	"prompt_weighting",
+	"heartbeat",
 	"upscale_model",
 }
+
+// While a job runs, a worker whose hello lists the heartbeat feature sends a heartbeat
+// line every interval_s seconds from a thread of its own, however long a step takes; the
+// bridge kills a worker it has heard nothing from for deadline_s seconds (a few missed
+// beats and a margin for a loaded machine) and ends the job as worker_crashed.
+const (
+	HeartbeatIntervalS = 5
+	HeartbeatDeadlineS = 30
+)
 
 // Inclusive ranges of request values: min, max and, for sizes, the multiple. Where Go's
 // zero value means 'off' or 'the default' (hires_scale, hires_steps, strength ...), Go

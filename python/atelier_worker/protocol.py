@@ -219,9 +219,14 @@ class Pong(msgspec.Struct):
     id: str
 
 
+class Heartbeat(msgspec.Struct):
+    type: ClassVar[str] = spec.MSG_HEARTBEAT
+    id: str
+
+
 Message = Union[
     Generate, Cancel, Ping, Unload, Shutdown,
-    Loading, Hello, Accepted, Progress, Preview, Result, Error, Pong,
+    Loading, Hello, Accepted, Progress, Preview, Result, Error, Pong, Heartbeat,
 ]
 
 _TYPES: dict[str, type] = {cls.type: cls for cls in typing.get_args(Message)}

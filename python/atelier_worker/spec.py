@@ -32,8 +32,10 @@ MSG_PREVIEW = "preview"
 MSG_RESULT = "result"
 MSG_ERROR = "error"
 MSG_PONG = "pong"
+MSG_HEARTBEAT = "heartbeat"
 WORKER_TO_GO = (
     "loading", "hello", "accepted", "progress", "preview", "result", "error", "pong",
+    "heartbeat",
 )
 
 # Error codes, the closed set of an error message's code.
@@ -48,7 +50,8 @@ ERR_UNSUPPORTED = "unsupported"
 ERR_OUT_OF_MEMORY = "out_of_memory"
 # ERR_CANCELLED: the job was cancelled.
 ERR_CANCELLED = "cancelled"
-# ERR_WORKER_CRASHED: set by the bridge, never sent by the worker: the process died mid-job.
+# ERR_WORKER_CRASHED: set by the bridge, never sent by the worker: the process died mid-job,
+# or stopped responding (no line within the heartbeat deadline) and was killed.
 ERR_WORKER_CRASHED = "worker_crashed"
 # ERR_INTERNAL: anything else; detail has the traceback.
 ERR_INTERNAL = "internal"
@@ -143,11 +146,21 @@ CONTROLNET_TYPES = (
 )
 
 # What hello's capabilities.features may list.
-# upscale_model is listed only where model upscalers can load (spandrel is installed).
+# upscale_model is listed only where model upscalers can load (spandrel is installed);
+# heartbeat says the worker sends heartbeat lines while a job runs, so the bridge may apply
+# the heartbeat deadline.
 FEATURES = (
     "txt2img", "img2img", "inpaint", "lora", "controlnet", "canny", "refiner", "vae", "batch",
-    "single_file", "schedules", "upscale", "hires", "prompt_weighting", "upscale_model",
+    "single_file", "schedules", "upscale", "hires", "prompt_weighting", "heartbeat",
+    "upscale_model",
 )
+
+# While a job runs, a worker whose hello lists the heartbeat feature sends a heartbeat line
+# every interval_s seconds from a thread of its own, however long a step takes; the bridge
+# kills a worker it has heard nothing from for deadline_s seconds (a few missed beats and a
+# margin for a loaded machine) and ends the job as worker_crashed.
+HEARTBEAT_INTERVAL_S = 5
+HEARTBEAT_DEADLINE_S = 30
 
 # Inclusive ranges of request values: min, max and, for sizes, the multiple. Where Go's zero
 # value means 'off' or 'the default' (hires_scale, hires_steps, strength ...), Go leaves the

@@ -28,6 +28,7 @@ from .protocol import (
     Device,
     Error,
     Generate,
+    Heartbeat,
     Hello,
     Loading,
     Message,
@@ -44,6 +45,7 @@ from .spec import (
     ERR_INVALID_REQUEST,
     FEATURES,
     GO_TO_WORKER,
+    HEARTBEAT_INTERVAL_S,
     MAX_LINE_BYTES,
     PROTOCOL_VERSION,
     SCHEDULERS,
@@ -84,6 +86,57 @@ class Output:
             except (BrokenPipeError, OSError, ValueError):
                 # The bridge is gone; stdin's EOF or the parent watch ends the process.
                 self.broken = True
+
+
+def heartbeat_interval() -> float:
+    """The seconds between heartbeats: the spec's, or ATELIER_HEARTBEAT_INTERVAL_S where it is
+    a positive number (tests shorten it, together with the bridge's deadline)."""
+    raw = os.environ.get("ATELIER_HEARTBEAT_INTERVAL_S", "")
+    try:
+        v = float(raw)
+    except ValueError:
+        v = 0.0
+    if raw and not v > 0:
+        log.warning("ATELIER_HEARTBEAT_INTERVAL_S=%r is not a positive number: using %ss", raw,
+                    HEARTBEAT_INTERVAL_S)
+    return v if v > 0 else float(HEARTBEAT_INTERVAL_S)
+
+
+class Heartbeats:
+    """Sends a heartbeat every interval while a job is in hand, from a thread of its own: the
+    bridge then hears from a worker whose step takes minutes, and stops hearing from one that
+    is frozen (stopped, deadlocked) and kills it. The line goes out under the lock, so that no
+    beat of a job follows its stop()."""
+
+    def __init__(self, out: Output, interval: float):
+        self._out = out
+        self._interval = interval
+        self._cond = threading.Condition()
+        self._id: str | None = None
+        self._turn = 0  # counts start() and stop(), so that a wait they cut short sends nothing
+        threading.Thread(target=self._run, name="heartbeat", daemon=True).start()
+
+    def start(self, id: str) -> None:
+        with self._cond:
+            self._id = id
+            self._turn += 1
+            self._cond.notify()
+
+    def stop(self) -> None:
+        with self._cond:
+            self._id = None
+            self._turn += 1
+            self._cond.notify()
+
+    def _run(self) -> None:
+        with self._cond:
+            while True:
+                while self._id is None:
+                    self._cond.wait()
+                id, turn = self._id, self._turn
+                self._cond.wait(self._interval)
+                if self._turn == turn:
+                    self._out.send(Heartbeat(id=id))
 
 
 class _IdFilter(logging.Filter):
@@ -157,10 +210,11 @@ def watch_parent() -> None:
 class Worker:
     """Reads commands on a thread of its own and runs jobs on the calling thread."""
 
-    def __init__(self, engine, out: Output, stdin: IO[bytes]):
+    def __init__(self, engine, out: Output, stdin: IO[bytes], heartbeat_s: float | None = None):
         self.engine = engine
         self.out = out
         self.stdin = stdin
+        self.heartbeats = Heartbeats(out, heartbeat_s or heartbeat_interval())
         self.jobs: queue.Queue = queue.Queue()
         self._lock = threading.Lock()
         self._current = None  # the accepted job, queued or running
@@ -215,6 +269,9 @@ class Worker:
                 if busy is None:
                     self._current = Job(id=msg.id, request=msg.request)
                     self.jobs.put(self._current)
+                    # From here, not from accepted: the first job waits for the pipeline's
+                    # import, and the bridge's deadline runs from the generate it sent.
+                    self.heartbeats.start(msg.id)
             if busy is not None:
                 self.out.send(Error(id=msg.id, code=ERR_INVALID_REQUEST,
                                     message=f"job {busy.id} is still running: one job runs at a "
@@ -261,6 +318,7 @@ class Worker:
                 # sends as soon as it reads the result is not refused as a second job.
                 with self._lock:
                     self._current = None
+                self.heartbeats.stop()
             self.out.send(outcome)
             current_id.reset(token)
 

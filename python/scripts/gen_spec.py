@@ -246,6 +246,7 @@ GROUPS = {
                                            "controlnet_types"),
     "features": lambda w, v: _list(w, "FEATURES", "What hello's capabilities.features may list.",
                                    v, "features"),
+    "heartbeat": lambda w, v: _scalars(w, v, "HEARTBEAT_"),
     "limits": _limits,
     "defaults": lambda w, v: _scalars(w, v, "DEFAULT_"),
     "form": lambda w, v: _scalars(w, v, "FORM_"),

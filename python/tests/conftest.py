@@ -68,6 +68,10 @@ class WorkerProcess:
         threading.Thread(target=self._pump, daemon=True).start()
         self.startup: list = []
         self.hello = None
+        # Heartbeats are the bridge's business: next() skips them into this list unless a
+        # test asks to read them in line.
+        self.heartbeats: list = []
+        self.keep_heartbeats = False
 
     def _pump(self) -> None:
         for raw in self.proc.stdout:
@@ -90,14 +94,18 @@ class WorkerProcess:
         self.proc.stdin.flush()
 
     def next(self, timeout: float = 120):
-        try:
-            raw = self._lines.get(timeout=timeout)
-        except queue.Empty:
-            raise AssertionError(f"no line from the worker within {timeout}s\n{self.stderr_text()}") from None
-        if raw is None:
-            raise AssertionError(f"the worker closed stdout (rc={self.proc.poll()})\n{self.stderr_text()}")
-        assert raw.endswith(b"\n")
-        return protocol.decode(raw.rstrip(b"\n"))
+        while True:
+            try:
+                raw = self._lines.get(timeout=timeout)
+            except queue.Empty:
+                raise AssertionError(f"no line from the worker within {timeout}s\n{self.stderr_text()}") from None
+            if raw is None:
+                raise AssertionError(f"the worker closed stdout (rc={self.proc.poll()})\n{self.stderr_text()}")
+            assert raw.endswith(b"\n")
+            msg = protocol.decode(raw.rstrip(b"\n"))
+            if msg.type != "heartbeat" or self.keep_heartbeats:
+                return msg
+            self.heartbeats.append(msg)
 
     def until(self, done, timeout: float = 300) -> list:
         """Messages up to and including the first for which done(msg) holds."""

@@ -5,6 +5,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -13,6 +14,7 @@ from PIL import Image
 
 import atelier_worker
 from atelier_worker import spec
+from atelier_worker.worker import Heartbeats, heartbeat_interval
 
 from conftest import PYTHON_DIR, WorkerProcess, new_id, request
 
@@ -330,3 +332,67 @@ def test_worker_whose_parent_died_before_it_started_watching_exits():
     w = WorkerProcess(env={"ATELIER_PARENT_PID": "1" if os.getpid() != 1 else "2"})
     assert w.proc.wait(timeout=60) == 1
     assert "is gone" in w.stderr_text()
+
+
+class _Sink:
+    """An Output that keeps what is sent."""
+
+    def __init__(self):
+        self.sent = []
+        self._cond = threading.Condition()
+
+    def send(self, msg) -> None:
+        with self._cond:
+            self.sent.append(msg)
+            self._cond.notify_all()
+
+    def wait_for(self, done, timeout: float = 60) -> None:
+        with self._cond:
+            assert self._cond.wait_for(lambda: done(self.sent), timeout), self.sent
+
+
+def test_heartbeats_while_a_job_is_in_hand_and_none_after_it():
+    sink = _Sink()
+    beats = Heartbeats(sink, 0.01)
+    beats.start("job-a")
+    sink.wait_for(lambda sent: len(sent) >= 3)
+    beats.stop()
+    ended = len(sink.sent)
+    beats.start("job-b")
+    sink.wait_for(lambda sent: len(sent) >= ended + 3)
+    beats.stop()
+    assert all(m.type == "heartbeat" for m in sink.sent)
+    assert {m.id for m in sink.sent[:ended]} == {"job-a"}
+    assert {m.id for m in sink.sent[ended:]} == {"job-b"}, "no beat of a job after its stop"
+
+
+def test_heartbeat_interval_from_the_environment(monkeypatch):
+    monkeypatch.setenv("ATELIER_HEARTBEAT_INTERVAL_S", "0.25")
+    assert heartbeat_interval() == 0.25
+    for bad in ("0", "-1", "soon"):
+        monkeypatch.setenv("ATELIER_HEARTBEAT_INTERVAL_S", bad)
+        assert heartbeat_interval() == spec.HEARTBEAT_INTERVAL_S
+    monkeypatch.delenv("ATELIER_HEARTBEAT_INTERVAL_S")
+    assert heartbeat_interval() == spec.HEARTBEAT_INTERVAL_S
+
+
+def test_real_worker_beats_through_a_slow_step_and_stops_after(tiny_model, tmp_path):
+    # Each step waits a second, fifty beat intervals: beats come between the steps' progress.
+    w = WorkerProcess(env={"ATELIER_HEARTBEAT_INTERVAL_S": "0.02", "ATELIER_TEST_STEP_DELAY_S": "1"})
+    try:
+        assert "heartbeat" in w.wait_hello().capabilities.features
+        w.keep_heartbeats = True
+        id = new_id()
+        w.send({"type": "generate", "id": id, "request": request(tmp_path, steps=2)})
+        msgs = w.finish(id)
+        assert msgs[-1].type == "result", msgs[-1]
+        kinds = [m.type for m in msgs]
+        first_step = next(i for i, m in enumerate(msgs) if m.type == "progress" and m.stage == "denoising"
+                          and m.step == 1)
+        assert "heartbeat" in kinds[first_step:], kinds
+        assert {m.id for m in msgs if m.type == "heartbeat"} == {id}
+        # The beat stops before the result goes out: nothing but the pong follows.
+        w.send({"type": "ping", "id": "after"})
+        assert [m.type for m in w.until(lambda m: m.type == "pong")] == ["pong"]
+    finally:
+        w.close()

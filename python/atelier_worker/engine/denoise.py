@@ -28,6 +28,10 @@ log = logging.getLogger("atelier.engine.denoise")
 # Rough device memory a batch image needs while denoising at 1024x1024 (see first_chunk).
 BATCH_BYTES_PER_MEGAPIXEL = float(os.environ.get("ATELIER_BATCH_GB_PER_MEGAPIXEL", "1.25")) * 2**30
 
+# Tests only: seconds every step waits after its progress (a cancel cuts it short), so that a
+# step outlasts the bridge's heartbeat deadline on any machine.
+TEST_STEP_DELAY_S = float(os.environ.get("ATELIER_TEST_STEP_DELAY_S") or 0)
+
 
 def count_steps(scheduler, steps: int, strength: float | None = None,
                 denoising_start: float | None = None, denoising_end: float | None = None) -> int:
@@ -315,6 +319,8 @@ def step_callback(job: Job, name: str, total: int, tap, previewer, preview_path:
             _pipe._interrupt = True
         step = min(i + 1, total)
         emit(Progress(id=job.id, stage=name, step=step, total=total, elapsed_s=elapsed()))
+        if TEST_STEP_DELAY_S:
+            job.cancel.wait(TEST_STEP_DELAY_S)
         if r.preview_every and step % r.preview_every == 0 and step < total:
             # From the predicted clean latents where the scheduler gives them,
             # projected to RGB on the device and written by a thread: the GPU never waits.

@@ -133,6 +133,9 @@ var groups = map[string]func(w *writer, v any){
 	"features": func(w *writer, v any) {
 		w.list("Features", "Features are what hello's capabilities.features may list.", v, "features")
 	},
+	"heartbeat": func(w *writer, v any) {
+		w.scalars(v, func(key string) string { return "Heartbeat" + camel(key) })
+	},
 	"pickle_exts": func(w *writer, v any) {
 		w.list("PickleExts", "PickleExts are the extensions of pickle formats.", v, "pickle_exts")
 	},
