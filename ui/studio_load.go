@@ -8,6 +8,7 @@ import (
 	_ "image/png"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 
 	"fyne.io/fyne/v2"
@@ -55,9 +56,9 @@ func (s *Studio) ImportPNG(path string) {
 	if verr != nil {
 		base = request.DefaultRequest()
 	}
-	models := ""
+	models := infotext.Models{Library: s.form.lib, NoHashing: true}
 	if s.x != nil {
-		models = s.x.svc.Paths.Models
+		models.Dir = s.x.svc.Paths.Models
 	}
 	got, err := infotext.ImportPNG(path, base, models)
 	if errors.Is(err, infotext.ErrNoSettings) {
@@ -73,11 +74,44 @@ func (s *Studio) ImportPNG(path string) {
 		s.x.tabs.SelectIndex(tabStudio)
 	}
 	msg := "Loaded the settings of " + filepath.Base(path) + "."
+	if hash, ok := infotext.ParseInfotext(got.Text).Get("Model hash"); ok && got.Request.Model == base.Model {
+		go s.findModelByHash(models, hash, got, msg)
+	}
 	if len(got.Notes) > 0 {
 		s.status.set(statusWarn, msg+" Not used: "+strings.Join(got.Notes, "; ")+".", got.Text)
 		return
 	}
 	s.status.set(statusDone, msg, "")
+}
+
+// findModelByHash looks in the library for the checkpoint of an imported
+// picture's "Model hash" (off the UI thread: a first hash of each checkpoint
+// reads the whole file) and chooses it, unless the form was changed meanwhile.
+func (s *Studio) findModelByHash(models infotext.Models, hash string, got *infotext.ImportedSettings, msg string) {
+	p, ok := models.ByHash(hash)
+	if !ok {
+		return
+	}
+	s.do(func() {
+		if cur, err := s.form.request(); err != nil || !reflect.DeepEqual(cur, got.Request) {
+			return
+		}
+		r := got.Request
+		r.Model = p
+		s.form.set(r)
+		msg += " Found its model by its hash: " + filepath.Base(p) + "."
+		var notes []string
+		for _, n := range got.Notes {
+			if !strings.HasPrefix(n, "model ") {
+				notes = append(notes, n)
+			}
+		}
+		if len(notes) > 0 {
+			s.status.set(statusWarn, msg+" Not used: "+strings.Join(notes, "; ")+".", got.Text)
+			return
+		}
+		s.status.set(statusDone, msg, "")
+	})
 }
 
 // useSettings fills the form with a request from the history and shows it.

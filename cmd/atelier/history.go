@@ -12,6 +12,7 @@ import (
 	"text/tabwriter"
 
 	"atelier/core/infotext"
+	"atelier/core/library"
 	"atelier/core/paths"
 	"atelier/core/request"
 	"atelier/core/store"
@@ -213,7 +214,11 @@ Options:
 	if last, ok, _ := history.LastRequest(ctx); ok {
 		base = last // what the PNG does not say stays as the form had it
 	}
-	got, err := infotext.ImportPNG(file, base, dirs.Models)
+	models := infotext.Models{Dir: dirs.Models}
+	if folders, err := library.LibraryFolders(ctx, history); err == nil {
+		models.Library = library.ScanLibrary(folders) // the library is an aid: an import works without it
+	}
+	got, err := infotext.ImportPNG(file, base, models)
 	if err != nil {
 		fmt.Fprintln(stderr, "atelier history import:", err)
 		if os.IsNotExist(err) {

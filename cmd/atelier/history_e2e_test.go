@@ -22,6 +22,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"atelier/core/infotext"
+	"atelier/core/library"
 	"atelier/core/paths"
 	"atelier/core/protocol"
 	"atelier/core/request"
@@ -308,4 +309,83 @@ func TestHistoryImportUsesOnlyWhatTheFormAccepts(t *testing.T) {
 	assert.Equal(t, def.Scheduler, r.Scheduler)
 	assert.Empty(t, r.Schedule)
 	assert.Equal(t, def.CFG, r.CFG)
+}
+
+// findFile is the path of the first file named name under root.
+func findFile(t *testing.T, root, name string) string {
+	t.Helper()
+	var found string
+	filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error { //nolint:errcheck // not found fails below
+		if err == nil && !d.IsDir() && d.Name() == name && found == "" {
+			found = p
+		}
+		return nil
+	})
+	require.NotEmpty(t, found, "no %s under %s", name, root)
+	return found
+}
+
+func copyFile(t *testing.T, from, to string) {
+	t.Helper()
+	require.NoError(t, os.WriteFile(to, readFile(t, from), 0o644))
+}
+
+// TestA1111ModelHashAndLoRATagsRoundTrip: AUTOMATIC1111's parameters text
+// with a "Model hash" and <lora:…> tags is imported (the checkpoint found by
+// its hash under another name, the LoRA by its name in the library), the
+// worker generates from it and writes both as A1111 does, and importing its
+// PNG gives the same settings back.
+func TestA1111ModelHashAndLoRATagsRoundTrip(t *testing.T) {
+	requireWorker(t)
+	h := newHome(t)
+	// The tiny single-file checkpoint and the tiny LoRA, as files of the library under other names.
+	_, stderr, code := h.run("generate", "--model", request.TinySingleFile, "--lora", request.TinyLoRA,
+		"--prompt", "x", "--steps", "1", "--width", "64", "--height", "64", "--seed", "1")
+	require.Equal(t, 0, code, stderr)
+	lib := t.TempDir()
+	ckpt, lora := filepath.Join(lib, "sdxl-renamed.safetensors"), filepath.Join(lib, "add-detail-xl.safetensors")
+	copyFile(t, findFile(t, h.dir, "tiny-single-file-v2.safetensors"), ckpt)
+	copyFile(t, findFile(t, h.dir, "tiny-lora-v2.safetensors"), lora)
+	_, stderr, code = h.run("models", "add-folder", lib)
+	require.Equal(t, 0, code, stderr)
+	hash, err := library.ShortHash(ckpt)
+	require.NoError(t, err)
+
+	// A real A1111 v1.10 text, made to fit the tiny model (its hash, a small size).
+	text := string(readFile(t, filepath.Join("..", "..", "core", "infotext", "testdata", "infotext", "a1111_model_hash_lora.txt")))
+	text = strings.NewReplacer("Model hash: 31e35c80fc", "Model hash: "+hash, "Steps: 30", "Steps: 2",
+		"Size: 1024x1024", "Size: 64x64", " <lora:missing_style:1>", "").Replace(strings.TrimSpace(text))
+	imported := func(png string) infotext.ImportedSettings {
+		t.Helper()
+		out, stderr, code := h.run("history", "import", png, "--json")
+		require.Equal(t, 0, code, stderr)
+		var got infotext.ImportedSettings
+		require.NoError(t, json.Unmarshal([]byte(out), &got), out)
+		return got
+	}
+	first := imported(writeParametersPNG(t, filepath.Join(t.TempDir(), "a1111.png"), text))
+	r := first.Request
+	assert.Equal(t, ckpt, r.Model, "found by its Model hash")
+	assert.Equal(t, []request.LoRA{{Path: lora, Weight: 0.8}}, r.LoRAs, "found by its tag's name")
+	assert.Equal(t, "masterpiece, a lighthouse on a cliff at dusk, (dramatic lighting:1.2)", r.Prompt)
+	assert.Empty(t, first.Notes)
+
+	stdout, stderr, code := h.run("generate", "--model", r.Model, "--lora", lora+":0.8", "--prompt", r.Prompt,
+		"--negative", r.NegativePrompt, "--steps", itoa(int64(r.Steps)), "--scheduler", r.Scheduler,
+		"--schedule", r.Schedule, "--cfg", "7", "--seed", itoa(r.Seed), "--width", "64", "--height", "64")
+	require.Equal(t, 0, code, stderr)
+	png := strings.TrimSpace(stdout)
+	params := pngText(t, png)["parameters"]
+	loraHash, err := library.ShortHash(lora)
+	require.NoError(t, err)
+	assert.True(t, strings.HasPrefix(params, r.Prompt+" <lora:add-detail-xl:0.8>\n"), params)
+	assert.Contains(t, params, "Size: 64x64, Model hash: "+hash+", Model: sdxl-renamed, ")
+	assert.Contains(t, params, `Lora hashes: "add-detail-xl: `+loraHash+`"`)
+
+	again := imported(png)
+	assert.Equal(t, r.Model, again.Request.Model)
+	assert.Equal(t, r.LoRAs, again.Request.LoRAs)
+	assert.Equal(t, r.Prompt, again.Request.Prompt)
+	assert.Equal(t, r.Seed, again.Request.Seed)
+	assert.Empty(t, again.Notes)
 }

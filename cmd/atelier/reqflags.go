@@ -109,7 +109,7 @@ func (f *requestFlags) build() (request.Request, error) {
 	if r.UpscaleOnly && !f.given("prompt") && r.InitImage != "" {
 		// The picture's own prompt where it has one, so the history finds it by it.
 		r.Prompt = "upscaled " + filepath.Base(r.InitImage)
-		if got, err := infotext.ImportPNG(r.InitImage, r, ""); err == nil && strings.TrimSpace(got.Request.Prompt) != "" {
+		if got, err := infotext.ImportPNG(r.InitImage, r, infotext.Models{}); err == nil && strings.TrimSpace(got.Request.Prompt) != "" {
 			r.Prompt = got.Request.Prompt
 		}
 	}

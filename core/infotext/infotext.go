@@ -13,6 +13,7 @@ import (
 	"strings"
 	"unicode"
 
+	"atelier/core/library"
 	"atelier/core/request"
 )
 
@@ -122,8 +123,7 @@ var scheduleTypes = map[string]string{"Automatic": "", "Karras": "karras", "Expo
 // reLoraTag is A1111's LoRA tag in a prompt or in the "Loras" value: <lora:name:weight>.
 var reLoraTag = regexp.MustCompile(`<lora:([^:>]+)(?::(-?[0-9.]+))?[^>]*>`)
 
-// tinyByName maps the names infotext gives the tiny demo parts to those parts.
-var tinyByName = map[string]string{request.TinyLoRA: request.TinyLoRA, request.TinyVAE: request.TinyVAE, request.TinyRefiner: request.TinyRefiner, request.TinyControlNet: request.TinyControlNet}
+var reSpacedLoraTag = regexp.MustCompile(`[ \t]*` + reLoraTag.String())
 
 // ApplyTo copies the settings the infotext carries into req, leaving the rest
 // as they are. Each value the form's validation refuses is put back as it was,
@@ -131,12 +131,18 @@ var tinyByName = map[string]string{request.TinyLoRA: request.TinyLoRA, request.T
 // a note for each value it could not use, so the user learns what did not
 // come back.
 func (it Infotext) ApplyTo(req *request.Request) []string {
+	return it.ApplyWith(req, nil)
+}
+
+// ApplyWith is ApplyTo that also finds the LoRAs the infotext names in lib,
+// by name (lib may be nil: then only the tiny demo LoRA is found).
+func (it Infotext) ApplyWith(req *request.Request, lib *library.Library) []string {
 	before := *req // ApplyTo replaces slices and pointers, never writes through them
-	notes := it.apply(req)
+	notes := it.apply(req, lib)
 	return append(notes, keepValid(req, before)...)
 }
 
-func (it Infotext) apply(req *request.Request) []string {
+func (it Infotext) apply(req *request.Request, lib *library.Library) []string {
 	var notes []string
 	for _, f := range []struct {
 		name string
@@ -246,18 +252,31 @@ func (it Infotext) apply(req *request.Request) []string {
 		}
 	}
 	atoi("Masked area padding", &req.MaskPadding)
-	notes = append(notes, it.applyParts(req, float)...)
+	notes = append(notes, it.applyParts(req, lib, float)...)
 	return notes
 }
 
-// applyParts maps the LoRAs, VAE, refiner, ControlNets and upscaler. Only the
-// tiny demo parts and Lanczos can be named back to something loadable: a file
-// name alone does not say where the file is, so the others become notes.
-func (it Infotext) applyParts(req *request.Request, float func(string, *float64) bool) []string {
+// applyParts maps the LoRAs, VAE, refiner, ControlNets and upscaler. The
+// tiny demo parts and Lanczos are named back to themselves and LoRAs to the
+// library's of that name; a file name alone does not say where the others
+// are, so they become notes.
+func (it Infotext) applyParts(req *request.Request, lib *library.Library, float func(string, *float64) bool) []string {
 	var notes []string
-	// LoRAs: Atelier writes "Loras"; A1111 keeps the tags in the prompt.
+	// The path a LoRA's name stands for, or "" when none is here.
+	loraPath := func(name string) string {
+		if name == request.TinyLoRA {
+			return request.TinyLoRA
+		}
+		if e, ok := lib.Named(library.KindLoRA, name); ok {
+			return e.Path
+		}
+		return ""
+	}
+	// LoRAs: Atelier writes "Loras" (and the tags in the prompt, as A1111
+	// does); A1111 keeps the tags in the prompt only.
 	tags, _ := it.Get("Loras")
 	var loras []request.LoRA
+	found := map[string]bool{} // the names whose tags leave the prompt
 	for _, src := range []string{tags, req.Prompt} {
 		for _, m := range reLoraTag.FindAllStringSubmatch(src, -1) {
 			w := 1.0
@@ -267,12 +286,13 @@ func (it Infotext) applyParts(req *request.Request, float func(string, *float64)
 				}
 			}
 			name := strings.TrimSpace(m[1])
-			if p, ok := tinyByName[name]; ok && p == request.TinyLoRA {
+			if p := loraPath(name); p != "" {
+				found[name] = true
 				if !hasLoRA(loras, p) {
 					loras = append(loras, request.LoRA{Path: p, Weight: w})
 				}
 			} else {
-				notes = append(notes, fmt.Sprintf("LoRA %q (weight %g): choose its file in the LoRA section", name, w))
+				notes = append(notes, fmt.Sprintf("LoRA %q (weight %g) is not in the model library: choose its file in the LoRA section", name, w))
 			}
 		}
 		if len(loras) > 0 || tags != "" {
@@ -281,8 +301,9 @@ func (it Infotext) applyParts(req *request.Request, float func(string, *float64)
 	}
 	if loras != nil {
 		req.LoRAs = loras
-		req.Prompt = strings.TrimSpace(reLoraTag.ReplaceAllStringFunc(req.Prompt, func(tag string) string {
-			if m := reLoraTag.FindStringSubmatch(tag); m != nil && tinyByName[strings.TrimSpace(m[1])] == request.TinyLoRA {
+		// A tag leaves with the spaces before it: "dusk <lora:x:1>, sea" becomes "dusk, sea".
+		req.Prompt = strings.TrimSpace(reSpacedLoraTag.ReplaceAllStringFunc(req.Prompt, func(tag string) string {
+			if m := reLoraTag.FindStringSubmatch(tag); m != nil && found[strings.TrimSpace(m[1])] {
 				return ""
 			}
 			return tag

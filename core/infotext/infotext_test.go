@@ -86,6 +86,7 @@ func TestInfotextApplyToFeatures(t *testing.T) {
 	assert.Equal(t, 4, *req.MaskBlur)
 	assert.Equal(t, request.TinyVAE, req.VAE)
 	assert.Equal(t, []request.LoRA{{Path: request.TinyLoRA, Weight: 0.8}}, req.LoRAs)
+	assert.Equal(t, "a lighthouse", req.Prompt, "the tags the worker adds to the prompt leave it")
 	assert.Equal(t, request.TinyRefiner, req.Refiner)
 	assert.Equal(t, 0.8, req.RefinerSwitch)
 	assert.Equal(t, request.LanczosUpscaler, req.Upscaler)
@@ -102,7 +103,7 @@ func TestInfotextApplyToA1111LorasAndHires(t *testing.T) {
 	assert.Equal(t, "dpmpp_2m", req.Scheduler, "the old folded name DPM++ 2M Karras")
 	assert.Equal(t, "karras", req.Schedule)
 	assert.Equal(t, []request.LoRA{{Path: request.TinyLoRA, Weight: -1}}, req.LoRAs, "the tiny LoRA's tag comes back as a LoRA")
-	assert.Equal(t, "portrait of a knight <lora:detail_tweaker:0.5> , oil painting", req.Prompt,
+	assert.Equal(t, "portrait of a knight <lora:detail_tweaker:0.5>, oil painting", req.Prompt,
 		"an applied tag leaves the prompt; an unknown one stays")
 	assert.Empty(t, req.VAE)
 	assert.Empty(t, req.Upscaler)

@@ -332,7 +332,10 @@ const (
 	InfotextCFGScale     = "CFG scale"
 	InfotextSeed         = "Seed"
 	InfotextSize         = "Size"
-	InfotextModel        = "Model"
+	// InfotextModelHash: AUTOMATIC1111's short hash of a single-file checkpoint: the first
+	// 10 hex digits of its SHA-256 (none for a model folder).
+	InfotextModelHash = "Model hash"
+	InfotextModel     = "Model"
 	// InfotextDenoisingStrength: strength, or hires_strength with the hires keys.
 	InfotextDenoisingStrength = "Denoising strength"
 	InfotextMaskBlur          = "Mask blur"

@@ -3,32 +3,10 @@ want them, deleted when they no longer do, weighted per job with set_adapters.""
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import os
 from dataclasses import dataclass
 
 log = logging.getLogger("atelier.loras")
-
-_HASHES: dict[tuple, str] = {}
-
-
-def file_sha256(path: str) -> str:
-    """The file's SHA-256 in hex, remembered by (path, size, mtime)."""
-    st = os.stat(path)
-    key = (os.path.realpath(path), st.st_size, st.st_mtime_ns)
-    if key not in _HASHES:
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-        _HASHES[key] = h.hexdigest()
-    return _HASHES[key]
-
-
-def short_hash(path: str) -> str:
-    """AUTOMATIC1111's short hash: the first 10 hex digits of the file's SHA-256."""
-    return file_sha256(path)[:10]
 
 
 @dataclass

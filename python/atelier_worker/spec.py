@@ -254,6 +254,9 @@ INFOTEXT_SCHEDULE_TYPE = "Schedule type"
 INFOTEXT_CFG_SCALE = "CFG scale"
 INFOTEXT_SEED = "Seed"
 INFOTEXT_SIZE = "Size"
+# INFOTEXT_MODEL_HASH: AUTOMATIC1111's short hash of a single-file checkpoint: the first 10
+# hex digits of its SHA-256 (none for a model folder).
+INFOTEXT_MODEL_HASH = "Model hash"
 INFOTEXT_MODEL = "Model"
 # INFOTEXT_DENOISING_STRENGTH: strength, or hires_strength with the hires keys.
 INFOTEXT_DENOISING_STRENGTH = "Denoising strength"

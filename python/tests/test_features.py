@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from atelier_worker import infotext, loras, schedulers, spec, tiny
+from atelier_worker import hashes, infotext, loras, schedulers, spec, tiny
 from atelier_worker.engine import Engine, decode, denoise, output
 from atelier_worker.job import Job
 from atelier_worker.protocol import decode_request
@@ -85,9 +85,11 @@ def test_lora_weight_has_an_effect_and_zero_equals_none(engine, tmp_path):
     assert differ(px(one), plain) > 0.5 and differ(neg, plain) > 0.5
     assert np.abs(px(zero) - plain).max() <= 1
     lora_file = tiny.create_extra("tiny-lora", engine.cache_dir)
-    h = loras.file_sha256(lora_file)[:10]
+    h = hashes.file_sha256(lora_file)[:10]
     text = params(one)
     assert f'Lora hashes: "tiny-lora: {h}"' in text and 'Loras: "<lora:tiny-lora:1>"' in text
+    assert text.split("\n")[0].endswith(" <lora:tiny-lora:1>"), "A1111 reads the tags in the prompt"
+    assert "Model hash" not in text, "the tiny model is a folder: no file to hash"
     # A job without LoRAs unloads them; the picture is the plain one again.
     again = px(ok(engine, tmp_path)[0])
     assert np.array_equal(again, plain)
@@ -425,6 +427,8 @@ def test_single_file_checkpoint_loads_like_the_folder(engine, tmp_path):
     assert ("loading_model", 0, 0) in progress(msgs)
     assert np.abs(px(res) - folder).max() <= 1
     assert "Model: tiny-single-file, " in params(res)
+    checkpoint = tiny.create_extra("tiny-single-file", engine.cache_dir)
+    assert f"Model hash: {hashes.short_hash(checkpoint)}, Model: tiny-single-file, " in params(res)
     # A LoRA given as the model is refused by its header, before anything loads.
     lora = tiny.create_extra("tiny-lora", engine.cache_dir)
     err, _ = run(engine, tmp_path, model=lora)

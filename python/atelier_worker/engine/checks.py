@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 
 from PIL import Image as PILImage
 
+from .. import hashes, loras, single_file, tiny, upscale
 from .. import images as imgs
-from .. import loras, single_file, tiny, upscale
 from ..protocol import Request
 from ..spec import (
     ERR_INVALID_REQUEST,
@@ -224,7 +224,7 @@ def check_inputs(r: Request, cache_dir: str, stage) -> Inputs:
         check_file(p, f, "LoRA", exts=(".safetensors",))
         name = lora.path if lora.path == TINY_LORA else stem(p)
         inp.loras.append(loras.Wanted(index=i, path=p, name=name, weight=lora.weight,
-                                      hash10=loras.short_hash(p)))
+                                      hash10=hashes.short_hash(p)))
     for i, cn in enumerate(r.controlnets):
         f = f"controlnets[{i}]"
         p = tiny_or(cn.model, (TINY_CONTROLNET,))

@@ -13,7 +13,7 @@ from collections.abc import Callable
 import torch
 from PIL import Image as PILImage
 
-from .. import accel, optimize, prompts, schedulers, upscale
+from .. import accel, hashes, optimize, prompts, schedulers, upscale
 from .. import device as devices
 from .. import images as imgs
 from ..job import Job
@@ -169,7 +169,9 @@ class Engine:
 
         # 7. Decode, 8. paste back the unmasked pixels (or draw the hires pass), 9. upscale
         #    and 10. save, one image at a time to bound the memory.
-        parameters = output.parameters(r, model_name, inp)
+        # A1111's "Model hash" is of a checkpoint file; read once per file (cached).
+        model_hash = hashes.short_hash(path) if os.path.isfile(path) else ""
+        parameters = output.parameters(r, model_name, inp, model_hash)
         images = []
         n = r.batch_size
         for i, seed in enumerate(seeds):

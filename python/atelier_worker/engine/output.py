@@ -57,8 +57,9 @@ def save_png(image: PILImage.Image, path: str, parameters: str) -> None:
                         "again", field="output_dir") from None
 
 
-def parameters(r: Request, model_name: str, inp: Inputs) -> Callable[[int], str]:
-    """The `parameters` text of the job's images, by seed."""
+def parameters(r: Request, model_name: str, inp: Inputs, model_hash: str = "") -> Callable[[int], str]:
+    """The `parameters` text of the job's images, by seed. `model_hash` is the
+    checkpoint file's short hash; a model folder has none."""
     q, num = infotext.quote, infotext.number
     extra: list[tuple[str, str]] = []
     if r.init_image:
@@ -72,7 +73,9 @@ def parameters(r: Request, model_name: str, inp: Inputs) -> Callable[[int], str]
     if inp.loras:
         extra.append(("Lora hashes", json.dumps(", ".join(f"{w.name}: {w.hash10}" for w in inp.loras),
                                                 ensure_ascii=False)))
-        extra.append(("Loras", json.dumps(" ".join(f"<lora:{w.name}:{num(w.weight)}>" for w in inp.loras),
+        # The tags are in the prompt too (format_parameters), where A1111 reads them; this
+        # is the whole list, for Atelier.
+        extra.append(("Loras", json.dumps(" ".join(infotext.lora_tag(w.name, w.weight) for w in inp.loras),
                                           ensure_ascii=False)))
     for i, (cn, _path, name, _image) in enumerate(inp.controlnets):
         parts = [("Module", "canny" if cn.type == "canny" else "none")]
@@ -100,7 +103,8 @@ def parameters(r: Request, model_name: str, inp: Inputs) -> Callable[[int], str]
         return infotext.format_parameters(
             prompt=r.prompt, negative_prompt=r.negative_prompt, steps=r.steps,
             scheduler=r.scheduler, schedule=r.schedule, cfg=r.cfg, seed=seed, width=r.width,
-            height=r.height, model=model_name, version=__version__, extra=extra)
+            height=r.height, model=model_name, version=__version__, model_hash=model_hash,
+            loras=[(w.name, w.weight) for w in inp.loras], extra=extra)
     return text
 
 
