@@ -19,6 +19,7 @@ const (
 	ErrModelNotFound  = spec.ErrModelNotFound
 	ErrUnsupported    = spec.ErrUnsupported
 	ErrOutOfMemory    = spec.ErrOutOfMemory
+	ErrDiskFull       = spec.ErrDiskFull
 	ErrCancelled      = spec.ErrCancelled
 	ErrWorkerCrashed  = spec.ErrWorkerCrashed
 	ErrInternal       = spec.ErrInternal

@@ -64,6 +64,9 @@ const (
 	ErrUnsupported ErrorCode = "unsupported"
 	// ErrOutOfMemory: the device ran out of memory; the worker stays alive.
 	ErrOutOfMemory ErrorCode = "out_of_memory"
+	// ErrDiskFull: the disk (or the user's quota) holding the output folder is full: nothing
+	// of the job is kept; the message says how much was needed where known.
+	ErrDiskFull ErrorCode = "disk_full"
 	// ErrCancelled: the job was cancelled.
 	ErrCancelled ErrorCode = "cancelled"
 	// ErrWorkerCrashed: set by the bridge, never sent by the worker: the process died
@@ -79,6 +82,7 @@ var ErrorCodes = []ErrorCode{
 	ErrModelNotFound,
 	ErrUnsupported,
 	ErrOutOfMemory,
+	ErrDiskFull,
 	ErrCancelled,
 	ErrWorkerCrashed,
 	ErrInternal,

@@ -48,6 +48,9 @@ ERR_MODEL_NOT_FOUND = "model_not_found"
 ERR_UNSUPPORTED = "unsupported"
 # ERR_OUT_OF_MEMORY: the device ran out of memory; the worker stays alive.
 ERR_OUT_OF_MEMORY = "out_of_memory"
+# ERR_DISK_FULL: the disk (or the user's quota) holding the output folder is full: nothing
+# of the job is kept; the message says how much was needed where known.
+ERR_DISK_FULL = "disk_full"
 # ERR_CANCELLED: the job was cancelled.
 ERR_CANCELLED = "cancelled"
 # ERR_WORKER_CRASHED: set by the bridge, never sent by the worker: the process died mid-job,
@@ -57,8 +60,8 @@ ERR_WORKER_CRASHED = "worker_crashed"
 ERR_INTERNAL = "internal"
 # Every error code, in documentation order.
 ERROR_CODES = (
-    "invalid_request", "model_not_found", "unsupported", "out_of_memory", "cancelled",
-    "worker_crashed", "internal",
+    "invalid_request", "model_not_found", "unsupported", "out_of_memory", "disk_full",
+    "cancelled", "worker_crashed", "internal",
 )
 
 # Progress stages, in the order a job meets them.

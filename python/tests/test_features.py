@@ -335,18 +335,62 @@ def test_hires_requests_are_checked(tmp_path, overrides, message):
     assert e.value.field.startswith("hires_")
 
 
-def test_a_full_disk_is_a_clear_error_and_the_engine_goes_on(engine, tmp_path, monkeypatch):
+def test_a_full_disk_mid_batch_keeps_no_file_of_the_job_and_the_engine_goes_on(engine, tmp_path,
+                                                                               monkeypatch):
     import errno
 
-    def full(*_a, **_k):
-        raise OSError(errno.ENOSPC, "No space left on device")
+    out = tmp_path / "out"
+    out.mkdir()
+    write, calls = output.write_file, []
 
-    monkeypatch.setattr(output, "write_png", full)
-    res, _ = run(engine, tmp_path)
+    def full_at_the_second(path, data, sync=True):
+        calls.append(path)
+        if len(calls) == 2:
+            with open(path, "wb") as f:  # a part of it, as a real full disk leaves
+                f.write(data[:10])
+            raise OSError(errno.ENOSPC, "No space left on device", path)
+        write(path, data, sync)
+
+    monkeypatch.setattr(output, "write_file", full_at_the_second)
+    res, _ = run(engine, out, batch_size=2)
+    assert len(calls) == 2, "the second image's write is the one that fails"
+    assert (res.type, res.code, res.field) == ("error", spec.ERR_DISK_FULL, "")
+    assert "the disk is full" in res.message and "image 2 of 2" in res.message
+    assert "the job needs about" in res.message and "are free" in res.message
+    assert "Nothing of this job was kept" in res.message
+    assert "No space left on device" in res.detail
+    assert sorted(os.listdir(out)) == [], "neither image, nor a temporary file, of the failed job remains"
+
+    def denied(path, data, sync=True):
+        raise OSError(errno.EACCES, "Permission denied", path)
+
+    monkeypatch.setattr(output, "write_file", denied)
+    res, _ = run(engine, out)
     assert (res.type, res.code, res.field) == ("error", "internal", "output_dir")
-    assert "No space left on device" in res.message and "Free some disk space" in res.message
+    assert "Permission denied" in res.message and "Free some disk space" in res.message
+    assert os.listdir(out) == []
     monkeypatch.undo()
-    ok(engine, tmp_path)
+    made, _ = ok(engine, out, batch_size=2)
+    assert sorted(os.listdir(out)) == sorted(os.path.basename(im.path) for im in made.images)
+
+
+def test_a_failed_job_keeps_none_of_its_control_images(engine, tmp_path, pics, monkeypatch):
+    import errno
+
+    out = tmp_path / "out"
+    out.mkdir()
+    write = output.write_file
+
+    def full_for_images(path, data, sync=True):
+        if "-control-" not in path:
+            raise OSError(errno.ENOSPC, "No space left on device", path)
+        write(path, data, sync)
+
+    monkeypatch.setattr(output, "write_file", full_for_images)
+    res, _ = run(engine, out, controlnets=[{"model": "tiny-controlnet", "image": str(pics / "init.png"),
+                                             "type": "canny"}])
+    assert (res.type, res.code) == ("error", spec.ERR_DISK_FULL), res
+    assert os.listdir(out) == [], "the control image goes with the job's images"
 
 
 def test_upscale_only_enlarges_a_picture_and_keeps_its_settings(engine, tmp_path, pics):

@@ -61,8 +61,10 @@ class Engine:
     def run(self, job: Job, emit: Callable[[Message], None]) -> Message:
         start = time.perf_counter()
         emit(Accepted(id=job.id))
+        # The job's PNGs (control images included) are kept only if it succeeds.
+        files = output.JobFiles()
         try:
-            return self._generate(job, emit, start)
+            return self._generate(job, emit, start, files)
         except Cancelled:
             log.info("cancelled")
             return Error(id=job.id, code=ERR_CANCELLED, message="the job was cancelled")
@@ -70,6 +72,11 @@ class Engine:
             log.info("failed: %s: %s", e.code, e.message)
             return Error(id=job.id, code=e.code, message=e.message, field=e.field, detail=e.detail)
         except Exception as e:  # noqa: BLE001 - every failure must reach the bridge as a message
+            if output.is_disk_full(e):
+                # Anywhere else than a PNG: a preview, the tiny model's cache.
+                failed = output.disk_full(e, os.path.dirname(e.filename or "") or job.request.output_dir)
+                log.warning("disk full: %s", e)
+                return Error(id=job.id, code=failed.code, message=failed.message, detail=failed.detail)
             if memory.is_oom(e):
                 # The traceback's frames hold the tensors that filled the device.
                 traceback.clear_frames(e.__traceback__)
@@ -86,13 +93,15 @@ class Engine:
             return Error(id=job.id, code=ERR_INTERNAL, message=f"{type(e).__name__}: {e}",
                          detail=traceback.format_exc())
         finally:
+            files.discard()
             # Previews are only for watching a job; the result replaces them.
             try:
                 os.unlink(preview.preview_file(job))
             except OSError:
                 pass
 
-    def _generate(self, job: Job, emit: Callable[[Message], None], start: float) -> Result:
+    def _generate(self, job: Job, emit: Callable[[Message], None], start: float,
+                  files: output.JobFiles) -> Result:
         r = job.request
         elapsed = lambda: round(time.perf_counter() - start, 3)  # noqa: E731
 
@@ -105,7 +114,7 @@ class Engine:
             torch.cuda.reset_peak_memory_stats(self.device)
         self._vae_fallback = False
         if r.upscale_only:
-            return self._upscale_only(job, stage, start)
+            return self._upscale_only(job, stage, start, files)
 
         # 1. Check inputs: the model and every other file the request names, the input
         #    images, and the output folder, before anything slow is loaded.
@@ -136,7 +145,7 @@ class Engine:
             raise JobFailed(ERR_INVALID_REQUEST, str(e), field="schedule") from None
 
         # 3. Prepare the images: control images (Canny), init image and mask, at the output size.
-        plan = prepare.prepare(job, inp, stage)
+        plan = prepare.prepare(job, inp, stage, files)
         plan.controlnets = controlnets
         runner = denoise.runner(pipe, controlnets, plan)
 
@@ -190,8 +199,10 @@ class Engine:
                 pixels = upscale.upscale(pixels, r.upscale, upscaler)
             stage(STAGE_SAVING, i, n)
             out_path = os.path.join(r.output_dir, f"{job.id}-{i}.png")
-            output.save_png(pixels, out_path, parameters(seed))
+            files.write(pixels, out_path, parameters(seed), what=f"image {i + 1} of {n}",
+                        left=n - i)
             images.append(Image(path=out_path, seed=seed, width=pixels.width, height=pixels.height))
+        files.commit()
         emit(Progress(id=job.id, stage=STAGE_SAVING, step=n, total=n, elapsed_s=elapsed()))
 
         total_s = time.perf_counter() - start
@@ -204,7 +215,7 @@ class Engine:
             batch_chunks=chunks,
         ))
 
-    def _upscale_only(self, job: Job, stage, start: float) -> Result:
+    def _upscale_only(self, job: Job, stage, start: float, files: output.JobFiles) -> Result:
         """Enlarges an existing picture (A1111's Extras): no model loads, nothing is
         generated. The PNG keeps the picture's own settings, if it has any, with the
         upscaler added, so that it reloads like its source."""
@@ -225,7 +236,8 @@ class Engine:
         pixels = upscale.upscale(picture, r.upscale, model)
         stage(STAGE_SAVING, 0, 1)
         out_path = os.path.join(r.output_dir, f"{job.id}-0.png")
-        output.save_png(pixels, out_path, output.upscaled_parameters(source, text, r, inp))
+        files.write(pixels, out_path, output.upscaled_parameters(source, text, r, inp))
+        files.commit()
         total_s = time.perf_counter() - start
         return Result(id=job.id, images=[Image(path=out_path, seed=r.seed, width=pixels.width,
                                                height=pixels.height)],

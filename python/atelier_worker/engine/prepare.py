@@ -40,7 +40,8 @@ class Plan:
     hires_controls: list = field(default_factory=list)  # control images at the hires size
 
 
-def prepare(job: Job, inp: Inputs, stage) -> Plan:
+def prepare(job: Job, inp: Inputs, stage, files: output.JobFiles) -> Plan:
+    """The plan's images; the control images are also saved with the job's files."""
     r = job.request
     plan = Plan()
     if not (inp.controlnets or inp.init is not None):
@@ -51,7 +52,7 @@ def prepare(job: Job, inp: Inputs, stage) -> Plan:
         if cn.type == "canny":
             control = imgs.canny(control, cn.canny_low, cn.canny_high)
         out = os.path.join(r.output_dir, f"{job.id}-control-{i}.png")
-        output.write_png(control, out)
+        files.write(control, out, what=f"control image {i + 1}")
         plan.control_images.append(control)
         plan.control_paths.append(out)
         plan.control_inputs.append((cn, image))
