@@ -196,7 +196,7 @@ func reportFailure(ctx context.Context, err error, outcome *jobs.JobOutcome, std
 	case jerr.Code == failure.ErrCancelled && ctx.Err() != nil:
 		fmt.Fprintln(stderr, "atelier generate: cancelled; the job is recorded as cancelled")
 		return exitCancelled
-	case jerr.Field != "":
+	case jerr.Field != "" && jerr.Code != failure.ErrDiskFull: // a full disk is no wrong input
 		fmt.Fprintf(stderr, "atelier generate: %s\n", describeField(jerr.Field, jerr.Message))
 		return exitUsage
 	}

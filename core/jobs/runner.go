@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -75,7 +77,9 @@ func (r *Runner) acquire(ctx context.Context) (release func(), err error) {
 // a *ValidationError or a *JobError naming the field. Once the job is
 // recorded, a failure is returned as a *JobError and recorded too; cancelling
 // ctx cancels the job, which is then recorded as cancelled. If the images were
-// made but recording them failed, Run returns the outcome and the error.
+// made but recording them failed, they are removed and the job fails (code
+// disk_full when the history's disk is full), so that a job's files are
+// either all in the history or all gone.
 func (r *Runner) Run(ctx context.Context, req request.Request, onEvent func(protocol.Message)) (*JobOutcome, error) {
 	if onEvent == nil {
 		onEvent = func(protocol.Message) {}
@@ -145,7 +149,7 @@ func (r *Runner) execute(ctx context.Context, jobID int64, uid string, req reque
 	case isResult:
 		out := &JobOutcome{JobID: jobID, UID: uid, Images: res.Images, Metrics: res.Metrics, ControlImages: res.ControlImages}
 		if err := r.store.FinishJob(rec, jobID, res.Metrics, res.Images); err != nil {
-			return out, fmt.Errorf("the images were made but not recorded in the history: %w", err)
+			return nil, r.fail(rec, jobID, r.unrecorded(res, err))
 		}
 		return out, nil
 	case (final == nil || werr.Code == failure.ErrCancelled) && cancelled && errors.Is(context.Cause(ctx), ErrQueueStopped):
@@ -208,6 +212,41 @@ func (r *Runner) follow(ctx context.Context, uid string, ch <-chan protocol.Mess
 			return nil, true
 		}
 	}
+}
+
+// unrecorded removes the files of a job whose result the history could not
+// record, since a file without its history entry is lost to the gallery,
+// and says what happened.
+func (r *Runner) unrecorded(res protocol.Result, cause error) *failure.JobError {
+	files := slices.Concat(imagePaths(res.Images), res.ControlImages)
+	var kept []string
+	for _, p := range files {
+		if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			kept = append(kept, fmt.Sprintf("%s (%v)", p, err))
+		}
+	}
+	code, what := failure.ErrInternal, "the history could not record them"
+	if store.IsDiskFull(cause) {
+		code, what = failure.ErrDiskFull, "the disk holding the history is full, so it could not record them"
+	}
+	msg := fmt.Sprintf("the job's %d file(s) were made, but %s; ", len(files), what)
+	if kept == nil {
+		msg += "they were removed, so that no image is left without its history entry"
+	} else {
+		msg += "removing them failed, so these are on disk without a history entry: " + strings.Join(kept, ", ")
+	}
+	if code == failure.ErrDiskFull {
+		msg += fmt.Sprintf(". Free some space on that disk (or set %s to a folder on another disk), then generate again", paths.HomeEnv)
+	}
+	return &failure.JobError{Op: "record the result", Err: cause, Code: code, Message: msg, Detail: cause.Error()}
+}
+
+func imagePaths(images []protocol.ImageResult) []string {
+	out := make([]string, len(images))
+	for i, im := range images {
+		out[i] = im.Path
+	}
+	return out
 }
 
 func (r *Runner) fail(ctx context.Context, jobID int64, jerr *failure.JobError) error {

@@ -2,6 +2,7 @@ package jobs
 
 import (
 	"context"
+	"database/sql"
 	"errors"
 	"os"
 	"path/filepath"
@@ -200,6 +201,75 @@ func TestRunRecordsAWorkerError(t *testing.T) {
 			assert.Equal(t, string(jerr.Code), j.ErrorCode)
 		})
 	}
+}
+
+func TestRunRecordsAWorkerDiskFull(t *testing.T) {
+	g := &scriptedGen{play: func(id string, _ request.Request, out chan<- protocol.Message, _ <-chan struct{}) {
+		out <- protocol.Accepted{ID: id}
+		out <- protocol.Error{ID: id, Code: failure.ErrDiskFull, Message: "the disk is full (/x): saving image 2 of 2 failed"}
+	}}
+	r, s, _ := newTestRunner(t, g)
+	_, err := r.Run(context.Background(), tinyRequest(), nil)
+	var jerr *failure.JobError
+	require.ErrorAs(t, err, &jerr)
+	assert.Equal(t, failure.ErrDiskFull, jerr.Code)
+	assert.Empty(t, jerr.Field, "a full disk is no wrong field")
+	j := onlyJob(t, s)
+	assert.Equal(t, store.StatusFailed, j.Status)
+	assert.Equal(t, string(failure.ErrDiskFull), j.ErrorCode)
+}
+
+// A result the history cannot record leaves none of its files behind: they
+// would be on disk with no history entry pointing to them.
+func TestRunRemovesTheFilesOfAResultItCannotRecord(t *testing.T) {
+	var files []string
+	block := func(t *testing.T, dbPath, stmt string) {
+		db, err := sql.Open("sqlite3", dbPath)
+		require.NoError(t, err)
+		defer db.Close()
+		_, err = db.Exec(stmt)
+		require.NoError(t, err)
+	}
+	var dbPath string
+	g := &scriptedGen{play: func(id string, req request.Request, out chan<- protocol.Message, _ <-chan struct{}) {
+		res := resultFor(id, req).(protocol.Result)
+		res.Images = append(res.Images, protocol.ImageResult{Path: filepath.Join(req.OutputDir, id+"-1.png"), Seed: req.Seed + 1, Width: 64, Height: 64})
+		res.ControlImages = []string{filepath.Join(req.OutputDir, id+"-control-0.png")}
+		files = append(imagePaths(res.Images), res.ControlImages...)
+		for _, p := range files {
+			require.NoError(t, os.WriteFile(p, []byte("png"), 0o644))
+		}
+		// The history refuses the images, as a full disk would make it.
+		block(t, dbPath, `CREATE TRIGGER refuse BEFORE INSERT ON images BEGIN SELECT RAISE(ABORT, 'no room'); END`)
+		out <- protocol.Accepted{ID: id}
+		out <- res
+	}}
+	r, s, paths := newTestRunner(t, g)
+	dbPath = paths.DB
+	out, err := r.Run(context.Background(), tinyRequest(), nil)
+	assert.Nil(t, out, "no outcome names files that are gone")
+	var jerr *failure.JobError
+	require.ErrorAs(t, err, &jerr)
+	assert.Equal(t, failure.ErrInternal, jerr.Code, "SQLite's trigger error is not a full disk")
+	assert.Contains(t, jerr.Message, "3 file(s) were made, but the history could not record them")
+	assert.Contains(t, jerr.Message, "they were removed")
+	assert.Contains(t, jerr.Detail, "no room")
+	require.Len(t, files, 3)
+	for _, p := range files {
+		assert.NoFileExists(t, p)
+	}
+	j := onlyJob(t, s)
+	assert.Equal(t, store.StatusFailed, j.Status)
+	assert.Equal(t, string(failure.ErrInternal), j.ErrorCode)
+	assert.Empty(t, j.Images)
+
+	block(t, dbPath, `DROP TRIGGER refuse`)
+	g.play = func(id string, req request.Request, out chan<- protocol.Message, _ <-chan struct{}) {
+		out <- protocol.Accepted{ID: id}
+		out <- resultFor(id, req)
+	}
+	_, err = r.Run(context.Background(), tinyRequest(), nil)
+	require.NoError(t, err, "the next job runs and is recorded")
 }
 
 func TestRunRecordsASubmitFailure(t *testing.T) {
