@@ -605,6 +605,7 @@ func (b *Bridge) startWorker(id string, argv []string, workerDir string) (*worke
 	b.tail = w.tail
 	b.mu.Unlock()
 	lg.Info("worker started", "pid", w.pid(), "cmd", strings.Join(argv, " "))
+	b.tellStarting("launching Python")
 
 	hello, herr := b.handshake(w, lg)
 	close(w.hsDone)
@@ -642,7 +643,9 @@ func (b *Bridge) handshake(w *worker, lg *slog.Logger) (protocol.Hello, *failure
 		case ev := <-w.events:
 			m, isHello := ev.(protocol.Hello)
 			if !isHello {
-				lg.Info("worker loading", "pid", w.pid(), "message", ev.(protocol.Loading).Message)
+				msg := ev.(protocol.Loading).Message
+				lg.Info("worker loading", "pid", w.pid(), "message", msg)
+				b.tellStarting(msg)
 				timer.Reset(stall)
 				continue
 			}
@@ -852,4 +855,11 @@ func (b *Bridge) workerExited(w *worker) {
 		return
 	}
 	lg.Info("worker exited", "pid", w.pid(), "exit", reason)
+}
+
+// tellStarting tells Config.OnStarting, if set, what the starting worker does.
+func (b *Bridge) tellStarting(message string) {
+	if b.cfg.OnStarting != nil {
+		b.cfg.OnStarting(message)
+	}
 }

@@ -80,6 +80,13 @@ type Config struct {
 
 	// Logger receives the bridge's logs, each with the request id; nil means slog.Default().
 	Logger *slog.Logger
+
+	// OnStarting, if set, is told what a starting worker is doing: once as it is
+	// spawned, then each loading line it prints before hello. A job's channel
+	// begins only when the worker is ready, so this is how a caller shows the
+	// start-up (seconds of Python imports) instead of silence. It is called from
+	// the bridge's own goroutine, and must not call the bridge.
+	OnStarting func(message string)
 }
 
 func (c Config) withDefaults() Config {

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -139,6 +140,34 @@ func TestFakeSlowStartWithinStallDeadline(t *testing.T) {
 	final, _ := runJob(t, fb.Bridge, "job-1", req)
 	requireResult(t, final, req)
 	assert.EqualValues(t, 1, fb.started())
+}
+
+func TestStartUpMessagesReachOnStarting(t *testing.T) {
+	var mu sync.Mutex
+	var told []string
+	fb := newFakeBridge(t, "mode=slowstart load=300ms every=100ms", func(c *Config) {
+		c.OnStarting = func(m string) {
+			mu.Lock()
+			told = append(told, m)
+			mu.Unlock()
+		}
+	})
+	req := tinyRequest(t, 2)
+	final, _ := runJob(t, fb.Bridge, "job-1", req)
+	requireResult(t, final, req)
+	mu.Lock()
+	got := append([]string(nil), told...)
+	mu.Unlock()
+	require.GreaterOrEqual(t, len(got), 2, "%q", got)
+	assert.Equal(t, "launching Python", got[0], "told as the worker is spawned")
+	assert.Equal(t, "importing torch (slowly)", got[1], "then each loading line")
+
+	// A warm worker starts nothing: nothing more is told.
+	final, _ = runJob(t, fb.Bridge, "job-2", req)
+	requireResult(t, final, req)
+	mu.Lock()
+	defer mu.Unlock()
+	assert.Len(t, told, len(got))
 }
 
 func TestFakeDiesAtStart(t *testing.T) {

@@ -5,6 +5,7 @@ import (
 	"io"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -60,6 +61,31 @@ func TestPlainProgressStaysShort(t *testing.T) {
 	assert.Contains(t, buf.String(), "denoising 150/150")
 	assert.Contains(t, buf.String(), "decoding")
 	assert.NotContains(t, buf.String(), "\r", "no terminal control codes in plain output")
+}
+
+func TestProgressShowsTheWorkersStart(t *testing.T) {
+	var buf bytes.Buffer
+	p := newProgress(&buf)
+	p.event(protocol.Loading{Message: "launching Python"})
+	p.event(protocol.Loading{Message: "importing torch"})
+	p.event(protocol.Progress{Stage: "encoding"})
+	assert.Equal(t, "starting the worker: launching Python\nencoding prompt (0.0s)\n", buf.String(), "a log gets the start's first line")
+	assert.True(t, p.loaded)
+
+	buf.Reset()
+	p = &progress{w: &buf, tty: true}
+	p.event(protocol.Loading{Message: "launching Python"})
+	p.event(protocol.Loading{Message: "importing torch"})
+	p.finish()
+	assert.Equal(t, "\r\033[Kstarting worker     launching Python\r\033[Kstarting worker     importing torch\r\033[K", buf.String(),
+		"a terminal shows the start as a stage, redrawn in place")
+}
+
+func TestDoneLineSaysTheWaitNextToTheJobTime(t *testing.T) {
+	m := &protocol.Metrics{TotalS: 0.52, ItS: 8, Device: "cpu", Dtype: "float32"}
+	assert.Equal(t, "done in 0.5s (8.00 it/s on cpu, float32); 7.3s in all, the worker's start included",
+		doneLineText(m, 7300*time.Millisecond, true))
+	assert.Equal(t, "done in 0.5s (on cpu); 0.6s in all", doneLineText(&protocol.Metrics{TotalS: 0.52, Device: "cpu"}, 600*time.Millisecond, false))
 }
 
 func TestTerminalProgressRedrawsOneLine(t *testing.T) {

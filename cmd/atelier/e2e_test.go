@@ -152,6 +152,9 @@ func TestGenerateWritesAPNGAndRecordsTheJob(t *testing.T) {
 	stdout, stderr, code := h.run(tinyArgs...)
 	require.Equal(t, 0, code, "stderr:\n%s", stderr)
 
+	assert.Contains(t, stderr, "starting the worker: launching Python", "the start is shown, not silent")
+	assert.Regexp(t, `done in [0-9.]+s \(.*\); [0-9.]+s in all, the worker's start included`, stderr)
+
 	paths := strings.Fields(stdout)
 	require.Len(t, paths, 1, "stdout must be the image path: %q", stdout)
 	path := paths[0]

@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"atelier/core/failure"
 	"atelier/core/jobs"
@@ -101,12 +102,16 @@ func cmdGenerate(args []string, stdout, stderr io.Writer) int {
 		}
 		prog := newProgress(stderr)
 		prog.refiner = req.Refiner != ""
+		a.starting.set(func(msg string) { prog.event(protocol.Loading{Message: msg}) })
+		began := time.Now()
 		outcome, err := a.runner.Run(ctx, req, func(m protocol.Message) {
 			prog.event(m)
 			if o.json {
 				emit(m)
 			}
 		})
+		a.starting.set(nil)
+		waited := time.Since(began)
 		prog.finish()
 		if err != nil {
 			if k > 0 && !o.json {
@@ -121,11 +126,7 @@ func cmdGenerate(args []string, stdout, stderr io.Writer) int {
 		jobIDs = append(jobIDs, outcome.JobID)
 		last = outcome
 		if m := outcome.Metrics; m != nil {
-			if m.ItS > 0 {
-				fmt.Fprintf(stderr, "done in %.1fs (%.2f it/s on %s, %s)\n", m.TotalS, m.ItS, m.Device, m.Dtype)
-			} else { // nothing was denoised: an upscale alone
-				fmt.Fprintf(stderr, "done in %.1fs (on %s)\n", m.TotalS, m.Device)
-			}
+			fmt.Fprintln(stderr, doneLineText(m, waited, prog.loaded))
 			if m.VAEFallback {
 				fmt.Fprintln(stderr, "note: the VAE ran in float32 because it produced NaNs at the model's precision (vae_fallback)")
 			}
@@ -282,4 +283,19 @@ func copyImages(paths []string, dir string) ([]string, error) {
 		out = append(out, abs)
 	}
 	return out, nil
+}
+
+// doneLineText is the last progress line: the job's own time, and the time the
+// user waited, which includes the worker's start (seconds of imports) when it
+// started for this job.
+func doneLineText(m *protocol.Metrics, waited time.Duration, started bool) string {
+	s := fmt.Sprintf("done in %.1fs (on %s)", m.TotalS, m.Device) // nothing was denoised: an upscale alone
+	if m.ItS > 0 {
+		s = fmt.Sprintf("done in %.1fs (%.2f it/s on %s, %s)", m.TotalS, m.ItS, m.Device, m.Dtype)
+	}
+	s += fmt.Sprintf("; %.1fs in all", waited.Seconds())
+	if started {
+		s += ", the worker's start included"
+	}
+	return s
 }

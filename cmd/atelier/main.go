@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/signal"
 	"strings"
+	"sync"
 	"syscall"
 
 	"atelier/bridge"
@@ -90,6 +91,29 @@ type app struct {
 	store  *store.Store
 	bridge *bridge.Bridge
 	runner *jobs.Runner
+	// starting passes the bridge's start-up messages to the job's progress.
+	starting *startSink
+}
+
+// startSink passes the bridge's start-up messages to whoever shows them now
+// (the bridge calls it from its own goroutine).
+type startSink struct {
+	mu sync.Mutex
+	f  func(message string)
+}
+
+func (s *startSink) set(f func(message string)) {
+	s.mu.Lock()
+	s.f = f
+	s.mu.Unlock()
+}
+
+func (s *startSink) tell(message string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.f != nil {
+		s.f(message)
+	}
 }
 
 func openApp(stderr io.Writer) (*app, error) {
@@ -101,8 +125,11 @@ func openApp(stderr io.Writer) (*app, error) {
 	if err != nil {
 		return nil, err
 	}
-	br := bridge.New(bridgeConfig(dirs, stderr))
-	return &app{paths: dirs, store: history, bridge: br, runner: jobs.NewRunner(history, br, dirs)}, nil
+	sink := &startSink{}
+	cfg := bridgeConfig(dirs, stderr)
+	cfg.OnStarting = sink.tell
+	br := bridge.New(cfg)
+	return &app{paths: dirs, store: history, bridge: br, runner: jobs.NewRunner(history, br, dirs), starting: sink}, nil
 }
 
 func (a *app) close() {

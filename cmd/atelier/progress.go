@@ -52,7 +52,12 @@ var stageLabels = map[string]string{
 func (p *progress) event(m protocol.Message) {
 	switch m := m.(type) {
 	case protocol.Loading:
-		if !p.loaded || p.tty {
+		// On a terminal the start-up is a stage of the bar's line, redrawn in
+		// place; a log gets its first line only.
+		if p.tty {
+			fmt.Fprintf(p.w, "\r\033[K%-19s %s", "starting worker", m.Message)
+			p.drawn = true
+		} else if !p.loaded {
 			p.line(fmt.Sprintf("starting the worker: %s", m.Message))
 		}
 		p.loaded = true
