@@ -155,7 +155,22 @@ func newLogger(w io.Writer) *slog.Logger {
 			level = slog.LevelWarn
 		}
 	}
+	if isTerminal(w) {
+		w = clearLineWriter{w}
+	}
 	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: level}))
+}
+
+// clearLineWriter clears the terminal's current line before each write, so a
+// log record does not land after a progress bar drawn without a newline; the
+// bar is drawn again at the next event.
+type clearLineWriter struct{ w io.Writer }
+
+func (c clearLineWriter) Write(b []byte) (int, error) {
+	if _, err := io.WriteString(c.w, "\r\033[K"); err != nil {
+		return 0, err
+	}
+	return c.w.Write(b)
 }
 
 // parseFlags parses a subcommand's flags, printing its help or the error;
