@@ -106,7 +106,9 @@ type formFields struct {
 	onEdit func()
 	// onMarksGone runs when an edit clears the last marked field.
 	onMarksGone func()
-	do          func(func())
+	// onChange follows every edit of the form (the studio saves the form on it).
+	onChange func()
+	do       func(func())
 	// reveal opens the part of the form that holds a field (the form sets it).
 	reveal func(field string)
 	// chooseFile and chooseFolder ask with the native dialogs; they block, so
@@ -119,6 +121,9 @@ type formFields struct {
 func (ff *formFields) edited() {
 	if ff.onEdit != nil {
 		ff.onEdit()
+	}
+	if ff.onChange != nil {
+		ff.onChange()
 	}
 }
 
@@ -212,6 +217,7 @@ func (ff *formFields) linkSliderTo(clear func(), e *submitEntry, s *widget.Slide
 	}
 	e.OnChanged = func(text string) {
 		clear()
+		ff.edited()
 		if ff.syncing {
 			return
 		}

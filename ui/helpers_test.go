@@ -87,14 +87,15 @@ func (s testStudio) waitFor(t *testing.T, timeout time.Duration, what string, co
 }
 
 // settle waits until the studio's background reads of a store.Store (the
-// history strip, the model library) are on screen, so that the store can
-// close and its folder go with no read in flight: a connection released
+// history strip, the model library) are on screen and the form it saves on
+// each edit is written, so that the store can close and its folder go with
+// nothing in flight: a connection released
 // after Close would remove SQLite's -wal and -shm files under the folder's
 // cleanup.
 func (s testStudio) settle(t *testing.T) {
 	t.Helper()
 	s.waitFor(t, 20*time.Second, "the background reads of the store", func() bool {
-		return s.historyLoaded() && s.form.lib != nil
+		return s.historyLoaded() && s.form.lib != nil && (s.x == nil || s.x.formSaver.idle())
 	})
 }
 

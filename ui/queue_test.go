@@ -45,6 +45,13 @@ func servicesStudio(t *testing.T, gen generator, q QueueRunner) (testStudio, *st
 
 func studioOver(t *testing.T, st *store.Store, paths paths.Paths, gen generator, q QueueRunner) testStudio {
 	t.Helper()
+	return studioIn(t, st, paths, gen, q, func() fyne.Window { return test.NewTempWindow(t, widget.NewLabel("")) })
+}
+
+// studioIn is studioOver in a window of the caller's making (made once the
+// test app exists).
+func studioIn(t *testing.T, st *store.Store, paths paths.Paths, gen generator, q QueueRunner, newWindow func() fyne.Window) testStudio {
+	t.Helper()
 	exportDir := filepath.Join(t.TempDir(), "export")
 	svc := &Services{Store: st, Queue: q, Paths: paths,
 		Thumbs: media.NewThumbnailer(paths.Cache, galleryThumbPx),
@@ -54,7 +61,7 @@ func studioOver(t *testing.T, st *store.Store, paths paths.Paths, gen generator,
 		ChooseFolder: func(string) (string, error) { return exportDir, nil },
 	}
 	a := test.NewTempApp(t)
-	w := test.NewTempWindow(t, widget.NewLabel(""))
+	w := newWindow()
 	w.Resize(fyne.NewSize(1400, 900))
 	uq := &uiQueue{}
 	if gen == nil {

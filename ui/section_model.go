@@ -40,7 +40,7 @@ func newModelSection(ff *formFields, addLibraryFolder func(dir string)) *modelSe
 	m.hint = widget.NewLabel("")
 	m.hint.SizeName = theme.SizeNameCaptionText
 	m.hint.Wrapping = fyne.TextWrapWord
-	m.entry.OnChanged = func(string) { ff.clearError(fModel); m.updateHint() }
+	m.entry.OnChanged = func(string) { ff.clearError(fModel); m.updateHint(); ff.edited() }
 	ff.entries[fModel] = &m.entry.Entry
 	m.browse = newTipButton(theme.FolderOpenIcon(), "Choose a diffusers model folder", func() {
 		// The native picker blocks its caller, so it runs off the UI goroutine.

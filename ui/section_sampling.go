@@ -25,8 +25,9 @@ func newSamplingSection(ff *formFields) *samplingSection {
 	s.scheduler = widget.NewSelect(schedulerLabels(request.Schedulers), func(string) {
 		ff.clearError(fScheduler)
 		s.updateSchedules()
+		ff.edited()
 	})
-	s.schedule = widget.NewSelect(nil, func(string) { ff.clearError(fSchedule) })
+	s.schedule = widget.NewSelect(nil, func(string) { ff.clearError(fSchedule); ff.edited() })
 	return s
 }
 

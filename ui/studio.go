@@ -83,6 +83,7 @@ func newStudioWith(a fyne.App, w fyne.Window, gen generator, hist History, post 
 	}
 	w.SetContent(withTips(w.Canvas(), s.layout()))
 	s.restoreState()
+	s.startFormSaver()
 	// Closing the window mid-job cancels the job, so the worker is free at exit.
 	w.SetOnClosed(func() {
 		s.saveState()
@@ -152,6 +153,8 @@ type extras struct {
 	addQueue *widget.Button
 	edit     *queueEdit // the form's "editing a queued job" mode
 	session  int64      // this sitting's session, made at the first "Add to queue"
+	// formSaver writes the form to the store on each edit.
+	formSaver *formSaver
 }
 
 // Tab indexes of the studio window.
