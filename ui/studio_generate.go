@@ -22,17 +22,10 @@ func (s *Studio) Generate() {
 	if s.job != nil {
 		return
 	}
-	req, verr := s.form.request()
-	if rest := s.form.showErrors(verr); verr != nil {
-		msg := "Fix the marked fields, then generate again."
-		if len(rest) > 0 {
-			msg = verr.Error()
-		}
-		s.showMarked(msg, len(rest) == 0)
+	req, ok := s.submittedRequest("generate")
+	if !ok {
 		return
 	}
-	s.form.save(s.app.Preferences(), req)
-	s.saveLastRequest(req)
 	count, _ := s.form.count() // validated with the request
 	s.run(req, count, "Generating…")
 }
@@ -313,4 +306,22 @@ func (s *Studio) upscaleImage(path string, src request.Request) {
 		s.x.tabs.SelectIndex(tabStudio)
 	}
 	s.run(req, 1, fmt.Sprintf("Upscaling %s (%s, ×%g)…", filepath.Base(path), req.Upscaler, req.Upscale))
+}
+
+// submittedRequest reads and validates the form for an action (Generate, Add to
+// queue) and remembers it; on invalid fields it marks them, says so in the
+// status ("Fix the marked fields, then <action> again.") and reports false.
+func (s *Studio) submittedRequest(action string) (request.Request, bool) {
+	req, verr := s.form.request()
+	if rest := s.form.showErrors(verr); verr != nil {
+		msg := "Fix the marked fields, then " + action + " again."
+		if len(rest) > 0 {
+			msg = verr.Error()
+		}
+		s.showMarked(msg, len(rest) == 0)
+		return req, false
+	}
+	s.form.save(s.app.Preferences(), req)
+	s.saveLastRequest(req)
+	return req, true
 }

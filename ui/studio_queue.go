@@ -26,17 +26,10 @@ func (s *Studio) AddToQueue() {
 	if s.x == nil {
 		return
 	}
-	req, verr := s.form.request()
-	if rest := s.form.showErrors(verr); verr != nil {
-		msg := "Fix the marked fields, then add to the queue again."
-		if len(rest) > 0 {
-			msg = verr.Error()
-		}
-		s.showMarked(msg, len(rest) == 0)
+	req, ok := s.submittedRequest("add to the queue")
+	if !ok {
 		return
 	}
-	s.form.save(s.app.Preferences(), req)
-	s.saveLastRequest(req)
 	count, _ := s.form.count() // request() has checked it
 	req.PreviewEvery = 0
 	reqs, err := request.ExpandBatchCount(req, count)
