@@ -3,7 +3,9 @@ package store
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"fmt"
+	"os"
 	"time"
 
 	"atelier/core/paths"
@@ -116,6 +118,75 @@ CREATE INDEX images_created ON images(created_at);
 // SchemaVersion is the schema this build writes.
 func SchemaVersion() int { return migrations[len(migrations)-1].version }
 
+// ErrNewerSchema is returned (wrapped) for a history written by a newer
+// Atelier; such a file is refused before anything is written to it.
+var ErrNewerSchema = errors.New("history from a newer Atelier")
+
+func newerSchemaError(current, latest int) error {
+	return fmt.Errorf("%w: this history was written by a newer Atelier (schema %d; this one knows up to %d); "+
+		"install that version or newer, or set %s to start another history. The file was left untouched",
+		ErrNewerSchema, current, latest, paths.HomeEnv)
+}
+
+// appliedVersion reads the schema version of db without writing anything
+// (0 for a new, empty file).
+func appliedVersion(ctx context.Context, db *sql.DB) (int, error) {
+	var n int
+	if err := db.QueryRowContext(ctx, `SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'schema_migrations'`).Scan(&n); err != nil {
+		return 0, fmt.Errorf("migrate: read version: %w", err)
+	}
+	if n == 0 {
+		return 0, nil
+	}
+	var v int
+	if err := db.QueryRowContext(ctx, `SELECT COALESCE(MAX(version), 0) FROM schema_migrations`).Scan(&v); err != nil {
+		return 0, fmt.Errorf("migrate: read version: %w", err)
+	}
+	return v, nil
+}
+
+// migrateFile brings the history at path up to the latest step of list. A
+// history from a newer Atelier is refused untouched; one from an older
+// schema is first copied whole (VACUUM INTO, a consistent snapshot even while
+// another process writes) to BackupPath(path, version), so that a failed or
+// regretted upgrade can go back to the file as it was.
+func migrateFile(ctx context.Context, db *sql.DB, path string, list []migration) error {
+	current, err := appliedVersion(ctx, db)
+	if err != nil {
+		return err
+	}
+	latest := list[len(list)-1].version
+	if current > latest {
+		return newerSchemaError(current, latest)
+	}
+	if current > 0 && current < latest {
+		backup := freeBackupPath(path, current)
+		if _, err := db.ExecContext(ctx, `VACUUM INTO ?`, backup); err != nil {
+			return fmt.Errorf("back up the history before upgrading its schema from %d to %d (to %s): %w; "+
+				"free some disk space and start Atelier again (the history is untouched)", current, latest, backup, err)
+		}
+	}
+	return migrate(ctx, db, list)
+}
+
+// BackupPath is where the copy of a history is written before its schema is
+// upgraded from version: next to it, named by that version.
+func BackupPath(path string, version int) string {
+	return fmt.Sprintf("%s.bak-schema%d", path, version)
+}
+
+// freeBackupPath is BackupPath, or a numbered variant when an earlier
+// upgrade attempt already left one there (VACUUM INTO never overwrites).
+func freeBackupPath(path string, version int) string {
+	p := BackupPath(path, version)
+	for i := 2; ; i++ {
+		if _, err := os.Lstat(p); os.IsNotExist(err) {
+			return p
+		}
+		p = fmt.Sprintf("%s-%d", BackupPath(path, version), i)
+	}
+}
+
 // migrate applies every step of list that the database lacks, each in its own
 // transaction together with its schema_migrations row, so that a failing step
 // leaves the database exactly at the previous version.
@@ -131,8 +202,7 @@ func migrate(ctx context.Context, db *sql.DB, list []migration) error {
 		return fmt.Errorf("migrate: read version: %w", err)
 	}
 	if latest := list[len(list)-1].version; current > latest {
-		return fmt.Errorf("the history database has schema version %d but this Atelier knows only up to %d: "+
-			"it was written by a newer Atelier; upgrade Atelier, or point %s elsewhere", current, latest, paths.HomeEnv)
+		return newerSchemaError(current, latest)
 	}
 	for i, m := range list {
 		if m.version != i+1 {

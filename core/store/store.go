@@ -73,7 +73,7 @@ func openStore(path string) (*Store, error) {
 		db.Close()
 		return nil, err
 	}
-	if err := migrate(ctx, db, migrations); err != nil {
+	if err := migrateFile(ctx, db, path, migrations); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("open history %s: %w", path, err)
 	}
