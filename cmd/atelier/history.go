@@ -25,13 +25,17 @@ func cmdHistory(args []string, stdout, stderr io.Writer) int {
 	if len(args) > 0 && args[0] == "search" {
 		return historySearch(args[1:], stdout, stderr)
 	}
+	if len(args) > 0 && args[0] == "verify" {
+		return historyVerify(args[1:], stdout, stderr)
+	}
 	fs := flag.NewFlagSet("history", flag.ContinueOnError)
 	asJSON := fs.Bool("json", false, "print a JSON array of jobs, with their settings, metrics and images")
 	limit := fs.Int("limit", 20, "how many jobs, newest first; 0 for all")
 	fs.Usage = func() {
 		fmt.Fprint(fs.Output(), "Usage: atelier history [--json] [--limit N]\n       atelier history search [--model M] [--starred] [--json] [--limit N] WORDS…\n"+
-			"       atelier history import FILE.png [--json]\n\n"+
-			"Lists past jobs, newest first; search finds images as the gallery does; import reads a PNG's generation settings.\n\nOptions:\n")
+			"       atelier history import FILE.png [--json]\n       atelier history verify JOB_ID [--keep DIR] [--json]\n\n"+
+			"Lists past jobs, newest first; search finds images as the gallery does; import reads a PNG's generation settings;\n"+
+			"verify regenerates a job and compares the pixels with its recorded images.\n\nOptions:\n")
 		fs.PrintDefaults()
 	}
 	if code, ok := parseFlags(fs, args, stdout, stderr); !ok {

@@ -45,7 +45,7 @@ const usage = `Atelier: Stable Diffusion XL on your own machine.
 Usage:
   atelier                 open the studio window
   atelier generate ...    generate images without a window
-  atelier history ...     list past jobs; import a PNG's settings
+  atelier history ...     list past jobs; import a PNG's settings; verify that a job reproduces
   atelier queue ...       add, list and run queued jobs (survive crashes)
   atelier models ...      list the model library; add-folder DIR, remove-folder DIR
   atelier doctor          check that the Python worker can start

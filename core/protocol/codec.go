@@ -201,6 +201,8 @@ func Decode(line []byte) (Message, error) {
 				PeakMemBytes: mf.int64("peak_mem_bytes", false),
 				VAEFallback:  mf.boolean("vae_fallback"),
 				BatchChunks:  mf.int("batch_chunks", false),
+				Versions:     mf.stringMap("versions", false),
+				Speed:        mf.stringMap("speed", false),
 			}
 		}
 		r.ControlImages = f.strings("control_images", false)

@@ -79,6 +79,11 @@ type Metrics struct {
 	VAEFallback bool `json:"vae_fallback,omitempty"`
 	// BatchChunks is how many chunks the batch was denoised in (0 or 1: all at once).
 	BatchChunks int `json:"batch_chunks,omitempty"`
+	// Versions holds the torch and diffusers versions the job ran with, and Speed
+	// the speed settings in effect (compile, vae_dtype, sdpa, …: name → value), so
+	// that a reproduction can say what differs. Older workers and jobs have neither.
+	Versions map[string]string `json:"versions,omitempty"`
+	Speed    map[string]string `json:"speed,omitempty"`
 }
 
 // Message is one protocol line: a value of one of the message types below,

@@ -185,12 +185,12 @@ func (s *Store) GetImage(ctx context.Context, id int64) (*ImageDetail, error) {
 	d := &ImageDetail{ImageRecord: imgs[0]}
 	var meta string
 	var total, load, denoise, its sql.NullFloat64
-	var device, dtype sql.NullString
+	var device, dtype, versions, speed sql.NullString
 	var peak sql.NullInt64
 	if err := s.db.QueryRowContext(ctx, `SELECT i.metadata, j.uid, COALESCE(j.session_id, 0),
-		j.total_s, j.load_s, j.denoise_s, j.its, j.device, j.dtype, j.peak_mem_bytes
+		j.total_s, j.load_s, j.denoise_s, j.its, j.device, j.dtype, j.peak_mem_bytes, j.versions, j.speed
 		FROM images i JOIN jobs j ON j.id = i.job_id WHERE i.id = ?`, id).Scan(&meta, &d.JobUID, &d.SessionID,
-		&total, &load, &denoise, &its, &device, &dtype, &peak); err != nil {
+		&total, &load, &denoise, &its, &device, &dtype, &peak, &versions, &speed); err != nil {
 		return nil, fmt.Errorf("get image %d: %w", id, err)
 	}
 	if err := json.Unmarshal([]byte(meta), &d.Request); err != nil {
@@ -199,6 +199,7 @@ func (s *Store) GetImage(ctx context.Context, id int64) (*ImageDetail, error) {
 	if total.Valid {
 		d.Metrics = &protocol.Metrics{TotalS: total.Float64, LoadS: load.Float64, DenoiseS: denoise.Float64, ItS: its.Float64,
 			Device: device.String, Dtype: dtype.String, PeakMemBytes: peak.Int64}
+		readMetricsMaps(d.Metrics, versions, speed)
 	}
 	return d, nil
 }

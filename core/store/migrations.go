@@ -113,6 +113,13 @@ CREATE INDEX images_starred ON images(starred) WHERE starred = 1;
 CREATE INDEX images_seed ON images(seed);
 CREATE INDEX images_created ON images(created_at);
 `},
+	{3, "the versions and speed settings a job ran with", `
+-- JSON objects (name → value) from the result's metrics: the torch and diffusers
+-- versions and the speed settings in effect, so that "history verify" can say
+-- what differs between a job and its reproduction. NULL for older jobs.
+ALTER TABLE jobs ADD COLUMN versions TEXT CHECK (versions IS NULL OR json_valid(versions));
+ALTER TABLE jobs ADD COLUMN speed TEXT CHECK (speed IS NULL OR json_valid(speed));
+`},
 }
 
 // SchemaVersion is the schema this build writes.

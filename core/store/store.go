@@ -164,12 +164,21 @@ func (s *Store) FinishJob(ctx context.Context, jobID int64, m *protocol.Metrics,
 	if m == nil {
 		m = &protocol.Metrics{}
 	}
+	versions, err := jsonOrNull(m.Versions)
+	if err != nil {
+		return fmt.Errorf("finish job %d: %w", jobID, err)
+	}
+	speed, err := jsonOrNull(m.Speed)
+	if err != nil {
+		return fmt.Errorf("finish job %d: %w", jobID, err)
+	}
 	now := formatTime(time.Now())
 	res, err := tx.ExecContext(ctx, `UPDATE jobs SET status = ?, finished_at = ?,
-		total_s = ?, load_s = ?, denoise_s = ?, its = ?, device = ?, dtype = ?, peak_mem_bytes = ?
+		total_s = ?, load_s = ?, denoise_s = ?, its = ?, device = ?, dtype = ?, peak_mem_bytes = ?,
+		versions = ?, speed = ?
 		WHERE id = ? AND status IN (?, ?)`,
 		StatusDone, now, m.TotalS, m.LoadS, m.DenoiseS, m.ItS, m.Device, m.Dtype, m.PeakMemBytes,
-		jobID, StatusRunning, StatusPending)
+		versions, speed, jobID, StatusRunning, StatusPending)
 	if err := requireOneRow(res, err); err != nil {
 		return fmt.Errorf("finish job %d: %w", jobID, err)
 	}
@@ -190,6 +199,18 @@ func (s *Store) FinishJob(ctx context.Context, jobID int64, m *protocol.Metrics,
 		return fmt.Errorf("finish job %d: commit: %w", jobID, err)
 	}
 	return nil
+}
+
+// jsonOrNull is a metrics map as stored: NULL when the worker sent none.
+func jsonOrNull(m map[string]string) (any, error) {
+	if len(m) == 0 {
+		return nil, nil
+	}
+	b, err := json.Marshal(m)
+	if err != nil {
+		return nil, err
+	}
+	return string(b), nil
 }
 
 // FailJob ends a running job as cancelled (code cancelled) or failed (any
@@ -236,7 +257,7 @@ func requireOneRow(res sql.Result, err error) error {
 
 const jobColumns = `id, uid, status, created_at, started_at, finished_at, params,
 	error_code, error_message, error_detail,
-	total_s, load_s, denoise_s, its, device, dtype, peak_mem_bytes`
+	total_s, load_s, denoise_s, its, device, dtype, peak_mem_bytes, versions, speed`
 
 // ListJobs returns the newest jobs first, each with its images; limit <= 0
 // means all of them.
@@ -360,11 +381,12 @@ func scanJob(rows *sql.Rows, extra ...any) (JobRecord, error) {
 		created, params                  string
 		started, finished                sql.NullString
 		code, msg, detail, device, dtype sql.NullString
+		versions, speed                  sql.NullString
 		total, load, denoise, its        sql.NullFloat64
 		peak                             sql.NullInt64
 	)
 	dest := append([]any{&j.ID, &j.UID, &j.Status, &created, &started, &finished, &params,
-		&code, &msg, &detail, &total, &load, &denoise, &its, &device, &dtype, &peak}, extra...)
+		&code, &msg, &detail, &total, &load, &denoise, &its, &device, &dtype, &peak, &versions, &speed}, extra...)
 	if err := rows.Scan(dest...); err != nil {
 		return j, err
 	}
@@ -385,8 +407,20 @@ func scanJob(rows *sql.Rows, extra ...any) (JobRecord, error) {
 	if total.Valid {
 		j.Metrics = &protocol.Metrics{TotalS: total.Float64, LoadS: load.Float64, DenoiseS: denoise.Float64,
 			ItS: its.Float64, Device: device.String, Dtype: dtype.String, PeakMemBytes: peak.Int64}
+		readMetricsMaps(j.Metrics, versions, speed)
 	}
 	return j, nil
+}
+
+// readMetricsMaps reads the versions and speed columns into m. Their CHECK
+// keeps them JSON; an object of other values reads as none.
+func readMetricsMaps(m *protocol.Metrics, versions, speed sql.NullString) {
+	if versions.Valid {
+		_ = json.Unmarshal([]byte(versions.String), &m.Versions)
+	}
+	if speed.Valid {
+		_ = json.Unmarshal([]byte(speed.String), &m.Speed)
+	}
 }
 
 // GetSetting returns a setting's value and whether it is set.

@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"database/sql"
+	"encoding/json"
 	"fmt"
 	"path/filepath"
 	"testing"
@@ -173,9 +174,13 @@ func TestJobLifecycle(t *testing.T) {
 	assert.Nil(t, j.FinishedAt)
 	assert.Nil(t, j.Metrics)
 
-	m := &protocol.Metrics{TotalS: 1.5, LoadS: 0.5, DenoiseS: 0.9, ItS: 4.4, Device: "cpu", Dtype: "float32", PeakMemBytes: 1234}
+	m := &protocol.Metrics{TotalS: 1.5, LoadS: 0.5, DenoiseS: 0.9, ItS: 4.4, Device: "cpu", Dtype: "float32", PeakMemBytes: 1234,
+		Versions: map[string]string{"torch": "2.9.1", "diffusers": "0.36.0"}, Speed: map[string]string{"compile": "off"}}
 	imgs := []protocol.ImageResult{{Path: "/img/a.png", Seed: 7, Width: 64, Height: 64}, {Path: "/img/b.png", Seed: 8, Width: 64, Height: 64}}
 	require.NoError(t, s.FinishJob(ctx, id, m, imgs))
+	detail, err := s.GetImage(ctx, 1)
+	require.NoError(t, err)
+	assert.Equal(t, m, detail.Metrics, "the gallery's detail reads the same metrics, versions and speed included")
 
 	j, err = s.GetJobByUID(ctx, "job-life")
 	require.NoError(t, err)
@@ -344,4 +349,41 @@ func TestSettings(t *testing.T) {
 	require.NoError(t, err)
 	assert.True(t, ok)
 	assert.Equal(t, "light", v)
+}
+
+// A history written before jobs recorded their versions and speed settings
+// opens, keeps its jobs readable (without them), and records them from now on.
+func TestOlderHistoryGainsVersionsAndSpeed(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "history.db")
+	db, err := openDB(path)
+	require.NoError(t, err)
+	ctx := context.Background()
+	require.NoError(t, migrate(ctx, db, migrations[:2]))
+	params, err := json.Marshal(sampleRequest("an old lighthouse"))
+	require.NoError(t, err)
+	_, err = db.Exec(`INSERT INTO jobs (uid, status, created_at, started_at, finished_at, params, prompt, model,
+		total_s, load_s, denoise_s, its, device, dtype, peak_mem_bytes)
+		VALUES ('old-1', 'done', '2026-01-01T00:00:00.000Z', '2026-01-01T00:00:00.000Z', '2026-01-01T00:00:01.000Z',
+		?, 'an old lighthouse', 'tiny', 1, 0.5, 0.4, 10, 'cpu', 'float32', 0)`, string(params))
+	require.NoError(t, err)
+	require.NoError(t, db.Close())
+
+	s, err := OpenStore(path)
+	require.NoError(t, err)
+	defer s.Close()
+	old, err := s.GetJobByUID(ctx, "old-1")
+	require.NoError(t, err)
+	require.NotNil(t, old.Metrics)
+	assert.Equal(t, "cpu", old.Metrics.Device)
+	assert.Nil(t, old.Metrics.Versions, "an older job recorded no versions")
+	assert.Nil(t, old.Metrics.Speed)
+
+	id, err := s.CreateJob(ctx, "new-1", sampleRequest("a new lighthouse"))
+	require.NoError(t, err)
+	m := &protocol.Metrics{TotalS: 1, Device: "cpu", Dtype: "float32",
+		Versions: map[string]string{"torch": "2.9.1"}, Speed: map[string]string{"sdpa": "auto"}}
+	require.NoError(t, s.FinishJob(ctx, id, m, []protocol.ImageResult{{Path: "/img/n.png", Seed: 7, Width: 64, Height: 64}}))
+	j, err := s.GetJob(ctx, id)
+	require.NoError(t, err)
+	assert.Equal(t, m, j.Metrics)
 }

@@ -101,6 +101,35 @@ def from_env(device_kind: str) -> Settings:
     return s
 
 
+def in_effect(s: Settings, device_kind: str, applied: dict) -> dict[str, str]:
+    """The settings a job ran with, as the result's metrics.speed reports them: what can
+    change its pixels (compile, fused projections, the VAE's dtype, attention, offload, FP8,
+    tiling), so that `atelier history verify` can say what differs between two runs. Those
+    that only apply on CUDA read "off" elsewhere; vae_dtype is the one the model got."""
+    cuda = device_kind == "cuda"
+
+    def on(v: bool) -> str:
+        return "on" if v else "off"
+
+    compiled = cuda and s.compile != "off"
+    return {
+        "compile": s.compile + ("" if s.compile_mode == "default" else f" ({s.compile_mode})")
+        if compiled else "off",
+        "compile_vae": on(compiled and s.compile_vae),
+        "compile_text": on(compiled and s.compile_text),
+        "fuse_qkv": on(bool(applied.get("fuse_qkv"))),
+        "channels_last": on(s.channels_last),
+        "vae_dtype": str(applied.get("vae_dtype") or s.vae_dtype),
+        "sdpa": s.sdpa,
+        "offload": s.offload if cuda else "none",
+        "vae_tiling": on(s.vae_tiling),
+        "vae_slicing": on(s.vae_slicing),
+        "cudnn_benchmark": on(cuda and s.cudnn_benchmark),
+        "inference_mode": on(s.inference_mode),
+        "fp8": on(cuda and s.fp8),
+    }
+
+
 def cache_root() -> str:
     if os.environ.get("ATELIER_CACHE_DIR"):
         return os.environ["ATELIER_CACHE_DIR"]

@@ -92,9 +92,8 @@ class Request(msgspec.Struct):
 
 def hires_size(width: int, height: int, scale: float) -> tuple[int, int]:
     """The size of the hires pass: the first pass's, scaled and rounded to a multiple of 8."""
-    def one(v: int) -> int:
-        return max(spec.SIZE_MULTIPLE, int(round(v * scale / spec.SIZE_MULTIPLE)) * spec.SIZE_MULTIPLE)
-    return one(width), one(height)
+    m = spec.SIZE_MULTIPLE
+    return max(m, int(round(width * scale / m)) * m), max(m, int(round(height * scale / m)) * m)
 
 
 class Generate(msgspec.Struct):
@@ -191,9 +190,12 @@ class Metrics(msgspec.Struct):
     dtype: str
     peak_mem_bytes: int
     # Additions, absent from older workers: the VAE decode produced NaN/inf and was redone
-    # in float32; the batch ran in this many chunks after running out of memory.
+    # in float32; the batch ran in this many chunks after running out of memory; the torch
+    # and diffusers versions and the speed settings the job ran with (`history verify`).
     vae_fallback: bool = False
     batch_chunks: int = 1
+    versions: dict[str, str] = _field(default_factory=dict)
+    speed: dict[str, str] = _field(default_factory=dict)
 
 
 class Result(msgspec.Struct):
@@ -335,14 +337,12 @@ def _str_list(items: Any, path: str) -> None:
 
 def _id(m: dict, allow_empty: bool = False) -> str:
     v = m.get("id")
-    if v is None and allow_empty:
+    if v in (None, "") and allow_empty:
         return ""
     if v is None:
         raise ProtocolError("is required", "id")
     if not isinstance(v, str):
         raise ProtocolError(f"must be a string, got {_kind(v)}", "id")
-    if v == "" and allow_empty:
-        return v
     if not _ID_RE.fullmatch(v):
         raise ProtocolError(f"must be {spec.MIN_ID_LEN}-{spec.MAX_ID_LEN} characters of A-Z a-z 0-9 _ . -",
                             "id")

@@ -61,6 +61,13 @@ def test_generate_writes_png_with_parameters(worker, tmp_path):
     m = result.metrics
     assert (m.device, m.dtype) == ("cpu", "float32") and m.its > 0 and m.peak_mem_bytes > 0
     assert m.total_s >= m.denoise_s > 0
+    # What a reproduction compares: the installed versions and the speed settings in effect
+    # (on the CPU the CUDA-only ones read off).
+    import diffusers
+    import torch
+    assert m.versions == {"torch": torch.__version__, "diffusers": diffusers.__version__}
+    assert m.speed["compile"] == "off" and m.speed["fp8"] == "off" and m.speed["vae_dtype"] == "float32"
+    assert m.speed["inference_mode"] == "on" and m.speed["offload"] == "none"
     assert sorted(os.listdir(tmp_path)) == [f"{id}-0.png"]  # no temporary or preview file left
 
 

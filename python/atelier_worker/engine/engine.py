@@ -51,6 +51,7 @@ class Engine:
         self.models = ModelCache(device, dtype, self.accel, self.cache_dir)
         self.pipe = None            # the pipeline of the current job's model
         self._vae_fallback = False
+        self.versions = package_versions()
 
     @property
     def speed(self) -> dict:
@@ -212,7 +213,8 @@ class Engine:
             its=round(steps_run / denoise_s, 3) if denoise_s > 0 else 0.0,
             device=devices.kind(self.device), dtype=devices.dtype_name(self.dtype),
             peak_mem_bytes=memory.peak(self.device), vae_fallback=self._vae_fallback,
-            batch_chunks=chunks,
+            batch_chunks=chunks, versions=self.versions,
+            speed=accel.in_effect(self.accel, devices.kind(self.device), self.speed),
         ))
 
     def _upscale_only(self, job: Job, stage, start: float, files: output.JobFiles) -> Result:
@@ -247,7 +249,8 @@ class Engine:
                                       device=devices.kind(self.device),
                                       dtype=devices.dtype_name(self.dtype),
                                       peak_mem_bytes=memory.peak(self.device),
-                                      vae_fallback=False, batch_chunks=1))
+                                      vae_fallback=False, batch_chunks=1,
+                                      versions=self.versions))
 
     def _decode(self, latents: torch.Tensor) -> PILImage.Image:
         """7. The VAE's image of one latent (decode.py: NaN falls back to float32)."""
@@ -258,3 +261,16 @@ class Engine:
     def unload(self) -> None:
         self.models.unload()
         self.pipe = None
+
+
+def package_versions() -> dict[str, str]:
+    """The versions that decide a job's pixels, for its metrics: a reproduction elsewhere
+    or later compares them (`atelier history verify`)."""
+    import importlib.metadata as md
+
+    out = {"torch": torch.__version__}
+    try:
+        out["diffusers"] = md.version("diffusers")
+    except md.PackageNotFoundError:
+        pass
+    return out
