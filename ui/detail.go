@@ -39,6 +39,14 @@ type detailView struct {
 	export *widget.Button
 	box    fyne.CanvasObject
 	ask    *confirmDialog // the open delete question, if any
+
+	// "Check it reproduces" (detail_check.go): the button, the progress
+	// while it regenerates, and the result; checks by image id.
+	check     *widget.Button
+	checkBar  *widget.ProgressBarInfinite
+	checkNote *widget.Label
+	checks    map[int64]*checkState
+	scroll    *container.Scroll // the parameters and the check's result
 }
 
 func newDetailView(g *galleryView) *detailView {
@@ -64,6 +72,7 @@ func newDetailView(g *galleryView) *detailView {
 			g.exportIDs([]int64{v.d.ID})
 		}
 	})
+	v.newCheck()
 	return v
 }
 
@@ -71,9 +80,12 @@ func (v *detailView) content() fyne.CanvasObject {
 	bg := canvas.NewRectangle(canvasBg)
 	bg.CornerRadius = 10
 	stage := container.NewStack(bg, container.NewPadded(v.img))
-	actions := container.NewVBox(v.use, v.toInit, v.up, v.folder, v.star, v.export, v.del)
+	actions := container.NewVBox(v.use, v.toInit, v.up, v.check, v.folder, v.star, v.export, v.del)
+	// The check's progress and result follow the parameters, where a long
+	// result wraps to the width of the column; the scroll goes down to them.
+	v.scroll = container.NewVScroll(container.NewVBox(v.params, v.checkBar, v.checkNote))
 	side := container.NewBorder(container.NewVBox(v.title, widget.NewSeparator()), container.NewPadded(actions), nil, nil,
-		container.NewVScroll(v.params))
+		v.scroll)
 	split := container.NewHSplit(stage, container.NewPadded(side))
 	split.Offset = 0.62
 	v.box = container.NewBorder(container.NewHBox(v.back), nil, nil, nil, split)
@@ -101,6 +113,7 @@ func (v *detailView) show(id int64) error {
 	}
 	v.params.Refresh()
 	v.showStar()
+	v.showCheck()
 	return nil
 }
 

@@ -2,11 +2,13 @@ package ui
 
 import (
 	"context"
+	"errors"
 
 	"atelier/core/jobs"
 	"atelier/core/protocol"
 	"atelier/core/request"
 	"atelier/core/store"
+	"atelier/core/verify"
 )
 
 // This file is the one place where ui reads the worker protocol: the views
@@ -86,6 +88,25 @@ func (g runnerEvents) Capabilities() *protocol.Capabilities {
 		return src.Capabilities()
 	}
 	return nil
+}
+
+// reproducible is a generator that can regenerate a recorded job without
+// recording it (runnerEvents over jobs.Runner): the gallery's "Check it
+// reproduces".
+type reproducible interface {
+	checkReproduces(ctx context.Context, st verify.JobStore, jobID int64, tempRoot string, onEvent func(event)) (*verify.Report, error)
+}
+
+// checkReproduces runs core's check of job jobID through the runner, its
+// progress as the views' events; an error wraps verify.ErrBadInput when the
+// job cannot be checked.
+func (g runnerEvents) checkReproduces(ctx context.Context, st verify.JobStore, jobID int64, tempRoot string, onEvent func(event)) (*verify.Report, error) {
+	rg, ok := g.r.(verify.Regenerator)
+	if !ok {
+		return nil, errors.New("this studio's generator cannot regenerate a job")
+	}
+	return verify.Job(ctx, st, rg, jobID, verify.Options{TempRoot: tempRoot,
+		OnEvent: func(m protocol.Message) { onEvent(eventOf(m)) }})
 }
 
 // queueEvent is what the queue runner reports, as the queue view takes it.

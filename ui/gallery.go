@@ -141,6 +141,7 @@ type galleryStore interface {
 	GetImage(ctx context.Context, id int64) (*store.ImageDetail, error)
 	SetStarred(ctx context.Context, id int64, starred bool) error
 	DeleteImage(ctx context.Context, id int64) (*store.ImageRecord, error)
+	GetJob(ctx context.Context, id int64) (*store.JobRecord, error) // the check that an image reproduces
 }
 
 func (g *galleryView) store() galleryStore { return g.s.x.svc.Store }

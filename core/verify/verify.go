@@ -32,6 +32,11 @@ type Regenerator interface {
 	Reproduce(ctx context.Context, req request.Request, dir string, onEvent func(protocol.Message)) (*protocol.Result, error)
 }
 
+// JobStore is where the recorded job comes from (store.Store).
+type JobStore interface {
+	GetJob(ctx context.Context, id int64) (*store.JobRecord, error)
+}
+
 // Options tune a check.
 type Options struct {
 	// TempRoot is where the regenerated images are written, in a folder of
@@ -58,6 +63,16 @@ type Report struct {
 	// versions, speed settings, the PNG's parameters); a value the job did not
 	// record is "".
 	Differences []Difference `json:"differences,omitempty"`
+}
+
+// Image returns the check of image id, or nil when the job has no such image.
+func (r *Report) Image(id int64) *ImageCheck {
+	for i := range r.Images {
+		if r.Images[i].ImageID == id {
+			return &r.Images[i]
+		}
+	}
+	return nil
 }
 
 // ImageCheck compares one recorded image with its regenerated twin.
@@ -148,7 +163,7 @@ func (d Difference) String() string {
 // The regenerated images are not added to the history. An error wrapping
 // ErrBadInput means the check could not start; any other error is the
 // regeneration's failure (a *failure.JobError from the worker).
-func Job(ctx context.Context, st *store.Store, gen Regenerator, jobID int64, opt Options) (*Report, error) {
+func Job(ctx context.Context, st JobStore, gen Regenerator, jobID int64, opt Options) (*Report, error) {
 	j, err := st.GetJob(ctx, jobID)
 	if errors.Is(err, store.ErrNotFound) {
 		return nil, fmt.Errorf("%w: there is no job %d in the history (`atelier history` lists the jobs)", ErrBadInput, jobID)
@@ -315,7 +330,7 @@ func differences(then, now Run) []Difference {
 func parameterDifferences(recordedPath, nowPath string) []Difference {
 	then, now := pngParameters(recordedPath), pngParameters(nowPath)
 	if then == nil && now != nil {
-		return []Difference{{What: "PNG parameters", Now: "present"}}
+		return []Difference{{What: "PNG parameters text", Recorded: "none", Now: "present"}}
 	}
 	var out []Difference
 	for _, k := range keys(then, now) {
