@@ -128,7 +128,7 @@ func (c Config) WorkerCommand() (argv []string, workerDir string, err error) {
 	}
 	if _, err := os.Stat(python); err != nil {
 		return nil, "", &failure.JobError{Op: "find the worker's python", Err: err, Code: failure.ErrInternal,
-			Message: fmt.Sprintf("The worker's Python %s cannot be used. Run `make venv` to create it, or set %s to a python that has the worker's requirements.", python, EnvPython),
+			Message: fmt.Sprintf("The worker's Python %s cannot be used. Run `atelier setup` to create it (`make venv` in a clone), or set %s to a python that has the worker's requirements.", python, EnvPython),
 			Detail:  err.Error()}
 	}
 	if _, err := os.Stat(filepath.Join(dir, "atelier_worker")); err != nil {

@@ -71,14 +71,22 @@ Exit status: 0 all good, 1 a problem (the worker cannot start, or the history ca
 	}
 
 	// 2. The interpreter and the worker's code.
-	cfg := bridgeConfig(dirs, stderr)
 	fmt.Fprintln(stdout, "\nWorker")
-	argv, dir, err := cfg.WorkerCommand()
+	cfg, plan, err := bridgeConfig(dirs, stderr)
 	if err != nil {
-		problem(jobErrorText(err), "run `make venv`, or set ATELIER_PYTHON and ATELIER_WORKER_DIR")
+		problem(err.Error(), "set ATELIER_HOME to a writable folder with free space, or reinstall Atelier")
 		return finishDoctor(stdout, problems)
 	}
-	fmt.Fprintf(stdout, "  python:  %s\n  code:    %s\n  models:  %s (generated models such as tiny)\n", argv[0], dir, cfg.CacheDir)
+	if what, todo := reportSetup(stdout, plan); what != "" {
+		problem(what, todo)
+		return finishDoctor(stdout, problems)
+	}
+	argv, _, err := cfg.WorkerCommand()
+	if err != nil {
+		problem(jobErrorText(err), "run `atelier setup` (or `make venv` in a clone), or set ATELIER_PYTHON and ATELIER_WORKER_DIR")
+		return finishDoctor(stdout, problems)
+	}
+	fmt.Fprintf(stdout, "  python:  %s\n  models:  %s (generated models such as tiny)\n", argv[0], cfg.CacheDir)
 
 	// 3. Start the worker as a job would, and read its handshake.
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -89,7 +97,7 @@ Exit status: 0 all good, 1 a problem (the worker cannot start, or the history ca
 	start := time.Now()
 	if err := br.Start(ctx); err != nil {
 		problem("the worker did not start: "+jobErrorText(err),
-			"if a Python module is missing or broken, run `make venv` (it installs python/requirements.txt); "+
+			"if a Python module is missing or broken, run `atelier setup` (or `make venv` in a clone); "+
 				"otherwise read the worker's lines above and report them")
 		if tail := br.StderrTail(); len(tail) > 0 && !strings.Contains(jobErrorText(err), tail[len(tail)-1]) {
 			fmt.Fprintf(stdout, "  the worker's last lines on stderr:\n%s\n", indent(strings.Join(tail, "\n"), "    "))

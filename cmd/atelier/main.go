@@ -48,13 +48,15 @@ Usage:
   atelier history ...     list past jobs; import a PNG's settings; verify that a job reproduces
   atelier queue ...       add, list and run queued jobs (survive crashes)
   atelier models ...      list the model library; add-folder DIR, remove-folder DIR
+  atelier setup           build the worker's Python environment (first start, upgrades)
   atelier doctor          check that the Python worker can start
   atelier bench ...       time the worker against plain diffusers on this GPU
   atelier version         print the version
 
 Run "atelier <command> --help" for a command's options.
 Environment: ATELIER_HOME puts all data under one folder; ATELIER_PYTHON and
-ATELIER_WORKER_DIR choose the worker; ATELIER_LOG_LEVEL sets the log level.
+ATELIER_WORKER_DIR choose the worker; ATELIER_PIP_INDEX is the package index
+for set-up; ATELIER_LOG_LEVEL sets the log level.
 `
 
 func run(args []string, stdout, stderr io.Writer) int {
@@ -70,6 +72,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return cmdModels(rest, stdout, stderr)
 	case "queue":
 		return cmdQueue(rest, stdout, stderr)
+	case "setup":
+		return cmdSetup(rest, stdout, stderr)
 	case "doctor":
 		return cmdDoctor(rest, stdout, stderr)
 	case "bench":
@@ -93,6 +97,8 @@ type app struct {
 	runner *jobs.Runner
 	// starting passes the bridge's start-up messages to the job's progress.
 	starting *startSink
+	// worker says where the worker comes from, and whether set-up is due.
+	worker workerPlan
 }
 
 // startSink passes the bridge's start-up messages to whoever shows them now
@@ -126,10 +132,14 @@ func openApp(stderr io.Writer) (*app, error) {
 		return nil, err
 	}
 	sink := &startSink{}
-	cfg := bridgeConfig(dirs, stderr)
+	cfg, plan, err := bridgeConfig(dirs, stderr)
+	if err != nil {
+		history.Close()
+		return nil, err
+	}
 	cfg.OnStarting = sink.tell
 	br := bridge.New(cfg)
-	return &app{paths: dirs, store: history, bridge: br, runner: jobs.NewRunner(history, br, dirs), starting: sink}, nil
+	return &app{paths: dirs, store: history, bridge: br, runner: jobs.NewRunner(history, br, dirs), starting: sink, worker: plan}, nil
 }
 
 func (a *app) close() {
@@ -137,14 +147,23 @@ func (a *app) close() {
 	a.store.Close()
 }
 
-func bridgeConfig(dirs paths.Paths, stderr io.Writer) bridge.Config {
+func bridgeConfig(dirs paths.Paths, stderr io.Writer) (bridge.Config, workerPlan, error) {
 	// The worker's own ATELIER_CACHE_DIR wins, so that tests and scripts can
 	// share one generated tiny model between homes.
 	cache := os.Getenv("ATELIER_CACHE_DIR")
 	if cache == "" {
 		cache = dirs.Cache
 	}
-	return bridge.Config{CacheDir: cache, Logger: newLogger(stderr)}
+	cfg := bridge.Config{CacheDir: cache, Logger: newLogger(stderr)}
+	plan, err := planWorker(dirs)
+	if err != nil {
+		return cfg, plan, err
+	}
+	cfg.WorkerDir = plan.dir
+	if plan.managed {
+		cfg.Python = plan.state.Python
+	}
+	return cfg, plan, nil
 }
 
 func newLogger(w io.Writer) *slog.Logger {
