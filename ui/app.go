@@ -46,13 +46,40 @@ type Services struct {
 // closes. The queue runner's events must reach OnQueueEvent of the returned
 // studio: start runs it once the studio exists.
 func MainWith(gen Runner, hist History, svc *Services, start func(s *Studio)) {
-	a := app.NewWithID("io.atelier.studio")
-	a.Settings().SetTheme(newStudioTheme())
-	w := a.NewWindow("Atelier")
-	w.Resize(fyne.NewSize(1320, 860))
+	a, w := newAppWindow()
 	s := newStudioWith(a, w, eventsOf(gen), hist, fyne.Do, svc)
 	if start != nil {
 		start(s)
 	}
 	w.ShowAndRun()
+}
+
+// MainAfterSetup is MainWith behind the set-up screen: the window shows it
+// until the worker's Python environment is built (it stays open on errors),
+// then the studio in its place.
+func MainAfterSetup(opt SetupOptions, gen Runner, hist History, svc *Services, start func(s *Studio)) {
+	a, w := newAppWindow()
+	showSetup(w, opt, fyne.Do, func() {
+		s := newStudioWith(a, w, eventsOf(gen), hist, fyne.Do, svc)
+		if start != nil {
+			start(s)
+		}
+	})
+	w.ShowAndRun()
+}
+
+// showSetup puts the set-up screen in w; openStudio replaces it once set-up
+// is done (on the UI goroutine).
+func showSetup(w fyne.Window, opt SetupOptions, post func(func()), openStudio func()) *setupScreen {
+	sc := newSetupScreen(opt, post, openStudio)
+	w.SetContent(sc.content)
+	return sc
+}
+
+func newAppWindow() (fyne.App, fyne.Window) {
+	a := app.NewWithID("io.atelier.studio")
+	a.Settings().SetTheme(newStudioTheme())
+	w := a.NewWindow("Atelier")
+	w.Resize(fyne.NewSize(1320, 860))
+	return a, w
 }

@@ -4,9 +4,12 @@ package main
 
 import (
 	"context"
+	"os"
 
 	"atelier/core/jobs"
 	"atelier/core/media"
+	"atelier/core/paths"
+	"atelier/core/setup"
 	"atelier/core/store"
 	"atelier/ui"
 )
@@ -28,14 +31,31 @@ func runStudio(a *app) {
 		},
 	}
 	done := make(chan struct{})
-	ui.MainWith(a.runner, a.store, svc, func(s *ui.Studio) {
+	started := false
+	start := func(s *ui.Studio) {
+		started = true
 		q.OnEvent = s.OnQueueEvent
 		go func() {
 			defer close(done)
 			q.Run(ctx, false) //nolint:errcheck // ends with ctx at exit; job errors are shown per job
 		}()
 		s.StartRefresh(ctx.Done())
-	})
+	}
+	if a.worker.needsSetup() {
+		// The queue starts with the studio: its jobs wait for the worker.
+		ui.MainAfterSetup(a.worker.setupOptions(a.paths), a.runner, a.store, svc, start)
+	} else {
+		ui.MainWith(a.runner, a.store, svc, start)
+	}
 	stop()
-	<-done
+	if started {
+		<-done
+	}
+}
+
+// setupOptions are the window's set-up: the worker's requirements, from a
+// local wheel folder when $ATELIER_FIND_LINKS names one.
+func (p workerPlan) setupOptions(dirs paths.Paths) ui.SetupOptions {
+	return ui.SetupOptions{Layout: setupLayout(dirs), Requirements: p.requirements, State: p.state,
+		FindLinks: os.Getenv(setup.FindLinksEnv)}
 }

@@ -53,6 +53,10 @@ func planWorker(dirs paths.Paths) (workerPlan, error) {
 	return p, nil
 }
 
+// needsSetup: the venv that runs the worker is missing, half-made, or was
+// built for the requirements of another release.
+func (p workerPlan) needsSetup() bool { return p.managed && !p.state.Ready }
+
 func firstSet(s ...string) string {
 	for _, v := range s {
 		if v != "" {
@@ -65,7 +69,7 @@ func firstSet(s ...string) string {
 func cmdSetup(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("setup", flag.ContinueOnError)
 	pythonFlag := fs.String("python", "", "the Python 3.10–3.12 to build the venv with (default: the first of python3.12, python3.11, python3.10, python3 on PATH)")
-	findLinks := fs.String("find-links", "", "install from this folder of wheels only, with no network (pip --no-index --find-links)")
+	findLinks := fs.String("find-links", os.Getenv(setup.FindLinksEnv), "install from this folder of wheels only, with no network (pip --no-index --find-links; default $"+setup.FindLinksEnv+")")
 	index := fs.String("index-url", "", "the package index to install from (default: $"+setup.IndexEnv+", then pip's own)")
 	reqs := fs.String("requirements", "", "install these pinned requirements instead of the worker's own (for custom builds and tests)")
 	fs.Usage = func() {

@@ -37,6 +37,10 @@ func (e *Error) Error() string { return e.Message + "; what to do: " + e.Todo }
 // pip's default, such as a local mirror.
 const IndexEnv = "ATELIER_PIP_INDEX"
 
+// FindLinksEnv names a folder of wheels that set-up installs from with no
+// network (pip --no-index --find-links), as --find-links does.
+const FindLinksEnv = "ATELIER_FIND_LINKS"
+
 // Estimates for the worker's own requirements on Linux (PyPI's torch carries
 // the CUDA libraries): what pip downloads, and what the venv takes on disk.
 const (
