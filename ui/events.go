@@ -109,6 +109,17 @@ func (g runnerEvents) checkReproduces(ctx context.Context, st verify.JobStore, j
 		OnEvent: func(m protocol.Message) { onEvent(eventOf(m)) }})
 }
 
+// slowCPUWarning is the runner's warning for a size that takes minutes a step
+// on the CPU, or "" (also when the runner cannot tell).
+func (g runnerEvents) slowCPUWarning(ctx context.Context, req request.Request) string {
+	if w, ok := g.r.(interface {
+		SlowCPUWarning(context.Context, request.Request) string
+	}); ok {
+		return w.SlowCPUWarning(ctx, req)
+	}
+	return ""
+}
+
 // queueEvent is what the queue runner reports, as the queue view takes it.
 type queueEvent struct {
 	kind   string // jobs.QueueStarted …

@@ -95,9 +95,13 @@ func (s testStudio) waitFor(t *testing.T, timeout time.Duration, what string, co
 func (s testStudio) settle(t *testing.T) {
 	t.Helper()
 	s.waitFor(t, 20*time.Second, "the background reads of the store", func() bool {
-		return s.historyLoaded() && s.form.lib != nil && (s.x == nil || s.x.formSaver.idle())
+		return s.historyLoaded() && s.form.lib != nil && (s.x == nil || s.x.formSaver.idle()) && s.cpuNoteShown()
 	})
 }
+
+// cpuNoteShown reports whether the newest check of the form for the CPU
+// note is on screen (it reads the history off the UI goroutine).
+func (s testStudio) cpuNoteShown() bool { return s.cpu.shown == s.cpu.seq }
 
 // fakeGen is a generator whose job is a function; it counts the jobs it ran.
 type fakeGen struct {

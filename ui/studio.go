@@ -43,7 +43,9 @@ type Studio struct {
 	// followNewest: a queue job has made an image, and the viewer shows the
 	// newest image once the history has it (not a stale preview or an older pick).
 	followNewest bool
-	x            *extras // the queue and gallery tabs; nil without Services
+	x            *extras         // the queue and gallery tabs; nil without Services
+	cpu          *cpuNote        // "this size takes minutes a step on the CPU"
+	actions      *fyne.Container // under the form: Generate, progress, status
 }
 
 func newStudioWith(a fyne.App, w fyne.Window, gen generator, hist History, post func(func()), svc *Services) *Studio {
@@ -65,6 +67,7 @@ func newStudioWith(a fyne.App, w fyne.Window, gen generator, hist History, post 
 	s.barLabel = widget.NewLabel("Ready · Ctrl+Enter generates")
 	s.barLabel.Truncation = fyne.TextTruncateEllipsis
 	s.status = newStatusLine(w)
+	s.cpu = newCPUNote()
 	s.view = newViewer(s)
 	s.strip = newRecentStrip(s.thumbs, s.showRecord)
 
@@ -97,7 +100,9 @@ func (s *Studio) layout() fyne.CanvasObject {
 	actions := container.NewVBox(
 		widget.NewSeparator(),
 		container.NewBorder(nil, nil, nil, s.cancel, s.generate),
+		s.cpu.area,
 	)
+	s.actions = actions
 	if qa := s.queueActions(); qa != nil {
 		actions.Add(qa)
 	}

@@ -15,6 +15,8 @@ type History interface {
 // refreshHistory reloads the strip in the background and then loads any
 // thumbnails it lacks, one at a time, so the UI never waits on the disk.
 func (s *Studio) refreshHistory() {
+	// A finished job may have measured a new speed, or shown the device.
+	s.updateCPUNote()
 	if s.hist == nil {
 		return
 	}

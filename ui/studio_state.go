@@ -121,11 +121,14 @@ func (fs *formSaver) stop() {
 // startFormSaver begins saving the form on each edit, after the remembered
 // form is restored (restoring it is no edit to save).
 func (s *Studio) startFormSaver() {
+	s.form.fields.onChange = func() {
+		s.formChanged()
+		s.updateCPUNote()
+	}
 	if s.x == nil {
 		return
 	}
 	s.x.formSaver = newFormSaver(s.saveLastRequest)
-	s.form.fields.onChange = s.formChanged
 }
 
 // windowLayout is the window's size, split and tab, remembered between runs.

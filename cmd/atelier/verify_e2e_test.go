@@ -200,3 +200,32 @@ func TestHistoryVerifyRefusesWhatCannotBeChecked(t *testing.T) {
 	assert.Contains(t, stderr, "job 3 is failed and has no images to compare")
 	assert.Len(t, h.history(), 3)
 }
+
+func TestGenerateWarnsBeforeASizeThatTakesMinutesAStepOnTheCPU(t *testing.T) {
+	requireWorker(t)
+	h := newHome(t)
+	_, stderr, code := h.run(tinyArgs...)
+	require.Equal(t, 0, code, stderr)
+	assert.NotContains(t, stderr, "warning:", "the tiny model's test size is quick on the CPU")
+
+	// The history says this model crawls on this CPU (a job that took 2000 s
+	// to denoise what the run above did in a moment): the next job is warned
+	// of before the worker starts, and runs all the same.
+	s, err := store.OpenStore(filepath.Join(h.dir, "data", "atelier.db"))
+	require.NoError(t, err)
+	req := h.history()[0].Request
+	id, err := s.CreateJob(t.Context(), "slow-job", req)
+	require.NoError(t, err)
+	require.NoError(t, s.FinishJob(t.Context(), id, &protocol.Metrics{TotalS: 2001, DenoiseS: 2000, ItS: 0.002, Device: "cpu", Dtype: "float32"},
+		[]protocol.ImageResult{{Path: filepath.Join(t.TempDir(), "slow.png"), Seed: 7, Width: 64, Height: 64}}))
+	require.NoError(t, s.Close())
+
+	stdout, stderr, code := h.run(tinyArgs...)
+	require.Equal(t, 0, code, stderr)
+	assert.NotEmpty(t, strings.TrimSpace(stdout))
+	warn := strings.Index(stderr, "warning: 64 × 64 on the CPU takes about ")
+	require.GreaterOrEqual(t, warn, 0, stderr)
+	assert.Contains(t, stderr[warn:], "minutes a step")
+	assert.Contains(t, stderr[warn:], "; use a GPU or a smaller size (measured in 2 earlier jobs of this model on the CPU)\n")
+	assert.Less(t, warn, strings.Index(stderr, "starting the worker"), "the warning comes before the worker starts")
+}

@@ -2,6 +2,8 @@ package store
 
 import (
 	"context"
+	"database/sql"
+	"errors"
 	"fmt"
 	"time"
 
@@ -32,6 +34,19 @@ func (r Rate) Estimate(req request.Request) (time.Duration, bool) {
 // MeasuredRate measures the speed of the last n done jobs (all of them when
 // n <= 0) that report denoising times.
 func (s *Store) MeasuredRate(ctx context.Context, n int) (Rate, error) {
+	return s.MeasuredRateOf(ctx, RateFilter{}, n)
+}
+
+// RateFilter narrows a measurement to the jobs of one device kind and one
+// model (as the history stores it); an empty field matches every job.
+type RateFilter struct {
+	Device string
+	Model  string
+}
+
+// MeasuredRateOf is MeasuredRate over the jobs that f matches: the speed of a
+// model on the CPU says little about another model, or about a GPU.
+func (s *Store) MeasuredRateOf(ctx context.Context, f RateFilter, n int) (Rate, error) {
 	if n <= 0 {
 		n = -1
 	}
@@ -45,7 +60,8 @@ func (s *Store) MeasuredRate(ctx context.Context, n int) (Rate, error) {
 			* COALESCE(NULLIF(json_extract(params, '$.hires_strength'), 0), ?))), 0),
 		COALESCE(SUM(denoise_s), 0), COALESCE(AVG(MAX(total_s - denoise_s, 0)), 0)
 		FROM (SELECT params, denoise_s, total_s FROM jobs
-			WHERE status = 'done' AND denoise_s > 0 ORDER BY id DESC LIMIT ?)`, request.DefaultHiresStrength, n).Scan(&r.Samples, &px, &den, &over)
+			WHERE status = 'done' AND denoise_s > 0 AND (? = '' OR device = ?) AND (? = '' OR model = ?)
+			ORDER BY id DESC LIMIT ?)`, request.DefaultHiresStrength, f.Device, f.Device, f.Model, f.Model, n).Scan(&r.Samples, &px, &den, &over)
 	if err != nil {
 		return Rate{}, fmt.Errorf("measure the generation speed: %w", err)
 	}
@@ -54,4 +70,20 @@ func (s *Store) MeasuredRate(ctx context.Context, n int) (Rate, error) {
 	}
 	r.OverheadS = over
 	return r, nil
+}
+
+// LastDevice is the device kind of the newest done job that names one, or ""
+// when there is none: before a worker has started, the best guess of where
+// the next job runs.
+func (s *Store) LastDevice(ctx context.Context) (string, error) {
+	var d sql.NullString
+	err := s.db.QueryRowContext(ctx, `SELECT device FROM jobs
+		WHERE status = 'done' AND device IS NOT NULL AND device <> '' ORDER BY id DESC LIMIT 1`).Scan(&d)
+	if errors.Is(err, sql.ErrNoRows) {
+		return "", nil
+	}
+	if err != nil {
+		return "", fmt.Errorf("the last job's device: %w", err)
+	}
+	return d.String, nil
 }
