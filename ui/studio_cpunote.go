@@ -60,7 +60,7 @@ func (s *Studio) updateCPUNote() {
 	req, verr := s.form.request()
 	go func() {
 		text := ""
-		if verr == nil && req.Prepare() == nil { // a form that cannot run says so on Generate
+		if verr == nil { // a form that cannot run says so on Generate
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			text = w.slowCPUWarning(ctx, req)
 			cancel()

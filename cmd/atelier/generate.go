@@ -94,10 +94,8 @@ func cmdGenerate(args []string, stdout, stderr io.Writer) int {
 		return reportFailure(ctx, err, nil, stdout, stderr, emit)
 	}
 	// Said before the worker starts, so that one can still stop and choose a smaller size.
-	if first := reqs[0]; first.Prepare() == nil { // a request that cannot run is told below
-		if w := a.runner.SlowCPUWarning(ctx, first); w != "" {
-			fmt.Fprintln(stderr, "warning: "+w)
-		}
+	if w := a.runner.SlowCPUWarning(ctx, reqs[0]); w != "" {
+		fmt.Fprintln(stderr, "warning: "+w)
 	}
 	var all []protocol.ImageResult
 	var jobIDs []int64

@@ -50,7 +50,7 @@ func EstimateCPUStep(req request.Request, rate store.Rate, cores int) (StepEstim
 	}
 	pxPerS, samples := rate.PixelStepsPerS, rate.Samples
 	if !rate.Known() {
-		if request.ModelName(req.Model) == request.TinyModel || cores <= 0 {
+		if tiny := request.ModelName(req.Model); tiny == request.TinyModel || tiny == request.TinySingleFile || cores <= 0 {
 			return StepEstimate{}, false
 		}
 		pxPerS, samples = float64(cores)*CPUPixelsPerCoreS, 0
@@ -106,9 +106,18 @@ func roughly(d time.Duration) string {
 
 // SlowCPUWarning is the warning due before req runs (without "warning:"), or
 // "" when none is: the worker is expected on the CPU and a step of req takes
-// SlowCPUStep or more there. req should have been through Prepare, so that
-// its model reads as the history stores it.
+// SlowCPUStep or more there. A request that cannot run gets none (its error
+// says more); the check reads no file but the model's header, so a form may
+// call it on every edit.
 func (r *Runner) SlowCPUWarning(ctx context.Context, req request.Request) string {
+	if req.Validate() != nil {
+		return ""
+	}
+	model, err := request.CheckModel(req.Model) // as the history stores it: "tiny" or an absolute path
+	if err != nil {
+		return ""
+	}
+	req.Model = model
 	if r.ExpectedDevice(ctx) != "cpu" {
 		return ""
 	}
