@@ -29,7 +29,7 @@ STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 # Stamps record set-up steps that are done, so an up-to-date tree rebuilds nothing.
 STAMPS    := bin/.stamps
 
-.PHONY: help build run test deps sysdeps venv go-deps lint vet test-go test-python test-fuzz test-window screenshot clean print-python
+.PHONY: help build run test deps sysdeps venv go-deps lint vet test-go test-python test-fuzz test-window screenshot clean print-python package install uninstall test-package
 
 ## help: this list
 help:
@@ -73,8 +73,8 @@ bin/atelier: $(GO_SOURCES) python/requirements.txt | $(STAMPS)/sysdeps $(STAMPS)
 run: deps bin/atelier
 	./bin/atelier
 
-## test: every test (lint, Go, Python, fuzz smoke, real window under Xvfb)
-test: deps bin/atelier lint test-python test-go test-fuzz test-window
+## test: every test (lint, Go, Python, fuzz smoke, real window under Xvfb, the installed package)
+test: deps bin/atelier lint test-python test-go test-fuzz test-window test-package
 
 ## lint: go vet, staticcheck, gofmt and ruff
 lint: vet venv
@@ -111,6 +111,52 @@ test-window: deps bin/atelier
 screenshot: deps bin/atelier
 	SCREENSHOT_OUT=docs/screenshot.png bash .ci/window-test.sh bin/atelier
 	$(GO) test -tags $(GOTAGS) -count=1 -run TestSectionScreenshots ./ui -args -shots $(CURDIR)/docs/sections
+
+# The desktop package. Its binary links in no path of this clone: it carries the
+# worker's code and pins (package atelier/python) and builds its venv on first start.
+# The fyne tool is pinned here, like staticcheck: a build tool, not a dependency.
+FYNE      := fyne.io/tools/cmd/fyne@v1.7.4
+APP_ID    := io.atelier.studio
+APP_VERSION := $(shell sed -n 's/^ *Version *= *"\(.*\)"/\1/p' FyneApp.toml)
+PKG_DIR   := bin/package
+PACKAGE   := $(PKG_DIR)/Atelier.tar.xz
+PREFIX    ?= $(HOME)/.local
+WORKER_FILES := $(shell find python/atelier_worker -type f -not -path '*__pycache__*' 2>/dev/null) python/requirements.txt python/embed.go
+
+## package: bin/package/Atelier.tar.xz, the Linux desktop package (fyne package: binary with its worker, icon, .desktop)
+package: $(PACKAGE)
+
+# fyne package runs in a staging folder with a copy of FyneApp.toml, since it
+# rewrites the file (it counts builds up) and the tree must stay clean. The binary
+# is built with -trimpath, so it names no folder of the machine that built it.
+$(PACKAGE): $(GO_SOURCES) $(WORKER_FILES) FyneApp.toml assets/icon.png | $(STAMPS)/sysdeps $(STAMPS)/go-deps
+	@rm -rf $(PKG_DIR)/stage && mkdir -p $(PKG_DIR)/stage/assets
+	$(GO) build -tags $(GOTAGS) -trimpath -ldflags "-s -w -X main.version=$(APP_VERSION)" -o $(PKG_DIR)/stage/atelier ./cmd/atelier
+	@cp FyneApp.toml $(PKG_DIR)/stage/ && cp assets/icon.png $(PKG_DIR)/stage/assets/
+	@# fyne package wants Go code in --src even with --exe; it packages the binary above.
+	@printf 'package main\n\nfunc main() {}\n' >$(PKG_DIR)/stage/main.go
+	cd $(PKG_DIR)/stage && $(GO) run $(FYNE) package --os linux --exe atelier --src . --icon assets/icon.png
+	@mv $(PKG_DIR)/stage/Atelier.tar.xz $@ && rm -rf $(PKG_DIR)/stage
+
+## install: install the package under PREFIX (default ~/.local): bin/atelier, its icon and .desktop entry
+install: $(PACKAGE)
+	@rm -rf $(PKG_DIR)/unpack && mkdir -p $(PKG_DIR)/unpack && tar -xJf $(PACKAGE) -C $(PKG_DIR)/unpack
+	install -Dm755 $(PKG_DIR)/unpack/atelier/usr/local/bin/atelier $(DESTDIR)$(PREFIX)/bin/atelier
+	install -Dm644 $(PKG_DIR)/unpack/atelier/usr/local/share/pixmaps/$(APP_ID).png $(DESTDIR)$(PREFIX)/share/icons/hicolor/256x256/apps/$(APP_ID).png
+	@mkdir -p $(DESTDIR)$(PREFIX)/share/applications
+	sed 's|^Exec=.*|Exec=$(PREFIX)/bin/atelier|' $(PKG_DIR)/unpack/atelier/usr/local/share/applications/$(APP_ID).desktop \
+		>$(DESTDIR)$(PREFIX)/share/applications/$(APP_ID).desktop
+	@rm -rf $(PKG_DIR)/unpack
+	@echo "Installed under $(DESTDIR)$(PREFIX). The first start sets up the worker's Python environment (about 3 GB to download)."
+
+## uninstall: remove what install put under PREFIX (the history, images and venv stay)
+uninstall:
+	rm -f $(DESTDIR)$(PREFIX)/bin/atelier $(DESTDIR)$(PREFIX)/share/icons/hicolor/256x256/apps/$(APP_ID).png \
+		$(DESTDIR)$(PREFIX)/share/applications/$(APP_ID).desktop
+
+## test-package: build the package, install it into a temporary prefix and run it from outside the clone
+test-package: deps $(PACKAGE)
+	bash .ci/package-test.sh "$(PYTHON)"
 
 ## clean: remove bin/
 clean:

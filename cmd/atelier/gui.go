@@ -16,6 +16,9 @@ func runGUI(stderr io.Writer) int {
 		return exitFailure
 	}
 	defer a.close()
+	if a.worker.needsSetup() {
+		fmt.Fprintf(stderr, "atelier: the worker's Python environment (%s) is not set up yet: the window starts with set-up\n", a.worker.state.Venv)
+	}
 	runStudio(a)
 	return exitOK
 }
