@@ -598,7 +598,7 @@ func (b *Bridge) startWorker(id string, argv []string, workerDir string) (*worke
 	if err != nil {
 		b.mu.Unlock()
 		return nil, protocol.Hello{}, &failure.JobError{Op: "start the worker", Err: err, Code: failure.ErrInternal,
-			Message: fmt.Sprintf("Atelier could not start the worker (%s). Check that %s names a working python, or run `make venv`.", argv[0], EnvPython),
+			Message: fmt.Sprintf("Atelier could not start the worker (%s). Check that %s names a working python, or run `atelier setup` (`make venv` in a clone).", argv[0], EnvPython),
 			Detail:  err.Error()}
 	}
 	b.workers[w] = struct{}{}
@@ -664,7 +664,7 @@ func (b *Bridge) handshake(w *worker, lg *slog.Logger) (protocol.Hello, *failure
 				return protocol.Hello{}, f
 			}
 			return protocol.Hello{}, &failure.JobError{Code: failure.ErrWorkerCrashed,
-				Message: fmt.Sprintf("The worker stopped while starting (%s). The detail below shows its last log lines; if they name a missing module, run `make venv` to repair the Python environment.", exitReason(w))}
+				Message: fmt.Sprintf("The worker stopped while starting (%s). The detail below shows its last log lines; if they name a missing module, run `atelier setup --force` (`make venv` in a clone) to repair the Python environment.", exitReason(w))}
 		case <-b.closing:
 			return protocol.Hello{}, closedError()
 		}

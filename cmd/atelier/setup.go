@@ -71,9 +71,10 @@ func cmdSetup(args []string, stdout, stderr io.Writer) int {
 	pythonFlag := fs.String("python", "", "the Python 3.10–3.12 to build the venv with (default: the first of python3.12, python3.11, python3.10, python3 on PATH)")
 	findLinks := fs.String("find-links", os.Getenv(setup.FindLinksEnv), "install from this folder of wheels only, with no network (pip --no-index --find-links; default $"+setup.FindLinksEnv+")")
 	index := fs.String("index-url", "", "the package index to install from (default: $"+setup.IndexEnv+", then pip's own)")
+	force := fs.Bool("force", false, "build the venv again even if it is ready (to repair a broken one)")
 	reqs := fs.String("requirements", "", "install these pinned requirements instead of the worker's own (for custom builds and tests)")
 	fs.Usage = func() {
-		fmt.Fprint(fs.Output(), `Usage: atelier setup [--python PATH] [--find-links DIR] [--index-url URL]
+		fmt.Fprint(fs.Output(), `Usage: atelier setup [--python PATH] [--find-links DIR] [--index-url URL] [--force]
 
 Builds the Python environment (a venv in Atelier's data folder) that runs the
 worker: finds a suitable Python, checks the free disk space, and pip-installs
@@ -110,8 +111,8 @@ Options:
 	if !plan.managed {
 		fmt.Fprintf(stdout, "note: %s or a linked-in Python is set, so the worker does not run in set-up's venv; building it anyway\n", bridge.EnvPython)
 	}
-	if st, err := setup.Inspect(setupLayout(dirs), opt.Requirements); err == nil && st.Ready {
-		fmt.Fprintf(stdout, "The worker is set up already: %s\n", st.Venv)
+	if st, err := setup.Inspect(setupLayout(dirs), opt.Requirements); err == nil && st.Ready && !*force {
+		fmt.Fprintf(stdout, "The worker is set up already: %s (--force builds it again)\n", st.Venv)
 		return exitOK
 	}
 	download, disk := setup.Estimate(opt)

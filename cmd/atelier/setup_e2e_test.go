@@ -70,6 +70,10 @@ func TestDoctorAndSetupOfAnInstalledBinary(t *testing.T) {
 	out, _, code = runWith(t, env, "setup", "--requirements", req, "--find-links", wheels)
 	assert.Equal(t, exitOK, code)
 	assert.Contains(t, out, "set up already")
+
+	out, errOut, code = runWith(t, env, "setup", "--requirements", req, "--find-links", wheels, "--force")
+	require.Equal(t, exitOK, code, "stdout:\n%s\nstderr:\n%s", out, errOut)
+	assert.Contains(t, out, "Set up: ", "--force builds the venv again")
 }
 
 func TestSetupWithoutPythonSaysWhatToInstall(t *testing.T) {
