@@ -29,7 +29,7 @@ STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 # Stamps record set-up steps that are done, so an up-to-date tree rebuilds nothing.
 STAMPS    := bin/.stamps
 
-.PHONY: help build run test deps sysdeps venv go-deps lint vet test-go test-python test-fuzz test-window screenshot clean print-python package install uninstall test-package
+.PHONY: help build run test deps sysdeps venv go-deps lint vet test-go test-python test-fuzz test-window screenshot clean print-python package install uninstall deb test-package
 
 ## help: this list
 help:
@@ -149,14 +149,31 @@ install: $(PACKAGE)
 	@rm -rf $(PKG_DIR)/unpack
 	@echo "Installed under $(DESTDIR)$(PREFIX). The first start sets up the worker's Python environment (about 3 GB to download)."
 
+## deb: bin/package/atelier_<version>_<arch>.deb, the same files under /usr, for apt install ./FILE
+DEB_ARCH  := $(shell dpkg --print-architecture 2>/dev/null || echo amd64)
+DEB       := $(PKG_DIR)/atelier_$(APP_VERSION)_$(DEB_ARCH).deb
+deb: $(DEB)
+
+$(DEB): $(PACKAGE)
+	@rm -rf $(PKG_DIR)/deb && mkdir -p $(PKG_DIR)/deb/DEBIAN
+	@$(MAKE) -s install DESTDIR=$(CURDIR)/$(PKG_DIR)/deb PREFIX=/usr >/dev/null
+	@printf '%s\n' 'Package: atelier' 'Version: $(APP_VERSION)' 'Architecture: $(DEB_ARCH)' \
+		'Maintainer: Atelier <atelier@example.invalid>' 'Section: graphics' 'Priority: optional' \
+		'Depends: libc6, libgl1, libx11-6, libxcursor1, libxrandr2, libxinerama1, libxi6, libxxf86vm1, python3 (>= 3.10), python3-venv' \
+		'Description: Stable Diffusion XL studio for your own GPU' \
+		' A desktop app with a Python worker; its first start sets up the worker (about 3 GB).' \
+		>$(PKG_DIR)/deb/DEBIAN/control
+	dpkg-deb --root-owner-group --build $(PKG_DIR)/deb $@ >/dev/null
+	@rm -rf $(PKG_DIR)/deb
+
 ## uninstall: remove what install put under PREFIX (the history, images and venv stay)
 uninstall:
 	rm -f $(DESTDIR)$(PREFIX)/bin/atelier $(DESTDIR)$(PREFIX)/share/icons/hicolor/256x256/apps/$(APP_ID).png \
 		$(DESTDIR)$(PREFIX)/share/applications/$(APP_ID).desktop
 
 ## test-package: build the package, install it into a temporary prefix and run it from outside the clone
-test-package: deps $(PACKAGE)
-	bash .ci/package-test.sh "$(PYTHON)"
+test-package: deps $(PACKAGE) $(DEB)
+	bash .ci/package-test.sh "$(PYTHON)" "$(DEB)"
 
 ## clean: remove bin/
 clean:

@@ -9,9 +9,12 @@
 #   3. generate, with the dev venv's Python (it has torch), makes an image
 #      with the tiny model from the carried worker code.
 #
-#   bash .ci/package-test.sh path/to/dev-venv/bin/python
+# With a .deb as the second argument, its control data and file list are checked too.
+#
+#   bash .ci/package-test.sh path/to/dev-venv/bin/python [path/to/atelier.deb]
 set -euo pipefail
-dev_python=${1:?usage: package-test.sh path/to/venv/bin/python}
+dev_python=${1:?usage: package-test.sh path/to/venv/bin/python [atelier.deb]}
+deb=${2:-}
 say() { echo "package-test: $*" >&2; }
 fail() { say "FAIL: $*"; exit 1; }
 
@@ -25,6 +28,20 @@ bin=$prefix/bin/atelier
 [[ -f $prefix/share/applications/io.atelier.studio.desktop ]] || fail "no .desktop entry installed"
 [[ -f $prefix/share/icons/hicolor/256x256/apps/io.atelier.studio.png ]] || fail "no icon installed"
 grep -qx "Exec=$bin" "$prefix/share/applications/io.atelier.studio.desktop" || fail "the .desktop entry does not start $bin"
+
+passed=0
+if [[ -n $deb ]]; then
+	[[ -f $deb ]] || fail "no .deb at $deb (run make deb)"
+	dpkg-deb --field "$deb" Package | grep -qx atelier || fail "$deb is not the atelier package"
+	contents=$(dpkg-deb --contents "$deb")
+	for f in ./usr/bin/atelier ./usr/share/applications/io.atelier.studio.desktop ./usr/share/icons/hicolor/256x256/apps/io.atelier.studio.png; do
+		grep -qF " $f" <<<"$contents" || fail "$deb lacks $f"
+	done
+	dpkg-deb --fsys-tarfile "$deb" | tar -xO ./usr/share/applications/io.atelier.studio.desktop | grep -qx 'Exec=/usr/bin/atelier' \
+		|| fail "the .deb's .desktop entry does not start /usr/bin/atelier"
+	say "deb: $deb holds the binary, the .desktop entry and the icon under /usr"
+	passed=1
+fi
 
 # Outside the clone, and nothing that names it.
 cd "$work"
@@ -83,6 +100,8 @@ if command -v Xvfb >/dev/null && command -v xdotool >/dev/null; then
 	export DISPLAY=:$(tr -dc 0-9 <"$work/display")
 	"$bin" >"$work/app.log" 2>&1 &
 	app_pid=$!
+	disown "$app_pid" # its kill at the end is expected: no "Killed" line
+
 	win=''
 	for _ in $(seq 600); do
 		win=$(xdotool search --name '^Atelier$' 2>/dev/null | head -n1) && [[ -n $win ]] && break
@@ -93,8 +112,8 @@ if command -v Xvfb >/dev/null && command -v xdotool >/dev/null; then
 	grep -q "the window starts with set-up" "$work/app.log" || { cat "$work/app.log" >&2; fail "the app did not start with set-up"; }
 	kill -0 "$app_pid" 2>/dev/null || fail "the installed app exited"
 	say "window: the installed app opened with its set-up screen"
-	echo "package-test: 4 passed, 0 failed"
+	echo "package-test: $((passed + 4)) passed, 0 failed"
 else
 	say "Xvfb or xdotool missing (make sysdeps installs them): window check not run"
-	echo "package-test: 3 passed, 0 failed"
+	echo "package-test: $((passed + 3)) passed, 0 failed"
 fi
