@@ -55,8 +55,9 @@ Usage:
 
 Run "atelier <command> --help" for a command's options.
 Environment: ATELIER_HOME puts all data under one folder; ATELIER_PYTHON and
-ATELIER_WORKER_DIR choose the worker; ATELIER_PIP_INDEX is the package index
-for set-up; ATELIER_LOG_LEVEL sets the log level.
+ATELIER_WORKER_DIR choose the worker; ATELIER_PIP_INDEX (a package index) and
+ATELIER_FIND_LINKS (a folder of wheels) are where set-up installs from;
+ATELIER_LOG_LEVEL sets the log level.
 `
 
 func run(args []string, stdout, stderr io.Writer) int {
