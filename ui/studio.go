@@ -46,6 +46,7 @@ type Studio struct {
 	x            *extras         // the queue and gallery tabs; nil without Services
 	cpu          *cpuNote        // "this size takes minutes a step on the CPU"
 	actions      *fyne.Container // under the form: Generate, progress, status
+	warm         *warmUp         // the worker start begun when the app opened, or nil
 }
 
 func newStudioWith(a fyne.App, w fyne.Window, gen generator, hist History, post func(func()), svc *Services) *Studio {

@@ -35,6 +35,10 @@ func runStudio(a *app) {
 	start := func(s *ui.Studio) {
 		started = true
 		q.OnEvent = s.OnQueueEvent
+		// The worker starts now, while the user writes a prompt, and each of
+		// its start-up stages shows in the studio.
+		a.starting.set(s.WorkerStarting)
+		s.WarmUp(a.bridge.Start)
 		go func() {
 			defer close(done)
 			q.Run(ctx, false) //nolint:errcheck // ends with ctx at exit; job errors are shown per job
