@@ -31,7 +31,7 @@ type startStage struct {
 const (
 	warmStartingText = "Starting the worker: Python imports torch (20 s or more the first time)."
 	demoStartHint    = " The first image also creates the demo model."
-	demoModelHint    = " Demo model only: for real images add the folder of your SDXL models in Settings → Model folders."
+	demoModelHint    = " Demo model only: for real images, add the folder of your SDXL models with the third button beside Model (Add a folder of models)."
 )
 
 // WarmUp starts the worker now, in the background (start is the bridge's

@@ -56,7 +56,7 @@ func TestRealWorkerStartsWhenTheStudioOpensAndNamesEachStage(t *testing.T) {
 	require.Contains(t, named, "importing torch", "the worker's own loading line")
 	assert.Equal(t, statusDone, s.status.kind)
 	assert.Contains(t, s.status.text.Text, "Worker ready in")
-	assert.Contains(t, s.status.text.Text, "Settings → Model folders", "a library with only the demo model says how to get a real one")
+	assert.Contains(t, s.status.text.Text, "Add a folder of models", "a library with only the demo model says how to get a real one")
 	assert.Contains(t, s.status.detail, "importing torch", "Details lists the stages")
 	assert.Equal(t, "Ready · Ctrl+Enter generates", s.barLabel.Text)
 	assert.False(t, s.barBusy.Visible())
