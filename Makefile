@@ -29,7 +29,7 @@ STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 # Stamps record set-up steps that are done, so an up-to-date tree rebuilds nothing.
 STAMPS    := bin/.stamps
 
-.PHONY: help build run test deps sysdeps venv go-deps lint vet test-go test-python test-fuzz test-window screenshot clean print-python package install uninstall deb test-package
+.PHONY: help build run test deps sysdeps venv venv-ray go-deps lint vet test-go test-python test-fuzz test-window screenshot clean print-python package install uninstall deb test-package
 
 ## help: this list
 help:
@@ -58,6 +58,14 @@ venv: $(VENV)/.ready
 $(VENV)/.ready: python/requirements.txt
 	@bash .ci/venv.sh "$(VENV)" python/requirements.txt
 
+## venv-ray: Ray, optional, for `queue run --ray` (python/requirements-ray.txt, into the same venv)
+RAY_REQ   := python/requirements-ray.txt
+RAY_STAMP := $(VENV)/.ray-$(shell sha256sum $(RAY_REQ) | cut -c1-12)
+venv-ray: $(RAY_STAMP)
+
+$(RAY_STAMP): $(RAY_REQ) | $(VENV)/.ready
+	@bash .ci/venv-ray.sh "$(VENV)" $(RAY_REQ) python/requirements.txt
+
 print-python:
 	@echo $(PYTHON)
 
@@ -74,7 +82,7 @@ run: deps bin/atelier
 	./bin/atelier
 
 ## test: every test (lint, Go, Python, fuzz smoke, real window under Xvfb, the installed package)
-test: deps bin/atelier lint test-python test-go test-fuzz test-window test-package
+test: deps venv-ray bin/atelier lint test-python test-go test-fuzz test-window test-package
 
 ## lint: go vet, staticcheck, gofmt and ruff
 lint: vet venv
@@ -92,11 +100,11 @@ generate:
 	python3 python/scripts/gen_spec.py
 
 ## test-go: the Go tests (real worker on the CPU, real SQLite, Fyne test driver)
-test-go: deps
+test-go: deps venv-ray
 	$(GO) test -tags $(GOTAGS) -count=1 -timeout 60m ./...
 
 ## test-python: the worker's tests on the tiny model
-test-python: venv
+test-python: venv venv-ray
 	cd python && ATELIER_CACHE_DIR=$$(mktemp -d) $(PYTHON) -m pytest -q
 
 ## test-fuzz: a short fuzzing run of the protocol decoder

@@ -385,18 +385,9 @@ class PendingEngine:
         return self._engine
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="python -m atelier_worker",
-                                 description="Atelier's SDXL worker (protocol on stdin/stdout).")
-    ap.add_argument("--device", default=os.environ.get("ATELIER_DEVICE") or None,
-                    help="cuda, cuda:N, mps or cpu (default: the best found; env ATELIER_DEVICE)")
-    ap.add_argument("--dtype", default=os.environ.get("ATELIER_DTYPE") or None,
-                    help="float16, bfloat16 or float32 (default: by device; env ATELIER_DTYPE)")
-    return ap.parse_args(argv)
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def prepare_env() -> None:
+    """The environment every engine runs in, set before torch loads (the stdio worker and a
+    Ray actor alike)."""
     # Nothing may come from the network: models are local folders or the generated tiny one.
     os.environ["HF_HUB_OFFLINE"] = "1"
     os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
@@ -409,13 +400,42 @@ def main(argv: list[str] | None = None) -> int:
     from . import accel
 
     accel.setup_env()
+
+
+def make_hello(dev: str, dtype) -> Hello:
+    """The hello of an engine on device dev (torch is imported by then)."""
+    import torch
+
+    from . import device as devices
+
+    return Hello(
+        protocol=PROTOCOL_VERSION, worker_version=__version__, device=devices.kind(dev),
+        dtype=devices.dtype_name(dtype), devices=[Device(**d) for d in devices.describe()],
+        capabilities=capabilities(),
+        versions=versions(torch),
+    )
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="python -m atelier_worker",
+                                 description="Atelier's SDXL worker (protocol on stdin/stdout).")
+    ap.add_argument("--device", default=os.environ.get("ATELIER_DEVICE") or None,
+                    help="cuda, cuda:N, mps or cpu (default: the best found; env ATELIER_DEVICE)")
+    ap.add_argument("--dtype", default=os.environ.get("ATELIER_DTYPE") or None,
+                    help="float16, bfloat16 or float32 (default: by device; env ATELIER_DTYPE)")
+    return ap.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    prepare_env()
     setup_logging()
     out = Output(take_stdout())
     watch_parent()
 
     # The imports take seconds; each loading line moves the bridge's stall deadline.
     out.send(Loading(message="importing torch"))
-    import torch
+    import torch  # noqa: F401 - the slow import, under its loading line
 
     from . import device as devices
 
@@ -425,12 +445,7 @@ def main(argv: list[str] | None = None) -> int:
         log.error("%s", e)
         return 2
 
-    out.send(Hello(
-        protocol=PROTOCOL_VERSION, worker_version=__version__, device=devices.kind(dev),
-        dtype=devices.dtype_name(dtype), devices=[Device(**d) for d in devices.describe()],
-        capabilities=capabilities(),
-        versions=versions(torch),
-    ))
+    out.send(make_hello(dev, dtype))
     log.info("ready: %s, %s", dev, devices.dtype_name(dtype))
     # diffusers, transformers and the pipeline take seconds more to import: they load on a
     # thread of their own while the bridge gets ready to send, and the first job waits for them.

@@ -57,11 +57,12 @@ class WorkerProcess:
     """The real worker. Every stdout line goes through protocol.decode, so a line that is
     not valid protocol fails the test that reads it."""
 
-    def __init__(self, env: dict | None = None, args: tuple = (), **popen):
+    def __init__(self, env: dict | None = None, args: tuple = (), module: str = "atelier_worker",
+                 **popen):
         self.stderr = tempfile.TemporaryFile()
         full_env = dict(os.environ, PYTHONPATH=PYTHON_DIR, **(env or {}))
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "atelier_worker", *args], cwd=PYTHON_DIR, env=full_env,
+            [sys.executable, "-m", module, *args], cwd=PYTHON_DIR, env=full_env,
             stdin=popen.pop("stdin", subprocess.PIPE), stdout=subprocess.PIPE,
             stderr=self.stderr, **popen)
         self._lines: queue.Queue = queue.Queue()
