@@ -62,6 +62,7 @@ func newSetupScreen(opt SetupOptions, post func(func()), done func()) *setupScre
 	s.other = widget.NewEntry()
 	s.other.SetPlaceHolder("e.g. /usr/bin/python3.11 (empty: search PATH)")
 	s.other.OnChanged = func(string) { s.findPython() }
+	s.other.OnSubmitted = func(string) { s.Start() } // Enter in the field starts, as the button does
 	download, disk := setup.Estimate(setup.Options{FindLinks: opt.FindLinks})
 	if opt.NeedBytes > 0 {
 		disk = opt.NeedBytes

@@ -19,6 +19,6 @@ func runGUI(stderr io.Writer) int {
 	if a.worker.needsSetup() {
 		fmt.Fprintf(stderr, "atelier: the worker's Python environment (%s) is not set up yet: the window starts with set-up\n", a.worker.state.Venv)
 	}
-	runStudio(a)
+	runStudio(a, stderr)
 	return exitOK
 }

@@ -4,6 +4,8 @@ package main
 
 import (
 	"context"
+	"fmt"
+	"io"
 	"os"
 
 	"atelier/core/jobs"
@@ -17,7 +19,7 @@ import (
 // runStudio opens the studio window with its queue and gallery: the queue
 // runs in the background, one job at a time on the app's worker, until the
 // window closes; a job still running then goes back to the queue.
-func runStudio(a *app) {
+func runStudio(a *app, stderr io.Writer) {
 	ctx, stop := context.WithCancel(context.Background())
 	defer stop()
 	q := jobs.NewQueueRunner(a.runner)
@@ -47,7 +49,10 @@ func runStudio(a *app) {
 	}
 	if a.worker.needsSetup() {
 		// The queue starts with the studio: its jobs wait for the worker.
-		ui.MainAfterSetup(a.worker.setupOptions(a.paths), a.runner, a.store, svc, start)
+		ui.MainAfterSetup(a.worker.setupOptions(a.paths), a.runner, a.store, svc, func(s *ui.Studio) {
+			fmt.Fprintln(stderr, "atelier: the worker is set up; the studio is open")
+			start(s)
+		})
 	} else {
 		ui.MainWith(a.runner, a.store, svc, start)
 	}
