@@ -3,7 +3,7 @@
 set -euo pipefail
 pkgs=(clang pkg-config libgl1-mesa-dev libx11-dev libxext-dev libxcursor-dev libxrandr-dev
   libxinerama-dev libxi-dev libxxf86vm-dev libwayland-dev libxkbcommon-dev libgtk-3-dev
-  xvfb xauth x11-utils xdotool imagemagick libgl1-mesa-dri python3-venv)
+  xvfb xauth x11-utils xdotool imagemagick libgl1-mesa-dri python3-venv xz-utils)
 command -v go >/dev/null 2>&1 || pkgs+=(golang-go)
 missing=()
 for p in "${pkgs[@]}"; do
