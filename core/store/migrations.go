@@ -168,7 +168,14 @@ func migrateFile(ctx context.Context, db *sql.DB, path string, list []migration)
 	}
 	if current > 0 && current < latest {
 		backup := freeBackupPath(path, current)
-		if _, err := db.ExecContext(ctx, `VACUUM INTO ?`, backup); err != nil {
+		_, err := db.ExecContext(ctx, `VACUUM INTO ?`, backup)
+		if err != nil {
+			// Another Atelier opening the same history may have taken the
+			// name between the check and the copy: try the next one once.
+			backup = freeBackupPath(path, current)
+			_, err = db.ExecContext(ctx, `VACUUM INTO ?`, backup)
+		}
+		if err != nil {
 			return fmt.Errorf("back up the history before upgrading its schema from %d to %d (to %s): %w; "+
 				"free some disk space and start Atelier again (the history is untouched)", current, latest, backup, err)
 		}
