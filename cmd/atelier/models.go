@@ -19,6 +19,8 @@ const modelsUsage = `Usage:
   atelier models [--json]            list the models in your model folders, by kind
   atelier models add-folder DIR      scan DIR (and its subfolders) for models
   atelier models remove-folder DIR   stop scanning DIR
+  atelier models download [base|refiner|vae|OWNER/NAME] [--dest DIR]
+                                     download a model from the Hugging Face hub
 
 Diffusers folders are recognised by the _class_name of model_index.json or
 config.json; single .safetensors files by the tensor names in their header
@@ -41,6 +43,9 @@ var tinyEntries = []library.LibraryEntry{
 }
 
 func cmdModels(args []string, stdout, stderr io.Writer) int {
+	if len(args) > 0 && args[0] == "download" {
+		return cmdModelsDownload(args[1:], stdout, stderr)
+	}
 	if len(args) > 0 && (args[0] == "add-folder" || args[0] == "remove-folder") {
 		return cmdModelsFolder(args[0], args[1:], stdout, stderr)
 	}

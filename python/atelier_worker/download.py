@@ -87,8 +87,10 @@ def emit(event: str, **fields) -> None:
 
 
 def offline_failure(repo: str, cause: object) -> Failure:
-    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
-    if os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0", "false", "False"):
+    from huggingface_hub import constants
+
+    endpoint = constants.ENDPOINT
+    if constants.HF_HUB_OFFLINE:
         return Failure("offline", EXIT_OFFLINE,
                        f"Cannot download {repo}: HF_HUB_OFFLINE is set, so the Hugging Face hub is not contacted. "
                        "Unset it and try again, or copy the model onto this machine and add its folder to the library.")
@@ -264,6 +266,10 @@ def download(repo: str, dest: str, patterns: list[str] | None, revision: str = "
 
 
 def _cancel(signum, _frame):
+    # A Ctrl-C reaches both the app and this process, and the app then sends SIGTERM:
+    # the second signal must not interrupt the clean stop of the first.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     raise Cancelled(signal.Signals(signum).name)
 
 
