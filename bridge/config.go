@@ -48,6 +48,9 @@ type Config struct {
 	// WorkerDir holds the atelier_worker package and becomes the worker's PYTHONPATH;
 	// empty means $ATELIER_WORKER_DIR, then DefaultWorkerDir.
 	WorkerDir string
+	// Module is the Python module run with -m; empty means atelier_worker. The Ray proxy
+	// (atelier_worker.ray_proxy) speaks the same protocol, so nothing else changes.
+	Module string
 	// Args are appended to the worker's command line.
 	Args []string
 	// Env is added to the worker's environment last, so it can override anything.
@@ -136,7 +139,7 @@ func (c Config) WorkerCommand() (argv []string, workerDir string, err error) {
 			Message: fmt.Sprintf("The worker's code is not in %s. Set %s to the python folder of the Atelier repository, or rebuild with `make run`.", dir, EnvWorkerDir),
 			Detail:  err.Error()}
 	}
-	argv = append([]string{python, "-m", "atelier_worker"}, c.Args...)
+	argv = append([]string{python, "-m", firstNonEmpty(c.Module, "atelier_worker")}, c.Args...)
 	return argv, dir, nil
 }
 

@@ -514,6 +514,10 @@ func TestWorkerCommand(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, []string{python, "-m", "atelier_worker", "--verbose"}, argv)
 	assert.Equal(t, workerDir, wd)
+	// The Ray proxy is another module of the same package and venv.
+	argv, _, err = Config{Module: "atelier_worker.ray_proxy", Args: []string{"--address", "h:1"}}.WorkerCommand()
+	require.NoError(t, err)
+	assert.Equal(t, []string{python, "-m", "atelier_worker.ray_proxy", "--address", "h:1"}, argv)
 
 	// The environment overrides the build's defaults, and Config the environment.
 	t.Setenv(EnvPython, filepath.Join(dir, "missing-python"))

@@ -130,6 +130,12 @@ Exit status: 0 all good, 1 a problem (the worker cannot start, or the history ca
 	for _, name := range extra {
 		fmt.Fprintf(stdout, "  %-13s %s\n", name+":", hello.Versions[name])
 	}
+	// Optional: only `queue run --ray` needs it (python/requirements-ray.txt).
+	if v := packageVersion(ctx, argv[0], "ray"); strings.HasPrefix(v, "NOT INSTALLED") {
+		fmt.Fprintf(stdout, "  %-13s not installed (optional, for queue run --ray: `make venv-ray`)\n", "ray:")
+	} else {
+		fmt.Fprintf(stdout, "  %-13s %s\n", "ray:", v)
+	}
 
 	fmt.Fprintf(stdout, "\nDevices\n  running on: %s (%s)\n", hello.Device, hello.Dtype)
 	for _, d := range hello.Devices {

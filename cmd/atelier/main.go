@@ -123,7 +123,9 @@ func (s *startSink) tell(message string) {
 	}
 }
 
-func openApp(stderr io.Writer) (*app, error) {
+// openApp opens the history and a bridge; each option may change the bridge's
+// configuration first (queue run --ray runs the Ray proxy instead of the worker).
+func openApp(stderr io.Writer, options ...func(*bridge.Config)) (*app, error) {
 	dirs := paths.DefaultPaths()
 	if err := dirs.EnsureDirs(); err != nil {
 		return nil, err
@@ -139,6 +141,9 @@ func openApp(stderr io.Writer) (*app, error) {
 		return nil, err
 	}
 	cfg.OnStarting = sink.tell
+	for _, o := range options {
+		o(&cfg)
+	}
 	br := bridge.New(cfg)
 	return &app{paths: dirs, store: history, bridge: br, runner: jobs.NewRunner(history, br, dirs), starting: sink, worker: plan}, nil
 }

@@ -16,6 +16,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"atelier/bridge"
 	"atelier/core/failure"
 	"atelier/core/jobs"
 	"atelier/core/paths"
@@ -603,10 +604,13 @@ func queueRun(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("queue run", flag.ContinueOnError)
 	asJSON := fs.Bool("json", false, "print JSON lines on stdout: job_started, every worker event, job_finished, then done")
 	watch := fs.Bool("watch", false, "keep running and wait for new jobs instead of exiting when the queue is empty")
+	rayAddr := fs.String("ray", "", "run the jobs on the Ray cluster at `ADDRESS` (HOST:PORT of its head, or ray://HOST:10001); see docs/scaling.md")
 	fs.Usage = func() {
-		fmt.Fprint(fs.Output(), `Usage: atelier queue run [--json] [--watch]
+		fmt.Fprint(fs.Output(), `Usage: atelier queue run [--json] [--watch] [--ray ADDRESS]
 
 Runs the queue's jobs one at a time through the worker until none are left.
+With --ray the worker is an actor on a Ray cluster, which holds the models;
+the images come back into the local history.
 Ctrl-C stops: the running job goes back to the queue and runs next time.
 Exit status: 0 every job done, 1 a job failed, 130 stopped.
 
@@ -621,7 +625,14 @@ Options:
 		fmt.Fprintln(stderr, "atelier queue run: takes no arguments")
 		return exitUsage
 	}
-	a, err := openApp(stderr)
+	var options []func(*bridge.Config)
+	if addr := strings.TrimSpace(*rayAddr); addr != "" {
+		options = append(options, rayWorker(addr))
+	} else if *rayAddr != "" {
+		fmt.Fprintln(stderr, "atelier queue run: --ray needs the cluster's address, e.g. --ray 10.0.0.5:6379")
+		return exitUsage
+	}
+	a, err := openApp(stderr, options...)
 	if err != nil {
 		fmt.Fprintln(stderr, "atelier queue run:", err)
 		return exitFailure
@@ -721,4 +732,15 @@ Options:
 		return exitFailure
 	}
 	return exitOK
+}
+
+// rayWorker runs the Ray proxy instead of the worker: the same protocol on its
+// stdin and stdout, with the jobs run by an actor on the cluster at addr. A lost
+// actor ends the proxy, which the bridge reports as a crashed worker, so the
+// queue re-runs the job as after a local crash.
+func rayWorker(addr string) func(*bridge.Config) {
+	return func(c *bridge.Config) {
+		c.Module = "atelier_worker.ray_proxy"
+		c.Args = append(c.Args, "--address", addr)
+	}
 }

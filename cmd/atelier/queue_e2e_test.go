@@ -71,7 +71,8 @@ type runEvent struct {
 	Step     int    `json:"step"`
 	OK       bool   `json:"ok"`
 	Error    *struct {
-		Code string `json:"code"`
+		Code   string `json:"code"`
+		Detail string `json:"detail"`
 	} `json:"error"`
 }
 
@@ -83,9 +84,9 @@ type runningQueue struct {
 	events chan runEvent
 }
 
-func startQueueRun(t *testing.T, h *home) *runningQueue {
+func startQueueRun(t *testing.T, h *home, extra ...string) *runningQueue {
 	t.Helper()
-	cmd := h.command(context.Background(), "queue", "run", "--json")
+	cmd := h.command(context.Background(), append([]string{"queue", "run", "--json"}, extra...)...)
 	stdout, err := cmd.StdoutPipe()
 	require.NoError(t, err)
 	r := &runningQueue{cmd: cmd, stderr: &bytes.Buffer{}, events: make(chan runEvent, 4096)}

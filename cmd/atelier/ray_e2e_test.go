@@ -1,0 +1,155 @@
+//go:build linux
+
+package main
+
+// End-to-end test of `queue run --ray`: the real binary and bridge, the Ray proxy,
+// a local Ray head (python/tests/raykit.py) whose actor runs the real worker engine
+// on the tiny model, and one actor killed mid-job.
+
+import (
+	"bufio"
+	"context"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"atelier/core/failure"
+	"atelier/core/protocol"
+	"atelier/core/store"
+)
+
+// rayKit runs python/tests/raykit.py with the worker's python.
+func rayKit(ctx context.Context, args ...string) *exec.Cmd {
+	kit := filepath.Join(os.Getenv("ATELIER_WORKER_DIR"), "tests", "raykit.py")
+	cmd := exec.CommandContext(ctx, os.Getenv("ATELIER_PYTHON"), append([]string{kit}, args...)...)
+	cmd.Env = append(os.Environ(), "PYTHONPATH="+os.Getenv("ATELIER_WORKER_DIR"))
+	return cmd
+}
+
+// startRayHead starts a local Ray head with two CPU slots and returns its
+// address; the cluster is stopped when the test ends, whatever its outcome.
+func startRayHead(t *testing.T) string {
+	t.Helper()
+	requireWorker(t)
+	if err := exec.Command(os.Getenv("ATELIER_PYTHON"), "-c", "import ray").Run(); err != nil {
+		t.Skip("Ray is not installed in the worker's venv: `make venv-ray` installs it (make test does)")
+	}
+	cmd := rayKit(context.Background(), "head")
+	// The cluster's own cache: its actors make the tiny model there, as a cluster
+	// node would in its user's cache.
+	cmd.Env = append(cmd.Env, "ATELIER_CACHE_DIR="+t.TempDir())
+	stdin, err := cmd.StdinPipe()
+	require.NoError(t, err)
+	stdout, err := cmd.StdoutPipe()
+	require.NoError(t, err)
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	require.NoError(t, cmd.Start())
+	t.Cleanup(func() {
+		// raykit stops the head (its whole process group) when its stdin closes.
+		stdin.Close()
+		done := make(chan error, 1)
+		go func() { done <- cmd.Wait() }()
+		select {
+		case <-done:
+		case <-time.After(3 * time.Minute):
+			cmd.Process.Kill()
+			<-done
+			t.Errorf("the Ray head did not stop within 3 minutes")
+		}
+	})
+	addr := make(chan string, 1)
+	go func() {
+		line, _ := bufio.NewReader(stdout).ReadString('\n')
+		addr <- strings.TrimSpace(line)
+		io.Copy(io.Discard, stdout) //nolint:errcheck // only drains
+	}()
+	select {
+	case a := <-addr:
+		require.NotEmpty(t, a, "the Ray head did not start:\n%s", stderr.String())
+		return a
+	case <-time.After(5 * time.Minute):
+		t.Fatalf("the Ray head did not start within 5 minutes:\n%s", stderr.String())
+		return ""
+	}
+}
+
+func TestQueueRunOnRayRecoversAKilledActor(t *testing.T) {
+	addr := startRayHead(t)
+	h := newHome(t)
+	const n = 6
+	ids := map[int64]bool{}
+	for i := 0; i < n; i++ {
+		// Enough steps that the kill below lands while a job denoises.
+		ids[h.queueAdd("a lighthouse on ray", 120)] = true
+	}
+	require.Len(t, ids, n)
+
+	r := startQueueRun(t, h, "--ray", addr)
+	r.until(t, "a job denoising on the actor", func(e runEvent) bool {
+		return e.Type == protocol.MsgProgress && e.Stage == "denoising" && e.Step >= 1
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	out, err := rayKit(ctx, "kill-busy", addr).CombinedOutput()
+	require.NoError(t, err, "killing a busy actor: %s", out)
+	lines := strings.Split(strings.TrimSpace(string(out)), "\n")
+	killed := lines[len(lines)-1]
+	t.Logf("killed the actor running job %s", killed)
+
+	evs, code := r.rest(t)
+	require.Equal(t, 0, code, "queue run --ray; stderr:\n%s", r.stderr)
+
+	// The killed job went back to the queue as after a local crash, and ran again.
+	var interrupted []runEvent
+	for _, e := range evs {
+		if e.Type == "job_finished" && e.Status == store.StatusInterrupted {
+			interrupted = append(interrupted, e)
+		}
+	}
+	require.Len(t, interrupted, 1, "one job was cut short by the lost actor; stderr:\n%s", r.stderr)
+	require.NotNil(t, interrupted[0].Error)
+	assert.Equal(t, string(failure.ErrWorkerCrashed), interrupted[0].Error.Code)
+	assert.Contains(t, interrupted[0].Error.Detail, "was lost", "the crash's detail says the actor was lost")
+	// The killed job, unless its result came back in the instant between the actor
+	// saying it was busy and the kill: then the next job met the dead actor.
+	var order []string
+	for _, e := range evs {
+		if e.Type == "job_started" && (len(order) == 0 || order[len(order)-1] != e.UID) {
+			order = append(order, e.UID)
+		}
+	}
+	hit := interrupted[0].UID
+	if hit != killed {
+		i := slices.Index(order, killed)
+		require.True(t, i >= 0 && i+1 < len(order) && order[i+1] == hit,
+			"job %s was interrupted, but the actor of job %s was killed (order %v)", hit, killed, order)
+	}
+
+	// Every job done exactly once, each with its one image in the local history.
+	q := h.queue()
+	attempts := 0
+	for id := range ids {
+		assert.Equal(t, store.StatusDone, q[id].Status, "job %d", id)
+		attempts += q[id].Attempts
+	}
+	assert.Equal(t, n+1, attempts, "one re-run, for the job whose actor was killed")
+	images := h.imagesOf()
+	for id := range ids {
+		assert.Equal(t, 1, images[id], "job %d has its image once", id)
+	}
+	files := h.images()
+	assert.Len(t, files, n, "one PNG per job in the local images folder, none left over")
+	for _, f := range files {
+		assert.Contains(t, pngText(t, f)["parameters"], "a lighthouse on ray")
+	}
+	h.checkIntegrity()
+}
