@@ -640,6 +640,20 @@ Options:
 	defer a.close()
 	ctx, stop := interruptContext()
 	defer stop()
+	if addr := strings.TrimSpace(*rayAddr); addr != "" {
+		cfg, _, err := bridgeConfig(a.paths, stderr)
+		if err == nil {
+			var cl rayCluster
+			if cl, err = probeRay(ctx, cfg, addr); err == nil {
+				fmt.Fprintf(stderr, "queue run: Ray cluster at %s: %d GPU(s), %d CPU(s); one actor runs the jobs\n", addr, cl.GPUs, cl.CPUs)
+			}
+		}
+		if err != nil {
+			fmt.Fprintln(stderr, "atelier queue run:", err)
+			fmt.Fprintln(stderr, "The jobs stay queued. See docs/scaling.md for starting a cluster.")
+			return exitFailure
+		}
+	}
 
 	emit := jsonEmitter(stdout, *asJSON)
 	var prog *progress
@@ -732,15 +746,4 @@ Options:
 		return exitFailure
 	}
 	return exitOK
-}
-
-// rayWorker runs the Ray proxy instead of the worker: the same protocol on its
-// stdin and stdout, with the jobs run by an actor on the cluster at addr. A lost
-// actor ends the proxy, which the bridge reports as a crashed worker, so the
-// queue re-runs the job as after a local crash.
-func rayWorker(addr string) func(*bridge.Config) {
-	return func(c *bridge.Config) {
-		c.Module = "atelier_worker.ray_proxy"
-		c.Args = append(c.Args, "--address", addr)
-	}
 }

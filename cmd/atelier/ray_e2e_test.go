@@ -10,6 +10,7 @@ import (
 	"bufio"
 	"context"
 	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -107,6 +108,7 @@ func TestQueueRunOnRayRecoversAKilledActor(t *testing.T) {
 
 	evs, code := r.rest(t)
 	require.Equal(t, 0, code, "queue run --ray; stderr:\n%s", r.stderr)
+	assert.Contains(t, r.stderr.String(), "Ray cluster at "+addr+": 0 GPU(s), 2 CPU(s)")
 
 	// The killed job went back to the queue as after a local crash, and ran again.
 	var interrupted []runEvent
@@ -152,4 +154,24 @@ func TestQueueRunOnRayRecoversAKilledActor(t *testing.T) {
 		assert.Contains(t, pngText(t, f)["parameters"], "a lighthouse on ray")
 	}
 	h.checkIntegrity()
+}
+
+func TestQueueRunOnAnUnreachableRayClusterSaysSoAndKeepsTheJobs(t *testing.T) {
+	requireWorker(t)
+	if err := exec.Command(os.Getenv("ATELIER_PYTHON"), "-c", "import ray").Run(); err != nil {
+		t.Skip("Ray is not installed in the worker's venv: `make venv-ray` installs it (make test does)")
+	}
+	h := newHome(t)
+	id := h.queueAdd("never sent", 4)
+	// A port nothing listens on: taken and closed again.
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	addr := l.Addr().String()
+	require.NoError(t, l.Close())
+
+	_, stderr, code := h.run("queue", "run", "--ray", addr)
+	assert.Equal(t, exitFailure, code)
+	assert.Contains(t, stderr, "cannot use the Ray cluster at "+addr)
+	assert.Contains(t, stderr, "The jobs stay queued")
+	assert.Equal(t, store.StatusPending, h.queue()[id].Status)
 }
