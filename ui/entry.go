@@ -12,7 +12,6 @@ import (
 type submitEntry struct {
 	widget.Entry
 	onSubmit func()
-	onEscape func()
 	rend     fyne.WidgetRenderer // kept so the wheel router can find the text's scroller
 }
 
@@ -53,14 +52,12 @@ func newSubmitEntry(multiLine bool, onSubmit func()) *submitEntry {
 // Shift+Tab back, in the prompts too (a tab character means nothing to the model).
 func (e *submitEntry) AcceptsTab() bool { return false }
 
-// TypedKey implements fyne.Focusable: Esc is the window's (cancel the run),
-// since a focused widget gets keys instead of the canvas.
+// TypedKey implements fyne.Focusable: Esc leaves the field, as in every
+// field of the form (leaveOnEscape).
 func (e *submitEntry) TypedKey(k *fyne.KeyEvent) {
-	if k.Name == fyne.KeyEscape && e.onEscape != nil {
-		e.onEscape()
-		return
+	if !leaveOnEscape(e, k) {
+		e.Entry.TypedKey(k)
 	}
-	e.Entry.TypedKey(k)
 }
 
 // TypedShortcut implements fyne.Shortcutable.
@@ -87,4 +84,53 @@ func isSubmitShortcut(s fyne.Shortcut) bool {
 		}
 	}
 	return false
+}
+
+// leaveOnEscape is what Esc does in a field of the form: it leaves the field,
+// so the keyboard is the window's again, where the next Esc closes a dialog or
+// cancels the run. An open drop-down list has the focus itself, and Fyne
+// closes it on Esc. It reports whether k was Esc.
+func leaveOnEscape(obj fyne.CanvasObject, k *fyne.KeyEvent) bool {
+	if k.Name != fyne.KeyEscape {
+		return false
+	}
+	if c := fyne.CurrentApp().Driver().CanvasForObject(obj); c != nil {
+		c.Unfocus()
+	}
+	return true
+}
+
+// escEntry is a one-line entry (a path) that Esc leaves.
+type escEntry struct{ widget.Entry }
+
+func newEscEntry() *escEntry {
+	e := &escEntry{}
+	e.Wrapping = fyne.TextWrap(fyne.TextTruncateClip)
+	e.ExtendBaseWidget(e)
+	return e
+}
+
+// TypedKey implements fyne.Focusable.
+func (e *escEntry) TypedKey(k *fyne.KeyEvent) {
+	if !leaveOnEscape(e, k) {
+		e.Entry.TypedKey(k)
+	}
+}
+
+// escSelectEntry is an editable drop-down (a model or a path) that Esc leaves.
+type escSelectEntry struct{ widget.SelectEntry }
+
+func newEscSelectEntry(options []string) *escSelectEntry {
+	e := &escSelectEntry{}
+	e.Wrapping = fyne.TextWrap(fyne.TextTruncateClip)
+	e.ExtendBaseWidget(e)
+	e.SetOptions(options)
+	return e
+}
+
+// TypedKey implements fyne.Focusable.
+func (e *escSelectEntry) TypedKey(k *fyne.KeyEvent) {
+	if !leaveOnEscape(e, k) {
+		e.SelectEntry.TypedKey(k)
+	}
 }

@@ -52,7 +52,7 @@ type form struct {
 
 func newForm(onSubmit func(), do func(func())) *form {
 	ff := &formFields{errs: map[string]*widget.Label{}, entries: map[string]*widget.Entry{},
-		choices: map[*widget.SelectEntry][]string{}, onSubmit: onSubmit, do: do}
+		choices: map[*escSelectEntry][]string{}, onSubmit: onSubmit, do: do}
 	ff.chooseFile = func(t string, exts ...string) (string, error) {
 		d := dialog.File().Title(t)
 		if len(exts) > 0 {

@@ -98,10 +98,9 @@ type formFields struct {
 	// syncing stops the slider↔entry and preset↔size handlers from echoing.
 	syncing bool
 	// choices remembers each drop-down's options (SelectEntry does not say).
-	choices map[*widget.SelectEntry][]string
+	choices map[*escSelectEntry][]string
 
 	onSubmit func()
-	onEscape func() // the studio's Esc; nil until it sets it
 	// onEdit follows edits of the fields that the section headers sum up.
 	onEdit func()
 	// onMarksGone runs when an edit clears the last marked field.
@@ -229,16 +228,9 @@ func (ff *formFields) linkSliderTo(clear func(), e *submitEntry, s *widget.Slide
 	}
 }
 
-// submitEntry is an entry of the form that submits on Ctrl+Enter and passes
-// Esc to the studio.
+// submitEntry is an entry of the form that submits on Ctrl+Enter.
 func (ff *formFields) submitEntry(multiLine bool) *submitEntry {
-	e := newSubmitEntry(multiLine, ff.onSubmit)
-	e.onEscape = func() {
-		if ff.onEscape != nil {
-			ff.onEscape()
-		}
-	}
-	return e
+	return newSubmitEntry(multiLine, ff.onSubmit)
 }
 
 // entry is a named entry of the form: submitting, its error cleared on edit.
@@ -250,18 +242,18 @@ func (ff *formFields) entry(field string, multiLine bool) *submitEntry {
 }
 
 // pathEntry is an entry for a file path.
-func (ff *formFields) pathEntry(field, placeholder string) *widget.Entry {
-	e := widget.NewEntry()
+func (ff *formFields) pathEntry(field, placeholder string) *escEntry {
+	e := newEscEntry()
 	e.SetPlaceHolder(placeholder)
 	e.AlwaysShowValidationError = true
 	e.OnChanged = func(string) { ff.clearError(field); ff.edited() }
-	ff.entries[field] = e
+	ff.entries[field] = &e.Entry
 	return e
 }
 
 // modelChoice is a drop-down of library entries that also takes a typed path.
-func (ff *formFields) modelChoice(field, placeholder string) *widget.SelectEntry {
-	e := widget.NewSelectEntry(nil)
+func (ff *formFields) modelChoice(field, placeholder string) *escSelectEntry {
+	e := newEscSelectEntry(nil)
 	e.SetPlaceHolder(placeholder)
 	e.AlwaysShowValidationError = true
 	e.OnChanged = func(string) { ff.clearError(field); ff.edited() }
@@ -270,7 +262,7 @@ func (ff *formFields) modelChoice(field, placeholder string) *widget.SelectEntry
 }
 
 // setChoices sets a drop-down's options and remembers them.
-func (ff *formFields) setChoices(e *widget.SelectEntry, opts []string) {
+func (ff *formFields) setChoices(e *escSelectEntry, opts []string) {
 	ff.choices[e] = opts
 	e.SetOptions(opts)
 }

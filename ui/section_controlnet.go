@@ -33,8 +33,8 @@ type controlNetSection struct {
 // cnRow is one ControlNet unit.
 type cnRow struct {
 	kind                *widget.Select
-	model               *widget.SelectEntry
-	image               *widget.Entry
+	model               *escSelectEntry
+	image               *escEntry
 	scale, start, end   *submitEntry
 	cannyLow, cannyHigh *submitEntry
 	canny               *fyne.Container
@@ -102,11 +102,11 @@ func (s *controlNetSection) addRow(c request.ControlNet) *cnRow {
 			}
 		}
 	})
-	r.model = widget.NewSelectEntry(nil)
+	r.model = newEscSelectEntry(nil)
 	ff.setChoices(r.model, s.options())
 	r.model.SetPlaceHolder("tiny-controlnet or a ControlNet folder")
 	r.model.OnChanged = clear
-	r.image = widget.NewEntry()
+	r.image = newEscEntry()
 	r.image.SetPlaceHolder("control image (resized to the output size)")
 	r.image.OnChanged = clear
 	num := func() *submitEntry {

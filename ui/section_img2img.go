@@ -18,10 +18,10 @@ import (
 // inpainting mask (from a file or painted) with its blur and padding.
 type img2imgSection struct {
 	fields         *formFields
-	initImage      *widget.Entry
+	initImage      *escEntry
 	strength       *submitEntry
 	strengthSlider *widget.Slider
-	mask           *widget.Entry
+	mask           *escEntry
 	paintMask      *widget.Button
 	maskBlur       *submitEntry
 	maskPadding    *submitEntry

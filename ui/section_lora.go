@@ -24,7 +24,7 @@ type loraSection struct {
 
 // loraRow is one LoRA: a path (library choice or typed) and a weight.
 type loraRow struct {
-	path   *widget.SelectEntry
+	path   *escSelectEntry
 	weight *submitEntry
 	slider *widget.Slider
 	remove *tipButton
@@ -60,7 +60,7 @@ func (s *loraSection) setLibrary(lib *library.Library) {
 func (s *loraSection) addRow(l request.LoRA) *loraRow {
 	ff := s.fields
 	r := &loraRow{}
-	r.path = widget.NewSelectEntry(nil)
+	r.path = newEscSelectEntry(nil)
 	ff.setChoices(r.path, s.options())
 	r.path.SetPlaceHolder("tiny-lora or a LoRA .safetensors")
 	r.path.AlwaysShowValidationError = true

@@ -23,7 +23,7 @@ const (
 // or one chosen with the buttons beside it.
 type modelSection struct {
 	fields *formFields
-	entry  *widget.SelectEntry
+	entry  *escSelectEntry
 	hint   *widget.Label
 	browse *tipButton
 	// file chooses a single-file .safetensors checkpoint; addFolder adds a
@@ -35,7 +35,7 @@ type modelSection struct {
 
 func newModelSection(ff *formFields, addLibraryFolder func(dir string)) *modelSection {
 	m := &modelSection{fields: ff}
-	m.entry = widget.NewSelectEntry([]string{request.TinyModel})
+	m.entry = newEscSelectEntry([]string{request.TinyModel})
 	m.entry.SetPlaceHolder("tiny, or a diffusers folder")
 	m.hint = widget.NewLabel("")
 	m.hint.SizeName = theme.SizeNameCaptionText

@@ -14,7 +14,7 @@ import (
 // refinerSection is the SDXL refiner and the share of the steps it takes over.
 type refinerSection struct {
 	fields   *formFields
-	refiner  *widget.SelectEntry
+	refiner  *escSelectEntry
 	switchAt *submitEntry
 	slider   *widget.Slider
 }

@@ -5,7 +5,6 @@ import (
 
 	"fyne.io/fyne/v2"
 	"fyne.io/fyne/v2/container"
-	"fyne.io/fyne/v2/widget"
 
 	"atelier/core/library"
 	"atelier/core/request"
@@ -14,7 +13,7 @@ import (
 // upscaleSection is the upscaler run on the finished image, and its factor.
 type upscaleSection struct {
 	fields   *formFields
-	upscaler *widget.SelectEntry
+	upscaler *escSelectEntry
 	factor   *submitEntry
 }
 

@@ -16,7 +16,7 @@ import (
 // job's VAE had to fall back to float32.
 type vaeSection struct {
 	fields *formFields
-	vae    *widget.SelectEntry
+	vae    *escSelectEntry
 	note   *widget.Label
 }
 

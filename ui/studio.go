@@ -72,7 +72,6 @@ func newStudioWith(a fyne.App, w fyne.Window, gen generator, hist History, post 
 	s.view = newViewer(s)
 	s.strip = newRecentStrip(s.thumbs, s.showRecord)
 
-	s.form.fields.onEscape = s.Escape
 	s.form.fields.onMarksGone = s.marksGone
 	w.Canvas().SetOnTypedKey(func(k *fyne.KeyEvent) {
 		if k.Name == fyne.KeyEscape {

@@ -92,6 +92,10 @@ func sameObject(o, target fyne.CanvasObject) bool {
 		return target == fyne.CanvasObject(&x.Entry) || o == target
 	case *widget.SelectEntry:
 		return target == fyne.CanvasObject(&x.Entry) || o == target
+	case *escSelectEntry:
+		return target == fyne.CanvasObject(&x.Entry) || o == target
+	case *escEntry:
+		return target == fyne.CanvasObject(&x.Entry) || o == target
 	}
 	return o == target
 }
