@@ -31,7 +31,7 @@ type startStage struct {
 const (
 	warmStartingText = "Starting the worker: Python imports torch (20 s or more the first time)."
 	demoStartHint    = " The first image also creates the demo model."
-	demoModelHint    = " Demo model only: for real images, add the folder of your SDXL models with the third button beside Model (Add a folder of models)."
+	demoModelHint    = " Demo model only: add your SDXL folder with the third button by Model."
 )
 
 // WarmUp starts the worker now, in the background (start is the bridge's
@@ -111,7 +111,7 @@ func (s *Studio) warmDone(w *warmUp, err error) {
 	if !ours {
 		return
 	}
-	msg := fmt.Sprintf("Worker ready in %s.", formatElapsed(time.Since(w.start)))
+	msg := fmt.Sprintf("Worker ready (%s).", formatElapsed(time.Since(w.start)))
 	if demoOnly(s.form.lib) {
 		msg += demoModelHint
 	}
