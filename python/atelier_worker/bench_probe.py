@@ -118,6 +118,9 @@ def stage_aoti_build(a):
             cfgs["max_autotune"] = True
         if a.runtime_fold:
             cfgs["aot_inductor.use_runtime_constant_folding"] = True
+        if a.on_disk_format:
+            # Weights kept beside the .so in the package (not linked into it).
+            cfgs["aot_inductor.package_constants_on_disk_format"] = a.on_disk_format
         t0 = time.perf_counter()
         path = torch._inductor.aoti_compile_and_package(ep, package_path=a.package, inductor_configs=cfgs)
         peak = torch.cuda.max_memory_allocated() if a.device.startswith("cuda") else 0
@@ -148,7 +151,14 @@ def stage_aoti_load(a):
     # The loader compares the package's CPU vector ISA with this machine's, which it finds
     # by compiling test programs (seconds); a CUDA package has no CPU kernels to match.
     with icfg.patch({"cpp.vec_isa_ok": False} if a.skip_isa else {}):
-        compiled = torch._inductor.aoti_load_package(a.package)
+        if a.loader == "package":
+            from torch._inductor.package import load_package
+
+            compiled = load_package(a.package, run_single_threaded=bool(a.single_threaded),
+                                    device_index=a.device_index)
+        else:
+            compiled = torch._inductor.aoti_load_package(a.package, run_single_threaded=bool(a.single_threaded),
+                                                         device_index=a.device_index)
     t_load = time.perf_counter() - t0
     record("package_loaded", s=round(t_load, 3))
     fqns = compiled.get_constant_fqns()
@@ -283,6 +293,10 @@ def main(argv=None) -> int:
     ap.add_argument("--runtime-fold", type=int, default=1)
     ap.add_argument("--user-managed", type=int, default=0)
     ap.add_argument("--skip-isa", type=int, default=1)
+    ap.add_argument("--on-disk-format", default="", help="aot_inductor.package_constants_on_disk_format")
+    ap.add_argument("--loader", default="aoti", choices=("aoti", "package"))
+    ap.add_argument("--single-threaded", type=int, default=0)
+    ap.add_argument("--device-index", type=int, default=-1)
     ap.add_argument("--skip-sdpa", action="store_true")
     ap.add_argument("--skip-preview", action="store_true")
     ap.add_argument("--preview-models", default="eager,compiled,regional")
