@@ -40,6 +40,9 @@ type Services struct {
 	ExportImages func(ctx context.Context, ids []int64, dir string) ([]string, error)
 	// ChooseFolder asks for a folder with the native dialog; tests replace it.
 	ChooseFolder func(title string) (string, error)
+	// Download fetches models from the hub for the "Get models…" panel; nil:
+	// no panel.
+	Download DownloadFunc
 }
 
 // MainWith runs the studio with the queue and gallery tabs, until its window

@@ -48,6 +48,8 @@ type form struct {
 	settings library.SettingsStore // where the model folders are kept; nil: no library
 	// onNote shows a line in the status bar.
 	onNote func(string)
+	// onLibrary is told of each finished scan of the model library, on the UI goroutine.
+	onLibrary func(*library.Library)
 }
 
 func newForm(onSubmit func(), do func(func())) *form {

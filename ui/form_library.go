@@ -53,6 +53,9 @@ func (f *form) rescan() {
 		lib := library.ScanLibrary(folders)
 		f.fields.do(func() {
 			f.setLibrary(lib)
+			if f.onLibrary != nil {
+				f.onLibrary(lib)
+			}
 			if len(found) > 0 && f.onNote != nil {
 				f.onNote(fmt.Sprintf("Found the model folders of other apps and added them to the library: %s (%d models).",
 					strings.Join(found, ", "), len(lib.Entries)))

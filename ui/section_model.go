@@ -29,6 +29,8 @@ type modelSection struct {
 	// file chooses a single-file .safetensors checkpoint; addFolder adds a
 	// folder to the model library.
 	file, addFolder *tipButton
+	// getModels opens the "Get a real model" panel; shown only with a downloader.
+	getModels *widget.Button
 	// recent remembers recently used model paths for the drop-down.
 	recent []string
 }
@@ -55,6 +57,8 @@ func newModelSection(ff *formFields, addLibraryFolder func(dir string)) *modelSe
 	m.addFolder = newTipButton(theme.StorageIcon(), "Add a folder of models to the library", func() {
 		ff.browse(func() (string, error) { return ff.chooseFolder("Add a folder of models to the library") }, addLibraryFolder)
 	})
+	m.getModels = widget.NewButtonWithIcon("Get models…", theme.DownloadIcon(), nil)
+	m.getModels.Importance = widget.LowImportance
 	return m
 }
 
@@ -110,9 +114,13 @@ func (m *modelSection) offer(lib *library.Library) {
 }
 
 func (m *modelSection) content() fyne.CanvasObject {
+	hint := fyne.CanvasObject(m.hint)
+	if m.getModels.OnTapped != nil {
+		hint = container.NewBorder(nil, nil, nil, m.getModels, m.hint)
+	}
 	return container.NewVBox(
 		caption(title(fModel)),
 		container.NewBorder(nil, nil, nil, container.NewHBox(m.browse, m.file, m.addFolder), m.entry),
-		m.hint,
+		hint,
 		m.fields.errs[fModel])
 }

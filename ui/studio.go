@@ -47,6 +47,7 @@ type Studio struct {
 	cpu          *cpuNote        // "this size takes minutes a step on the CPU"
 	actions      *fyne.Container // under the form: Generate, progress, status
 	warm         *warmUp         // the worker start begun when the app opened, or nil
+	getModels    *getModels      // the "Get a real model" panel, once opened
 }
 
 func newStudioWith(a fyne.App, w fyne.Window, gen generator, hist History, post func(func()), svc *Services) *Studio {
@@ -54,6 +55,7 @@ func newStudioWith(a fyne.App, w fyne.Window, gen generator, hist History, post 
 	s.form = newForm(s.Generate, s.do)
 	s.form.load(a.Preferences())
 	s.form.onNote = func(m string) { s.status.set(statusInfo, m, "") } // runs later, on the UI goroutine
+	s.form.onLibrary = s.libraryScanned
 	s.form.attach(gen, hist)
 
 	s.generate = widget.NewButtonWithIcon("Generate", theme.MediaPlayIcon(), s.Generate)
@@ -83,6 +85,7 @@ func newStudioWith(a fyne.App, w fyne.Window, gen generator, hist History, post 
 	}
 	if svc != nil {
 		s.setupExtras(svc)
+		s.setupGetModels()
 	}
 	w.SetContent(withTips(w.Canvas(), s.layout()))
 	s.restoreState()

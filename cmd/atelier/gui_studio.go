@@ -31,6 +31,7 @@ func runStudio(a *app, stderr io.Writer) {
 		ExportImages: func(ctx context.Context, ids []int64, dir string) ([]string, error) {
 			return store.ExportImages(ctx, a.store, ids, dir)
 		},
+		Download: downloader(a.paths, stderr),
 	}
 	done := make(chan struct{})
 	started := false

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"flag"
 	"fmt"
@@ -10,6 +11,7 @@ import (
 
 	"atelier/core/download"
 	"atelier/core/library"
+	"atelier/core/paths"
 )
 
 const modelsDownloadUsage = `Usage:
@@ -77,26 +79,15 @@ func cmdModelsDownload(args []string, stdout, stderr io.Writer) int {
 		return exitFailure
 	}
 	target, _ := download.Dest(folder, what)
-	cfg, _, err := bridgeConfig(dirs, stderr)
-	var argv []string
-	var workerDir string
-	if err == nil {
-		argv, workerDir, err = cfg.WorkerCommand()
-	}
-	if err != nil {
-		fmt.Fprintln(stderr, "atelier models download:", err)
-		return exitFailure
-	}
 	bar := &downloadBar{w: stderr, tty: isTerminal(stderr)}
-	got, err := download.Run(ctx, download.Options{Python: argv[0], WorkerDir: workerDir, What: what, Dest: target,
-		OnEvent: func(ev download.Event) {
-			if *asJSON {
-				b, _ := json.Marshal(ev)
-				fmt.Fprintln(stdout, string(b))
-				return
-			}
-			bar.show(ev)
-		}})
+	got, err := downloader(dirs, stderr)(ctx, what, target, func(ev download.Event) {
+		if *asJSON {
+			b, _ := json.Marshal(ev)
+			fmt.Fprintln(stdout, string(b))
+			return
+		}
+		bar.show(ev)
+	})
 	bar.finish()
 	if err != nil {
 		fmt.Fprintln(stderr, "atelier models download:", err)
@@ -122,6 +113,23 @@ func cmdModelsDownload(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stdout, "downloaded %s to %s (a %s in the library); use it with --model %s\n", what, got, kind, got)
 	}
 	return exitOK
+}
+
+// downloader runs core/download with the worker's Python and code, found as
+// the bridge finds them (at each call: the studio's set-up may make them).
+func downloader(dirs paths.Paths, stderr io.Writer) func(ctx context.Context, what, dest string, onEvent func(download.Event)) (string, error) {
+	return func(ctx context.Context, what, dest string, onEvent func(download.Event)) (string, error) {
+		cfg, _, err := bridgeConfig(dirs, stderr)
+		var argv []string
+		var workerDir string
+		if err == nil {
+			argv, workerDir, err = cfg.WorkerCommand()
+		}
+		if err != nil {
+			return "", err
+		}
+		return download.Run(ctx, download.Options{Python: argv[0], WorkerDir: workerDir, What: what, Dest: dest, OnEvent: onEvent})
+	}
 }
 
 // downloadBar draws the progress on a terminal, and a line per tenth elsewhere.

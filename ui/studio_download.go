@@ -1,0 +1,265 @@
+package ui
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"strings"
+	"time"
+
+	"fyne.io/fyne/v2"
+	"fyne.io/fyne/v2/container"
+	"fyne.io/fyne/v2/layout"
+	"fyne.io/fyne/v2/theme"
+	"fyne.io/fyne/v2/widget"
+
+	"atelier/core/download"
+	"atelier/core/library"
+)
+
+// DownloadFunc fetches what (base, refiner, vae) into dest with the worker's
+// downloader, reporting its events; core/download.Run in the app.
+type DownloadFunc func(ctx context.Context, what, dest string, onEvent func(download.Event)) (string, error)
+
+// getModelsDismissedKey is the preference that keeps the first-run panel
+// closed once the user closed it; "Get models…" still opens it.
+const getModelsDismissedKey = "getModelsDismissed"
+
+const demoModelText = "Atelier is running on its tiny demo model: a model of the real SDXL architecture " +
+	"with random weights, generated on the first run. It makes noise, not pictures; it is there so that " +
+	"every part of the app can be tried at once. For real images, download SDXL from the Hugging Face hub " +
+	"below, or add a folder of models you already have (diffusers folders or single-file .safetensors)."
+
+// getModels is the "From the demo model to a real one" panel: it offers
+// SDXL base, its refiner and a VAE from the hub, with progress and Cancel,
+// and adding a folder the user already has.
+type getModels struct {
+	s      *Studio
+	pop    *widget.PopUp
+	checks []*widget.Check
+	into   *widget.Label
+	bar    *widget.ProgressBar
+	status *widget.Label
+	errMsg *widget.Label
+	start  *widget.Button
+	cancel *widget.Button
+	add    *widget.Button
+	close  *widget.Button
+	stop   context.CancelFunc // non-nil while a download runs
+	folder string             // where the downloads go
+	// done is set on the UI goroutine once a download run has ended.
+	done bool
+}
+
+// setupGetModels wires the Model section's "Get models…" button; without a
+// downloader (tests of other parts, the headless build) there is none.
+func (s *Studio) setupGetModels() {
+	if s.x == nil || s.x.svc.Download == nil {
+		return
+	}
+	s.form.model.getModels.OnTapped = s.ShowGetModels
+}
+
+// libraryScanned opens the panel on the first run: while the library has no
+// checkpoint of its own (only the demo model) and the user has not closed it.
+func (s *Studio) libraryScanned(lib *library.Library) {
+	if s.x == nil || s.x.svc.Download == nil || s.getModels != nil {
+		return
+	}
+	if len(lib.Of(library.KindCheckpoint)) > 0 || s.app.Preferences().Bool(getModelsDismissedKey) {
+		return
+	}
+	s.ShowGetModels()
+}
+
+// ShowGetModels opens the panel (again).
+func (s *Studio) ShowGetModels() {
+	if s.getModels == nil {
+		s.getModels = newGetModels(s)
+	}
+	g := s.getModels
+	if g.pop != nil && g.pop.Visible() {
+		return
+	}
+	g.pop = newModal(g.content(), s.win.Canvas())
+	g.pop.Show()
+	g.findFolder()
+}
+
+func newGetModels(s *Studio) *getModels {
+	g := &getModels{s: s}
+	for i, p := range download.Presets {
+		c := widget.NewCheck(fmt.Sprintf("%s (%s)", p.Title, p.Size), nil)
+		c.SetChecked(i == 0)
+		g.checks = append(g.checks, c)
+	}
+	g.into = widget.NewLabel("")
+	g.into.Wrapping = fyne.TextWrapBreak
+	g.into.SizeName = theme.SizeNameCaptionText
+	g.bar = widget.NewProgressBar()
+	g.bar.Hide()
+	g.status = widget.NewLabel("")
+	g.status.Truncation = fyne.TextTruncateEllipsis
+	g.errMsg = widget.NewLabel("")
+	g.errMsg.Wrapping = fyne.TextWrapWord
+	g.errMsg.Importance = widget.DangerImportance
+	g.errMsg.Hide()
+	g.start = widget.NewButtonWithIcon("Download", theme.DownloadIcon(), g.Start)
+	g.start.Importance = widget.HighImportance
+	g.cancel = widget.NewButtonWithIcon("Cancel", theme.CancelIcon(), g.Cancel)
+	g.cancel.Disable()
+	g.add = widget.NewButtonWithIcon("Add a folder I already have…", theme.FolderOpenIcon(), g.addFolder)
+	g.close = widget.NewButton("Close", g.Close)
+	return g
+}
+
+func (g *getModels) content() fyne.CanvasObject {
+	intro := widget.NewLabel(demoModelText)
+	intro.Wrapping = fyne.TextWrapWord
+	checks := container.NewVBox()
+	for _, c := range g.checks {
+		checks.Add(c)
+	}
+	body := container.NewVBox(heading("Get a real model"), intro, checks, g.into, g.bar, g.status, g.errMsg,
+		container.NewHBox(g.add, layout.NewSpacer(), g.close, g.cancel, g.start))
+	return container.NewPadded(container.NewGridWrap(fyne.NewSize(560, body.MinSize().Height+60), body))
+}
+
+// findFolder says where the downloads go: the library's first folder, or
+// Atelier's own models folder.
+func (g *getModels) findFolder() {
+	st, svc := g.s.form.settings, g.s.x.svc
+	go func() {
+		var folders []string
+		if st != nil {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			folders, _ = library.LibraryFolders(ctx, st)
+			cancel()
+		}
+		folder := download.ModelFolder(folders, svc.Paths.Models)
+		g.s.do(func() {
+			g.folder = folder
+			g.into.SetText("Into " + folder + " (the first model folder of the library). The free space is checked first; Cancel keeps what was downloaded, and Download resumes it.")
+		})
+	}()
+}
+
+// Start downloads the checked models, one after the other.
+func (g *getModels) Start() {
+	if g.stop != nil || g.folder == "" {
+		return
+	}
+	var what []download.Preset
+	for i, c := range g.checks {
+		if c.Checked {
+			what = append(what, download.Presets[i])
+		}
+	}
+	if len(what) == 0 {
+		g.fail("Tick at least one model to download.")
+		return
+	}
+	ctx, stop := context.WithCancel(context.Background())
+	g.stop, g.done = stop, false
+	g.errMsg.Hide()
+	g.bar.SetValue(0)
+	g.bar.Show()
+	g.status.SetText("Asking the hub for the files…")
+	g.start.Disable()
+	g.cancel.Enable()
+	folder, dl := g.folder, g.s.x.svc.Download
+	go func() {
+		var got []string
+		var err error
+		if err = os.MkdirAll(folder, 0o755); err != nil {
+			err = fmt.Errorf("cannot create %s: %w; add another model folder to the library first", folder, err)
+		}
+		for _, p := range what {
+			if err != nil {
+				break
+			}
+			dest, _ := download.Dest(folder, p.Name)
+			var path string
+			path, err = dl(ctx, p.Name, dest, func(ev download.Event) { g.s.do(func() { g.show(p, ev) }) })
+			if err == nil {
+				got = append(got, path)
+			}
+		}
+		g.s.do(func() { g.finished(what, got, err) })
+	}()
+}
+
+func (g *getModels) show(p download.Preset, ev download.Event) {
+	switch ev.Event {
+	case "plan":
+		g.status.SetText(fmt.Sprintf("%s: %d files, %.2f GB", p.Title, len(ev.Files), float64(ev.Total)/1e9))
+	case "progress":
+		if ev.Total > 0 {
+			g.bar.SetValue(float64(ev.Done) / float64(ev.Total))
+		}
+		g.status.SetText(fmt.Sprintf("%s: %.2f of %.2f GB · %s", p.Title, float64(ev.Done)/1e9, float64(ev.Total)/1e9, ev.File))
+	}
+}
+
+func (g *getModels) finished(what []download.Preset, got []string, err error) {
+	g.stop = nil
+	g.start.Enable()
+	g.cancel.Disable()
+	if len(got) > 0 {
+		g.s.form.addLibraryFolder(g.folder) // rescans, so the drop-downs offer them
+		if what[0].Name == "base" {
+			g.s.form.model.entry.SetText(got[0])
+		}
+	}
+	switch {
+	case download.IsCancelled(err):
+		g.status.SetText("Cancelled. What was downloaded is kept: Download resumes it.")
+	case err != nil:
+		g.status.SetText("")
+		g.fail(err.Error())
+	default:
+		g.bar.SetValue(1)
+		names := make([]string, len(what))
+		for i, p := range what {
+			names[i] = p.Title
+		}
+		g.status.SetText("Done: " + strings.Join(names, ", ") + " in the library.")
+	}
+	g.done = true
+}
+
+func (g *getModels) fail(msg string) {
+	g.errMsg.SetText(msg)
+	g.errMsg.Show()
+}
+
+// Cancel stops the running download; its partial file stays for a resume.
+func (g *getModels) Cancel() {
+	if g.stop != nil {
+		g.status.SetText("Stopping…")
+		g.stop()
+	}
+}
+
+// Close hides the panel; on the first run it also keeps it from opening by
+// itself again. A running download goes on.
+func (g *getModels) Close() {
+	g.s.app.Preferences().SetBool(getModelsDismissedKey, true)
+	if g.pop != nil {
+		g.pop.Hide()
+	}
+}
+
+func (g *getModels) addFolder() {
+	choose := g.s.x.svc.ChooseFolder
+	go func() {
+		dir, err := choose("Add a folder of models to the library")
+		if err != nil || dir == "" {
+			return
+		}
+		g.s.do(func() {
+			g.s.form.addLibraryFolder(dir)
+			g.status.SetText("Added " + dir + " to the library: its models are in the drop-downs.")
+		})
+	}()
+}

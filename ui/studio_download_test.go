@@ -1,0 +1,125 @@
+package ui
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"slices"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"fyne.io/fyne/v2"
+	"fyne.io/fyne/v2/test"
+	"fyne.io/fyne/v2/widget"
+	"github.com/stretchr/testify/require"
+
+	"atelier/core/download"
+	"atelier/core/download/hubtest"
+	"atelier/core/failure"
+	"atelier/core/jobs"
+	"atelier/core/library"
+	"atelier/core/media"
+	"atelier/core/paths"
+	"atelier/core/request"
+	"atelier/core/store"
+)
+
+// downloadStudio is a first-run studio (an empty library, no other apps'
+// folders) whose "Get models…" panel downloads from endpoint with the real
+// downloader; progress counts its progress events.
+func downloadStudio(t *testing.T, endpoint string, progress *atomic.Int32) (testStudio, paths.Paths, *store.Store) {
+	t.Helper()
+	home := t.TempDir()
+	old := otherAppsHome
+	otherAppsHome = func() (string, error) { return home, nil }
+	t.Cleanup(func() { otherAppsHome = old })
+	p := paths.PathsUnder(t.TempDir())
+	require.NoError(t, p.EnsureDirs())
+	st, err := store.OpenStore(p.DB)
+	require.NoError(t, err)
+	t.Cleanup(func() { st.Close() })
+	python, workerDir := os.Getenv("ATELIER_PYTHON"), os.Getenv("ATELIER_WORKER_DIR")
+	svc := &Services{Store: st, Paths: p, Thumbs: media.NewThumbnailer(p.Cache, galleryThumbPx),
+		Download: func(ctx context.Context, what, dest string, onEvent func(download.Event)) (string, error) {
+			return download.Run(ctx, download.Options{Python: python, WorkerDir: workerDir, What: what, Dest: dest,
+				Env: hubtest.Env(t, endpoint), OnEvent: func(ev download.Event) {
+					if ev.Event == "progress" {
+						progress.Add(1)
+					}
+					onEvent(ev)
+				}})
+		}}
+	a := test.NewTempApp(t)
+	w := test.NewTempWindow(t, widget.NewLabel(""))
+	w.Resize(fyne.NewSize(1400, 900))
+	uq := &uiQueue{}
+	gen := &fakeGen{run: func(context.Context, request.Request, func(event)) (*jobs.JobOutcome, error) {
+		return nil, &failure.JobError{Code: failure.ErrInternal, Message: "no generator in this test"}
+	}}
+	s := newStudioWith(a, w, gen, st, uq.post, svc)
+	t.Cleanup(s.x.gallery.thumbs.close)
+	ts := testStudio{s, uq}
+	t.Cleanup(func() { ts.settle(t) })
+	return ts, p, st
+}
+
+// openPanel waits for the first-run panel to open by itself and to know its folder.
+func openPanel(t *testing.T, s testStudio) *getModels {
+	t.Helper()
+	s.waitFor(t, time.Minute, "the first-run panel", func() bool {
+		return s.getModels != nil && s.getModels.pop.Visible() && s.getModels.folder != ""
+	})
+	return s.getModels
+}
+
+func TestGetModelsPanelDownloadsSDXLBaseAndSelectsIt(t *testing.T) {
+	url := hubtest.Start(t)
+	var progress atomic.Int32
+	s, p, st := downloadStudio(t, url, &progress)
+	g := openPanel(t, s)
+	require.Contains(t, g.into.Text, "Into "+p.Models)
+	require.True(t, g.checks[0].Checked, "SDXL base is offered first, ticked")
+	require.False(t, g.checks[1].Checked)
+
+	test.Tap(g.start)
+	require.True(t, g.start.Disabled(), "Download waits while one runs")
+	require.False(t, g.cancel.Disabled())
+	s.waitFor(t, 5*time.Minute, "the download to end", func() bool { return g.done })
+	require.False(t, g.errMsg.Visible(), g.errMsg.Text)
+	require.Positive(t, progress.Load(), "the bar followed the downloader's progress")
+	require.Equal(t, 1.0, g.bar.Value)
+	require.Equal(t, "Done: SDXL base 1.0 in the library.", g.status.Text)
+	require.True(t, g.cancel.Disabled())
+
+	// The model is in the Model field and, once the library is scanned again, among its choices.
+	dest := filepath.Join(p.Models, "stable-diffusion-xl-base-1.0")
+	require.Equal(t, dest, s.form.model.entry.Text)
+	s.waitFor(t, time.Minute, "the library to list the model", func() bool {
+		return s.form.lib != nil && slices.Contains(s.form.lib.Paths(library.KindCheckpoint), dest) &&
+			slices.Contains(s.form.fields.choices[s.form.model.entry], dest)
+	})
+	folders, err := library.LibraryFolders(context.Background(), st)
+	require.NoError(t, err)
+	require.Equal(t, []string{p.Models}, folders)
+
+	// Closing keeps it closed on the next start; "Get models…" opens it again.
+	test.Tap(g.close)
+	require.False(t, g.pop.Visible())
+	require.True(t, s.app.Preferences().Bool(getModelsDismissedKey))
+	test.Tap(s.form.model.getModels)
+	require.True(t, g.pop.Visible())
+}
+
+func TestGetModelsPanelSaysWhatToDoOffline(t *testing.T) {
+	var progress atomic.Int32
+	s, _, _ := downloadStudio(t, "http://127.0.0.1:9", &progress)
+	g := openPanel(t, s)
+	test.Tap(g.start)
+	s.waitFor(t, 5*time.Minute, "the download to fail", func() bool { return g.done })
+	require.True(t, g.errMsg.Visible())
+	require.Contains(t, g.errMsg.Text, "Cannot reach the Hugging Face hub (http://127.0.0.1:9)")
+	require.Contains(t, g.errMsg.Text, "add its folder to the library")
+	require.False(t, g.start.Disabled(), "Download can be tried again")
+	require.Equal(t, "tiny", s.form.model.entry.Text)
+}
