@@ -432,6 +432,21 @@ func (b *Bridge) Hello() (hello protocol.Hello, ok bool) {
 	return b.hello, b.helloOK
 }
 
+// WorkerPID returns the process id of the worker that runs the job in flight,
+// else of the worker ready for jobs, or 0 when there is none: the runner
+// records it with each job, so that the history says which worker ran it.
+func (b *Bridge) WorkerPID() int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.job != nil && b.job.w != nil {
+		return b.job.w.pid()
+	}
+	if b.w != nil {
+		return b.w.pid()
+	}
+	return 0
+}
+
 // Capabilities returns what the latest worker said it can do (schedulers,
 // ControlNet types, features), or nil before a worker has started. Each
 // restart refreshes it.

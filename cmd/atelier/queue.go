@@ -16,7 +16,6 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"atelier/bridge"
 	"atelier/core/failure"
 	"atelier/core/jobs"
 	"atelier/core/paths"
@@ -204,18 +203,21 @@ func queueSimple(sub string, args []string, stdout, stderr io.Writer, do func(co
 type fileJob struct {
 	request.Request
 	BatchCount int `json:"batch_count,omitempty"`
+	// Device pins the line's jobs to one device (cpu, cuda:N).
+	Device string `json:"device,omitempty"`
 }
 
-// readJobsFile reads one request per line; blank lines and lines starting
-// with # are skipped. Every line is checked before anything is queued, and
-// errors name their line.
-func readJobsFile(path string) ([]request.Request, error) {
+// readJobsFile reads one request per line, with the device each job is
+// pinned to ("" for any); blank lines and lines starting with # are skipped.
+// Every line is checked before anything is queued, and errors name their line.
+func readJobsFile(path string) ([]request.Request, []string, error) {
 	f, err := os.Open(path)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	defer f.Close()
 	var out []request.Request
+	var devices []string
 	var errs []error
 	sc := bufio.NewScanner(f)
 	sc.Buffer(make([]byte, 64*1024), 4<<20)
@@ -231,23 +233,32 @@ func readJobsFile(path string) ([]request.Request, error) {
 			errs = append(errs, fmt.Errorf("line %d: %v", n, err))
 			continue
 		}
+		if j.Device != "" {
+			if err := store.CheckDevice(j.Device); err != nil {
+				errs = append(errs, fmt.Errorf("line %d: invalid \"device\": %v", n, err))
+				continue
+			}
+		}
 		reqs, err := prepareJobs(j.Request, j.BatchCount)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("line %d: %v", n, describeFileError(err)))
 			continue
 		}
 		out = append(out, reqs...)
+		for range reqs {
+			devices = append(devices, j.Device)
+		}
 	}
 	if err := sc.Err(); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if len(errs) > 0 {
-		return nil, errors.Join(errs...)
+		return nil, nil, errors.Join(errs...)
 	}
 	if len(out) == 0 {
-		return nil, errors.New("no jobs in the file (one JSON request per line, e.g. {\"prompt\": \"a lighthouse\", \"steps\": 20})")
+		return nil, nil, errors.New("no jobs in the file (one JSON request per line, e.g. {\"prompt\": \"a lighthouse\", \"steps\": 20})")
 	}
-	return out, nil
+	return out, devices, nil
 }
 
 // prepareJobs expands a batch count and checks every job as the queue needs.
@@ -305,6 +316,8 @@ func queueAdd(args []string, stdout, stderr io.Writer) int {
 	file := fs.String("file", "", "queue one job per line of this file: a JSON request with the generate fields "+
 		`(prompt, negative_prompt, model, steps, cfg, width, height, seed, batch_size, …) and optionally batch_count`)
 	sessionName := fs.String("session", "", "name of the session the jobs belong to (default: the file name, or the time)")
+	device := fs.String("device", "", "run the jobs only on this device: cpu, or cuda:N for GPU N as nvidia-smi numbers it "+
+		"(default: whichever worker is free; in a file, a line's \"device\" field)")
 	asJSON := fs.Bool("json", false, "print the queued job ids as a JSON array")
 	fs.Usage = func() {
 		fmt.Fprint(fs.Output(), `Usage: atelier queue add --prompt TEXT [generate options] [--batch-count N]
@@ -325,11 +338,12 @@ Options:
 		return exitUsage
 	}
 	var reqs []request.Request
+	var devices []string
 	source, name := store.SessionCLI, *sessionName
 	if *file != "" {
 		given := false
 		fs.Visit(func(f *flag.Flag) {
-			if f.Name != "file" && f.Name != "session" && f.Name != "json" {
+			if f.Name != "file" && f.Name != "session" && f.Name != "json" && f.Name != "device" {
 				given = true
 			}
 		})
@@ -337,8 +351,12 @@ Options:
 			fmt.Fprintln(stderr, "atelier queue add: --file takes the requests from the file; give no request flags with it")
 			return exitUsage
 		}
+		if *device != "" {
+			fmt.Fprintln(stderr, "atelier queue add: with --file, pin jobs with each line's \"device\" field, not --device")
+			return exitUsage
+		}
 		var err error
-		if reqs, err = readJobsFile(*file); err != nil {
+		if reqs, devices, err = readJobsFile(*file); err != nil {
 			fmt.Fprintf(stderr, "atelier queue add: %s: %v\nNothing was queued.\n", *file, err)
 			return exitUsage
 		}
@@ -347,6 +365,12 @@ Options:
 			name = filepath.Base(*file)
 		}
 	} else {
+		if *device != "" {
+			if err := store.CheckDevice(*device); err != nil {
+				fmt.Fprintf(stderr, "atelier queue add: --device: %v\nNothing was queued.\n", err)
+				return exitUsage
+			}
+		}
 		req, err := rf.build()
 		if err == nil {
 			reqs, err = prepareJobs(req, rf.count())
@@ -355,6 +379,9 @@ Options:
 			fmt.Fprintf(stderr, "atelier queue add: %s\nNothing was queued. Run \"atelier queue add --help\" for the limits.\n",
 				strings.ReplaceAll(describeRequestError(err), "\n", "\n  "))
 			return exitUsage
+		}
+		for range reqs {
+			devices = append(devices, *device)
 		}
 	}
 
@@ -369,7 +396,7 @@ Options:
 		fmt.Fprintln(stderr, "atelier queue add:", err)
 		return exitFailure
 	}
-	ids, err := s.Enqueue(ctx, session, reqs)
+	ids, err := s.EnqueuePinned(ctx, session, reqs, devices)
 	if err != nil {
 		fmt.Fprintln(stderr, "atelier queue add:", err)
 		return exitFailure
@@ -592,6 +619,7 @@ type queueRunLine struct {
 	Type     string         `json:"type"` // job_started, job_finished, done
 	JobID    int64          `json:"job_id,omitempty"`
 	UID      string         `json:"uid,omitempty"`
+	Slot     string         `json:"slot,omitempty"` // the worker slot that runs it (with --workers)
 	Status   string         `json:"status,omitempty"`
 	Attempts int            `json:"attempts,omitempty"`
 	Images   []string       `json:"images,omitempty"`
@@ -605,13 +633,18 @@ func queueRun(args []string, stdout, stderr io.Writer) int {
 	asJSON := fs.Bool("json", false, "print JSON lines on stdout: job_started, every worker event, job_finished, then done")
 	watch := fs.Bool("watch", false, "keep running and wait for new jobs instead of exiting when the queue is empty")
 	rayAddr := fs.String("ray", "", "run the jobs on the Ray cluster at `ADDRESS` (HOST:PORT of its head, or ray://HOST:10001); see docs/scaling.md")
+	workers := fs.Int("workers", 0, "how many workers run jobs side by side, each taking the next job when it is free "+
+		"(default: one per GPU, found through CUDA_VISIBLE_DEVICES or nvidia-smi; one on a machine without a GPU, "+
+		"where N gives N CPU workers)")
 	fs.Usage = func() {
-		fmt.Fprint(fs.Output(), `Usage: atelier queue run [--json] [--watch] [--ray ADDRESS]
+		fmt.Fprint(fs.Output(), `Usage: atelier queue run [--json] [--watch] [--workers N] [--ray ADDRESS]
 
-Runs the queue's jobs one at a time through the worker until none are left.
+Runs the queue's jobs until none are left: one worker per GPU (each sees
+only its own GPU), each running one job at a time and taking the next job
+when it is free. A job queued with --device runs only on that device.
 With --ray the worker is an actor on a Ray cluster, which holds the models;
 the images come back into the local history.
-Ctrl-C stops: the running job goes back to the queue and runs next time.
+Ctrl-C stops: the running jobs go back to the queue and run next time.
 Exit status: 0 every job done, 1 a job failed, 130 stopped.
 
 Options:
@@ -625,53 +658,78 @@ Options:
 		fmt.Fprintln(stderr, "atelier queue run: takes no arguments")
 		return exitUsage
 	}
-	var options []func(*bridge.Config)
-	if addr := strings.TrimSpace(*rayAddr); addr != "" {
-		options = append(options, rayWorker(addr))
-	} else if *rayAddr != "" {
+	addr := strings.TrimSpace(*rayAddr)
+	if addr == "" && *rayAddr != "" {
 		fmt.Fprintln(stderr, "atelier queue run: --ray needs the cluster's address, e.g. --ray 10.0.0.5:6379")
 		return exitUsage
 	}
-	a, err := openApp(stderr, options...)
+	if addr != "" && *workers != 0 {
+		fmt.Fprintln(stderr, "atelier queue run: give --workers or --ray, not both (with --ray one actor runs the jobs)")
+		return exitUsage
+	}
+	ctx, stop := interruptContext()
+	defer stop()
+	history, dirs, ok := openStore(stderr, "queue run")
+	if !ok {
+		return exitFailure
+	}
+	defer history.Close()
+	base, _, err := bridgeConfig(dirs, stderr)
 	if err != nil {
 		fmt.Fprintln(stderr, "atelier queue run:", err)
 		return exitFailure
 	}
-	defer a.close()
-	ctx, stop := interruptContext()
-	defer stop()
-	if addr := strings.TrimSpace(*rayAddr); addr != "" {
-		cfg, _, err := bridgeConfig(a.paths, stderr)
-		if err == nil {
-			var cl rayCluster
-			if cl, err = probeRay(ctx, cfg, addr); err == nil {
-				fmt.Fprintf(stderr, "queue run: Ray cluster at %s: %d GPU(s), %d CPU(s); one actor runs the jobs\n", addr, cl.GPUs, cl.CPUs)
-			}
-		}
-		if err != nil {
+	var specs []workerSlot
+	if addr != "" {
+		var cl rayCluster
+		if cl, err = probeRay(ctx, base, addr); err != nil {
 			fmt.Fprintln(stderr, "atelier queue run:", err)
 			fmt.Fprintln(stderr, "The jobs stay queued. See docs/scaling.md for starting a cluster.")
 			return exitFailure
 		}
+		fmt.Fprintf(stderr, "queue run: Ray cluster at %s: %d GPU(s), %d CPU(s); one actor runs the jobs\n", addr, cl.GPUs, cl.CPUs)
+		rayWorker(addr)(&base)
+		specs = []workerSlot{{Name: "ray", Config: base}}
+	} else if specs, err = localSlots(*workers, detectGPUs(ctx), base); err != nil {
+		fmt.Fprintln(stderr, "atelier queue run:", err)
+		return exitUsage
+	}
+	multi := len(specs) > 1
+	pool := openSlots(history, dirs, specs)
+	defer pool.close()
+	if multi {
+		names := make([]string, len(specs))
+		for i, s := range specs {
+			names[i] = s.Name
+		}
+		fmt.Fprintf(stderr, "queue run: %d workers (%s)\n", len(specs), strings.Join(names, ", "))
 	}
 
 	emit := jsonEmitter(stdout, *asJSON)
 	var prog *progress
 	failed, done := 0, 0
-	q := jobs.NewQueueRunner(a.runner)
+	q := jobs.NewSlotRunner(pool.slots)
 	q.OnEvent = func(e jobs.QueueEvent) {
+		// With several workers, each line says whose it is, and there is
+		// no progress bar: several jobs' bars would share one line.
+		who := ""
+		if multi {
+			who = e.Slot + ": "
+		}
 		switch e.Kind {
 		case jobs.QueueStarted:
 			j := e.Job
-			emit(queueRunLine{Type: "job_started", JobID: j.ID, UID: j.UID, Attempts: j.Attempts})
+			emit(queueRunLine{Type: "job_started", JobID: j.ID, UID: j.UID, Slot: e.Slot, Attempts: j.Attempts})
 			note := ""
 			if j.Attempts > 1 {
 				note = fmt.Sprintf(", run %d", j.Attempts)
 			}
-			counts, _ := a.store.QueueCounts(context.WithoutCancel(ctx))
+			counts, _ := history.QueueCounts(context.WithoutCancel(ctx))
 			left := counts[store.StatusPending] + counts[store.StatusInterrupted]
-			fmt.Fprintf(stderr, "job %d (seed %d%s, %d more waiting): %s\n", j.ID, j.Request.Seed, note, left, shorten(j.Request.Prompt, 60))
-			prog = newProgress(stderr)
+			fmt.Fprintf(stderr, "%sjob %d (seed %d%s, %d more waiting): %s\n", who, j.ID, j.Request.Seed, note, left, shorten(j.Request.Prompt, 60))
+			if !multi {
+				prog = newProgress(stderr)
+			}
 		case jobs.QueueMessage:
 			if prog != nil {
 				prog.event(e.Message)
@@ -680,9 +738,10 @@ Options:
 		case jobs.QueueFinished:
 			if prog != nil {
 				prog.finish()
+				prog = nil
 			}
 			j := e.Job
-			line := queueRunLine{Type: "job_finished", JobID: j.ID, UID: j.UID, Status: j.Status, Attempts: j.Attempts}
+			line := queueRunLine{Type: "job_finished", JobID: j.ID, UID: j.UID, Slot: e.Slot, Status: j.Status, Attempts: j.Attempts}
 			if e.Outcome != nil {
 				for _, im := range e.Outcome.Images {
 					line.Images = append(line.Images, im.Path)
@@ -696,29 +755,30 @@ Options:
 			switch j.Status {
 			case store.StatusDone:
 				done++
-				msg := fmt.Sprintf("job %d done", j.ID)
+				msg := fmt.Sprintf("%sjob %d done", who, j.ID)
 				if m := e.Outcome; m != nil && m.Metrics != nil {
 					msg += fmt.Sprintf(" in %.1fs (%.2f it/s)", m.Metrics.TotalS, m.Metrics.ItS)
 				}
 				fmt.Fprintln(stderr, msg)
 			case store.StatusInterrupted:
-				fmt.Fprintf(stderr, "job %d: the worker crashed (%s); it runs once more\n", j.ID, j.ErrorMessage)
+				fmt.Fprintf(stderr, "%sjob %d: the worker crashed (%s); it runs once more\n", who, j.ID, j.ErrorMessage)
 			case store.StatusPending:
-				fmt.Fprintf(stderr, "job %d: stopped; it is pending again\n", j.ID)
+				fmt.Fprintf(stderr, "%sjob %d: stopped; it is pending again\n", who, j.ID)
 			case store.StatusCancelled:
-				fmt.Fprintf(stderr, "job %d cancelled\n", j.ID)
+				fmt.Fprintf(stderr, "%sjob %d cancelled\n", who, j.ID)
 			default:
 				failed++
-				fmt.Fprintf(stderr, "job %d %s: %s: %s\n", j.ID, j.Status, j.ErrorCode, j.ErrorMessage)
+				fmt.Fprintf(stderr, "%sjob %d %s: %s: %s\n", who, j.ID, j.Status, j.ErrorCode, j.ErrorMessage)
 			}
 		}
 	}
-	paused, _ := a.store.QueuePaused(ctx)
+	paused, _ := history.QueuePaused(ctx)
 	if paused && !*watch {
 		fmt.Fprintln(stderr, "atelier queue run: the queue is paused; \"atelier queue resume\" lets it run")
 	}
 	err = q.Run(ctx, !*watch)
-	counts, _ := a.store.QueueCounts(context.WithoutCancel(ctx))
+	rec := context.WithoutCancel(ctx)
+	counts, _ := history.QueueCounts(rec)
 	if err != nil {
 		if ctx.Err() != nil {
 			fmt.Fprintln(stderr, "atelier queue run: stopped; waiting jobs stay in the queue")
@@ -740,10 +800,30 @@ Options:
 		emit(line)
 		return exitFailure
 	}
+	notePinnedElsewhere(rec, history, specs, stderr)
 	fmt.Fprintf(stderr, "queue run: %d done, %d failed\n", done, failed)
 	emit(queueRunLine{Type: "done", OK: failed == 0, Counts: counts})
 	if failed > 0 {
 		return exitFailure
 	}
 	return exitOK
+}
+
+// notePinnedElsewhere says which waiting jobs no worker of this run could
+// take, since they are pinned to a device it does not serve.
+func notePinnedElsewhere(ctx context.Context, history *store.Store, specs []workerSlot, stderr io.Writer) {
+	served := devicesOf(specs)
+	if served[""] {
+		return // a worker that serves any device took them all
+	}
+	pinned, err := history.WaitingPinned(ctx)
+	if err != nil {
+		return
+	}
+	for dev, n := range pinned {
+		if !served[dev] {
+			fmt.Fprintf(stderr, "note: %d job(s) pinned to %s stay queued: no worker of this run serves %s "+
+				"(run \"atelier queue run\" where that device is, or cancel them)\n", n, dev, dev)
+		}
+	}
 }

@@ -62,6 +62,7 @@ func (h *home) queue() map[int64]store.QueueJob {
 // runEvent is one --json line of "queue run": our own lines and the worker's.
 type runEvent struct {
 	Type     string `json:"type"`
+	Slot     string `json:"slot"`
 	JobID    int64  `json:"job_id"`
 	UID      string `json:"uid"`
 	ID       string `json:"id"` // worker messages
@@ -82,6 +83,7 @@ type runningQueue struct {
 	cmd    *exec.Cmd
 	stderr *bytes.Buffer
 	events chan runEvent
+	seen   []runEvent // what until has read, in order
 }
 
 func startQueueRun(t *testing.T, h *home, extra ...string) *runningQueue {
@@ -120,6 +122,7 @@ func (r *runningQueue) until(t *testing.T, what string, match func(runEvent) boo
 		select {
 		case e, ok := <-r.events:
 			require.True(t, ok, "queue run ended before %s; stderr:\n%s", what, r.stderr)
+			r.seen = append(r.seen, e)
 			if match(e) {
 				return e
 			}

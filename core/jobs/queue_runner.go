@@ -38,6 +38,7 @@ const (
 // QueueEvent is what a QueueRunner reports while it works.
 type QueueEvent struct {
 	Kind    string
+	Slot    string // the Name of the slot the event is about ("" for a runner of one unnamed slot)
 	Job     *store.QueueJob
 	Message protocol.Message
 	Outcome *JobOutcome
@@ -45,14 +46,37 @@ type QueueEvent struct {
 	Paused  bool // with QueueIdle
 }
 
-// QueueRunner runs the queue's jobs one at a time through a Runner (so one
-// worker never gets two jobs). Several runners, in several processes, may
-// serve one database: claiming a job is atomic.
-type QueueRunner struct {
-	runner *Runner
-	store  *store.Store
+// Slot is one worker the queue feeds: a Runner over a generator of its own
+// (a bridge with its own worker command and environment, which is where a
+// GPU's CUDA_VISIBLE_DEVICES or another transport's command goes) and a
+// name for the events and logs. Runner.Device is the device its jobs run on:
+// a job pinned to a device is claimed only by a slot of that device.
+type Slot struct {
+	Name   string
+	Runner *Runner
+}
 
-	// OnEvent, if set, receives every event, on the runner's goroutine.
+// slotState is a slot and the job it runs now.
+type slotState struct {
+	Slot
+	wake chan struct{}
+
+	mu      sync.Mutex
+	running int64                   // id of the job running now, 0 if none
+	cancel  context.CancelCauseFunc // cancels it
+}
+
+// QueueRunner runs the queue's jobs on one or more slots, each running one
+// job at a time through its Runner (so one worker never gets two jobs). A
+// slot takes the next job when it is free, so faster workers run more jobs.
+// Several runners, in several processes, may serve one database: claiming a
+// job is atomic.
+type QueueRunner struct {
+	store *store.Store
+	slots []*slotState
+
+	// OnEvent, if set, receives every event, from one slot at a time (on
+	// that slot's goroutine).
 	OnEvent func(QueueEvent)
 	// Poll is how often the runner looks for new jobs while idle and for a
 	// cancel of the running job asked by another process.
@@ -63,33 +87,52 @@ type QueueRunner struct {
 	// start before it tries again (Wake tries at once).
 	StallWait time.Duration
 
-	wake chan struct{}
-
-	mu      sync.Mutex
-	running int64                   // id of the job running now, 0 if none
-	cancel  context.CancelCauseFunc // cancels it
+	emitMu sync.Mutex
 }
 
-// NewQueueRunner returns a runner for the queue of r's store.
+// NewQueueRunner returns a runner for the queue of r's store with r as its
+// only slot (the app: the queue shares r with the Generate button).
 func NewQueueRunner(r *Runner) *QueueRunner {
-	return &QueueRunner{runner: r, store: r.store, Poll: 500 * time.Millisecond,
-		ProgressEvery: time.Second, StallWait: 30 * time.Second, wake: make(chan struct{}, 1)}
+	return NewSlotRunner([]Slot{{Runner: r}})
 }
 
-// Wake tells an idle runner to look at the queue now (jobs were added, the
+// NewSlotRunner returns a runner that feeds every slot from the queue of the
+// first slot's store; every slot's Runner must record into that store.
+func NewSlotRunner(slots []Slot) *QueueRunner {
+	if len(slots) == 0 {
+		panic("jobs: NewSlotRunner needs at least one slot")
+	}
+	q := &QueueRunner{store: slots[0].Runner.store, Poll: 500 * time.Millisecond,
+		ProgressEvery: time.Second, StallWait: 30 * time.Second}
+	for _, s := range slots {
+		q.slots = append(q.slots, &slotState{Slot: s, wake: make(chan struct{}, 1)})
+	}
+	return q
+}
+
+// Wake tells idle slots to look at the queue now (jobs were added, the
 // queue resumed).
 func (q *QueueRunner) Wake() {
-	select {
-	case q.wake <- struct{}{}:
-	default:
+	for _, s := range q.slots {
+		select {
+		case s.wake <- struct{}{}:
+		default:
+		}
 	}
 }
 
-// Running returns the id of the job this runner runs now, or 0.
+// Running returns the id of a job this runner runs now (the first slot's
+// that runs one), or 0.
 func (q *QueueRunner) Running() int64 {
-	q.mu.Lock()
-	defer q.mu.Unlock()
-	return q.running
+	for _, s := range q.slots {
+		s.mu.Lock()
+		id := s.running
+		s.mu.Unlock()
+		if id != 0 {
+			return id
+		}
+	}
+	return 0
 }
 
 // Cancel cancels a queue job: a waiting one at once, a running one within a
@@ -98,29 +141,73 @@ func (q *QueueRunner) Running() int64 {
 func (q *QueueRunner) Cancel(ctx context.Context, id int64) (string, error) {
 	st, err := q.store.CancelJob(ctx, id)
 	if err == nil && st == store.StatusRunning {
-		q.mu.Lock()
-		if q.running == id && q.cancel != nil {
-			q.cancel(context.Canceled)
+		for _, s := range q.slots {
+			s.mu.Lock()
+			if s.running == id && s.cancel != nil {
+				s.cancel(context.Canceled)
+			}
+			s.mu.Unlock()
 		}
-		q.mu.Unlock()
 	}
 	return st, err
 }
 
-func (q *QueueRunner) emit(e QueueEvent) {
+func (q *QueueRunner) emit(s *slotState, e QueueEvent) {
 	if q.OnEvent != nil {
+		e.Slot = s.Name
+		q.emitMu.Lock()
+		defer q.emitMu.Unlock()
 		q.OnEvent(e)
 	}
 }
 
-// Run processes the queue until ctx ends. With exitWhenIdle it returns nil
-// as soon as there is nothing to run (or the queue is paused) instead of
-// waiting for more. When ctx ends mid-job, the job goes back to pending and
-// Run returns ctx's error. When the worker cannot start, the job stays
-// pending: with exitWhenIdle Run returns that error (wrapping
-// ErrWorkerUnavailable); otherwise it reports QueueStalled and tries again
-// after StallWait or a Wake.
+// Run processes the queue until ctx ends, on every slot at once. With
+// exitWhenIdle a slot stops as soon as there is nothing for it to run (or
+// the queue is paused) instead of waiting for more, and Run returns nil once
+// every slot has stopped. When ctx ends mid-job, the job goes back to
+// pending and Run returns ctx's error. When a slot's worker cannot start,
+// the job stays pending (another slot may take it): with exitWhenIdle that
+// slot stops and Run returns its error (wrapping ErrWorkerUnavailable) once
+// the others are done; otherwise the slot reports QueueStalled and tries
+// again after StallWait or a Wake. Any other error (the history cannot be
+// read) stops every slot.
 func (q *QueueRunner) Run(ctx context.Context, exitWhenIdle bool) error {
+	if len(q.slots) == 1 {
+		return q.runSlot(ctx, q.slots[0], exitWhenIdle)
+	}
+	// A fatal error of one slot stops the others, whose jobs then go back to
+	// pending as on Ctrl-C.
+	sctx, stop := context.WithCancelCause(ctx)
+	defer stop(nil)
+	errs := make([]error, len(q.slots))
+	var wg sync.WaitGroup
+	for i, s := range q.slots {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[i] = q.runSlot(sctx, s, exitWhenIdle)
+			if errs[i] != nil && sctx.Err() == nil && !errors.Is(errs[i], ErrWorkerUnavailable) {
+				stop(errs[i])
+			}
+		}()
+	}
+	wg.Wait()
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	if cause := context.Cause(sctx); cause != nil && !errors.Is(cause, context.Canceled) {
+		return cause
+	}
+	for _, err := range errs {
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// runSlot is one slot's loop: claim, run, repeat.
+func (q *QueueRunner) runSlot(ctx context.Context, s *slotState, exitWhenIdle bool) error {
 	for {
 		if ctx.Err() != nil {
 			return ctx.Err()
@@ -137,15 +224,15 @@ func (q *QueueRunner) Run(ctx context.Context, exitWhenIdle bool) error {
 		}
 		ran := false
 		if !paused {
-			if ran, err = q.runNext(ctx); err != nil {
+			if ran, err = q.runNext(ctx, s); err != nil {
 				if ctx.Err() != nil {
 					return ctx.Err()
 				}
 				if !errors.Is(err, ErrWorkerUnavailable) || exitWhenIdle {
 					return err
 				}
-				q.emit(QueueEvent{Kind: QueueStalled, Err: err})
-				if !q.sleep(ctx, q.StallWait) {
+				q.emit(s, QueueEvent{Kind: QueueStalled, Err: err})
+				if !q.sleep(ctx, s, q.StallWait) {
 					return ctx.Err()
 				}
 				continue
@@ -157,56 +244,56 @@ func (q *QueueRunner) Run(ctx context.Context, exitWhenIdle bool) error {
 		if exitWhenIdle {
 			return nil
 		}
-		q.emit(QueueEvent{Kind: QueueIdle, Paused: paused})
-		if !q.sleep(ctx, q.Poll) {
+		q.emit(s, QueueEvent{Kind: QueueIdle, Paused: paused})
+		if !q.sleep(ctx, s, q.Poll) {
 			return ctx.Err()
 		}
 	}
 }
 
 // sleep waits for d, a Wake or the end of ctx; it reports whether ctx lives.
-func (q *QueueRunner) sleep(ctx context.Context, d time.Duration) bool {
+func (q *QueueRunner) sleep(ctx context.Context, s *slotState, d time.Duration) bool {
 	t := time.NewTimer(d)
 	defer t.Stop()
 	select {
 	case <-ctx.Done():
 		return false
-	case <-q.wake:
+	case <-s.wake:
 	case <-t.C:
 	}
 	return true
 }
 
-// runNext claims and runs one job; it reports whether there was one.
-func (q *QueueRunner) runNext(ctx context.Context) (bool, error) {
-	release, err := q.runner.acquire(ctx)
+// runNext claims and runs one job on s; it reports whether there was one.
+func (q *QueueRunner) runNext(ctx context.Context, s *slotState) (bool, error) {
+	release, err := s.Runner.acquire(ctx)
 	if err != nil {
 		return false, err
 	}
 	defer release()
-	job, err := q.store.ClaimNext(ctx)
+	job, err := q.store.ClaimNextOn(ctx, s.Runner.Device)
 	if err != nil || job == nil {
 		return false, err
 	}
-	if err := q.runClaimed(ctx, job); errors.Is(err, ErrWorkerUnavailable) {
+	if err := q.runClaimed(ctx, s, job); errors.Is(err, ErrWorkerUnavailable) {
 		return false, err
 	}
 	return true, nil
 }
 
-func (q *QueueRunner) runClaimed(ctx context.Context, job *store.QueueJob) error {
+func (q *QueueRunner) runClaimed(ctx context.Context, s *slotState, job *store.QueueJob) error {
 	rec := context.WithoutCancel(ctx)
 	// The job's own context: the queue stopping ends it with ErrQueueStopped
 	// (back to pending), a cancel with context.Canceled (cancelled).
 	jctx, jcancel := context.WithCancelCause(rec)
 	defer jcancel(nil)
-	q.mu.Lock()
-	q.running, q.cancel = job.ID, jcancel
-	q.mu.Unlock()
+	s.mu.Lock()
+	s.running, s.cancel = job.ID, jcancel
+	s.mu.Unlock()
 	defer func() {
-		q.mu.Lock()
-		q.running, q.cancel = 0, nil
-		q.mu.Unlock()
+		s.mu.Lock()
+		s.running, s.cancel = 0, nil
+		s.mu.Unlock()
 	}()
 	done := make(chan struct{})
 	defer close(done)
@@ -228,8 +315,8 @@ func (q *QueueRunner) runClaimed(ctx context.Context, job *store.QueueJob) error
 		}
 	}()
 
-	q.emit(QueueEvent{Kind: QueueStarted, Job: job})
-	out, err := q.execute(jctx, job)
+	q.emit(s, QueueEvent{Kind: QueueStarted, Job: job})
+	out, err := q.execute(jctx, s, job)
 	if ctx.Err() != nil && err != nil {
 		err = fmt.Errorf("%w: %w", ErrQueueStopped, err)
 	}
@@ -237,20 +324,21 @@ func (q *QueueRunner) runClaimed(ctx context.Context, job *store.QueueJob) error
 	if gerr != nil {
 		ended = job
 	}
-	q.emit(QueueEvent{Kind: QueueFinished, Job: ended, Outcome: out, Err: err})
+	q.emit(s, QueueEvent{Kind: QueueFinished, Job: ended, Outcome: out, Err: err})
 	return err
 }
 
 // execute checks the files the job names again, sets its output folder and runs it.
-func (q *QueueRunner) execute(ctx context.Context, job *store.QueueJob) (*JobOutcome, error) {
+func (q *QueueRunner) execute(ctx context.Context, s *slotState, job *store.QueueJob) (*JobOutcome, error) {
 	rec := context.WithoutCancel(ctx)
+	r := s.Runner
 	req := job.Request
 	if err := req.PrepareQueued(); err != nil {
-		return nil, q.runner.fail(rec, job.ID, toJobError(ctx, err))
+		return nil, r.fail(rec, job.ID, toJobError(ctx, err))
 	}
-	req.OutputDir = filepath.Join(q.runner.paths.Images, time.Now().Format("2006-01-02"))
+	req.OutputDir = filepath.Join(r.paths.Images, time.Now().Format("2006-01-02"))
 	if err := os.MkdirAll(req.OutputDir, 0o755); err != nil {
-		return nil, q.runner.fail(rec, job.ID, &failure.JobError{Op: "create the image folder", Err: err, Code: failure.ErrInternal,
+		return nil, r.fail(rec, job.ID, &failure.JobError{Op: "create the image folder", Err: err, Code: failure.ErrInternal,
 			Message: fmt.Sprintf("create the image folder: %v (check its permissions, or set %s)", err, paths.HomeEnv)})
 	}
 	var last time.Time
@@ -259,7 +347,7 @@ func (q *QueueRunner) execute(ctx context.Context, job *store.QueueJob) (*JobOut
 			last = time.Now()
 			_ = q.store.SetJobProgress(rec, job.ID, p.Step, p.Total) // progress is a hint; losing one is harmless
 		}
-		q.emit(QueueEvent{Kind: QueueMessage, Job: job, Message: m})
+		q.emit(s, QueueEvent{Kind: QueueMessage, Job: job, Message: m})
 	}
-	return q.runner.execute(ctx, job.ID, job.UID, req, onEvent, true)
+	return r.execute(ctx, job.ID, job.UID, req, onEvent, true)
 }

@@ -36,6 +36,12 @@ type Runner struct {
 	// outside its denoising loop only sees the cancel later, if at all).
 	CancelGrace time.Duration
 
+	// Device is the device the runner's worker runs on, as the queue names
+	// it (cpu, cuda:N): a queue job pinned to a device runs only on a runner
+	// of that device, and each job records it. Empty: the runner takes any
+	// queue job, and a job records the device its worker reported.
+	Device string
+
 	// slot is held while a job runs on gen: a worker runs one job at a
 	// time, so a Generate from the window waits for the queue's job.
 	slot chan struct{}
@@ -140,6 +146,9 @@ func (r *Runner) execute(ctx context.Context, jobID int64, uid string, req reque
 		}
 		return nil, r.fail(rec, jobID, jerr)
 	}
+	// Where it runs is known once the worker took it: recorded now, so that
+	// a job that crashes its worker says which one.
+	_ = r.store.SetJobPlacement(rec, jobID, r.placement()) // a hint; a failed write must not fail the job
 	final, cancelled := r.follow(ctx, uid, ch, onEvent)
 	res, isResult := final.(protocol.Result)
 	werr, isError := final.(protocol.Error)
@@ -171,6 +180,34 @@ func (r *Runner) execute(ctx context.Context, jobID int64, uid string, req reque
 		return nil, r.fail(rec, jobID, &failure.JobError{Code: failure.ErrWorkerCrashed,
 			Message: "the worker stopped without finishing the job; run it again (the next job starts a new worker)"})
 	}
+}
+
+// placement is where the runner's jobs run now: this host, its device (the
+// worker's own report when Device is empty) and the worker's pid, when the
+// generator tells them.
+func (r *Runner) placement() store.Placement {
+	p := store.Placement{Host: hostname(), Device: r.Device}
+	if g, ok := r.gen.(interface{ WorkerPID() int }); ok {
+		p.WorkerPID = g.WorkerPID()
+	}
+	if p.Device == "" {
+		if g, ok := r.gen.(interface {
+			Hello() (protocol.Hello, bool)
+		}); ok {
+			if h, ok := g.Hello(); ok {
+				p.Device = h.Device
+			}
+		}
+	}
+	return p
+}
+
+func hostname() string {
+	h, err := os.Hostname()
+	if err != nil {
+		return ""
+	}
+	return h
 }
 
 // follow forwards messages until the job's result or error. It returns that

@@ -120,6 +120,16 @@ CREATE INDEX images_created ON images(created_at);
 ALTER TABLE jobs ADD COLUMN versions TEXT CHECK (versions IS NULL OR json_valid(versions));
 ALTER TABLE jobs ADD COLUMN speed TEXT CHECK (speed IS NULL OR json_valid(speed));
 `},
+	{4, "where a job ran, and the device a queue job is pinned to", `
+-- Where the job last ran: the host, the device as the queue names it (cpu,
+-- cuda:N) and the worker's pid. NULL for jobs from before this step.
+ALTER TABLE jobs ADD COLUMN run_host TEXT;
+ALTER TABLE jobs ADD COLUMN run_device TEXT;
+ALTER TABLE jobs ADD COLUMN worker_pid INTEGER;
+-- A queue job pinned to one device runs only on a worker of that device;
+-- NULL runs on any.
+ALTER TABLE jobs ADD COLUMN pinned_device TEXT;
+`},
 }
 
 // SchemaVersion is the schema this build writes.

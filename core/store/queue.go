@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
 
 	"atelier/core/failure"
@@ -41,6 +42,23 @@ type QueueJob struct {
 	Step            int   `json:"step,omitempty"`
 	Total           int   `json:"total,omitempty"`
 	CancelRequested bool  `json:"cancel_requested,omitempty"`
+	// PinnedDevice is the only device the job may run on (cpu, cuda:N); empty: any.
+	PinnedDevice string `json:"pinned_device,omitempty"`
+}
+
+// CheckDevice checks a device name a queue job can be pinned to: cpu, mps, or
+// cuda:N (N the GPU's index as nvidia-smi numbers it).
+func CheckDevice(d string) error {
+	switch {
+	case d == "cpu" || d == "mps":
+		return nil
+	case strings.HasPrefix(d, "cuda:"):
+		n, err := strconv.Atoi(strings.TrimPrefix(d, "cuda:"))
+		if err == nil && n >= 0 && n < 1024 && strconv.Itoa(n) == strings.TrimPrefix(d, "cuda:") {
+			return nil
+		}
+	}
+	return fmt.Errorf("device %q is not one Atelier knows: give cpu, mps or cuda:N (N the GPU's number, from 0, as nvidia-smi lists it)", d)
 }
 
 // Runnable reports whether the queue will still run the job.
@@ -62,10 +80,29 @@ func (j *QueueJob) Finished() bool {
 // been through PrepareForQueue (or at least Validate). sessionID 0 means no
 // session.
 func (s *Store) Enqueue(ctx context.Context, sessionID int64, reqs []request.Request) ([]int64, error) {
+	return s.EnqueuePinned(ctx, sessionID, reqs, nil)
+}
+
+// EnqueuePinned is Enqueue with the device each job is pinned to: devices[i]
+// for reqs[i], "" (or a short devices) for any device.
+func (s *Store) EnqueuePinned(ctx context.Context, sessionID int64, reqs []request.Request, devices []string) ([]int64, error) {
+	if len(devices) > len(reqs) {
+		return nil, fmt.Errorf("enqueue: %d devices for %d jobs", len(devices), len(reqs))
+	}
 	for i := range reqs {
 		if err := reqs[i].Validate(); err != nil {
 			return nil, fmt.Errorf("enqueue job %d of %d: %w", i+1, len(reqs), err)
 		}
+	}
+	pinned := make([]any, len(reqs))
+	for i, d := range devices {
+		if d == "" {
+			continue
+		}
+		if err := CheckDevice(d); err != nil {
+			return nil, fmt.Errorf("enqueue job %d of %d: %w", i+1, len(reqs), err)
+		}
+		pinned[i] = d
 	}
 	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
@@ -81,8 +118,8 @@ func (s *Store) Enqueue(ctx context.Context, sessionID int64, reqs []request.Req
 		session = sessionID
 	}
 	stmt, err := tx.PrepareContext(ctx, `INSERT INTO jobs
-		(uid, status, created_at, params, prompt, negative_prompt, model, queued, position, session_id)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`)
+		(uid, status, created_at, params, prompt, negative_prompt, model, queued, position, session_id, pinned_device)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`)
 	if err != nil {
 		return nil, fmt.Errorf("enqueue: %w", err)
 	}
@@ -100,7 +137,7 @@ func (s *Store) Enqueue(ctx context.Context, sessionID int64, reqs []request.Req
 		}
 		pos++
 		res, err := stmt.ExecContext(ctx, fmt.Sprintf("%s-%d", batchUID, i), StatusPending, created, string(params),
-			req.Prompt, req.NegativePrompt, req.Model, queuedShown, pos, session)
+			req.Prompt, req.NegativePrompt, req.Model, queuedShown, pos, session, pinned[i])
 		if err != nil {
 			return nil, fmt.Errorf("enqueue: %w", err)
 		}
@@ -117,7 +154,7 @@ func (s *Store) Enqueue(ctx context.Context, sessionID int64, reqs []request.Req
 }
 
 const queueColumns = jobColumns + `, COALESCE(position, 0), attempts, COALESCE(session_id, 0),
-	progress_step, progress_total, cancel_requested`
+	progress_step, progress_total, cancel_requested, COALESCE(pinned_device, '')`
 
 // scanQueueJobs reads rows of queueColumns; extra receives any columns after them.
 func scanQueueJobs(rows *sql.Rows, extra ...any) ([]QueueJob, error) {
@@ -125,7 +162,7 @@ func scanQueueJobs(rows *sql.Rows, extra ...any) ([]QueueJob, error) {
 	out := []QueueJob{}
 	for rows.Next() {
 		var q QueueJob
-		dest := append([]any{&q.Position, &q.Attempts, &q.SessionID, &q.Step, &q.Total, &q.CancelRequested}, extra...)
+		dest := append([]any{&q.Position, &q.Attempts, &q.SessionID, &q.Step, &q.Total, &q.CancelRequested, &q.PinnedDevice}, extra...)
 		j, err := scanJob(rows, dest...)
 		if err != nil {
 			return nil, err
@@ -182,10 +219,20 @@ func (s *Store) GetQueueJob(ctx context.Context, id int64) (*QueueJob, error) {
 }
 
 // ClaimNext takes the first job the queue should run (an interrupted or
-// pending one, in queue order) and marks it running in this process, in one
-// IMMEDIATE transaction, so that two processes never take the same job. It
-// returns nil when there is nothing to run.
+// pending one, in queue order), whatever device it is pinned to, and marks it
+// running in this process. It is ClaimNextOn for a runner that does not know
+// its device.
 func (s *Store) ClaimNext(ctx context.Context) (*QueueJob, error) {
+	return s.ClaimNextOn(ctx, "")
+}
+
+// ClaimNextOn takes the first job the queue should run on device (an
+// interrupted or pending one, in queue order, unpinned or pinned to device;
+// any job when device is "") and marks it running in this process, in one
+// IMMEDIATE transaction, so that two processes, or two workers of one
+// process, never take the same job. It returns nil when there is nothing to
+// run.
+func (s *Store) ClaimNextOn(ctx context.Context, device string) (*QueueJob, error) {
 	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
 		return nil, fmt.Errorf("claim a queue job: %w", err)
@@ -193,7 +240,8 @@ func (s *Store) ClaimNext(ctx context.Context) (*QueueJob, error) {
 	defer tx.Rollback() //nolint:errcheck // a no-op after Commit
 	var id int64
 	err = tx.QueryRowContext(ctx, `SELECT id FROM jobs WHERE queued = 1 AND status IN (?, ?)
-		ORDER BY position, id LIMIT 1`, StatusPending, StatusInterrupted).Scan(&id)
+		AND (? = '' OR pinned_device IS NULL OR pinned_device = ?)
+		ORDER BY position, id LIMIT 1`, StatusPending, StatusInterrupted, device, device).Scan(&id)
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, nil
 	}
@@ -210,6 +258,27 @@ func (s *Store) ClaimNext(ctx context.Context) (*QueueJob, error) {
 		return nil, fmt.Errorf("claim job %d: commit: %w", id, err)
 	}
 	return s.GetQueueJob(ctx, id)
+}
+
+// WaitingPinned counts the jobs still to run that are pinned, by device.
+func (s *Store) WaitingPinned(ctx context.Context) (map[string]int, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT pinned_device, COUNT(*) FROM jobs
+		WHERE queued = 1 AND status IN (?, ?) AND pinned_device IS NOT NULL GROUP BY pinned_device`,
+		StatusPending, StatusInterrupted)
+	if err != nil {
+		return nil, fmt.Errorf("count pinned jobs: %w", err)
+	}
+	defer rows.Close()
+	out := map[string]int{}
+	for rows.Next() {
+		var d string
+		var n int
+		if err := rows.Scan(&d, &n); err != nil {
+			return nil, fmt.Errorf("count pinned jobs: %w", err)
+		}
+		out[d] = n
+	}
+	return out, rows.Err()
 }
 
 // RequeueJob puts a running job back in the queue as pending, without
@@ -309,11 +378,15 @@ func (s *Store) RetryJob(ctx context.Context, id int64) (int64, error) {
 	if j.SessionID > 0 {
 		session = j.SessionID
 	}
+	var pinned any
+	if j.PinnedDevice != "" {
+		pinned = j.PinnedDevice
+	}
 	now := time.Now()
 	res, err := tx.ExecContext(ctx, `INSERT INTO jobs
-		(uid, status, created_at, params, prompt, negative_prompt, model, queued, position, session_id)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`, NewJobUID(now), StatusPending, formatTime(now), string(params),
-		req.Prompt, req.NegativePrompt, req.Model, queuedShown, pos, session)
+		(uid, status, created_at, params, prompt, negative_prompt, model, queued, position, session_id, pinned_device)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`, NewJobUID(now), StatusPending, formatTime(now), string(params),
+		req.Prompt, req.NegativePrompt, req.Model, queuedShown, pos, session, pinned)
 	if err != nil {
 		return 0, fmt.Errorf("retry job %d: %w", id, err)
 	}

@@ -30,7 +30,17 @@ type JobRecord struct {
 	ErrorMessage string            `json:"error_message,omitempty"`
 	ErrorDetail  string            `json:"error_detail,omitempty"`
 	Metrics      *protocol.Metrics `json:"metrics,omitempty"`
-	Images       []ImageRecord     `json:"images,omitempty"`
+	// RanOn says where the job last ran; nil before it reached a worker.
+	RanOn  *Placement    `json:"ran_on,omitempty"`
+	Images []ImageRecord `json:"images,omitempty"`
+}
+
+// Placement is where a job ran: the host, the device as the queue names it
+// (cpu, cuda:N, or what the worker reported) and the worker's process id.
+type Placement struct {
+	Host      string `json:"host"`
+	Device    string `json:"device"`
+	WorkerPID int    `json:"worker_pid"`
 }
 
 // ImageRecord is one row of the images table.

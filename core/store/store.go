@@ -239,6 +239,16 @@ func (s *Store) FailJob(ctx context.Context, jobID int64, e *failure.JobError) e
 	return nil
 }
 
+// SetJobPlacement records where a running job runs (its host, device and
+// worker pid), so that the history tells which worker made each image.
+func (s *Store) SetJobPlacement(ctx context.Context, jobID int64, p Placement) error {
+	if _, err := s.db.ExecContext(ctx, `UPDATE jobs SET run_host = ?, run_device = ?, worker_pid = ?
+		WHERE id = ? AND status = ?`, p.Host, p.Device, p.WorkerPID, jobID, StatusRunning); err != nil {
+		return fmt.Errorf("job %d placement: %w", jobID, err)
+	}
+	return nil
+}
+
 // requireOneRow turns an UPDATE that matched nothing into an error: the job
 // is missing or already finished, and recording twice would rewrite history.
 func requireOneRow(res sql.Result, err error) error {
@@ -257,7 +267,8 @@ func requireOneRow(res sql.Result, err error) error {
 
 const jobColumns = `id, uid, status, created_at, started_at, finished_at, params,
 	error_code, error_message, error_detail,
-	total_s, load_s, denoise_s, its, device, dtype, peak_mem_bytes, versions, speed`
+	total_s, load_s, denoise_s, its, device, dtype, peak_mem_bytes, versions, speed,
+	run_host, run_device, worker_pid`
 
 // ListJobs returns the newest jobs first, each with its images; limit <= 0
 // means all of them.
@@ -384,9 +395,12 @@ func scanJob(rows *sql.Rows, extra ...any) (JobRecord, error) {
 		versions, speed                  sql.NullString
 		total, load, denoise, its        sql.NullFloat64
 		peak                             sql.NullInt64
+		runHost, runDevice               sql.NullString
+		workerPID                        sql.NullInt64
 	)
 	dest := append([]any{&j.ID, &j.UID, &j.Status, &created, &started, &finished, &params,
-		&code, &msg, &detail, &total, &load, &denoise, &its, &device, &dtype, &peak, &versions, &speed}, extra...)
+		&code, &msg, &detail, &total, &load, &denoise, &its, &device, &dtype, &peak, &versions, &speed,
+		&runHost, &runDevice, &workerPID}, extra...)
 	if err := rows.Scan(dest...); err != nil {
 		return j, err
 	}
@@ -408,6 +422,9 @@ func scanJob(rows *sql.Rows, extra ...any) (JobRecord, error) {
 		j.Metrics = &protocol.Metrics{TotalS: total.Float64, LoadS: load.Float64, DenoiseS: denoise.Float64,
 			ItS: its.Float64, Device: device.String, Dtype: dtype.String, PeakMemBytes: peak.Int64}
 		readMetricsMaps(j.Metrics, versions, speed)
+	}
+	if runHost.Valid || runDevice.Valid || workerPID.Valid {
+		j.RanOn = &Placement{Host: runHost.String, Device: runDevice.String, WorkerPID: int(workerPID.Int64)}
 	}
 	return j, nil
 }

@@ -108,3 +108,30 @@ func TestANewerSchemaIsRefusedUntouched(t *testing.T) {
 	}
 	assert.Equal(t, []string{"atelier.db"}, names, "no backup, WAL or other file is left next to it")
 }
+
+// A history written at schema 3 (the release before jobs recorded where they
+// ran) is backed up at 3 and gains the placement columns, its jobs intact.
+func TestASchema3HistoryIsBackedUpAndGainsThePlacementColumns(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "atelier.db")
+	db, err := openDB(path)
+	require.NoError(t, err)
+	ctx := context.Background()
+	require.NoError(t, migrate(ctx, db, migrations[:3]))
+	_, err = db.ExecContext(ctx, `INSERT INTO jobs (uid, status, created_at, params, prompt, versions)
+		VALUES ('v3-job', 'done', '2026-06-01T00:00:00.000Z', '{"prompt":"a lighthouse"}', 'a lighthouse', '{"torch":"2.5"}')`)
+	require.NoError(t, err)
+	require.NoError(t, db.Close())
+
+	s, err := OpenStore(path)
+	require.NoError(t, err)
+	defer s.Close()
+	assert.Equal(t, 3, versionOfFile(t, BackupPath(path, 3)), "the backup is the schema-3 file")
+	jobs, err := s.ListJobs(ctx, 0)
+	require.NoError(t, err)
+	require.Len(t, jobs, 1)
+	assert.Equal(t, "v3-job", jobs[0].UID)
+	assert.Nil(t, jobs[0].RanOn, "a job from before placements says nothing of where it ran")
+	var pinned sql.NullString
+	require.NoError(t, s.db.QueryRow(`SELECT pinned_device FROM jobs WHERE uid = 'v3-job'`).Scan(&pinned))
+	assert.False(t, pinned.Valid, "an old job is pinned to no device")
+}
