@@ -130,6 +130,31 @@ ALTER TABLE jobs ADD COLUMN worker_pid INTEGER;
 -- NULL runs on any.
 ALTER TABLE jobs ADD COLUMN pinned_device TEXT;
 `},
+	{5, "device leases, and jobs run for another process", `
+-- One row per device whose worker a live Atelier process holds: only that
+-- process starts a worker there. The start time (clock ticks since boot, 0
+-- where it cannot be read) tells a reused pid apart; renewed_at lets a lease
+-- whose holder cannot be probed expire.
+CREATE TABLE device_leases (
+	device       TEXT    PRIMARY KEY CHECK (device <> ''),
+	holder_pid   INTEGER NOT NULL CHECK (holder_pid > 0),
+	holder_start INTEGER NOT NULL DEFAULT 0,
+	host         TEXT    NOT NULL DEFAULT '',
+	acquired_at  TEXT    NOT NULL,
+	renewed_at   TEXT    NOT NULL
+) WITHOUT ROWID;
+
+-- A job submitted by a process that does not hold its device: the holder
+-- runs it (before the queue) and writes its progress here for the submitter.
+ALTER TABLE jobs ADD COLUMN run_on TEXT;
+ALTER TABLE jobs ADD COLUMN submitter_pid INTEGER;
+ALTER TABLE jobs ADD COLUMN submitter_start INTEGER;
+ALTER TABLE jobs ADD COLUMN progress_stage TEXT;
+ALTER TABLE jobs ADD COLUMN preview_path TEXT;
+ALTER TABLE jobs ADD COLUMN preview_step INTEGER;
+ALTER TABLE jobs ADD COLUMN control_images TEXT CHECK (control_images IS NULL OR json_valid(control_images));
+CREATE INDEX jobs_run_on ON jobs(run_on, status) WHERE run_on IS NOT NULL;
+`},
 }
 
 // SchemaVersion is the schema this build writes.

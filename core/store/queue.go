@@ -286,7 +286,7 @@ func (s *Store) WaitingPinned(ctx context.Context) (map[string]int, error) {
 func (s *Store) RequeueJob(ctx context.Context, id int64) error {
 	res, err := s.db.ExecContext(ctx, `UPDATE jobs SET status = ?, started_at = NULL, finished_at = NULL,
 		attempts = MAX(attempts - 1, 0), progress_step = 0, progress_total = 0, cancel_requested = 0
-		WHERE id = ? AND status = ? AND queued = 1`, StatusPending, id, StatusRunning)
+		WHERE id = ? AND status = ? AND `+retriable, StatusPending, id, StatusRunning)
 	if err := requireOneRow(res, err); err != nil {
 		return fmt.Errorf("requeue job %d: %w", id, err)
 	}

@@ -228,7 +228,7 @@ func (s *Store) FailJob(ctx context.Context, jobID int64, e *failure.JobError) e
 	// as many times as the retry setting allows; after that it fails, so that
 	// a job that kills the worker cannot loop.
 	res, err := s.db.ExecContext(ctx, `UPDATE jobs SET
-		status = CASE WHEN queued = 1 AND ? = ? AND attempts <= ? THEN ? ELSE ? END,
+		status = CASE WHEN (queued = 1 OR run_on IS NOT NULL) AND ? = ? AND attempts <= ? THEN ? ELSE ? END,
 		finished_at = ?, error_code = ?, error_message = ?, error_detail = ?, cancel_requested = 0
 		WHERE id = ? AND status IN (?, ?)`,
 		string(e.Code), string(failure.ErrWorkerCrashed), retries, StatusInterrupted, status,
@@ -495,9 +495,9 @@ func (s *Store) MarkInterrupted(ctx context.Context) (int, error) {
 		// it has used up its retries: then it fails, so that a job that
 		// brings Atelier down cannot loop.
 		if _, err := s.db.ExecContext(ctx, `UPDATE jobs SET
-			status = CASE WHEN queued = 1 AND attempts > ? THEN ? ELSE ? END,
-			error_code = CASE WHEN queued = 1 AND attempts > ? THEN ? ELSE error_code END,
-			error_message = CASE WHEN queued = 1 AND attempts > ? THEN ? ELSE ? END,
+			status = CASE WHEN `+retriable+` AND attempts > ? THEN ? ELSE ? END,
+			error_code = CASE WHEN `+retriable+` AND attempts > ? THEN ? ELSE error_code END,
+			error_message = CASE WHEN `+retriable+` AND attempts > ? THEN ? ELSE ? END,
 			finished_at = ?, cancel_requested = 0
 			WHERE id = ? AND status = ?`,
 			retries, StatusFailed, StatusInterrupted,
@@ -509,6 +509,10 @@ func (s *Store) MarkInterrupted(ctx context.Context) (int, error) {
 	}
 	return len(dead), nil
 }
+
+// retriable selects the jobs that run again after a crash: queue jobs, and
+// jobs submitted for another process's worker (their submitter waits).
+const retriable = `(queued = 1 OR run_on IS NOT NULL)`
 
 // interruptedTwiceMessage ends a queue job that was running each time Atelier
 // or its worker died, as often as the retry setting allows.

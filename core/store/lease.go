@@ -1,0 +1,171 @@
+package store
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"os"
+	"time"
+)
+
+// LeaseExpiry is how long a lease whose holder cannot be probed (another
+// host's, or one recorded without a start time where pids are reused) stays
+// valid without a renewal. A holder that can be probed keeps its lease for as
+// long as it lives, renewed or not.
+const LeaseExpiry = 2 * time.Minute
+
+// ErrLeaseLost is returned (wrapped) by RenewLease when this process does not
+// hold the lease any more.
+var ErrLeaseLost = errors.New("this process does not hold the device's lease")
+
+// Lease is a row of device_leases: the process that holds a device's worker.
+type Lease struct {
+	Device     string    `json:"device"`
+	PID        int       `json:"pid"`
+	Start      int64     `json:"start"`
+	Host       string    `json:"host"`
+	AcquiredAt time.Time `json:"acquired_at"`
+	RenewedAt  time.Time `json:"renewed_at"`
+	// Mine is true when this process holds it.
+	Mine bool `json:"mine"`
+}
+
+// thisHost names the machine in lease rows; a lease of another host cannot
+// be probed, only expire.
+func thisHost() string {
+	h, err := os.Hostname()
+	if err != nil {
+		return ""
+	}
+	return h
+}
+
+// leaseLive reports whether l's holder still holds it: a live process (same
+// pid and start time) of this host, or, where that cannot be told, a lease
+// renewed within LeaseExpiry.
+func leaseLive(l Lease, now time.Time) bool {
+	_, selfStart := selfProcess()
+	// Our own start time reads where start times can be read at all.
+	if l.Host != thisHost() || selfStart == 0 || l.Start == 0 {
+		if now.Sub(l.RenewedAt) > LeaseExpiry {
+			return false
+		}
+		if l.Host != thisHost() {
+			return true
+		}
+	}
+	return processAlive(l.PID, l.Start)
+}
+
+// AcquireLease takes device's lease for this process when it is free, held by
+// this process already (then it is renewed), or held by a process that is
+// gone. It reports whether this process holds it now, and the lease as it
+// stands (the other holder's when held is false). A takeover marks the dead
+// holder's running jobs interrupted at once, so that they can run again.
+func (s *Store) AcquireLease(ctx context.Context, device string) (held bool, lease Lease, err error) {
+	if device == "" {
+		return false, Lease{}, errors.New("acquire a device lease: no device named")
+	}
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return false, Lease{}, fmt.Errorf("acquire the lease of %s: %w", device, err)
+	}
+	defer tx.Rollback() //nolint:errcheck // a no-op after Commit
+	cur, found, err := readLease(ctx, tx, device)
+	if err != nil {
+		return false, Lease{}, fmt.Errorf("acquire the lease of %s: %w", device, err)
+	}
+	now := time.Now()
+	if found && !cur.Mine && leaseLive(cur, now) {
+		return false, cur, nil
+	}
+	pid, start := selfProcess()
+	host := thisHost()
+	at := formatTime(now)
+	acquired := at
+	if found && cur.Mine {
+		acquired = formatTime(cur.AcquiredAt)
+	}
+	if _, err := tx.ExecContext(ctx, `INSERT INTO device_leases (device, holder_pid, holder_start, host, acquired_at, renewed_at)
+		VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(device) DO UPDATE SET holder_pid = excluded.holder_pid,
+		holder_start = excluded.holder_start, host = excluded.host, acquired_at = excluded.acquired_at,
+		renewed_at = excluded.renewed_at`, device, pid, start, host, acquired, at); err != nil {
+		return false, Lease{}, fmt.Errorf("acquire the lease of %s: %w", device, err)
+	}
+	if err := tx.Commit(); err != nil {
+		return false, Lease{}, fmt.Errorf("acquire the lease of %s: commit: %w", device, err)
+	}
+	took := found && !cur.Mine
+	mine, _ := parseTime(acquired)
+	lease = Lease{Device: device, PID: pid, Start: start, Host: host, AcquiredAt: mine, RenewedAt: now.UTC().Truncate(time.Millisecond), Mine: true}
+	if took {
+		if _, err := s.MarkInterrupted(ctx); err != nil {
+			return true, lease, fmt.Errorf("take over the lease of %s: %w", device, err)
+		}
+	}
+	return true, lease, nil
+}
+
+// RenewLease records that this process still holds device's lease; the error
+// wraps ErrLeaseLost when it does not.
+func (s *Store) RenewLease(ctx context.Context, device string) error {
+	pid, start := selfProcess()
+	res, err := s.db.ExecContext(ctx, `UPDATE device_leases SET renewed_at = ?
+		WHERE device = ? AND holder_pid = ? AND holder_start = ? AND host = ?`,
+		formatTime(time.Now()), device, pid, start, thisHost())
+	if err := requireOneRow(res, err); err != nil {
+		if errors.Is(err, ErrNotFound) {
+			return fmt.Errorf("renew the lease of %s: %w", device, ErrLeaseLost)
+		}
+		return fmt.Errorf("renew the lease of %s: %w", device, err)
+	}
+	return nil
+}
+
+// ReleaseLease gives device's lease up if this process holds it; releasing a
+// lease held by another process (or by none) does nothing.
+func (s *Store) ReleaseLease(ctx context.Context, device string) error {
+	pid, start := selfProcess()
+	if _, err := s.db.ExecContext(ctx, `DELETE FROM device_leases
+		WHERE device = ? AND holder_pid = ? AND holder_start = ? AND host = ?`, device, pid, start, thisHost()); err != nil {
+		return fmt.Errorf("release the lease of %s: %w", device, err)
+	}
+	return nil
+}
+
+// DeviceLease returns device's lease as recorded, and whether there is one
+// whose holder is alive.
+func (s *Store) DeviceLease(ctx context.Context, device string) (Lease, bool, error) {
+	l, found, err := readLease(ctx, s.db, device)
+	if err != nil {
+		return Lease{}, false, fmt.Errorf("read the lease of %s: %w", device, err)
+	}
+	return l, found && (l.Mine || leaseLive(l, time.Now())), nil
+}
+
+type querier interface {
+	QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row
+}
+
+func readLease(ctx context.Context, q querier, device string) (Lease, bool, error) {
+	var l Lease
+	var acquired, renewed string
+	err := q.QueryRowContext(ctx, `SELECT device, holder_pid, holder_start, host, acquired_at, renewed_at
+		FROM device_leases WHERE device = ?`, device).Scan(&l.Device, &l.PID, &l.Start, &l.Host, &acquired, &renewed)
+	if errors.Is(err, sql.ErrNoRows) {
+		return Lease{}, false, nil
+	}
+	if err != nil {
+		return Lease{}, false, err
+	}
+	if l.AcquiredAt, err = parseTime(acquired); err != nil {
+		return Lease{}, false, err
+	}
+	if l.RenewedAt, err = parseTime(renewed); err != nil {
+		return Lease{}, false, err
+	}
+	pid, start := selfProcess()
+	l.Mine = l.PID == pid && l.Start == start && l.Host == thisHost()
+	return l, true, nil
+}
