@@ -100,8 +100,35 @@ func leaveOnEscape(obj fyne.CanvasObject, k *fyne.KeyEvent) bool {
 	return true
 }
 
+// pathEnd keeps the end of a path field's text in view while the user is not
+// typing in it: a long path starts with folders that every file shares, and
+// the file's name, the part that tells fields apart, is at its end.
+type pathEnd struct{ focused bool }
+
+// showEnd scrolls e to the end of its text, unless the user is typing in it.
+func (p *pathEnd) showEnd(e *widget.Entry) {
+	if p.focused {
+		return
+	}
+	e.CursorRow, e.CursorColumn = 0, len([]rune(e.Text))
+	e.Refresh()
+}
+
+// onChange sets what an edit of the field does; a new text shows its end.
+func (p *pathEnd) onChange(e *widget.Entry, f func(string)) {
+	e.OnChanged = func(s string) {
+		p.showEnd(e)
+		if f != nil {
+			f(s)
+		}
+	}
+}
+
 // escEntry is a one-line entry (a path) that Esc leaves.
-type escEntry struct{ widget.Entry }
+type escEntry struct {
+	widget.Entry
+	pathEnd
+}
 
 func newEscEntry() *escEntry {
 	e := &escEntry{}
@@ -117,8 +144,30 @@ func (e *escEntry) TypedKey(k *fyne.KeyEvent) {
 	}
 }
 
+// FocusGained implements fyne.Focusable.
+func (e *escEntry) FocusGained() { e.focused = true; e.Entry.FocusGained() }
+
+// FocusLost implements fyne.Focusable: the field shows its file name again.
+func (e *escEntry) FocusLost() {
+	e.Entry.FocusLost()
+	e.focused = false
+	e.showEnd(&e.Entry)
+}
+
+// SetText implements the entry's SetText, showing the new text's end.
+func (e *escEntry) SetText(s string) { e.Entry.SetText(s); e.showEnd(&e.Entry) }
+
+// Resize implements fyne.CanvasObject: a field laid out anew shows its end.
+func (e *escEntry) Resize(s fyne.Size) { e.Entry.Resize(s); e.showEnd(&e.Entry) }
+
+// changed sets what an edit of the field does.
+func (e *escEntry) changed(f func(string)) { e.onChange(&e.Entry, f) }
+
 // escSelectEntry is an editable drop-down (a model or a path) that Esc leaves.
-type escSelectEntry struct{ widget.SelectEntry }
+type escSelectEntry struct {
+	widget.SelectEntry
+	pathEnd
+}
 
 func newEscSelectEntry(options []string) *escSelectEntry {
 	e := &escSelectEntry{}
@@ -134,3 +183,20 @@ func (e *escSelectEntry) TypedKey(k *fyne.KeyEvent) {
 		e.SelectEntry.TypedKey(k)
 	}
 }
+
+// FocusGained implements fyne.Focusable.
+func (e *escSelectEntry) FocusGained() { e.focused = true; e.SelectEntry.FocusGained() }
+
+// FocusLost implements fyne.Focusable: the field shows its file name again.
+func (e *escSelectEntry) FocusLost() {
+	e.SelectEntry.FocusLost()
+	e.focused = false
+	e.showEnd(&e.Entry)
+}
+
+// Resize implements fyne.CanvasObject: a field laid out anew shows its end.
+func (e *escSelectEntry) Resize(s fyne.Size) { e.SelectEntry.Resize(s); e.showEnd(&e.Entry) }
+
+// changed sets what an edit of the field does; a choice from the list, which
+// sets the text without SetText of ours, shows its end too.
+func (e *escSelectEntry) changed(f func(string)) { e.onChange(&e.Entry, f) }

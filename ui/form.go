@@ -43,11 +43,14 @@ type form struct {
 	// folded are the accordion's sections, in its order.
 	folded    []foldedSection
 	accordion *widget.Accordion
+	folds     fyne.CanvasObject // the accordion in its headers' theme
 
 	lib      *library.Library
 	settings library.SettingsStore // where the model folders are kept; nil: no library
 	// onNote shows a line in the status bar.
 	onNote func(string)
+	// onLayout lays out what holds the form after the form changed height.
+	onLayout func()
 	// onLibrary is told of each finished scan of the model library, on the UI goroutine.
 	onLibrary func(*library.Library)
 }
@@ -250,14 +253,14 @@ func (f *form) showResult(out *jobs.JobOutcome) {
 // content lays the form out: the basic fields, each with its error label
 // under it, then the accordion of the feature sections.
 func (f *form) content() fyne.CanvasObject {
-	items := make([]*widget.AccordionItem, len(f.folded))
+	details := make([]fyne.CanvasObject, len(f.folded))
 	for i, s := range f.folded {
-		items[i] = widget.NewAccordionItem(foldedTitles[i], s.content())
+		details[i] = s.content()
 	}
-	f.accordion = widget.NewAccordion(items...)
-	f.accordion.MultiOpen = true
+	f.accordion, f.folds = newFolds(foldedTitles, details)
 	f.accordion.Open(0)
 	f.fields.onEdit = f.updateHeaders
+	f.fields.onLayout = f.relayout
 	f.updateHeaders()
 	return container.NewVBox(
 		f.prompts.content(),
@@ -270,8 +273,19 @@ func (f *form) content() fyne.CanvasObject {
 		widget.NewSeparator(),
 		f.seed.content(),
 		widget.NewSeparator(),
-		f.accordion,
+		f.folds,
 	)
+}
+
+// relayout lays the accordion out again, then whatever holds the form.
+func (f *form) relayout() {
+	if f.accordion == nil {
+		return
+	}
+	f.accordion.Refresh()
+	if f.onLayout != nil {
+		f.onLayout()
+	}
 }
 
 // foldedTitles are the accordion's headers, in the order of form.folded.

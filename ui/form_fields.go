@@ -108,6 +108,10 @@ type formFields struct {
 	// onChange follows every edit of the form (the studio saves the form on it).
 	onChange func()
 	do       func(func())
+	// onLayout lays the form out again after a part of it grew or shrank (a
+	// row, a hint or an error came or went): Fyne's accordion and the form's
+	// scroller keep their old height otherwise, leaving a blank gap.
+	onLayout func()
 	// reveal opens the part of the form that holds a field (the form sets it).
 	reveal func(field string)
 	// chooseFile and chooseFolder ask with the native dialogs; they block, so
@@ -123,6 +127,13 @@ func (ff *formFields) edited() {
 	}
 	if ff.onChange != nil {
 		ff.onChange()
+	}
+}
+
+// relayout lays the form out again after a part of it changed height.
+func (ff *formFields) relayout() {
+	if ff.onLayout != nil {
+		ff.onLayout()
 	}
 }
 
@@ -145,6 +156,7 @@ func (ff *formFields) showErrorText(field, msg string) bool {
 	}
 	l.SetText(msg)
 	l.Show()
+	ff.relayout()
 	if ff.reveal != nil {
 		ff.reveal(field)
 	}
@@ -161,6 +173,7 @@ func (ff *formFields) clearError(field string) {
 	}
 	l.SetText("")
 	l.Hide()
+	ff.relayout()
 	if e, ok := ff.entries[field]; ok {
 		e.SetValidationError(nil)
 	}
@@ -246,7 +259,7 @@ func (ff *formFields) pathEntry(field, placeholder string) *escEntry {
 	e := newEscEntry()
 	e.SetPlaceHolder(placeholder)
 	e.AlwaysShowValidationError = true
-	e.OnChanged = func(string) { ff.clearError(field); ff.edited() }
+	e.changed(func(string) { ff.clearError(field); ff.edited() })
 	ff.entries[field] = &e.Entry
 	return e
 }
@@ -256,7 +269,7 @@ func (ff *formFields) modelChoice(field, placeholder string) *escSelectEntry {
 	e := newEscSelectEntry(nil)
 	e.SetPlaceHolder(placeholder)
 	e.AlwaysShowValidationError = true
-	e.OnChanged = func(string) { ff.clearError(field); ff.edited() }
+	e.changed(func(string) { ff.clearError(field); ff.edited() })
 	ff.entries[field] = &e.Entry
 	return e
 }

@@ -225,7 +225,7 @@ func (s *img2imgSection) openPainter() {
 		w.win.Close()
 	})
 	w.use.Importance = widget.HighImportance
-	tools := container.NewBorder(nil, w.status, container.NewHBox(caption("brush"), widget.NewLabel("")),
+	tools := container.NewBorder(nil, w.status, container.NewHBox(caption("Brush"), widget.NewLabel("")),
 		container.NewHBox(w.eraser, w.clear, w.cancel, w.use), w.size)
 	w.win.SetContent(container.NewBorder(nil, tools, nil, nil, w.painter))
 	b := base.Bounds()

@@ -185,7 +185,7 @@ var stageNames = map[string]string{
 	"saving":              "saving",
 }
 
-// progressText is the label under the progress bar: "stage — step/total · elapsed".
+// progressText is the label under the progress bar: "Stage — step/total · elapsed".
 func progressText(p progressSnapshot, elapsed time.Duration) string {
 	var s string
 	switch {
@@ -208,7 +208,8 @@ func progressText(p progressSnapshot, elapsed time.Duration) string {
 	if p.Jobs > 1 {
 		s = fmt.Sprintf("job %d/%d · %s", p.Job, p.Jobs, s)
 	}
-	return s + " · " + formatElapsed(elapsed)
+	// A label of its own starts with a capital, as every label of the window does.
+	return sentence(s + " · " + formatElapsed(elapsed))
 }
 
 // fraction is the progress bar's value: the share of steps done.

@@ -14,12 +14,12 @@ func TestProgressText(t *testing.T) {
 		d    time.Duration
 		want string
 	}{
-		{progressSnapshot{}, 300 * time.Millisecond, "starting · 0.3 s"},
-		{progressSnapshot{Note: "importing torch"}, 2 * time.Second, "starting worker — importing torch · 2.0 s"},
-		{progressSnapshot{Stage: "loading_model"}, 1500 * time.Millisecond, "loading model · 1.5 s"},
-		{progressSnapshot{Stage: "denoising", Step: 12, Total: 30}, 3400 * time.Millisecond, "denoising — 12/30 · 3.4 s"},
-		{progressSnapshot{Stage: "something_new", Step: 1, Total: 2}, 0, "something_new — 1/2 · 0.0 s"},
-		{progressSnapshot{Stage: "decoding"}, 95 * time.Second, "decoding · 1 min 35 s"},
+		{progressSnapshot{}, 300 * time.Millisecond, "Starting · 0.3 s"},
+		{progressSnapshot{Note: "importing torch"}, 2 * time.Second, "Starting worker — importing torch · 2.0 s"},
+		{progressSnapshot{Stage: "loading_model"}, 1500 * time.Millisecond, "Loading model · 1.5 s"},
+		{progressSnapshot{Stage: "denoising", Step: 12, Total: 30}, 3400 * time.Millisecond, "Denoising — 12/30 · 3.4 s"},
+		{progressSnapshot{Stage: "something_new", Step: 1, Total: 2}, 0, "Something_new — 1/2 · 0.0 s"},
+		{progressSnapshot{Stage: "decoding"}, 95 * time.Second, "Decoding · 1 min 35 s"},
 	}
 	for _, c := range cases {
 		assert.Equal(t, c.want, progressText(c.p, c.d))

@@ -57,11 +57,7 @@ func TestSectionScreenshots(t *testing.T) {
 
 	acc := x.accordion
 	require.NotNil(t, acc)
-	names := make([]string, len(acc.Items))
-	for i, it := range acc.Items {
-		names[i] = it.Title
-	}
-	for i, name := range names {
+	for i, name := range foldedTitles {
 		for j := range acc.Items {
 			if j == i {
 				acc.Open(j)
@@ -69,7 +65,7 @@ func TestSectionScreenshots(t *testing.T) {
 				acc.Close(j)
 			}
 		}
-		w := test.NewTempWindow(t, container.NewPadded(acc))
+		w := test.NewTempWindow(t, container.NewPadded(x.folds))
 		size := acc.MinSize().Add(fyne.NewSquareSize(16))
 		w.Resize(fyne.NewSize(max(size.Width, 440), size.Height))
 		img := w.Canvas().Capture()

@@ -105,10 +105,10 @@ func (s *controlNetSection) addRow(c request.ControlNet) *cnRow {
 	r.model = newEscSelectEntry(nil)
 	ff.setChoices(r.model, s.options())
 	r.model.SetPlaceHolder("tiny-controlnet or a ControlNet folder")
-	r.model.OnChanged = clear
+	r.model.changed(clear)
 	r.image = newEscEntry()
 	r.image.SetPlaceHolder("control image (resized to the output size)")
-	r.image.OnChanged = clear
+	r.image.changed(clear)
 	num := func() *submitEntry {
 		e := ff.submitEntry(false)
 		e.OnChanged = clear
@@ -119,7 +119,7 @@ func (s *controlNetSection) addRow(c request.ControlNet) *cnRow {
 	browseModel := ff.browseButton(true, "Choose a ControlNet folder", func(p string) { r.model.SetText(p) })
 	browseImage := ff.browseButton(false, "Choose a control image", func(p string) { r.image.SetText(p) }, "png", "jpg", "jpeg", "webp")
 	r.canny = container.NewGridWithColumns(2,
-		labelled("low threshold", r.cannyLow), labelled("high threshold", r.cannyHigh))
+		labelled("Low threshold", r.cannyLow), labelled("High threshold", r.cannyHigh))
 
 	r.model.SetText(c.Model)
 	r.image.SetText(c.Image)
@@ -131,10 +131,10 @@ func (s *controlNetSection) addRow(c request.ControlNet) *cnRow {
 	r.kind.SetSelected(c.Type)
 
 	r.box = container.NewVBox(
-		container.NewBorder(nil, nil, caption("type"), r.remove, r.kind),
+		container.NewBorder(nil, nil, caption("Type"), r.remove, r.kind),
 		container.NewBorder(nil, nil, nil, browseModel, r.model),
 		container.NewBorder(nil, nil, nil, browseImage, r.image),
-		container.NewGridWithColumns(3, labelled("scale", r.scale), labelled("start", r.start), labelled("end", r.end)),
+		container.NewGridWithColumns(3, labelled("Scale", r.scale), labelled("Start", r.start), labelled("End", r.end)),
 		r.canny,
 		r.err,
 		widget.NewSeparator())
@@ -171,6 +171,7 @@ func (s *controlNetSection) reindex() {
 	}
 	s.box.Objects = objs
 	s.box.Refresh()
+	s.fields.relayout()
 	if len(s.rows) >= request.MaxControlNets {
 		s.add.Disable()
 	} else {
@@ -222,6 +223,7 @@ func (s *controlNetSection) showResult(out *jobs.JobOutcome) {
 		s.imagesTitle.Hide()
 		s.images.Hide()
 	}
+	s.fields.relayout()
 }
 
 func (s *controlNetSection) content() fyne.CanvasObject {

@@ -30,6 +30,7 @@ func newHiresSection(ff *formFields, size *sizeSection) *hiresSection {
 	s.scale.OnChanged = func(string) { ff.clearError(fHires); s.updateHint(); ff.edited() }
 	s.hint = widget.NewLabel("")
 	s.hint.Importance = widget.LowImportance
+	s.hint.Hide()
 	s.scale.SetPlaceHolder(fmt.Sprintf("off; %g–%g, e.g. %g", request.MinHires, request.MaxHires, request.DefaultHiresScale))
 	s.steps = ff.entry(fHiresSteps, false)
 	s.steps.SetPlaceHolder("the job's steps")
@@ -52,12 +53,19 @@ func (s *hiresSection) updateHint() {
 	r.HiresScale, err1 = strconv.ParseFloat(strings.TrimSpace(s.scale.Text), 64)
 	r.Width, err2 = strconv.Atoi(strings.TrimSpace(s.size.width.Text))
 	r.Height, err3 = strconv.Atoi(strings.TrimSpace(s.size.height.Text))
+	// An empty label still takes a line: with no pass to describe, the hint goes.
+	was := s.hint.Visible()
 	if err1 != nil || err2 != nil || err3 != nil || r.HiresScale < request.MinHires || r.HiresScale > request.MaxHires || r.Width <= 0 || r.Height <= 0 {
 		s.hint.SetText("")
-		return
+		s.hint.Hide()
+	} else {
+		w, h := r.HiresSize()
+		s.hint.SetText(fmt.Sprintf("%d × %d to %d × %d", r.Width, r.Height, w, h))
+		s.hint.Show()
 	}
-	w, h := r.HiresSize()
-	s.hint.SetText(fmt.Sprintf("%d × %d to %d × %d", r.Width, r.Height, w, h))
+	if s.hint.Visible() != was {
+		s.fields.relayout()
+	}
 }
 
 func (s *hiresSection) set(r request.Request) {

@@ -38,7 +38,7 @@ func newImg2imgSection(ff *formFields) *img2imgSection {
 	s.strengthSlider = widget.NewSlider(0.05, 1)
 	s.strengthSlider.Step = 0.05
 	ff.linkSlider(fStrength, s.strength, s.strengthSlider, formatHundredths)
-	s.mask = ff.pathEntry(fMask, "white = repaint; from a file or painted")
+	s.mask = ff.pathEntry(fMask, "none; white = repaint")
 	s.paintMask = widget.NewButtonWithIcon("Paint…", theme.ColorPaletteIcon(), s.openPainter)
 	s.maskBlur = ff.entry(fMaskBlur, false)
 	s.maskPadding = ff.entry(fMaskPadding, false)

@@ -70,13 +70,13 @@ func (s *loraSection) addRow(l request.LoRA) *loraRow {
 	r.err = errLabel()
 	r.remove = newTipButton(theme.DeleteIcon(), "Remove this LoRA", func() { s.removeRow(r) })
 	browse := ff.browseButton(false, "Choose a LoRA (.safetensors)", func(p string) { r.path.SetText(p) }, "safetensors")
-	r.path.OnChanged = func(string) { r.err.Hide(); ff.edited() }
+	r.path.changed(func(string) { r.err.Hide(); ff.edited() })
 	ff.linkSliderLabel(r.err, r.weight, r.slider, formatHundredths)
 	r.path.SetText(l.Path)
 	r.weight.SetText(formatFloat(l.Weight))
 	r.box = container.NewVBox(
 		container.NewBorder(nil, nil, nil, container.NewHBox(browse, r.remove), r.path),
-		container.NewBorder(nil, nil, caption("weight"), narrowEntry(r.weight), r.slider),
+		container.NewBorder(nil, nil, caption("Weight"), narrowEntry(r.weight), r.slider),
 		r.err)
 	s.rows = append(s.rows, r)
 	s.reindex()
@@ -111,6 +111,7 @@ func (s *loraSection) reindex() {
 	}
 	s.box.Objects = objs
 	s.box.Refresh()
+	s.fields.relayout()
 	if len(s.rows) >= request.MaxLoRAs {
 		s.add.Disable()
 	} else {

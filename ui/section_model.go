@@ -15,8 +15,8 @@ import (
 )
 
 const (
-	tinyHint   = "tiny demo model: noise images, for trying the app"
-	folderHint = "a diffusers SDXL folder (model_index.json, unet/, vae/ …); it does best at a 1-megapixel preset with 25–40 steps"
+	tinyHint   = "Tiny demo model: noise images, for trying the app"
+	folderHint = "A diffusers SDXL folder (model_index.json, unet/, vae/ …); it does best at a 1-megapixel preset with 25–40 steps"
 )
 
 // modelSection is the checkpoint: a recent or library model, a typed path,
@@ -42,7 +42,7 @@ func newModelSection(ff *formFields, addLibraryFolder func(dir string)) *modelSe
 	m.hint = widget.NewLabel("")
 	m.hint.SizeName = theme.SizeNameCaptionText
 	m.hint.Wrapping = fyne.TextWrapWord
-	m.entry.OnChanged = func(string) { ff.clearError(fModel); m.updateHint(); ff.edited() }
+	m.entry.changed(func(string) { ff.clearError(fModel); m.updateHint(); ff.edited() })
 	ff.entries[fModel] = &m.entry.Entry
 	m.browse = newTipButton(theme.FolderOpenIcon(), "Choose a diffusers model folder", func() {
 		// The native picker blocks its caller, so it runs off the UI goroutine.

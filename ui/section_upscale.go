@@ -19,7 +19,7 @@ type upscaleSection struct {
 
 func newUpscaleSection(ff *formFields) *upscaleSection {
 	s := &upscaleSection{fields: ff}
-	s.upscaler = ff.modelChoice(fUpscaler, "none, lanczos, or an ESRGAN .safetensors")
+	s.upscaler = ff.modelChoice(fUpscaler, "none, lanczos, or an ESRGAN model")
 	s.factor = ff.entry(fUpscale, false)
 	return s
 }

@@ -22,7 +22,7 @@ type vaeSection struct {
 
 func newVAESection(ff *formFields) *vaeSection {
 	s := &vaeSection{fields: ff}
-	s.vae = ff.modelChoice(fVAE, "none = the model's own, tiny-vae, or a VAE")
+	s.vae = ff.modelChoice(fVAE, "the model's own, or a VAE")
 	s.note = widget.NewLabel("")
 	s.note.Importance = widget.WarningImportance
 	s.note.Wrapping = fyne.TextWrapWord
@@ -50,6 +50,7 @@ func (s *vaeSection) showResult(out *jobs.JobOutcome) {
 	} else {
 		s.note.Hide()
 	}
+	s.fields.relayout()
 }
 
 func (s *vaeSection) content() fyne.CanvasObject {

@@ -115,6 +115,7 @@ func (s *Studio) layout() fyne.CanvasObject {
 		s.status.content(),
 	)
 	s.formScroll = container.NewVScroll(container.NewPadded(s.form.content()))
+	s.form.onLayout = s.formScroll.Refresh
 	s.formRouter = newWheelRouter(s.formScroll, s.form.prompts.prompt, s.form.prompts.negative)
 	left := container.NewBorder(s.editBar(), container.NewPadded(actions), nil, nil,
 		s.formRouter.overForm())

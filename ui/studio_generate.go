@@ -146,10 +146,10 @@ func (s *Studio) finish(j *jobRun, out *jobs.JobOutcome, err error) {
 		rec := store.ImageRecord{Path: img.Path, Seed: img.Seed, Width: img.Width, Height: img.Height,
 			Prompt: j.req.Prompt, Model: j.req.Model}
 		s.view.showRecord(rec, metricsText(out.Metrics))
-		s.barLabel.SetText(fmt.Sprintf("done — %d/%d · %s", j.req.Steps, j.req.Steps, elapsed))
+		s.barLabel.SetText(fmt.Sprintf("Done — %d/%d · %s", j.req.Steps, j.req.Steps, elapsed))
 		msg := fmt.Sprintf("Saved to the history · seed %d", img.Seed)
 		if j.req.UpscaleOnly { // no steps ran: the form's step count means nothing here
-			s.barLabel.SetText(fmt.Sprintf("done — upscaled to %d × %d · %s", img.Width, img.Height, elapsed))
+			s.barLabel.SetText(fmt.Sprintf("Done — upscaled to %d × %d · %s", img.Width, img.Height, elapsed))
 			msg = fmt.Sprintf("Upscaled to %d × %d · saved to the history", img.Width, img.Height)
 		}
 		if len(out.Images) > 1 {
@@ -174,7 +174,7 @@ func (s *Studio) finish(j *jobRun, out *jobs.JobOutcome, err error) {
 		if jerr.Field != "" {
 			s.form.showErrorText(jerr.Field, msg)
 		}
-		s.barLabel.SetText("failed · " + elapsed)
+		s.barLabel.SetText("Failed · " + elapsed)
 		s.status.set(statusError, msg, jerr.Detail)
 		s.scrollToFirstMark()
 	default:
@@ -184,11 +184,11 @@ func (s *Studio) finish(j *jobRun, out *jobs.JobOutcome, err error) {
 			if len(rest) > 0 {
 				msg = v.Error()
 			}
-			s.barLabel.SetText("not started")
+			s.barLabel.SetText("Not started")
 			s.showMarked(msg, len(rest) == 0)
 			break
 		}
-		s.barLabel.SetText("failed · " + elapsed)
+		s.barLabel.SetText("Failed · " + elapsed)
 		s.status.set(statusError, "The job could not run: "+err.Error()+
 			". Try again; if it keeps failing, run `atelier doctor` to check the worker.", "")
 	}
@@ -214,9 +214,9 @@ func detailOf(err error) string {
 
 func cancelText(p progressSnapshot, elapsed string) string {
 	if p.Total > 0 {
-		return fmt.Sprintf("cancelled at %d/%d · %s", p.Step, p.Total, elapsed)
+		return fmt.Sprintf("Cancelled at %d/%d · %s", p.Step, p.Total, elapsed)
 	}
-	return "cancelled · " + elapsed
+	return "Cancelled · " + elapsed
 }
 
 func metricsText(m *protocol.Metrics) string {

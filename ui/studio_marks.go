@@ -2,6 +2,7 @@ package ui
 
 import (
 	"fyne.io/fyne/v2"
+	"fyne.io/fyne/v2/container"
 	"fyne.io/fyne/v2/theme"
 	"fyne.io/fyne/v2/widget"
 )
@@ -69,6 +70,8 @@ func offsetIn(root, target fyne.CanvasObject) (float32, bool) {
 	switch x := root.(type) {
 	case *fyne.Container:
 		children = x.Objects
+	case *container.ThemeOverride:
+		children = []fyne.CanvasObject{x.Content}
 	case *widget.Accordion:
 		for _, it := range x.Items {
 			if it.Open && it.Detail != nil {

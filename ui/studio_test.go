@@ -138,14 +138,14 @@ func TestCancelEndsAsCancelled(t *testing.T) {
 	test.Tap(s.generate)
 	<-started
 	s.waitFor(t, 20*time.Second, "progress to show", func() bool { return s.bar.Value > 0 })
-	assert.Contains(t, s.barLabel.Text, "denoising — 5/60")
+	assert.Contains(t, s.barLabel.Text, "Denoising — 5/60")
 
 	test.Tap(s.cancel)
 	assert.True(t, s.cancel.Disabled(), "Cancel is not offered twice")
 	s.waitFor(t, 10*time.Second, "the job to end", func() bool { return s.job == nil })
 	assert.Contains(t, s.status.text.Text, "Cancelled")
 	assert.Equal(t, statusWarn, s.status.kind)
-	assert.Contains(t, s.barLabel.Text, "cancelled at 5/60")
+	assert.Contains(t, s.barLabel.Text, "Cancelled at 5/60")
 	assert.False(t, s.generate.Disabled())
 }
 
@@ -185,7 +185,7 @@ func TestProgressIsCoalesced(t *testing.T) {
 	s.waitFor(t, 10*time.Second, "the job to end", func() bool { return s.job == nil })
 	// 5000 events must not become 5000 UI updates: some frames plus the finish.
 	assert.Less(t, posts.Load(), int32(500))
-	assert.Contains(t, s.barLabel.Text, "failed")
+	assert.Contains(t, s.barLabel.Text, "Failed")
 }
 
 func TestImageMadeButNotRecordedIsStillShown(t *testing.T) {

@@ -206,7 +206,7 @@ func TestRealCancelEndsCancelled(t *testing.T) {
 
 	assert.Equal(t, statusWarn, s.status.kind, "status: %s", s.status.text.Text)
 	assert.Contains(t, s.status.text.Text, "Cancelled")
-	assert.Contains(t, s.barLabel.Text, "cancelled at")
+	assert.Contains(t, s.barLabel.Text, "Cancelled at")
 	jobs, err := st.ListJobs(context.Background(), 10)
 	require.NoError(t, err)
 	require.Len(t, jobs, 1)
