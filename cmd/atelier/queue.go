@@ -16,6 +16,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"atelier/bridge"
 	"atelier/core/failure"
 	"atelier/core/jobs"
 	"atelier/core/paths"
@@ -635,15 +636,15 @@ func queueRun(args []string, stdout, stderr io.Writer) int {
 	rayAddr := fs.String("ray", "", "run the jobs on the Ray cluster at `ADDRESS` (HOST:PORT of its head, or ray://HOST:10001); see docs/scaling.md")
 	workers := fs.Int("workers", 0, "how many workers run jobs side by side, each taking the next job when it is free "+
 		"(default: one per GPU, found through CUDA_VISIBLE_DEVICES or nvidia-smi; one on a machine without a GPU, "+
-		"where N gives N CPU workers)")
+		"where N gives N CPU workers; with --ray, N actors, default one per GPU of the cluster, or per CPU without GPUs)")
 	fs.Usage = func() {
 		fmt.Fprint(fs.Output(), `Usage: atelier queue run [--json] [--watch] [--workers N] [--ray ADDRESS]
 
 Runs the queue's jobs until none are left: one worker per GPU (each sees
 only its own GPU), each running one job at a time and taking the next job
 when it is free. A job queued with --device runs only on that device.
-With --ray the worker is an actor on a Ray cluster, which holds the models;
-the images come back into the local history.
+With --ray the workers are actors on a Ray cluster (one per GPU there),
+which holds the models; the images come back into the local history.
 Ctrl-C stops: the running jobs go back to the queue and run next time.
 Exit status: 0 every job done, 1 a job failed, 130 stopped.
 
@@ -663,10 +664,6 @@ Options:
 		fmt.Fprintln(stderr, "atelier queue run: --ray needs the cluster's address, e.g. --ray 10.0.0.5:6379")
 		return exitUsage
 	}
-	if addr != "" && *workers != 0 {
-		fmt.Fprintln(stderr, "atelier queue run: give --workers or --ray, not both (with --ray one actor runs the jobs)")
-		return exitUsage
-	}
 	ctx, stop := interruptContext()
 	defer stop()
 	history, dirs, ok := openStore(stderr, "queue run")
@@ -679,24 +676,27 @@ Options:
 		fmt.Fprintln(stderr, "atelier queue run:", err)
 		return exitFailure
 	}
-	var specs []workerSlot
+	var specs []bridge.SlotSpec
 	if addr != "" {
-		var cl rayCluster
-		if cl, err = probeRay(ctx, base, addr); err != nil {
+		cl, err := bridge.ProbeRay(ctx, base, addr)
+		if err != nil {
 			fmt.Fprintln(stderr, "atelier queue run:", err)
 			fmt.Fprintln(stderr, "The jobs stay queued. See docs/scaling.md for starting a cluster.")
 			return exitFailure
 		}
-		fmt.Fprintf(stderr, "queue run: Ray cluster at %s: %d GPU(s), %d CPU(s); one actor runs the jobs\n", addr, cl.GPUs, cl.CPUs)
-		rayWorker(addr)(&base)
-		specs = []workerSlot{{Name: "ray", Config: base}}
-	} else if specs, err = localSlots(*workers, detectGPUs(ctx), base); err != nil {
-		fmt.Fprintln(stderr, "atelier queue run:", err)
+		if specs, err = bridge.RaySlots(*workers, cl, base, addr); err != nil {
+			fmt.Fprintf(stderr, "atelier queue run: --workers %d: %v\n", *workers, err)
+			return exitUsage
+		}
+		fmt.Fprintf(stderr, "queue run: Ray cluster at %s: %d GPU(s), %d CPU(s); %d actor(s) run the jobs\n",
+			addr, cl.GPUs, cl.CPUs, len(specs))
+	} else if specs, err = bridge.LocalSlots(*workers, bridge.DetectGPUs(ctx), base); err != nil {
+		fmt.Fprintf(stderr, "atelier queue run: --workers %d: %v\n", *workers, err)
 		return exitUsage
 	}
 	multi := len(specs) > 1
-	pool := openSlots(history, dirs, specs)
-	defer pool.close()
+	pool := bridge.OpenPool(history, dirs, specs)
+	defer pool.Close()
 	if multi {
 		names := make([]string, len(specs))
 		for i, s := range specs {
@@ -708,7 +708,7 @@ Options:
 	emit := jsonEmitter(stdout, *asJSON)
 	var prog *progress
 	failed, done := 0, 0
-	q := jobs.NewSlotRunner(pool.slots)
+	q := jobs.NewSlotRunner(pool.Slots)
 	q.OnEvent = func(e jobs.QueueEvent) {
 		// With several workers, each line says whose it is, and there is
 		// no progress bar: several jobs' bars would share one line.
@@ -811,8 +811,8 @@ Options:
 
 // notePinnedElsewhere says which waiting jobs no worker of this run could
 // take, since they are pinned to a device it does not serve.
-func notePinnedElsewhere(ctx context.Context, history *store.Store, specs []workerSlot, stderr io.Writer) {
-	served := devicesOf(specs)
+func notePinnedElsewhere(ctx context.Context, history *store.Store, specs []bridge.SlotSpec, stderr io.Writer) {
+	served := bridge.DevicesOf(specs)
 	if served[""] {
 		return // a worker that serves any device took them all
 	}

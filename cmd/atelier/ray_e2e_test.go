@@ -108,7 +108,7 @@ func TestQueueRunOnRayRecoversAKilledActor(t *testing.T) {
 
 	evs, code := r.rest(t)
 	require.Equal(t, 0, code, "queue run --ray; stderr:\n%s", r.stderr)
-	assert.Contains(t, r.stderr.String(), "Ray cluster at "+addr+": 0 GPU(s), 2 CPU(s)")
+	assert.Contains(t, r.stderr.String(), "Ray cluster at "+addr+": 0 GPU(s), 2 CPU(s); 2 actor(s) run the jobs")
 
 	// The killed job went back to the queue as after a local crash, and ran again.
 	var interrupted []runEvent
@@ -122,18 +122,28 @@ func TestQueueRunOnRayRecoversAKilledActor(t *testing.T) {
 	assert.Equal(t, string(failure.ErrWorkerCrashed), interrupted[0].Error.Code)
 	assert.Contains(t, interrupted[0].Error.Detail, "was lost", "the crash's detail says the actor was lost")
 	// The killed job, unless its result came back in the instant between the actor
-	// saying it was busy and the kill: then the next job met the dead actor.
-	var order []string
-	for _, e := range evs {
-		if e.Type == "job_started" && (len(order) == 0 || order[len(order)-1] != e.UID) {
-			order = append(order, e.UID)
+	// saying it was busy and the kill: then the next job of that actor's slot met
+	// the dead actor. Each slot is one actor at a time, so the order is a slot's.
+	orders := map[string][]string{}
+	slotOf := map[string]string{}
+	for _, e := range append(r.seen, evs...) {
+		if e.Type != "job_started" {
+			continue
+		}
+		if o := orders[e.Slot]; len(o) == 0 || o[len(o)-1] != e.UID {
+			orders[e.Slot] = append(o, e.UID)
+		}
+		if _, ok := slotOf[e.UID]; !ok {
+			slotOf[e.UID] = e.Slot
 		}
 	}
+	assert.Len(t, orders, 2, "both actors took jobs")
 	hit := interrupted[0].UID
 	if hit != killed {
+		order := orders[slotOf[killed]]
 		i := slices.Index(order, killed)
 		require.True(t, i >= 0 && i+1 < len(order) && order[i+1] == hit,
-			"job %s was interrupted, but the actor of job %s was killed (order %v)", hit, killed, order)
+			"job %s was interrupted, but the actor of job %s was killed (its slot's order %v)", hit, killed, order)
 	}
 
 	// Every job done exactly once, each with its one image in the local history.
@@ -153,7 +163,25 @@ func TestQueueRunOnRayRecoversAKilledActor(t *testing.T) {
 	for _, f := range files {
 		assert.Contains(t, pngText(t, f)["parameters"], "a lighthouse on ray")
 	}
+	// Each job records where it ran: the actor's node and pid, and its device.
+	pids := map[int]bool{}
+	for _, j := range h.history() {
+		require.NotNil(t, j.RanOn, "job %d records where it ran", j.ID)
+		assert.Equal(t, "cpu", j.RanOn.Device, "job %d", j.ID)
+		assert.NotEmpty(t, j.RanOn.Host, "job %d", j.ID)
+		assert.Positive(t, j.RanOn.WorkerPID, "job %d", j.ID)
+		pids[j.RanOn.WorkerPID] = true
+	}
+	assert.GreaterOrEqual(t, len(pids), 2, "two actors ran the jobs")
 	h.checkIntegrity()
+
+	// More actors than the cluster has room for would each hold a job while
+	// waiting for a place: refused before any job starts.
+	extra := h.queueAdd("waits for no actor", 4)
+	_, stderr, code := h.run("queue", "run", "--ray", addr, "--workers", "3")
+	assert.Equal(t, exitUsage, code)
+	assert.Contains(t, stderr, "room for 2 actor(s)")
+	assert.Equal(t, store.StatusPending, h.queue()[extra].Status)
 }
 
 func TestQueueRunOnAnUnreachableRayClusterSaysSoAndKeepsTheJobs(t *testing.T) {

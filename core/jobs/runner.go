@@ -39,7 +39,9 @@ type Runner struct {
 	// Device is the device the runner's worker runs on, as the queue names
 	// it (cpu, cuda:N): a queue job pinned to a device runs only on a runner
 	// of that device, and each job records it. Empty: the runner takes any
-	// queue job, and a job records the device its worker reported.
+	// queue job, and a job records the device its worker reported. A name no
+	// job can be pinned to (a Ray slot's "ray") takes only unpinned jobs and
+	// records the device its worker reported.
 	Device string
 
 	// slot is held while a job runs on gen: a worker runs one job at a
@@ -182,22 +184,34 @@ func (r *Runner) execute(ctx context.Context, jobID int64, uid string, req reque
 	}
 }
 
-// placement is where the runner's jobs run now: this host, its device (the
-// worker's own report when Device is empty) and the worker's pid, when the
-// generator tells them.
+// placement is where the runner's jobs run now: the host and pid the
+// worker's hello names (behind the Ray proxy, its actor's node and pid), else
+// this host and the worker process's pid; the runner's Device, or the device
+// the worker reports when Device is empty or names no device a job can be
+// pinned to (a Ray slot).
 func (r *Runner) placement() store.Placement {
 	p := store.Placement{Host: hostname(), Device: r.Device}
 	if g, ok := r.gen.(interface{ WorkerPID() int }); ok {
 		p.WorkerPID = g.WorkerPID()
 	}
-	if p.Device == "" {
-		if g, ok := r.gen.(interface {
-			Hello() (protocol.Hello, bool)
-		}); ok {
-			if h, ok := g.Hello(); ok {
-				p.Device = h.Device
-			}
-		}
+	g, ok := r.gen.(interface {
+		Hello() (protocol.Hello, bool)
+	})
+	if !ok {
+		return p
+	}
+	h, ok := g.Hello()
+	if !ok {
+		return p
+	}
+	if h.Host != "" {
+		p.Host = h.Host
+	}
+	if h.PID > 0 {
+		p.WorkerPID = h.PID
+	}
+	if p.Device == "" || store.CheckDevice(p.Device) != nil {
+		p.Device = h.Device
 	}
 	return p
 }

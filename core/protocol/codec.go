@@ -164,6 +164,8 @@ func Decode(line []byte) (Message, error) {
 			}
 		}
 		h.Versions = f.stringMap("versions", true)
+		h.Host = f.str("host", false)
+		h.PID = f.int("pid", false)
 		m = h
 	case MsgProgress:
 		m = Progress{
@@ -347,6 +349,9 @@ func check(m Message) error {
 				return bad(fmt.Sprintf("devices[%d].memory_bytes", i), "must not be negative, got %d", d.MemoryBytes)
 			}
 		}
+		if m.PID < 0 {
+			return bad("pid", "must not be negative, got %d", m.PID)
+		}
 	case Progress:
 		if err := needID(m.ID); err != nil {
 			return err
@@ -459,6 +464,12 @@ func Encode(m Message) ([]byte, error) {
 			versions = map[string]string{}
 		}
 		e.field("versions", versions)
+		if m.Host != "" {
+			e.field("host", m.Host)
+		}
+		if m.PID != 0 {
+			e.field("pid", m.PID)
+		}
 	case Progress:
 		e.field("id", m.ID)
 		e.field("stage", m.Stage)

@@ -124,6 +124,11 @@ type Hello struct {
 	Devices       []Device
 	Capabilities  *Capabilities
 	Versions      map[string]string
+	// Host and PID say where the engine runs: the worker's own host name and
+	// process id, or, behind the Ray proxy, its actor's node and pid (an
+	// addition: empty and 0 from older workers).
+	Host string
+	PID  int
 }
 
 // Accepted says the worker took a job.

@@ -151,6 +151,9 @@ class Hello(msgspec.Struct):
     devices: list[Device]
     capabilities: Capabilities
     versions: dict[str, str]
+    # Where the engine runs (an addition): this worker's host and pid, or the Ray actor's.
+    host: str = ""
+    pid: int = 0
 
 
 class Accepted(msgspec.Struct):
@@ -226,10 +229,8 @@ class Heartbeat(msgspec.Struct):
     id: str
 
 
-Message = Union[
-    Generate, Cancel, Ping, Unload, Shutdown,
-    Loading, Hello, Accepted, Progress, Preview, Result, Error, Pong, Heartbeat,
-]
+Message = Union[Generate, Cancel, Ping, Unload, Shutdown,
+                Loading, Hello, Accepted, Progress, Preview, Result, Error, Pong, Heartbeat]
 
 _TYPES: dict[str, type] = {cls.type: cls for cls in typing.get_args(Message)}
 
@@ -480,6 +481,7 @@ def _hello(m: Hello) -> None:
     _nonblank(m.worker_version, "worker_version")
     _one_of(m.device, spec.DEVICE_KINDS, "device")
     _nonblank(m.dtype, "dtype")
+    _range(m.pid, 0, None, "pid")
 
 
 def _hello_maps(m: dict) -> None:
@@ -529,10 +531,8 @@ def _error(m: Error) -> None:
     _nonblank(m.message, "message")
 
 
-_RULES: dict[type, Callable[[Any], None]] = {
-    Generate: _generate, Hello: _hello, Progress: _progress, Preview: _preview,
-    Result: _result, Error: _error,
-}
+_RULES: dict[type, Callable[[Any], None]] = {Generate: _generate, Hello: _hello, Progress: _progress,
+                                              Preview: _preview, Result: _result, Error: _error}
 
 
 def _reject_constant(name: str) -> None:

@@ -15,6 +15,7 @@ import os
 import platform
 import queue
 import signal
+import socket
 import sys
 import threading
 import time
@@ -412,7 +413,7 @@ def make_hello(dev: str, dtype) -> Hello:
         protocol=PROTOCOL_VERSION, worker_version=__version__, device=devices.kind(dev),
         dtype=devices.dtype_name(dtype), devices=[Device(**d) for d in devices.describe()],
         capabilities=capabilities(),
-        versions=versions(torch),
+        versions=versions(torch), host=socket.gethostname(), pid=os.getpid(),
     )
 
 
