@@ -134,3 +134,50 @@ func TestPinnedJobsRunOnlyOnTheirDevice(t *testing.T) {
 	assert.Equal(t, exitUsage, code)
 	assert.Contains(t, stderr, "--workers 999")
 }
+
+// A batch count is N queue jobs at consecutive seeds (A1111's seed + k ×
+// batch size), so N workers share it: 8 images over 2 CPU workers, each made
+// once, at its own seed.
+func TestABatchCountSpreadsOverTheWorkers(t *testing.T) {
+	requireWorker(t)
+	h := newHome(t)
+	out, stderr, code := h.run("queue", "add", "--model", "tiny", "--prompt", "a batch", "--steps", "2",
+		"--width", "64", "--height", "64", "--seed", "100", "--batch-count", "8", "--json")
+	require.Equal(t, 0, code, stderr)
+	var ids []int64
+	require.NoError(t, json.Unmarshal([]byte(out), &ids), out)
+	require.Len(t, ids, 8, "a batch count of 8 is 8 jobs")
+
+	run := startQueueRun(t, h, "--workers", "2")
+	evs, code := run.rest(t)
+	require.Equal(t, 0, code, "stderr:\n%s", run.stderr)
+	starts := map[int64]int{}
+	slots := map[string]int{}
+	for _, e := range evs {
+		if e.Type == "job_started" {
+			starts[e.JobID]++
+			slots[e.Slot]++
+		}
+	}
+	// Each slot claims its first job before its worker starts, so both take
+	// one whatever the speed of either.
+	assert.Len(t, slots, 2, "both workers took part of the batch: %v", slots)
+
+	q := h.queue()
+	seeds := map[int64]int{}
+	pids := map[int]bool{}
+	for _, j := range h.history() {
+		require.Len(t, j.Images, 1, "job %d", j.ID)
+		seeds[j.Images[0].Seed]++
+		require.NotNil(t, j.RanOn)
+		pids[j.RanOn.WorkerPID] = true
+	}
+	for k, id := range ids {
+		assert.Equal(t, 1, starts[id], "job %d ran once", id)
+		assert.Equal(t, store.StatusDone, q[id].Status, "job %d", id)
+		assert.Equal(t, 1, seeds[int64(100+k)], "seed %d made once", 100+k)
+	}
+	assert.Len(t, pids, 2, "two worker processes made the images")
+	assert.Len(t, h.images(), 8)
+	h.checkIntegrity()
+}
