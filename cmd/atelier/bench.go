@@ -70,6 +70,8 @@ type benchOptions struct {
 	switchModel  bool
 	jsonPath     string
 	timeout      time.Duration
+	workers      int // --workers: also time the queue on this many workers against one (0: not)
+	workerJobs   int
 }
 
 func parseBench(args []string, stdout, stderr io.Writer) (*benchOptions, int, bool) {
@@ -93,12 +95,17 @@ func parseBench(args []string, stdout, stderr io.Writer) (*benchOptions, int, bo
 	fs.BoolVar(&o.switchModel, "switch", true, "time the first image after a switch to another model of the same architecture (the model's files linked into a second folder)")
 	fs.StringVar(&o.jsonPath, "json", "", "also write the JSON report to this file")
 	fs.DurationVar(&o.timeout, "job-timeout", 15*time.Minute, "give up on one job after this long")
+	fs.IntVar(&o.workers, "workers", 0, "also time the queue's images per second on one worker and on N, planned as `queue run --workers N` plans them "+
+		"(one per GPU, or N CPU workers), with the first variant's settings (0: not)")
+	fs.IntVar(&o.workerJobs, "workers-jobs", 0, "jobs of one image (a batch count) each scale-out run times (default: 4 per worker)")
 	fs.Usage = func() {
 		fmt.Fprint(fs.Output(), `Usage: atelier bench [options]
 
 Times image generation on this machine: plain diffusers as the baseline, then
 Atelier's own path end to end (bridge request, worker, PNG with metadata on
-disk) for each variant of the worker's settings. Prints a table, then the
+disk) for each variant of the worker's settings. With --workers N it also
+times the queue: the same jobs on one worker, then on N (one per GPU, or N CPU
+workers), as images per second and their ratio. Prints a table, then the
 whole report as one JSON line. Nothing is recorded in the history.
 
 Options:
@@ -117,6 +124,15 @@ Options:
 	}
 	if o.steps < 1 || o.runs < 1 || o.warmup < 1 {
 		return bad("--steps, --runs and --warmup must be at least 1")
+	}
+	if o.workers < 0 || o.workers > bridge.MaxWorkers {
+		return bad("--workers: give 1 to %d (or 0: no scale-out run)", bridge.MaxWorkers)
+	}
+	if o.workerJobs == 0 {
+		o.workerJobs = 4 * o.workers
+	}
+	if o.workerJobs < 0 || o.workerJobs > request.MaxBatchCount {
+		return bad("--workers-jobs: give 1 to %d", request.MaxBatchCount)
 	}
 	for _, s := range strings.Split(batches, ",") {
 		if s = strings.TrimSpace(s); s == "" {
@@ -247,6 +263,7 @@ type benchReport struct {
 	BaselineError  string          `json:"baseline_error,omitempty"`
 	ProgressLineUS float64         `json:"progress_line_us,omitempty"`
 	Variants       []*benchResult  `json:"variants"`
+	ScaleOut       *benchScale     `json:"scale_out,omitempty"` // with --workers N
 }
 
 func cmdBench(args []string, stdout, stderr io.Writer) int {
@@ -337,7 +354,16 @@ func cmdBench(args []string, stdout, stderr io.Writer) int {
 		rep.Variants = append(rep.Variants, res)
 	}
 
+	if o.workers > 0 {
+		v := benchVariant{Name: "atelier", Env: []string{}}
+		if len(o.variants) > 0 {
+			v = o.variants[0]
+		}
+		rep.ScaleOut = benchWorkers(o, v, model, cfg, logf)
+	}
+
 	printBenchTable(stdout, rep, base.E2E, base.UnetStep.MedianS, base.VAEDecode.MedianS, base.PeakMemBytes, rawBatches(rep.Baseline))
+	printBenchScale(stdout, rep.ScaleOut)
 	b, _ := json.Marshal(rep)
 	fmt.Fprintln(stdout, string(b))
 	if o.jsonPath != "" {
@@ -350,6 +376,9 @@ func cmdBench(args []string, stdout, stderr io.Writer) int {
 		if r.Error != "" {
 			return exitFailure
 		}
+	}
+	if rep.ScaleOut != nil && rep.ScaleOut.Error != "" {
+		return exitFailure
 	}
 	return exitOK
 }

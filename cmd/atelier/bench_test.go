@@ -29,6 +29,8 @@ func TestBenchRefusesBadFlags(t *testing.T) {
 		{"--batches", "0"},
 		{"--variants", "mine:NOEQUALS"},
 		{"--runs", "0"},
+		{"--workers", "-1"},
+		{"--workers", "2", "--workers-jobs", "-3"},
 		{"stray"},
 	} {
 		var out, errOut bytes.Buffer
@@ -42,13 +44,15 @@ func TestBenchRefusesBadFlags(t *testing.T) {
 
 // TestBenchOnTheTinyModel runs the whole bench on the CPU with 2 steps: the
 // baseline, one worker variant through the bridge, previews, a second batch
-// size and a restart. It checks that the report is well formed, never speed.
+// size, a restart and the scale-out (4 jobs on one worker, then on two CPU
+// workers). It checks that the report is well formed, never speed.
 func TestBenchOnTheTinyModel(t *testing.T) {
 	requireWorker(t)
 	h := newHome(t)
 	report := filepath.Join(t.TempDir(), "bench.json")
 	stdout, stderr, code := h.run("bench", "--model", "tiny", "--steps", "2", "--width", "64", "--height", "64",
-		"--runs", "2", "--warmup", "1", "--batches", "1,2", "--preview-every", "1", "--json", report)
+		"--runs", "2", "--warmup", "1", "--batches", "1,2", "--preview-every", "1", "--json", report,
+		"--workers", "2", "--workers-jobs", "4")
 	require.Equal(t, exitOK, code, "stderr:\n%s\nstdout:\n%s", stderr, stdout)
 
 	lines := strings.Split(strings.TrimSpace(stdout), "\n")
@@ -88,4 +92,33 @@ func TestBenchOnTheTinyModel(t *testing.T) {
 	assert.NotNil(t, v.PreviewE2E)
 	assert.Contains(t, v.Batches, "2")
 	assert.Contains(t, v.FirstImageMarks, "accepted")
+
+	sc := rep.ScaleOut
+	require.NotNil(t, sc, "--workers adds the scale-out")
+	assert.Empty(t, sc.Error)
+	assert.Equal(t, 2, sc.Workers)
+	assert.Equal(t, 4, sc.Jobs)
+	assert.Equal(t, "atelier", sc.Variant)
+	require.Len(t, sc.Slots, 2)
+	for _, d := range sc.Slots {
+		assert.Equal(t, "cpu", d.Device, "no GPU here: CPU workers")
+	}
+	for _, r := range []*benchScaleRun{sc.One, sc.Many} {
+		require.NotNil(t, r)
+		assert.Equal(t, 4, r.Images, "every job made its one image")
+		sum := 0
+		for _, n := range r.JobsBySlot {
+			sum += n
+		}
+		assert.Equal(t, 4, sum, "every job ran once: %v", r.JobsBySlot)
+		assert.LessOrEqual(t, len(r.JobsBySlot), r.Workers)
+		assert.Greater(t, r.WallS, 0.0)
+		assert.Greater(t, r.WarmupS, 0.0)
+		assert.InEpsilon(t, float64(r.Images)/r.WallS, r.ImagesPerSec, 0.01, "images per second is images over the wall time")
+	}
+	assert.Equal(t, 1, sc.One.Workers)
+	assert.Equal(t, 2, sc.Many.Workers)
+	assert.Greater(t, sc.Speedup, 0.0)
+	assert.InDelta(t, sc.Speedup/2, sc.Efficiency, 1e-3)
+	assert.Contains(t, stdout, "scale-out (atelier, 4 jobs of 1 image): 1 worker ")
 }
