@@ -37,6 +37,7 @@ type detailView struct {
 	star   *widget.Button
 	del    *widget.Button
 	export *widget.Button
+	more   *widget.Button // a menu: Export…, Open folder
 	box    fyne.CanvasObject
 	ask    *confirmDialog // the open delete question, if any
 
@@ -66,21 +67,48 @@ func newDetailView(g *galleryView) *detailView {
 	v.folder = widget.NewButtonWithIcon("Open folder", theme.FolderOpenIcon(), v.openFolder)
 	v.star = widget.NewButtonWithIcon("Star", theme.NewWarningThemedResource(starIcon), v.toggleStar)
 	v.del = widget.NewButtonWithIcon("Delete…", theme.DeleteIcon(), v.askDelete)
-	v.del.Importance = widget.DangerImportance
+	v.del.Importance = widget.LowImportance
 	v.export = widget.NewButtonWithIcon("Export…", theme.DocumentSaveIcon(), func() {
 		if v.d != nil {
 			g.exportIDs([]int64{v.d.ID})
 		}
 	})
+	v.more = widget.NewButtonWithIcon("More", theme.MoreHorizontalIcon(), v.showMore)
 	v.newCheck()
 	return v
+}
+
+// moreItems are the actions of the More menu, from the buttons that do them.
+func (v *detailView) moreItems() []*fyne.MenuItem {
+	var items []*fyne.MenuItem
+	for _, b := range []*widget.Button{v.export, v.folder} {
+		item := fyne.NewMenuItem(b.Text, b.OnTapped)
+		item.Icon = b.Icon
+		items = append(items, item)
+	}
+	return items
+}
+
+// showMore opens the More menu under its button.
+func (v *detailView) showMore() {
+	c := v.g.s.win.Canvas()
+	pos := fyne.CurrentApp().Driver().AbsolutePositionForObject(v.more).Add(fyne.NewPos(0, v.more.Size().Height))
+	widget.ShowPopUpMenuAtPosition(fyne.NewMenu("", v.moreItems()...), c, pos)
 }
 
 func (v *detailView) content() fyne.CanvasObject {
 	bg := canvas.NewRectangle(canvasBg)
 	bg.CornerRadius = 10
 	stage := container.NewStack(bg, container.NewPadded(v.img))
-	actions := container.NewVBox(v.use, v.toInit, v.up, v.check, v.folder, v.star, v.export, v.del)
+	// What one does with an image first: use its settings, or the image
+	// itself; then the check and the star; the rest in More; Delete apart,
+	// away from the others and asked again before it acts.
+	actions := container.NewVBox(v.use,
+		container.NewGridWithColumns(2, v.toInit, v.up),
+		container.NewGridWithColumns(2, v.check, v.star),
+		container.NewGridWithColumns(2, v.more, layout.NewSpacer()),
+		widget.NewSeparator(),
+		container.NewHBox(layout.NewSpacer(), v.del))
 	// The check's progress and result follow the parameters, where a long
 	// result wraps to the width of the column; the scroll goes down to them.
 	v.scroll = container.NewVScroll(container.NewVBox(v.params, v.checkBar, v.checkNote))
@@ -104,8 +132,8 @@ func (v *detailView) show(id int64) error {
 	v.title.SetText(strings.Join(strings.Fields(d.Request.Prompt), " "))
 	v.params.Objects = nil
 	for _, kv := range detailRows(d) {
-		k := widget.NewLabelWithStyle(kv[0], fyne.TextAlignTrailing, fyne.TextStyle{})
-		k.Importance = widget.LowImportance
+		// The names in bold rather than dimmed: low importance read as disabled.
+		k := widget.NewLabelWithStyle(kv[0], fyne.TextAlignTrailing, fyne.TextStyle{Bold: true})
 		val := widget.NewLabel(kv[1])
 		val.Wrapping = fyne.TextWrapWord
 		val.Selectable = true
@@ -280,7 +308,7 @@ func extraRequestFields(r request.Request) [][2]string {
 		if v == "" || v == "null" || v == "0" || v == "[]" || v == "{}" || v == "false" {
 			continue
 		}
-		out = append(out, [2]string{strings.ReplaceAll(k, "_", " "), v})
+		out = append(out, [2]string{sentence(strings.ReplaceAll(k, "_", " ")), v})
 	}
 	return out
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"image"
+	"image/color"
 	"strconv"
 	"strings"
 	"time"
@@ -51,6 +52,7 @@ type galleryView struct {
 	selecting  *widget.Check
 	export     *widget.Button
 	selected   map[int64]bool
+	cursor     int // the tile the arrow keys are on, or -1
 
 	grid     *widget.GridWrap
 	tiles    map[string]*galleryTile // tile showing each path now
@@ -60,7 +62,7 @@ type galleryView struct {
 }
 
 func newGalleryView(s *Studio) *galleryView {
-	g := &galleryView{s: s, pages: map[int][]store.ImageRecord{}, selected: map[int64]bool{},
+	g := &galleryView{s: s, pages: map[int][]store.ImageRecord{}, selected: map[int64]bool{}, cursor: -1,
 		tiles: map[string]*galleryTile{}, sessionIDs: map[string]int64{}}
 	th := s.x.svc.Thumbs
 	if th == nil {
@@ -286,6 +288,10 @@ func (g *galleryView) run(toTop bool) {
 	default:
 		g.showNotice("No images yet: the images you generate in the Studio tab collect here.", widget.MediumImportance)
 	}
+	if toTop {
+		g.cursor = -1 // another set of images
+	}
+	g.cursor = min(g.cursor, n-1)
 	g.grid.Refresh()
 	if toTop {
 		g.grid.ScrollToTop()
@@ -339,6 +345,10 @@ func (g *galleryView) bind(i int, t *galleryTile) {
 	}
 	t.show(img, loaded, rec.Starred, g.selected[rec.ID])
 }
+
+// cursorRing is the ring of the tile the arrow keys are on: the foreground
+// colour, apart from the accent of the tiles selected for export.
+var cursorRing = color.NRGBA{R: 0xe6, G: 0xe6, B: 0xea, A: 0xff}
 
 func (g *galleryView) thumbReady(path string) {
 	if t := g.tiles[path]; t != nil && t.rec.Path == path {
@@ -450,14 +460,26 @@ func (t *galleryTile) CreateRenderer() fyne.WidgetRenderer {
 
 func (t *galleryTile) MinSize() fyne.Size { return fyne.NewSquareSize(galleryTileSize) }
 
-// Tapped implements fyne.Tappable.
-func (t *galleryTile) Tapped(*fyne.PointEvent) { t.g.tapped(t.rec) }
+// Tapped implements fyne.Tappable: the arrow keys go on from the tile tapped.
+func (t *galleryTile) Tapped(*fyne.PointEvent) {
+	if t.rec.ID != 0 {
+		t.g.setCursor(t.idx)
+	}
+	t.g.tapped(t.rec)
+}
 
 func (t *galleryTile) show(img image.Image, loaded, starred, selected bool) {
 	t.star.Hidden = !starred
 	t.star.Refresh()
 	t.tileFace.show(img, loaded, selected)
+	if !selected && t.rec.ID != 0 && t.idx == t.g.cursor {
+		t.ring.StrokeColor = cursorRing
+		t.ring.Refresh()
+	}
 }
+
+// cursorOn says whether the arrow keys' cursor rings this tile.
+func (t *galleryTile) cursorOn() bool { return t.ring.StrokeColor == cursorRing }
 
 // ThumbPixels is the gallery's thumbnail size, for a media.Thumbnailer the
 // app makes.

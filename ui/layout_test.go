@@ -1,6 +1,7 @@
 package ui
 
 import (
+	"context"
 	"path/filepath"
 	"reflect"
 	"strings"
@@ -189,4 +190,30 @@ func TestSectionHeadersAreNotDropDowns(t *testing.T) {
 		}
 	})
 	assert.True(t, found, "the Sampler drop-down still shows ▼")
+}
+
+func TestGalleryDetailGroupsItsActions(t *testing.T) {
+	s, st, _ := servicesStudio(t, nil, nil)
+	rec := recordImage(t, st, t.TempDir(), "a lighthouse", "tiny", 1)
+	s.x.tabs.SelectIndex(tabGallery)
+	g := s.x.gallery
+	g.openDetail(rec.ID)
+	v := g.detail
+	var names []string
+	for _, it := range v.moreItems() {
+		names = append(names, it.Label)
+	}
+	assert.Equal(t, []string{"Export…", "Open folder"}, names, "the rarer actions are in More")
+	d := fyne.CurrentApp().Driver()
+	top := func(o fyne.CanvasObject) float32 { return d.AbsolutePositionForObject(o).Y }
+	assert.Equal(t, top(v.toInit), top(v.up), "init image and upscale share a row")
+	assert.Greater(t, top(v.toInit), top(v.use))
+	assert.Greater(t, top(v.del), top(v.more)+v.more.Size().Height, "Delete is apart, below the rest")
+	assert.Less(t, v.del.Size().Width, v.use.Size().Width/2, "and not a full-width button")
+	// Delete asks first; Cancel keeps the image.
+	test.Tap(v.del)
+	require.NotNil(t, v.ask)
+	v.ask.Dismiss()
+	_, err := st.GetImage(context.Background(), rec.ID)
+	assert.NoError(t, err, "nothing is deleted without the answer")
 }

@@ -75,11 +75,7 @@ func newStudioWith(a fyne.App, w fyne.Window, gen generator, hist History, post 
 	s.strip = newRecentStrip(s.thumbs, s.showRecord)
 
 	s.form.fields.onMarksGone = s.marksGone
-	w.Canvas().SetOnTypedKey(func(k *fyne.KeyEvent) {
-		if k.Name == fyne.KeyEscape {
-			s.Escape()
-		}
-	})
+	w.Canvas().SetOnTypedKey(s.TypedKey)
 	for _, sc := range submitShortcuts {
 		w.Canvas().AddShortcut(sc, func(fyne.Shortcut) { s.Generate() })
 	}
@@ -144,9 +140,14 @@ func (s *Studio) progressSlot() fyne.CanvasObject {
 	return container.NewStack(space, s.bar, s.barBusy)
 }
 
-// Escape closes the topmost dialog, or else cancels the running job.
+// Escape closes the topmost dialog, or else the gallery's detail view, or
+// else cancels the running job.
 func (s *Studio) Escape() {
-	if !closeTopModal(s.win.Canvas()) {
+	switch {
+	case closeTopModal(s.win.Canvas()):
+	case s.tab() == tabGallery && s.x.gallery.detail.box.Visible():
+		s.x.gallery.closeDetail()
+	default:
 		s.Cancel()
 	}
 }

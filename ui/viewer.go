@@ -12,6 +12,7 @@ import (
 	"fyne.io/fyne/v2"
 	"fyne.io/fyne/v2/canvas"
 	"fyne.io/fyne/v2/container"
+	"fyne.io/fyne/v2/layout"
 	"fyne.io/fyne/v2/theme"
 	"fyne.io/fyne/v2/widget"
 
@@ -23,6 +24,7 @@ import (
 type viewer struct {
 	s           *Studio
 	img         *canvas.Image
+	zoom        *zoomView
 	placeholder fyne.CanvasObject
 	title       *widget.Label
 	info        *widget.Label
@@ -37,6 +39,7 @@ type viewer struct {
 func newViewer(s *Studio) *viewer {
 	v := &viewer{s: s, img: &canvas.Image{FillMode: canvas.ImageFillContain, ScaleMode: canvas.ImageScaleSmooth}}
 	v.img.Hide()
+	v.zoom = newZoomView(v.img)
 	icon := widget.NewIcon(theme.MediaPhotoIcon())
 	hint := widget.NewLabelWithStyle("Write a prompt and press Generate (Ctrl+Enter).",
 		fyne.TextAlignCenter, fyne.TextStyle{})
@@ -46,8 +49,9 @@ func newViewer(s *Studio) *viewer {
 	v.title = widget.NewLabelWithStyle("", fyne.TextAlignLeading, fyne.TextStyle{Bold: true})
 	v.title.Truncation = fyne.TextTruncateEllipsis
 	v.info = widget.NewLabel("")
-	v.info.Importance = widget.LowImportance
-	v.info.Truncation = fyne.TextTruncateEllipsis
+	// The info is what the result is (seed, size, model, time): it wraps
+	// rather than lose its end beside the actions.
+	v.info.Wrapping = fyne.TextWrapWord
 	v.reuseSeed = widget.NewButtonWithIcon("Reuse seed", theme.ContentCopyIcon(), v.useSeed)
 	v.reuseAll = widget.NewButtonWithIcon("Use settings", theme.ContentRedoIcon(), v.useSettings)
 	v.toInit = widget.NewButtonWithIcon("img2img", theme.MediaReplayIcon(), v.useAsInit)
@@ -63,7 +67,8 @@ func newViewer(s *Studio) *viewer {
 func (v *viewer) content() fyne.CanvasObject {
 	bg := canvas.NewRectangle(canvasBg)
 	bg.CornerRadius = 10
-	stage := container.NewStack(bg, v.placeholder, container.NewPadded(v.img))
+	stage := container.NewStack(bg, v.placeholder, container.NewPadded(v.zoom.stage),
+		container.NewVBox(container.NewHBox(layout.NewSpacer(), v.zoom.bar)))
 	caption := container.NewBorder(nil, nil, nil,
 		container.NewHBox(v.reuseSeed, v.reuseAll, v.toInit, v.upscale, v.open),
 		container.NewVBox(v.title, v.info))
@@ -73,6 +78,7 @@ func (v *viewer) content() fyne.CanvasObject {
 // showPreview shows a live preview of the running job.
 func (v *viewer) showPreview(img image.Image, p progressSnapshot) {
 	v.img.File, v.img.Image = "", img
+	v.zoom.setPixels(img.Bounds().Dx(), img.Bounds().Dy())
 	v.img.Show()
 	v.placeholder.Hide()
 	v.img.Refresh()
@@ -89,6 +95,7 @@ func (v *viewer) showRecord(rec store.ImageRecord, extra string) {
 	r := rec
 	v.shown = &r
 	v.img.Image, v.img.File = nil, rec.Path
+	v.zoom.setPixels(rec.Width, rec.Height)
 	v.img.Show()
 	v.placeholder.Hide()
 	v.img.Refresh()
