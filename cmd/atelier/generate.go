@@ -97,6 +97,9 @@ func cmdGenerate(args []string, stdout, stderr io.Writer) int {
 	if w := a.runner.SlowCPUWarning(ctx, reqs[0]); w != "" {
 		fmt.Fprintln(stderr, "warning: "+w)
 	}
+	if held, l, err := a.runner.HoldsDevice(ctx); err == nil && !held {
+		fmt.Fprintf(stderr, "note: Atelier process %d holds %s, so its worker runs this job (no second copy of the model)\n", l.PID, l.Device)
+	}
 	var all []protocol.ImageResult
 	var jobIDs []int64
 	var last *jobs.JobOutcome

@@ -41,7 +41,14 @@ func runStudio(a *app, stderr io.Writer) {
 		// The worker starts now, while the user writes a prompt, and each of
 		// its start-up stages shows in the studio.
 		a.starting.set(s.WorkerStarting)
-		s.WarmUp(a.bridge.Start)
+		s.WarmUp(func(ctx context.Context) error {
+			// Another Atelier process holding the device runs this
+			// window's jobs on its worker: none starts here.
+			if held, _, err := a.runner.HoldsDevice(ctx); err == nil && !held {
+				return nil
+			}
+			return a.bridge.Start(ctx)
+		})
 		go func() {
 			defer close(done)
 			q.Run(ctx, false) //nolint:errcheck // ends with ctx at exit; job errors are shown per job

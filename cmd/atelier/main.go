@@ -145,11 +145,15 @@ func openApp(stderr io.Writer, options ...func(*bridge.Config)) (*app, error) {
 		o(&cfg)
 	}
 	br := bridge.New(cfg)
-	return &app{paths: dirs, store: history, bridge: br, runner: jobs.NewRunner(history, br, dirs), starting: sink, worker: plan}, nil
+	runner := jobs.NewRunner(history, br, dirs)
+	// One worker per device for every Atelier process on this history.
+	runner.ShareDevice(appDevice(context.Background()))
+	return &app{paths: dirs, store: history, bridge: br, runner: runner, starting: sink, worker: plan}, nil
 }
 
 func (a *app) close() {
 	a.bridge.Close()
+	releaseLeases(a.store)
 	a.store.Close()
 }
 

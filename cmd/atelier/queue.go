@@ -629,6 +629,15 @@ type queueRunLine struct {
 	Counts   map[string]int `json:"counts,omitempty"`
 }
 
+// deviceHeldLine is the --json line of "queue run" saying that another
+// process holds a slot's device.
+type deviceHeldLine struct {
+	Type   string `json:"type"` // device_held
+	Slot   string `json:"slot,omitempty"`
+	Device string `json:"device"`
+	PID    int    `json:"pid"`
+}
+
 func queueRun(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("queue run", flag.ContinueOnError)
 	asJSON := fs.Bool("json", false, "print JSON lines on stdout: job_started, every worker event, job_finished, then done")
@@ -695,8 +704,10 @@ Options:
 		return exitUsage
 	}
 	multi := len(specs) > 1
+	defer releaseLeases(history) // after the workers stopped
 	pool := bridge.OpenPool(history, dirs, specs)
 	defer pool.Close()
+	shareSlots(pool)
 	if multi {
 		names := make([]string, len(specs))
 		for i, s := range specs {
@@ -730,6 +741,10 @@ Options:
 			if !multi {
 				prog = newProgress(stderr)
 			}
+		case jobs.QueueDeviceHeld:
+			emit(deviceHeldLine{Type: "device_held", Slot: e.Slot, Device: e.Holder.Device, PID: e.Holder.PID})
+			fmt.Fprintf(stderr, "%s%s is held by another Atelier process (pid %d), which runs the jobs; "+
+				"this one starts no worker there and takes over if that process ends\n", who, e.Holder.Device, e.Holder.PID)
 		case jobs.QueueMessage:
 			if prog != nil {
 				prog.event(e.Message)

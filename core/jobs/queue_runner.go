@@ -33,6 +33,10 @@ const (
 	QueueFinished = "finished" // Job ended (re-read: its new status); Err says why it failed
 	QueueIdle     = "idle"     // nothing to run (or paused); the runner waits
 	QueueStalled  = "stalled"  // the worker cannot start (Err says why); the runner waits, then tries again
+	// QueueDeviceHeld: another live process (Holder) holds the slot's
+	// device, so the slot starts no worker; it runs jobs again once that
+	// process ends.
+	QueueDeviceHeld = "device_held"
 )
 
 // QueueEvent is what a QueueRunner reports while it works.
@@ -43,7 +47,8 @@ type QueueEvent struct {
 	Message protocol.Message
 	Outcome *JobOutcome
 	Err     error
-	Paused  bool // with QueueIdle
+	Paused  bool         // with QueueIdle
+	Holder  *store.Lease // with QueueDeviceHeld
 }
 
 // Slot is one worker the queue feeds: a Runner over a generator of its own
@@ -60,6 +65,8 @@ type Slot struct {
 type slotState struct {
 	Slot
 	wake chan struct{}
+
+	heldBy int // pid of the other process holding the device, as last reported
 
 	mu      sync.Mutex
 	running int64                   // id of the job running now, 0 if none
@@ -222,26 +229,29 @@ func (q *QueueRunner) runSlot(ctx context.Context, s *slotState, exitWhenIdle bo
 		if err != nil && ctx.Err() == nil {
 			return err
 		}
-		ran := false
-		if !paused {
-			if ran, err = q.runNext(ctx, s); err != nil {
-				if ctx.Err() != nil {
-					return ctx.Err()
-				}
-				if !errors.Is(err, ErrWorkerUnavailable) || exitWhenIdle {
-					return err
-				}
-				q.emit(s, QueueEvent{Kind: QueueStalled, Err: err})
-				if !q.sleep(ctx, s, q.StallWait) {
-					return ctx.Err()
-				}
-				continue
+		// Jobs submitted by other processes run even while the queue is paused.
+		ran, err := q.runNext(ctx, s, paused)
+		if err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
 			}
+			if !errors.Is(err, ErrWorkerUnavailable) || exitWhenIdle {
+				return err
+			}
+			q.emit(s, QueueEvent{Kind: QueueStalled, Err: err})
+			if !q.sleep(ctx, s, q.StallWait) {
+				return ctx.Err()
+			}
+			continue
 		}
 		if ran {
 			continue
 		}
-		if exitWhenIdle {
+		waiting, err := q.waitForDevice(ctx, s)
+		if err != nil && ctx.Err() == nil {
+			return err
+		}
+		if exitWhenIdle && !waiting {
 			return nil
 		}
 		q.emit(s, QueueEvent{Kind: QueueIdle, Paused: paused})
@@ -249,6 +259,23 @@ func (q *QueueRunner) runSlot(ctx context.Context, s *slotState, exitWhenIdle bo
 			return ctx.Err()
 		}
 	}
+}
+
+// waitForDevice reports whether s waits for its device: another live process
+// holds it and still has work there (queue jobs to run or running, jobs
+// submitted to it), which s takes over if that process dies. It reports the
+// holder once per change (QueueDeviceHeld).
+func (q *QueueRunner) waitForDevice(ctx context.Context, s *slotState) (bool, error) {
+	held, holder, err := s.Runner.HoldsDevice(ctx)
+	if err != nil || held {
+		s.heldBy = 0
+		return false, err
+	}
+	if holder.PID != s.heldBy {
+		s.heldBy = holder.PID
+		q.emit(s, QueueEvent{Kind: QueueDeviceHeld, Holder: &holder})
+	}
+	return q.store.DeviceWork(ctx, s.Runner.SharedDevice())
 }
 
 // sleep waits for d, a Wake or the end of ctx; it reports whether ctx lives.
@@ -264,13 +291,24 @@ func (q *QueueRunner) sleep(ctx context.Context, s *slotState, d time.Duration) 
 	return true
 }
 
-// runNext claims and runs one job on s; it reports whether there was one.
-func (q *QueueRunner) runNext(ctx context.Context, s *slotState) (bool, error) {
+// runNext claims and runs one job on s, a job submitted by another process
+// first, then (unless paused) a queue job; it reports whether there was one.
+// A slot whose device is held by another live process runs nothing.
+func (q *QueueRunner) runNext(ctx context.Context, s *slotState, paused bool) (bool, error) {
 	release, err := s.Runner.acquire(ctx)
 	if err != nil {
 		return false, err
 	}
 	defer release()
+	if held, _, err := s.Runner.HoldsDevice(ctx); err != nil || !held {
+		return false, err
+	}
+	if ran, err := s.Runner.serveSubmitted(ctx); err != nil || ran {
+		return ran, err
+	}
+	if paused {
+		return false, nil
+	}
 	job, err := q.store.ClaimNextOn(ctx, s.Runner.Device)
 	if err != nil || job == nil {
 		return false, err

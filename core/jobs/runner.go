@@ -44,6 +44,10 @@ type Runner struct {
 	// records the device its worker reported.
 	Device string
 
+	// share is the device lease r needs before it starts a worker (nil:
+	// none); see ShareDevice.
+	share *sharing
+
 	// slot is held while a job runs on gen: a worker runs one job at a
 	// time, so a Generate from the window waits for the queue's job.
 	slot chan struct{}
@@ -104,6 +108,13 @@ func (r *Runner) Run(ctx context.Context, req request.Request, onEvent func(prot
 	req.OutputDir = filepath.Join(r.paths.Images, now.Format("2006-01-02"))
 	if err := os.MkdirAll(req.OutputDir, 0o755); err != nil {
 		return nil, fmt.Errorf("create the image folder: %w (check its permissions, or set %s)", err, paths.HomeEnv)
+	}
+
+	// A device held by another process runs the job there.
+	if held, _, err := r.HoldsDevice(ctx); err != nil {
+		return nil, err
+	} else if !held {
+		return r.runSubmitted(ctx, req, onEvent)
 	}
 
 	// 3. Only a request that can run gets a row, once the worker is free.

@@ -169,3 +169,14 @@ func readLease(ctx context.Context, q querier, device string) (Lease, bool, erro
 	l.Mine = l.PID == pid && l.Start == start && l.Host == thisHost()
 	return l, true, nil
 }
+
+// ReleaseMyLeases gives up every lease this process holds; a process calls it
+// at exit, once its workers have stopped, so that a waiting one takes over.
+func (s *Store) ReleaseMyLeases(ctx context.Context) error {
+	pid, start := selfProcess()
+	if _, err := s.db.ExecContext(ctx, `DELETE FROM device_leases WHERE holder_pid = ? AND holder_start = ? AND host = ?`,
+		pid, start, thisHost()); err != nil {
+		return fmt.Errorf("release this process's device leases: %w", err)
+	}
+	return nil
+}

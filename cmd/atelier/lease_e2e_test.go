@@ -1,0 +1,237 @@
+//go:build linux
+
+package main
+
+// End-to-end tests of one worker per device shared by several Atelier
+// processes on one history (docs/architecture.md, "One worker per device"):
+// the real binary, bridge, Python worker (tiny model) and SQLite file.
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"os/exec"
+	"path/filepath"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"atelier/core/failure"
+	"atelier/core/protocol"
+	"atelier/core/store"
+)
+
+// submitter is a running "atelier generate --json" whose lines are read as
+// they come.
+type submitter struct {
+	cmd    *exec.Cmd
+	stderr *bytes.Buffer
+	lines  chan string
+}
+
+func startGenerate(t *testing.T, h *home, steps string) *submitter {
+	t.Helper()
+	cmd := h.command(context.Background(), "generate", "--model", "tiny", "--prompt", "a shared worker",
+		"--steps", steps, "--width", "64", "--height", "64", "--seed", "5", "--json")
+	stdout, err := cmd.StdoutPipe()
+	require.NoError(t, err)
+	g := &submitter{cmd: cmd, stderr: &bytes.Buffer{}, lines: make(chan string, 4096)}
+	cmd.Stderr = g.stderr
+	inOwnGroup(cmd)
+	require.NoError(t, cmd.Start())
+	t.Cleanup(func() {
+		if cmd.ProcessState == nil {
+			_ = cmd.Process.Kill()
+			_ = cmd.Wait()
+		}
+	})
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			g.lines <- sc.Text()
+		}
+		close(g.lines)
+	}()
+	return g
+}
+
+// denoising waits for the submitter to show a denoising step of its job.
+func (g *submitter) denoising(t *testing.T) protocol.Progress {
+	t.Helper()
+	deadline := time.After(4 * time.Minute)
+	for {
+		select {
+		case line, ok := <-g.lines:
+			require.True(t, ok, "generate ended before denoising; stderr:\n%s", g.stderr)
+			if m, err := protocol.Decode([]byte(line)); err == nil {
+				if p, ok := m.(protocol.Progress); ok && p.Stage == "denoising" && p.Step >= 1 {
+					return p
+				}
+			}
+		case <-deadline:
+			t.Fatalf("no denoising step within 4 minutes; stderr:\n%s", g.stderr)
+		}
+	}
+}
+
+// done reads the submitter's lines to its final "done" line and waits for it
+// to exit.
+func (g *submitter) done(t *testing.T) (doneLine, int) {
+	t.Helper()
+	var d doneLine
+	for line := range g.lines {
+		var probe struct {
+			Type string `json:"type"`
+		}
+		if json.Unmarshal([]byte(line), &probe) == nil && probe.Type == "done" {
+			require.NoError(t, json.Unmarshal([]byte(line), &d), line)
+		}
+	}
+	err := g.cmd.Wait()
+	code := 0
+	if err != nil {
+		exit, ok := err.(*exec.ExitError)
+		require.True(t, ok, err)
+		code = exit.ExitCode()
+	}
+	require.Equal(t, "done", d.Type, "no done line; stderr:\n%s", g.stderr)
+	return d, code
+}
+
+func (h *home) openHistory() *store.Store {
+	h.t.Helper()
+	s, err := store.OpenStore(filepath.Join(h.dir, "data", "atelier.db"))
+	require.NoError(h.t, err)
+	h.t.Cleanup(func() { s.Close() })
+	return s
+}
+
+// holdsCPU waits until process pid holds the cpu lease of h's history.
+func (h *home) holdsCPU(pid int) {
+	h.t.Helper()
+	s := h.openHistory()
+	deadline := time.Now().Add(4 * time.Minute)
+	for {
+		l, live, err := s.DeviceLease(context.Background(), "cpu")
+		require.NoError(h.t, err)
+		if live && l.PID == pid {
+			return
+		}
+		require.True(h.t, time.Now().Before(deadline), "process %d did not take the cpu lease within 4 minutes (lease %+v)", pid, l)
+		time.Sleep(50 * time.Millisecond) // polling a state, not waiting for a duration
+	}
+}
+
+func TestTwoProcessesShareOneWorkerAndTheSubmitterSeesAndCancelsItsJob(t *testing.T) {
+	requireWorker(t)
+	h := newHome(t)
+	holder := startQueueRun(t, h, "--watch")
+	h.holdsCPU(holder.cmd.Process.Pid)
+
+	// generate, while queue run holds the device: its job runs on queue
+	// run's worker, and it shows the progress.
+	g := startGenerate(t, h, "150")
+	g.denoising(t)
+	assert.Empty(t, workerPIDs(g.cmd.Process.Pid), "the submitting process must start no worker")
+	workers := workerPIDs(holder.cmd.Process.Pid)
+	require.Len(t, workers, 1, "the holder runs one worker")
+	d, code := g.done(t)
+	require.Equal(t, 0, code, g.stderr)
+	require.True(t, d.OK, g.stderr)
+	require.Len(t, d.Images, 1)
+	assert.FileExists(t, d.Images[0].Path)
+
+	// A second job from another generate: cancelled from it mid-job.
+	g2 := startGenerate(t, h, "150")
+	g2.denoising(t)
+	assert.Empty(t, workerPIDs(g2.cmd.Process.Pid))
+	ctrlC(t, g2.cmd)
+	d2, code2 := g2.done(t)
+	assert.NotZero(t, code2)
+	require.NotNil(t, d2.Error, g2.stderr)
+	assert.Equal(t, failure.ErrCancelled, d2.Error.Code)
+
+	// One worker served both, and stays up for the next job.
+	assert.Equal(t, workers, workerPIDs(holder.cmd.Process.Pid))
+	jobs := h.history()
+	require.Len(t, jobs, 2)
+	byID := map[int64]store.JobRecord{}
+	for _, j := range jobs {
+		byID[j.ID] = j
+	}
+	assert.Equal(t, store.StatusDone, byID[d.JobID].Status)
+	require.NotNil(t, byID[d.JobID].RanOn)
+	assert.Equal(t, workers[0], byID[d.JobID].RanOn.WorkerPID, "the holder's worker made the image")
+	for _, j := range jobs {
+		if j.ID != d.JobID {
+			assert.Equal(t, store.StatusCancelled, j.Status)
+		}
+	}
+	require.NoError(t, syscall.Kill(-holder.cmd.Process.Pid, syscall.SIGINT))
+	holder.rest(t)
+	h.checkIntegrity()
+}
+
+func TestKill9OfTheLeaseHolderMidQueueJobIsTakenOverByTheOtherQueueRun(t *testing.T) {
+	requireWorker(t)
+	h := newHome(t)
+	id := h.queueAdd("taken over", 150)
+	a := startQueueRun(t, h)
+	a.denoising(t, a.until(t, "job_started", func(e runEvent) bool { return e.Type == "job_started" }).UID)
+	require.Len(t, workerPIDs(a.cmd.Process.Pid), 1)
+
+	// The second queue run finds the device held: no worker, it waits.
+	b := startQueueRun(t, h)
+	b.until(t, "device_held", func(e runEvent) bool { return e.Type == "device_held" })
+	assert.Empty(t, workerPIDs(b.cmd.Process.Pid))
+
+	require.NoError(t, a.cmd.Process.Signal(syscall.SIGKILL))
+	_, codeA := a.rest(t)
+	require.Equal(t, -int(syscall.SIGKILL), codeA)
+
+	// b takes the lease and runs the interrupted job once more, to the end.
+	st := b.until(t, "the job's second run", func(e runEvent) bool { return e.Type == "job_started" && e.JobID == id })
+	assert.Equal(t, 2, st.Attempts)
+	evs, code := b.rest(t)
+	require.Equal(t, 0, code, b.stderr)
+	assert.Empty(t, started(evs), "nothing else runs, nothing twice")
+	j := h.queue()[id]
+	assert.Equal(t, store.StatusDone, j.Status)
+	assert.Equal(t, 2, j.Attempts)
+	assert.Len(t, h.images(), 1, "one image: the killed run left none")
+	h.checkIntegrity()
+}
+
+func TestKill9OfTheLeaseHolderMidSubmittedJobRunsItInTheSubmitter(t *testing.T) {
+	requireWorker(t)
+	h := newHome(t)
+	holder := startQueueRun(t, h, "--watch")
+	h.holdsCPU(holder.cmd.Process.Pid)
+	g := startGenerate(t, h, "150")
+	g.denoising(t)
+	require.Len(t, workerPIDs(holder.cmd.Process.Pid), 1)
+	assert.Empty(t, workerPIDs(g.cmd.Process.Pid))
+
+	require.NoError(t, holder.cmd.Process.Signal(syscall.SIGKILL))
+	holder.rest(t)
+
+	// generate takes the device over and runs its job once more, itself.
+	d, code := g.done(t)
+	require.Equal(t, 0, code, g.stderr)
+	require.True(t, d.OK, g.stderr)
+	s := h.openHistory()
+	qj, err := s.GetQueueJob(context.Background(), d.JobID)
+	require.NoError(t, err)
+	assert.Equal(t, store.StatusDone, qj.Status)
+	assert.Equal(t, 2, qj.Attempts, "the interrupted job ran once more")
+	assert.Len(t, h.history(), 1, "nothing else ran")
+	assert.Len(t, h.images(), 1)
+	_, live, err := s.DeviceLease(context.Background(), "cpu")
+	require.NoError(t, err)
+	assert.False(t, live, "generate gave the device up when it ended")
+	h.checkIntegrity()
+}
