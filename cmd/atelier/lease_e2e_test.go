@@ -126,6 +126,27 @@ func (h *home) holdsCPU(pid int) {
 	}
 }
 
+// cancelRequested waits until the newest job of h's history is flagged for
+// cancel (by its submitter).
+func (h *home) cancelRequested() {
+	h.t.Helper()
+	s := h.openHistory()
+	ctx := context.Background()
+	deadline := time.Now().Add(4 * time.Minute)
+	for {
+		jobs, err := s.ListJobs(ctx, 1)
+		require.NoError(h.t, err)
+		require.NotEmpty(h.t, jobs)
+		st, err := s.GetRelayState(ctx, jobs[0].ID)
+		require.NoError(h.t, err)
+		if st.CancelRequested || st.Finished() {
+			return
+		}
+		require.True(h.t, time.Now().Before(deadline), "no cancel recorded within 4 minutes (%+v)", st)
+		time.Sleep(50 * time.Millisecond) // polling a state, not waiting for a duration
+	}
+}
+
 func TestTwoProcessesShareOneWorkerAndTheSubmitterSeesAndCancelsItsJob(t *testing.T) {
 	requireWorker(t)
 	h := newHome(t)
@@ -149,7 +170,12 @@ func TestTwoProcessesShareOneWorkerAndTheSubmitterSeesAndCancelsItsJob(t *testin
 	g2 := startGenerate(t, h, "150")
 	g2.denoising(t)
 	assert.Empty(t, workerPIDs(g2.cmd.Process.Pid))
+	// The worker is held still until the cancel is recorded, so that the
+	// job cannot end first however fast the machine.
+	require.NoError(t, syscall.Kill(workers[0], syscall.SIGSTOP))
 	ctrlC(t, g2.cmd)
+	h.cancelRequested()
+	require.NoError(t, syscall.Kill(workers[0], syscall.SIGCONT))
 	d2, code2 := g2.done(t)
 	assert.NotZero(t, code2)
 	require.NotNil(t, d2.Error, g2.stderr)
@@ -182,7 +208,11 @@ func TestKill9OfTheLeaseHolderMidQueueJobIsTakenOverByTheOtherQueueRun(t *testin
 	id := h.queueAdd("taken over", 150)
 	a := startQueueRun(t, h)
 	a.denoising(t, a.until(t, "job_started", func(e runEvent) bool { return e.Type == "job_started" }).UID)
-	require.Len(t, workerPIDs(a.cmd.Process.Pid), 1)
+	aw := workerPIDs(a.cmd.Process.Pid)
+	require.Len(t, aw, 1)
+	// Held still, the job stays mid-run until the kill (SIGKILL reaches a
+	// stopped process), however fast the machine.
+	require.NoError(t, syscall.Kill(aw[0], syscall.SIGSTOP))
 
 	// The second queue run finds the device held: no worker, it waits.
 	b := startQueueRun(t, h)
@@ -213,8 +243,10 @@ func TestKill9OfTheLeaseHolderMidSubmittedJobRunsItInTheSubmitter(t *testing.T) 
 	h.holdsCPU(holder.cmd.Process.Pid)
 	g := startGenerate(t, h, "150")
 	g.denoising(t)
-	require.Len(t, workerPIDs(holder.cmd.Process.Pid), 1)
+	hw := workerPIDs(holder.cmd.Process.Pid)
+	require.Len(t, hw, 1)
 	assert.Empty(t, workerPIDs(g.cmd.Process.Pid))
+	require.NoError(t, syscall.Kill(hw[0], syscall.SIGSTOP)) // mid-run until the kill
 
 	require.NoError(t, holder.cmd.Process.Signal(syscall.SIGKILL))
 	holder.rest(t)
