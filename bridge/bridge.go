@@ -42,6 +42,7 @@ type Bridge struct {
 	pings     map[string]chan struct{}
 	closed    bool
 	closing   chan struct{}
+	settings  workerSettings // what Reconfigure changed (reconfigure.go)
 }
 
 var _ jobs.Generator = (*Bridge)(nil)
@@ -146,6 +147,9 @@ func (b *Bridge) endLocked(j *job, final protocol.Message) {
 	}
 	j.push(final, true)
 	close(j.endedC)
+	if j.w != nil && b.w == j.w && b.staleLocked(j.w) {
+		b.retireLocked(j.w) // the settings changed during the job: a new worker for the next one
+	}
 	b.log(j.id).Info("job ended", "type", final.Type(), "code", code)
 }
 
@@ -221,6 +225,13 @@ func (b *Bridge) Submit(ctx context.Context, id string, req request.Request) (<-
 			b.mu.Unlock()
 			release()
 			return nil, &failure.JobError{Code: failure.ErrCancelled, Message: "The job was cancelled before it started."}
+		}
+		if b.w == w && b.staleLocked(w) {
+			// The settings changed while it started: this job gets a worker of the new ones.
+			b.retireLocked(w)
+			b.mu.Unlock()
+			attempt--
+			continue
 		}
 		if b.w == w && !w.broken && !w.gone {
 			j.w = w
@@ -521,6 +532,9 @@ func (b *Bridge) ensure(ctx context.Context, cancel <-chan struct{}, id string) 
 		b.mu.Unlock()
 		return nil, closedError()
 	}
+	if b.w != nil && b.staleLocked(b.w) && b.jobOnLocked(b.w) == nil {
+		b.retireLocked(b.w) // started before the settings changed
+	}
 	if b.w != nil {
 		w := b.w
 		b.mu.Unlock()
@@ -554,12 +568,15 @@ func (b *Bridge) ensure(ctx context.Context, cancel <-chan struct{}, id string) 
 
 func (b *Bridge) start(st *startAttempt, id string) {
 	defer close(st.done)
-	argv, workerDir, err := b.cfg.WorkerCommand()
+	b.mu.Lock()
+	cfg, gen := b.startConfigLocked()
+	b.mu.Unlock()
+	argv, workerDir, err := cfg.WorkerCommand()
 	notSetUp := err != nil
 	var w *worker
 	var hello protocol.Hello
 	if !notSetUp {
-		w, hello, err = b.startWorker(id, argv, workerDir)
+		w, hello, err = b.startWorker(id, argv, cfg.workerEnv(workerDir), gen)
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -589,7 +606,7 @@ func (b *Bridge) start(st *startAttempt, id string) {
 }
 
 // startWorker waits out the backoff, spawns a worker and waits for its hello.
-func (b *Bridge) startWorker(id string, argv []string, workerDir string) (*worker, protocol.Hello, error) {
+func (b *Bridge) startWorker(id string, argv, env []string, gen int) (*worker, protocol.Hello, error) {
 	lg := b.log(id)
 	b.mu.Lock()
 	wait := time.Until(b.notBefore)
@@ -609,7 +626,10 @@ func (b *Bridge) startWorker(id string, argv []string, workerDir string) (*worke
 		b.mu.Unlock()
 		return nil, protocol.Hello{}, closedError()
 	}
-	w, err := b.spawn(argv, workerDir, id)
+	w, err := b.spawn(argv, env, id)
+	if w != nil {
+		w.gen = gen
+	}
 	if err != nil {
 		b.mu.Unlock()
 		return nil, protocol.Hello{}, &failure.JobError{Op: "start the worker", Err: err, Code: failure.ErrInternal,

@@ -59,6 +59,7 @@ type worker struct {
 	gone    bool              // the exit was handled
 	failure *failure.JobError // why Atelier stopped it, for the handshake's error
 	jobID   string            // the job it runs or last ran, for its log lines
+	gen     int               // the Reconfigure generation it was started with
 }
 
 func (w *worker) pid() int {
@@ -70,10 +71,10 @@ func (w *worker) pid() int {
 
 // spawn starts one worker process with the three pipes and the goroutines that read
 // them and reap it. The caller holds b.mu.
-func (b *Bridge) spawn(argv []string, workerDir, id string) (*worker, error) {
+func (b *Bridge) spawn(argv, env []string, id string) (*worker, error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
-	cmd.Env = b.cfg.workerEnv(workerDir)
+	cmd.Env = env
 	setProcAttr(cmd)
 
 	// Plain os.Pipe files rather than cmd.StdoutPipe: Wait then never waits on our read

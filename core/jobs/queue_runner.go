@@ -374,7 +374,7 @@ func (q *QueueRunner) execute(ctx context.Context, s *slotState, job *store.Queu
 	if err := req.PrepareQueued(); err != nil {
 		return nil, r.fail(rec, job.ID, toJobError(ctx, err))
 	}
-	req.OutputDir = filepath.Join(r.paths.Images, time.Now().Format("2006-01-02"))
+	req.OutputDir = filepath.Join(r.ImagesFolder(), time.Now().Format("2006-01-02"))
 	if err := os.MkdirAll(req.OutputDir, 0o755); err != nil {
 		return nil, r.fail(rec, job.ID, &failure.JobError{Op: "create the image folder", Err: err, Code: failure.ErrInternal,
 			Message: fmt.Sprintf("create the image folder: %v (check its permissions, or set %s)", err, paths.HomeEnv)})

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"atelier/core/failure"
@@ -51,6 +52,9 @@ type Runner struct {
 	// slot is held while a job runs on gen: a worker runs one job at a
 	// time, so a Generate from the window waits for the queue's job.
 	slot chan struct{}
+
+	// imagesDir, when set, replaces paths.Images (output.go).
+	imagesDir atomic.Pointer[string]
 }
 
 // NewRunner returns a Runner that records into history and generates with
@@ -105,7 +109,7 @@ func (r *Runner) Run(ctx context.Context, req request.Request, onEvent func(prot
 
 	// 2. Images go into one folder per (local) day.
 	now := time.Now()
-	req.OutputDir = filepath.Join(r.paths.Images, now.Format("2006-01-02"))
+	req.OutputDir = filepath.Join(r.ImagesFolder(), now.Format("2006-01-02"))
 	if err := os.MkdirAll(req.OutputDir, 0o755); err != nil {
 		return nil, fmt.Errorf("create the image folder: %w (check its permissions, or set %s)", err, paths.HomeEnv)
 	}
