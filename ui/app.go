@@ -43,6 +43,9 @@ type Services struct {
 	// Download fetches models from the hub for the "Get models…" panel; nil:
 	// no panel.
 	Download DownloadFunc
+	// Settings are what the Settings window applies its changes to; nil: no
+	// Settings window.
+	Settings *SettingsServices
 }
 
 // MainWith runs the studio with the queue and gallery tabs, until its window

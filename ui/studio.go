@@ -48,6 +48,7 @@ type Studio struct {
 	actions      *fyne.Container // under the form: Generate, progress, status
 	warm         *warmUp         // the worker start begun when the app opened, or nil
 	getModels    *getModels      // the "Get a real model" panel, once opened
+	settingsWin  *settingsWindow // the Settings window, once opened
 }
 
 func newStudioWith(a fyne.App, w fyne.Window, gen generator, hist History, post func(func()), svc *Services) *Studio {
@@ -82,6 +83,7 @@ func newStudioWith(a fyne.App, w fyne.Window, gen generator, hist History, post 
 	if svc != nil {
 		s.setupExtras(svc)
 		s.setupGetModels()
+		s.setupSettings()
 	}
 	w.SetContent(withTips(w.Canvas(), s.layout()))
 	s.restoreState()

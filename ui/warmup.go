@@ -89,6 +89,7 @@ func (s *Studio) warmDone(w *warmUp, err error) {
 	}
 	w.done, w.err = true, err
 	s.form.refreshCapabilities(s.gen) // the worker's own schedulers and ControlNet types
+	s.settingsWorkerReady()
 	if s.job != nil {
 		return // the job's progress and outcome say the rest
 	}
