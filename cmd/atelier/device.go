@@ -2,9 +2,9 @@ package main
 
 import (
 	"context"
-	"os"
 	"runtime"
 	"strconv"
+	"strings"
 
 	"atelier/bridge"
 	"atelier/core/store"
@@ -25,15 +25,23 @@ func leaseName(device string) string {
 
 // appDevice is the device the single worker of `generate` and the studio runs
 // on, named as "queue run" names its slots, so that all of them share one
-// lease (docs/architecture.md, "One worker per device"): ATELIER_DEVICE when
-// it names one, else the first GPU, else the CPU (on a Mac, the worker's own
-// choice).
-func appDevice(ctx context.Context) string {
-	switch d := os.Getenv("ATELIER_DEVICE"); d {
+// lease (docs/architecture.md, "One worker per device"): the device asked for
+// (ATELIER_DEVICE, a flag or the settings, settings.Resolve's) when it names
+// one, else the first GPU, else the CPU (on a Mac, the worker's own choice).
+// cuda:N, which counts the GPUs the worker sees, is the Nth GPU found.
+func appDevice(ctx context.Context, device string) string {
+	switch device {
 	case "cpu", "mps":
-		return d
+		return device
 	}
-	if gpus := bridge.DetectGPUs(ctx); len(gpus) > 0 {
+	gpus := bridge.DetectGPUs(ctx)
+	if n, err := strconv.Atoi(strings.TrimPrefix(device, "cuda:")); err == nil && strings.HasPrefix(device, "cuda:") && n < len(gpus) {
+		if _, err := strconv.Atoi(gpus[n]); err == nil {
+			return "cuda:" + gpus[n]
+		}
+		return device
+	}
+	if len(gpus) > 0 {
 		if _, err := strconv.Atoi(gpus[0]); err == nil {
 			return "cuda:" + gpus[0]
 		}

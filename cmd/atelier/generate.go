@@ -17,6 +17,7 @@ import (
 	"atelier/core/media"
 	"atelier/core/protocol"
 	"atelier/core/request"
+	"atelier/core/settings"
 )
 
 type generateOptions struct {
@@ -25,6 +26,7 @@ type generateOptions struct {
 	count    int   // --batch-count: jobs run one after another
 	out      string
 	json     bool
+	worker   settings.Flags // --device and --speed
 }
 
 func parseGenerate(args []string, stdout, stderr io.Writer) (*generateOptions, int, bool) {
@@ -33,6 +35,7 @@ func parseGenerate(args []string, stdout, stderr io.Writer) (*generateOptions, i
 	rf := addRequestFlags(fs)
 	fs.StringVar(&o.out, "out", "", "also copy the PNGs into this folder (the history keeps its own copy)")
 	fs.BoolVar(&o.json, "json", false, "print JSON lines on stdout: every worker event, then a final {\"type\":\"done\"} line")
+	wf := addWorkerFlags(fs)
 	fs.Usage = func() {
 		fmt.Fprint(fs.Output(), `Usage: atelier generate --prompt TEXT [options]
 
@@ -49,6 +52,11 @@ Options:
 	}
 	if fs.NArg() > 0 {
 		fmt.Fprintf(stderr, "atelier generate: unexpected argument %q: give the prompt with --prompt \"...\" (quoted)\n", fs.Arg(0))
+		return nil, exitUsage, false
+	}
+	var err error
+	if o.worker, err = wf.flags(); err != nil {
+		fmt.Fprintf(stderr, "atelier generate: %v\n", err)
 		return nil, exitUsage, false
 	}
 	o.req, o.buildErr = rf.build()
@@ -76,7 +84,7 @@ func cmdGenerate(args []string, stdout, stderr io.Writer) int {
 		}
 	}
 
-	a, err := openApp(stderr)
+	a, err := openAppWith(stderr, o.worker)
 	if err != nil {
 		fmt.Fprintln(stderr, "atelier generate:", err)
 		emit(doneLine{Type: "done", Error: &jsonError{Code: failure.ErrInternal, Message: err.Error()}})

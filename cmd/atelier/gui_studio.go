@@ -8,7 +8,6 @@ import (
 	"io"
 	"os"
 
-	"atelier/core/jobs"
 	"atelier/core/media"
 	"atelier/core/paths"
 	"atelier/core/setup"
@@ -17,12 +16,15 @@ import (
 )
 
 // runStudio opens the studio window with its queue and gallery: the queue
-// runs in the background, one job at a time on the app's worker, until the
-// window closes; a job still running then goes back to the queue.
+// runs in the background, one job at a time on the app's worker (or on the
+// actors of the Ray cluster the settings name), until the window closes; a
+// job still running then goes back to the queue.
 func runStudio(a *app, stderr io.Writer) {
 	ctx, stop := context.WithCancel(context.Background())
 	defer stop()
-	q := jobs.NewQueueRunner(a.runner)
+	q, out, rayNote, closeQueue := studioQueue(ctx, a, stderr)
+	defer closeQueue()
+	worker := heldWorker{a.bridge, a.runner}
 	svc := &ui.Services{
 		Store:  a.store,
 		Queue:  q,
@@ -32,6 +34,9 @@ func runStudio(a *app, stderr io.Writer) {
 			return store.ExportImages(ctx, a.store, ids, dir)
 		},
 		Download: downloader(a.paths, stderr),
+		// The window's changes reach the app's worker and runner; the
+		// environment still wins over them, as at start (applySettings).
+		Settings: &ui.SettingsServices{Worker: worker, Output: out, Requirements: a.worker.requirements, RayNote: rayNote},
 	}
 	done := make(chan struct{})
 	started := false
@@ -41,14 +46,7 @@ func runStudio(a *app, stderr io.Writer) {
 		// The worker starts now, while the user writes a prompt, and each of
 		// its start-up stages shows in the studio.
 		a.starting.set(s.WorkerStarting)
-		s.WarmUp(func(ctx context.Context) error {
-			// Another Atelier process holding the device runs this
-			// window's jobs on its worker: none starts here.
-			if held, _, err := a.runner.HoldsDevice(ctx); err == nil && !held {
-				return nil
-			}
-			return a.bridge.Start(ctx)
-		})
+		s.WarmUp(worker.Start)
 		go func() {
 			defer close(done)
 			q.Run(ctx, false) //nolint:errcheck // ends with ctx at exit; job errors are shown per job

@@ -18,6 +18,7 @@ import (
 	"atelier/bridge"
 	"atelier/core/jobs"
 	"atelier/core/paths"
+	"atelier/core/settings"
 	"atelier/core/store"
 )
 
@@ -100,6 +101,8 @@ type app struct {
 	starting *startSink
 	// worker says where the worker comes from, and whether set-up is due.
 	worker workerPlan
+	// settings are the stored ones (the Settings window's).
+	settings settings.Settings
 }
 
 // startSink passes the bridge's start-up messages to whoever shows them now
@@ -126,6 +129,12 @@ func (s *startSink) tell(message string) {
 // openApp opens the history and a bridge; each option may change the bridge's
 // configuration first (queue run --ray runs the Ray proxy instead of the worker).
 func openApp(stderr io.Writer, options ...func(*bridge.Config)) (*app, error) {
+	return openAppWith(stderr, settings.Flags{}, options...)
+}
+
+// openAppWith is openApp for a command whose flags choose the device or the
+// speed mode: they win over the stored settings, the environment over both.
+func openAppWith(stderr io.Writer, flags settings.Flags, options ...func(*bridge.Config)) (*app, error) {
 	dirs := paths.DefaultPaths()
 	if err := dirs.EnsureDirs(); err != nil {
 		return nil, err
@@ -145,10 +154,12 @@ func openApp(stderr io.Writer, options ...func(*bridge.Config)) (*app, error) {
 		o(&cfg)
 	}
 	br := bridge.New(cfg)
-	runner := jobs.NewRunner(history, br, dirs)
-	// One worker per device for every Atelier process on this history.
-	runner.ShareDevice(appDevice(context.Background()))
-	return &app{paths: dirs, store: history, bridge: br, runner: runner, starting: sink, worker: plan}, nil
+	a := &app{paths: dirs, store: history, bridge: br, runner: jobs.NewRunner(history, br, dirs), starting: sink, worker: plan}
+	w := applySettings(a, flags, stderr)
+	// One worker per device for every Atelier process on this history: the
+	// device of the settings (or a flag, or ATELIER_DEVICE) names its lease.
+	a.runner.ShareDevice(appDevice(context.Background(), w.Device))
+	return a, nil
 }
 
 func (a *app) close() {

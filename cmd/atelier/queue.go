@@ -642,7 +642,9 @@ func queueRun(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("queue run", flag.ContinueOnError)
 	asJSON := fs.Bool("json", false, "print JSON lines on stdout: job_started, every worker event, job_finished, then done")
 	watch := fs.Bool("watch", false, "keep running and wait for new jobs instead of exiting when the queue is empty")
-	rayAddr := fs.String("ray", "", "run the jobs on the Ray cluster at `ADDRESS` (HOST:PORT of its head, or ray://HOST:10001); see docs/scaling.md")
+	rayAddr := fs.String("ray", "", "run the jobs on the Ray cluster at `ADDRESS` (HOST:PORT of its head, or ray://HOST:10001; "+
+		"\"saved\": the Settings window's Ray address); see docs/scaling.md")
+	wf := addWorkerFlags(fs)
 	workers := fs.Int("workers", 0, "how many workers run jobs side by side, each taking the next job when it is free "+
 		"(default: one per GPU, found through CUDA_VISIBLE_DEVICES or nvidia-smi; one on a machine without a GPU, "+
 		"where N gives N CPU workers; with --ray, N actors, default one per GPU of the cluster, or per CPU without GPUs)")
@@ -668,6 +670,11 @@ Options:
 		fmt.Fprintln(stderr, "atelier queue run: takes no arguments")
 		return exitUsage
 	}
+	flags, err := wf.flags()
+	if err != nil {
+		fmt.Fprintln(stderr, "atelier queue run:", err)
+		return exitUsage
+	}
 	addr := strings.TrimSpace(*rayAddr)
 	if addr == "" && *rayAddr != "" {
 		fmt.Fprintln(stderr, "atelier queue run: --ray needs the cluster's address, e.g. --ray 10.0.0.5:6379")
@@ -685,6 +692,13 @@ Options:
 		fmt.Fprintln(stderr, "atelier queue run:", err)
 		return exitFailure
 	}
+	stored, worker := storedWorker(history, flags, &base, stderr)
+	if addr == raySaved {
+		if addr = stored.RayAddress; addr == "" {
+			fmt.Fprintln(stderr, "atelier queue run: --ray saved: no Ray address is saved; set one in the studio's Settings window (Ctrl+,), or give it, e.g. --ray 10.0.0.5:6379")
+			return exitUsage
+		}
+	}
 	var specs []bridge.SlotSpec
 	if addr != "" {
 		cl, err := bridge.ProbeRay(ctx, base, addr)
@@ -699,7 +713,10 @@ Options:
 		}
 		fmt.Fprintf(stderr, "queue run: Ray cluster at %s: %d GPU(s), %d CPU(s); %d actor(s) run the jobs\n",
 			addr, cl.GPUs, cl.CPUs, len(specs))
-	} else if specs, err = bridge.LocalSlots(*workers, bridge.DetectGPUs(ctx), base); err != nil {
+	} else if gpus, gerr := gpusFor(worker.Device, bridge.DetectGPUs(ctx)); gerr != nil {
+		fmt.Fprintln(stderr, "atelier queue run:", gerr)
+		return exitUsage
+	} else if specs, err = bridge.LocalSlots(*workers, gpus, base); err != nil {
 		fmt.Fprintf(stderr, "atelier queue run: --workers %d: %v\n", *workers, err)
 		return exitUsage
 	}
@@ -708,6 +725,7 @@ Options:
 	pool := bridge.OpenPool(history, dirs, specs)
 	defer pool.Close()
 	shareSlots(pool)
+	setImagesFolder(pool.Slots, stored, dirs, stderr)
 	if multi {
 		names := make([]string, len(specs))
 		for i, s := range specs {
