@@ -21,6 +21,7 @@ import (
 	"atelier/core/failure"
 	"atelier/core/paths"
 	"atelier/core/protocol"
+	"atelier/core/settings"
 	"atelier/core/store"
 )
 
@@ -53,7 +54,8 @@ Exit status: 0 all good, 1 a problem (the worker cannot start, or the history ca
 	}
 	note := func(what string) { fmt.Fprintf(stdout, "  note: %s\n", what) }
 
-	// 1. Folders and history.
+	// 1. Folders and history, and the settings stored there.
+	var stored settings.Settings
 	dirs := paths.DefaultPaths()
 	fmt.Fprintf(stdout, "Atelier %s\n\nFolders\n  data:    %s\n  cache:   %s\n  history: %s\n", version, dirs.Data, dirs.Cache, dirs.DB)
 	if err := dirs.EnsureDirs(); err != nil {
@@ -67,6 +69,9 @@ Exit status: 0 all good, 1 a problem (the worker cannot start, or the history ca
 		} else {
 			fmt.Fprintf(stdout, "  history ok: %d jobs\n", len(jobs))
 		}
+		if stored, err = settings.Load(context.Background(), store); err != nil {
+			problem(err.Error(), "open the studio's Settings window (Ctrl+,) and save")
+		}
 		store.Close()
 	}
 
@@ -77,6 +82,14 @@ Exit status: 0 all good, 1 a problem (the worker cannot start, or the history ca
 		problem(err.Error(), "set ATELIER_HOME to a writable folder with free space, or reinstall Atelier")
 		return finishDoctor(stdout, problems)
 	}
+	// The worker starts as the app's would: with the stored settings under
+	// the environment's variables.
+	w := settings.Resolve(stored, settings.Flags{}, os.LookupEnv)
+	cfg.Env = append(append([]string{}, w.Env...), cfg.Env...)
+	if w.Python != "" {
+		cfg.Python, plan.managed = w.Python, false
+	}
+	fmt.Fprintf(stdout, "  settings: %s, python from %s\n", w.Describe(), w.PythonFrom)
 	if what, todo := reportSetup(stdout, plan); what != "" {
 		problem(what, todo)
 		return finishDoctor(stdout, problems)

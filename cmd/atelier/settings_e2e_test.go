@@ -69,6 +69,10 @@ func TestGenerateAndQueueRunHonourTheSettings(t *testing.T) {
 	assert.Equal(t, "on", jobs[0].Metrics.Speed["vae_tiling"], "queue run takes the stored mode too")
 	require.Len(t, jobs[0].Images, 1)
 	assert.True(t, strings.HasPrefix(jobs[0].Images[0].Path, out), "and the output folder")
+
+	stdout, errOut, code = h.run("doctor")
+	require.Equal(t, 0, code, stdout+errOut)
+	assert.Contains(t, stdout, "settings: device cpu (settings), speed low-vram (settings)", "doctor starts the worker as the app would")
 }
 
 func TestSettingsFlagsRefuseBadValues(t *testing.T) {
