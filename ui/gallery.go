@@ -439,6 +439,7 @@ func (g *galleryView) exportIDs(ids []int64) {
 type galleryTile struct {
 	widget.BaseWidget
 	tileFace
+	hoverTip
 	g    *galleryView
 	rec  store.ImageRecord
 	idx  int // the grid item it shows
@@ -447,6 +448,12 @@ type galleryTile struct {
 
 func newGalleryTile(g *galleryView) *galleryTile {
 	t := &galleryTile{g: g, tileFace: newTileFace(3)}
+	t.hoverTip = hoverTip{anchor: t, caption: func() string {
+		if t.rec.ID == 0 {
+			return ""
+		}
+		return thumbCaption(t.rec)
+	}}
 	t.star = widget.NewIcon(theme.NewWarningThemedResource(starIcon))
 	t.star.Hide()
 	t.ExtendBaseWidget(t)
@@ -462,6 +469,7 @@ func (t *galleryTile) MinSize() fyne.Size { return fyne.NewSquareSize(galleryTil
 
 // Tapped implements fyne.Tappable: the arrow keys go on from the tile tapped.
 func (t *galleryTile) Tapped(*fyne.PointEvent) {
+	t.MouseOut()
 	if t.rec.ID != 0 {
 		t.g.setCursor(t.idx)
 	}

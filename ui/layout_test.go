@@ -2,10 +2,12 @@ package ui
 
 import (
 	"context"
+	"image/color"
 	"path/filepath"
 	"reflect"
 	"strings"
 	"testing"
+	"time"
 
 	"fyne.io/fyne/v2"
 	"fyne.io/fyne/v2/test"
@@ -216,4 +218,28 @@ func TestGalleryDetailGroupsItsActions(t *testing.T) {
 	v.ask.Dismiss()
 	_, err := st.GetImage(context.Background(), rec.ID)
 	assert.NoError(t, err, "nothing is deleted without the answer")
+}
+
+// The init image and the mask show beside their paths.
+func TestInitImageAndMaskShowTheirPictures(t *testing.T) {
+	s := layoutStudio(t, 1320, 860)
+	f := s.form
+	dir := t.TempDir()
+	initPath := writePNG(t, dir, "photo.png", 96, 64, color.NRGBA{R: 200, G: 120, B: 40, A: 255})
+	maskPath := writePNG(t, dir, "mask.png", 96, 64, color.White)
+	entryX := f.img2img.initImage.Position().X
+	f.img2img.initImage.SetText(initPath)
+	f.img2img.mask.SetText(maskPath)
+	s.waitFor(t, time.Minute, "the two pictures", func() bool {
+		return f.img2img.initThumb.shown() && f.img2img.maskThumb.shown()
+	})
+	assert.Equal(t, 72, f.img2img.initThumb.img.Image.Bounds().Dx(), "shrunk to the thumbnail")
+	assert.Greater(t, f.img2img.initImage.Position().X, entryX, "the picture stands left of the field")
+	assert.Equal(t, f.img2img.initThumb.box.Size().Height, f.img2img.initImage.Size().Height, "as tall as the field")
+
+	f.img2img.mask.SetText(filepath.Join(dir, "missing.png"))
+	s.waitFor(t, time.Minute, "the mask's picture to go", func() bool { return !f.img2img.maskThumb.shown() })
+	f.img2img.initImage.SetText("")
+	assert.False(t, f.img2img.initThumb.shown(), "no path, no picture")
+	assert.Equal(t, entryX, f.img2img.initImage.Position().X, "the field takes its room back")
 }

@@ -275,19 +275,34 @@ func (v *queueView) showSessions() {
 		return
 	}
 	rows := sessionRows(list)
-	grid := container.NewGridWithColumns(len(rows[0]))
+	grid := container.NewVBox()
 	for i, r := range rows {
-		for _, cell := range r {
+		cells := make([]fyne.CanvasObject, len(r))
+		for k, cell := range r {
 			l := widget.NewLabel(cell)
 			l.Truncation = fyne.TextTruncateEllipsis
 			if i == 0 {
 				l.TextStyle = fyne.TextStyle{Bold: true}
 			}
-			grid.Add(l)
+			cells[k] = l
+		}
+		// The session's name gets the room it needs; the figures share the rest.
+		name := container.NewGridWrap(fyne.NewSize(260, cells[0].MinSize().Height), cells[0])
+		figures := container.NewGridWithColumns(len(cells)-1, cells[1:]...)
+		grid.Add(container.New(layout.NewBorderLayout(nil, nil, name, nil), name, figures)) // in reading order
+		if i == 0 {
+			grid.Add(widget.NewSeparator())
 		}
 	}
-	scroll := container.NewVScroll(grid)
-	scroll.SetMinSize(fyne.NewSize(900, 360))
+	var body fyne.CanvasObject = grid
+	if len(list) == 0 {
+		none := widget.NewLabel("No sessions yet: the first \"Add to queue\" of a sitting starts one.")
+		body = container.NewVBox(grid, none)
+	}
+	// As tall as its rows, up to a screenful: one session is one row, not a
+	// row floating at the top of an empty table.
+	scroll := container.NewVScroll(body)
+	scroll.SetMinSize(fyne.NewSize(980, min(body.MinSize().Height, 420)))
 	var pop *widget.PopUp
 	closeBtn := widget.NewButton("Close", func() { pop.Hide() })
 	pop = newModal(container.NewBorder(heading("Sessions"),

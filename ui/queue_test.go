@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"fyne.io/fyne/v2"
+	"fyne.io/fyne/v2/container"
 	"fyne.io/fyne/v2/storage"
 	"fyne.io/fyne/v2/test"
 	"fyne.io/fyne/v2/widget"
@@ -218,10 +219,21 @@ func TestQueueViewFillReorderCancelEdit(t *testing.T) {
 	test.Tap(v.sessions)
 	require.NotNil(t, v.sessionsPop)
 	var cells []string
-	for _, o := range v.sessionsGrid.Objects {
-		cells = append(cells, o.(*widget.Label).Text)
-	}
+	walkObjects(v.sessionsGrid, func(o fyne.CanvasObject) {
+		if l, ok := o.(*widget.Label); ok {
+			cells = append(cells, l.Text)
+		}
+	})
 	require.Len(t, cells, 2*9, "a header and one session")
+	// The table is as tall as its rows: no blank under the one session.
+	var scroll *container.Scroll
+	walkObjects(v.sessionsPop.Content, func(o fyne.CanvasObject) {
+		if sc, ok := o.(*container.Scroll); ok {
+			scroll = sc
+		}
+	})
+	require.NotNil(t, scroll)
+	assert.InDelta(t, v.sessionsGrid.MinSize().Height, scroll.Size().Height, 1, "the list ends at its last row")
 	assert.Contains(t, cells[9], "(ui)")
 	assert.Equal(t, "5", cells[11], "four jobs and the retry")
 	assert.Equal(t, "0", cells[13], "a cancelled job is not a failure")

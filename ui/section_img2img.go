@@ -22,9 +22,11 @@ type img2imgSection struct {
 	strength       *submitEntry
 	strengthSlider *widget.Slider
 	mask           *escEntry
-	paintMask      *widget.Button
-	maskBlur       *submitEntry
-	maskPadding    *submitEntry
+	// initThumb and maskThumb show the pictures the paths name.
+	initThumb, maskThumb *pathThumb
+	paintMask            *widget.Button
+	maskBlur             *submitEntry
+	maskPadding          *submitEntry
 	// maskDir is where painted masks are written.
 	maskDir string
 	// painter is the open mask painter, if any.
@@ -34,15 +36,25 @@ type img2imgSection struct {
 func newImg2imgSection(ff *formFields) *img2imgSection {
 	s := &img2imgSection{fields: ff, maskDir: filepath.Join(paths.DefaultPaths().Cache, "masks")}
 	s.initImage = ff.pathEntry(fInitImage, "an image to start from (img2img)")
+	s.initThumb = newPathThumb(ff.do)
+	s.initImage.changed(func(t string) { ff.clearError(fInitImage); ff.edited(); s.thumbs() })
 	s.strength = ff.entry(fStrength, false)
 	s.strengthSlider = widget.NewSlider(0.05, 1)
 	s.strengthSlider.Step = 0.05
 	ff.linkSlider(fStrength, s.strength, s.strengthSlider, formatHundredths)
 	s.mask = ff.pathEntry(fMask, "none; white = repaint")
+	s.maskThumb = newPathThumb(ff.do)
+	s.mask.changed(func(t string) { ff.clearError(fMask); ff.edited(); s.thumbs() })
 	s.paintMask = widget.NewButtonWithIcon("Paint…", theme.ColorPaletteIcon(), s.openPainter)
 	s.maskBlur = ff.entry(fMaskBlur, false)
 	s.maskPadding = ff.entry(fMaskPadding, false)
 	return s
+}
+
+// thumbs shows the init image and the mask beside their fields.
+func (s *img2imgSection) thumbs() {
+	s.initThumb.show(s.initImage.Text)
+	s.maskThumb.show(s.mask.Text)
 }
 
 func (s *img2imgSection) owns(field string) bool {
@@ -87,11 +99,13 @@ func (s *img2imgSection) read(r *request.Request, errs *[]*request.FieldError) {
 
 func (s *img2imgSection) content() fyne.CanvasObject {
 	ff := s.fields
+	s.initThumb.row = container.NewBorder(nil, nil, s.initThumb.box,
+		ff.browseButton(false, "Choose an init image", s.initImage.SetText, "png", "jpg", "jpeg", "webp"), s.initImage)
+	s.maskThumb.row = container.NewBorder(nil, nil, s.maskThumb.box, container.NewHBox(
+		ff.browseButton(false, "Choose a mask image", s.mask.SetText, "png", "jpg", "jpeg", "webp"), s.paintMask), s.mask)
 	return container.NewVBox(
-		ff.field(fInitImage, container.NewBorder(nil, nil, nil,
-			ff.browseButton(false, "Choose an init image", s.initImage.SetText, "png", "jpg", "jpeg", "webp"), s.initImage)),
+		ff.field(fInitImage, s.initThumb.row),
 		ff.field(fStrength, container.NewBorder(nil, nil, nil, narrowEntry(s.strength), s.strengthSlider)),
-		ff.field(fMask, container.NewBorder(nil, nil, nil, container.NewHBox(
-			ff.browseButton(false, "Choose a mask image", s.mask.SetText, "png", "jpg", "jpeg", "webp"), s.paintMask), s.mask)),
+		ff.field(fMask, s.maskThumb.row),
 		container.NewGridWithColumns(2, ff.field(fMaskBlur, s.maskBlur), ff.field(fMaskPadding, s.maskPadding)))
 }

@@ -1,9 +1,11 @@
 package ui
 
 import (
+	"fmt"
 	"image"
 	"image/color"
 	"os"
+	"strings"
 	"sync"
 
 	"atelier/core/store"
@@ -11,6 +13,7 @@ import (
 	"fyne.io/fyne/v2"
 	"fyne.io/fyne/v2/canvas"
 	"fyne.io/fyne/v2/container"
+	"fyne.io/fyne/v2/driver/desktop"
 	"fyne.io/fyne/v2/theme"
 	"fyne.io/fyne/v2/widget"
 	"github.com/disintegration/imaging"
@@ -77,6 +80,7 @@ func (s *recentStrip) set(items []store.ImageRecord) []string {
 		if !ok {
 			missing = append(missing, rec.Path)
 		}
+		t.rec = rec
 		t.show(img, ok, rec.Path == s.selected)
 		objs[i] = t
 	}
@@ -108,11 +112,14 @@ func (s *recentStrip) selectPath(path string) {
 type thumbTile struct {
 	widget.BaseWidget
 	tileFace
+	hoverTip
 	onTap func()
+	rec   store.ImageRecord
 }
 
 func newThumbTile() *thumbTile {
 	t := &thumbTile{tileFace: newTileFace(2)}
+	t.hoverTip = hoverTip{anchor: t, caption: func() string { return thumbCaption(t.rec) }}
 	t.ExtendBaseWidget(t)
 	return t
 }
@@ -143,6 +150,7 @@ func (t *thumbTile) MinSize() fyne.Size { return fyne.NewSquareSize(thumbSize) }
 
 // Tapped implements fyne.Tappable.
 func (t *thumbTile) Tapped(*fyne.PointEvent) {
+	t.MouseOut()
 	if t.onTap != nil {
 		t.onTap()
 	}
@@ -205,4 +213,45 @@ func (c *thumbCache) load(path string) {
 		c.m = map[string]image.Image{}
 	}
 	c.m[path] = thumb
+}
+
+// thumbCaption is what a thumbnail says under the pointer: the prompt's
+// start, the size and the seed, as the tiles show only the picture.
+func thumbCaption(rec store.ImageRecord) string {
+	p := []rune(strings.Join(strings.Fields(rec.Prompt), " "))
+	if len(p) > 48 {
+		p = append(p[:47], '…')
+	}
+	parts := []string{}
+	if len(p) > 0 {
+		parts = append(parts, string(p))
+	}
+	if rec.Width > 0 && rec.Height > 0 {
+		parts = append(parts, fmt.Sprintf("%d × %d", rec.Width, rec.Height))
+	}
+	parts = append(parts, fmt.Sprintf("seed %d", rec.Seed))
+	return strings.Join(parts, " · ")
+}
+
+// hoverTip shows a tile's caption while the pointer is over it.
+type hoverTip struct {
+	caption func() string
+	anchor  fyne.CanvasObject
+}
+
+// MouseIn implements desktop.Hoverable.
+func (h *hoverTip) MouseIn(*desktop.MouseEvent) {
+	if l := tipLayerOf(h.anchor); l != nil {
+		l.show(h.caption(), h.anchor)
+	}
+}
+
+// MouseMoved implements desktop.Hoverable.
+func (h *hoverTip) MouseMoved(*desktop.MouseEvent) {}
+
+// MouseOut implements desktop.Hoverable.
+func (h *hoverTip) MouseOut() {
+	if l := tipLayerOf(h.anchor); l != nil {
+		l.hide()
+	}
 }

@@ -24,7 +24,6 @@ func viewerWith(t *testing.T, n, w, h int) (testStudio, []store.ImageRecord) {
 		hist.add(store.ImageRecord{ID: int64(i + 1), Path: p, Seed: int64(100 + i), Width: w, Height: h, Prompt: "a lighthouse"})
 	}
 	s := newTestStudio(t, &fakeGen{}, hist)
-	s.win.SetContent(s.layout())
 	s.win.Resize(fyne.NewSize(1320, 860))
 	s.waitFor(t, time.Minute, "the history", func() bool { return s.historyLoaded() && s.view.shown != nil })
 	return s, hist.recs
@@ -154,4 +153,22 @@ func TestArrowKeysMoveThroughTheGallery(t *testing.T) {
 	key(fyne.KeyEscape)
 	assert.False(t, g.detail.box.Visible(), "Esc goes back to the grid")
 	assert.Equal(t, 0, g.cursor, "on the image last shown")
+}
+
+// A thumbnail says what it is under the pointer: the prompt's start, size, seed.
+func TestThumbnailsShowTheirDetailsOnHover(t *testing.T) {
+	s, recs := viewerWith(t, 2, 64, 48)
+	c := s.win.Canvas()
+	l := tipLayers[c]
+	require.NotNil(t, l)
+	tile := s.strip.tiles[1]
+	test.MoveMouse(c, absPos(tile).Add(fyne.NewPos(20, 20)))
+	assert.Equal(t, "a lighthouse · 64 × 48 · seed 100", l.shown)
+	assert.True(t, l.tip.Visible())
+	assert.Equal(t, recs[1].Seed, int64(100))
+	test.MoveMouse(c, fyne.NewPos(5, 5))
+	assert.False(t, l.tip.Visible(), "the caption goes with the pointer")
+
+	long := store.ImageRecord{Prompt: "a lighthouse on a cliff at dusk, volumetric light, highly detailed, 8k", Width: 1024, Height: 1024, Seed: 7}
+	assert.Equal(t, "a lighthouse on a cliff at dusk, volumetric lig… · 1024 × 1024 · seed 7", thumbCaption(long))
 }
