@@ -35,11 +35,7 @@ type setupScreen struct {
 	python   *widget.Label
 	other    *widget.Entry
 	start    *widget.Button
-	bar      *widget.ProgressBar
-	stage    *widget.Label
-	problem  *widget.Label
-	todo     *widget.Label
-	detail   *widget.Label
+	prog     *taskProgress
 	content  fyne.CanvasObject
 	running  bool
 	finished func(error) // tests: told after each attempt, on the UI goroutine
@@ -57,7 +53,7 @@ func newSetupScreen(opt SetupOptions, post func(func()), done func()) *setupScre
 	intro := widget.NewLabel(why)
 	intro.Wrapping = fyne.TextWrapWord
 
-	s.python = widget.NewLabel("looking for Python 3.10–3.12…")
+	s.python = widget.NewLabel("Looking for Python 3.10–3.12…")
 	s.python.Wrapping = fyne.TextWrapWord
 	s.other = widget.NewEntry()
 	s.other.SetPlaceHolder("e.g. /usr/bin/python3.11 (empty: search PATH)")
@@ -83,20 +79,9 @@ func newSetupScreen(opt SetupOptions, post func(func()), done func()) *setupScre
 
 	s.start = widget.NewButton("Start set-up", s.Start)
 	s.start.Importance = widget.HighImportance
-	s.bar = widget.NewProgressBar()
-	s.bar.Hide()
-	s.stage = widget.NewLabel("")
-	s.stage.Wrapping = fyne.TextWrapWord
-	s.problem = widget.NewLabel("")
-	s.problem.Importance = widget.DangerImportance
-	s.problem.Wrapping = fyne.TextWrapWord
-	s.todo = widget.NewLabel("")
-	s.todo.Wrapping = fyne.TextWrapWord
-	s.detail = widget.NewLabel("")
-	s.detail.TextStyle = fyne.TextStyle{Monospace: true}
-	s.detail.Wrapping = fyne.TextWrapBreak
+	s.prog = newTaskProgress(false)
 
-	body := container.NewVBox(title, intro, form, container.NewHBox(s.start), s.bar, s.stage, s.problem, s.todo, s.detail)
+	body := container.NewVBox(title, intro, form, container.NewHBox(s.start), s.prog.box)
 	s.content = container.NewVScroll(container.NewPadded(body))
 	s.findPython()
 	return s
@@ -112,7 +97,7 @@ func (s *setupScreen) findPython() {
 				return // a later edit probes again
 			}
 			if err != nil {
-				s.python.SetText("none usable: " + errorText(err))
+				s.python.SetText("None usable: " + errorText(err))
 				return
 			}
 			s.python.SetText(fmt.Sprintf("%s (Python %s)", py.Path, py.Version))
@@ -128,19 +113,11 @@ func (s *setupScreen) Start() {
 	s.running = true
 	s.start.Disable()
 	s.other.Disable()
-	s.problem.SetText("")
-	s.todo.SetText("")
-	s.detail.SetText("")
-	s.bar.SetValue(0)
-	s.bar.Show()
-	s.stage.SetText("starting…")
+	s.prog.begin("Starting…")
 	opt := setup.Options{Python: s.other.Text, Requirements: s.opt.Requirements, FindLinks: s.opt.FindLinks,
 		IndexURL: s.opt.IndexURL, NeedBytes: s.opt.NeedBytes,
 		Progress: func(p setup.Progress) {
-			s.post(func() {
-				s.bar.SetValue(p.Fraction)
-				s.stage.SetText(p.Message)
-			})
+			s.post(func() { s.prog.step(p.Fraction, sentence(p.Message)) })
 		}}
 	go func() {
 		_, err := setup.Install(context.Background(), s.opt.Layout, opt)
@@ -151,22 +128,18 @@ func (s *setupScreen) Start() {
 func (s *setupScreen) finish(err error) {
 	s.running = false
 	if err == nil {
-		s.stage.SetText("done: opening the studio")
+		s.prog.succeed("Done: opening the studio")
 		if s.finished != nil {
 			s.finished(nil)
 		}
 		s.done()
 		return
 	}
-	s.bar.Hide()
-	s.stage.SetText("")
 	var serr *setup.Error
 	if errors.As(err, &serr) {
-		s.problem.SetText(serr.Message)
-		s.todo.SetText("What to do: " + serr.Todo)
-		s.detail.SetText(serr.Detail)
+		s.prog.fail(serr.Message, serr.Todo, serr.Detail, false)
 	} else {
-		s.problem.SetText(err.Error())
+		s.prog.fail(err.Error(), "", "", false)
 	}
 	s.start.SetText("Try again")
 	s.start.Enable()

@@ -52,7 +52,7 @@ func (h *setupHarness) attempt(t *testing.T) error {
 		default:
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("set-up did not end (stage %q)", h.sc.stage.Text)
+			t.Fatalf("set-up did not end (stage %q)", h.sc.prog.stage.Text)
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
@@ -86,8 +86,8 @@ func TestSetupScreenWithoutPythonSaysWhatToDoAndStays(t *testing.T) {
 
 	err := h.attempt(t)
 	require.Error(t, err)
-	assert.Contains(t, h.sc.problem.Text, missing+" does not exist")
-	assert.True(t, strings.HasPrefix(h.sc.todo.Text, "What to do: "), h.sc.todo.Text)
+	assert.Contains(t, h.sc.prog.problem.Text, missing+" does not exist")
+	assert.True(t, strings.HasPrefix(h.sc.prog.todo.Text, "What to do: "), h.sc.prog.todo.Text)
 	assert.Equal(t, h.sc.content, h.w.Content(), "the set-up screen stays, so the user can fix it")
 	assert.False(t, h.sc.start.Disabled(), "the user can try again")
 	assert.Equal(t, "Try again", h.sc.start.Text)
@@ -105,8 +105,8 @@ func TestSetupScreenWithoutNetworkSaysSo(t *testing.T) {
 	h := newSetupHarness(t, opt)
 
 	require.Error(t, h.attempt(t))
-	assert.Contains(t, h.sc.problem.Text, "no network")
-	assert.Contains(t, h.sc.todo.Text, "--find-links")
+	assert.Contains(t, h.sc.prog.problem.Text, "no network")
+	assert.Contains(t, h.sc.prog.todo.Text, "--find-links")
 	assert.Equal(t, h.sc.content, h.w.Content())
 	assert.False(t, h.sc.start.Disabled())
 }
@@ -116,7 +116,7 @@ func TestSetupScreenBuildsTheVenvThenOpensTheStudio(t *testing.T) {
 	opt := tinySetup(t)
 	h := newSetupHarness(t, opt)
 	deadline := time.Now().Add(2 * time.Minute)
-	for strings.HasPrefix(h.sc.python.Text, "looking") {
+	for strings.HasPrefix(h.sc.python.Text, "Looking") {
 		require.False(t, time.Now().After(deadline), "the Python probe did not end")
 		h.q.drain()
 		time.Sleep(10 * time.Millisecond)
@@ -127,7 +127,7 @@ func TestSetupScreenBuildsTheVenvThenOpensTheStudio(t *testing.T) {
 	assert.Contains(t, shown, "nothing: from the folder "+opt.FindLinks, "and what it downloads")
 
 	require.NoError(t, h.attempt(t))
-	assert.Equal(t, 1.0, h.sc.bar.Value)
+	assert.Equal(t, 1.0, h.sc.prog.bar.Value)
 	assert.Equal(t, fyne.CanvasObject(h.studio), h.w.Content(), "the studio replaces the set-up screen")
 	st, err := setup.Inspect(opt.Layout, opt.Requirements)
 	require.NoError(t, err)

@@ -38,9 +38,7 @@ type getModels struct {
 	pop    *widget.PopUp
 	checks []*widget.Check
 	into   *widget.Label
-	bar    *widget.ProgressBar
-	status *widget.Label
-	errMsg *widget.Label
+	prog   *taskProgress
 	start  *widget.Button
 	cancel *widget.Button
 	add    *widget.Button
@@ -96,14 +94,7 @@ func newGetModels(s *Studio) *getModels {
 	g.into = widget.NewLabel("")
 	g.into.Wrapping = fyne.TextWrapBreak
 	g.into.SizeName = theme.SizeNameCaptionText
-	g.bar = widget.NewProgressBar()
-	g.bar.Hide()
-	g.status = widget.NewLabel("")
-	g.status.Truncation = fyne.TextTruncateEllipsis
-	g.errMsg = widget.NewLabel("")
-	g.errMsg.Wrapping = fyne.TextWrapWord
-	g.errMsg.Importance = widget.DangerImportance
-	g.errMsg.Hide()
+	g.prog = newTaskProgress(true)
 	g.start = widget.NewButtonWithIcon("Download", theme.DownloadIcon(), g.Start)
 	g.start.Importance = widget.HighImportance
 	g.cancel = widget.NewButtonWithIcon("Cancel", theme.CancelIcon(), g.Cancel)
@@ -120,7 +111,7 @@ func (g *getModels) content() fyne.CanvasObject {
 	for _, c := range g.checks {
 		checks.Add(c)
 	}
-	body := container.NewVBox(heading("Get a real model"), intro, checks, g.into, g.bar, g.status, g.errMsg,
+	body := container.NewVBox(heading("Get a real model"), intro, checks, g.into, g.prog.box,
 		container.NewHBox(g.add, layout.NewSpacer(), g.close, g.cancel, g.start))
 	return container.NewPadded(container.NewGridWrap(fyne.NewSize(560, body.MinSize().Height+60), body))
 }
@@ -161,10 +152,7 @@ func (g *getModels) Start() {
 	}
 	ctx, stop := context.WithCancel(context.Background())
 	g.stop, g.done = stop, false
-	g.errMsg.Hide()
-	g.bar.SetValue(0)
-	g.bar.Show()
-	g.status.SetText("Asking the hub for the files…")
+	g.prog.begin("Asking the hub for the files…")
 	g.start.Disable()
 	g.cancel.Enable()
 	folder, dl := g.folder, g.s.x.svc.Download
@@ -192,12 +180,13 @@ func (g *getModels) Start() {
 func (g *getModels) show(p download.Preset, ev download.Event) {
 	switch ev.Event {
 	case "plan":
-		g.status.SetText(fmt.Sprintf("%s: %d files, %.2f GB", p.Title, len(ev.Files), float64(ev.Total)/1e9))
+		g.prog.step(-1, fmt.Sprintf("%s: %d files, %.2f GB", p.Title, len(ev.Files), float64(ev.Total)/1e9))
 	case "progress":
+		frac := -1.0
 		if ev.Total > 0 {
-			g.bar.SetValue(float64(ev.Done) / float64(ev.Total))
+			frac = float64(ev.Done) / float64(ev.Total)
 		}
-		g.status.SetText(fmt.Sprintf("%s: %.2f of %.2f GB · %s", p.Title, float64(ev.Done)/1e9, float64(ev.Total)/1e9, ev.File))
+		g.prog.step(frac, fmt.Sprintf("%s: %.2f of %.2f GB · %s", p.Title, float64(ev.Done)/1e9, float64(ev.Total)/1e9, ev.File))
 	}
 }
 
@@ -213,30 +202,26 @@ func (g *getModels) finished(what []download.Preset, got []string, err error) {
 	}
 	switch {
 	case download.IsCancelled(err):
-		g.status.SetText("Cancelled. What was downloaded is kept: Download resumes it.")
+		g.prog.step(-1, "Cancelled. What was downloaded is kept: Download resumes it.")
 	case err != nil:
-		g.status.SetText("")
 		g.fail(err.Error())
 	default:
-		g.bar.SetValue(1)
 		names := make([]string, len(what))
 		for i, p := range what {
 			names[i] = p.Title
 		}
-		g.status.SetText("Done: " + strings.Join(names, ", ") + " in the library.")
+		g.prog.succeed("Done: " + strings.Join(names, ", ") + " in the library.")
 	}
 	g.done = true
 }
 
-func (g *getModels) fail(msg string) {
-	g.errMsg.SetText(msg)
-	g.errMsg.Show()
-}
+// fail says what went wrong; the downloader's message says what to do.
+func (g *getModels) fail(msg string) { g.prog.fail(sentence(msg), "", "", true) }
 
 // Cancel stops the running download; its partial file stays for a resume.
 func (g *getModels) Cancel() {
 	if g.stop != nil {
-		g.status.SetText("Stopping…")
+		g.prog.step(-1, "Stopping…")
 		g.stop()
 	}
 }
@@ -259,7 +244,7 @@ func (g *getModels) addFolder() {
 		}
 		g.s.do(func() {
 			g.s.form.addLibraryFolder(dir)
-			g.status.SetText("Added " + dir + " to the library: its models are in the drop-downs.")
+			g.prog.step(-1, "Added "+dir+" to the library: its models are in the drop-downs.")
 		})
 	}()
 }

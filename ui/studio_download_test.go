@@ -86,10 +86,10 @@ func TestGetModelsPanelDownloadsSDXLBaseAndSelectsIt(t *testing.T) {
 	require.True(t, g.start.Disabled(), "Download waits while one runs")
 	require.False(t, g.cancel.Disabled())
 	s.waitFor(t, 5*time.Minute, "the download to end", func() bool { return g.done })
-	require.False(t, g.errMsg.Visible(), g.errMsg.Text)
+	require.False(t, g.prog.problem.Visible(), g.prog.problem.Text)
 	require.Positive(t, progress.Load(), "the bar followed the downloader's progress")
-	require.Equal(t, 1.0, g.bar.Value)
-	require.Equal(t, "Done: SDXL base 1.0 in the library.", g.status.Text)
+	require.Equal(t, 1.0, g.prog.bar.Value)
+	require.Equal(t, "Done: SDXL base 1.0 in the library.", g.prog.stage.Text)
 	require.True(t, g.cancel.Disabled())
 
 	// The model is in the Model field and, once the library is scanned again, among its choices.
@@ -117,9 +117,9 @@ func TestGetModelsPanelSaysWhatToDoOffline(t *testing.T) {
 	g := openPanel(t, s)
 	test.Tap(g.start)
 	s.waitFor(t, 5*time.Minute, "the download to fail", func() bool { return g.done })
-	require.True(t, g.errMsg.Visible())
-	require.Contains(t, g.errMsg.Text, "Cannot reach the Hugging Face hub (http://127.0.0.1:9)")
-	require.Contains(t, g.errMsg.Text, "add its folder to the library")
+	require.True(t, g.prog.problem.Visible())
+	require.Contains(t, g.prog.problem.Text, "Cannot reach the Hugging Face hub (http://127.0.0.1:9)")
+	require.Contains(t, g.prog.problem.Text, "add its folder to the library")
 	require.False(t, g.start.Disabled(), "Download can be tried again")
 	require.Equal(t, "tiny", s.form.model.entry.Text)
 }
