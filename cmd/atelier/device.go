@@ -2,11 +2,9 @@ package main
 
 import (
 	"context"
-	"runtime"
-	"strconv"
-	"strings"
 
 	"atelier/bridge"
+	"atelier/core/settings"
 	"atelier/core/store"
 )
 
@@ -14,51 +12,61 @@ import (
 // single worker, which uses mps when it can).
 const autoDevice = "auto"
 
-// leaseName is the device lease a worker of device takes ("" is a worker that
-// picks its device itself).
-func leaseName(device string) string {
-	if device == "" {
-		return autoDevice
+// leaseName is the device lease of a worker planned for slotDevice, the one
+// name every command uses (docs/architecture.md, "Which device"). asked is the
+// device asked for (settings.Resolve's: ATELIER_DEVICE, a flag or the
+// settings). A worker planned for no device (a Mac's single worker) picks its
+// own from the ATELIER_DEVICE it is given: cpu and mps name that device, so
+// that a studio and a queue run told the same share one lease; anything else
+// is the worker's own choice, "auto".
+func leaseName(slotDevice, asked string) string {
+	if slotDevice != "" {
+		return slotDevice
 	}
-	return device
+	switch asked {
+	case "cpu", "mps":
+		return asked
+	}
+	return autoDevice
 }
 
-// appDevice is the device the single worker of `generate` and the studio runs
-// on, named as "queue run" names its slots, so that all of them share one
-// lease (docs/architecture.md, "One worker per device"): the device asked for
-// (ATELIER_DEVICE, a flag or the settings, settings.Resolve's) when it names
-// one, else the first GPU, else the CPU (on a Mac, the worker's own choice).
-// cuda:N, which counts the GPUs the worker sees, is the Nth GPU found.
-func appDevice(ctx context.Context, device string) string {
-	switch device {
-	case "cpu", "mps":
-		return device
+// appDevice is the device lease of the single worker of `generate`, the
+// studio and the other one-worker commands: the lease of queue run's first
+// worker for the same device asked for (see appDeviceFor).
+func appDevice(ctx context.Context, asked string) string {
+	var gpus []string
+	if asked != "cpu" && asked != "mps" {
+		gpus = bridge.DetectGPUs(ctx)
 	}
-	gpus := bridge.DetectGPUs(ctx)
-	if n, err := strconv.Atoi(strings.TrimPrefix(device, "cuda:")); err == nil && strings.HasPrefix(device, "cuda:") && n < len(gpus) {
-		if _, err := strconv.Atoi(gpus[n]); err == nil {
-			return "cuda:" + gpus[n]
+	return appDeviceFor(asked, gpus)
+}
+
+// appDeviceFor is appDevice with the GPUs found: queue run's first slot,
+// planned as queue run plans it (gpusFor, then bridge.LocalSlots) and named by
+// leaseName, so that all of them share one lease. A device that is not on this machine (cuda:N past the GPUs found,
+// which queue run refuses) names its own lease; its worker says what is wrong.
+func appDeviceFor(asked string, gpus []string) string {
+	gpus, err := gpusFor(asked, gpus)
+	var specs []bridge.SlotSpec
+	if err == nil {
+		specs, err = bridge.LocalSlots(1, gpus, bridge.Config{})
+	}
+	if err != nil || len(specs) == 0 {
+		if asked == "" || asked == settings.DeviceAuto {
+			return autoDevice
 		}
-		return device
+		return asked
 	}
-	if len(gpus) > 0 {
-		if _, err := strconv.Atoi(gpus[0]); err == nil {
-			return "cuda:" + gpus[0]
-		}
-		return "cuda:0" // a GPU named by UUID: its place in the list, as bridge.LocalSlots names it
-	}
-	if runtime.GOOS == "darwin" {
-		return autoDevice
-	}
-	return "cpu"
+	return leaseName(specs[0].Device, asked)
 }
 
 // shareSlots makes each local slot of "queue run" take its device's lease
-// before it starts a worker; a Ray actor is the cluster's, not this machine's.
-func shareSlots(p *bridge.Pool) {
+// (asked: the device asked for) before it starts a worker; a Ray actor is the
+// cluster's, not this machine's.
+func shareSlots(p *bridge.Pool, asked string) {
 	for _, s := range p.Slots {
 		if s.Runner.Device != bridge.RayDevice {
-			s.Runner.ShareDevice(leaseName(s.Runner.Device))
+			s.Runner.ShareDevice(leaseName(s.Runner.Device, asked))
 		}
 	}
 }

@@ -724,7 +724,7 @@ Options:
 	defer releaseLeases(history) // after the workers stopped
 	pool := bridge.OpenPool(history, dirs, specs)
 	defer pool.Close()
-	shareSlots(pool)
+	shareSlots(pool, worker.Device)
 	setImagesFolder(pool.Slots, stored, dirs, stderr)
 	if multi {
 		names := make([]string, len(specs))
