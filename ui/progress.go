@@ -12,6 +12,7 @@ import (
 	"github.com/disintegration/imaging"
 
 	"atelier/core/request"
+	"atelier/core/spec"
 )
 
 // frameInterval caps UI updates from the event stream at about 60 a second:
@@ -94,6 +95,9 @@ type progressSnapshot struct {
 	Device      string
 	Refiner     bool // the job has a refiner: denoising is the base model's stage
 	Job, Jobs   int  // job Job of Jobs, with a batch count above 1
+	// Optimizing is the job's size ("1024×1024") while the worker builds the fast path
+	// for it in the background: this job runs on the plain path, later ones will not.
+	Optimizing string
 }
 
 func newJobRun(req request.Request, cancel func()) *jobRun {
@@ -124,10 +128,16 @@ func (j *jobRun) onEvent(e event) {
 	case evHello:
 		j.snap.Device = e.device
 	case evProgress:
+		if e.stage == spec.StageOptimizing {
+			// A notice rather than a stage: it lasts while the job denoises.
+			j.snap.Optimizing = fmt.Sprintf("%d×%d", j.req.Width, j.req.Height)
+			break
+		}
 		j.snap.Stage, j.snap.Step, j.snap.Total = e.stage, e.step, e.total
 	case evJob:
 		j.snap.Job, j.snap.Jobs = e.step, e.total
 		j.snap.Stage, j.snap.Step, j.snap.Total = "", 0, 0
+		j.snap.Optimizing = ""
 	case evPreview:
 		if preview != nil {
 			j.preview = preview
@@ -208,8 +218,12 @@ func progressText(p progressSnapshot, elapsed time.Duration) string {
 	if p.Jobs > 1 {
 		s = fmt.Sprintf("job %d/%d · %s", p.Job, p.Jobs, s)
 	}
+	s += " · " + formatElapsed(elapsed)
+	if p.Optimizing != "" {
+		s += " · optimizing for " + p.Optimizing + ": later images will be faster"
+	}
 	// A label of its own starts with a capital, as every label of the window does.
-	return sentence(s + " · " + formatElapsed(elapsed))
+	return sentence(s)
 }
 
 // fraction is the progress bar's value: the share of steps done.

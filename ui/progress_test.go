@@ -6,6 +6,9 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/assert"
+
+	"atelier/core/request"
+	"atelier/core/spec"
 )
 
 func TestProgressText(t *testing.T) {
@@ -20,10 +23,29 @@ func TestProgressText(t *testing.T) {
 		{progressSnapshot{Stage: "denoising", Step: 12, Total: 30}, 3400 * time.Millisecond, "Denoising — 12/30 · 3.4 s"},
 		{progressSnapshot{Stage: "something_new", Step: 1, Total: 2}, 0, "Something_new — 1/2 · 0.0 s"},
 		{progressSnapshot{Stage: "decoding"}, 95 * time.Second, "Decoding · 1 min 35 s"},
+		{progressSnapshot{Stage: "denoising", Step: 3, Total: 30, Optimizing: "1024×1024"}, 2 * time.Second,
+			"Denoising — 3/30 · 2.0 s · optimizing for 1024×1024: later images will be faster"},
 	}
 	for _, c := range cases {
 		assert.Equal(t, c.want, progressText(c.p, c.d))
 	}
+}
+
+// The worker's optimizing notice lasts through the job's denoising, and the next job
+// starts without it.
+func TestOptimizingNoticeLastsTheJob(t *testing.T) {
+	j := newJobRun(request.Request{Width: 1216, Height: 832}, func() {})
+	j.onEvent(event{kind: evProgress, stage: "encoding"})
+	j.onEvent(event{kind: evProgress, stage: spec.StageOptimizing})
+	j.onEvent(event{kind: evProgress, stage: "denoising", step: 5, total: 30})
+	p, _ := j.take()
+	assert.Equal(t, "denoising", p.Stage)
+	assert.Equal(t, 5, p.Step)
+	assert.Equal(t, "1216×832", p.Optimizing)
+	assert.Contains(t, progressText(p, time.Second), "optimizing for 1216×832: later images will be faster")
+	j.onEvent(event{kind: evJob, step: 2, total: 2})
+	p, _ = j.take()
+	assert.Empty(t, p.Optimizing)
 }
 
 func TestThrottleCoalescesAndShowsTheLastState(t *testing.T) {

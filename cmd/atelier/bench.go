@@ -72,6 +72,8 @@ type benchOptions struct {
 	timeout      time.Duration
 	workers      int // --workers: also time the queue on this many workers against one (0: not)
 	workerJobs   int
+	fastWait     time.Duration
+	fastDir      string
 }
 
 func parseBench(args []string, stdout, stderr io.Writer) (*benchOptions, int, bool) {
@@ -98,6 +100,8 @@ func parseBench(args []string, stdout, stderr io.Writer) (*benchOptions, int, bo
 	fs.IntVar(&o.workers, "workers", 0, "also time the queue's images per second on one worker and on N, planned as `queue run --workers N` plans them "+
 		"(one per GPU, or N CPU workers), with the first variant's settings (0: not)")
 	fs.IntVar(&o.workerJobs, "workers-jobs", 0, "jobs of one image (a batch count) each scale-out run times (default: 4 per worker)")
+	fs.StringVar(&o.fastDir, "fast-dir", "", "keep the fast path's artefacts in this folder across variants and runs (default: an empty folder for each variant, so the first image has none)")
+	fs.DurationVar(&o.fastWait, "fast-wait", 15*time.Minute, "while the fast path's artefact is built in the background (CUDA), keep running jobs for at most this long before the timed runs")
 	fs.Usage = func() {
 		fmt.Fprint(fs.Output(), `Usage: atelier bench [options]
 
@@ -217,12 +221,28 @@ type benchBatch struct {
 }
 
 type benchResult struct {
-	Name              string                `json:"name"`
-	Env               []string              `json:"env"`
-	Error             string                `json:"error,omitempty"`
-	FirstImageColdS   float64               `json:"first_image_cold_s"`
-	FirstImageWarmS   float64               `json:"first_image_warm_cache_s,omitempty"`
-	FirstImageSwitchS float64               `json:"first_image_after_switch_s,omitempty"`
+	Name              string   `json:"name"`
+	Env               []string `json:"env"`
+	Error             string   `json:"error,omitempty"`
+	FirstImageColdS   float64  `json:"first_image_cold_s"`
+	FirstImageWarmS   float64  `json:"first_image_warm_cache_s,omitempty"`
+	FirstImageSwitchS float64  `json:"first_image_after_switch_s,omitempty"`
+	// The same first images by the fast path's artefact: none yet (a fresh cache), one
+	// on disk (after a restart, once it was built), and another checkpoint of the same
+	// architecture (the artefact takes the new weights).
+	FirstNoArtefactS   float64 `json:"first_image_no_artefact_s"`
+	FirstWithArtefactS float64 `json:"first_image_with_artefact_s,omitempty"`
+	// The fast path's state in each kind of job (metrics.speed.fast_path: on, building,
+	// off): the first, the timed ones, after the switch and after the restart.
+	FastPathFirst   string `json:"fast_path_first"`
+	FastPathTimed   string `json:"fast_path_timed"`
+	FastPathSwitch  string `json:"fast_path_after_switch,omitempty"`
+	FastPathRestart string `json:"fast_path_after_restart,omitempty"`
+	// While the artefact was built: how long until a job used it (from the end of the
+	// first job), that job's own time (it loads the artefact), and the jobs in between.
+	FastPathReadyS    float64               `json:"fast_path_ready_s,omitempty"`
+	FastPathLoadJobS  float64               `json:"fast_path_first_fast_job_s,omitempty"`
+	WhileBuildingE2E  *benchStats           `json:"while_building_e2e,omitempty"`
 	E2E               benchStats            `json:"e2e"`
 	RatioToBaseline   float64               `json:"speedup_vs_baseline,omitempty"`
 	WorkerTotal       benchStats            `json:"worker_total"`
@@ -571,7 +591,12 @@ func benchOne(o *benchOptions, v benchVariant, model string, base bridge.Config,
 	cfg := base
 	// A compile cache of the variant's own, empty at first: the first image is a cold
 	// start, the first after a restart a warm one.
-	cfg.Env = append([]string{"TORCHINDUCTOR_CACHE_DIR=" + filepath.Join(tmp, "inductor")}, v.Env...)
+	fastDir := filepath.Join(tmp, "fast")
+	if o.fastDir != "" {
+		fastDir = o.fastDir
+	}
+	cfg.Env = append([]string{"TORCHINDUCTOR_CACHE_DIR=" + filepath.Join(tmp, "inductor"),
+		"ATELIER_FAST_DIR=" + fastDir}, v.Env...)
 	var tail tailBuffer
 	cfg.Logger = slog.New(slog.NewTextHandler(&tail, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	cfg.StallTimeout = 5 * time.Minute
@@ -596,7 +621,14 @@ func benchOne(o *benchOptions, v benchVariant, model string, base bridge.Config,
 	}
 	res.PNGOK = first.pngOK
 	res.FirstImageMarks = first.marks
-	logf("  first image (cold) %.2fs", first.wall)
+	res.FirstNoArtefactS = res.FirstImageColdS
+	res.FastPathFirst = fastPathState(first)
+	logf("  first image (cold) %.2fs, fast path %s", first.wall, res.FastPathFirst)
+	if res.FastPathFirst == "building" {
+		if err := waitFastPath(s, res, logf); err != nil {
+			return fail(err)
+		}
+	}
 	for i := 1; i < o.warmup; i++ {
 		if _, err := s.job(1, 0); err != nil {
 			return fail(err)
@@ -616,6 +648,7 @@ func benchOne(o *benchOptions, v benchVariant, model string, base bridge.Config,
 		save = append(save, j.saveS)
 		encode = append(encode, j.encodeS)
 		res.PeakMemBytes = max(res.PeakMemBytes, j.metrics.PeakMemBytes)
+		res.FastPathTimed = fastPathState(j)
 	}
 	res.E2E = stats(walls)
 	res.WorkerTotal = stats(totals)
@@ -684,6 +717,7 @@ func benchOne(o *benchOptions, v benchVariant, model string, base bridge.Config,
 			}
 			res.FirstImageSwitchS = round4(j.wall)
 			res.FirstSwitchMarks = j.marks
+			res.FastPathSwitch = fastPathState(j)
 			logf("  first image after a model switch %.2fs", j.wall)
 		}
 	}
@@ -696,11 +730,51 @@ func benchOne(o *benchOptions, v benchVariant, model string, base bridge.Config,
 			return fail(err)
 		}
 		res.FirstImageWarmS = round4(j.wall)
+		res.FirstWithArtefactS = res.FirstImageWarmS
+		res.FastPathRestart = fastPathState(j)
 		res.FirstWarmMarks = j.marks
 		res.WarmRestartLog = s.br.StderrTail()
 		logf("  first image after a restart (warm compile cache) %.2fs", j.wall)
 	}
 	return res
+}
+
+// fastPathState is the fast path's state a job reports, "off" where it says none.
+func fastPathState(j *benchJob) string {
+	if j.metrics != nil && j.metrics.Speed["fast_path"] != "" {
+		return j.metrics.Speed["fast_path"]
+	}
+	return "off"
+}
+
+// waitFastPath runs jobs, as a user would, while the worker builds the fast path's
+// artefact in the background, until one runs on it (or --fast-wait passes): the timed
+// runs then measure the path a user gets from then on.
+func waitFastPath(s *benchSession, res *benchResult, logf func(string, ...any)) error {
+	t0 := time.Now()
+	var walls []float64
+	for {
+		j, err := s.job(1, 0)
+		if err != nil {
+			return err
+		}
+		if st := fastPathState(j); st != "building" {
+			res.FastPathReadyS = round4(time.Since(t0).Seconds())
+			res.FastPathLoadJobS = round4(j.wall)
+			logf("  fast path %s after %.1fs (%d jobs meanwhile); that job %.2fs", st, res.FastPathReadyS, len(walls), j.wall)
+			break
+		}
+		walls = append(walls, j.wall)
+		if time.Since(t0) > s.o.fastWait {
+			logf("  fast path still building after %s: timing the plain path", s.o.fastWait)
+			break
+		}
+	}
+	if len(walls) > 0 {
+		st := stats(walls)
+		res.WhileBuildingE2E = &st
+	}
+	return nil
 }
 
 // linkModel makes dst a folder of symbolic links to the entries of the model folder src.

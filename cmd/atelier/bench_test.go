@@ -121,4 +121,14 @@ func TestBenchOnTheTinyModel(t *testing.T) {
 	assert.Greater(t, sc.Speedup, 0.0)
 	assert.InDelta(t, sc.Speedup/2, sc.Efficiency, 1e-3)
 	assert.Contains(t, stdout, "scale-out (atelier, 4 jobs of 1 image): 1 worker ")
+	// The fast path is CUDA's: on the CPU every job reports it off, and the first images
+	// without and with an artefact are the cold start and the restart.
+	assert.Equal(t, v.FirstImageColdS, v.FirstNoArtefactS)
+	assert.Equal(t, v.FirstImageWarmS, v.FirstWithArtefactS)
+	assert.Greater(t, v.FirstWithArtefactS, 0.0)
+	for _, st := range []string{v.FastPathFirst, v.FastPathTimed, v.FastPathSwitch, v.FastPathRestart} {
+		assert.Equal(t, "off", st)
+	}
+	assert.Zero(t, v.FastPathReadyS, "nothing was built, so nothing was waited for")
+	assert.Nil(t, v.WhileBuildingE2E)
 }

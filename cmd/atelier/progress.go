@@ -42,6 +42,7 @@ var stageLabels = map[string]string{
 	"creating_tiny_model": "creating tiny model",
 	"preprocessing":       "preparing images",
 	"encoding":            "encoding prompt",
+	"optimizing":          "optimizing this size in the background (later images will be faster)",
 	"denoising":           "denoising",
 	"refining":            "refining (refiner)",
 	"decoding":            "decoding",

@@ -99,6 +99,10 @@ const (
 	StagePreprocessing = "preprocessing"
 	// StageEncoding: the prompt is encoded.
 	StageEncoding = "encoding"
+	// StageOptimizing: sent before denoising when the fast path for the job's size is being
+	// built in the background (CUDA): this job runs on the plain path, later jobs of that
+	// size will be faster.
+	StageOptimizing = "optimizing"
 	// StageDenoising: the base model denoises.
 	StageDenoising = "denoising"
 	// StageRefining: the refiner continues (only with a refiner).
@@ -119,6 +123,7 @@ var Stages = []string{
 	"creating_tiny_model",
 	"preprocessing",
 	"encoding",
+	"optimizing",
 	"denoising",
 	"refining",
 	"decoding",

@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from dataclasses import dataclass
 
 log = logging.getLogger("atelier.accel")
 
-COMPILE_CHOICES = ("off", "regional", "full")
+COMPILE_CHOICES = ("auto", "off", "regional", "full")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune-no-cudagraphs", "max-autotune")
 VAE_DTYPES = ("auto", "float16", "bfloat16", "float32")
 OFFLOAD_CHOICES = ("none", "model", "sequential")
@@ -49,7 +50,7 @@ def _choice(name: str, choices: tuple[str, ...], default: str) -> str:
 
 @dataclass
 class Settings:
-    compile: str = "off"          # ATELIER_COMPILE: off | regional | full
+    compile: str = "off"          # ATELIER_COMPILE: auto | off | regional | full
     compile_mode: str = "default"  # ATELIER_COMPILE_MODE (torch.compile's mode)
     compile_vae: bool = False     # ATELIER_COMPILE_VAE: compile the VAE decoder too
     fuse_qkv: bool = False        # ATELIER_FUSE_QKV
@@ -64,13 +65,15 @@ class Settings:
     inference_mode: bool = True   # ATELIER_INFERENCE_MODE
     compile_text: bool = False    # ATELIER_COMPILE_TEXT: compile the text encoders too
     fp8: bool = False             # ATELIER_FP8: the UNet's attention and MLP matmuls in FP8
+    fast_max_autotune: bool = False  # ATELIER_FAST_MAX_AUTOTUNE: autotune the fast path's build
 
 
 def from_env(device_kind: str) -> Settings:
     """Reads the settings; defaults depend on the device (only CUDA gets compile & co)."""
     cuda = device_kind == "cuda"
     s = Settings(
-        compile=_choice("ATELIER_COMPILE", COMPILE_CHOICES, "regional" if cuda else "off"),
+        # auto: the fast path (fastrun.py) where its artefact is built, else eager.
+        compile=_choice("ATELIER_COMPILE", COMPILE_CHOICES, "auto" if cuda else "off"),
         compile_mode=_choice("ATELIER_COMPILE_MODE", COMPILE_MODES, "default"),
         compile_vae=_flag("ATELIER_COMPILE_VAE", False),
         fuse_qkv=_flag("ATELIER_FUSE_QKV", cuda),
@@ -84,6 +87,7 @@ def from_env(device_kind: str) -> Settings:
         inference_mode=_flag("ATELIER_INFERENCE_MODE", True),
         compile_text=_flag("ATELIER_COMPILE_TEXT", False),
         fp8=_flag("ATELIER_FP8", False),
+        fast_max_autotune=_flag("ATELIER_FAST_MAX_AUTOTUNE", False),
     )
     try:
         s.png_compress = int(os.environ.get("ATELIER_PNG_COMPRESS", "1"))
@@ -91,12 +95,17 @@ def from_env(device_kind: str) -> Settings:
         raise SettingError("ATELIER_PNG_COMPRESS must be a number 0-9") from None
     if not 0 <= s.png_compress <= 9:
         raise SettingError("ATELIER_PNG_COMPRESS must be a number 0-9")
+    if not cuda and s.compile == "auto":
+        s.compile = "off"  # the fast path is CUDA's
     if not cuda and s.compile != "off":
         log.warning("ATELIER_COMPILE=%s asked for on %s: compiling there is slow to start and "
                     "rarely faster", s.compile, device_kind)
+    if s.fp8 and s.compile == "auto":
+        s.compile = "off"  # the fast path is built from the plain fp16 UNet
     if s.offload != "none" and s.compile != "off":
-        log.warning("ATELIER_OFFLOAD=%s: compile is turned off, it does not mix with offload",
-                    s.offload)
+        if s.compile != "auto":
+            log.warning("ATELIER_OFFLOAD=%s: compile is turned off, it does not mix with offload",
+                        s.offload)
         s.compile = "off"
     return s
 
@@ -111,10 +120,10 @@ def in_effect(s: Settings, device_kind: str, applied: dict) -> dict[str, str]:
     def on(v: bool) -> str:
         return "on" if v else "off"
 
-    compiled = cuda and s.compile != "off"
+    compiled = cuda and s.compile not in ("off", "auto")
     return {
         "compile": s.compile + ("" if s.compile_mode == "default" else f" ({s.compile_mode})")
-        if compiled else "off",
+        if compiled else ("auto" if cuda and s.compile == "auto" else "off"),
         "compile_vae": on(compiled and s.compile_vae),
         "compile_text": on(compiled and s.compile_text),
         "fuse_qkv": on(bool(applied.get("fuse_qkv"))),
@@ -143,3 +152,51 @@ def setup_env() -> None:
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", os.path.join(cache_root(), "inductor"))
     os.environ.setdefault("TORCHINDUCTOR_FX_GRAPH_CACHE", "1")
     os.environ.setdefault("TORCHINDUCTOR_AUTOGRAD_CACHE", "1")
+
+
+def fast_path_wanted(s: Settings, device_kind: str) -> bool:
+    """Whether jobs try the fast path (fastrun.py): CUDA, ATELIER_COMPILE=auto (the default
+    there), no offload (the UNet must stay on the GPU)."""
+    return device_kind == "cuda" and s.compile == "auto" and s.offload == "none"
+
+
+def libstdcxx_preload() -> str | None:
+    """The C++ library to preload for the fast path's artefacts, or None where none is
+    needed. An AOTInductor package's wrapper is compiled by the system's g++ and crashes at
+    load (in std::regex, on the C++ library's locale code) unless that g++'s libstdc++
+    comes first in the process's symbol lookup: a library torch loads globally before it
+    appears to carry C++ library symbols of its own (measured on an H200 with torch 2.11;
+    docs/BENCHMARKS.md). Only on Linux with an NVIDIA driver, unless the fast path is off
+    (ATELIER_COMPILE set to something else) or this process was already started so."""
+    if sys.platform != "linux" or os.environ.get("ATELIER_PRELOADED"):
+        return None
+    if (os.environ.get("ATELIER_COMPILE") or "auto").strip().lower() != "auto":
+        return None
+    if not any(os.path.exists(p) for p in ("/proc/driver/nvidia/version", "/dev/nvidiactl")):
+        return None
+    import shutil
+    import subprocess
+
+    cxx = os.environ.get("CXX") or "g++"
+    if shutil.which(cxx) is None:
+        return None
+    try:
+        out = subprocess.run([cxx, "-print-file-name=libstdc++.so.6"], capture_output=True,
+                             text=True, timeout=30).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    lib = os.path.realpath(out) if out else ""
+    return lib if os.path.isabs(lib) and os.path.isfile(lib) else None
+
+
+def reexec_with_preload() -> None:
+    """Starts this same process again (same pid, same pipes) with the C++ library
+    preloaded, before torch is imported; does nothing where none is needed."""
+    lib = libstdcxx_preload()
+    if lib is None:
+        return
+    env = dict(os.environ)
+    env["ATELIER_PRELOADED"] = "1"
+    env["LD_PRELOAD"] = lib + (":" + env["LD_PRELOAD"] if env.get("LD_PRELOAD") else "")
+    log.info("restarting with %s preloaded (the fast path's artefacts need it)", lib)
+    os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)

@@ -119,7 +119,7 @@ def apply(pipe, device: str, dtype, s: Settings) -> dict:
         from . import fp8
 
         done["fp8_linears"] = fp8.swap_linears(pipe.unet)
-    if s.compile != "off" and cuda:
+    if s.compile in ("regional", "full") and cuda:
         mode = None if s.compile_mode == "default" else s.compile_mode
         if s.compile_text:
             for name in ("text_encoder", "text_encoder_2"):

@@ -74,6 +74,10 @@ STAGE_CREATING_TINY_MODEL = "creating_tiny_model"
 STAGE_PREPROCESSING = "preprocessing"
 # STAGE_ENCODING: the prompt is encoded.
 STAGE_ENCODING = "encoding"
+# STAGE_OPTIMIZING: sent before denoising when the fast path for the job's size is being
+# built in the background (CUDA): this job runs on the plain path, later jobs of that size
+# will be faster.
+STAGE_OPTIMIZING = "optimizing"
 # STAGE_DENOISING: the base model denoises.
 STAGE_DENOISING = "denoising"
 # STAGE_REFINING: the refiner continues (only with a refiner).
@@ -88,8 +92,8 @@ STAGE_UPSCALING = "upscaling"
 STAGE_SAVING = "saving"
 # The values of a progress message's stage, in the order a job meets them.
 STAGES = (
-    "loading_model", "creating_tiny_model", "preprocessing", "encoding", "denoising",
-    "refining", "decoding", "hires", "upscaling", "saving",
+    "loading_model", "creating_tiny_model", "preprocessing", "encoding", "optimizing",
+    "denoising", "refining", "decoding", "hires", "upscaling", "saving",
 )
 
 # The values of hello's device.

@@ -429,6 +429,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if argv is None:
+        from . import accel
+
+        accel.reexec_with_preload()  # before torch: the fast path's artefacts need it
     prepare_env()
     setup_logging()
     out = Output(take_stdout())

@@ -17,7 +17,7 @@ def test_defaults_touch_nothing_on_the_cpu(monkeypatch):
     s = accel.from_env("cpu")
     assert (s.compile, s.fuse_qkv, s.cudnn_benchmark, s.fp8, s.offload) == ("off", False, False, False, "none")
     g = accel.from_env("cuda")
-    assert (g.compile, g.fuse_qkv, g.cudnn_benchmark) == ("regional", True, True)
+    assert (g.compile, g.fuse_qkv, g.cudnn_benchmark) == ("auto", True, True)
 
 
 def test_settings_are_read_and_checked(monkeypatch):

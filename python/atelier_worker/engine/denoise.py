@@ -18,7 +18,7 @@ from .. import images as imgs
 from .. import optimize, schedulers
 from ..job import Job
 from ..protocol import Preview, Progress, Request, hires_size
-from ..spec import STAGE_DENOISING, STAGE_HIRES, STAGE_REFINING
+from ..spec import STAGE_DENOISING, STAGE_HIRES, STAGE_OPTIMIZING, STAGE_REFINING
 from . import memory, preview
 from .errors import Cancelled
 from .prepare import Plan
@@ -133,11 +133,29 @@ class Denoiser:
     """The denoising of one job: its pipelines, plan, and progress reporting."""
 
     def __init__(self, job: Job, plan: Plan, pipe, runner, refiner, scheduler_config, settings,
-                 stage, emit, elapsed):
+                 stage, emit, elapsed, fast=None):
         self.job, self.plan, self.pipe, self.runner, self.refiner = job, plan, pipe, runner, refiner
         self.scheduler_config, self.settings = scheduler_config, settings
         self.stage, self.emit, self.elapsed = stage, emit, elapsed
         self.preview_path = preview.preview_file(job)
+        self.fast = fast              # fastrun.FastUNets, on CUDA with ATELIER_COMPILE=auto
+        self.fast_state = "off"       # the base pass's: on | building | off
+        self.fast_load_s = 0.0
+
+    def _fast(self, n: int, pe) -> None:
+        """The fast path for this chunk's base pass: on where its artefact is built (loaded
+        here, between jobs, if it is new), else the plain path, with the artefact started
+        in the background and the optimizing stage said so the user knows why."""
+        if self.fast is None or self.plan.controlnets:
+            return
+        r = self.job.request
+        unet = self.runner.unet
+        batch = n * (2 if r.cfg > 1 and unet.config.time_cond_proj_dim is None else 1)
+        self.fast_state, _key = self.fast.prepare(unet, batch, r.height, r.width, pe.shape[1],
+                                                  unet.dtype)
+        self.fast_load_s += self.fast.last_load_s
+        if self.fast_state == "building":
+            self.stage(STAGE_OPTIMIZING, 0, 0)
 
     def batch(self, seeds: list[int], chunk: int, device: str) -> tuple[list[torch.Tensor], int]:
         """The latents of every seed, chunk images at a time, halving the chunk when the
@@ -212,6 +230,7 @@ class Denoiser:
 
         previewer = preview.previewer(self.preview_path)
         tap = preview.X0Tap(runner.scheduler) if r.preview_every else None
+        self._fast(n, pe)
         self.stage(STAGE_DENOISING, 0, plan.base_total)
         try:
             with optimize.sdpa_context(self.settings):
@@ -219,6 +238,8 @@ class Denoiser:
                                                                      previewer, emulate_end), **kw).images
         finally:
             previewer.wait()
+            if self.fast is not None:
+                self.fast.done(runner.unet)
         if refiner is None:
             return latents
 

@@ -49,9 +49,26 @@ class Engine:
             self.accel = accel.Settings()
         optimize.configure_torch(self.accel, devices.kind(device))
         self.models = ModelCache(device, dtype, self.accel, self.cache_dir)
+        self.fast = self._fast_path()
         self.pipe = None            # the pipeline of the current job's model
         self._vae_fallback = False
         self.versions = package_versions()
+
+    def _fast_path(self):
+        """The fast path's per-job side (fastrun.py), or None where it is off."""
+        if not accel.fast_path_wanted(self.accel, devices.kind(self.device)):
+            return None
+        if "libstdc++" not in os.environ.get("LD_PRELOAD", ""):
+            # Loading an artefact would crash this process (accel.libstdcxx_preload); with
+            # no g++ none could be built either. The previous default, regional compile.
+            log.warning("fast path off: no g++, or this process was not started with its C++ "
+                        "library preloaded (the stdio worker restarts itself so); using "
+                        "regional compile")
+            self.accel.compile = "regional"
+            return None
+        from ..fastrun import FastUNets
+
+        return FastUNets(self.device, self.cache_dir, max_autotune=self.accel.fast_max_autotune)
 
     @property
     def speed(self) -> dict:
@@ -169,7 +186,7 @@ class Engine:
         #    starts from its own seed's noise, so the chunking does not change it.
         seeds = [r.seed + i for i in range(r.batch_size)]
         denoiser = denoise.Denoiser(job, plan, pipe, runner, refiner, models.scheduler_config(),
-                                    self.accel, stage, emit, elapsed)
+                                    self.accel, stage, emit, elapsed, self.fast)
         t0 = time.perf_counter()
         latents, chunks = denoiser.batch(seeds, denoise.first_chunk(r, self.device), self.device)
         if devices.kind(self.device) == "cuda":
@@ -214,7 +231,8 @@ class Engine:
             device=devices.kind(self.device), dtype=devices.dtype_name(self.dtype),
             peak_mem_bytes=memory.peak(self.device), vae_fallback=self._vae_fallback,
             batch_chunks=chunks, versions=self.versions,
-            speed=accel.in_effect(self.accel, devices.kind(self.device), self.speed),
+            speed={**accel.in_effect(self.accel, devices.kind(self.device), self.speed),
+                   "fast_path": denoiser.fast_state},
         ))
 
     def _upscale_only(self, job: Job, stage, start: float, files: output.JobFiles) -> Result:

@@ -1,0 +1,238 @@
+"""The fast path in the worker: for each job, whether its UNet calls can run on a built
+artefact (fastpath.py), starting a background build where none exists yet, and the loaded
+artefact itself: an AOTInductor package given the model's own weights (no copy), replayed
+from a CUDA graph, behind the UNet's forward for calls of exactly its shape.
+
+A job never waits for a build: it runs on the plain path while the artefact for its shape
+is built by another process, and the next job of that shape (between jobs) loads it, in
+about a second.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+
+import torch
+
+from . import fastpath
+from .fastpath import BUILDING, READY, Key
+
+log = logging.getLogger("atelier.fastrun")
+
+# The artefact's output and eager's may differ by fp16 rounding (about 2e-3 measured);
+# past this the artefact is not used.
+CHECK_TOLERANCE = 2e-2
+# ATELIER_FAST_CUDA_GRAPH=0 calls the package directly instead of replaying a CUDA graph.
+CUDA_GRAPH = os.environ.get("ATELIER_FAST_CUDA_GRAPH", "1").strip() not in ("0", "off", "false", "no")
+
+
+class Step(torch.nn.Module):
+    """One CFG UNet call with flat tensor inputs: what torch.export and AOTInductor take.
+    Its parameters are named unet.<name>, as load_constants is given them."""
+
+    def __init__(self, unet):
+        super().__init__()
+        self.unet = unet
+
+    def forward(self, sample, timestep, ehs, text_embeds, time_ids):
+        return self.unet(sample, timestep, encoder_hidden_states=ehs,
+                         added_cond_kwargs={"text_embeds": text_embeds, "time_ids": time_ids},
+                         return_dict=False)[0]
+
+
+def unet_signature(unet) -> str:
+    return fastpath.signature(list(unet.named_parameters()) + list(unet.named_buffers()))
+
+
+def example_inputs(unet, key: Key, device, generator=None):
+    """Random inputs of the key's shapes, as the SDXL pipeline passes them."""
+    dtype = getattr(torch, key.dtype)
+    cfg = unet.config
+    pooled = cfg.projection_class_embeddings_input_dim - 6 * cfg.addition_time_embed_dim
+    h, w, b = key.height // 8, key.width // 8, key.batch
+
+    def rnd(*shape):
+        return torch.randn(*shape, device=device, dtype=dtype, generator=generator)
+
+    return (rnd(b, cfg.in_channels, h, w), torch.tensor(500.0, device=device),
+            rnd(b, key.seq, cfg.cross_attention_dim) * 0.5, rnd(b, pooled) * 0.5,
+            torch.tensor([[key.height, key.width, 0, 0, key.height, key.width]] * b,
+                         device=device, dtype=dtype))
+
+
+class Loaded:
+    """An artefact loaded for one UNet: the package, the UNet's weights handed in (the
+    package reads them in place), and a CUDA graph of the call over static inputs."""
+
+    def __init__(self, path: str, unet, key: Key, device):
+        t0 = time.perf_counter()
+        self.key = key
+        self.runner = torch._inductor.aoti_load_package(path, run_single_threaded=True)
+        state = {f"unet.{k}": v for k, v in list(unet.named_parameters()) + list(unet.named_buffers())}
+        fqns = self.runner.get_constant_fqns()
+        missing = [f for f in fqns if f not in state and not f.startswith("_FOLDED_CONST")]
+        if missing:
+            raise RuntimeError(f"the artefact names weights this model lacks: {missing[:3]}")
+        self.runner.load_constants({f: state[f] for f in fqns if f in state},
+                                   check_full_update=False, user_managed=True)
+        g = torch.Generator(device).manual_seed(0)
+        self.static = example_inputs(unet, key, device, g)
+        with torch.inference_mode():
+            # The first call folds the constants derived from the weights; then a check
+            # against the plain UNet on the same inputs, before any job relies on it.
+            y = self.runner(*self.static)
+            ref = Step(unet)(*self.static)
+            err = float((y.float() - ref.float()).norm() / ref.float().norm().clamp_min(1e-12))
+            if not err < CHECK_TOLERANCE:
+                raise RuntimeError(f"the artefact's output differs from the model's by {err:.3g}")
+            self.check_err = err
+            self.graph = self._capture(device) if CUDA_GRAPH else None
+            if self.graph is not None:
+                self.graph.replay()
+                gerr = float((self.out.float() - y.float()).norm() / y.float().norm().clamp_min(1e-12))
+                if not gerr < CHECK_TOLERANCE:
+                    log.warning("fast path: the CUDA graph's output differs by %.3g: not used", gerr)
+                    self.graph = None
+        torch.cuda.synchronize(device)
+        self.load_s = time.perf_counter() - t0
+        log.info("fast path for %s loaded in %.2fs (error %.1e, CUDA graph %s)", key.size(),
+                 self.load_s, err, "yes" if self.graph is not None else "no")
+
+    def _capture(self, device):
+        """A CUDA graph of the call, or None where capturing fails (the package then runs
+        directly: its C++ launches are cheap, the graph saves the rest)."""
+        try:
+            s = torch.cuda.Stream(device)
+            s.wait_stream(torch.cuda.current_stream(device))
+            with torch.cuda.stream(s):
+                for _ in range(2):
+                    self.runner(*self.static)
+            torch.cuda.current_stream(device).wait_stream(s)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                self.out = self.runner(*self.static)
+            return graph
+        except Exception as e:  # noqa: BLE001 - the direct call still works
+            log.warning("fast path: no CUDA graph (%s); calling the package directly", e)
+            torch.cuda.synchronize(device)
+            return None
+
+    def matches(self, sample, ehs, text_embeds, time_ids) -> bool:
+        s = self.static
+        return all(isinstance(x, torch.Tensor) and x.shape == y.shape and x.dtype == y.dtype
+                   and x.device == y.device
+                   for x, y in ((sample, s[0]), (ehs, s[2]), (text_embeds, s[3]), (time_ids, s[4])))
+
+    def __call__(self, sample, timestep, ehs, text_embeds, time_ids):
+        s = self.static
+        s[0].copy_(sample)
+        if isinstance(timestep, torch.Tensor):
+            s[1].copy_(timestep.reshape(()))
+        else:
+            s[1].fill_(float(timestep))
+        s[2].copy_(ehs)
+        s[3].copy_(text_embeds)
+        s[4].copy_(time_ids)
+        if self.graph is None:
+            return self.runner(*s)
+        self.graph.replay()
+        # The next replay overwrites the output buffer.
+        return self.out.clone()
+
+
+def _install(unet) -> None:
+    """Puts the dispatch in front of unet.forward once: a call of the active artefact's
+    shape, with nothing the artefact does not take (ControlNet residuals, attention
+    kwargs), runs on it; every other call runs the UNet as before."""
+    if getattr(unet, "_atelier_fast", None) is not None:
+        return
+    plain = unet.forward
+    unet._atelier_fast = {"active": None, "loaded": {}}
+
+    def forward(sample, timestep, encoder_hidden_states=None, *args, **kwargs):
+        fast = unet._atelier_fast["active"]
+        if fast is not None and not args:
+            added = kwargs.get("added_cond_kwargs") or {}
+            others = {k: v for k, v in kwargs.items()
+                      if k not in ("added_cond_kwargs", "return_dict") and v is not None}
+            if not others and set(added) == {"text_embeds", "time_ids"} and fast.matches(
+                    sample, encoder_hidden_states, added["text_embeds"], added["time_ids"]):
+                out = fast(sample, timestep, encoder_hidden_states, added["text_embeds"],
+                           added["time_ids"])
+                if kwargs.get("return_dict", True):
+                    from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
+
+                    return UNet2DConditionOutput(sample=out)
+                return (out,)
+        return plain(sample, timestep, encoder_hidden_states, *args, **kwargs)
+
+    unet.forward = forward
+
+
+class FastUNets:
+    """The engine's side of the fast path: per job, the artefact state for its UNet call,
+    a build started where none exists, an artefact loaded where one is ready."""
+
+    def __init__(self, device: str, cache_root: str, builds: fastpath.Builds | None = None,
+                 max_autotune: bool = False, gpu: str | None = None, loader=None):
+        self.device = device
+        self.builds = builds or fastpath.Builds(fastpath.store_from_env(cache_root))
+        self.max_autotune = max_autotune
+        self._gpu = gpu or torch.cuda.get_device_name(device)
+        self.loader = loader or Loaded  # tests on the CPU pass a stand-in
+        self.last_load_s = 0.0
+
+    def key(self, unet, batch: int, height: int, width: int, seq: int, dtype) -> Key:
+        return Key(torch=torch.__version__, gpu=self._gpu, arch=unet_signature(unet),
+                   dtype=str(dtype).removeprefix("torch."), batch=batch, height=height,
+                   width=width, seq=seq)
+
+    def prepare(self, unet, batch: int, height: int, width: int, seq: int, dtype) -> tuple[str, Key | None]:
+        """Before a job's denoising: "on" (its calls run on the artefact), "building" (they
+        run on the plain path while it is built), or "off" (no artefact will serve it)."""
+        self.last_load_s = 0.0
+        _install(unet)
+        state = unet._atelier_fast
+        state["active"] = None
+        if getattr(unet, "peft_config", None):
+            return "off", None  # LoRA adapters: the weights are not the plain model's
+        key = self.key(unet, batch, height, width, seq, dtype)
+        loaded = state["loaded"].get(key)
+        if loaded is not None:
+            state["active"] = loaded
+            self.builds.store.touch(key)
+            return "on", key
+        st = self.builds.state(key)
+        if st == READY:
+            store = self.builds.store
+            store.begin_load(key)
+            try:
+                loaded = self.loader(store.package(key), unet, key, self.device)
+            except Exception as e:  # noqa: BLE001 - the job goes on on the plain path
+                log.warning("fast path for %s not used: %s", key.size(), e)
+                store.mark_failed(key, f"loading failed: {e}")
+                return "off", key
+            finally:
+                store.end_load(key)
+            self.last_load_s = loaded.load_s
+            # One loaded artefact per UNet: each holds a CUDA graph's memory pool.
+            state["loaded"] = {key: loaded}
+            state["active"] = loaded
+            self.builds.store.touch(key)
+            return "on", key
+        if st == fastpath.ABSENT:
+            st = self.builds.request(key, self._spec(unet, key))
+        return ("building", key) if st == BUILDING else ("off", key)
+
+    def done(self, unet) -> None:
+        """After the job: later calls (another pipeline's, a refiner's) run plain."""
+        state = getattr(unet, "_atelier_fast", None)
+        if state is not None:
+            state["active"] = None
+
+    def _spec(self, unet, key: Key) -> dict:
+        cfg = {k: v for k, v in dict(unet.config).items() if not k.startswith("_")}
+        fused = any(getattr(m, "fused_projections", False) for m in unet.modules())
+        return {"config": cfg, "fused_qkv": fused, "max_autotune": self.max_autotune}
