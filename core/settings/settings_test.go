@@ -230,6 +230,9 @@ var notModeVars = map[string]bool{
 	"ATELIER_CACHE_DIR": true, "ATELIER_DEVICE": true, "ATELIER_DTYPE": true, "ATELIER_LOG_LEVEL": true,
 	"ATELIER_PARENT_PID": true, "ATELIER_HEARTBEAT_INTERVAL_S": true, "ATELIER_TEST_STEP_DELAY_S": true,
 	"ATELIER_PNG_COMPRESS": true, "ATELIER_DOWNLOAD_RESERVE_BYTES": true, "ATELIER_HOME": true,
+	// The fast path's artefact store (where, how much) and its own restart marker.
+	"ATELIER_FAST_DIR": true, "ATELIER_FAST_CACHE_COUNT": true, "ATELIER_FAST_CACHE_GB": true,
+	"ATELIER_PRELOADED": true,
 }
 
 // TestSpeedVarsAreEveryVariableTheWorkerReads reads the worker's source, so that a
