@@ -267,3 +267,62 @@ func TestKill9OfTheLeaseHolderMidSubmittedJobRunsItInTheSubmitter(t *testing.T) 
 	assert.False(t, live, "generate gave the device up when it ended")
 	h.checkIntegrity()
 }
+
+// exitsOnItsOwn waits for r to end by itself; a generous bound catches a
+// queue run that waits for nothing (it is killed and the test fails).
+func (r *runningQueue) exitsOnItsOwn(t *testing.T, what string) ([]runEvent, int) {
+	t.Helper()
+	ended := make(chan struct{})
+	defer close(ended)
+	go func() {
+		select {
+		case <-ended:
+		case <-time.After(4 * time.Minute):
+			_ = r.cmd.Process.Kill()
+		}
+	}()
+	evs, code := r.rest(t)
+	require.NotEqual(t, -int(syscall.SIGKILL), code, "%s: queue run still waited after 4 minutes; stderr:\n%s", what, r.stderr)
+	return evs, code
+}
+
+func TestAWaitingQueueRunDoesNotWaitForJobsPinnedToAnotherDevice(t *testing.T) {
+	requireWorker(t)
+	h := newHome(t)
+	holder := startQueueRun(t, h, "--watch")
+	h.holdsCPU(holder.cmd.Process.Pid)
+
+	// A job pinned to a GPU is not work for the CPU worker: a queue run
+	// whose CPU is held by another process has nothing to wait for.
+	out, errOut, code := h.run("queue", "add", "--model", "tiny", "--prompt", "for the GPU", "--steps", "2",
+		"--width", "64", "--height", "64", "--device", "cuda:1", "--json")
+	require.Equal(t, 0, code, errOut)
+	var ids []int64
+	require.NoError(t, json.Unmarshal([]byte(out), &ids), out)
+	require.Len(t, ids, 1)
+
+	b := startQueueRun(t, h)
+	evs, code := b.exitsOnItsOwn(t, "only a job pinned to cuda:1 queued")
+	require.Equal(t, 0, code, b.stderr)
+	var held bool
+	for _, e := range evs {
+		held = held || e.Type == "device_held"
+	}
+	assert.True(t, held, "it saw the device held: %+v", evs)
+	assert.Empty(t, started(evs))
+	assert.Equal(t, store.StatusPending, h.queue()[ids[0]].Status, "the pinned job waits for its device")
+
+	// A job it could run is work: it waits for the device, and takes the
+	// job over once the holder is gone.
+	id := h.queueAdd("for any device", 2)
+	c := startQueueRun(t, h)
+	c.until(t, "device_held", func(e runEvent) bool { return e.Type == "device_held" })
+	require.NoError(t, syscall.Kill(-holder.cmd.Process.Pid, syscall.SIGINT))
+	holder.rest(t)
+	evs, code = c.exitsOnItsOwn(t, "the holder gone")
+	require.Equal(t, 0, code, c.stderr)
+	assert.Equal(t, []int64{id}, started(evs), "it ran the job it could run, and not the pinned one")
+	assert.Equal(t, store.StatusDone, h.queue()[id].Status)
+	assert.Equal(t, store.StatusPending, h.queue()[ids[0]].Status)
+	h.checkIntegrity()
+}

@@ -262,9 +262,10 @@ func (q *QueueRunner) runSlot(ctx context.Context, s *slotState, exitWhenIdle bo
 }
 
 // waitForDevice reports whether s waits for its device: another live process
-// holds it and still has work there (queue jobs to run or running, jobs
-// submitted to it), which s takes over if that process dies. It reports the
-// holder once per change (QueueDeviceHeld).
+// holds it and work is left that s could run (queue jobs to run or running
+// that are not pinned to another device, jobs submitted to the device),
+// which s takes over if that process dies. It reports the holder once per
+// change (QueueDeviceHeld).
 func (q *QueueRunner) waitForDevice(ctx context.Context, s *slotState) (bool, error) {
 	held, holder, err := s.Runner.HoldsDevice(ctx)
 	if err != nil || held {
@@ -275,7 +276,7 @@ func (q *QueueRunner) waitForDevice(ctx context.Context, s *slotState) (bool, er
 		s.heldBy = holder.PID
 		q.emit(s, QueueEvent{Kind: QueueDeviceHeld, Holder: &holder})
 	}
-	return q.store.DeviceWork(ctx, s.Runner.SharedDevice())
+	return q.store.DeviceWork(ctx, s.Runner.SharedDevice(), s.Runner.Device)
 }
 
 // sleep waits for d, a Wake or the end of ctx; it reports whether ctx lives.

@@ -19,6 +19,7 @@ import (
 
 	"atelier/core/failure"
 	"atelier/core/protocol"
+	"atelier/core/request"
 )
 
 const leaseHelperEnv = "ATELIER_LEASE_HELPER"
@@ -287,13 +288,13 @@ func TestSubmittedJobsFollowTheQueueRules(t *testing.T) {
 	assert.Equal(t, 0, st.Attempts)
 
 	// Cancel before it runs ends it at once; a running one is flagged.
-	busy, err := s.DeviceWork(ctx, "cuda:0")
+	busy, err := s.DeviceWork(ctx, "cuda:0", "cuda:0")
 	require.NoError(t, err)
 	assert.True(t, busy)
 	status, err := s.CancelJob(ctx, other)
 	require.NoError(t, err)
 	assert.Equal(t, StatusCancelled, status)
-	busy, err = s.DeviceWork(ctx, "cuda:0")
+	busy, err = s.DeviceWork(ctx, "cuda:0", "cuda:0")
 	require.NoError(t, err)
 	assert.False(t, busy)
 	run, err := s.SubmitRelayed(ctx, "run", sampleRequest("cancel me"), "cuda:0")
@@ -311,4 +312,26 @@ func TestSubmittedJobsFollowTheQueueRules(t *testing.T) {
 	q, err := s.QueueJobs(ctx)
 	require.NoError(t, err)
 	assert.Empty(t, q)
+}
+
+func TestDeviceWorkCountsOnlyTheQueueJobsThatDeviceMayRun(t *testing.T) {
+	s, _ := openTestStore(t)
+	ctx := context.Background()
+	_, err := s.EnqueuePinned(ctx, 0, []request.Request{sampleRequest("gpu one")}, []string{"cuda:1"})
+	require.NoError(t, err)
+	for _, dev := range []string{"cpu", "cuda:0"} {
+		busy, err := s.DeviceWork(ctx, dev, dev)
+		require.NoError(t, err)
+		assert.False(t, busy, "a job pinned to cuda:1 is no work for %s", dev)
+	}
+	for _, pin := range []string{"cuda:1", ""} {
+		busy, err := s.DeviceWork(ctx, "auto", pin)
+		require.NoError(t, err)
+		assert.True(t, busy, "a worker pinned as %q may run it", pin)
+	}
+	_, err = s.Enqueue(ctx, 0, []request.Request{sampleRequest("anywhere")})
+	require.NoError(t, err)
+	busy, err := s.DeviceWork(ctx, "cpu", "cpu")
+	require.NoError(t, err)
+	assert.True(t, busy, "an unpinned job is work for every device")
 }
