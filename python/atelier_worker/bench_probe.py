@@ -261,6 +261,30 @@ def stage_mega_load(a):
         record("warm_compiled_step", **time_ms(lambda: call(compiled, inp), a.device, reps=a.reps * 2))
 
 
+def stage_fast_build(a):
+    """The product's fast-path build for the bench model's UNet, before a bench: its config
+    on the meta device (no weights, no GPU memory), fused QKV as the worker has it, the CFG
+    call at --size, 77 tokens, fp16, through fastpath.Builds into --fast-dir, as the worker
+    starts it. Then `atelier bench --fast-dir` times jobs that find it."""
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    from . import fastpath, fastrun, tiny
+
+    t0 = time.perf_counter()
+    cfg = tiny.configs(a.preset, 49408, 49406, 49407)["unet"]
+    with torch.device("meta"):
+        unet = UNet2DConditionModel(**cfg).to(torch.float16)
+    unet.fuse_qkv_projections()
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
+    fast = fastrun.FastUNets(a.device, "", fastpath.Builds(fastpath.Store(a.fast_dir)), gpu=gpu)
+    key = fast.key(unet, 2, a.size, a.size, 77, torch.float16)
+    record("fast_build_started", key=key.name(), state=fast.builds.request(key, fast._spec(unet, key)))
+    fast.builds.wait(a.duration)
+    record("fast_build", key=key.name(), state=fast.builds.state(key), failed=fast.builds.store.failed(key),
+           s=round(time.perf_counter() - t0, 3))
+
+
 def stage_contention(a):
     """Eager step time while another process builds (the background build's price)."""
     torch = torch_setup(a.device)
@@ -275,7 +299,8 @@ def stage_contention(a):
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m atelier_worker.bench_probe")
-    ap.add_argument("stage", choices=("main", "aoti_build", "aoti_load", "mega_load", "contention"))
+    ap.add_argument("stage", choices=("main", "aoti_build", "aoti_load", "mega_load", "contention",
+                                      "fast_build"))
     ap.add_argument("--out", default=None)
     ap.add_argument("--label", default="")
     ap.add_argument("--preset", default="full")
@@ -300,7 +325,8 @@ def main(argv=None) -> int:
     ap.add_argument("--skip-sdpa", action="store_true")
     ap.add_argument("--skip-preview", action="store_true")
     ap.add_argument("--preview-models", default="eager,compiled,regional")
-    ap.add_argument("--duration", type=float, default=60)
+    ap.add_argument("--duration", type=float, default=60, help="contention: how long; fast_build: the longest wait")
+    ap.add_argument("--fast-dir", default="fast", help="fast_build: the artefact store")
     a = ap.parse_args(argv)
     if a.compile_mode == "default":
         a.compile_mode = None
@@ -308,7 +334,7 @@ def main(argv=None) -> int:
     bench_probe_kit._STAGE = a.stage + (f":{a.label}" if a.label else "")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     {"main": stage_main, "aoti_build": stage_aoti_build, "aoti_load": stage_aoti_load,
-     "mega_load": stage_mega_load, "contention": stage_contention}[a.stage](a)
+     "mega_load": stage_mega_load, "contention": stage_contention, "fast_build": stage_fast_build}[a.stage](a)
     record("done")
     return 0
 
