@@ -120,6 +120,11 @@ if [[ $generate == 1 ]]; then
 	sleep 2 # the history strip and the final frame follow the file
 fi
 
+# On a first run the "Get a real model" panel lies over the studio; Esc closes
+# it (with no panel and no job, Esc does nothing), so the picture shows the studio.
+xdotool key --window "$wid" --clearmodifiers Escape 2>/dev/null || true
+sleep 1
+
 # Screenshot the window until it shows a real frame: a first frame, or a GL
 # surface that is not drawn yet, is one flat colour.
 shot=$work/screenshot.png

@@ -370,3 +370,33 @@ func caption(text string) fyne.CanvasObject {
 func heading(text string) *widget.Label {
 	return widget.NewLabelWithStyle(text, fyne.TextAlignLeading, fyne.TextStyle{Bold: true})
 }
+
+// wrapLabel is a word-wrapped label of the form that lays the form out again
+// when a new width changes its height: Fyne sizes a box of widgets from their
+// heights before the label knows its width, which left a blank gap under a
+// paragraph once it wrapped to fewer lines.
+type wrapLabel struct {
+	widget.Label
+	ff *formFields
+}
+
+func (ff *formFields) wrapLabel(text string) *wrapLabel {
+	l := &wrapLabel{ff: ff}
+	l.Text = text
+	l.Wrapping = fyne.TextWrapWord
+	l.ExtendBaseWidget(l)
+	return l
+}
+
+// Resize implements fyne.CanvasObject.
+func (l *wrapLabel) Resize(s fyne.Size) {
+	if s.Width == l.Size().Width {
+		l.Label.Resize(s)
+		return
+	}
+	before := l.MinSize().Height
+	l.Label.Resize(s)
+	if l.MinSize().Height != before && l.ff.do != nil {
+		l.ff.do(l.ff.relayout) // after this layout pass, not inside it
+	}
+}

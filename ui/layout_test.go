@@ -71,6 +71,22 @@ func TestHiresFixHasNoEmptyHintLine(t *testing.T) {
 	f.hires.scale.SetText("")
 	assert.False(t, f.hires.hint.Visible())
 	assert.Zero(t, gapBelow(f, 6), "the line the hint took is gone")
+
+	// The paragraph on top wraps to the section's width and takes no more
+	// height than its lines, at either window size.
+	for _, w := range []float32{1320, 1024} {
+		s.win.Resize(fyne.NewSize(w, 860))
+		s.q.drain()
+		var about *wrapLabel
+		walkObjects(f.accordion.Items[6].Detail, func(o fyne.CanvasObject) {
+			if l, ok := o.(*wrapLabel); ok {
+				about = l
+			}
+		})
+		require.NotNil(t, about)
+		assert.Equal(t, about.MinSize().Height, about.Size().Height, "no blank under the paragraph at %v", w)
+		assert.Zero(t, gapBelow(f, 6))
+	}
 }
 
 // entryOf is the widget.Entry inside one of the form's entry types.

@@ -102,9 +102,8 @@ func (s *hiresSection) read(r *request.Request, errs *[]*request.FieldError) {
 
 func (s *hiresSection) content() fyne.CanvasObject {
 	ff := s.fields
-	about := widget.NewLabel("Enlarges the text-to-image result with Lanczos and draws it again with img2img, " +
+	about := ff.wrapLabel("Enlarges the text-to-image result with Lanczos and draws it again with img2img, " +
 		"so that a large image gets SDXL's composition and the model's own detail.")
-	about.Wrapping = fyne.TextWrapWord
 	return container.NewVBox(
 		about,
 		container.NewGridWithColumns(2, ff.field(fHires, s.scale), ff.field(fHiresSteps, s.steps)),
