@@ -11,8 +11,10 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"syscall"
 	"testing"
 	"time"
@@ -33,10 +35,10 @@ type submitter struct {
 	lines  chan string
 }
 
-func startGenerate(t *testing.T, h *home, steps string) *submitter {
+func startGenerate(t *testing.T, h *home, steps string, extra ...string) *submitter {
 	t.Helper()
-	cmd := h.command(context.Background(), "generate", "--model", "tiny", "--prompt", "a shared worker",
-		"--steps", steps, "--width", "64", "--height", "64", "--seed", "5", "--json")
+	cmd := h.command(context.Background(), append([]string{"generate", "--model", "tiny", "--prompt", "a shared worker",
+		"--steps", steps, "--width", "64", "--height", "64", "--seed", "5", "--json"}, extra...)...)
 	stdout, err := cmd.StdoutPipe()
 	require.NoError(t, err)
 	g := &submitter{cmd: cmd, stderr: &bytes.Buffer{}, lines: make(chan string, 4096)}
@@ -324,5 +326,60 @@ func TestAWaitingQueueRunDoesNotWaitForJobsPinnedToAnotherDevice(t *testing.T) {
 	assert.Equal(t, []int64{id}, started(evs), "it ran the job it could run, and not the pinned one")
 	assert.Equal(t, store.StatusDone, h.queue()[id].Status)
 	assert.Equal(t, store.StatusPending, h.queue()[ids[0]].Status)
+	h.checkIntegrity()
+}
+
+// submitted waits until a job other than those of not is recorded (the
+// submitter's, written before anything else happens) and returns its id.
+func (h *home) submitted(not ...int64) int64 {
+	h.t.Helper()
+	s := h.openHistory()
+	deadline := time.Now().Add(4 * time.Minute)
+	for {
+		jobs, err := s.ListJobs(context.Background(), 1)
+		require.NoError(h.t, err)
+		if len(jobs) == 1 && !slices.Contains(not, jobs[0].ID) {
+			return jobs[0].ID
+		}
+		require.True(h.t, time.Now().Before(deadline), "no submitted job within 4 minutes")
+		time.Sleep(50 * time.Millisecond) // polling a state, not waiting for a duration
+	}
+}
+
+func TestASubmittersValidationErrorNamesItsFieldAsALocalOneDoes(t *testing.T) {
+	requireWorker(t)
+	h := newHome(t)
+	busy := h.queueAdd("keeps the worker busy", 150)
+	holder := startQueueRun(t, h, "--watch")
+	holder.denoising(t, holder.until(t, "job_started", func(e runEvent) bool { return e.Type == "job_started" }).UID)
+	workers := workerPIDs(holder.cmd.Process.Pid)
+	require.Len(t, workers, 1)
+	// Held still, the queue job keeps the worker until the submitted job's
+	// picture is gone, however fast the machine.
+	require.NoError(t, syscall.Kill(workers[0], syscall.SIGSTOP))
+
+	// The picture is there when generate checks and submits the job, and
+	// gone when the holder checks it again before it runs.
+	init := writeTestPNG(t, filepath.Join(t.TempDir(), "init.png"), 64, 64, false)
+	g := startGenerate(t, h, "4", "--init-image", init, "--strength", "0.5")
+	id := h.submitted(busy)
+	require.NoError(t, os.Remove(init))
+	require.NoError(t, syscall.Kill(workers[0], syscall.SIGCONT))
+
+	d, code := g.done(t)
+	assert.NotZero(t, code)
+	require.NotNil(t, d.Error, g.stderr)
+	assert.Equal(t, failure.ErrInvalidRequest, d.Error.Code)
+	assert.Equal(t, "init_image", d.Error.Field, "the submitter names the field, as the holder's check did")
+	assert.Contains(t, d.Error.Message, "does not exist")
+	assert.Empty(t, workerPIDs(g.cmd.Process.Pid), "the submitting process starts no worker")
+	for _, j := range h.history() {
+		if j.ID == id {
+			assert.Equal(t, store.StatusFailed, j.Status)
+			assert.Equal(t, "init_image", j.ErrorField, "the history records the field")
+		}
+	}
+	require.NoError(t, syscall.Kill(-holder.cmd.Process.Pid, syscall.SIGINT))
+	holder.rest(t)
 	h.checkIntegrity()
 }

@@ -201,7 +201,7 @@ func (r *Runner) submittedOutcome(ctx context.Context, id int64, uid string, st 
 		return nil, err
 	}
 	if j.Status != store.StatusDone {
-		return nil, &failure.JobError{Code: failure.ErrorCode(j.ErrorCode), Message: j.ErrorMessage, Detail: j.ErrorDetail}
+		return nil, &failure.JobError{Code: failure.ErrorCode(j.ErrorCode), Message: j.ErrorMessage, Detail: j.ErrorDetail, Field: j.ErrorField}
 	}
 	out := &JobOutcome{JobID: id, UID: uid, Metrics: j.Metrics, ControlImages: st.ControlImages}
 	for _, im := range j.Images {

@@ -155,6 +155,11 @@ ALTER TABLE jobs ADD COLUMN preview_step INTEGER;
 ALTER TABLE jobs ADD COLUMN control_images TEXT CHECK (control_images IS NULL OR json_valid(control_images));
 CREATE INDEX jobs_run_on ON jobs(run_on, status) WHERE run_on IS NOT NULL;
 `},
+	{6, "the field a job's error is about", `
+-- The request field an invalid_request names, so that a job run for another
+-- process tells its submitter which field to fix. NULL: none.
+ALTER TABLE jobs ADD COLUMN error_field TEXT;
+`},
 }
 
 // SchemaVersion is the schema this build writes.

@@ -19,17 +19,19 @@ const (
 
 // JobRecord is one row of the jobs table.
 type JobRecord struct {
-	ID           int64             `json:"id"`
-	UID          string            `json:"uid"`
-	Status       string            `json:"status"`
-	Request      request.Request   `json:"request"`
-	CreatedAt    time.Time         `json:"created_at"`
-	StartedAt    *time.Time        `json:"started_at,omitempty"`
-	FinishedAt   *time.Time        `json:"finished_at,omitempty"`
-	ErrorCode    string            `json:"error_code,omitempty"`
-	ErrorMessage string            `json:"error_message,omitempty"`
-	ErrorDetail  string            `json:"error_detail,omitempty"`
-	Metrics      *protocol.Metrics `json:"metrics,omitempty"`
+	ID           int64           `json:"id"`
+	UID          string          `json:"uid"`
+	Status       string          `json:"status"`
+	Request      request.Request `json:"request"`
+	CreatedAt    time.Time       `json:"created_at"`
+	StartedAt    *time.Time      `json:"started_at,omitempty"`
+	FinishedAt   *time.Time      `json:"finished_at,omitempty"`
+	ErrorCode    string          `json:"error_code,omitempty"`
+	ErrorMessage string          `json:"error_message,omitempty"`
+	ErrorDetail  string          `json:"error_detail,omitempty"`
+	// ErrorField is the request field the error is about ("" for none).
+	ErrorField string            `json:"error_field,omitempty"`
+	Metrics    *protocol.Metrics `json:"metrics,omitempty"`
 	// RanOn says where the job last ran; nil before it reached a worker.
 	RanOn  *Placement    `json:"ran_on,omitempty"`
 	Images []ImageRecord `json:"images,omitempty"`

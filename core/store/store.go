@@ -229,10 +229,10 @@ func (s *Store) FailJob(ctx context.Context, jobID int64, e *failure.JobError) e
 	// a job that kills the worker cannot loop.
 	res, err := s.db.ExecContext(ctx, `UPDATE jobs SET
 		status = CASE WHEN (queued = 1 OR run_on IS NOT NULL) AND ? = ? AND attempts <= ? THEN ? ELSE ? END,
-		finished_at = ?, error_code = ?, error_message = ?, error_detail = ?, cancel_requested = 0
-		WHERE id = ? AND status IN (?, ?)`,
+		finished_at = ?, error_code = ?, error_message = ?, error_detail = ?, error_field = NULLIF(?, ''),
+		cancel_requested = 0 WHERE id = ? AND status IN (?, ?)`,
 		string(e.Code), string(failure.ErrWorkerCrashed), retries, StatusInterrupted, status,
-		formatTime(time.Now()), string(e.Code), e.Message, e.Detail, jobID, StatusRunning, StatusPending)
+		formatTime(time.Now()), string(e.Code), e.Message, e.Detail, e.Field, jobID, StatusRunning, StatusPending)
 	if err := requireOneRow(res, err); err != nil {
 		return fmt.Errorf("fail job %d: %w", jobID, err)
 	}
@@ -268,7 +268,7 @@ func requireOneRow(res sql.Result, err error) error {
 const jobColumns = `id, uid, status, created_at, started_at, finished_at, params,
 	error_code, error_message, error_detail,
 	total_s, load_s, denoise_s, its, device, dtype, peak_mem_bytes, versions, speed,
-	run_host, run_device, worker_pid`
+	run_host, run_device, worker_pid, error_field`
 
 // ListJobs returns the newest jobs first, each with its images; limit <= 0
 // means all of them.
@@ -397,10 +397,11 @@ func scanJob(rows *sql.Rows, extra ...any) (JobRecord, error) {
 		peak                             sql.NullInt64
 		runHost, runDevice               sql.NullString
 		workerPID                        sql.NullInt64
+		field                            sql.NullString
 	)
 	dest := append([]any{&j.ID, &j.UID, &j.Status, &created, &started, &finished, &params,
 		&code, &msg, &detail, &total, &load, &denoise, &its, &device, &dtype, &peak, &versions, &speed,
-		&runHost, &runDevice, &workerPID}, extra...)
+		&runHost, &runDevice, &workerPID, &field}, extra...)
 	if err := rows.Scan(dest...); err != nil {
 		return j, err
 	}
@@ -417,7 +418,7 @@ func scanJob(rows *sql.Rows, extra ...any) (JobRecord, error) {
 	if err := json.Unmarshal([]byte(params), &j.Request); err != nil {
 		return j, fmt.Errorf("job %s: stored params: %w", j.UID, err)
 	}
-	j.ErrorCode, j.ErrorMessage, j.ErrorDetail = code.String, msg.String, detail.String
+	j.ErrorCode, j.ErrorMessage, j.ErrorDetail, j.ErrorField = code.String, msg.String, detail.String, field.String
 	if total.Valid {
 		j.Metrics = &protocol.Metrics{TotalS: total.Float64, LoadS: load.Float64, DenoiseS: denoise.Float64,
 			ItS: its.Float64, Device: device.String, Dtype: dtype.String, PeakMemBytes: peak.Int64}
