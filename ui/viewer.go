@@ -69,9 +69,10 @@ func (v *viewer) content() fyne.CanvasObject {
 	bg.CornerRadius = 10
 	stage := container.NewStack(bg, v.placeholder, container.NewPadded(v.zoom.stage),
 		container.NewVBox(container.NewHBox(layout.NewSpacer(), v.zoom.bar)))
-	caption := container.NewBorder(nil, nil, nil,
-		container.NewHBox(v.reuseSeed, v.reuseAll, v.toInit, v.upscale, v.open),
-		container.NewVBox(v.title, v.info))
+	// The title and the info take the whole width, the actions a row of
+	// their own: beside them, at 1024 px, the info wrapped a word to a line.
+	caption := container.NewVBox(v.title, v.info,
+		container.NewHBox(layout.NewSpacer(), v.reuseSeed, v.reuseAll, v.toInit, v.upscale, v.open))
 	return container.NewPadded(container.NewBorder(nil, caption, nil, nil, stage))
 }
 

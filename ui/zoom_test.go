@@ -172,3 +172,17 @@ func TestThumbnailsShowTheirDetailsOnHover(t *testing.T) {
 	long := store.ImageRecord{Prompt: "a lighthouse on a cliff at dusk, volumetric light, highly detailed, 8k", Width: 1024, Height: 1024, Seed: 7}
 	assert.Equal(t, "a lighthouse on a cliff at dusk, volumetric lig… · 1024 × 1024 · seed 7", thumbCaption(long))
 }
+
+// At 1024 × 700 the result's info has the viewer's width, the actions a row below.
+func TestResultInfoIsNotSqueezedByTheActions(t *testing.T) {
+	s, _ := viewerWith(t, 1, 64, 64)
+	s.win.Resize(fyne.NewSize(1024, 700))
+	v := s.view
+	s.view.info.SetText("seed 1846813564 · 512 × 512 · tiny demo model · 5.0 s · 2.30 it/s · cpu float32")
+	d := fyne.CurrentApp().Driver()
+	assert.GreaterOrEqual(t, v.info.Size().Width, v.zoom.scroll.Size().Width-20, "as wide as the picture")
+	assert.Greater(t, d.AbsolutePositionForObject(v.reuseSeed).Y, d.AbsolutePositionForObject(v.info).Y+v.info.Size().Height-1,
+		"the actions are under the info")
+	lines := v.info.MinSize().Height / fyne.MeasureText("seed", 14, fyne.TextStyle{}).Height
+	assert.Less(t, lines, float32(2.5), "the info takes a line or two, not a word a line")
+}
