@@ -256,7 +256,7 @@ func (v *queueView) clearQueue(all bool) {
 
 // sessionRows is the sessions table: a header and one row per session.
 func sessionRows(list []store.Session) [][]string {
-	rows := [][]string{{"Session", "Started", "Jobs", "Done", "Failed", "Waiting", "Images", "Total time", "Mean it/s"}}
+	rows := [][]string{{"Session", "Started", "Jobs", "Done", "Failed", "Waiting", "Images", "Time", "it/s"}}
 	for _, x := range list {
 		rows = append(rows, []string{
 			fmt.Sprintf("#%d %s (%s)", x.ID, x.Name, x.Source), x.CreatedAt.Local().Format("2006-01-02 15:04"),
@@ -286,9 +286,12 @@ func (v *queueView) showSessions() {
 			}
 			cells[k] = l
 		}
-		// The session's name gets the room it needs; the figures share the rest.
-		name := container.NewGridWrap(fyne.NewSize(260, cells[0].MinSize().Height), cells[0])
-		figures := container.NewGridWithColumns(len(cells)-1, cells[1:]...)
+		// The session's name and start get the room they need; the figures
+		// share the rest.
+		h := cells[0].MinSize().Height
+		name := container.NewHBox(container.NewGridWrap(fyne.NewSize(240, h), cells[0]),
+			container.NewGridWrap(fyne.NewSize(150, h), cells[1]))
+		figures := container.NewGridWithColumns(len(cells)-2, cells[2:]...)
 		grid.Add(container.New(layout.NewBorderLayout(nil, nil, name, nil), name, figures)) // in reading order
 		if i == 0 {
 			grid.Add(widget.NewSeparator())
