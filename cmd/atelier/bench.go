@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -23,6 +24,8 @@ import (
 	"atelier/core/paths"
 	"atelier/core/protocol"
 	"atelier/core/request"
+	"atelier/core/settings"
+	"atelier/core/store"
 )
 
 // fullStepTFLOP is the compute of one SDXL UNet call with classifier-free
@@ -301,6 +304,24 @@ func cmdBench(args []string, stdout, stderr io.Writer) int {
 		cache = dirs.Cache
 	}
 	cfg := bridge.Config{CacheDir: cache, Logger: newLogger(stderr)}
+	// A bench measures speed, so it shares its devices with no other worker:
+	// it holds their leases for its duration, and refuses while another
+	// Atelier process holds one (docs/architecture.md, "One worker per device").
+	history, err := store.OpenStore(dirs.DB)
+	if err != nil {
+		fmt.Fprintln(stderr, "atelier bench:", err)
+		return exitFailure
+	}
+	defer history.Close()
+	if other, err := takeLeases(context.Background(), history, benchDevices(o)); err != nil {
+		fmt.Fprintln(stderr, "atelier bench:", err)
+		return exitFailure
+	} else if other != nil {
+		fmt.Fprintf(stderr, "atelier bench: %s, and a bench beside its worker would time both; stop it (or let it finish), then run the bench again\n",
+			heldByOther(*other))
+		return exitFailure
+	}
+	defer releaseLeases(history) // after every worker of the bench has stopped
 	argv, workerDir, err := cfg.WorkerCommand()
 	if err != nil {
 		fmt.Fprintln(stderr, "atelier bench:", err)
@@ -401,6 +422,25 @@ func cmdBench(args []string, stdout, stderr io.Writer) int {
 		return exitFailure
 	}
 	return exitOK
+}
+
+// benchDevices are the leases of the devices the bench runs on: the device
+// of its single worker (and of plain diffusers), and with --workers each of
+// the scale-out's slots.
+func benchDevices(o *benchOptions) []string {
+	ctx := context.Background()
+	asked := os.Getenv(settings.EnvDevice)
+	devices := []string{appDevice(ctx, asked)}
+	if o.workers > 0 {
+		if many, err := bridge.LocalSlots(o.workers, bridge.DetectGPUs(ctx), bridge.Config{}); err == nil {
+			for _, s := range many {
+				if d := leaseName(s.Device, asked); !slices.Contains(devices, d) {
+					devices = append(devices, d)
+				}
+			}
+		}
+	}
+	return devices
 }
 
 func joinInts(xs []int) string {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"fmt"
 
 	"atelier/bridge"
 	"atelier/core/settings"
@@ -75,4 +76,28 @@ func shareSlots(p *bridge.Pool, asked string) {
 // stopped, so that a waiting process takes the devices over at once.
 func releaseLeases(history *store.Store) {
 	_ = history.ReleaseMyLeases(context.Background()) // a lease left behind is taken over as a dead holder's
+}
+
+// heldByOther says that another live Atelier process holds device, for a
+// command that will not share it.
+func heldByOther(l store.Lease) string {
+	return fmt.Sprintf("another Atelier process (%s) holds %s since %s", l.Holder(), l.Device, l.AcquiredAt.Local().Format("15:04:05"))
+}
+
+// takeLeases takes the leases of devices for this process, for a command that
+// needs them to itself (bench); the first held by another live process is
+// returned, and no lease is kept then.
+func takeLeases(ctx context.Context, history *store.Store, devices []string) (*store.Lease, error) {
+	for _, d := range devices {
+		held, l, err := history.AcquireLease(ctx, d)
+		if err != nil {
+			_ = history.ReleaseMyLeases(ctx)
+			return nil, err
+		}
+		if !held {
+			_ = history.ReleaseMyLeases(ctx)
+			return &l, nil
+		}
+	}
+	return nil, nil
 }

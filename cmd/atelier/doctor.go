@@ -56,6 +56,7 @@ Exit status: 0 all good, 1 a problem (the worker cannot start, or the history ca
 
 	// 1. Folders and history, and the settings stored there.
 	var stored settings.Settings
+	var history *store.Store // nil when it cannot open
 	dirs := paths.DefaultPaths()
 	fmt.Fprintf(stdout, "Atelier %s\n\nFolders\n  data:    %s\n  cache:   %s\n  history: %s\n", version, dirs.Data, dirs.Cache, dirs.DB)
 	if err := dirs.EnsureDirs(); err != nil {
@@ -72,7 +73,8 @@ Exit status: 0 all good, 1 a problem (the worker cannot start, or the history ca
 		if stored, err = settings.Load(context.Background(), store); err != nil {
 			problem(err.Error(), "open the studio's Settings window (Ctrl+,) and save")
 		}
-		store.Close()
+		history = store
+		defer store.Close()
 	}
 
 	// 2. The interpreter and the worker's code.
@@ -101,9 +103,20 @@ Exit status: 0 all good, 1 a problem (the worker cannot start, or the history ca
 	}
 	fmt.Fprintf(stdout, "  python:  %s\n  models:  %s (generated models such as tiny)\n", argv[0], cfg.CacheDir)
 
-	// 3. Start the worker as a job would, and read its handshake.
+	// 3. Who holds which device's worker; the probe worker starts only on a
+	// free device, or it would load a second copy next to the holder's.
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	device := appDevice(ctx, w.Device)
+	if history != nil {
+		if other := reportLeases(ctx, stdout, history, device); other != nil {
+			fmt.Fprintf(stdout, "  the worker was not started: %s, and its worker serves every Atelier process on %s "+
+				"(a second one would load a second copy of a model there). Run `atelier doctor` again once it has ended, "+
+				"or look at that process's own output\n", heldByOther(*other), device)
+			return finishDoctor(stdout, problems)
+		}
+		defer releaseLeases(history) // after the worker has stopped (deferred below)
+	}
 	br := bridge.New(cfg)
 	defer br.Close()
 	fmt.Fprintln(stdout, "  starting the worker (importing torch can take a while)...")
@@ -179,6 +192,32 @@ func packageVersion(ctx context.Context, python, name string) string {
 		return "NOT INSTALLED (run `make venv`)"
 	}
 	return strings.TrimSpace(string(out)) + " (from the interpreter)"
+}
+
+// reportLeases prints who holds each device's lease, and takes device's for
+// the probe worker when it is free; it returns device's lease when another
+// live process holds it.
+func reportLeases(ctx context.Context, stdout io.Writer, history *store.Store, device string) *store.Lease {
+	leases, err := history.Leases(ctx)
+	if err != nil {
+		fmt.Fprintf(stdout, "  device leases: cannot be read (%v)\n", err)
+	}
+	if len(leases) == 0 && err == nil {
+		fmt.Fprintln(stdout, "  device leases: none (no Atelier process runs a worker on this history)")
+	}
+	for _, l := range leases {
+		fmt.Fprintf(stdout, "  device lease: %s held by %s since %s\n", l.Device, l.Holder(), l.AcquiredAt.Local().Format("2006-01-02 15:04:05"))
+	}
+	held, l, err := history.AcquireLease(ctx, device)
+	if err != nil {
+		fmt.Fprintf(stdout, "  device lease of %s: cannot be taken (%v); starting the worker anyway\n", device, err)
+		return nil
+	}
+	if !held {
+		return &l
+	}
+	fmt.Fprintf(stdout, "  %s is free: this check holds its lease while its worker runs\n", device)
+	return nil
 }
 
 func finishDoctor(w io.Writer, problems int) int {

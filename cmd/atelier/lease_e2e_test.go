@@ -11,6 +11,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -382,4 +383,47 @@ func TestASubmittersValidationErrorNamesItsFieldAsALocalOneDoes(t *testing.T) {
 	require.NoError(t, syscall.Kill(-holder.cmd.Process.Pid, syscall.SIGINT))
 	holder.rest(t)
 	h.checkIntegrity()
+}
+
+func TestDoctorAndBenchStartNoWorkerOnADeviceAnotherProcessHolds(t *testing.T) {
+	requireWorker(t)
+	h := newHome(t)
+
+	// A free device: doctor says so, holds it for its probe worker and
+	// gives it back.
+	stdout, stderr, code := h.run("doctor")
+	require.Equal(t, 0, code, "stdout:\n%s\nstderr:\n%s", stdout, stderr)
+	assert.Contains(t, stdout, "device leases: none")
+	assert.Contains(t, stdout, "cpu is free: this check holds its lease while its worker runs")
+	assert.Contains(t, stdout, "worker ok")
+	_, live, err := h.openHistory().DeviceLease(context.Background(), "cpu")
+	require.NoError(t, err)
+	assert.False(t, live, "doctor gave the lease back")
+
+	holder := startQueueRun(t, h, "--watch")
+	pid := holder.cmd.Process.Pid
+	h.holdsCPU(pid)
+	who := fmt.Sprintf("pid %d, atelier queue run --json --watch", pid)
+
+	// doctor names the holder and starts no worker of its own.
+	stdout, stderr, code = h.run("doctor")
+	require.Equal(t, 0, code, "stdout:\n%s\nstderr:\n%s", stdout, stderr)
+	assert.Contains(t, stdout, "device lease: cpu held by "+who+" since ")
+	assert.Contains(t, stdout, "the worker was not started: another Atelier process ("+who+") holds cpu")
+	assert.NotContains(t, stdout, "worker ok")
+
+	// bench refuses: it would time the holder's worker too.
+	_, stderr, code = h.run("bench", "--model", "tiny", "--steps", "2", "--width", "64", "--height", "64",
+		"--runs", "1", "--warmup", "1", "--batches", "1", "--preview-every", "0", "--baseline=false")
+	assert.Equal(t, exitFailure, code)
+	assert.Contains(t, stderr, "atelier bench: another Atelier process ("+who+") holds cpu since ")
+	assert.Contains(t, stderr, "stop it (or let it finish), then run the bench again")
+
+	// Neither took the lease from the holder.
+	l, live, err := h.openHistory().DeviceLease(context.Background(), "cpu")
+	require.NoError(t, err)
+	assert.True(t, live)
+	assert.Equal(t, pid, l.PID)
+	require.NoError(t, syscall.Kill(-pid, syscall.SIGINT))
+	holder.rest(t)
 }

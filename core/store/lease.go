@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
+	"strings"
 	"time"
 )
 
@@ -21,10 +23,13 @@ var ErrLeaseLost = errors.New("this process does not hold the device's lease")
 
 // Lease is a row of device_leases: the process that holds a device's worker.
 type Lease struct {
-	Device     string    `json:"device"`
-	PID        int       `json:"pid"`
-	Start      int64     `json:"start"`
-	Host       string    `json:"host"`
+	Device string `json:"device"`
+	PID    int    `json:"pid"`
+	Start  int64  `json:"start"`
+	Host   string `json:"host"`
+	// Command is how the holder was started ("atelier queue run --watch"),
+	// "" when unknown.
+	Command    string    `json:"command,omitempty"`
 	AcquiredAt time.Time `json:"acquired_at"`
 	RenewedAt  time.Time `json:"renewed_at"`
 	// Mine is true when this process holds it.
@@ -87,10 +92,10 @@ func (s *Store) AcquireLease(ctx context.Context, device string) (held bool, lea
 	if found && cur.Mine {
 		acquired = formatTime(cur.AcquiredAt)
 	}
-	if _, err := tx.ExecContext(ctx, `INSERT INTO device_leases (device, holder_pid, holder_start, host, acquired_at, renewed_at)
-		VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(device) DO UPDATE SET holder_pid = excluded.holder_pid,
+	if _, err := tx.ExecContext(ctx, `INSERT INTO device_leases (device, holder_pid, holder_start, host, acquired_at, renewed_at, command)
+		VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(device) DO UPDATE SET holder_pid = excluded.holder_pid,
 		holder_start = excluded.holder_start, host = excluded.host, acquired_at = excluded.acquired_at,
-		renewed_at = excluded.renewed_at`, device, pid, start, host, acquired, at); err != nil {
+		renewed_at = excluded.renewed_at, command = excluded.command`, device, pid, start, host, acquired, at, selfCommand()); err != nil {
 		return false, Lease{}, fmt.Errorf("acquire the lease of %s: %w", device, err)
 	}
 	if err := tx.Commit(); err != nil {
@@ -98,7 +103,8 @@ func (s *Store) AcquireLease(ctx context.Context, device string) (held bool, lea
 	}
 	took := found && !cur.Mine
 	mine, _ := parseTime(acquired)
-	lease = Lease{Device: device, PID: pid, Start: start, Host: host, AcquiredAt: mine, RenewedAt: now.UTC().Truncate(time.Millisecond), Mine: true}
+	lease = Lease{Device: device, PID: pid, Start: start, Host: host, Command: selfCommand(), AcquiredAt: mine,
+		RenewedAt: now.UTC().Truncate(time.Millisecond), Mine: true}
 	if took {
 		if _, err := s.MarkInterrupted(ctx); err != nil {
 			return true, lease, fmt.Errorf("take over the lease of %s: %w", device, err)
@@ -151,14 +157,21 @@ type querier interface {
 func readLease(ctx context.Context, q querier, device string) (Lease, bool, error) {
 	var l Lease
 	var acquired, renewed string
-	err := q.QueryRowContext(ctx, `SELECT device, holder_pid, holder_start, host, acquired_at, renewed_at
-		FROM device_leases WHERE device = ?`, device).Scan(&l.Device, &l.PID, &l.Start, &l.Host, &acquired, &renewed)
+	err := q.QueryRowContext(ctx, `SELECT `+leaseColumns+` FROM device_leases WHERE device = ?`, device).
+		Scan(&l.Device, &l.PID, &l.Start, &l.Host, &acquired, &renewed, &l.Command)
 	if errors.Is(err, sql.ErrNoRows) {
 		return Lease{}, false, nil
 	}
 	if err != nil {
 		return Lease{}, false, err
 	}
+	return finishLease(l, acquired, renewed)
+}
+
+const leaseColumns = `device, holder_pid, holder_start, host, acquired_at, renewed_at, command`
+
+func finishLease(l Lease, acquired, renewed string) (Lease, bool, error) {
+	var err error
 	if l.AcquiredAt, err = parseTime(acquired); err != nil {
 		return Lease{}, false, err
 	}
@@ -168,6 +181,58 @@ func readLease(ctx context.Context, q querier, device string) (Lease, bool, erro
 	pid, start := selfProcess()
 	l.Mine = l.PID == pid && l.Start == start && l.Host == thisHost()
 	return l, true, nil
+}
+
+// Leases lists the device leases whose holders are alive, by device.
+func (s *Store) Leases(ctx context.Context) ([]Lease, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT `+leaseColumns+` FROM device_leases ORDER BY device`)
+	if err != nil {
+		return nil, fmt.Errorf("list the device leases: %w", err)
+	}
+	defer rows.Close()
+	var out []Lease
+	now := time.Now()
+	for rows.Next() {
+		var l Lease
+		var acquired, renewed string
+		if err := rows.Scan(&l.Device, &l.PID, &l.Start, &l.Host, &acquired, &renewed, &l.Command); err != nil {
+			return nil, fmt.Errorf("list the device leases: %w", err)
+		}
+		if l, _, err = finishLease(l, acquired, renewed); err != nil {
+			return nil, fmt.Errorf("list the device leases: %w", err)
+		}
+		if l.Mine || leaseLive(l, now) {
+			out = append(out, l)
+		}
+	}
+	return out, rows.Err()
+}
+
+// Holder names a lease's holder for a message: "pid 4242, atelier queue run
+// --watch", or "pid 4242" when its command is unknown.
+func (l Lease) Holder() string {
+	who := fmt.Sprintf("pid %d", l.PID)
+	if l.Command != "" {
+		who += ", " + l.Command
+	}
+	if l.Host != "" && l.Host != thisHost() {
+		who += ", on " + l.Host
+	}
+	return who
+}
+
+// selfCommand is how this process was started, as a lease names it: the
+// program's name and its arguments, cut to a line.
+func selfCommand() string {
+	if len(os.Args) == 0 {
+		return ""
+	}
+	args := append([]string{filepath.Base(os.Args[0])}, os.Args[1:]...)
+	cmd := strings.Join(args, " ")
+	if len(cmd) > 120 {
+		cmd = cmd[:117] + "..."
+	}
+	return cmd
 }
 
 // ReleaseMyLeases gives up every lease this process holds; a process calls it

@@ -203,7 +203,8 @@ func TestLeaseOfAReusedPidOrAnotherHostIsJudgedByWhatCanBeTold(t *testing.T) {
 	now := formatTime(time.Now())
 	insert := func(device string, pid int, start int64, host, renewed string) {
 		t.Helper()
-		_, err := s.db.Exec(`INSERT OR REPLACE INTO device_leases VALUES (?, ?, ?, ?, ?, ?)`, device, pid, start, host, now, renewed)
+		_, err := s.db.Exec(`INSERT OR REPLACE INTO device_leases (device, holder_pid, holder_start, host, acquired_at, renewed_at)
+			VALUES (?, ?, ?, ?, ?, ?)`, device, pid, start, host, now, renewed)
 		require.NoError(t, err)
 	}
 	// This process's pid with another start time: the pid was reused by us,

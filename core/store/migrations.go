@@ -160,6 +160,11 @@ CREATE INDEX jobs_run_on ON jobs(run_on, status) WHERE run_on IS NOT NULL;
 -- process tells its submitter which field to fix. NULL: none.
 ALTER TABLE jobs ADD COLUMN error_field TEXT;
 `},
+	{7, "the command of a device lease's holder", `
+-- How the holder was started (atelier queue run --watch, …), for the
+-- messages and the doctor that name who holds a device. '' where unknown.
+ALTER TABLE device_leases ADD COLUMN command TEXT NOT NULL DEFAULT '';
+`},
 }
 
 // SchemaVersion is the schema this build writes.
