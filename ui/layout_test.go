@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -258,4 +259,21 @@ func TestInitImageAndMaskShowTheirPictures(t *testing.T) {
 	f.img2img.initImage.SetText("")
 	assert.False(t, f.img2img.initThumb.shown(), "no path, no picture")
 	assert.Equal(t, entryX, f.img2img.initImage.Position().X, "the field takes its room back")
+}
+
+// With the downloader, "worker ready" on the demo model points at Get models…
+// and fits the status's two lines at 1024 × 700.
+func TestWorkerReadyHintFitsTheSmallWindow(t *testing.T) {
+	s, _, _ := downloadStudio(t, "http://127.0.0.1:9", new(atomic.Int32))
+	s.win.Resize(fyne.NewSize(1024, 700))
+	s.waitFor(t, time.Minute, "the model library", func() bool { return s.form.lib != nil })
+	if s.getModels != nil && s.getModels.pop != nil {
+		s.getModels.pop.Hide()
+	}
+	s.WarmUp(func(context.Context) error { return nil }) // the start itself is the bridge's, tested with it
+	s.waitFor(t, time.Minute, "the start's end", func() bool { return s.warm.done })
+	text := s.status.text
+	assert.Contains(t, text.Text, "Get models…")
+	line := fyne.MeasureText("Mg", theme.TextSize(), fyne.TextStyle{}).Height
+	assert.LessOrEqual(t, text.MinSize().Height, 2*line+2*theme.InnerPadding()+4, "two lines at most: %q", text.Text)
 }

@@ -32,6 +32,9 @@ const (
 	warmStartingText = "Starting the worker: Python imports torch (20 s or more the first time)."
 	demoStartHint    = " The first image also creates the demo model."
 	demoModelHint    = " Demo model only: add your SDXL folder with the third button by Model."
+	// getModelsHint is demoModelHint where the studio can download models:
+	// shorter, so that it fits the status's two lines in a 1024 px window.
+	getModelsHint = " Demo model only: Get models… by Model gets a real one."
 )
 
 // WarmUp starts the worker now, in the background (start is the bridge's
@@ -113,7 +116,10 @@ func (s *Studio) warmDone(w *warmUp, err error) {
 		return
 	}
 	msg := fmt.Sprintf("Worker ready (%s).", formatElapsed(time.Since(w.start)))
-	if demoOnly(s.form.lib) {
+	switch {
+	case demoOnly(s.form.lib) && s.x != nil && s.x.svc.Download != nil:
+		msg += getModelsHint
+	case demoOnly(s.form.lib):
 		msg += demoModelHint
 	}
 	s.status.set(statusDone, msg, w.stageList())
