@@ -46,7 +46,7 @@ func eventOf(m protocol.Message) event {
 	case protocol.Hello:
 		return event{kind: evHello, device: m.Device}
 	case protocol.Progress:
-		return event{kind: evProgress, stage: m.Stage, step: m.Step, total: m.Total, elapsed: m.ElapsedS}
+		return event{kind: evProgress, stage: m.Stage, step: m.Step, total: m.Total, elapsed: m.ElapsedS, note: m.Note}
 	case protocol.Preview:
 		return event{kind: evPreview, step: m.Step, preview: m.Path}
 	}

@@ -98,6 +98,9 @@ type progressSnapshot struct {
 	// Optimizing is the job's size ("1024×1024") while the worker builds the fast path
 	// for it in the background: this job runs on the plain path, later ones will not.
 	Optimizing string
+	// NoFastPath is the worker's reason, said once, why this size gets no fast path
+	// (too little free GPU memory to build it, a build out of memory).
+	NoFastPath string
 }
 
 func newJobRun(req request.Request, cancel func()) *jobRun {
@@ -130,14 +133,18 @@ func (j *jobRun) onEvent(e event) {
 	case evProgress:
 		if e.stage == spec.StageOptimizing {
 			// A notice rather than a stage: it lasts while the job denoises.
-			j.snap.Optimizing = fmt.Sprintf("%d×%d", j.req.Width, j.req.Height)
+			if e.note != "" {
+				j.snap.NoFastPath = e.note
+			} else {
+				j.snap.Optimizing = fmt.Sprintf("%d×%d", j.req.Width, j.req.Height)
+			}
 			break
 		}
 		j.snap.Stage, j.snap.Step, j.snap.Total = e.stage, e.step, e.total
 	case evJob:
 		j.snap.Job, j.snap.Jobs = e.step, e.total
 		j.snap.Stage, j.snap.Step, j.snap.Total = "", 0, 0
-		j.snap.Optimizing = ""
+		j.snap.Optimizing, j.snap.NoFastPath = "", ""
 	case evPreview:
 		if preview != nil {
 			j.preview = preview
@@ -221,6 +228,9 @@ func progressText(p progressSnapshot, elapsed time.Duration) string {
 	s += " · " + formatElapsed(elapsed)
 	if p.Optimizing != "" {
 		s += " · optimizing for " + p.Optimizing + ": later images will be faster"
+	}
+	if p.NoFastPath != "" {
+		s += " · " + p.NoFastPath
 	}
 	// A label of its own starts with a capital, as every label of the window does.
 	return sentence(s)

@@ -6,7 +6,9 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 
+	"atelier/core/protocol"
 	"atelier/core/request"
 	"atelier/core/spec"
 )
@@ -46,6 +48,28 @@ func TestOptimizingNoticeLastsTheJob(t *testing.T) {
 	j.onEvent(event{kind: evJob, step: 2, total: 2})
 	p, _ = j.take()
 	assert.Empty(t, p.Optimizing)
+}
+
+// The worker's reason why a size gets no fast path (on the optimizing notice, from
+// the protocol line) shows beside the job instead of "optimizing", and the next job
+// starts without it.
+func TestNoFastPathNoteShowsBesideTheJob(t *testing.T) {
+	line := `{"type":"progress","id":"j1","stage":"optimizing","step":0,"total":0,"elapsed_s":1,` +
+		`"note":"not enough free GPU memory to optimize for 1024×1024: needs about 15.6 GB, 6.0 GB free; jobs run on the regular path"}`
+	m, err := protocol.Decode([]byte(line))
+	require.NoError(t, err)
+	j := newJobRun(request.Request{Width: 1024, Height: 1024}, func() {})
+	j.onEvent(eventOf(m))
+	j.onEvent(event{kind: evProgress, stage: "denoising", step: 5, total: 30})
+	p, _ := j.take()
+	assert.Empty(t, p.Optimizing, "nothing is being optimized")
+	text := progressText(p, time.Second)
+	assert.Contains(t, text, "Denoising — 5/30")
+	assert.Contains(t, text, "not enough free GPU memory to optimize for 1024×1024: needs about 15.6 GB, 6.0 GB free")
+	assert.NotContains(t, text, "later images will be faster")
+	j.onEvent(event{kind: evJob, step: 2, total: 2})
+	p, _ = j.take()
+	assert.Empty(t, p.NoFastPath)
 }
 
 func TestThrottleCoalescesAndShowsTheLastState(t *testing.T) {

@@ -241,6 +241,9 @@ type benchResult struct {
 	FastPathTimed   string `json:"fast_path_timed"`
 	FastPathSwitch  string `json:"fast_path_after_switch,omitempty"`
 	FastPathRestart string `json:"fast_path_after_restart,omitempty"`
+	// Why the fast path was off, where the worker said (metrics.speed.fast_path_note):
+	// no room on the GPU for its build, a build out of memory, a failed build.
+	FastPathNote string `json:"fast_path_note,omitempty"`
 	// While the artefact was built: how long until a job used it (from the end of the
 	// first job), that job's own time (it loads the artefact), and the jobs in between.
 	FastPathReadyS    float64               `json:"fast_path_ready_s,omitempty"`
@@ -664,6 +667,10 @@ func benchOne(o *benchOptions, v benchVariant, model string, base bridge.Config,
 	res.FirstNoArtefactS = res.FirstImageColdS
 	res.FastPathFirst = fastPathState(first)
 	logf("  first image (cold) %.2fs, fast path %s", first.wall, res.FastPathFirst)
+	if note := fastPathNote(first); note != "" {
+		res.FastPathNote = note
+		logf("  fast path off: %s", note)
+	}
 	if res.FastPathFirst == "building" {
 		if err := waitFastPath(s, res, logf); err != nil {
 			return fail(err)
@@ -689,6 +696,9 @@ func benchOne(o *benchOptions, v benchVariant, model string, base bridge.Config,
 		encode = append(encode, j.encodeS)
 		res.PeakMemBytes = max(res.PeakMemBytes, j.metrics.PeakMemBytes)
 		res.FastPathTimed = fastPathState(j)
+		if note := fastPathNote(j); note != "" {
+			res.FastPathNote = note
+		}
 	}
 	res.E2E = stats(walls)
 	res.WorkerTotal = stats(totals)
@@ -787,6 +797,14 @@ func fastPathState(j *benchJob) string {
 	return "off"
 }
 
+// fastPathNote is why a job's fast path was off, where the worker said.
+func fastPathNote(j *benchJob) string {
+	if j.metrics == nil {
+		return ""
+	}
+	return j.metrics.Speed["fast_path_note"]
+}
+
 // waitFastPath runs jobs, as a user would, while the worker builds the fast path's
 // artefact in the background, until one runs on it (or --fast-wait passes): the timed
 // runs then measure the path a user gets from then on.
@@ -802,6 +820,10 @@ func waitFastPath(s *benchSession, res *benchResult, logf func(string, ...any)) 
 			res.FastPathReadyS = round4(time.Since(t0).Seconds())
 			res.FastPathLoadJobS = round4(j.wall)
 			logf("  fast path %s after %.1fs (%d jobs meanwhile); that job %.2fs", st, res.FastPathReadyS, len(walls), j.wall)
+			if note := fastPathNote(j); note != "" {
+				res.FastPathNote = note
+				logf("  fast path off: %s", note)
+			}
 			break
 		}
 		walls = append(walls, j.wall)

@@ -174,6 +174,7 @@ func Decode(line []byte) (Message, error) {
 			Step:     f.int("step", true),
 			Total:    f.int("total", true),
 			ElapsedS: f.float("elapsed_s", true),
+			Note:     f.str("note", false),
 		}
 	case MsgPreview:
 		m = Preview{ID: f.str("id", true), Step: f.int("step", true), Path: f.str("path", true)}
@@ -476,6 +477,9 @@ func Encode(m Message) ([]byte, error) {
 		e.field("step", m.Step)
 		e.field("total", m.Total)
 		e.field("elapsed_s", m.ElapsedS)
+		if m.Note != "" {
+			e.field("note", m.Note)
+		}
 	case Preview:
 		e.field("id", m.ID)
 		e.field("step", m.Step)

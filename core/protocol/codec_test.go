@@ -113,6 +113,8 @@ func TestDecodeValid(t *testing.T) {
 			Progress{ID: "j1", Stage: "loading_model"}},
 		{"progress", `{"type":"progress","id":"j1","stage":"denoising","step":2,"total":4,"elapsed_s":0.25}`,
 			Progress{ID: "j1", Stage: "denoising", Step: 2, Total: 4, ElapsedS: 0.25}},
+		{"optimizing with a note", `{"type":"progress","id":"j1","stage":"optimizing","step":0,"total":0,"elapsed_s":1,"note":"not enough free GPU memory"}`,
+			Progress{ID: "j1", Stage: "optimizing", ElapsedS: 1, Note: "not enough free GPU memory"}},
 		{"preview", `{"type":"preview","id":"j1","step":1,"path":"/tmp/out/preview.png"}`, Preview{ID: "j1", Step: 1, Path: "/tmp/out/preview.png"}},
 		{"result", resultLine, Result{ID: "j1", Images: []ImageResult{{Path: "/tmp/out/a.png", Seed: 7, Width: 64, Height: 64}},
 			Metrics: &Metrics{TotalS: 1.5, LoadS: 0.5, DenoiseS: 0.9, ItS: 4.4, Device: "cpu", Dtype: "float32"}}},

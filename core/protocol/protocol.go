@@ -141,6 +141,10 @@ type Progress struct {
 	Step     int
 	Total    int
 	ElapsedS float64
+	// Note, on the optimizing stage only, says why the job's size gets no fast
+	// path (no room on the GPU for its build, a build out of memory); empty
+	// while it is built. An addition: absent from older workers.
+	Note string
 }
 
 // Preview is a preview image of a job at Step.

@@ -281,7 +281,7 @@ def stage_fast_build(a):
     key = fast.key(unet, 2, a.size, a.size, 77, torch.float16)
     record("fast_build_started", key=key.name(), state=fast.builds.request(key, fast._spec(unet, key)))
     fast.builds.wait(a.duration)
-    record("fast_build", key=key.name(), state=fast.builds.state(key), failed=fast.builds.store.failed(key),
+    record("fast_build", key=key.name(), state=fast.builds.state(key), failed=fast.builds.reason(key),
            s=round(time.perf_counter() - t0, 3))
 
 

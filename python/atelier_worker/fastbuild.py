@@ -19,6 +19,8 @@ import shutil
 import sys
 import time
 
+from .fastpath import OOM_STATUS
+
 
 def build(spec: dict) -> str:
     import torch
@@ -84,7 +86,17 @@ def main(argv=None) -> int:
         os.nice(10)  # the worker's jobs go first: its plain path is launch-bound on the CPU
     except OSError:
         pass
-    build(spec)
+    try:
+        build(spec)
+    except Exception as e:  # noqa: BLE001 - only running out of GPU memory is told apart
+        import torch
+
+        if not (isinstance(e, torch.cuda.OutOfMemoryError) or "out of memory" in str(e).lower()):
+            raise
+        # The worker reads the status (fastpath.OOM_STATUS): not tried again until it restarts.
+        print(f"fastbuild: out of GPU memory: {str(e).splitlines()[0] if str(e) else e!r}",
+              file=sys.stderr, flush=True)
+        return OOM_STATUS
     return 0
 
 

@@ -1,7 +1,8 @@
 """The fast path's artefacts on disk and their background builds, without torch: the key an
 artefact is kept under (torch version, GPU, the UNet's architecture, dtype and call shape),
 the store under the cache folder with its least-recently-used bound, and the state machine
-of one artefact (absent -> building -> ready, or failed) around a builder process.
+of one artefact (absent -> building -> ready, or failed) around a builder process, and
+whether the GPU has room for a build (room()).
 
 An artefact is the SDXL UNet's CFG call compiled ahead of time by AOTInductor
 (fastbuild.py), with the weights left out: it is built from random weights of the same
@@ -30,7 +31,63 @@ META = "meta.json"
 FAILED = ".failed"
 LOADING = ".loading"
 
+PEAKS = "peaks.json"  # the builds' GPU peaks by architecture and shape, kept past pruning
+
 ABSENT, BUILDING, READY, FAILED_STATE = "absent", "building", "ready", "failed"
+# The builder's exit status when it ran out of GPU memory (fastbuild.main).
+OOM_STATUS = 3
+OOM_ADVICE = ("close other programs using the GPU, or choose the Low VRAM speed mode "
+              "(Settings), which turns the fast path off")
+
+GIB = 2**30
+# What a build needs, where no earlier build of its architecture and shape recorded its peak:
+# the random-weight copy of the UNet (its parameter bytes) plus, for export and AOTInductor,
+# as much again at SDXL's 1024x1024 CFG batch 2, scaled by the call's pixels. Source: the
+# H200 build of SDXL's UNet (fp16, 1024x1024, batch 2, 77 tokens) peaked at 9.6 GiB
+# (docs/BENCHMARKS.md) with 4.78 GiB of weights: 9.6 / 4.78 = 2.0. The rest is not
+# measured: CONTEXT for the builder's CUDA context and the allocator's cached blocks, which
+# max_memory_allocated leaves out, and JOB_MARGIN for a running job's activations where the
+# worker has not yet measured its peak for that shape (the H100's 10.2 GiB job peak at 1024x1024
+# less about 6.5 GiB of SDXL's weights, rounded up).
+BUILD_EXTRA = 1.0
+REF_PIXELS = 2 * 1024 * 1024
+CONTEXT = 1 * GIB
+JOB_MARGIN = 4 * GIB
+
+
+def _scale(key: Key) -> float:
+    return key.batch * key.height * key.width / REF_PIXELS
+
+
+def build_estimate(param_bytes: int, key: Key) -> int:
+    """The GPU memory a build of key is expected to peak at, from the UNet's parameter bytes."""
+    return int(param_bytes * (1 + BUILD_EXTRA * _scale(key)))
+
+
+@dataclass(frozen=True)
+class Room:
+    """Whether a build fits beside the running jobs: need and free in bytes, and why not."""
+
+    ok: bool
+    need: int
+    free: int
+    why: str = ""
+
+
+def room(key: Key, free: int, param_bytes: int, recorded_peak: int | None = None,
+         job_margin: int | None = None) -> Room:
+    """Whether free bytes of GPU memory hold a build of key: the peak an earlier build of that
+    architecture and shape recorded, else build_estimate; plus the running jobs' activations
+    (the worker's measured peak for the shape less its memory at rest, else JOB_MARGIN scaled
+    by the call's pixels) and CONTEXT."""
+    build = recorded_peak if recorded_peak else build_estimate(param_bytes, key)
+    margin = job_margin if job_margin is not None else int(JOB_MARGIN * _scale(key))
+    need = build + max(0, margin) + CONTEXT
+    if free >= need:
+        return Room(True, need, free)
+    return Room(False, need, free,
+                f"not enough free GPU memory to optimize for {key.size()}: needs about "
+                f"{need / GIB:.1f} GB, {free / GIB:.1f} GB free; jobs run on the regular path")
 
 
 def signature(named_tensors) -> str:
@@ -123,6 +180,36 @@ class Store:
         except (OSError, ValueError):
             return False
         return pid != os.getpid() and not _alive(pid)
+
+    def _shape(self, key: Key) -> str:
+        return f"{key.arch}-{key.dtype}-{key.batch}x{key.height}x{key.width}x{key.seq}"
+
+    def recorded_peak(self, key: Key) -> int | None:
+        """The GPU peak an earlier build of key's architecture and shape recorded (any torch,
+        any GPU), or None."""
+        try:
+            with open(os.path.join(self.root, PEAKS), encoding="utf-8") as f:
+                return int(json.load(f)[self._shape(key)]) or None
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def record_peak(self, key: Key) -> None:
+        """Keeps the peak of key's finished build (its meta's peak_gpu_bytes) by shape."""
+        try:
+            with open(os.path.join(self.path(key), META), encoding="utf-8") as f:
+                peak = int(json.load(f)["peak_gpu_bytes"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return
+        path = os.path.join(self.root, PEAKS)
+        try:
+            with open(path, encoding="utf-8") as f:
+                peaks = json.load(f)
+        except (OSError, ValueError):
+            peaks = {}
+        peaks[self._shape(key)] = peak
+        with open(path + ".tmp", "w", encoding="utf-8") as f:
+            json.dump(peaks, f)
+        os.replace(path + ".tmp", path)
 
     def touch(self, key: Key) -> None:
         """Marks the artefact as just used (its meta file's time is its last use)."""
@@ -234,9 +321,14 @@ class Builds:
         self.launcher = launcher
         self.running: tuple[Key, object, str, float] | None = None  # key, handle, log, start
         self.finished: list[tuple[Key, str, float]] = []  # key, state, seconds: newest last
+        # Builds that ran out of GPU memory: not tried again by this process, but kept off
+        # the disk so that a restarted worker (with other programs closed) tries once more.
+        self.oom: dict[Key, str] = {}
 
     def state(self, key: Key) -> str:
         self.poll()
+        if key in self.oom:
+            return FAILED_STATE
         if self.store.crashed_loading(key) and self.store.failed(key) is None:
             self.store.mark_failed(key, "a worker ended while loading it")
             self.store.end_load(key)
@@ -247,6 +339,11 @@ class Builds:
         if self.running is not None and self.running[0] == key:
             return BUILDING
         return ABSENT
+
+    def reason(self, key: Key) -> str | None:
+        """Why key has no artefact, where it failed: out of GPU memory (this process), or the
+        store's record."""
+        return self.oom.get(key) or self.store.failed(key)
 
     def poll(self) -> None:
         """Notes a build that has ended: ready if its folder is in place, else failed with
@@ -262,9 +359,17 @@ class Builds:
         if rc == 0 and self.store.ready(key):
             log.info("fast path for %s built in %.0fs", key.size(), took)
             self.finished.append((key, READY, took))
+            self.store.record_peak(key)
             self.store.prune(keep=(key,))
             return
-        reason = f"the builder exited with status {rc}: " + _tail(log_path)
+        tail = _tail(log_path)
+        if rc == OOM_STATUS or "out of memory" in tail.lower():
+            self.oom[key] = (f"the build to optimize for {key.size()} ran out of GPU memory: "
+                             f"{OOM_ADVICE}; jobs run on the regular path")
+            log.warning("fast path for %s not built: %s (%s)", key.size(), self.oom[key], tail)
+            self.finished.append((key, FAILED_STATE, took))
+            return
+        reason = f"the builder exited with status {rc}: " + tail
         log.warning("fast path for %s not built: %s", key.size(), reason)
         self.store.mark_failed(key, reason)
         self.finished.append((key, FAILED_STATE, took))

@@ -5,7 +5,9 @@ from a CUDA graph, behind the UNet's forward for calls of exactly its shape.
 
 A job never waits for a build: it runs on the plain path while the artefact for its shape
 is built by another process, and the next job of that shape (between jobs) loads it, in
-about a second.
+about a second. A build starts only where the GPU's free memory holds it beside the running
+jobs (fastpath.room); else, and where a build ran out of memory, jobs stay on the plain path
+and the state's note says why, once.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import time
 import torch
 
 from . import fastpath
-from .fastpath import BUILDING, READY, Key
+from .fastpath import ABSENT, BUILDING, FAILED_STATE, READY, Key
 
 log = logging.getLogger("atelier.fastrun")
 
@@ -176,13 +178,27 @@ class FastUNets:
     a build started where none exists, an artefact loaded where one is ready."""
 
     def __init__(self, device: str, cache_root: str, builds: fastpath.Builds | None = None,
-                 max_autotune: bool = False, gpu: str | None = None, loader=None):
+                 max_autotune: bool = False, gpu: str | None = None, loader=None,
+                 meminfo=None, memory=None):
         self.device = device
         self.builds = builds or fastpath.Builds(fastpath.store_from_env(cache_root))
         self.max_autotune = max_autotune
         self._gpu = gpu or torch.cuda.get_device_name(device)
         self.loader = loader or Loaded  # tests on the CPU pass a stand-in
+        # The GPU's (free, total) bytes and this process's (allocated, reserved): CUDA's by
+        # default; tests on the CPU pass stand-in figures, or none (no memory to guard).
+        cuda = str(device).startswith("cuda")
+        self.meminfo = meminfo or ((lambda: torch.cuda.mem_get_info(device)) if cuda else None)
+        self.memory = memory or ((lambda: (torch.cuda.memory_allocated(device),
+                                           torch.cuda.memory_reserved(device))) if cuda
+                                 else (lambda: (0, 0)))
         self.last_load_s = 0.0
+        self.note = ""         # why the last prepare's job has no fast path, if it is known
+        self.note_new = False  # the note is said for the first time (shown once)
+        self._said: set[tuple[Key, str]] = set()
+        self._declined: dict[Key, tuple[int, str]] = {}  # key: free bytes then, why
+        self._activations: dict[tuple, int] = {}  # shape: a job's peak less its memory at rest
+        self._pending: tuple[tuple, int] | None = None
 
     def key(self, unet, batch: int, height: int, width: int, seq: int, dtype) -> Key:
         return Key(torch=torch.__version__, gpu=self._gpu, arch=unet_signature(unet),
@@ -192,13 +208,16 @@ class FastUNets:
     def prepare(self, unet, batch: int, height: int, width: int, seq: int, dtype) -> tuple[str, Key | None]:
         """Before a job's denoising: "on" (its calls run on the artefact), "building" (they
         run on the plain path while it is built), or "off" (no artefact will serve it)."""
-        self.last_load_s = 0.0
+        self.last_load_s, self.note, self.note_new = 0.0, "", False
         _install(unet)
         state = unet._atelier_fast
         state["active"] = None
         if getattr(unet, "peft_config", None):
             return "off", None  # LoRA adapters: the weights are not the plain model's
+        if getattr(unet, "_hf_hook", None) is not None:
+            return "off", None  # offloaded (low VRAM): no room for a build, nor the artefact
         key = self.key(unet, batch, height, width, seq, dtype)
+        self._pending = ((batch, height, width, seq), self.memory()[0])
         loaded = state["loaded"].get(key)
         if loaded is not None:
             state["active"] = loaded
@@ -222,9 +241,54 @@ class FastUNets:
             state["active"] = loaded
             self.builds.store.touch(key)
             return "on", key
-        if st == fastpath.ABSENT:
+        if st == ABSENT and self.builds.running is None:
+            why = self._no_room(unet, key)
+            if why:
+                return self._off(key, why)
             st = self.builds.request(key, self._spec(unet, key))
+        if st == FAILED_STATE:
+            # A build out of memory is said (what to do); other failures are in the log.
+            return self._off(key, self.builds.oom.get(key, ""))
         return ("building", key) if st == BUILDING else ("off", key)
+
+    def _off(self, key: Key, why: str) -> tuple[str, Key]:
+        self.note = why
+        self.note_new = bool(why) and (key, why) not in self._said
+        self._said.add((key, why))
+        return "off", key
+
+    def _no_room(self, unet, key: Key) -> str:
+        """Why no build of key may start now, or "": the GPU's free memory against what it
+        needs (fastpath.room). A key declined is decided again only once free memory has
+        grown (a model unloaded, another program closed), not at every job."""
+        if self.meminfo is None:
+            return ""
+        free = int(self.meminfo()[0])
+        if key in self._declined and free <= self._declined[key][0]:
+            return self._declined[key][1]
+        allocated, reserved = self.memory()
+        shape = (key.batch, key.height, key.width, key.seq)
+        acts = self._activations.get(shape)
+        if acts is None:
+            acts = int(fastpath.JOB_MARGIN * key.batch * key.height * key.width / fastpath.REF_PIXELS)
+        # What the worker's allocator already holds serves the job's activations first.
+        margin = max(0, acts - (reserved - allocated))
+        params = sum(p.numel() * p.element_size() for p in unet.parameters())
+        r = fastpath.room(key, free, params, self.builds.store.recorded_peak(key), margin)
+        if r.ok:
+            self._declined.pop(key, None)
+            return ""
+        log.warning("fast path: %s", r.why)
+        self._declined[key] = (free, r.why)
+        return r.why
+
+    def job_ended(self, peak_bytes: int) -> None:
+        """After a job: its peak memory, less its memory at rest, is the margin a build of
+        its shape leaves for the jobs beside it."""
+        if self._pending is not None:
+            shape, rest = self._pending
+            self._activations[shape] = max(0, int(peak_bytes) - rest)
+            self._pending = None
 
     def done(self, unet) -> None:
         """After the job: later calls (another pipeline's, a refiner's) run plain."""

@@ -161,13 +161,14 @@ class Accepted(msgspec.Struct):
     id: str
 
 
-class Progress(msgspec.Struct):
+class Progress(msgspec.Struct, omit_defaults=True):
     type: ClassVar[str] = spec.MSG_PROGRESS
     id: str
     stage: str
     step: int
     total: int
     elapsed_s: float
+    note: str = ""  # an addition: optimizing's reason when the fast path is off (said once)
 
 
 class Preview(msgspec.Struct):
@@ -585,8 +586,7 @@ def decode(line: str | bytes) -> Message:
 
 
 def _builtin(value: Any) -> Any:
-    # Subclasses of str, int and float (torch.__version__, numpy's float64) are written as
-    # their base type, as json writes them.
+    # Subclasses of str, int and float (torch.__version__, numpy's float64) are written as their base type.
     for base in (str, int, float):
         if isinstance(value, base):
             return base(value)

@@ -370,3 +370,235 @@ def test_an_artefact_whose_load_killed_a_worker_is_not_loaded_again(tmp_path):
     assert builds.state(k2) == READY
     store.end_load(k2)
     assert not os.path.exists(store.path(k2) + fastpath.LOADING)
+
+
+# --- room on the GPU for a build ---------------------------------------------------------
+
+GIB = fastpath.GIB
+SDXL_PARAMS = 2_567_463_684 * 2  # SDXL's UNet in fp16
+
+
+def test_room_is_the_estimate_plus_the_jobs_margin_and_says_why_not():
+    k = key()  # SDXL's 1024x1024, CFG batch 2: the H200's measured build
+    est = fastpath.build_estimate(SDXL_PARAMS, k)
+    assert 9.4 * GIB < est < 9.8 * GIB, "the rule gives the H200's 9.6 GiB back at its shape"
+    need = est + 2 * GIB + fastpath.CONTEXT
+    ok = fastpath.room(k, need, SDXL_PARAMS, job_margin=2 * GIB)
+    assert ok.ok and ok.need == need and ok.why == ""
+    short = fastpath.room(k, 6 * GIB, SDXL_PARAMS, job_margin=2 * GIB)
+    assert not short.ok
+    assert short.why == (f"not enough free GPU memory to optimize for 1024\u00d71024: needs about "
+                         f"{need / GIB:.1f} GB, 6.0 GB free; jobs run on the regular path")
+    # No measured margin: the estimate, scaled by the call's pixels.
+    assert fastpath.room(k, 0, SDXL_PARAMS).need == est + fastpath.JOB_MARGIN + fastpath.CONTEXT
+    small = key(height=512, width=512)
+    assert fastpath.room(small, 0, SDXL_PARAMS).need < fastpath.room(k, 0, SDXL_PARAMS).need
+
+
+def test_room_takes_the_peak_an_earlier_build_recorded(tmp_path):
+    launcher = StandInLauncher()
+    store = Store(str(tmp_path))
+    builds = Builds(store, launcher)
+    k = key()
+    assert store.recorded_peak(k) is None
+    builds.request(k, {})
+    launcher.started[0].succeed()
+    with open(os.path.join(store.path(k), fastpath.META), "w") as f:
+        json.dump({"key": {}, "peak_gpu_bytes": 7 * GIB}, f)  # what the real builder writes
+    assert builds.state(k) == READY
+    # Another torch (a new key) of the same architecture and shape: the recorded peak, kept
+    # even once the artefact itself is pruned.
+    other = key(torch="2.12.0")
+    import shutil
+    shutil.rmtree(store.path(k))
+    assert store.recorded_peak(other) == 7 * GIB
+    assert store.recorded_peak(key(width=768)) is None
+    r = fastpath.room(other, 0, SDXL_PARAMS, store.recorded_peak(other), job_margin=GIB)
+    assert r.need == 7 * GIB + GIB + fastpath.CONTEXT
+
+
+class StandInGPU:
+    """Fault injection: stands in for torch.cuda's memory figures (no GPU here): the
+    device's free bytes, and this process's allocated and reserved bytes."""
+
+    def __init__(self, free: int, allocated: int = 0, reserved: int = 0):
+        self.free, self.allocated, self.reserved, self.asked = free, allocated, reserved, 0
+
+    def meminfo(self):
+        self.asked += 1
+        return self.free, 24 * GIB
+
+    def memory(self):
+        return self.allocated, self.reserved
+
+
+def fast_unets(tmp_path, gpu, launcher):
+    return fastrun.FastUNets("cpu", str(tmp_path), Builds(Store(str(tmp_path)), launcher),
+                             gpu="stand-in", loader=StandInLoaded, meminfo=gpu.meminfo,
+                             memory=gpu.memory)
+
+
+def test_no_build_without_room_said_once_and_tried_again_when_memory_grows(tmp_path):
+    launcher = StandInLauncher()
+    unet = tiny_unet()
+    params = sum(p.numel() * p.element_size() for p in unet.parameters())
+    args = (2, 64, 64, 77, torch.float32)
+    k = fastrun.FastUNets("cpu", str(tmp_path), Builds(Store(str(tmp_path)), launcher),
+                          gpu="stand-in").key(unet, *args)
+    need = fastpath.room(k, 0, params).need
+    gpu = StandInGPU(free=need - 1)
+    fast = fast_unets(tmp_path, gpu, launcher)
+    assert fast.prepare(unet, *args)[0] == "off"
+    assert launcher.started == [], "no build without room: it would OOM itself or the job"
+    assert fast.note.startswith("not enough free GPU memory to optimize for 64\u00d764: needs about")
+    assert fast.note.endswith("jobs run on the regular path") and fast.note_new
+    # The next job, memory as before: no build, nothing said again, nothing decided again.
+    assert fast.prepare(unet, *args)[0] == "off"
+    assert launcher.started == [] and fast.note and not fast.note_new
+    # Less free memory still: declined without a new decision.
+    gpu.free = need // 2
+    assert fast.prepare(unet, *args)[0] == "off" and launcher.started == []
+    # A model unloaded: free memory has grown, enough now.
+    gpu.free = need
+    assert fast.prepare(unet, *args)[0] == "building" and len(launcher.started) == 1
+    assert fast.note == ""
+
+
+def test_the_jobs_measured_peak_and_the_allocators_cache_set_the_margin(tmp_path):
+    launcher = StandInLauncher()
+    unet = tiny_unet()
+    params = sum(p.numel() * p.element_size() for p in unet.parameters())
+    args = (2, 64, 64, 77, torch.float32)
+    gpu = StandInGPU(free=0, allocated=5 * GIB, reserved=5 * GIB)
+    fast = fast_unets(tmp_path, gpu, launcher)
+    k = fast.key(unet, *args)
+    assert fast.prepare(unet, *args)[0] == "off"
+    fast.job_ended(8 * GIB)  # the job's peak: 3 GiB of activations over its 5 at rest
+    build = fastpath.build_estimate(params, k) + fastpath.CONTEXT
+    gpu.free = build + 3 * GIB - 1
+    assert fast.prepare(unet, *args)[0] == "off" and "needs about" in fast.note
+    # The worker's allocator now holds 2 GiB of that, cached from the last job: the job needs
+    # only 1 GiB more from the device. (Free memory has grown by a byte: decided again.)
+    gpu.reserved = 7 * GIB
+    gpu.free = build + 3 * GIB
+    assert fast.prepare(unet, *args)[0] == "building"
+    assert fastpath.room(k, gpu.free, params, job_margin=GIB).need == build + GIB
+
+
+# --- a build out of memory -------------------------------------------------------------
+
+
+def oom_child(spec_path, log_path):
+    """Fault injection: a real child process that ends as the builder does when CUDA runs
+    out of memory (fastbuild.main: its message, then fastpath.OOM_STATUS)."""
+    with open(log_path, "ab") as logf:
+        return subprocess.Popen([sys.executable, "-c", (
+            "import sys; print('fastbuild: out of GPU memory: CUDA out of memory. Tried to "
+            f"allocate 2.00 GiB', file=sys.stderr); sys.exit({fastpath.OOM_STATUS})")],
+            stdout=logf, stderr=subprocess.STDOUT)
+
+
+def test_a_build_out_of_memory_is_not_tried_again_until_the_worker_restarts(tmp_path):
+    store = Store(str(tmp_path))
+    builds = Builds(store, oom_child)
+    k = key()
+    assert builds.request(k, {}) == BUILDING
+    builds.wait(timeout=600)
+    assert builds.state(k) == FAILED_STATE
+    why = builds.reason(k)
+    assert why.startswith("the build to optimize for 1024\u00d71024 ran out of GPU memory")
+    assert "close other programs using the GPU" in why and "Low VRAM speed mode" in why
+    assert builds.request(k, {}) == FAILED_STATE and builds.running is None, "not retried"
+    assert store.failed(k) is None, "nothing on disk: a restarted worker tries again"
+    assert Builds(store, StandInLauncher()).request(k, {}) == BUILDING
+
+
+def test_the_worker_says_a_build_out_of_memory_once(tmp_path):
+    unet = tiny_unet()
+    gpu = StandInGPU(free=10**15)
+    fast = fastrun.FastUNets("cpu", str(tmp_path), Builds(Store(str(tmp_path)), oom_child),
+                             gpu="stand-in", loader=StandInLoaded, meminfo=gpu.meminfo,
+                             memory=gpu.memory)
+    args = (2, 64, 64, 77, torch.float32)
+    assert fast.prepare(unet, *args)[0] == "building"
+    fast.builds.wait(timeout=600)
+    assert fast.prepare(unet, *args)[0] == "off"
+    assert "ran out of GPU memory" in fast.note and fast.note_new
+    assert fast.prepare(unet, *args)[0] == "off" and not fast.note_new
+
+
+def test_the_builder_exits_with_the_oom_status_when_cuda_runs_out(tmp_path, monkeypatch, capsys):
+    """Fault injection: the real builder's main, its build standing in for one that runs out
+    of GPU memory (torch's own exception)."""
+    from atelier_worker import fastbuild
+
+    def oom(spec):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    spec = tmp_path / "spec.json"
+    spec.write_text("{}")
+    monkeypatch.setattr(os, "nice", lambda n: 0)  # not this test process's priority
+    monkeypatch.setattr(accel, "setup_env", lambda: None)  # nor its environment
+    monkeypatch.setattr(fastbuild, "build", oom)
+    assert fastbuild.main(["--spec", str(spec)]) == fastpath.OOM_STATUS
+    assert "out of GPU memory" in capsys.readouterr().err
+
+    def other(spec):
+        raise RuntimeError("CppCompileError")
+
+    monkeypatch.setattr(fastbuild, "build", other)
+    with pytest.raises(RuntimeError):
+        fastbuild.main(["--spec", str(spec)])
+
+
+# --- low VRAM --------------------------------------------------------------------------
+
+
+def speed_mode(name: str) -> dict[str, str]:
+    """A speed mode's variables as the app sets them, read from core/settings (the Go
+    side's table), so that this test follows the mode."""
+    import re
+
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    with open(os.path.join(root, "core", "settings", "worker.go"), encoding="utf-8") as f:
+        src = f.read()
+    block = re.search(name + r": \{([^{}]*)\}", src).group(1)
+    return dict(re.findall(r'"(ATELIER_\w+)": "([^"]*)"', block))
+
+
+def with_mode(monkeypatch, mode: dict[str, str]) -> None:
+    for name, v in mode.items():
+        if v:
+            monkeypatch.setenv(name, v)
+        else:
+            monkeypatch.delenv(name, raising=False)
+
+
+def test_low_vram_never_starts_a_build(tmp_path, monkeypatch):
+    from atelier_worker import engine as engines
+
+    mode = speed_mode("SpeedLowVRAM")
+    assert mode["ATELIER_OFFLOAD"] == "model"
+    monkeypatch.setenv("LD_PRELOAD", "libstdc++.so.6")  # as the restarted worker has it
+    # Fault injection: torch.cuda's name of a GPU this machine lacks.
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "stand-in")
+    balanced = speed_mode("SpeedBalanced")
+    assert balanced == {}, "balanced is the worker's defaults"
+    with_mode(monkeypatch, {name: "" for name in mode})
+    assert isinstance(engines.Engine("cuda:0", torch.float16, str(tmp_path)).fast, fastrun.FastUNets), \
+        "balanced: the fast path"
+    with_mode(monkeypatch, mode)
+    e = engines.Engine("cuda:0", torch.float16, str(tmp_path))
+    assert e.fast is None and e.accel.offload == "model"
+    # Even ATELIER_COMPILE=auto set over the mode: offload turns the fast path off.
+    monkeypatch.setenv("ATELIER_COMPILE", "auto")
+    assert engines.Engine("cuda:0", torch.float16, str(tmp_path)).fast is None
+    # And an offloaded UNet (accelerate's hook, as model offload leaves it) gets no build.
+    import accelerate
+
+    launcher = StandInLauncher()
+    fast = fast_unets(tmp_path, StandInGPU(free=10**15), launcher)
+    unet = tiny_unet()
+    accelerate.cpu_offload_with_hook(unet, "cpu")
+    assert fast.prepare(unet, 2, 64, 64, 77, torch.float32) == ("off", None)
+    assert launcher.started == []

@@ -90,6 +90,10 @@ def test_encode_writes_subclasses_of_str_and_float_as_their_base():
     progress = json.loads(encode(protocol.Progress(id="a", stage="denoising", step=1, total=2,
                                                    elapsed_s=Seconds(1.5))))
     assert progress["elapsed_s"] == 1.5
+    assert "note" not in progress, "a progress line without a note is as before"
+    noted = json.loads(encode(protocol.Progress(id="a", stage="optimizing", step=0, total=0,
+                                                elapsed_s=1.0, note="no room")))
+    assert noted["note"] == "no room"
     line = encode(protocol.Loading(message=Version("importing torch")))
     assert json.loads(line) == {"type": "loading", "message": "importing torch"}
 

@@ -141,6 +141,7 @@ class Denoiser:
         self.fast = fast              # fastrun.FastUNets, on CUDA with ATELIER_COMPILE=auto
         self.fast_state = "off"       # the base pass's: on | building | off
         self.fast_load_s = 0.0
+        self.fast_note = ""           # why it is off, where known (metrics.speed.fast_path_note)
 
     def _fast(self, n: int, pe) -> None:
         """The fast path for this chunk's base pass: on where its artefact is built (loaded
@@ -154,8 +155,14 @@ class Denoiser:
         self.fast_state, _key = self.fast.prepare(unet, batch, r.height, r.width, pe.shape[1],
                                                   unet.dtype)
         self.fast_load_s += self.fast.last_load_s
+        self.fast_note = self.fast.note or self.fast_note
         if self.fast_state == "building":
             self.stage(STAGE_OPTIMIZING, 0, 0)
+        elif self.fast.note_new:
+            # Why this size gets no fast path (no room on the GPU, a build out of memory):
+            # said once, on the optimizing notice, which the studio shows beside the job.
+            self.emit(Progress(id=self.job.id, stage=STAGE_OPTIMIZING, step=0, total=0,
+                               elapsed_s=self.elapsed(), note=self.fast.note))
 
     def batch(self, seeds: list[int], chunk: int, device: str) -> tuple[list[torch.Tensor], int]:
         """The latents of every seed, chunk images at a time, halving the chunk when the

@@ -224,15 +224,19 @@ class Engine:
         emit(Progress(id=job.id, stage=STAGE_SAVING, step=n, total=n, elapsed_s=elapsed()))
 
         total_s = time.perf_counter() - start
+        peak = memory.peak(self.device)
+        if self.fast is not None:
+            self.fast.job_ended(peak)  # the margin a later build of this size leaves for jobs
+        fast_note = {"fast_path_note": denoiser.fast_note} if denoiser.fast_note else {}
         log.info("done: %d image(s) in %.2fs (denoise %.2fs)", len(images), total_s, denoise_s)
         return Result(id=job.id, images=images, control_images=plan.control_paths, metrics=Metrics(
             total_s=round(total_s, 4), load_s=round(load_s, 4), denoise_s=round(denoise_s, 4),
             its=round(steps_run / denoise_s, 3) if denoise_s > 0 else 0.0,
             device=devices.kind(self.device), dtype=devices.dtype_name(self.dtype),
-            peak_mem_bytes=memory.peak(self.device), vae_fallback=self._vae_fallback,
+            peak_mem_bytes=peak, vae_fallback=self._vae_fallback,
             batch_chunks=chunks, versions=self.versions,
             speed={**accel.in_effect(self.accel, devices.kind(self.device), self.speed),
-                   "fast_path": denoiser.fast_state},
+                   "fast_path": denoiser.fast_state, **fast_note},
         ))
 
     def _upscale_only(self, job: Job, stage, start: float, files: output.JobFiles) -> Result:
