@@ -16,6 +16,8 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -426,4 +428,56 @@ func TestDoctorAndBenchStartNoWorkerOnADeviceAnotherProcessHolds(t *testing.T) {
 	assert.Equal(t, pid, l.PID)
 	require.NoError(t, syscall.Kill(-pid, syscall.SIGINT))
 	holder.rest(t)
+}
+
+func TestHistoryVerifyRunsOnTheHoldersWorkerAndRecordsNothing(t *testing.T) {
+	requireWorker(t)
+	h := newHome(t)
+	// A job made before any other process runs.
+	stdout, stderr, code := h.run("generate", "--model", "tiny", "--prompt", "checked elsewhere", "--steps", "3",
+		"--width", "64", "--height", "64", "--seed", "11", "--json")
+	require.Equal(t, 0, code, stderr)
+	var made doneLine
+	lines := strings.Split(strings.TrimSpace(stdout), "\n")
+	require.NoError(t, json.Unmarshal([]byte(lines[len(lines)-1]), &made))
+	require.True(t, made.OK, stderr)
+
+	holder := startQueueRun(t, h, "--watch")
+	h.holdsCPU(holder.cmd.Process.Pid)
+	before := h.history()
+	imagesBefore := h.images()
+
+	stdout, stderr, code = h.run("history", "verify", strconv.FormatInt(made.JobID, 10), "--json")
+	require.Equal(t, 0, code, "stdout:\n%s\nstderr:\n%s", stdout, stderr)
+	assert.Contains(t, stderr, fmt.Sprintf("note: Atelier process %d holds cpu, so its worker runs the check", holder.cmd.Process.Pid))
+	assert.NotContains(t, stderr, "starting the worker", "verify starts no worker of its own")
+	var rep struct {
+		Identical bool `json:"identical"`
+		Now       struct {
+			Device string `json:"device"`
+		} `json:"now"`
+	}
+	require.NoError(t, json.Unmarshal([]byte(stdout), &rep), stdout)
+	assert.True(t, rep.Identical, stdout)
+	assert.Equal(t, "cpu", rep.Now.Device)
+	// The holder's worker made it: it has one now (queue run --watch starts
+	// its worker at its first job, and this was its only one).
+	assert.Len(t, workerPIDs(holder.cmd.Process.Pid), 1, "verify stderr:\n%s\nholder stderr:\n%s", stderr, holder.stderr)
+
+	// Nothing recorded: the same jobs and images, no check left behind, and
+	// the check's folder is gone.
+	after := h.history()
+	require.Len(t, after, len(before))
+	assert.Equal(t, before[0].ID, after[0].ID)
+	assert.Equal(t, imagesBefore, h.images())
+	busy, err := h.openHistory().DeviceWork(context.Background(), "cpu", "cpu")
+	require.NoError(t, err)
+	assert.False(t, busy, "no reproduction check left for the holder")
+	left, err := filepath.Glob(filepath.Join(h.dir, "cache", "atelier-verify-*"))
+	require.NoError(t, err)
+	assert.Empty(t, left, "the check's temporary folder is removed")
+
+	require.NoError(t, syscall.Kill(-holder.cmd.Process.Pid, syscall.SIGINT))
+	holder.rest(t)
+	h.checkIntegrity()
 }

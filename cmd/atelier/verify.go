@@ -71,6 +71,9 @@ Options:
 	if j, err := a.store.GetJob(ctx, jobID); err == nil {
 		fmt.Fprintf(stderr, "Checking job %d (%s): regenerating it from its stored settings…\n", jobID, describeJob(j.Request))
 	}
+	if held, l, err := a.runner.HoldsDevice(ctx); err == nil && !held {
+		fmt.Fprintf(stderr, "note: Atelier process %d holds %s, so its worker runs the check (no second copy of the model; nothing is recorded)\n", l.PID, l.Device)
+	}
 	prog := newProgress(stderr)
 	a.starting.set(func(msg string) { prog.event(protocol.Loading{Message: msg}) })
 	rep, err := verify.Job(ctx, a.store, a.runner, jobID, verify.Options{TempRoot: a.paths.Cache, KeepDir: *keep, OnEvent: prog.event})

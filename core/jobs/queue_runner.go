@@ -304,6 +304,9 @@ func (q *QueueRunner) runNext(ctx context.Context, s *slotState, paused bool) (b
 	if held, _, err := s.Runner.HoldsDevice(ctx); err != nil || !held {
 		return false, err
 	}
+	if ran, err := s.Runner.serveReproduction(ctx); err != nil || ran {
+		return ran, err
+	}
 	if ran, err := s.Runner.serveSubmitted(ctx); err != nil || ran {
 		return ran, err
 	}

@@ -165,6 +165,32 @@ ALTER TABLE jobs ADD COLUMN error_field TEXT;
 -- messages and the doctor that name who holds a device. '' where unknown.
 ALTER TABLE device_leases ADD COLUMN command TEXT NOT NULL DEFAULT '';
 `},
+	{8, "reproduction checks run for another process", `
+-- A check that a recorded job reproduces (history verify, the gallery's
+-- "Check it reproduces"), asked by a process that does not hold the device:
+-- the holder runs it into the asker's temporary folder and writes its
+-- progress and outcome here. It is no job of the history: the asker deletes
+-- the row once it has read the outcome, and a row whose asker died is
+-- deleted by the next holder that looks.
+CREATE TABLE reproductions (
+	id               INTEGER PRIMARY KEY,
+	device           TEXT    NOT NULL CHECK (device <> ''),
+	params           TEXT    NOT NULL CHECK (json_valid(params)),
+	status           TEXT    NOT NULL CHECK (status IN ('pending', 'running', 'done')),
+	submitter_pid    INTEGER NOT NULL,
+	submitter_start  INTEGER NOT NULL DEFAULT 0,
+	owner_pid        INTEGER,
+	owner_start      INTEGER,
+	cancel_requested INTEGER NOT NULL DEFAULT 0,
+	progress_stage   TEXT,
+	progress_step    INTEGER NOT NULL DEFAULT 0,
+	progress_total   INTEGER NOT NULL DEFAULT 0,
+	preview_path     TEXT,
+	preview_step     INTEGER,
+	outcome          TEXT CHECK (outcome IS NULL OR json_valid(outcome)),
+	created_at       TEXT    NOT NULL
+);
+`},
 }
 
 // SchemaVersion is the schema this build writes.

@@ -182,14 +182,14 @@ func (s *Store) GetRelayState(ctx context.Context, id int64) (RelayState, error)
 // DeviceWork reports whether anything is left for the worker of device (a
 // lease's name) whose jobs are pinned as pinned (cpu, cuda:N; "" takes any
 // queue job, as ClaimNextOn): a queue job it may run still to run or running,
-// or a job submitted to run on device. A queue job pinned to another device is
+// or a job (or a reproduction check) submitted to run on device. A queue job pinned to another device is
 // not its work: it waits for that device's worker.
 func (s *Store) DeviceWork(ctx context.Context, device, pinned string) (bool, error) {
 	var n int
 	err := s.db.QueryRowContext(ctx, `SELECT EXISTS (SELECT 1 FROM jobs
 		WHERE ((queued = 1 AND (? = '' OR pinned_device IS NULL OR pinned_device = ?)) OR run_on = ?)
-		AND status IN (?, ?, ?))`,
-		pinned, pinned, device, StatusPending, StatusInterrupted, StatusRunning).Scan(&n)
+		AND status IN (?, ?, ?)) OR EXISTS (SELECT 1 FROM reproductions WHERE device = ? AND status IN (?, ?))`,
+		pinned, pinned, device, StatusPending, StatusInterrupted, StatusRunning, device, StatusPending, StatusRunning).Scan(&n)
 	if err != nil {
 		return false, fmt.Errorf("look for work on %s: %w", device, err)
 	}
