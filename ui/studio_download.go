@@ -92,7 +92,8 @@ func newGetModels(s *Studio) *getModels {
 		g.checks = append(g.checks, c)
 	}
 	g.into = widget.NewLabel("")
-	g.into.Wrapping = fyne.TextWrapBreak
+	// At words: a break anywhere split words of the hint ("is c / hecked").
+	g.into.Wrapping = fyne.TextWrapWord
 	g.into.SizeName = theme.SizeNameCaptionText
 	g.prog = newTaskProgress(true)
 	g.start = widget.NewButtonWithIcon("Download", theme.DownloadIcon(), g.Start)
@@ -113,7 +114,28 @@ func (g *getModels) content() fyne.CanvasObject {
 	}
 	body := container.NewVBox(heading("Get a real model"), intro, checks, g.into, g.prog.box,
 		container.NewHBox(g.add, layout.NewSpacer(), g.close, g.cancel, g.start))
-	return container.NewPadded(container.NewGridWrap(fyne.NewSize(560, body.MinSize().Height+60), body))
+	return container.NewPadded(container.New(fixedWidth(560), body))
+}
+
+// fixedWidth lays its objects out at a fixed width and the height they need
+// there: the panel's wrapped texts only know their height once laid out at
+// that width, and a height fixed before the hint had its folder left the
+// buttons below the panel.
+type fixedWidth float32
+
+func (w fixedWidth) MinSize(objects []fyne.CanvasObject) fyne.Size {
+	var h float32
+	for _, o := range objects {
+		h = max(h, o.MinSize().Height)
+	}
+	return fyne.NewSize(float32(w), h)
+}
+
+func (w fixedWidth) Layout(objects []fyne.CanvasObject, size fyne.Size) {
+	for _, o := range objects {
+		o.Move(fyne.NewPos(0, 0))
+		o.Resize(size)
+	}
 }
 
 // findFolder says where the downloads go: the library's first folder, or
@@ -128,11 +150,17 @@ func (g *getModels) findFolder() {
 			cancel()
 		}
 		folder := download.ModelFolder(folders, svc.Paths.Models)
-		g.s.do(func() {
-			g.folder = folder
-			g.into.SetText("Into " + folder + " (the first model folder of the library). The free space is checked first; Cancel keeps what was downloaded, and Download resumes it.")
-		})
+		g.s.do(func() { g.showFolder(folder) })
 	}()
+}
+
+// showFolder says where the downloads go and what happens there.
+func (g *getModels) showFolder(folder string) {
+	g.folder = folder
+	g.into.SetText("Into " + folder + " (the first model folder of the library). The free space is checked first; Cancel keeps what was downloaded, and Download resumes it.")
+	if g.pop != nil {
+		g.pop.Refresh() // the hint's lines change the panel's height
+	}
 }
 
 // Start downloads the checked models, one after the other.

@@ -5,11 +5,13 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"fyne.io/fyne/v2"
+	"fyne.io/fyne/v2/canvas"
 	"fyne.io/fyne/v2/test"
 	"fyne.io/fyne/v2/widget"
 	"github.com/stretchr/testify/require"
@@ -122,4 +124,59 @@ func TestGetModelsPanelSaysWhatToDoOffline(t *testing.T) {
 	require.Contains(t, g.prog.problem.Text, "add its folder to the library")
 	require.False(t, g.start.Disabled(), "Download can be tried again")
 	require.Equal(t, "tiny", s.form.model.entry.Text)
+}
+
+// labelLines are the lines a label draws, as its renderer laid them out.
+func labelLines(o fyne.CanvasObject) []string {
+	var lines []string
+	var walk func(fyne.CanvasObject)
+	walk = func(o fyne.CanvasObject) {
+		switch v := o.(type) {
+		case *canvas.Text:
+			if strings.TrimSpace(v.Text) != "" {
+				lines = append(lines, v.Text)
+			}
+		case fyne.Widget:
+			for _, c := range test.WidgetRenderer(v).Objects() {
+				walk(c)
+			}
+		case *fyne.Container:
+			for _, c := range v.Objects {
+				walk(c)
+			}
+		}
+	}
+	walk(o)
+	return lines
+}
+
+func TestGetModelsPanelHintWrapsAtWords(t *testing.T) {
+	var progress atomic.Int32
+	s, p, _ := downloadStudio(t, "http://127.0.0.1:9", &progress)
+	for _, size := range []fyne.Size{{Width: 1320, Height: 860}, {Width: 1024, Height: 700}} {
+		s.win.Resize(size)
+		g := openPanel(t, s)
+		// Folders of every length up to a dozen letters more, so that some line
+		// ends fall inside a word wherever the hint's words are.
+		for n := 0; n <= 12; n++ {
+			g.showFolder(filepath.Join(p.Data, strings.Repeat("m", n+1)))
+			words := map[string]bool{}
+			for _, w := range strings.Fields(g.into.Text) {
+				words[w] = true
+			}
+			lines := labelLines(g.into)
+			require.Greater(t, len(lines), 1, "at %v the hint fills more than a line: %q", size, g.into.Text)
+			// The panel grows with the wrapped hint: its buttons stay inside it.
+			panel := fyne.CurrentApp().Driver().AbsolutePositionForObject(g.pop.Content)
+			btn := fyne.CurrentApp().Driver().AbsolutePositionForObject(g.start)
+			require.LessOrEqual(t, btn.Y+g.start.Size().Height, panel.Y+g.pop.Content.Size().Height,
+				"at %v the Download button overflows the panel", size)
+			require.Equal(t, strings.Fields(g.into.Text), strings.Fields(strings.Join(lines, " ")), "the lines hold the hint, in order")
+			for _, l := range lines {
+				for _, w := range strings.Fields(l) {
+					require.True(t, words[w], "at %v the line %q splits a word of the hint (%q)", size, l, w)
+				}
+			}
+		}
+	}
 }
