@@ -48,8 +48,10 @@ type Capabilities struct {
 	Schedulers      []string `json:"schedulers"`
 	ControlNetTypes []string `json:"controlnet_types"`
 	Features        []string `json:"features"`
-	// Schedules lists, for each scheduler, the non-empty schedules it takes.
-	Schedules map[string][]string `json:"schedules,omitempty"`
+	// Schedules lists, for each scheduler, the non-empty schedules it takes. Not
+	// omitempty: an empty object (no scheduler takes a schedule) and an absent one
+	// (an older worker: all allowed) mean different things and must survive a round trip.
+	Schedules map[string][]string `json:"schedules"`
 }
 
 // Has reports whether the worker lists feature (c may be nil).
