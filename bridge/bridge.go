@@ -725,6 +725,13 @@ func (b *Bridge) handleLine(w *worker, line []byte) {
 		return
 	}
 	if !w.ready {
+		if e, ok := m.(protocol.Error); ok && e.ID == "" {
+			// Why it cannot start (the device asked for is not there): the reason the
+			// handshake gives once the worker exits, rather than a crash.
+			w.failure = &failure.JobError{Code: e.Code, Message: e.Message, Detail: e.Detail, Field: e.Field}
+			b.mu.Unlock()
+			return
+		}
 		b.mu.Unlock()
 		switch m.(type) {
 		case protocol.Loading, protocol.Hello:

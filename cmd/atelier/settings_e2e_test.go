@@ -9,6 +9,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"atelier/core/failure"
 	"atelier/core/settings"
 	"atelier/core/store"
 )
@@ -87,4 +88,27 @@ func TestSettingsFlagsRefuseBadValues(t *testing.T) {
 	assert.Equal(t, exitUsage, code)
 	assert.Contains(t, errOut, "--ray saved: no Ray address is saved")
 	assert.Empty(t, h.history(), "nothing was recorded")
+}
+
+// A device this machine lacks is the first thing said, not a crash that
+// points at missing modules. CUDA_VISIBLE_DEVICES="" hides every GPU, so a
+// machine with CUDA sees none either.
+func TestGenerateOnAMissingCUDADeviceSaysSoFirst(t *testing.T) {
+	requireWorker(t)
+	h := newHome(t)
+	_, errOut, code := h.runEnv([]string{"CUDA_VISIBLE_DEVICES="}, append(tinyArgs, "--device", "cuda")...)
+	assert.Equal(t, exitFailure, code, errOut)
+	var first string
+	for _, l := range strings.Split(errOut, "\n") {
+		if strings.HasPrefix(l, "atelier generate:") {
+			first = l
+			break
+		}
+	}
+	assert.Contains(t, first, "atelier generate: the job failed: unsupported: CUDA was asked for but this machine's torch sees no CUDA GPU: torch ")
+	assert.Contains(t, first, "use --device cpu or auto")
+	assert.NotContains(t, errOut, "missing module")
+	jobs := h.history()
+	require.Len(t, jobs, 1)
+	assert.Equal(t, string(failure.ErrUnsupported), jobs[0].ErrorCode)
 }

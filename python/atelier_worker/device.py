@@ -43,15 +43,20 @@ def pick(device: str | None = None, dtype: str | None = None) -> tuple[str, torc
         raise DeviceError(f"unknown device {device!r}: use cuda, cuda:N, mps or cpu")
     if k == "cuda":
         if not torch.cuda.is_available():
-            raise DeviceError("device cuda was asked for, but torch sees no CUDA GPU "
-                              f"(torch {torch.__version__}): check the driver, or use cpu")
+            built = f", built for CUDA {torch.version.cuda}" if torch.version.cuda else ", built without CUDA"
+            name = "CUDA" if device == "cuda" else f"CUDA device {device}"
+            raise DeviceError(f"{name} was asked for but this machine's torch sees no CUDA GPU: "
+                              f"torch {torch.__version__}{built}, finds no GPU or driver (nvidia-smi "
+                              "shows what the driver sees); use --device cpu or auto (Settings ▸ "
+                              "Device in the app)")
         if ":" in device:
             index = device.split(":", 1)[1]
             if not index.isdigit() or int(index) >= torch.cuda.device_count():
                 raise DeviceError(f"no CUDA device {device!r}: this machine has "
                                   f"{torch.cuda.device_count()}")
     if k == "mps" and not torch.backends.mps.is_available():
-        raise DeviceError("device mps was asked for, but this machine has no Metal GPU: use cpu")
+        raise DeviceError("mps was asked for but this machine has no Metal GPU: use --device cpu "
+                          "or auto (Settings ▸ Device in the app)")
     if not dtype:
         return device, torch.float32 if k == "cpu" else torch.float16
     if dtype.lower() not in DTYPES:

@@ -44,6 +44,7 @@ from .protocol import (
 from .spec import (
     CONTROLNET_TYPES,
     ERR_INVALID_REQUEST,
+    ERR_UNSUPPORTED,
     FEATURES,
     GO_TO_WORKER,
     HEARTBEAT_INTERVAL_S,
@@ -447,7 +448,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         dev, dtype = devices.pick(args.device, args.dtype)
     except devices.DeviceError as e:
+        # Said on stdout too, before any hello: the bridge shows it as the reason the worker
+        # did not start, rather than a crash whose cause is only in the log lines.
         log.error("%s", e)
+        out.send(Error(id="", code=ERR_UNSUPPORTED, message=str(e)))
         return 2
 
     out.send(make_hello(dev, dtype))

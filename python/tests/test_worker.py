@@ -234,8 +234,14 @@ def test_env_overrides_dtype_and_shutdown_exits_zero(tiny_model):
 
 def test_unavailable_device_fails_with_a_reason():
     w = WorkerProcess(args=("--device", "mps" if sys.platform != "darwin" else "cuda"))
+    msg = w.next()
+    while msg.type == "loading":
+        msg = w.next()
+    # The reason comes on stdout, before any hello, for the bridge to show as such.
+    assert (msg.type, msg.id, msg.code) == ("error", "", "unsupported")
+    assert "was asked for but this machine" in msg.message and "--device cpu or auto" in msg.message
     assert w.proc.wait(timeout=60) == 2
-    assert "asked for" in w.stderr_text()
+    assert msg.message in w.stderr_text()
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signal is Linux's")
