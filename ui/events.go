@@ -126,9 +126,10 @@ type queueEvent struct {
 	job    *store.QueueJob
 	ev     event // with jobs.QueueMessage
 	err    error
-	paused bool // with jobs.QueueIdle
+	paused bool         // with jobs.QueueIdle
+	holder *store.Lease // with jobs.QueueDeviceHeld
 }
 
 func queueEventOf(e jobs.QueueEvent) queueEvent {
-	return queueEvent{kind: e.Kind, job: e.Job, ev: eventOf(e.Message), err: e.Err, paused: e.Paused}
+	return queueEvent{kind: e.Kind, job: e.Job, ev: eventOf(e.Message), err: e.Err, paused: e.Paused, holder: e.Holder}
 }

@@ -37,6 +37,10 @@ type queueView struct {
 	sessions *widget.Button
 	summary  *widget.Label
 	empty    *widget.Label
+	// heldNote says that another Atelier process holds the device and runs
+	// the jobs; heldBy is that process (nil when this one may run them).
+	heldNote *widget.Label
+	heldBy   *store.Lease
 	rows     map[int64]*queueRow // the row showing each job now
 	// the open sessions pop-up and its grid of labels, if any
 	sessionsPop  *widget.PopUp
@@ -57,6 +61,10 @@ func newQueueView(s *Studio) *queueView {
 	v.summary.Truncation = fyne.TextTruncateEllipsis
 	v.empty = widget.NewLabel("The queue is empty. Fill the form and press \"Add to queue\".")
 	v.empty.Importance = widget.LowImportance
+	v.heldNote = widget.NewLabel("")
+	v.heldNote.Wrapping = fyne.TextWrapWord
+	v.heldNote.Importance = widget.WarningImportance
+	v.heldNote.Hide()
 	v.list = widget.NewList(
 		func() int { return len(v.jobs) },
 		func() fyne.CanvasObject { return newQueueRow(v) },
@@ -72,7 +80,7 @@ func newQueueView(s *Studio) *queueView {
 func (v *queueView) content() fyne.CanvasObject {
 	head := container.NewBorder(nil, nil, heading("Queue"),
 		container.NewHBox(v.pause, v.clear, v.clearAll, v.sessions), v.summary)
-	return container.NewBorder(container.NewVBox(container.NewPadded(head), widget.NewSeparator()), nil, nil, nil,
+	return container.NewBorder(container.NewVBox(container.NewPadded(head), v.heldNote, widget.NewSeparator()), nil, nil, nil,
 		container.NewStack(container.NewCenter(v.empty), v.list))
 }
 
@@ -168,6 +176,7 @@ func (v *queueView) recompute() {
 func (v *queueView) event(e queueEvent) {
 	switch e.kind {
 	case jobs.QueueStarted:
+		v.setHeldBy(nil) // a job starts here: this process holds the device
 		v.live[e.job.ID] = jobs.NewLive()
 		v.refresh()
 	case jobs.QueueMessage:
@@ -192,9 +201,15 @@ func (v *queueView) event(e queueEvent) {
 		delete(v.live, e.job.ID)
 		v.refresh()
 	case jobs.QueueIdle:
-		if v.paused != e.paused {
+		// While another process runs the jobs, their progress and ends
+		// reach this view only through the history.
+		if v.paused != e.paused || v.heldBy != nil {
 			v.refresh()
 		}
+	case jobs.QueueDeviceHeld:
+		v.setHeldBy(e.holder)
+	case jobs.QueueDeviceFree:
+		v.setHeldBy(nil)
 	case jobs.QueueStalled:
 		msg, detail := "The worker could not start, so the queue waits (the jobs stay queued) and tries again in a while. "+
 			"Run `atelier doctor` to check the worker.", ""
@@ -206,6 +221,27 @@ func (v *queueView) event(e queueEvent) {
 		v.s.status.set(statusError, msg, detail)
 		v.refresh()
 	}
+}
+
+// setHeldBy shows (or, with nil, hides) the note that another Atelier
+// process holds the device and runs the queue's jobs.
+func (v *queueView) setHeldBy(l *store.Lease) {
+	v.heldBy = l
+	if l == nil {
+		v.heldNote.Hide()
+		return
+	}
+	what := "the GPU (" + l.Device + ")"
+	switch l.Device {
+	case "cpu":
+		what = "the CPU"
+	case "mps", "auto":
+		what = "the GPU"
+	}
+	v.heldNote.SetText(fmt.Sprintf("Another Atelier process (%s) holds %s, so this window starts no worker there: "+
+		"your jobs run on that process's worker and their progress shows here. If it ends, this window takes over.", l.Holder(), what))
+	v.heldNote.Show()
+	v.refresh()
 }
 
 func (v *queueView) report(err error) {

@@ -76,15 +76,10 @@ func (g *noWorker) Submit(context.Context, string, request.Request) (<-chan prot
 
 func (g *noWorker) Cancel(string) error { return nil }
 
-func TestRealStudioRunsOnTheWorkerOfTheProcessHoldingItsDevice(t *testing.T) {
-	sharedBridge(t) // for its check of the worker's environment
-	root := t.TempDir()
-	dirs := paths.PathsUnder(root)
-	require.NoError(t, dirs.EnsureDirs())
-	st, err := store.OpenStore(dirs.DB)
-	require.NoError(t, err)
-	t.Cleanup(func() { st.Close() })
-
+// startHolder starts TestHolderProcess on the history under root and waits
+// until it holds the cpu lease; closing stdin stops it.
+func startHolder(t *testing.T, root string) (*exec.Cmd, io.WriteCloser) {
+	t.Helper()
 	exe, err := os.Executable()
 	require.NoError(t, err)
 	cmd := exec.Command(exe, "-test.run=^TestHolderProcess$")
@@ -104,6 +99,19 @@ func TestRealStudioRunsOnTheWorkerOfTheProcessHoldingItsDevice(t *testing.T) {
 	sc := bufio.NewScanner(stdout)
 	require.True(t, sc.Scan(), "the holder ended before it held the device")
 	require.Equal(t, "held", sc.Text())
+	return cmd, stdin
+}
+
+func TestRealStudioRunsOnTheWorkerOfTheProcessHoldingItsDevice(t *testing.T) {
+	sharedBridge(t) // for its check of the worker's environment
+	root := t.TempDir()
+	dirs := paths.PathsUnder(root)
+	require.NoError(t, dirs.EnsureDirs())
+	st, err := store.OpenStore(dirs.DB)
+	require.NoError(t, err)
+	t.Cleanup(func() { st.Close() })
+
+	cmd, stdin := startHolder(t, root)
 
 	gen := &noWorker{}
 	runner := jobs.NewRunner(st, gen, dirs)
@@ -143,4 +151,64 @@ func TestRealStudioRunsOnTheWorkerOfTheProcessHoldingItsDevice(t *testing.T) {
 
 	require.NoError(t, stdin.Close())
 	require.NoError(t, cmd.Wait(), "the holder stops when told")
+}
+
+func TestQueueTabSaysAnotherProcessRunsItsJobsUntilThatProcessEnds(t *testing.T) {
+	sharedBridge(t) // for its check of the worker's environment
+	root := t.TempDir()
+	dirs := paths.PathsUnder(root)
+	require.NoError(t, dirs.EnsureDirs())
+	st, err := store.OpenStore(dirs.DB)
+	require.NoError(t, err)
+	t.Cleanup(func() { st.Close() })
+	cmd, stdin := startHolder(t, root)
+
+	// The studio's own queue runner, over a runner that shares the device.
+	gen := &noWorker{}
+	runner := jobs.NewRunner(st, gen, dirs)
+	runner.ShareDevice("cpu")
+	q := jobs.NewQueueRunner(runner)
+	s := studioOver(t, st, dirs, eventsOf(runner), q)
+	q.OnEvent = s.OnQueueEvent
+	ctx, stop := context.WithCancel(context.Background())
+	ran := make(chan struct{})
+	go func() {
+		_ = q.Run(ctx, false)
+		close(ran)
+	}()
+	t.Cleanup(func() {
+		stop()
+		<-ran
+	})
+	v := s.x.queue
+	s.waitFor(t, time.Minute, "the note that another process holds the device", func() bool { return v.heldNote.Visible() })
+	assert.Contains(t, v.heldNote.Text, fmt.Sprintf("Another Atelier process (pid %d", cmd.Process.Pid))
+	assert.Contains(t, v.heldNote.Text, "holds the CPU")
+	assert.Contains(t, v.heldNote.Text, "your jobs run on that process's worker and their progress shows here")
+
+	// A job queued from this window runs on the holder's worker, and the
+	// tab follows it to its end through the history.
+	setForm(s, "queued here, run there", 3, 64, 64)
+	test.Tap(s.x.addQueue)
+	s.q.drain()
+	queued, err := st.QueueJobs(context.Background())
+	require.NoError(t, err)
+	require.Len(t, queued, 1)
+	id := queued[0].ID
+	s.waitFor(t, jobDeadline, "the holder's run of the job, shown in the tab", func() bool {
+		j := v.job(id)
+		return j != nil && j.Status == store.StatusDone
+	})
+	assert.True(t, v.heldNote.Visible(), "the holder still holds the device")
+	assert.Zero(t, gen.calls.Load(), "no worker started in the studio's process")
+
+	// The holder ends: this window holds the device now, and says nothing
+	// of another process any more.
+	require.NoError(t, stdin.Close())
+	require.NoError(t, cmd.Wait(), "the holder stops when told")
+	s.waitFor(t, time.Minute, "the note to go", func() bool { return !v.heldNote.Visible() })
+	assert.Nil(t, v.heldBy)
+	held, _, err := runner.HoldsDevice(context.Background())
+	require.NoError(t, err)
+	assert.True(t, held, "the studio took the device over")
 }

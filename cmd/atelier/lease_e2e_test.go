@@ -228,7 +228,9 @@ func TestKill9OfTheLeaseHolderMidQueueJobIsTakenOverByTheOtherQueueRun(t *testin
 	_, codeA := a.rest(t)
 	require.Equal(t, -int(syscall.SIGKILL), codeA)
 
-	// b takes the lease and runs the interrupted job once more, to the end.
+	// b takes the lease (and says so) and runs the interrupted job once
+	// more, to the end.
+	b.until(t, "device_free", func(e runEvent) bool { return e.Type == "device_free" })
 	st := b.until(t, "the job's second run", func(e runEvent) bool { return e.Type == "job_started" && e.JobID == id })
 	assert.Equal(t, 2, st.Attempts)
 	evs, code := b.rest(t)
@@ -366,6 +368,28 @@ func TestASubmittersValidationErrorNamesItsFieldAsALocalOneDoes(t *testing.T) {
 	init := writeTestPNG(t, filepath.Join(t.TempDir(), "init.png"), 64, 64, false)
 	g := startGenerate(t, h, "4", "--init-image", init, "--strength", "0.5")
 	id := h.submitted(busy)
+
+	// queue list shows it, marked as submitted, apart from the queue.
+	out, errOut, code := h.run("queue", "list", "--json")
+	require.Equal(t, 0, code, errOut)
+	var listed struct {
+		Jobs      []store.QueueJob     `json:"jobs"`
+		Submitted []store.SubmittedJob `json:"submitted"`
+	}
+	require.NoError(t, json.Unmarshal([]byte(out), &listed), out)
+	require.Len(t, listed.Submitted, 1, out)
+	assert.Equal(t, id, listed.Submitted[0].ID)
+	assert.Equal(t, "cpu", listed.Submitted[0].RunOn)
+	assert.Equal(t, g.cmd.Process.Pid, listed.Submitted[0].SubmitterPID)
+	assert.Equal(t, store.StatusPending, listed.Submitted[0].Status)
+	for _, j := range listed.Jobs {
+		assert.NotEqual(t, id, j.ID, "a submitted job is no queue job")
+	}
+	out, errOut, code = h.run("queue", "list")
+	require.Equal(t, 0, code, errOut)
+	assert.Contains(t, out, "Submitted by Atelier processes to the worker holding their device")
+	assert.Regexp(t, fmt.Sprintf(`(?m)^%d\s+submitted, pending\s+-\s+cpu\s+pid %d\s`, id, g.cmd.Process.Pid), out)
+
 	require.NoError(t, os.Remove(init))
 	require.NoError(t, syscall.Kill(workers[0], syscall.SIGCONT))
 

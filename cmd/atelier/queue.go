@@ -442,15 +442,23 @@ func queueList(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "atelier queue list:", err)
 		return exitFailure
 	}
+	// Jobs that Atelier processes submitted to the worker of the process
+	// holding their device: not queue jobs, but they run first.
+	submitted, err := s.SubmittedJobs(ctx)
+	if err != nil {
+		fmt.Fprintln(stderr, "atelier queue list:", err)
+		return exitFailure
+	}
 	paused, _ := s.QueuePaused(ctx)
 	rate, _ := s.MeasuredRate(ctx, 20)
 	eta := jobs.EstimateQueue(queued, rate, nil)
 	if *asJSON {
 		out := struct {
-			Jobs   []queueView `json:"jobs"`
-			Paused bool        `json:"paused"`
-			ETAS   *float64    `json:"eta_s,omitempty"`
-		}{Jobs: []queueView{}, Paused: paused}
+			Jobs      []queueView          `json:"jobs"`
+			Submitted []store.SubmittedJob `json:"submitted"`
+			Paused    bool                 `json:"paused"`
+			ETAS      *float64             `json:"eta_s,omitempty"`
+		}{Jobs: []queueView{}, Submitted: submitted, Paused: paused}
 		for _, j := range queued {
 			v := queueView{QueueJob: j}
 			if d, ok := eta.Job[j.ID]; ok {
@@ -465,6 +473,7 @@ func queueList(args []string, stdout, stderr io.Writer) int {
 		}
 		return printJSON(stdout, stderr, "queue list", out)
 	}
+	printSubmitted(stdout, submitted)
 	if len(queued) == 0 {
 		fmt.Fprintln(stderr, "The queue is empty. Add jobs with: atelier queue add --prompt \"a lighthouse\" --batch-count 4")
 		return exitOK
@@ -509,6 +518,32 @@ func queueList(args []string, stdout, stderr io.Writer) int {
 	}
 	fmt.Fprintln(stdout, summary)
 	return exitOK
+}
+
+// printSubmitted lists the jobs submitted to another process's worker, each
+// marked with the device whose holder runs it and the process that asked.
+func printSubmitted(stdout io.Writer, submitted []store.SubmittedJob) {
+	if len(submitted) == 0 {
+		return
+	}
+	fmt.Fprintln(stdout, "Submitted by Atelier processes to the worker holding their device (they run before the queue):")
+	tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "ID\tSTATUS\tPROGRESS\tRUNS ON\tASKED BY\tMODEL\tSTEPS\tSIZE\tSEED\tPROMPT")
+	for _, j := range submitted {
+		r := j.Request
+		progress := "-"
+		if j.Status == store.StatusRunning && j.Total > 0 {
+			progress = fmt.Sprintf("%d/%d", j.Step, j.Total)
+		}
+		status := "submitted, " + j.Status
+		if j.CancelRequested {
+			status += " (cancelling)"
+		}
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\tpid %d\t%s\t%d\t%dx%d\t%d\t%s\n", j.ID, status, progress, j.RunOn, j.SubmitterPID,
+			shorten(request.ModelName(r.Model), 20), r.Steps, r.Width, r.Height, r.Seed, shorten(r.Prompt, 40))
+	}
+	tw.Flush() //nolint:errcheck // nothing to do if stdout is gone
+	fmt.Fprintln(stdout)
 }
 
 func formatDuration(d time.Duration) string {
@@ -632,10 +667,10 @@ type queueRunLine struct {
 // deviceHeldLine is the --json line of "queue run" saying that another
 // process holds a slot's device.
 type deviceHeldLine struct {
-	Type   string `json:"type"` // device_held
+	Type   string `json:"type"` // device_held, or device_free (without device and pid)
 	Slot   string `json:"slot,omitempty"`
-	Device string `json:"device"`
-	PID    int    `json:"pid"`
+	Device string `json:"device,omitempty"`
+	PID    int    `json:"pid,omitempty"`
 }
 
 func queueRun(args []string, stdout, stderr io.Writer) int {
@@ -763,6 +798,9 @@ Options:
 			emit(deviceHeldLine{Type: "device_held", Slot: e.Slot, Device: e.Holder.Device, PID: e.Holder.PID})
 			fmt.Fprintf(stderr, "%s%s is held by another Atelier process (pid %d), which runs the jobs; "+
 				"this one starts no worker there and takes over if that process ends\n", who, e.Holder.Device, e.Holder.PID)
+		case jobs.QueueDeviceFree:
+			emit(deviceHeldLine{Type: "device_free", Slot: e.Slot})
+			fmt.Fprintf(stderr, "%sthe other Atelier process gave its device up; this one holds it now and runs the jobs\n", who)
 		case jobs.QueueMessage:
 			if prog != nil {
 				prog.event(e.Message)

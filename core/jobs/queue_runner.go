@@ -37,6 +37,10 @@ const (
 	// device, so the slot starts no worker; it runs jobs again once that
 	// process ends.
 	QueueDeviceHeld = "device_held"
+	// QueueDeviceFree: the process that held the slot's device (last
+	// reported with QueueDeviceHeld) is gone or gave it up, and this one
+	// holds it now.
+	QueueDeviceFree = "device_free"
 )
 
 // QueueEvent is what a QueueRunner reports while it works.
@@ -268,15 +272,27 @@ func (q *QueueRunner) runSlot(ctx context.Context, s *slotState, exitWhenIdle bo
 // change (QueueDeviceHeld).
 func (q *QueueRunner) waitForDevice(ctx context.Context, s *slotState) (bool, error) {
 	held, holder, err := s.Runner.HoldsDevice(ctx)
-	if err != nil || held {
-		s.heldBy = 0
+	if err != nil {
 		return false, err
+	}
+	if held {
+		q.deviceFree(s)
+		return false, nil
 	}
 	if holder.PID != s.heldBy {
 		s.heldBy = holder.PID
 		q.emit(s, QueueEvent{Kind: QueueDeviceHeld, Holder: &holder})
 	}
 	return q.store.DeviceWork(ctx, s.Runner.SharedDevice(), s.Runner.Device)
+}
+
+// deviceFree reports, once, that s holds its device again after another
+// process held it.
+func (q *QueueRunner) deviceFree(s *slotState) {
+	if s.heldBy != 0 {
+		s.heldBy = 0
+		q.emit(s, QueueEvent{Kind: QueueDeviceFree})
+	}
 }
 
 // sleep waits for d, a Wake or the end of ctx; it reports whether ctx lives.
@@ -304,6 +320,7 @@ func (q *QueueRunner) runNext(ctx context.Context, s *slotState, paused bool) (b
 	if held, _, err := s.Runner.HoldsDevice(ctx); err != nil || !held {
 		return false, err
 	}
+	q.deviceFree(s)
 	if ran, err := s.Runner.serveReproduction(ctx); err != nil || ran {
 		return ran, err
 	}

@@ -195,3 +195,36 @@ func (s *Store) DeviceWork(ctx context.Context, device, pinned string) (bool, er
 	}
 	return n == 1, nil
 }
+
+// SubmittedJob is a job that one Atelier process submitted to run on the
+// worker of the process holding its device.
+type SubmittedJob struct {
+	QueueJob
+	RunOn        string `json:"run_on"`        // the device whose holder runs it
+	SubmitterPID int    `json:"submitter_pid"` // the process that asked for it
+}
+
+// SubmittedJobs lists the jobs submitted to a device's holder that are still
+// to run or running, oldest first (the order the holders run them).
+func (s *Store) SubmittedJobs(ctx context.Context) ([]SubmittedJob, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT `+queueColumns+`, run_on, COALESCE(submitter_pid, 0)
+		FROM jobs WHERE run_on IS NOT NULL AND status IN (?, ?, ?) ORDER BY id`,
+		StatusRunning, StatusPending, StatusInterrupted)
+	if err != nil {
+		return nil, fmt.Errorf("list the submitted jobs: %w", err)
+	}
+	defer rows.Close()
+	out := []SubmittedJob{}
+	for rows.Next() {
+		var sj SubmittedJob
+		q := &sj.QueueJob
+		j, err := scanJob(rows, &q.Position, &q.Attempts, &q.SessionID, &q.Step, &q.Total, &q.CancelRequested,
+			&q.PinnedDevice, &sj.RunOn, &sj.SubmitterPID)
+		if err != nil {
+			return nil, fmt.Errorf("list the submitted jobs: %w", err)
+		}
+		q.JobRecord = j
+		out = append(out, sj)
+	}
+	return out, rows.Err()
+}
