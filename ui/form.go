@@ -47,6 +47,8 @@ type form struct {
 
 	lib      *library.Library
 	settings library.SettingsStore // where the model folders are kept; nil: no library
+	// ownModels is Atelier's own models folder, scanned first always; empty in tests without one.
+	ownModels string
 	// onNote shows a line in the status bar.
 	onNote func(string)
 	// onLayout lays out what holds the form after the form changed height.

@@ -50,7 +50,7 @@ func (f *form) rescan() {
 		if err != nil {
 			return // the library is an aid: the tiny parts and Browse… still work
 		}
-		lib := library.ScanLibrary(folders)
+		lib := library.ScanLibrary(library.ScanFolders(f.ownModels, folders))
 		f.fields.do(func() {
 			f.setLibrary(lib)
 			if f.onLibrary != nil {

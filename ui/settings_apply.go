@@ -235,12 +235,25 @@ func (sw *settingsWindow) refreshFolders() {
 	}()
 }
 
+// showFolders lists Atelier's own models folder first, with no remove
+// button: the library always scans it and downloads go there. The folders
+// the user added follow.
 func (sw *settingsWindow) showFolders(folders []string) {
 	sw.folders.RemoveAll()
-	if len(folders) == 0 {
-		sw.folders.Add(hintText("None yet: the demo model and the files you browse to are all the studio offers."))
+	own := sw.s.x.svc.Paths.Models
+	if own != "" {
+		name := widget.NewLabel(displayFolder(own))
+		name.Truncation = fyne.TextTruncateEllipsis
+		sw.folders.Add(container.NewVBox(name, hintText("Atelier's models folder: always scanned, and downloads go here.")))
 	}
-	for _, dir := range folders {
+	added := library.ScanFolders(own, folders)
+	if own != "" {
+		added = added[1:]
+	}
+	if len(added) == 0 {
+		sw.folders.Add(hintText("No folders of your own yet: Add folder… adds one (its files stay where they are)."))
+	}
+	for _, dir := range added {
 		name := widget.NewLabel(displayFolder(dir))
 		name.Truncation = fyne.TextTruncateEllipsis
 		remove := newTipButton(theme.DeleteIcon(), "Remove "+filepath.Base(dir)+" from the library (its files stay)", func() { sw.removeFolder(dir) })

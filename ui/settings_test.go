@@ -165,6 +165,8 @@ func TestSettingsWindowMarkup(t *testing.T) {
 	st, dirs := newSettingsStore(t)
 	s, _ := settingsStudio(t, &machineWorker{hello: twoGPUs()}, nil, jobs.NewRunner(st, nil, dirs), st, dirs, nil)
 	s.app.Settings().SetTheme(newStudioTheme())
+	// A models folder of no machine in particular, as the markup must name none.
+	s.x.svc.Paths.Models = "/srv/atelier/models"
 	sw := openedSettings(t, s)
 	sw.win.Resize(fyne.NewSize(640, 700))
 	s.q.drain()
@@ -319,6 +321,17 @@ func TestSettingsModelFoldersRescanTheLibrary(t *testing.T) {
 	st, dirs := newSettingsStore(t)
 	s, _ := settingsStudio(t, &machineWorker{hello: twoGPUs()}, nil, jobs.NewRunner(st, nil, dirs), st, dirs, nil)
 	sw := openedSettings(t, s)
+	// Atelier's own models folder comes first, always, and cannot be removed:
+	// the first-run panel downloads into it.
+	own := func() {
+		t.Helper()
+		require.NotEmpty(t, sw.folders.Objects)
+		assert.Contains(t, rowText(sw.folders.Objects[0]), displayFolder(dirs.Models))
+		assert.Contains(t, rowText(sw.folders.Objects[0]), "Atelier's models folder: always scanned, and downloads go here.")
+		assert.Nil(t, findTipButton(sw.folders.Objects[0]), "no remove button for Atelier's own folder")
+	}
+	own()
+	assert.Contains(t, rowText(sw.folders.Objects[1]), "No folders of your own yet")
 	test.Tap(sw.addFolder)
 	var added string
 	s.waitFor(t, 20*time.Second, "the folder in the library", func() bool {
@@ -327,16 +340,21 @@ func TestSettingsModelFoldersRescanTheLibrary(t *testing.T) {
 			added = f[0]
 		}
 		return added != "" && s.form.lib != nil && slices.Contains(s.form.lib.Folders, added) &&
-			len(sw.folders.Objects) == 1 && strings.Contains(rowText(sw.folders.Objects[0]), "chosen")
+			len(sw.folders.Objects) == 2 && strings.Contains(rowText(sw.folders.Objects[1]), "chosen")
 	})
+	own()
+	assert.Equal(t, []string{dirs.Models, added}, s.form.lib.Folders, "the library scans both, its own first")
 	// Its row's button removes it, and the studio's lists rescan.
-	remove := findTipButton(sw.folders.Objects[0])
+	remove := findTipButton(sw.folders.Objects[1])
 	require.NotNil(t, remove)
 	test.Tap(remove)
 	s.waitFor(t, 20*time.Second, "the folder gone", func() bool {
 		f, _ := library.LibraryFolders(context.Background(), st)
-		return len(f) == 0 && s.form.lib != nil && !slices.Contains(s.form.lib.Folders, added)
+		return len(f) == 0 && s.form.lib != nil && !slices.Contains(s.form.lib.Folders, added) &&
+			len(sw.folders.Objects) == 2 && strings.Contains(rowText(sw.folders.Objects[1]), "No folders of your own yet")
 	})
+	own()
+	assert.Equal(t, []string{dirs.Models}, s.form.lib.Folders, "its own folder is still scanned")
 }
 
 func rowText(o fyne.CanvasObject) string {

@@ -57,6 +57,9 @@ func newStudioWith(a fyne.App, w fyne.Window, gen generator, hist History, post 
 	s.form.load(a.Preferences())
 	s.form.onNote = func(m string) { s.status.set(statusInfo, m, "") } // runs later, on the UI goroutine
 	s.form.onLibrary = s.libraryScanned
+	if svc != nil {
+		s.form.ownModels = svc.Paths.Models
+	}
 	s.form.attach(gen, hist)
 
 	s.generate = widget.NewButtonWithIcon("Generate", theme.MediaPlayIcon(), s.Generate)

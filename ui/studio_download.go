@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"os"
 	"strings"
-	"time"
 
 	"fyne.io/fyne/v2"
 	"fyne.io/fyne/v2/container"
@@ -138,26 +137,14 @@ func (w fixedWidth) Layout(objects []fyne.CanvasObject, size fyne.Size) {
 	}
 }
 
-// findFolder says where the downloads go: the library's first folder, or
-// Atelier's own models folder.
-func (g *getModels) findFolder() {
-	st, svc := g.s.form.settings, g.s.x.svc
-	go func() {
-		var folders []string
-		if st != nil {
-			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-			folders, _ = library.LibraryFolders(ctx, st)
-			cancel()
-		}
-		folder := download.ModelFolder(folders, svc.Paths.Models)
-		g.s.do(func() { g.showFolder(folder) })
-	}()
-}
+// findFolder says where the downloads go: Atelier's own models folder, the
+// one the library always scans first (Settings lists it so).
+func (g *getModels) findFolder() { g.showFolder(g.s.x.svc.Paths.Models) }
 
 // showFolder says where the downloads go and what happens there.
 func (g *getModels) showFolder(folder string) {
 	g.folder = folder
-	g.into.SetText("Into " + folder + " (the first model folder of the library). The free space is checked first; Cancel keeps what was downloaded, and Download resumes it.")
+	g.into.SetText("Into " + displayFolder(folder) + ", Atelier's models folder: the library always scans it, and Settings lists it first. The free space is checked first; Cancel keeps what was downloaded, and Download resumes it.")
 	if g.pop != nil {
 		g.pop.Refresh() // the hint's lines change the panel's height
 	}
@@ -188,7 +175,7 @@ func (g *getModels) Start() {
 		var got []string
 		var err error
 		if err = os.MkdirAll(folder, 0o755); err != nil {
-			err = fmt.Errorf("cannot create %s: %w; add another model folder to the library first", folder, err)
+			err = fmt.Errorf("cannot create %s: %w; make it writable, or start Atelier with ATELIER_HOME naming a writable folder", folder, err)
 		}
 		for _, p := range what {
 			if err != nil {
@@ -223,7 +210,7 @@ func (g *getModels) finished(what []download.Preset, got []string, err error) {
 	g.start.Enable()
 	g.cancel.Disable()
 	if len(got) > 0 {
-		g.s.form.addLibraryFolder(g.folder) // rescans, so the drop-downs offer them
+		g.s.form.rescan() // the drop-downs offer them
 		if what[0].Name == "base" {
 			g.s.form.model.entry.SetText(got[0])
 		}

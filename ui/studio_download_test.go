@@ -80,7 +80,8 @@ func TestGetModelsPanelDownloadsSDXLBaseAndSelectsIt(t *testing.T) {
 	var progress atomic.Int32
 	s, p, st := downloadStudio(t, url, &progress)
 	g := openPanel(t, s)
-	require.Contains(t, g.into.Text, "Into "+p.Models)
+	// The folder Settings lists first, as the library scans it.
+	require.Contains(t, g.into.Text, "Into "+p.Models+", Atelier's models folder: the library always scans it, and Settings lists it first.")
 	require.True(t, g.checks[0].Checked, "SDXL base is offered first, ticked")
 	require.False(t, g.checks[1].Checked)
 
@@ -101,9 +102,10 @@ func TestGetModelsPanelDownloadsSDXLBaseAndSelectsIt(t *testing.T) {
 		return s.form.lib != nil && slices.Contains(s.form.lib.Paths(library.KindCheckpoint), dest) &&
 			slices.Contains(s.form.fields.choices[s.form.model.entry], dest)
 	})
+	require.Equal(t, p.Models, s.form.lib.Folders[0], "the library scans Atelier's folder first")
 	folders, err := library.LibraryFolders(context.Background(), st)
 	require.NoError(t, err)
-	require.Equal(t, []string{p.Models}, folders)
+	require.Empty(t, folders, "no folder of the user's was added: Atelier's own is always scanned")
 
 	// Closing keeps it closed on the next start; "Get models…" opens it again.
 	test.Tap(g.close)

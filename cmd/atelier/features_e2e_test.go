@@ -368,6 +368,9 @@ func TestModelsCommandListsTheLibrary(t *testing.T) {
 	out, stderr, code := h.run("models")
 	require.Equal(t, 0, code, stderr)
 	assert.Contains(t, out, "models add-folder", "an empty library says how to add a folder")
+	own := filepath.Join(h.dir, "data", "models")
+	assert.Contains(t, out, "Folders:\n  "+own+" (Atelier's models folder: always scanned; downloads go here)\n",
+		"Atelier's own folder comes first, as the studio's Settings list it")
 	assert.Contains(t, out, request.TinyLoRA, "the tiny parts are always listed")
 
 	out, stderr, code = h.run("models", "add-folder", lib)
@@ -378,7 +381,7 @@ func TestModelsCommandListsTheLibrary(t *testing.T) {
 	require.Equal(t, 0, code, stderr)
 	var got library.Library
 	require.NoError(t, json.Unmarshal([]byte(out), &got), out)
-	assert.Equal(t, []string{lib}, got.Folders)
+	assert.Equal(t, []string{own, lib}, got.Folders, "its own folder first, then the one added")
 	kinds := map[string]library.LibraryEntry{}
 	for _, e := range got.Entries {
 		kinds[filepath.Base(e.Path)] = e

@@ -220,7 +220,7 @@ Options:
 	}
 	models := infotext.Models{Dir: dirs.Models}
 	if folders, err := library.LibraryFolders(ctx, history); err == nil {
-		models.Library = library.ScanLibrary(folders) // the library is an aid: an import works without it
+		models.Library = library.ScanLibrary(library.ScanFolders(dirs.Models, folders)) // the library is an aid: an import works without it
 	}
 	got, err := infotext.ImportPNG(file, base, models)
 	if err != nil {

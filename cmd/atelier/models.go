@@ -64,7 +64,7 @@ func cmdModels(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "atelier models: unknown argument %q\n%s", fs.Arg(0), modelsUsage)
 		return exitUsage
 	}
-	store, _, ok := openStore(stderr, "models")
+	store, dirs, ok := openStore(stderr, "models")
 	if !ok {
 		return exitFailure
 	}
@@ -74,6 +74,7 @@ func cmdModels(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "atelier models:", err)
 		return exitFailure
 	}
+	folders = library.ScanFolders(dirs.Models, folders)
 	lib := library.ScanLibrary(folders)
 	lib.Entries = append(append([]library.LibraryEntry(nil), tinyEntries...), lib.Entries...)
 	if *asJSON {
@@ -85,13 +86,15 @@ func cmdModels(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stdout, string(b))
 		return exitOK
 	}
-	if len(folders) == 0 {
-		fmt.Fprintln(stdout, "No model folders yet: add one with \"atelier models add-folder DIR\".")
-	} else {
-		fmt.Fprintln(stdout, "Folders:")
-		for _, f := range folders {
-			fmt.Fprintln(stdout, "  "+f)
+	fmt.Fprintln(stdout, "Folders:")
+	for i, f := range folders {
+		if i == 0 {
+			f += " (Atelier's models folder: always scanned; downloads go here)"
 		}
+		fmt.Fprintln(stdout, "  "+f)
+	}
+	if len(folders) == 1 {
+		fmt.Fprintln(stdout, "No folders of your own yet: add one with \"atelier models add-folder DIR\".")
 	}
 	tw := tabwriter.NewWriter(stdout, 2, 4, 2, ' ', 0)
 	for _, kind := range library.ModelKinds {

@@ -17,9 +17,9 @@ import (
 const modelsDownloadUsage = `Usage:
   atelier models download [base|refiner|vae|OWNER/NAME] [--dest DIR] [--json]
 
-Downloads a model from the Hugging Face hub into the first model folder of the
-library (Atelier's own models folder when there is none; --dest DIR chooses
-another, which is added to the library). base is SDXL base 1.0 (about 7 GB),
+Downloads a model from the Hugging Face hub into Atelier's own models folder,
+which the library always scans (--dest DIR chooses another, which is added to
+the library). base is SDXL base 1.0 (about 7 GB),
 refiner the SDXL refiner 1.0 (about 4.5 GB), vae the SDXL VAE fixed for fp16
 (about 0.3 GB); the default is base. Only what Atelier loads is fetched: the
 diffusers folder's configs, tokenizers and fp16 safetensors weights.
@@ -31,7 +31,7 @@ are honoured as by the hub's own tools.
 
 func cmdModelsDownload(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("models download", flag.ContinueOnError)
-	dest := fs.String("dest", "", "the model folder to download into (default: the library's first)")
+	dest := fs.String("dest", "", "the model folder to download into (default: Atelier's own models folder)")
 	asJSON := fs.Bool("json", false, "print the downloader's events as JSON lines")
 	fs.Usage = func() {}
 	// The model may come before or after the flags.
@@ -65,12 +65,7 @@ func cmdModelsDownload(args []string, stdout, stderr io.Writer) int {
 	defer store.Close()
 	ctx, stop := interruptContext()
 	defer stop()
-	folders, err := library.LibraryFolders(ctx, store)
-	if err != nil {
-		fmt.Fprintln(stderr, "atelier models download:", err)
-		return exitFailure
-	}
-	folder := download.ModelFolder(folders, dirs.Models)
+	folder := dirs.Models
 	if *dest != "" {
 		folder = *dest
 	}
@@ -99,7 +94,9 @@ func cmdModelsDownload(args []string, stdout, stderr io.Writer) int {
 		}
 		return exitFailure
 	}
-	if _, err := library.AddLibraryFolder(ctx, store, folder); err != nil {
+	if *dest == "" {
+		// Atelier's own folder: the library scans it without being told.
+	} else if _, err := library.AddLibraryFolder(ctx, store, folder); err != nil {
 		fmt.Fprintln(stderr, "atelier models download: downloaded, but the folder could not be added to the library:", err)
 		return exitFailure
 	}

@@ -47,7 +47,7 @@ func TestModelsDownloadPutsSDXLBaseInTheLibrary(t *testing.T) {
 	require.FileExists(t, filepath.Join(dest, "unet", "diffusion_pytorch_model.fp16.safetensors"))
 	require.NoFileExists(t, filepath.Join(dest, "sd_xl_base_1.0.safetensors"))
 
-	// The models folder joined the library, and the model is a usable checkpoint there.
+	// Atelier's models folder, which the library always scans, holds a usable checkpoint.
 	out, errOut, code = h.run("models", "--json")
 	require.Equal(t, 0, code, errOut)
 	var lib library.Library

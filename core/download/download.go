@@ -48,15 +48,6 @@ func Resolve(what string) (repo, folder string, err error) {
 	return what, name, nil
 }
 
-// ModelFolder is where downloads go: the first folder of the library, or
-// fallback (Atelier's own models folder) when the library has none.
-func ModelFolder(libraryFolders []string, fallback string) string {
-	if len(libraryFolders) > 0 {
-		return libraryFolders[0]
-	}
-	return fallback
-}
-
 // File is one file of the download's plan.
 type File struct {
 	Name string `json:"name"`

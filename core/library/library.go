@@ -101,6 +101,22 @@ func LibraryFolders(ctx context.Context, s SettingsStore) ([]string, error) {
 	return folders, nil
 }
 
+// ScanFolders are the folders the library scans: Atelier's own models folder
+// (own; empty in tests without one) first, always, since downloads go there,
+// then the folders the user added, without repeating own.
+func ScanFolders(own string, added []string) []string {
+	var out []string
+	if own != "" {
+		out = append(out, filepath.Clean(own))
+	}
+	for _, f := range added {
+		if !slices.Contains(out, filepath.Clean(f)) {
+			out = append(out, f)
+		}
+	}
+	return out
+}
+
 // AddLibraryFolder adds an existing folder (made absolute) to the list; adding
 // it twice keeps one. It returns the folder as stored.
 func AddLibraryFolder(ctx context.Context, s SettingsStore, dir string) (string, error) {

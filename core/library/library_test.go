@@ -185,3 +185,13 @@ func TestOtherAppsModelFoldersAreFoundOnFirstUseOnly(t *testing.T) {
 	t.Setenv("HF_HUB_CACHE", snapshot)
 	assert.Equal(t, snapshot, FindModelFolders(home)[2])
 }
+
+func TestScanFoldersPutAtelierOwnFolderFirstOnce(t *testing.T) {
+	own := filepath.Join(t.TempDir(), "models")
+	mine := t.TempDir()
+	assert.Equal(t, []string{own}, ScanFolders(own, nil))
+	assert.Equal(t, []string{own, mine}, ScanFolders(own, []string{mine}))
+	// A list saved when downloads added the own folder to it keeps it once, first.
+	assert.Equal(t, []string{own, mine}, ScanFolders(own, []string{mine, own + string(filepath.Separator)}))
+	assert.Equal(t, []string{mine}, ScanFolders("", []string{mine}), "no own folder (tests of other parts)")
+}
