@@ -70,6 +70,16 @@ func DetectGPUs(ctx context.Context) []string {
 	return ids
 }
 
+// SlotDevice names the GPU at place i of DetectGPUs's list, id: cuda:<id>,
+// its nvidia-smi index, the number users see everywhere (queue add --device,
+// generate, Settings); a GPU listed by UUID is its place in the list.
+func SlotDevice(i int, id string) string {
+	if _, err := strconv.Atoi(id); err != nil {
+		return "cuda:" + strconv.Itoa(i)
+	}
+	return "cuda:" + id
+}
+
 // LocalSlots plans n workers on this machine (n 0: one per GPU, or one worker
 // when there is none): one per GPU, each seeing only its own through
 // CUDA_VISIBLE_DEVICES, or n CPU workers that share the cores between them.
@@ -92,12 +102,14 @@ func LocalSlots(n int, gpus []string, base Config) ([]SlotSpec, error) {
 		}
 		slots := make([]SlotSpec, n)
 		for i, id := range gpus[:n] {
-			dev := "cuda:" + id
-			if _, err := strconv.Atoi(id); err != nil {
-				dev = "cuda:" + strconv.Itoa(i) // a GPU named by UUID: its place in the list
+			dev := SlotDevice(i, id)
+			// Inside the worker the one visible GPU is cuda:0. CUDA numbers the GPUs
+			// of CUDA_VISIBLE_DEVICES in nvidia-smi's (PCI) order only when told.
+			env := []string{"CUDA_VISIBLE_DEVICES=" + id, "ATELIER_DEVICE=cuda"}
+			if _, ok := os.LookupEnv("CUDA_DEVICE_ORDER"); !ok {
+				env = append(env, "CUDA_DEVICE_ORDER=PCI_BUS_ID")
 			}
-			// Inside the worker the one visible GPU is cuda:0.
-			slots[i] = SlotSpec{Name: dev, Device: dev, Config: with("CUDA_VISIBLE_DEVICES="+id, "ATELIER_DEVICE=cuda")}
+			slots[i] = SlotSpec{Name: dev, Device: dev, Config: with(env...)}
 		}
 		return slots, nil
 	}

@@ -21,9 +21,13 @@ func TestLocalSlotsGiveEachGPUItsOwnWorker(t *testing.T) {
 		assert.Equal(t, "cuda:"+want, s.Device)
 		assert.Equal(t, s.Device, s.Name)
 		assert.Contains(t, s.Config.Env, "CUDA_VISIBLE_DEVICES="+want, "the worker sees only its GPU")
+		assert.Contains(t, s.Config.Env, "CUDA_DEVICE_ORDER=PCI_BUS_ID", "CUDA numbers it as nvidia-smi does")
+		assert.Equal(t, "cuda:"+want, SlotDevice(i, want), "the slot is named by nvidia-smi's index")
 		assert.Contains(t, s.Config.Env, "KEEP=1", "the base environment is kept")
 	}
 	assert.Equal(t, []string{"KEEP=1"}, base.Env, "the base is not changed")
+
+	assert.Equal(t, "cuda:1", SlotDevice(1, "GPU-77c1"), "by UUID: the place in the list")
 
 	_, err = LocalSlots(3, []string{"0", "1"}, base)
 	require.Error(t, err)

@@ -2,7 +2,6 @@ package ui
 
 import (
 	"context"
-	"fmt"
 	"os"
 	"strings"
 
@@ -285,7 +284,7 @@ func (sw *settingsWindow) devices() []protocol.Device {
 	return nil
 }
 
-// setDevices offers auto, each device the worker found (cuda:N by index) and
+// setDevices offers auto, each device the worker found (cuda:N by nvidia-smi's index) and
 // the CPU; before a worker has started, the kinds alone. A chosen device the
 // worker lacks stays offered, marked, so that Save can say so.
 func (sw *settingsWindow) setDevices(devices []protocol.Device, chosen string) {
@@ -299,7 +298,7 @@ func (sw *settingsWindow) setDevices(devices []protocol.Device, chosen string) {
 	for _, d := range devices {
 		switch d.Kind {
 		case "cuda":
-			named[fmt.Sprintf("cuda:%d", n)] = d.Name
+			named["cuda:"+settings.CUDAIndex(n)] = d.Name // nvidia-smi's number
 			n++
 		default:
 			if _, ok := named[d.Kind]; !ok {

@@ -45,3 +45,20 @@ func TestTheAppAndQueueRunNameTheSameLeaseForOneDevice(t *testing.T) {
 		assert.Equal(t, want, leaseName("", asked), "device %q", asked)
 	}
 }
+
+// queue run's --device cuda:N picks the GPU nvidia-smi numbers N, the slot
+// that queue add --device cuda:N pins jobs to, not the Nth GPU found.
+func TestQueueRunDeviceIsTheNvidiaSmiIndex(t *testing.T) {
+	got, err := gpusFor("cuda:3", []string{"1", "3"})
+	require.NoError(t, err)
+	assert.Equal(t, []string{"3"}, got)
+	specs, err := bridge.LocalSlots(0, got, bridge.Config{})
+	require.NoError(t, err)
+	assert.Equal(t, "cuda:3", specs[0].Device)
+	_, err = gpusFor("cuda:0", []string{"1", "3"})
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "the device cuda:0 is not on this machine, which has 2 GPU(s) (cuda:1, cuda:3)")
+	got, err = gpusFor("cuda:1", []string{"GPU-8f2a", "GPU-77c1"})
+	require.NoError(t, err)
+	assert.Equal(t, []string{"GPU-77c1"}, got, "by UUID: the place in the list")
+}

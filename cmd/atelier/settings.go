@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"strconv"
 	"strings"
 	"time"
 
@@ -49,7 +48,7 @@ type workerFlags struct{ device, speed *string }
 
 func addWorkerFlags(fs *flag.FlagSet) workerFlags {
 	return workerFlags{
-		device: fs.String("device", "", "the worker's device: cpu, mps, cuda or cuda:N (default: the Settings window's, else the best found; $"+settings.EnvDevice+" wins)"),
+		device: fs.String("device", "", "the worker's device: cpu, mps, cuda or cuda:N, N as nvidia-smi numbers the GPU (default: the Settings window's, else the best found; $"+settings.EnvDevice+" wins)"),
 		speed: fs.String("speed", "", "the worker's speed mode: fast, balanced or low-vram (default: the Settings window's, else balanced; "+
 			"an ATELIER_* speed variable of the environment wins over the mode's)"),
 	}
@@ -88,21 +87,32 @@ func storedWorker(history *store.Store, flags settings.Flags, base *bridge.Confi
 }
 
 // gpusFor narrows the GPUs a queue run plans workers for to the device asked
-// for: none for cpu or mps (CPU workers), the one GPU of cuda:N (N counts the
-// GPUs found, as the worker counts the visible ones), all for cuda or auto.
+// for: none for cpu or mps (CPU workers), the one GPU of cuda:N (N as
+// nvidia-smi numbers it, the slot's name: bridge.SlotDevice), all for cuda or auto.
 func gpusFor(device string, gpus []string) ([]string, error) {
 	switch {
 	case device == "cpu" || device == "mps":
 		return nil, nil
 	case strings.HasPrefix(device, "cuda:"):
-		n, err := strconv.Atoi(strings.TrimPrefix(device, "cuda:"))
-		if err != nil || n < 0 || n >= len(gpus) {
-			return nil, fmt.Errorf("the device %s is not on this machine, which has %d GPU(s): choose another in the Settings window or with --device (ATELIER_DEVICE wins over both)",
-				device, len(gpus))
+		var names []string
+		for i, id := range gpus {
+			if bridge.SlotDevice(i, id) == device {
+				return gpus[i : i+1], nil
+			}
+			names = append(names, bridge.SlotDevice(i, id))
 		}
-		return gpus[n : n+1], nil
+		return nil, fmt.Errorf("the device %s is not on this machine, which has %d GPU(s)%s: choose another in the Settings window or with --device (ATELIER_DEVICE wins over both)",
+			device, len(gpus), listed(names))
 	}
 	return gpus, nil
+}
+
+// listed is " (a, b)", or nothing for none.
+func listed(names []string) string {
+	if len(names) == 0 {
+		return ""
+	}
+	return " (" + strings.Join(names, ", ") + ")"
 }
 
 // setImagesFolder points every slot's runner at the stored output folder.

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -152,8 +153,45 @@ func CheckSpeed(v string) error {
 	return &Error{Field: "speed", Message: fmt.Sprintf("%q is not a speed mode: use fast, balanced or low-vram", v)}
 }
 
+// CUDAIndex is the number cuda:N gives the visible-th CUDA GPU of a worker's
+// hello: the GPU's index as nvidia-smi numbers it, the one number users see
+// everywhere (generate, queue add and run, Settings). When CUDA_VISIBLE_DEVICES
+// lists GPUs by index, the worker sees only those, in that order; listed by
+// UUID, a GPU is its place in the list, as the queue's slots name it. The
+// worker maps the number back (python/atelier_worker/device.py, cuda_index).
+func CUDAIndex(visible int) string {
+	if v, ok := os.LookupEnv("CUDA_VISIBLE_DEVICES"); ok {
+		var ids []string
+		for _, f := range strings.Split(v, ",") {
+			f = strings.TrimSpace(f)
+			if f == "" || strings.HasPrefix(f, "-") {
+				break // CUDA ignores the entries from an invalid one on
+			}
+			ids = append(ids, f)
+		}
+		if visible < len(ids) {
+			if _, err := strconv.Atoi(ids[visible]); err == nil {
+				return ids[visible]
+			}
+		}
+	}
+	return strconv.Itoa(visible)
+}
+
+// cudaNames are the cuda:N names of the CUDA GPUs of a hello, in its order.
+func cudaNames(devices []protocol.Device) []string {
+	var out []string
+	for _, d := range devices {
+		if d.Kind == "cuda" {
+			out = append(out, "cuda:"+CUDAIndex(len(out)))
+		}
+	}
+	return out
+}
+
 // CheckDevice accepts "" (auto), cpu, mps, cuda and cuda:N. With devices (the
-// worker's hello), the device must be among them: cuda:N needs N+1 CUDA GPUs.
+// worker's hello), the device must be among them: cuda:N must be one of the
+// GPUs it found, by nvidia-smi's index (CUDAIndex).
 func CheckDevice(v string, devices []protocol.Device) error {
 	if v == "" || v == "cpu" || v == DeviceAuto {
 		return nil
@@ -181,11 +219,11 @@ func CheckDevice(v string, devices []protocol.Device) error {
 			count++
 		}
 	}
-	switch {
+	switch names := cudaNames(devices); {
 	case count == 0:
 		return &Error{Field: "device", Message: fmt.Sprintf("the worker has no %s device (it found %s): choose one it has, or auto", kind, DeviceList(devices))}
-	case n >= count:
-		return &Error{Field: "device", Message: fmt.Sprintf("the worker has no %s: it found %d CUDA GPU(s), cuda:0 to cuda:%d", v, count, count-1)}
+	case n >= 0 && !slices.Contains(names, v):
+		return &Error{Field: "device", Message: fmt.Sprintf("the worker has no %s: it found %d CUDA GPU(s), %s (numbered as nvidia-smi numbers them)", v, count, strings.Join(names, ", "))}
 	}
 	return nil
 }
@@ -193,14 +231,7 @@ func CheckDevice(v string, devices []protocol.Device) error {
 // DeviceChoices are the device values a worker with these devices offers:
 // auto, cuda:N for each CUDA GPU, mps, cpu.
 func DeviceChoices(devices []protocol.Device) []string {
-	out := []string{""}
-	n := 0
-	for _, d := range devices {
-		if d.Kind == "cuda" {
-			out = append(out, fmt.Sprintf("cuda:%d", n))
-			n++
-		}
-	}
+	out := append([]string{""}, cudaNames(devices)...)
 	for _, d := range devices {
 		if d.Kind == "mps" {
 			out = append(out, "mps")

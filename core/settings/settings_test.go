@@ -95,7 +95,7 @@ func TestCheckDevice(t *testing.T) {
 		devices []protocol.Device
 		says    string
 	}{
-		{"cuda:2", twoGPUs, "found 2 CUDA GPU(s), cuda:0 to cuda:1"},
+		{"cuda:2", twoGPUs, "found 2 CUDA GPU(s), cuda:0, cuda:1 (numbered as nvidia-smi numbers them)"},
 		{"cuda", cpuOnly, "has no cuda device (it found cpu (Xeon))"},
 		{"mps", twoGPUs, "has no mps device"},
 		{"gpu", nil, "is not a device"},
@@ -112,6 +112,22 @@ func TestCheckDevice(t *testing.T) {
 	}
 	assert.Equal(t, []string{"", "cuda:0", "cuda:1", "cpu"}, DeviceChoices(twoGPUs))
 	assert.Equal(t, []string{"", "mps", "cpu"}, DeviceChoices([]protocol.Device{{Kind: "mps"}, {Kind: "cpu"}}))
+}
+
+// cuda:N is nvidia-smi's N: a worker that sees only the GPUs 2 and 5
+// (CUDA_VISIBLE_DEVICES=2,5) offers and accepts cuda:2 and cuda:5, not cuda:0.
+func TestCUDAIndexIsNvidiaSmisNumber(t *testing.T) {
+	twoGPUs := []protocol.Device{{Name: "GPU A", Kind: "cuda"}, {Name: "GPU B", Kind: "cuda"}, {Name: "Xeon", Kind: "cpu"}}
+	t.Setenv("CUDA_VISIBLE_DEVICES", "2,5")
+	assert.Equal(t, []string{"2", "5"}, []string{CUDAIndex(0), CUDAIndex(1)})
+	assert.Equal(t, []string{"", "cuda:2", "cuda:5", "cpu"}, DeviceChoices(twoGPUs))
+	assert.NoError(t, CheckDevice("cuda:5", twoGPUs))
+	err := CheckDevice("cuda:0", twoGPUs)
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "the worker has no cuda:0: it found 2 CUDA GPU(s), cuda:2, cuda:5")
+
+	t.Setenv("CUDA_VISIBLE_DEVICES", "GPU-8f2a,GPU-77c1")
+	assert.Equal(t, []string{"", "cuda:0", "cuda:1", "cpu"}, DeviceChoices(twoGPUs), "by UUID: the place in the list, as the queue's slots")
 }
 
 func TestCheckFolders(t *testing.T) {

@@ -26,6 +26,43 @@ def kind(device: str) -> str:
     return device.split(":", 1)[0]
 
 
+def visible_gpus() -> list[str] | None:
+    """The entries of CUDA_VISIBLE_DEVICES up to the first invalid one (as CUDA reads it),
+    or None when it is not set."""
+    v = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if v is None:
+        return None
+    ids = []
+    for f in v.split(","):
+        f = f.strip()
+        if not f or f.startswith("-"):
+            break
+        ids.append(f)
+    return ids
+
+
+def cuda_index(device: str, count: int) -> int:
+    """torch's index for cuda:N, where N is the GPU's nvidia-smi index: the number users see
+    everywhere (core/settings.CUDAIndex maps the other way). With CUDA_VISIBLE_DEVICES
+    listing indices, the worker sees those GPUs in that order; listed by UUID, N is the
+    place in the list. CUDA_DEVICE_ORDER=PCI_BUS_ID (prepare_env) makes CUDA number the
+    GPUs as nvidia-smi does."""
+    n = device.split(":", 1)[1]
+    if not n.isdigit() or str(int(n)) != n:
+        raise DeviceError(f"unknown device {device!r}: use cuda, cuda:N (N as nvidia-smi numbers "
+                          "the GPU), mps or cpu")
+    visible = visible_gpus()
+    names = [str(i) for i in range(count)]
+    if visible is not None and all(v.isdigit() for v in visible):
+        names = visible[:count]
+    if n not in names:
+        seen = ", ".join(f"cuda:{x}" for x in names) or "none"
+        raise DeviceError(f"{device} was asked for but this worker sees no such CUDA GPU: it sees "
+                          f"{seen} (numbered as nvidia-smi numbers them); use one of those, or "
+                          "--device cuda or auto")
+    return names.index(n)
+
+
 def pick(device: str | None = None, dtype: str | None = None) -> tuple[str, torch.dtype]:
     """CUDA, then MPS, then CPU, unless device names one. fp16 on CUDA: SDXL weights ship in
     fp16, every CUDA GPU runs it, and the shared GPU baselines were measured in it; the VAE,
@@ -50,10 +87,7 @@ def pick(device: str | None = None, dtype: str | None = None) -> tuple[str, torc
                               "shows what the driver sees); use --device cpu or auto (Settings ▸ "
                               "Device in the app)")
         if ":" in device:
-            index = device.split(":", 1)[1]
-            if not index.isdigit() or int(index) >= torch.cuda.device_count():
-                raise DeviceError(f"no CUDA device {device!r}: this machine has "
-                                  f"{torch.cuda.device_count()}")
+            device = f"cuda:{cuda_index(device, torch.cuda.device_count())}"
     if k == "mps" and not torch.backends.mps.is_available():
         raise DeviceError("mps was asked for but this machine has no Metal GPU: use --device cpu "
                           "or auto (Settings ▸ Device in the app)")

@@ -398,6 +398,8 @@ def prepare_env() -> None:
     # process wants the cores (the app itself, a second worker): measured 20x at 512 px on
     # 2 cores. It must be set before torch loads its OpenMP runtime.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    # CUDA numbers the GPUs fastest first unless told; cuda:N means nvidia-smi's N everywhere.
+    os.environ.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
     # The compile cache under the user's cache folder (before torch reads its settings).
     from . import accel
 

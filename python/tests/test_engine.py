@@ -121,3 +121,17 @@ def test_model_with_only_fp16_variant_files_loads(tmp_path, tiny_model):
                 os.rename(os.path.join(root, f), os.path.join(root, f.replace(".safetensors", ".fp16.safetensors")))
     result, _ = _run(Engine("cpu", torch.float32), tmp_path, model=str(copy))
     assert result.type == "result", result
+
+
+def test_cuda_index_is_nvidia_smis_number(monkeypatch):
+    # cuda:N names the GPU nvidia-smi numbers N; torch counts the visible ones from 0.
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    assert devices.cuda_index("cuda:1", 2) == 1
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,5")
+    assert devices.cuda_index("cuda:5", 2) == 1
+    with pytest.raises(devices.DeviceError, match=r"it sees cuda:2, cuda:5 \(numbered as nvidia-smi"):
+        devices.cuda_index("cuda:0", 2)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "GPU-8f2a,GPU-77c1")
+    assert devices.cuda_index("cuda:1", 2) == 1
+    with pytest.raises(devices.DeviceError, match="unknown device"):
+        devices.cuda_index("cuda:01", 2)
