@@ -35,6 +35,7 @@ Commands:
   add --file JOBS.jsonl                      queue one job per line (JSON request)
   list [--json]                              the queue with status, progress and ETA
   run [--json] [--watch]                     run pending jobs until none are left
+      [--workers N] [--ray ADDRESS]            (one worker per GPU, N workers, or a Ray cluster)
   pause | resume                             stop or restart taking new jobs
   cancel ID...                               cancel jobs (a running one within a step)
   retry ID...                                queue failed, cancelled or interrupted jobs again
