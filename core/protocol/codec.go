@@ -208,7 +208,10 @@ func Decode(line []byte) (Message, error) {
 				Speed:        mf.stringMap("speed", false),
 			}
 		}
-		r.ControlImages = f.strings("control_images", false)
+		// Empty reads as absent: the encoder leaves an empty list out.
+		if ci := f.strings("control_images", false); len(ci) > 0 {
+			r.ControlImages = ci
+		}
 		m = r
 	case MsgError:
 		m = Error{
@@ -725,6 +728,10 @@ func (f *fields) stringMap(key string, required bool) map[string]string {
 	var items map[string]json.RawMessage
 	if v[0] != '{' || json.Unmarshal(v, &items) != nil {
 		f.fail(key, "must be an object of strings")
+		return nil
+	}
+	if len(items) == 0 {
+		// An empty object reads as an absent one, as the encoder leaves empty maps out.
 		return nil
 	}
 	out := make(map[string]string, len(items))
