@@ -30,6 +30,7 @@ PACKAGE = "unet.pt2"
 META = "meta.json"
 FAILED = ".failed"
 LOADING = ".loading"
+CHECKED = "checked.json"  # inside the artefact's folder: compared with the plain UNet once
 
 PEAKS = "peaks.json"  # the builds' GPU peaks by architecture and shape, kept past pruning
 
@@ -113,9 +114,15 @@ class Key:
     height: int
     width: int
     seq: int
+    # The attention backend the artefact was built with (ATELIER_SDPA): "auto" lets torch
+    # choose (flash attention on CUDA), another pins it into the compiled code.
+    attn: str = "auto"
 
     def digest(self) -> str:
-        blob = json.dumps({"format": FORMAT, **asdict(self)}, sort_keys=True)
+        fields = asdict(self)
+        if fields["attn"] == "auto":
+            del fields["attn"]  # the artefacts built before the backend was a choice stay valid
+        blob = json.dumps({"format": FORMAT, **fields}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def name(self) -> str:
@@ -159,6 +166,19 @@ class Store:
         os.makedirs(self.root, exist_ok=True)
         with open(self.path(key) + FAILED, "w", encoding="utf-8") as f:
             f.write(reason)
+
+    def checked(self, key: Key) -> bool:
+        """Whether a worker has compared key's artefact with the plain UNet on the same
+        inputs and found it close: the artefact computes the same function for any
+        checkpoint of its architecture, so one check per artefact is enough."""
+        return os.path.isfile(os.path.join(self.path(key), CHECKED))
+
+    def mark_checked(self, key: Key, err: float) -> None:
+        try:
+            with open(os.path.join(self.path(key), CHECKED), "w", encoding="utf-8") as f:
+                json.dump({"rel_err": err, "pid": os.getpid(), "at": time.time()}, f)
+        except OSError as e:  # a read-only store checks again next time
+            log.warning("fast path: could not record the artefact's check: %s", e)
 
     def begin_load(self, key: Key) -> None:
         """Notes that this process is loading key's artefact. Should the load crash the

@@ -64,14 +64,28 @@ def example_inputs(unet, key: Key, device, generator=None):
                          device=device, dtype=dtype))
 
 
+def load_package(path: str):
+    """The AOTInductor package at path, loaded for CUDA-graph capture (single-threaded).
+    The loader would first find this machine's CPU vector ISA to match the package's CPU
+    kernels, by compiling a test program for each ISA: about 30 s on the H200's machine,
+    every time a worker starts (docs/BENCHMARKS.md). The package has no CPU kernels, so the
+    check is skipped for the load."""
+    import torch._inductor.config as icfg
+
+    with icfg.patch({"cpp.vec_isa_ok": False}):
+        return torch._inductor.aoti_load_package(path, run_single_threaded=True)
+
+
 class Loaded:
     """An artefact loaded for one UNet: the package, the UNet's weights handed in (the
     package reads them in place), and a CUDA graph of the call over static inputs."""
 
-    def __init__(self, path: str, unet, key: Key, device):
+    def __init__(self, path: str, unet, key: Key, device, checked: bool = False):
         t0 = time.perf_counter()
         self.key = key
-        self.runner = torch._inductor.aoti_load_package(path, run_single_threaded=True)
+        self.phases: dict[str, float] = {}  # seconds of each part of the load, for the log
+        self.runner = load_package(path)
+        self._lap("package", t0)
         state = {f"unet.{k}": v for k, v in list(unet.named_parameters()) + list(unet.named_buffers())}
         fqns = self.runner.get_constant_fqns()
         missing = [f for f in fqns if f not in state and not f.startswith("_FOLDED_CONST")]
@@ -79,17 +93,26 @@ class Loaded:
             raise RuntimeError(f"the artefact names weights this model lacks: {missing[:3]}")
         self.runner.load_constants({f: state[f] for f in fqns if f in state},
                                    check_full_update=False, user_managed=True)
+        self._lap("weights", t0)
         g = torch.Generator(device).manual_seed(0)
         self.static = example_inputs(unet, key, device, g)
         with torch.inference_mode():
-            # The first call folds the constants derived from the weights; then a check
-            # against the plain UNet on the same inputs, before any job relies on it.
+            # The first call folds the constants derived from the weights; then, the first
+            # time this artefact is used (checked: the store says a worker did it before),
+            # a check against the plain UNet on the same inputs, before any job relies on
+            # it. The plain UNet's first call costs about 2 s on an H200 (cuDNN's autotuning).
             y = self.runner(*self.static)
-            ref = Step(unet)(*self.static)
-            err = float((y.float() - ref.float()).norm() / ref.float().norm().clamp_min(1e-12))
-            if not err < CHECK_TOLERANCE:
-                raise RuntimeError(f"the artefact's output differs from the model's by {err:.3g}")
-            self.check_err = err
+            self._lap("first call", t0, device)
+            if not bool(torch.isfinite(y).all()):
+                raise RuntimeError("the artefact's output is not finite")
+            self.check_err: float | None = None
+            if not checked:
+                ref = Step(unet)(*self.static)
+                self._lap("check", t0, device)
+                err = float((y.float() - ref.float()).norm() / ref.float().norm().clamp_min(1e-12))
+                if not err < CHECK_TOLERANCE:
+                    raise RuntimeError(f"the artefact's output differs from the model's by {err:.3g}")
+                self.check_err = err
             self.graph = self._capture(device) if CUDA_GRAPH else None
             if self.graph is not None:
                 self.graph.replay()
@@ -97,10 +120,17 @@ class Loaded:
                 if not gerr < CHECK_TOLERANCE:
                     log.warning("fast path: the CUDA graph's output differs by %.3g: not used", gerr)
                     self.graph = None
-        torch.cuda.synchronize(device)
+        self._lap("graph", t0, device)
         self.load_s = time.perf_counter() - t0
-        log.info("fast path for %s loaded in %.2fs (error %.1e, CUDA graph %s)", key.size(),
-                 self.load_s, err, "yes" if self.graph is not None else "no")
+        log.info("fast path for %s loaded in %.2fs (%s; %s, CUDA graph %s)", key.size(),
+                 self.load_s, ", ".join(f"{k} {v:.2f}s" for k, v in self.phases.items()),
+                 "checked before" if self.check_err is None else f"error {self.check_err:.1e}",
+                 "yes" if self.graph is not None else "no")
+
+    def _lap(self, name: str, t0: float, device=None) -> None:
+        if device is not None:
+            torch.cuda.synchronize(device)
+        self.phases[name] = time.perf_counter() - t0 - sum(self.phases.values())
 
     def _capture(self, device):
         """A CUDA graph of the call, or None where capturing fails (the package then runs
@@ -179,8 +209,9 @@ class FastUNets:
 
     def __init__(self, device: str, cache_root: str, builds: fastpath.Builds | None = None,
                  max_autotune: bool = False, gpu: str | None = None, loader=None,
-                 meminfo=None, memory=None):
+                 meminfo=None, memory=None, attn: str = "auto"):
         self.device = device
+        self.attn = attn  # the attention backend (ATELIER_SDPA) built into the artefacts
         self.builds = builds or fastpath.Builds(fastpath.store_from_env(cache_root))
         self.max_autotune = max_autotune
         self._gpu = gpu or torch.cuda.get_device_name(device)
@@ -203,7 +234,7 @@ class FastUNets:
     def key(self, unet, batch: int, height: int, width: int, seq: int, dtype) -> Key:
         return Key(torch=torch.__version__, gpu=self._gpu, arch=unet_signature(unet),
                    dtype=str(dtype).removeprefix("torch."), batch=batch, height=height,
-                   width=width, seq=seq)
+                   width=width, seq=seq, attn=self.attn)
 
     def prepare(self, unet, batch: int, height: int, width: int, seq: int, dtype) -> tuple[str, Key | None]:
         """Before a job's denoising: "on" (its calls run on the artefact), "building" (they
@@ -228,7 +259,8 @@ class FastUNets:
             store = self.builds.store
             store.begin_load(key)
             try:
-                loaded = self.loader(store.package(key), unet, key, self.device)
+                loaded = self.loader(store.package(key), unet, key, self.device,
+                                     checked=store.checked(key))
             except Exception as e:  # noqa: BLE001 - the job goes on on the plain path
                 log.warning("fast path for %s not used: %s", key.size(), e)
                 store.mark_failed(key, f"loading failed: {e}")
@@ -236,6 +268,8 @@ class FastUNets:
             finally:
                 store.end_load(key)
             self.last_load_s = loaded.load_s
+            if getattr(loaded, "check_err", None) is not None:
+                store.mark_checked(key, loaded.check_err)
             # One loaded artefact per UNet: each holds a CUDA graph's memory pool.
             state["loaded"] = {key: loaded}
             state["active"] = loaded
@@ -299,4 +333,5 @@ class FastUNets:
     def _spec(self, unet, key: Key) -> dict:
         cfg = {k: v for k, v in dict(unet.config).items() if not k.startswith("_")}
         fused = any(getattr(m, "fused_projections", False) for m in unet.modules())
-        return {"config": cfg, "fused_qkv": fused, "max_autotune": self.max_autotune}
+        return {"config": cfg, "fused_qkv": fused, "max_autotune": self.max_autotune,
+                "attn": key.attn}

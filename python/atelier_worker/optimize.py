@@ -56,13 +56,21 @@ def sdpa_context(s: Settings):
     stack = contextlib.ExitStack()
     if s.inference_mode:
         stack.enter_context(torch.inference_mode())
-    if s.sdpa != "auto":
-        from torch.nn.attention import SDPBackend, sdpa_kernel
-
-        backend = {"flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION,
-                   "efficient": SDPBackend.EFFICIENT_ATTENTION, "math": SDPBackend.MATH}[s.sdpa]
-        stack.enter_context(sdpa_kernel([backend]))
+    stack.enter_context(attention(s.sdpa))
     return stack
+
+
+def attention(name: str):
+    """The context pinning scaled_dot_product_attention to one backend (ATELIER_SDPA), or
+    none for "auto" (torch picks: flash attention on CUDA). A fast-path build traces in it
+    too, so that the backend is compiled into the artefact."""
+    if name == "auto":
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    backend = {"flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION,
+               "efficient": SDPBackend.EFFICIENT_ATTENTION, "math": SDPBackend.MATH}[name]
+    return sdpa_kernel([backend])
 
 
 def place(pipe, device: str, s: Settings) -> None:

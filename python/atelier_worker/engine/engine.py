@@ -68,7 +68,8 @@ class Engine:
             return None
         from ..fastrun import FastUNets
 
-        return FastUNets(self.device, self.cache_dir, max_autotune=self.accel.fast_max_autotune)
+        return FastUNets(self.device, self.cache_dir, max_autotune=self.accel.fast_max_autotune,
+                         attn=self.accel.sdpa)
 
     @property
     def speed(self) -> dict:
