@@ -61,16 +61,21 @@ def sdpa_context(s: Settings):
 
 
 def attention(name: str):
-    """The context pinning scaled_dot_product_attention to one backend (ATELIER_SDPA), or
-    none for "auto" (torch picks: flash attention on CUDA). A fast-path build traces in it
-    too, so that the backend is compiled into the artefact."""
+    """The context that puts one backend of scaled_dot_product_attention first (ATELIER_SDPA),
+    or none for "auto" (torch picks; torch 2.11 picks cuDNN for SDXL's UNet on an H200). The
+    others stay behind it in torch's order, because no backend takes every call: cuDNN has
+    no kernel for the VAE's attention (one head of 512), which pinned alone failed every job
+    ("No available kernel", H200). A fast-path build traces in it too, so that the backend is
+    compiled into the artefact."""
     if name == "auto":
         return contextlib.nullcontext()
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    backend = {"flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION,
-               "efficient": SDPBackend.EFFICIENT_ATTENTION, "math": SDPBackend.MATH}[name]
-    return sdpa_kernel([backend])
+    order = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION,
+             SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+    first = {"flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION,
+             "efficient": SDPBackend.EFFICIENT_ATTENTION, "math": SDPBackend.MATH}[name]
+    return sdpa_kernel([first] + [b for b in order if b != first], set_priority=True)
 
 
 def place(pipe, device: str, s: Settings) -> None:
