@@ -114,15 +114,9 @@ class Key:
     height: int
     width: int
     seq: int
-    # The attention backend the artefact was built with (ATELIER_SDPA): "auto" lets torch
-    # choose (flash attention on CUDA), another pins it into the compiled code.
-    attn: str = "auto"
 
     def digest(self) -> str:
-        fields = asdict(self)
-        if fields["attn"] == "auto":
-            del fields["attn"]  # the artefacts built before the backend was a choice stay valid
-        blob = json.dumps({"format": FORMAT, **fields}, sort_keys=True)
+        blob = json.dumps({"format": FORMAT, **asdict(self)}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def name(self) -> str:

@@ -209,9 +209,8 @@ class FastUNets:
 
     def __init__(self, device: str, cache_root: str, builds: fastpath.Builds | None = None,
                  max_autotune: bool = False, gpu: str | None = None, loader=None,
-                 meminfo=None, memory=None, attn: str = "auto"):
+                 meminfo=None, memory=None):
         self.device = device
-        self.attn = attn  # the attention backend (ATELIER_SDPA) built into the artefacts
         self.builds = builds or fastpath.Builds(fastpath.store_from_env(cache_root))
         self.max_autotune = max_autotune
         self._gpu = gpu or torch.cuda.get_device_name(device)
@@ -234,7 +233,7 @@ class FastUNets:
     def key(self, unet, batch: int, height: int, width: int, seq: int, dtype) -> Key:
         return Key(torch=torch.__version__, gpu=self._gpu, arch=unet_signature(unet),
                    dtype=str(dtype).removeprefix("torch."), batch=batch, height=height,
-                   width=width, seq=seq, attn=self.attn)
+                   width=width, seq=seq)
 
     def prepare(self, unet, batch: int, height: int, width: int, seq: int, dtype) -> tuple[str, Key | None]:
         """Before a job's denoising: "on" (its calls run on the artefact), "building" (they
@@ -333,5 +332,4 @@ class FastUNets:
     def _spec(self, unet, key: Key) -> dict:
         cfg = {k: v for k, v in dict(unet.config).items() if not k.startswith("_")}
         fused = any(getattr(m, "fused_projections", False) for m in unet.modules())
-        return {"config": cfg, "fused_qkv": fused, "max_autotune": self.max_autotune,
-                "attn": key.attn}
+        return {"config": cfg, "fused_qkv": fused, "max_autotune": self.max_autotune}

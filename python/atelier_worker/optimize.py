@@ -65,8 +65,8 @@ def attention(name: str):
     or none for "auto" (torch picks; torch 2.11 picks cuDNN for SDXL's UNet on an H200). The
     others stay behind it in torch's order, because no backend takes every call: cuDNN has
     no kernel for the VAE's attention (one head of 512), which pinned alone failed every job
-    ("No available kernel", H200). A fast-path build traces in it too, so that the backend is
-    compiled into the artefact."""
+    ("No available kernel", H200). The fast path's artefacts are not affected: AOTInductor
+    compiles in torch's own choice whatever this context says."""
     if name == "auto":
         return contextlib.nullcontext()
     from torch.nn.attention import SDPBackend, sdpa_kernel

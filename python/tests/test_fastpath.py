@@ -40,19 +40,18 @@ def test_key_changes_with_every_field_and_reads_as_its_size():
     assert k.name() == key().name(), "the same key names the same folder in every process"
     assert k.name().startswith("1024x1024-b2-t77-float16-")
     others = [key(torch="2.12.0"), key(gpu="NVIDIA H100 80GB HBM3"), key(arch="abd"),
-              key(dtype="bfloat16"), key(batch=4), key(height=768), key(width=1216), key(seq=154),
-              key(attn="cudnn")]
+              key(dtype="bfloat16"), key(batch=4), key(height=768), key(width=1216), key(seq=154)]
     names = {o.name() for o in others}
     assert len(names) == len(others) and k.name() not in names
     assert key(width=1216, height=832).size() == "1216\u00d7832"
 
 
-def test_the_default_attention_keeps_the_digest_of_artefacts_built_before_it_was_a_choice():
-    # The H200 artefact built on 2026-12-04 (docs/bench): its folder name, from its meta.json.
+def test_the_key_digest_is_stable_across_versions_of_the_code():
+    # The H200 artefact built on 2026-12-04 (docs/bench): its folder name, from its meta.json;
+    # a change here makes every user's artefacts unreachable (bump FORMAT instead).
     k = Key(torch="2.11.0+cu130", gpu="NVIDIA H200", arch="615338c232a60efbb509", dtype="float16",
             batch=2, height=1024, width=1024, seq=77)
     assert k.name() == "1024x1024-b2-t77-float16-951fd6a8bb3b74ea"
-    assert key(attn="auto") == key() and key(attn="flash").name() != key().name()
 
 
 def test_signature_is_the_architecture_not_the_weights():
@@ -326,19 +325,6 @@ def test_an_artefact_is_checked_against_the_plain_unet_once(tmp_path):
     again = fastrun.FastUNets("cpu", str(tmp_path), Builds(store, launcher), gpu="stand-in", loader=loader)
     assert again.prepare(tiny_unet(1), *args)[0] == "on"
     assert seen == [False, True], "the second load skips the comparison with the plain UNet"
-
-
-def test_the_attention_backend_is_part_of_the_key_and_the_build_spec(tmp_path):
-    launcher = StandInLauncher()
-    fast = fastrun.FastUNets("cpu", str(tmp_path), Builds(Store(str(tmp_path)), launcher),
-                             gpu="stand-in", loader=StandInLoaded, attn="cudnn")
-    unet = tiny_unet()
-    args = (2, 64, 64, 77, torch.float32)
-    assert fast.prepare(unet, *args)[0] == "building"
-    spec = launcher.started[0].spec
-    assert spec["attn"] == "cudnn" and spec["key"]["attn"] == "cudnn"
-    plain = fastrun.FastUNets("cpu", str(tmp_path), Builds(Store(str(tmp_path)), launcher), gpu="stand-in")
-    assert plain.key(unet, *args) != fast.key(unet, *args)
 
 
 def test_an_artefact_that_fails_to_load_is_not_used_again(tmp_path):

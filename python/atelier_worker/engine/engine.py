@@ -68,8 +68,7 @@ class Engine:
             return None
         from ..fastrun import FastUNets
 
-        return FastUNets(self.device, self.cache_dir, max_autotune=self.accel.fast_max_autotune,
-                         attn=self.accel.sdpa)
+        return FastUNets(self.device, self.cache_dir, max_autotune=self.accel.fast_max_autotune)
 
     @property
     def speed(self) -> dict:
