@@ -354,25 +354,9 @@ func (q *QueueRunner) runClaimed(ctx context.Context, s *slotState, job *store.Q
 		s.running, s.cancel = 0, nil
 		s.mu.Unlock()
 	}()
-	done := make(chan struct{})
-	defer close(done)
-	go func() {
-		t := time.NewTicker(q.Poll)
-		defer t.Stop()
-		for {
-			select {
-			case <-done:
-				return
-			case <-ctx.Done():
-				jcancel(ErrQueueStopped)
-				return
-			case <-t.C:
-				if yes, err := q.store.CancelRequested(rec, job.ID); err == nil && yes {
-					jcancel(context.Canceled)
-				}
-			}
-		}
-	}()
+	defer watchCancel(ctx, q.Poll, ErrQueueStopped, func() (bool, error) {
+		return q.store.CancelRequested(rec, job.ID)
+	}, jcancel)()
 
 	q.emit(s, QueueEvent{Kind: QueueStarted, Job: job})
 	out, err := q.execute(jctx, s, job)

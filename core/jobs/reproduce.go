@@ -151,25 +151,9 @@ func (r *Runner) serveReproduction(ctx context.Context) (bool, error) {
 	}
 	jctx, jcancel := context.WithCancelCause(rec)
 	defer jcancel(nil)
-	done := make(chan struct{})
-	defer close(done)
-	go func() {
-		t := time.NewTicker(r.share.poll)
-		defer t.Stop()
-		for {
-			select {
-			case <-done:
-				return
-			case <-ctx.Done():
-				jcancel(ErrQueueStopped)
-				return
-			case <-t.C:
-				if yes, err := r.store.ReproductionCancelRequested(rec, rp.ID); err == nil && yes {
-					jcancel(context.Canceled)
-				}
-			}
-		}
-	}()
+	defer watchCancel(ctx, r.share.poll, ErrQueueStopped, func() (bool, error) {
+		return r.store.ReproductionCancelRequested(rec, rp.ID)
+	}, jcancel)()
 	res, err := r.reproduceOn(jctx, rp.Request, reproductionWriter(rec, r.store, rp.ID))
 	if ctx.Err() != nil && res == nil {
 		_ = r.store.RequeueReproduction(rec, rp.ID)

@@ -279,25 +279,9 @@ func (r *Runner) runClaimedSubmitted(ctx context.Context, job *store.QueueJob, s
 	rec := context.WithoutCancel(ctx)
 	jctx, jcancel := context.WithCancelCause(rec)
 	defer jcancel(nil)
-	done := make(chan struct{})
-	defer close(done)
-	go func() {
-		t := time.NewTicker(r.share.poll)
-		defer t.Stop()
-		for {
-			select {
-			case <-done:
-				return
-			case <-ctx.Done():
-				jcancel(stopCause)
-				return
-			case <-t.C:
-				if yes, err := r.store.CancelRequested(rec, job.ID); err == nil && yes {
-					jcancel(context.Canceled)
-				}
-			}
-		}
-	}()
+	defer watchCancel(ctx, r.share.poll, stopCause, func() (bool, error) {
+		return r.store.CancelRequested(rec, job.ID)
+	}, jcancel)()
 	req := job.Request
 	if err := req.PrepareQueued(); err != nil {
 		return nil, r.fail(rec, job.ID, toJobError(jctx, err))
