@@ -68,6 +68,10 @@ func benchWorkers(o *benchOptions, v benchVariant, model string, base bridge.Con
 	cfg := base
 	// One compile cache for all the runs' workers, as one user's workers share one.
 	cfg.Env = append([]string{"TORCHINDUCTOR_CACHE_DIR=" + filepath.Join(tmp, "inductor")}, v.Env...)
+	if o.fastDir != "" {
+		// --fast-dir: the workers find the fast path's artefacts there, as the variants do.
+		cfg.Env = append(cfg.Env, "ATELIER_FAST_DIR="+o.fastDir)
+	}
 	cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 	cfg.StallTimeout = 5 * time.Minute
 	gpus := bridge.DetectGPUs(context.Background())
