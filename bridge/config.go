@@ -8,6 +8,8 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 	"time"
 
 	"atelier/core/failure"
@@ -154,7 +156,15 @@ func firstNonEmpty(s ...string) string {
 
 // workerEnv is the worker's environment: ours, then what the protocol needs, then Env.
 func (c Config) workerEnv(workerDir string) []string {
-	env := os.Environ()
+	// Python caches the bytecode of what it imports unless told not to. A
+	// machine that says so (PYTHONDONTWRITEBYTECODE, set by some container
+	// images) has torch, transformers and diffusers compiled from source at every
+	// worker start: 10 s more of each start on an H200 machine
+	// (docs/BENCHMARKS.md). Where the folders cannot be written, Python skips
+	// the cache by itself; Env may still set the variable.
+	env := slices.DeleteFunc(os.Environ(), func(kv string) bool {
+		return strings.HasPrefix(kv, "PYTHONDONTWRITEBYTECODE=")
+	})
 	if workerDir != "" {
 		env = append(env, "PYTHONPATH="+workerDir)
 	}

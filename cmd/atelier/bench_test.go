@@ -132,3 +132,23 @@ func TestBenchOnTheTinyModel(t *testing.T) {
 	assert.Zero(t, v.FastPathReadyS, "nothing was built, so nothing was waited for")
 	assert.Nil(t, v.WhileBuildingE2E)
 }
+
+// TestBenchReportsFP8sErrorOrWhyNot: a variant with ATELIER_FP8=1 gets FP8's error
+// against float16 on one seed; on this CPU the report and the table say why there is none.
+func TestBenchReportsFP8sErrorOrWhyNot(t *testing.T) {
+	requireWorker(t)
+	h := newHome(t)
+	stdout, stderr, code := h.run("bench", "--model", "tiny", "--steps", "1", "--width", "64", "--height", "64",
+		"--runs", "1", "--warmup", "1", "--batches", "1", "--baseline=false", "--restart=false",
+		"--variants", "fp8:ATELIER_FP8=1")
+	require.Equal(t, exitOK, code, "stderr:\n%s\nstdout:\n%s", stderr, stdout)
+	lines := strings.Split(strings.TrimSpace(stdout), "\n")
+	var rep benchReport
+	require.NoError(t, json.Unmarshal([]byte(lines[len(lines)-1]), &rep))
+	require.Len(t, rep.Variants, 1)
+	f := rep.Variants[0].FP8Error
+	require.NotNil(t, f, "an FP8 variant gets the check")
+	assert.Equal(t, "FP8 needs a CUDA GPU", f.Skipped)
+	assert.Zero(t, f.LatentsRelErr)
+	assert.Contains(t, stdout, "fp8: FP8's error not measured: FP8 needs a CUDA GPU")
+}

@@ -100,8 +100,6 @@ def from_env(device_kind: str) -> Settings:
     if not cuda and s.compile != "off":
         log.warning("ATELIER_COMPILE=%s asked for on %s: compiling there is slow to start and "
                     "rarely faster", s.compile, device_kind)
-    if s.fp8 and s.compile == "auto":
-        s.compile = "off"  # the fast path is built from the plain fp16 UNet
     if s.offload != "none" and s.compile != "off":
         if s.compile != "auto":
             log.warning("ATELIER_OFFLOAD=%s: compile is turned off, it does not mix with offload",

@@ -5,6 +5,7 @@ worker through the bridge and prints the report.
     python -m atelier_worker.bench model --out DIR [--preset full|tiny]
     python -m atelier_worker.bench baseline --model DIR [--steps 30 --width 1024 ...]
     python -m atelier_worker.bench emitcost
+    python -m atelier_worker.bench fp8check --model DIR [--steps 30 --seed 1000 ...]
 
 Each command prints one JSON object as its last stdout line.
 """
@@ -200,35 +201,59 @@ def cmd_emitcost(args) -> dict:
 
 
 def cmd_fp8check(args) -> dict:
-    """How far the FP8 UNet's output is from the fp16 one, on one CFG step of random
-    inputs, and what each costs eagerly: the precision price of ATELIER_FP8."""
+    """What FP8 (ATELIER_FP8, fp8.py) does to a picture: one image on the same seed with the
+    UNet in float16, then with its FP8 linears, through the same pipeline (eager), and the
+    relative error of the final latents and of the decoded pixels. Where FP8 cannot run,
+    the reason, and no figures."""
+    import numpy as np
     import torch
-    from diffusers import UNet2DConditionModel
+    from diffusers import StableDiffusionXLPipeline
 
     from . import fp8
 
-    dev, dt = "cuda", torch.float16
-    unet = UNet2DConditionModel.from_pretrained(os.path.join(args.model, "unet"), torch_dtype=dt).to(dev)
-    g = torch.Generator(dev).manual_seed(0)
-    h = args.size // 8
-    x = torch.randn(2, 4, h, h, device=dev, dtype=dt, generator=g)
-    t = torch.tensor([500.0, 500.0], device=dev)
-    ehs = torch.randn(2, 77, unet.config.cross_attention_dim, device=dev, dtype=dt, generator=g) * 0.5
-    pooled = unet.config.projection_class_embeddings_input_dim - 6 * unet.config.addition_time_embed_dim
-    ac = {"text_embeds": torch.randn(2, pooled, device=dev, dtype=dt, generator=g) * 0.5,
-          "time_ids": torch.tensor([[args.size, args.size, 0, 0, args.size, args.size]] * 2, device=dev, dtype=dt)}
-    sync = torch.cuda.synchronize
-    out = {}
+    dev = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    why = fp8.unsupported(dev)
+    if why:
+        return {"skipped": why}
+    import diffusers.utils.logging as dlog
+
+    dlog.set_verbosity_error()
+    pipe = StableDiffusionXLPipeline.from_pretrained(args.model, torch_dtype=torch.float16,
+                                                     local_files_only=True, add_watermarker=False)
+    pipe.to(dev)
+    pipe.set_progress_bar_config(disable=True)
+    pipe.fuse_qkv_projections()  # as the worker runs it
+
+    def run():
+        g = torch.Generator(dev).manual_seed(args.seed)
+        lat = pipe(prompt=PROMPT, negative_prompt=NEGATIVE, num_inference_steps=args.steps,
+                   guidance_scale=args.cfg, width=args.width, height=args.height, generator=g,
+                   output_type="latent").images
+        with torch.no_grad():
+            vae = pipe.vae
+            z = lat.to(torch.float32) / vae.config.scaling_factor
+            vae.to(torch.float32)
+            img = vae.decode(z).sample
+            vae.to(torch.float16)
+        px = ((img.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu().numpy()
+        return lat.float(), px
+
+    def rel(a, b) -> float:
+        return round(float((a - b).norm() / b.norm().clamp_min(1e-12)), 6)
+
     with torch.inference_mode():
-        step = lambda: unet(x, t, encoder_hidden_states=ehs, added_cond_kwargs=ac).sample  # noqa: E731
-        ref = step().float()
-        out["fp16_step_eager"] = summary([_timed(step, sync) for _ in range(5)])
-        out["swapped"] = fp8.swap_linears(unet)
-        y = step().float()
-        out["fp8_step_eager"] = summary([_timed(step, sync) for _ in range(5)])
-        out["rel_err"] = round(float((y - ref).norm() / ref.norm()), 5)
-        out["finite"] = bool(torch.isfinite(y).all())
-    return out
+        lat16, px16 = run()
+        n = fp8.quantize(pipe.unet)
+        lat8, px8 = run()
+    d = np.abs(px8.astype(np.int16) - px16.astype(np.int16))
+    a, b = px8.astype(np.float64), px16.astype(np.float64)
+    mse = float(((a - b) ** 2).mean())
+    return {"seed": args.seed, "steps": args.steps, "fp8_linears": n,
+            "latents_rel_err": rel(lat8, lat16),
+            "pixels_rel_err": round(float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-12)), 6),
+            "pixels_max_abs": int(d.max()), "pixels_mean_abs": round(float(d.mean()), 4),
+            "psnr_db": round(10 * math.log10(255.0 ** 2 / mse), 2) if mse > 0 else None,
+            "finite": bool(torch.isfinite(lat8).all())}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -251,9 +276,14 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--batches", default="1,2,4")
     e = sub.add_parser("emitcost", help="time one progress line")
     e.add_argument("--n", type=int, default=20000)
-    f = sub.add_parser("fp8check", help="precision and eager cost of the FP8 UNet")
+    f = sub.add_parser("fp8check", help="FP8's error against float16 on one seed (latents, pixels)")
     f.add_argument("--model", required=True)
-    f.add_argument("--size", type=int, default=1024)
+    f.add_argument("--device", default=None)
+    f.add_argument("--steps", type=int, default=30)
+    f.add_argument("--cfg", type=float, default=5.0)
+    f.add_argument("--width", type=int, default=1024)
+    f.add_argument("--height", type=int, default=1024)
+    f.add_argument("--seed", type=int, default=1000)
     args = ap.parse_args(argv)
     if getattr(args, "batches", None) is not None:
         args.batches = [int(x) for x in args.batches.split(",") if x.strip()]

@@ -273,16 +273,129 @@ def stage_fast_build(a):
 
     t0 = time.perf_counter()
     cfg = tiny.configs(a.preset, 49408, 49406, 49407)["unet"]
-    with torch.device("meta"):
+    # FP8's signature has the float8 weights' names and dtypes, and quantizing needs values.
+    with torch.device("cuda" if a.fp8 else "meta"):
         unet = UNet2DConditionModel(**cfg).to(torch.float16)
     unet.fuse_qkv_projections()
+    if a.fp8:
+        from . import fp8
+
+        record("fp8_quantized", linears=fp8.quantize(unet))
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
-    fast = fastrun.FastUNets(a.device, "", fastpath.Builds(fastpath.Store(a.fast_dir)), gpu=gpu)
+    fast = fastrun.FastUNets(a.device, "", fastpath.Builds(fastpath.Store(a.fast_dir)), gpu=gpu,
+                             max_autotune=bool(a.max_autotune))
     key = fast.key(unet, 2, a.size, a.size, 77, torch.float16)
     record("fast_build_started", key=key.name(), state=fast.builds.request(key, fast._spec(unet, key)))
     fast.builds.wait(a.duration)
     record("fast_build", key=key.name(), state=fast.builds.state(key), failed=fast.builds.reason(key),
            s=round(time.perf_counter() - t0, 3))
+
+
+def _block_linear(module, fqn: str) -> bool:
+    """The linears of the UNet's transformer blocks (attention projections, the GEGLU MLP,
+    proj_in/out): where SDXL's matmul time is. The time and class embeddings' are left."""
+    import torch
+
+    return isinstance(module, torch.nn.Linear) and ".attentions." in f".{fqn}"
+
+
+def stage_fp8_aoti(a):
+    """torchao's float8 (dynamic activations, --fp8-granularity) on the transformer blocks'
+    linears, exported and compiled by AOTInductor with the weights out as the fast path
+    builds, in one process: eager and artefact step times against the fp16 ones, and the
+    error against the fp16 UNet on the same inputs."""
+    t0 = time.perf_counter()
+    torch = torch_setup(a.device)
+    import diffusers  # noqa: F401
+    import torch._inductor.config as icfg
+    import torchao
+    from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, PerTensor, quantize_
+    from torchao.utils import unwrap_tensor_subclass
+
+    record("imports", s=round(time.perf_counter() - t0, 3), torchao=torchao.__version__,
+           versions=env_info(a.device))
+    perrow = a.fp8_granularity == "perrow"
+    dtype = torch.bfloat16 if perrow else torch.float16  # torchao's row-wise scales want bf16
+    unet = build_unet(a.preset, 0, a.device, dtype)
+    inp = make_inputs(unet, a.size, a.device, dtype)
+    with torch.inference_mode():
+        ref = call(unet, inp).clone()
+        record("plain_step", dtype=str(dtype), **time_ms(lambda: call(unet, inp), a.device, reps=a.reps))
+    if a.ref_package:
+        try:
+            with icfg.patch({"cpp.vec_isa_ok": False}):
+                pk = torch._inductor.aoti_load_package(a.ref_package)
+            mod = step_module(unet)
+            st = dict(mod.named_parameters())
+            st.update(dict(mod.named_buffers()))
+            pk.load_constants({f: st[f] for f in pk.get_constant_fqns() if f in st},
+                              check_full_update=False, user_managed=True)
+            with torch.inference_mode():
+                y = pk(*flat(inp))
+                record("plain_artefact_step", rel_err=rel_err(y, ref),
+                       **time_ms(lambda: pk(*flat(inp)), a.device, reps=a.reps * 2))
+            del pk
+        except Exception as e:  # noqa: BLE001 - a probe records what failed
+            record("plain_artefact_step", error=repr(e)[:400])
+    gran = PerRow() if perrow else PerTensor()
+    t0 = time.perf_counter()
+    quantize_(unet, Float8DynamicActivationFloat8WeightConfig(granularity=gran, set_inductor_config=False),
+              filter_fn=_block_linear)
+    n = sum(1 for m in unet.modules() if isinstance(m, torch.nn.Linear)
+            and type(m.weight).__name__ != "Parameter")
+    record("quantized", s=round(time.perf_counter() - t0, 3), granularity=a.fp8_granularity, linears=n)
+    with torch.inference_mode():
+        y = call(unet, inp)
+        record("fp8_eager_step", rel_err_vs_plain=rel_err(y, ref),
+               **time_ms(lambda: call(unet, inp), a.device, reps=a.reps))
+    unwrap_tensor_subclass(unet)
+    mod = step_module(unet)
+    cfgs = {"aot_inductor.package_constants_in_so": False,
+            "aot_inductor.use_runtime_constant_folding": True}
+    if a.max_autotune:
+        cfgs["max_autotune"] = True
+    try:
+        with torch.no_grad():
+            t0 = time.perf_counter()
+            ep = torch.export.export(mod, flat(inp))
+            record("export", s=round(time.perf_counter() - t0, 3))
+            t0 = time.perf_counter()
+            path = torch._inductor.aoti_compile_and_package(ep, package_path=a.package, inductor_configs=cfgs)
+            record("aoti_compile_and_package", s=round(time.perf_counter() - t0, 3), configs=cfgs,
+                   bytes=os.path.getsize(path), peak_gpu_gib=round(torch.cuda.max_memory_allocated() / 2**30, 2))
+        del ep
+        with icfg.patch({"cpp.vec_isa_ok": False}):
+            pk = torch._inductor.aoti_load_package(path)
+        st = dict(mod.named_parameters())
+        st.update(dict(mod.named_buffers()))
+        fqns = pk.get_constant_fqns()
+        folded = [f for f in fqns if f.startswith("_FOLDED_CONST")]
+        missing = [f for f in fqns if f not in st and f not in folded]
+        record("constants", n=len(fqns), n_folded=len(folded), n_missing=len(missing), missing=missing[:5],
+               sample=[f for f in fqns if "parametrizations" in f][:3])
+        pk.load_constants({f: st[f] for f in fqns if f in st}, check_full_update=False, user_managed=True)
+        with torch.inference_mode():
+            t_first, y = first_call(lambda: pk(*flat(inp)), a.device)
+            record("fp8_artefact_step", first_call_s=t_first, rel_err_vs_plain=rel_err(y, ref),
+                   **time_ms(lambda: pk(*flat(inp)), a.device, reps=a.reps * 2))
+            static = flat(inp)
+            s = torch.cuda.Stream()
+            s.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(s):
+                for _ in range(2):
+                    pk(*static)
+            torch.cuda.current_stream().wait_stream(s)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                gy = pk(*static)
+            graph.replay()
+            sync(a.device)
+            record("fp8_artefact_cudagraph", rel_err_vs_plain=rel_err(gy, ref),
+                   **time_ms(graph.replay, a.device, reps=a.reps * 2))
+    except Exception as e:  # noqa: BLE001 - a probe records what failed
+        import traceback
+
+        record("fp8_aoti_failed", error=repr(e)[:600], tb=traceback.format_exc()[-1500:])
 
 
 def stage_contention(a):
@@ -300,7 +413,7 @@ def stage_contention(a):
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m atelier_worker.bench_probe")
     ap.add_argument("stage", choices=("main", "aoti_build", "aoti_load", "mega_load", "contention",
-                                      "fast_build"))
+                                      "fast_build", "fp8_aoti"))
     ap.add_argument("--out", default=None)
     ap.add_argument("--label", default="")
     ap.add_argument("--preset", default="full")
@@ -327,6 +440,9 @@ def main(argv=None) -> int:
     ap.add_argument("--preview-models", default="eager,compiled,regional")
     ap.add_argument("--duration", type=float, default=60, help="contention: how long; fast_build: the longest wait")
     ap.add_argument("--fast-dir", default="fast", help="fast_build: the artefact store")
+    ap.add_argument("--fp8", type=int, default=0, help="fast_build: the artefact of the FP8 UNet")
+    ap.add_argument("--fp8-granularity", default="pertensor", choices=("pertensor", "perrow"))
+    ap.add_argument("--ref-package", default="", help="fp8_aoti: the fp16 artefact to time beside it")
     a = ap.parse_args(argv)
     if a.compile_mode == "default":
         a.compile_mode = None
@@ -334,7 +450,8 @@ def main(argv=None) -> int:
     bench_probe_kit._STAGE = a.stage + (f":{a.label}" if a.label else "")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     {"main": stage_main, "aoti_build": stage_aoti_build, "aoti_load": stage_aoti_load,
-     "mega_load": stage_mega_load, "contention": stage_contention, "fast_build": stage_fast_build}[a.stage](a)
+     "mega_load": stage_mega_load, "contention": stage_contention, "fast_build": stage_fast_build,
+     "fp8_aoti": stage_fp8_aoti}[a.stage](a)
     record("done")
     return 0
 

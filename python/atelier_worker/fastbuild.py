@@ -4,7 +4,8 @@
 
 The spec (written by fastpath.Builds) names the UNet's config, whether its QKV projections
 are fused, the key (shape, dtype, the architecture's signature) and the folder to create.
-The UNet is made with random weights (weights are inputs of the artefact, not part of it),
+The UNet is made with random weights (weights are inputs of the artefact, not part of it;
+with FP8 they are quantized as the worker's are),
 its CFG call exported and compiled by AOTInductor with the weights left out and the
 constants derived from them folded at load time. The folder is built under a temporary
 name and renamed into place at the end, so the worker never sees half an artefact.
@@ -40,6 +41,10 @@ def build(spec: dict) -> str:
     if spec.get("fused_qkv"):
         unet.fuse_qkv_projections()
     unet.requires_grad_(False)
+    if spec.get("fp8"):
+        from . import fp8
+
+        fp8.quantize(unet)  # as the worker's UNet is: its float8 weights are the inputs
     sig = fastrun.unet_signature(unet)
     if sig != key.arch:
         raise SystemExit(f"this UNet's architecture ({sig}) is not the worker's ({key.arch}): "

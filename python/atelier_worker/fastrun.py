@@ -332,4 +332,7 @@ class FastUNets:
     def _spec(self, unet, key: Key) -> dict:
         cfg = {k: v for k, v in dict(unet.config).items() if not k.startswith("_")}
         fused = any(getattr(m, "fused_projections", False) for m in unet.modules())
-        return {"config": cfg, "fused_qkv": fused, "max_autotune": self.max_autotune}
+        from . import fp8
+
+        return {"config": cfg, "fused_qkv": fused, "max_autotune": self.max_autotune,
+                "fp8": fp8.is_quantized(unet)}

@@ -1,49 +1,58 @@
-"""The hand-written FP8 linear layer (ATELIER_FP8): the UNet's attention and MLP matmuls in
-float8 through torch._scaled_mm, on Hopper and newer GPUs."""
+"""FP8 for the UNet (ATELIER_FP8), through torchao: the transformer blocks' linear layers
+(attention projections, the GEGLU MLP, proj_in/out) with float8 weights, activations
+quantized to float8 at run time, on GPUs with FP8 tensor cores (compute capability 8.9:
+Ada, Hopper and newer). torchao is imported only here, and only when FP8 is asked for."""
 
 from __future__ import annotations
 
 import torch
 
-
-class FP8Linear(torch.nn.Module):
-    """y = x W^T + b with x and W in float8_e4m3fn (row-wise scales), out in x's dtype."""
-
-    def __init__(self, lin):
-        super().__init__()
-        w = lin.weight.detach().float()
-        sw = w.abs().amax(dim=1, keepdim=True).clamp(min=1e-12) / 448.0
-        self.register_buffer("w8", (w / sw).to(torch.float8_e4m3fn).contiguous())
-        self.register_buffer("sw", sw.t().contiguous())  # (1, N)
-        self.bias = lin.bias
-        self.in_features, self.out_features = lin.in_features, lin.out_features
-
-    def forward(self, x):
-        shape = x.shape
-        x2 = x.reshape(-1, shape[-1])
-        sx = x2.abs().amax(dim=1, keepdim=True).float().clamp(min=1e-12) / 448.0
-        x8 = (x2.float() / sx).to(torch.float8_e4m3fn)
-        y = torch._scaled_mm(x8, self.w8.t(), scale_a=sx, scale_b=self.sw,
-                             out_dtype=torch.bfloat16)
-        y = y.to(x.dtype)
-        if self.bias is not None:
-            y = y + self.bias
-        return y.reshape(*shape[:-1], self.out_features)
+MIN_CAPABILITY = (8, 9)
 
 
-def swap_linears(unet) -> int:
-    """Swaps the linear layers of the UNet's transformer blocks (attention projections, the
-    GEGLU MLP, proj_in/out) for FP8 ones: weights in e4m3 with a scale per output channel,
-    activations quantized per row at run time, products through torch._scaled_mm (Hopper
-    and newer). Returns how many were swapped. Opt-in: it trades a little precision."""
-    count = 0
-    for block_list in (unet.down_blocks, [unet.mid_block], unet.up_blocks):
-        for block in block_list:
-            for attn in getattr(block, "attentions", None) or []:
-                for _name, mod in list(attn.named_modules()):
-                    for cname, child in list(mod.named_children()):
-                        if (isinstance(child, torch.nn.Linear) and child.in_features % 16 == 0
-                                and child.out_features % 16 == 0):
-                            setattr(mod, cname, FP8Linear(child))
-                            count += 1
-    return count
+def unsupported(device) -> str:
+    """Why FP8 cannot run on device, or "" where it can."""
+    if not str(device).startswith("cuda") or not torch.cuda.is_available():
+        return "FP8 needs a CUDA GPU"
+    cap = torch.cuda.get_device_capability(device)
+    if cap < MIN_CAPABILITY:
+        return (f"FP8 needs a GPU with FP8 tensor cores (compute capability 8.9 or newer; "
+                f"this one has {cap[0]}.{cap[1]})")
+    try:
+        import torchao  # noqa: F401
+    except ImportError:
+        return "FP8 needs torchao (python/requirements.txt): reinstall the worker's venv"
+    return ""
+
+
+def block_linear(module, fqn: str) -> bool:
+    """The linears of the transformer blocks, where most of SDXL's matmul time is; those of
+    the time and class embeddings (one row per image) stay in the model's dtype."""
+    return isinstance(module, torch.nn.Linear) and ".attentions." in f".{fqn}."
+
+
+def is_quantized(unet) -> bool:
+    return getattr(unet, "_atelier_fp8", 0) > 0
+
+
+def quantize(unet) -> int:
+    """Quantizes unet in place (torchao's float8 with dynamic activations, one scale per
+    tensor, which the model's float16 allows; torchao's row-wise scales want bfloat16) and
+    returns how many linears now run in FP8. The float8 weights are then held as plain
+    tensors (torchao's unwrap_tensor_subclass): torch.export takes them so, and the fast
+    path's artefact, which takes its weights as inputs, reads them by name like any other."""
+    from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerTensor, quantize_
+    from torchao.utils import unwrap_tensor_subclass
+
+    if is_quantized(unet):
+        return unet._atelier_fp8
+    before = {n for n, m in unet.named_modules() if block_linear(m, n)}
+    quantize_(unet, Float8DynamicActivationFloat8WeightConfig(granularity=PerTensor(),
+                                                              set_inductor_config=False),
+              filter_fn=block_linear)
+    # torchao leaves a linear it cannot serve (a size not a multiple of 16) as it was.
+    n = sum(1 for name, m in unet.named_modules()
+            if name in before and type(m.weight) is not torch.nn.Parameter)
+    unwrap_tensor_subclass(unet)
+    unet._atelier_fp8 = n
+    return n

@@ -131,7 +131,11 @@ def apply(pipe, device: str, dtype, s: Settings) -> dict:
     if s.fp8 and cuda:
         from . import fp8
 
-        done["fp8_linears"] = fp8.swap_linears(pipe.unet)
+        why = fp8.unsupported(device)
+        if why:
+            log.warning("ATELIER_FP8: %s; the UNet runs in %s", why, str(pipe.unet.dtype).removeprefix("torch."))
+        else:
+            done["fp8_linears"] = fp8.quantize(pipe.unet)
     if s.compile in ("regional", "full") and cuda:
         mode = None if s.compile_mode == "default" else s.compile_mode
         if s.compile_text:

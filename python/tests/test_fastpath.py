@@ -361,7 +361,7 @@ def test_a_unet_with_lora_adapters_has_no_fast_path(tmp_path):
 @pytest.mark.parametrize("env, kind, want", [
     ({}, "cuda", "auto"), ({}, "cpu", "off"), ({"ATELIER_COMPILE": "auto"}, "cpu", "off"),
     ({"ATELIER_COMPILE": "regional"}, "cuda", "regional"),
-    ({"ATELIER_OFFLOAD": "model"}, "cuda", "off"), ({"ATELIER_FP8": "1"}, "cuda", "off"),
+    ({"ATELIER_OFFLOAD": "model"}, "cuda", "off"), ({"ATELIER_FP8": "1"}, "cuda", "auto"),
 ])
 def test_the_fast_path_is_the_default_on_cuda_only(monkeypatch, env, kind, want):
     for name in ("ATELIER_COMPILE", "ATELIER_OFFLOAD", "ATELIER_FP8"):
