@@ -383,10 +383,8 @@ func cmdBench(args []string, stdout, stderr io.Writer) int {
 	if o.baseline {
 		logf("timing plain diffusers (the baseline)")
 		var raw json.RawMessage
-		err := py.run(&raw, "baseline", "--model", model, "--steps", strconv.Itoa(o.steps),
-			"--cfg", strconv.FormatFloat(o.cfg, 'g', -1, 64), "--width", strconv.Itoa(o.width),
-			"--height", strconv.Itoa(o.height), "--runs", strconv.Itoa(o.runs), "--warmup", strconv.Itoa(o.warmup),
-			"--batches", joinInts(o.batches))
+		err := py.run(&raw, append(o.imageArgs("baseline", model), "--runs", strconv.Itoa(o.runs),
+			"--warmup", strconv.Itoa(o.warmup), "--batches", joinInts(o.batches))...)
 		if err != nil {
 			rep.BaselineError = err.Error()
 			logf("baseline failed: %v", err)
@@ -453,12 +451,18 @@ func cmdBench(args []string, stdout, stderr io.Writer) int {
 func benchFP8Check(py *benchPython, o *benchOptions, model string, logf func(string, ...any)) *benchFP8 {
 	logf("FP8 against float16 on one seed (latents, pixels)")
 	var r benchFP8
-	if err := py.run(&r, "fp8check", "--model", model, "--steps", strconv.Itoa(o.steps),
-		"--cfg", strconv.FormatFloat(o.cfg, 'g', -1, 64), "--width", strconv.Itoa(o.width),
-		"--height", strconv.Itoa(o.height)); err != nil {
+	if err := py.run(&r, o.imageArgs("fp8check", model)...); err != nil {
 		return &benchFP8{Error: err.Error()}
 	}
 	return &r
+}
+
+// imageArgs are the Python half's command and the image it makes: the
+// bench's model, steps, CFG and size.
+func (o *benchOptions) imageArgs(cmd, model string) []string {
+	return []string{cmd, "--model", model, "--steps", strconv.Itoa(o.steps),
+		"--cfg", strconv.FormatFloat(o.cfg, 'g', -1, 64), "--width", strconv.Itoa(o.width),
+		"--height", strconv.Itoa(o.height)}
 }
 
 // benchDevices are the leases of the devices the bench runs on: the device

@@ -256,6 +256,16 @@ def cmd_fp8check(args) -> dict:
             "finite": bool(torch.isfinite(lat8).all())}
 
 
+def image_args(p) -> None:
+    """The model and the image the baseline and fp8check make, as `atelier bench` passes them."""
+    p.add_argument("--model", required=True)
+    p.add_argument("--device", default=None)
+    p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--cfg", type=float, default=5.0)
+    p.add_argument("--width", type=int, default=1024)
+    p.add_argument("--height", type=int, default=1024)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m atelier_worker.bench")
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -264,12 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     m.add_argument("--preset", choices=("tiny", "full"), default="full")
     m.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default="float16")
     b = sub.add_parser("baseline", help="time plain diffusers")
-    b.add_argument("--model", required=True)
-    b.add_argument("--device", default=None)
-    b.add_argument("--steps", type=int, default=30)
-    b.add_argument("--cfg", type=float, default=5.0)
-    b.add_argument("--width", type=int, default=1024)
-    b.add_argument("--height", type=int, default=1024)
+    image_args(b)
     b.add_argument("--runs", type=int, default=5)
     b.add_argument("--warmup", type=int, default=2)
     b.add_argument("--step-reps", type=int, default=10)
@@ -277,12 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     e = sub.add_parser("emitcost", help="time one progress line")
     e.add_argument("--n", type=int, default=20000)
     f = sub.add_parser("fp8check", help="FP8's error against float16 on one seed (latents, pixels)")
-    f.add_argument("--model", required=True)
-    f.add_argument("--device", default=None)
-    f.add_argument("--steps", type=int, default=30)
-    f.add_argument("--cfg", type=float, default=5.0)
-    f.add_argument("--width", type=int, default=1024)
-    f.add_argument("--height", type=int, default=1024)
+    image_args(f)
     f.add_argument("--seed", type=int, default=1000)
     args = ap.parse_args(argv)
     if getattr(args, "batches", None) is not None:

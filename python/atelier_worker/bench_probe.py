@@ -20,6 +20,7 @@ from . import bench_probe_kit
 from .bench_probe_kit import (
     build_unet,
     call,
+    capture,
     env_info,
     first_call,
     flat,
@@ -28,6 +29,7 @@ from .bench_probe_kit import (
     rel_err,
     step_module,
     sync,
+    tensors,
     time_ms,
     torch_setup,
 )
@@ -162,8 +164,7 @@ def stage_aoti_load(a):
     t_load = time.perf_counter() - t0
     record("package_loaded", s=round(t_load, 3))
     fqns = compiled.get_constant_fqns()
-    state = dict(mod.named_parameters())
-    state.update(dict(mod.named_buffers()))
+    state = tensors(mod)
     # With runtime constant folding the package also lists the constants it folds from the
     # weights (_FOLDED_CONST_*): it recomputes those itself after each load_constants.
     folded = [f for f in fqns if f.startswith("_FOLDED_CONST")]
@@ -188,18 +189,7 @@ def stage_aoti_load(a):
         record("aoti_step", **time_ms(lambda: compiled(*flat(inp)), a.device, reps=a.reps * 2))
         if a.device.startswith("cuda"):
             record("capturing")
-            static = flat(inp)
-            s = torch.cuda.Stream()
-            s.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(s):
-                for _ in range(2):
-                    compiled(*static)
-            torch.cuda.current_stream().wait_stream(s)
-            graph = torch.cuda.CUDAGraph()
-            t0 = time.perf_counter()
-            with torch.cuda.graph(graph):
-                gy = compiled(*static)
-            t_cap = time.perf_counter() - t0
+            graph, gy, t_cap = capture(compiled, flat(inp))
             graph.replay()
             sync(a.device)
             record("aoti_cudagraph", capture_s=round(t_cap, 3), rel_err_vs_eager=rel_err(gy, ref),
@@ -291,14 +281,6 @@ def stage_fast_build(a):
            s=round(time.perf_counter() - t0, 3))
 
 
-def _block_linear(module, fqn: str) -> bool:
-    """The linears of the UNet's transformer blocks (attention projections, the GEGLU MLP,
-    proj_in/out): where SDXL's matmul time is. The time and class embeddings' are left."""
-    import torch
-
-    return isinstance(module, torch.nn.Linear) and ".attentions." in f".{fqn}"
-
-
 def stage_fp8_aoti(a):
     """torchao's float8 (dynamic activations, --fp8-granularity) on the transformer blocks'
     linears, exported and compiled by AOTInductor with the weights out as the fast path
@@ -309,8 +291,8 @@ def stage_fp8_aoti(a):
     import diffusers  # noqa: F401
     import torch._inductor.config as icfg
     import torchao
-    from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, PerTensor, quantize_
-    from torchao.utils import unwrap_tensor_subclass
+
+    from . import fp8
 
     record("imports", s=round(time.perf_counter() - t0, 3), torchao=torchao.__version__,
            versions=env_info(a.device))
@@ -325,9 +307,7 @@ def stage_fp8_aoti(a):
         try:
             with icfg.patch({"cpp.vec_isa_ok": False}):
                 pk = torch._inductor.aoti_load_package(a.ref_package)
-            mod = step_module(unet)
-            st = dict(mod.named_parameters())
-            st.update(dict(mod.named_buffers()))
+            st = tensors(step_module(unet))
             pk.load_constants({f: st[f] for f in pk.get_constant_fqns() if f in st},
                               check_full_update=False, user_managed=True)
             with torch.inference_mode():
@@ -337,18 +317,13 @@ def stage_fp8_aoti(a):
             del pk
         except Exception as e:  # noqa: BLE001 - a probe records what failed
             record("plain_artefact_step", error=repr(e)[:400])
-    gran = PerRow() if perrow else PerTensor()
     t0 = time.perf_counter()
-    quantize_(unet, Float8DynamicActivationFloat8WeightConfig(granularity=gran, set_inductor_config=False),
-              filter_fn=_block_linear)
-    n = sum(1 for m in unet.modules() if isinstance(m, torch.nn.Linear)
-            and type(m.weight).__name__ != "Parameter")
+    n = fp8.quantize(unet, row_wise=perrow)
     record("quantized", s=round(time.perf_counter() - t0, 3), granularity=a.fp8_granularity, linears=n)
     with torch.inference_mode():
         y = call(unet, inp)
         record("fp8_eager_step", rel_err_vs_plain=rel_err(y, ref),
                **time_ms(lambda: call(unet, inp), a.device, reps=a.reps))
-    unwrap_tensor_subclass(unet)
     mod = step_module(unet)
     cfgs = {"aot_inductor.package_constants_in_so": False,
             "aot_inductor.use_runtime_constant_folding": True}
@@ -366,8 +341,7 @@ def stage_fp8_aoti(a):
         del ep
         with icfg.patch({"cpp.vec_isa_ok": False}):
             pk = torch._inductor.aoti_load_package(path)
-        st = dict(mod.named_parameters())
-        st.update(dict(mod.named_buffers()))
+        st = tensors(mod)
         fqns = pk.get_constant_fqns()
         folded = [f for f in fqns if f.startswith("_FOLDED_CONST")]
         missing = [f for f in fqns if f not in st and f not in folded]
@@ -378,16 +352,7 @@ def stage_fp8_aoti(a):
             t_first, y = first_call(lambda: pk(*flat(inp)), a.device)
             record("fp8_artefact_step", first_call_s=t_first, rel_err_vs_plain=rel_err(y, ref),
                    **time_ms(lambda: pk(*flat(inp)), a.device, reps=a.reps * 2))
-            static = flat(inp)
-            s = torch.cuda.Stream()
-            s.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(s):
-                for _ in range(2):
-                    pk(*static)
-            torch.cuda.current_stream().wait_stream(s)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                gy = pk(*static)
+            graph, gy, _ = capture(pk, flat(inp))
             graph.replay()
             sync(a.device)
             record("fp8_artefact_cudagraph", rel_err_vs_plain=rel_err(gy, ref),

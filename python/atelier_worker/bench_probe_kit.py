@@ -92,6 +92,31 @@ def step_module(unet):
     return Step(unet).eval()
 
 
+def tensors(mod) -> dict:
+    """A module's parameters and buffers by name: what an artefact without its weights takes."""
+    state = dict(mod.named_parameters())
+    state.update(dict(mod.named_buffers()))
+    return state
+
+
+def capture(fn, static):
+    """A CUDA graph of fn(*static), captured after two warm-up calls on a side stream (as
+    torch asks); returns (graph, its output, the capture's seconds, warm-ups left out)."""
+    import torch
+
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        for _ in range(2):
+            fn(*static)
+    torch.cuda.current_stream().wait_stream(s)
+    graph = torch.cuda.CUDAGraph()
+    t0 = time.perf_counter()
+    with torch.cuda.graph(graph):
+        out = fn(*static)
+    return graph, out, time.perf_counter() - t0
+
+
 def flat(inp):
     return (inp["sample"], inp["timestep"], inp["ehs"], inp["text_embeds"], inp["time_ids"])
 

@@ -18,7 +18,7 @@ import time
 
 import torch
 
-from . import fastpath
+from . import fastpath, fp8
 from .fastpath import ABSENT, BUILDING, FAILED_STATE, READY, Key
 
 log = logging.getLogger("atelier.fastrun")
@@ -332,7 +332,5 @@ class FastUNets:
     def _spec(self, unet, key: Key) -> dict:
         cfg = {k: v for k, v in dict(unet.config).items() if not k.startswith("_")}
         fused = any(getattr(m, "fused_projections", False) for m in unet.modules())
-        from . import fp8
-
         return {"config": cfg, "fused_qkv": fused, "max_autotune": self.max_autotune,
                 "fp8": fp8.is_quantized(unet)}

@@ -35,21 +35,21 @@ def is_quantized(unet) -> bool:
     return getattr(unet, "_atelier_fp8", 0) > 0
 
 
-def quantize(unet) -> int:
+def quantize(unet, row_wise: bool = False) -> int:
     """Quantizes unet in place (torchao's float8 with dynamic activations, one scale per
-    tensor, which the model's float16 allows; torchao's row-wise scales want bfloat16) and
-    returns how many linears now run in FP8. The float8 weights are then held as plain
+    tensor, which the model's float16 allows; row_wise, one per row, wants a bfloat16 model)
+    and returns how many linears now run in FP8. The float8 weights are then held as plain
     tensors (torchao's unwrap_tensor_subclass): torch.export takes them so, and the fast
     path's artefact, which takes its weights as inputs, reads them by name like any other."""
-    from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerTensor, quantize_
+    from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, PerTensor, quantize_
     from torchao.utils import unwrap_tensor_subclass
 
     if is_quantized(unet):
         return unet._atelier_fp8
     before = {n for n, m in unet.named_modules() if block_linear(m, n)}
-    quantize_(unet, Float8DynamicActivationFloat8WeightConfig(granularity=PerTensor(),
-                                                              set_inductor_config=False),
-              filter_fn=block_linear)
+    config = Float8DynamicActivationFloat8WeightConfig(
+        granularity=PerRow() if row_wise else PerTensor(), set_inductor_config=False)
+    quantize_(unet, config, filter_fn=block_linear)
     # torchao leaves a linear it cannot serve (a size not a multiple of 16) as it was.
     n = sum(1 for name, m in unet.named_modules()
             if name in before and type(m.weight) is not torch.nn.Parameter)
