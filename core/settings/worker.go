@@ -27,9 +27,9 @@ var SpeedVars = []string{
 
 // speedModes gives, for each mode, the value of every variable of SpeedVars; ""
 // leaves it unset, so the worker's own default applies (which depends on the
-// device: compile, fused QKV and cuDNN autotuning only on CUDA). Balanced is
-// exactly the worker's defaults. docs/features.md ("Settings") has the table and
-// the measurements behind it.
+// device: compile and fused QKV only on CUDA, cuDNN autotuning only on CUDA off
+// the fast path). Balanced is exactly the worker's defaults. docs/features.md
+// ("Settings") has the table and the measurements behind it.
 var speedModes = map[Speed]map[string]string{
 	// fast: bench's `fast` variant (full-graph compile with CUDA graphs, compiled
 	// VAE and text encoders): 1.12 s against 1.47 s a 1024² image on an H100, but

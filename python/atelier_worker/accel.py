@@ -71,9 +71,10 @@ class Settings:
 def from_env(device_kind: str) -> Settings:
     """Reads the settings; defaults depend on the device (only CUDA gets compile & co)."""
     cuda = device_kind == "cuda"
+    # auto: the fast path (fastrun.py) where its artefact is built, else eager.
+    compile_choice = _choice("ATELIER_COMPILE", COMPILE_CHOICES, "auto" if cuda else "off")
     s = Settings(
-        # auto: the fast path (fastrun.py) where its artefact is built, else eager.
-        compile=_choice("ATELIER_COMPILE", COMPILE_CHOICES, "auto" if cuda else "off"),
+        compile=compile_choice,
         compile_mode=_choice("ATELIER_COMPILE_MODE", COMPILE_MODES, "default"),
         compile_vae=_flag("ATELIER_COMPILE_VAE", False),
         fuse_qkv=_flag("ATELIER_FUSE_QKV", cuda),
@@ -83,7 +84,10 @@ def from_env(device_kind: str) -> Settings:
         offload=_choice("ATELIER_OFFLOAD", OFFLOAD_CHOICES, "none"),
         vae_tiling=_flag("ATELIER_VAE_TILING", False),
         vae_slicing=_flag("ATELIER_VAE_SLICING", False),
-        cudnn_benchmark=_flag("ATELIER_CUDNN_BENCHMARK", cuda),
+        # cuDNN's autotuning costs each new shape's first call (the artefact's first call
+        # 1.6 s against 0.5 s, the VAE's first decode 0.9 s against 0.2 s on an H200) and,
+        # on the fast path, bought no step time: off there by default (docs/BENCHMARKS.md).
+        cudnn_benchmark=_flag("ATELIER_CUDNN_BENCHMARK", cuda and compile_choice != "auto"),
         inference_mode=_flag("ATELIER_INFERENCE_MODE", True),
         compile_text=_flag("ATELIER_COMPILE_TEXT", False),
         fp8=_flag("ATELIER_FP8", False),

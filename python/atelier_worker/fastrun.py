@@ -229,6 +229,7 @@ class FastUNets:
         self._declined: dict[Key, tuple[int, str]] = {}  # key: free bytes then, why
         self._activations: dict[tuple, int] = {}  # shape: a job's peak less its memory at rest
         self._pending: tuple[tuple, int] | None = None
+        self._deferred: tuple[Key, object] | None = None  # a build to start when the job ends
 
     def key(self, unet, batch: int, height: int, width: int, seq: int, dtype) -> Key:
         return Key(torch=torch.__version__, gpu=self._gpu, arch=unet_signature(unet),
@@ -278,6 +279,12 @@ class FastUNets:
             why = self._no_room(unet, key)
             if why:
                 return self._off(key, why)
+            if (batch, height, width, seq) not in self._activations:
+                # The first job of a size runs alone: beside a build (its imports, export and
+                # compile workers on every core) it was 27-50 % slower than the eager path
+                # (docs/BENCHMARKS.md). The build starts when the job ends, with its memory.
+                self._deferred = (key, unet)
+                return "building", key
             st = self.builds.request(key, self._spec(unet, key))
         if st == FAILED_STATE:
             # A build out of memory is said (what to do); other failures are in the log.
@@ -317,11 +324,17 @@ class FastUNets:
 
     def job_ended(self, peak_bytes: int) -> None:
         """After a job: its peak memory, less its memory at rest, is the margin a build of
-        its shape leaves for the jobs beside it."""
+        its shape leaves for the jobs beside it; a build the job put off starts now."""
         if self._pending is not None:
             shape, rest = self._pending
             self._activations[shape] = max(0, int(peak_bytes) - rest)
             self._pending = None
+        deferred, self._deferred = self._deferred, None
+        if deferred is not None:
+            key, unet = deferred
+            if self.builds.state(key) == ABSENT and self.builds.running is None \
+                    and not self._no_room(unet, key):
+                self.builds.request(key, self._spec(unet, key))
 
     def done(self, unet) -> None:
         """After the job: later calls (another pipeline's, a refiner's) run plain."""

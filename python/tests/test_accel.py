@@ -17,7 +17,13 @@ def test_defaults_touch_nothing_on_the_cpu(monkeypatch):
     s = accel.from_env("cpu")
     assert (s.compile, s.fuse_qkv, s.cudnn_benchmark, s.fp8, s.offload) == ("off", False, False, False, "none")
     g = accel.from_env("cuda")
-    assert (g.compile, g.fuse_qkv, g.cudnn_benchmark) == ("auto", True, True)
+    assert (g.compile, g.fuse_qkv, g.cudnn_benchmark) == ("auto", True, False), \
+        "cuDNN's autotuning costs the fast path's first image and buys it nothing"
+    monkeypatch.setenv("ATELIER_COMPILE", "off")
+    assert accel.from_env("cuda").cudnn_benchmark, "the eager path autotunes its convolutions"
+    monkeypatch.setenv("ATELIER_COMPILE", "auto")
+    monkeypatch.setenv("ATELIER_CUDNN_BENCHMARK", "1")
+    assert accel.from_env("cuda").cudnn_benchmark, "asked for: on"
 
 
 def test_settings_are_read_and_checked(monkeypatch):

@@ -278,8 +278,12 @@ def test_jobs_run_plain_while_building_then_on_the_artefact(tmp_path):
     unet = tiny_unet()
     args = (2, 64, 64, 77, torch.float32)
     assert fast.prepare(unet, *args)[0] == "building"
-    assert launcher.started[0].spec["config"]["in_channels"] == 4
+    assert launcher.started == [], "the first job of a size runs alone: the build waits for it"
+    fast.job_ended(0)
+    assert len(launcher.started) == 1 and launcher.started[0].spec["config"]["in_channels"] == 4
     assert fast.prepare(unet, *args)[0] == "building", "the next job too, until it is built"
+    fast.job_ended(0)
+    assert len(launcher.started) == 1, "one build"
     launcher.started[0].succeed()
     state, k = fast.prepare(unet, *args)
     assert state == "on" and fast.last_load_s == 0.5
@@ -317,6 +321,7 @@ def test_an_artefact_is_checked_against_the_plain_unet_once(tmp_path):
     fast = fastrun.FastUNets("cpu", str(tmp_path), Builds(store, launcher), gpu="stand-in", loader=loader)
     unet = tiny_unet()
     fast.prepare(unet, *args)
+    fast.job_ended(0)
     launcher.started[0].succeed()
     k = fast.key(unet, *args)
     assert not store.checked(k)
@@ -338,6 +343,7 @@ def test_an_artefact_that_fails_to_load_is_not_used_again(tmp_path):
     unet = tiny_unet()
     args = (2, 64, 64, 77, torch.float32)
     fast.prepare(unet, *args)
+    fast.job_ended(0)
     launcher.started[0].succeed()
     assert fast.prepare(unet, *args)[0] == "off"
     k = fast.key(unet, *args)
@@ -492,8 +498,39 @@ def test_no_build_without_room_said_once_and_tried_again_when_memory_grows(tmp_p
     assert fast.prepare(unet, *args)[0] == "off" and launcher.started == []
     # A model unloaded: free memory has grown, enough now.
     gpu.free = need
-    assert fast.prepare(unet, *args)[0] == "building" and len(launcher.started) == 1
-    assert fast.note == ""
+    assert fast.prepare(unet, *args)[0] == "building" and fast.note == ""
+    fast.job_ended(0)
+    assert len(launcher.started) == 1
+
+
+def test_the_first_job_of_a_size_runs_alone_and_its_peak_decides_the_build(tmp_path):
+    """A build beside the first job of a size made that job 27-50 % slower than the eager
+    path on an H200: it starts when the job ends, once the job's peak memory is known."""
+    launcher = StandInLauncher()
+    unet = tiny_unet()
+    params = sum(p.numel() * p.element_size() for p in unet.parameters())
+    args = (2, 64, 64, 77, torch.float32)
+    probe = fast_unets(tmp_path, StandInGPU(free=0), launcher)
+    k = probe.key(unet, *args)
+    gpu = StandInGPU(free=fastpath.room(k, 0, params).need)  # room by the estimate
+    fast = fast_unets(tmp_path, gpu, launcher)
+    assert fast.prepare(unet, *args) == ("building", k) and launcher.started == []
+    # The job needed 20 GiB over its memory at rest: no room for a build beside such jobs.
+    fast.job_ended(20 * GIB)
+    assert launcher.started == [], "decided again with the job's measured peak"
+    assert fast.prepare(unet, *args)[0] == "off" and "needs about" in fast.note and fast.note_new
+    # Another size: its first job runs alone too; a small peak, and the build starts after it.
+    other = (2, 32, 32, 77, torch.float32)
+    assert fast.prepare(unet, *other)[0] == "building" and launcher.started == []
+    fast.job_ended(0)
+    assert len(launcher.started) == 1 and launcher.started[0].spec["config"]["in_channels"] == 4
+    # A first job that fails never reaches job_ended: the next job of its size runs alone again.
+    third = (2, 48, 48, 77, torch.float32)
+    launcher.started[0].succeed()
+    assert fast.prepare(unet, *third)[0] == "building"
+    assert fast.prepare(unet, *third)[0] == "building" and len(launcher.started) == 1
+    fast.job_ended(0)
+    assert len(launcher.started) == 2
 
 
 def test_the_jobs_measured_peak_and_the_allocators_cache_set_the_margin(tmp_path):
@@ -553,6 +590,7 @@ def test_the_worker_says_a_build_out_of_memory_once(tmp_path):
                              memory=gpu.memory)
     args = (2, 64, 64, 77, torch.float32)
     assert fast.prepare(unet, *args)[0] == "building"
+    fast.job_ended(0)
     fast.builds.wait(timeout=600)
     assert fast.prepare(unet, *args)[0] == "off"
     assert "ran out of GPU memory" in fast.note and fast.note_new

@@ -40,6 +40,7 @@ def test_the_build_spec_says_whether_the_unet_is_in_fp8(tmp_path):
     fast = fastrun.FastUNets("cpu", str(tmp_path), Builds(Store(str(tmp_path)), launcher), gpu="stand-in")
     unet = tiny_unet()
     assert fast.prepare(unet, 2, 64, 64, 77, torch.float32)[0] == "building"
+    fast.job_ended(0)  # the build starts when the first job of the size ends
     assert launcher.started[0].spec["fp8"] is False
     assert not fp8.is_quantized(unet)
     unet._atelier_fp8 = 3  # what fp8.quantize leaves; float8 weights also change the signature
