@@ -264,7 +264,7 @@ class FastUNets:
             except Exception as e:  # noqa: BLE001 - the job goes on on the plain path
                 log.warning("fast path for %s not used: %s", key.size(), e)
                 store.mark_failed(key, f"loading failed: {e}")
-                return "off", key
+                return self._off(key, self._failure_note(key))
             finally:
                 store.end_load(key)
             self.last_load_s = loaded.load_s
@@ -287,8 +287,7 @@ class FastUNets:
                 return "building", key
             st = self.builds.request(key, self._spec(unet, key))
         if st == FAILED_STATE:
-            # A build out of memory is said (what to do); other failures are in the log.
-            return self._off(key, self.builds.oom.get(key, ""))
+            return self._off(key, self._failure_note(key))
         return ("building", key) if st == BUILDING else ("off", key)
 
     def _off(self, key: Key, why: str) -> tuple[str, Key]:
@@ -296,6 +295,16 @@ class FastUNets:
         self.note_new = bool(why) and (key, why) not in self._said
         self._said.add((key, why))
         return "off", key
+
+    def _failure_note(self, key: Key) -> str:
+        """What the user is told, once, about a key whose artefact failed: a build out of
+        memory says what to do; a failed build or load says why (the bench reports it too)."""
+        oom = self.builds.oom.get(key)
+        if oom:
+            return oom
+        why = (self.builds.store.failed(key) or "").strip().splitlines()
+        why = why[0][:240] if why else "unknown: see the worker's log"
+        return f"the optimized path for {key.size()} is not available ({why}); jobs run on the regular path"
 
     def _no_room(self, unet, key: Key) -> str:
         """Why no build of key may start now, or "": the GPU's free memory against what it

@@ -348,7 +348,14 @@ def test_an_artefact_that_fails_to_load_is_not_used_again(tmp_path):
     assert fast.prepare(unet, *args)[0] == "off"
     k = fast.key(unet, *args)
     assert "differs" in fast.builds.store.failed(k)
-    assert fast.prepare(unet, *args)[0] == "off"
+    # Said once, with the reason (the job's metrics carry it: the UI and the bench show it).
+    assert fast.note_new and fast.note.startswith("the optimized path for 64\u00d764 is not available (")
+    assert "differs from the model's by 0.9" in fast.note and fast.note.endswith("regular path")
+    assert fast.prepare(unet, *args)[0] == "off" and not fast.note_new
+    # A restarted worker finds the failure on disk and says it once too.
+    again = fastrun.FastUNets("cpu", str(tmp_path), Builds(Store(str(tmp_path)), launcher),
+                              gpu="stand-in", loader=broken)
+    assert again.prepare(unet, *args)[0] == "off" and again.note_new and "differs" in again.note
 
 
 def test_a_unet_with_lora_adapters_has_no_fast_path(tmp_path):
