@@ -303,7 +303,9 @@ class FastUNets:
         if oom:
             return oom
         why = (self.builds.store.failed(key) or "").strip().splitlines()
-        why = why[0][:240] if why else "unknown: see the worker's log"
+        # One line that fits under the viewer; the whole reason is in the worker's log.
+        why = (why[0][:157] + "..." if len(why[0]) > 160 else why[0]) if why else \
+            "unknown: see the worker's log"
         return f"the optimized path for {key.size()} is not available ({why}); jobs run on the regular path"
 
     def _no_room(self, unet, key: Key) -> str:
