@@ -68,6 +68,22 @@ class Settings:
     fast_max_autotune: bool = False  # ATELIER_FAST_MAX_AUTOTUNE: autotune the fast path's build
 
 
+# The speed and memory variables a speed mode decides: core/settings/worker.go's SpeedVars
+# (a test keeps the two lists equal). A Ray actor gets them from its proxy's environment.
+SPEED_VARS = (
+    "ATELIER_COMPILE", "ATELIER_COMPILE_MODE", "ATELIER_COMPILE_VAE", "ATELIER_COMPILE_TEXT",
+    "ATELIER_FUSE_QKV", "ATELIER_CHANNELS_LAST", "ATELIER_VAE_DTYPE", "ATELIER_SDPA",
+    "ATELIER_INFERENCE_MODE", "ATELIER_CUDNN_BENCHMARK", "ATELIER_FP8", "ATELIER_OFFLOAD",
+    "ATELIER_VAE_TILING", "ATELIER_VAE_SLICING", "ATELIER_WARM_MODELS", "ATELIER_WARM_MODELS_GB",
+    "ATELIER_BATCH_GB_PER_MEGAPIXEL", "ATELIER_FAST_MAX_AUTOTUNE", "ATELIER_FAST_CUDA_GRAPH",
+)
+
+
+def speed_env() -> dict[str, str]:
+    """This process's speed variables that are set."""
+    return {k: os.environ[k] for k in SPEED_VARS if k in os.environ}
+
+
 def from_env(device_kind: str) -> Settings:
     """Reads the settings; defaults depend on the device (only CUDA gets compile & co)."""
     cuda = device_kind == "cuda"

@@ -30,7 +30,7 @@ import time
 
 import msgspec
 
-from . import worker
+from . import accel, worker
 from .job import Job
 from .protocol import Error, Generate, Hello, Loading, Message, Preview, Result, decode, encode
 from .ray_actor import INPUT_FIELDS, ActorCore, input_key
@@ -253,6 +253,11 @@ def start_actor(ray, out: worker.Output, args) -> tuple[object, dict]:
     gpus = int(ray.cluster_resources().get("GPU", 0))
     name = f"atelier-{socket.gethostname()}-{os.getpid()}"
     opts = {"name": name, "max_concurrency": 4, "max_restarts": 0, "num_cpus": 1}
+    # The speed mode the app chose (set in this proxy's environment by the bridge) holds on
+    # the actor too; Ray merges these variables into the job's runtime_env.
+    env = accel.speed_env()
+    if env:
+        opts["runtime_env"] = {"env_vars": env}
     device = args.device
     if gpus:
         opts["num_gpus"] = 1

@@ -56,3 +56,21 @@ def test_importing_accel_does_not_import_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          env={**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(accel.__file__))})
     assert out.stdout.strip() == "False", out.stderr
+
+
+def test_speed_vars_are_the_apps_list():
+    """accel.SPEED_VARS (what a Ray actor gets from its proxy) is core/settings' SpeedVars."""
+    import re
+
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    with open(os.path.join(root, "core", "settings", "worker.go"), encoding="utf-8") as f:
+        block = re.search(r"var SpeedVars = \[\]string\{([^}]*)\}", f.read()).group(1)
+    assert tuple(re.findall(r'"(ATELIER_\w+)"', block)) == accel.SPEED_VARS
+
+
+def test_speed_env_is_what_is_set(monkeypatch):
+    for k in accel.SPEED_VARS:
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv("ATELIER_VAE_TILING", "1")
+    monkeypatch.setenv("ATELIER_HOME", "/somewhere")  # not a speed variable: stays here
+    assert accel.speed_env() == {"ATELIER_VAE_TILING": "1"}

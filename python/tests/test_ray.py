@@ -76,6 +76,21 @@ def test_a_job_runs_on_the_actor_and_its_png_lands_here(head, tmp_path):
         assert w.close() == 0
 
 
+def test_the_speed_mode_holds_on_the_actor(head, tmp_path):
+    """The bridge sets the speed mode's variables in the proxy's environment; the actor, a
+    process of the Ray cluster, must run with them (its metrics say what was in effect)."""
+    w = WorkerProcess(module="atelier_worker.ray_proxy", args=("--address", head.address),
+                      env={"ATELIER_VAE_TILING": "1", "ATELIER_VAE_SLICING": "1"})
+    w.wait_hello(timeout=600)
+    try:
+        _, msgs = w.generate(tmp_path, steps=2)
+        assert msgs[-1].type == "result", msgs[-1]
+        speed = msgs[-1].metrics.speed
+        assert (speed["vae_tiling"], speed["vae_slicing"]) == ("on", "on"), speed
+    finally:
+        assert w.close() == 0
+
+
 def test_cancel_reaches_the_actor(head, tmp_path):
     w = proxy(head)
     try:
