@@ -229,7 +229,8 @@ class FastUNets:
         self._declined: dict[Key, tuple[int, str]] = {}  # key: free bytes then, why
         self._activations: dict[tuple, int] = {}  # shape: a job's peak less its memory at rest
         self._pending: tuple[tuple, int] | None = None
-        self._deferred: tuple[Key, object] | None = None  # a build to start when the job ends
+        # Builds to start when the job ends: a hires job prepares two sizes.
+        self._deferred: dict[Key, object] = {}
 
     def key(self, unet, batch: int, height: int, width: int, seq: int, dtype) -> Key:
         return Key(torch=torch.__version__, gpu=self._gpu, arch=unet_signature(unet),
@@ -283,7 +284,7 @@ class FastUNets:
                 # The first job of a size runs alone: beside a build (its imports, export and
                 # compile workers on every core) it was 27-50 % slower than the eager path
                 # (docs/BENCHMARKS.md). The build starts when the job ends, with its memory.
-                self._deferred = (key, unet)
+                self._deferred[key] = unet
                 return "building", key
             st = self.builds.request(key, self._spec(unet, key))
         if st == FAILED_STATE:
@@ -340,11 +341,11 @@ class FastUNets:
             shape, rest = self._pending
             self._activations[shape] = max(0, int(peak_bytes) - rest)
             self._pending = None
-        deferred, self._deferred = self._deferred, None
-        if deferred is not None:
-            key, unet = deferred
-            if self.builds.state(key) == ABSENT and self.builds.running is None \
-                    and not self._no_room(unet, key):
+        deferred, self._deferred = self._deferred, {}
+        for key, unet in deferred.items():  # one build at a time: the others wait for a later job
+            if self.builds.running is not None:
+                break
+            if self.builds.state(key) == ABSENT and not self._no_room(unet, key):
                 self.builds.request(key, self._spec(unet, key))
 
     def done(self, unet) -> None:

@@ -538,6 +538,25 @@ def test_the_first_job_of_a_size_runs_alone_and_its_peak_decides_the_build(tmp_p
     assert fast.prepare(unet, *third)[0] == "building" and len(launcher.started) == 1
     fast.job_ended(0)
     assert len(launcher.started) == 2
+    # A hires job prepares two sizes: both are built, one after the other, in later job ends.
+    launcher.started[1].succeed()
+    gpu.free = 10**15  # room for any size from here on
+    base, hires = (2, 40, 40, 77, torch.float32), (2, 56, 56, 77, torch.float32)
+    assert fast.prepare(unet, *base)[0] == "building"
+    assert fast.prepare(unet, *hires)[0] == "building"
+    fast.job_ended(0)
+    assert len(launcher.started) == 3
+    # While one size builds, the other waits (its calls plain), then goes after it.
+    assert fast.prepare(unet, *base)[0] == "building"
+    assert fast.prepare(unet, *hires)[0] == "off"
+    fast.job_ended(0)
+    assert len(launcher.started) == 3, "one build at a time"
+    launcher.started[2].succeed()
+    fast.prepare(unet, *base)
+    fast.prepare(unet, *hires)
+    fast.job_ended(0)
+    sizes = {(b.spec["key"]["height"], b.spec["key"]["width"]) for b in launcher.started[2:]}
+    assert len(launcher.started) == 4 and sizes == {(40, 40), (56, 56)}
 
 
 def test_the_jobs_measured_peak_and_the_allocators_cache_set_the_margin(tmp_path):
