@@ -159,7 +159,7 @@ class Denoiser:
         if self.fast_state == "building":
             self.stage(STAGE_OPTIMIZING, 0, 0)
         elif self.fast.note_new:
-            # Why this size gets no fast path (no room on the GPU, a build out of memory):
+            # Why this size gets no fast path (no room on the GPU, a failed build or load):
             # said once, on the optimizing notice, which the studio shows beside the job.
             self.emit(Progress(id=self.job.id, stage=STAGE_OPTIMIZING, step=0, total=0,
                                elapsed_s=self.elapsed(), note=self.fast.note))
