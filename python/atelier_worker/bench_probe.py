@@ -29,7 +29,6 @@ from .bench_probe_kit import (
     rel_err,
     step_module,
     sync,
-    tensors,
     time_ms,
     torch_setup,
 )
@@ -110,24 +109,31 @@ def stage_aoti_build(a):
     dtype = torch.float16 if a.device.startswith("cuda") else torch.float32
     unet = build_unet(a.preset, 0, a.device, dtype)
     inp = make_inputs(unet, a.size, a.device, dtype)
-    mod = step_module(unet)
+    cfgs = {"aot_inductor.package_constants_in_so": not a.weights_out}
+    if a.max_autotune:
+        cfgs["max_autotune"] = True
+    if a.runtime_fold:
+        cfgs["aot_inductor.use_runtime_constant_folding"] = True
+    if a.on_disk_format:
+        # Weights kept beside the .so in the package (not linked into it).
+        cfgs["aot_inductor.package_constants_on_disk_format"] = a.on_disk_format
+    export_package(step_module(unet), inp, a.package, cfgs, a.device)
+
+
+def export_package(mod, inp, package: str, cfgs: dict, device: str) -> str:
+    """torch.export of mod on inp, then AOTInductor into package, each timed and recorded."""
+    import torch
+
     with torch.no_grad():
         t0 = time.perf_counter()
         ep = torch.export.export(mod, flat(inp))
         record("export", s=round(time.perf_counter() - t0, 3))
-        cfgs = {"aot_inductor.package_constants_in_so": not a.weights_out}
-        if a.max_autotune:
-            cfgs["max_autotune"] = True
-        if a.runtime_fold:
-            cfgs["aot_inductor.use_runtime_constant_folding"] = True
-        if a.on_disk_format:
-            # Weights kept beside the .so in the package (not linked into it).
-            cfgs["aot_inductor.package_constants_on_disk_format"] = a.on_disk_format
         t0 = time.perf_counter()
-        path = torch._inductor.aoti_compile_and_package(ep, package_path=a.package, inductor_configs=cfgs)
-        peak = torch.cuda.max_memory_allocated() if a.device.startswith("cuda") else 0
+        path = torch._inductor.aoti_compile_and_package(ep, package_path=package, inductor_configs=cfgs)
+        peak = torch.cuda.max_memory_allocated() if device.startswith("cuda") else 0
         record("aoti_compile_and_package", s=round(time.perf_counter() - t0, 3), configs=cfgs,
                bytes=os.path.getsize(path), path=path, peak_gpu_gib=round(peak / 2**30, 2))
+    return path
 
 
 def stage_aoti_load(a):
@@ -148,6 +154,8 @@ def stage_aoti_load(a):
     mod = step_module(unet)
     record("loading_package")
     import torch._inductor.config as icfg
+
+    from .fastrun import tensors
 
     t0 = time.perf_counter()
     # The loader compares the package's CPU vector ISA with this machine's, which it finds
@@ -293,6 +301,7 @@ def stage_fp8_aoti(a):
     import torchao
 
     from . import fp8
+    from .fastrun import tensors
 
     record("imports", s=round(time.perf_counter() - t0, 3), torchao=torchao.__version__,
            versions=env_info(a.device))
@@ -331,20 +340,9 @@ def stage_fp8_aoti(a):
     if a.max_autotune:
         cfgs["max_autotune"] = True
     try:
-        if a.reuse_package and os.path.exists(a.package):
-            path = a.package  # built before (the product's builder): loaded and timed only
-        else:
-            with torch.no_grad():
-                t0 = time.perf_counter()
-                ep = torch.export.export(mod, flat(inp))
-                record("export", s=round(time.perf_counter() - t0, 3))
-                t0 = time.perf_counter()
-                path = torch._inductor.aoti_compile_and_package(ep, package_path=a.package,
-                                                                inductor_configs=cfgs)
-                record("aoti_compile_and_package", s=round(time.perf_counter() - t0, 3), configs=cfgs,
-                       bytes=os.path.getsize(path),
-                       peak_gpu_gib=round(torch.cuda.max_memory_allocated() / 2**30, 2))
-            del ep
+        # --reuse-package: one built before (the product's builder) is loaded and timed only.
+        path = a.package if a.reuse_package and os.path.exists(a.package) else \
+            export_package(mod, inp, a.package, cfgs, a.device)
         with icfg.patch({"cpp.vec_isa_ok": False}):
             pk = torch._inductor.aoti_load_package(path)
         st = tensors(mod)

@@ -75,28 +75,10 @@ def call(unet, inp):
 
 
 def step_module(unet):
-    import torch
-
-    class Step(torch.nn.Module):
-        """One CFG UNet call with flat tensor inputs: what torch.export and AOTInductor take."""
-
-        def __init__(self, unet):
-            super().__init__()
-            self.unet = unet
-
-        def forward(self, sample, timestep, ehs, text_embeds, time_ids):
-            return self.unet(sample, timestep, encoder_hidden_states=ehs,
-                             added_cond_kwargs={"text_embeds": text_embeds, "time_ids": time_ids},
-                             return_dict=False)[0]
+    """The product's CFG UNet call with flat inputs (fastrun.Step), what export takes."""
+    from .fastrun import Step
 
     return Step(unet).eval()
-
-
-def tensors(mod) -> dict:
-    """A module's parameters and buffers by name: what an artefact without its weights takes."""
-    state = dict(mod.named_parameters())
-    state.update(dict(mod.named_buffers()))
-    return state
 
 
 def capture(fn, static):

@@ -44,6 +44,12 @@ class Step(torch.nn.Module):
                          return_dict=False)[0]
 
 
+def tensors(mod) -> dict:
+    """A module's parameters and buffers by name: the constants an artefact built without
+    its weights takes (of Step(unet): named unet.<name>)."""
+    return dict(list(mod.named_parameters()) + list(mod.named_buffers()))
+
+
 def unet_signature(unet) -> str:
     return fastpath.signature(list(unet.named_parameters()) + list(unet.named_buffers()))
 
@@ -86,7 +92,7 @@ class Loaded:
         self.phases: dict[str, float] = {}  # seconds of each part of the load, for the log
         self.runner = load_package(path)
         self._lap("package", t0)
-        state = {f"unet.{k}": v for k, v in list(unet.named_parameters()) + list(unet.named_buffers())}
+        state = tensors(Step(unet))
         fqns = self.runner.get_constant_fqns()
         missing = [f for f in fqns if f not in state and not f.startswith("_FOLDED_CONST")]
         if missing:
